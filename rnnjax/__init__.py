@@ -1,0 +1,16 @@
+"""rnnjax: deep (stacked) RNN, GRU and LSTM language models in JAX."""
+
+from rnnjax.cells import CELLS, Cell, gru, lstm, rnn
+from rnnjax.config import Config, ConfigError, default_config, resolve
+from rnnjax.data import Corpus, load_corpus
+from rnnjax.flax_model import FlaxDeepRNN, from_flax, to_flax
+from rnnjax.generate import generate
+from rnnjax.model import DeepRNN, num_params
+from rnnjax.train import build_model, perplexity, train_and_evaluate
+from rnnjax.vocab import Vocab
+
+__all__ = [
+    "CELLS", "Cell", "Config", "ConfigError", "Corpus", "DeepRNN", "FlaxDeepRNN", "Vocab",
+    "build_model", "default_config", "from_flax", "generate", "gru", "load_corpus", "lstm",
+    "num_params", "perplexity", "resolve", "rnn", "to_flax", "train_and_evaluate",
+]

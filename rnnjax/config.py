@@ -1,0 +1,226 @@
+"""Configuration: the default ``ConfigDict`` and its validated, frozen form.
+
+``configs/*.py`` start from :func:`default_config` and change a few fields.
+:func:`resolve` checks every field once, at the boundary, and returns frozen
+dataclasses; nothing inside jitted code ever sees a ``ConfigDict``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+
+class ConfigError(ValueError):
+    """A config field holds a value that is not allowed; the message names the field and the fix."""
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The reference experiment: 2-layer LSTM, hidden 256, on The Time Machine."""
+    c = ml_collections.ConfigDict()
+    # Seed for parameter init, the samplers' offsets and dropout.
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    # UTF-8 text files, concatenated in order; [] = the bundled Time Machine.
+    c.data.paths = []
+    # "d2l": every run of non-letters -> one space, then lower-case; "none": raw text.
+    c.data.preprocess = "d2l"
+    # "char" or "word" (whitespace-separated) tokens.
+    c.data.tokenizer = "char"
+    # Tokens seen fewer times than this in the training split map to <unk>.
+    c.data.min_freq = 0
+    # Extra tokens always in the vocabulary (e.g. ["<pad>"]).
+    c.data.reserved_tokens = []
+    # The first max_tokens tokens train; the next num_val tokens validate.
+    c.data.max_tokens = 10_000
+    c.data.num_val = 5_000
+    # Minibatch: batch_size streams x num_steps time steps.
+    c.data.batch_size = 32
+    c.data.num_steps = 35
+    # "sequential" (state carried across minibatches) or "random" (state reset each minibatch).
+    c.data.sampler = "sequential"
+
+    c.model = ml_collections.ConfigDict()
+    # "rnnjax" (pure-function cells) or "flax" (Flax's own cells; the reference).
+    c.model.impl = "rnnjax"
+    # "rnn", "gru" or "lstm".
+    c.model.cell = "lstm"
+    c.model.hidden_size = 256
+    c.model.num_layers = 2
+    # Vanilla RNN activation phi_l: one name ("tanh", "relu") or a list with one per layer.
+    c.model.activation = config_dict.FieldReference("tanh", field_type=object)
+    # Dropout on every layer's output but the last, training only (0 = off).
+    c.model.dropout = 0.0
+
+    c.train = ml_collections.ConfigDict()
+    c.train.num_epochs = 500
+    # "sgd", "adam" or "adamw".
+    c.train.optimizer = "sgd"
+    c.train.learning_rate = 2.0
+    # Clip gradients to this global norm before the update (0 = no clipping).
+    c.train.grad_clip = 1.0
+    # Decoupled weight decay (adamw only).
+    c.train.weight_decay = 0.0
+    # "constant" or "warmup_cosine" (linear warm-up for warmup_steps, then cosine to 0).
+    c.train.schedule = "constant"
+    c.train.warmup_steps = 0
+    # Show a tqdm progress bar.
+    c.train.progress = True
+
+    c.generate = ml_collections.ConfigDict()
+    # Greedy continuations printed (and saved to samples.txt) after training.
+    c.generate.prefixes = ["time traveller", "traveller"]
+    c.generate.num_chars = 50
+    return c
+
+
+def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The same experiment shrunk to run in seconds (the ``:smoke`` config argument)."""
+    config.data.max_tokens = 2_000
+    config.data.num_val = 500
+    config.data.batch_size = 8
+    config.data.num_steps = 10
+    config.model.hidden_size = 32
+    config.train.num_epochs = 3
+    config.generate.num_chars = 20
+    return config
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    paths: tuple[str, ...]
+    preprocess: str
+    tokenizer: str
+    min_freq: int
+    reserved_tokens: tuple[str, ...]
+    max_tokens: int
+    num_val: int
+    batch_size: int
+    num_steps: int
+    sampler: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    impl: str
+    cell: str
+    hidden_size: int
+    num_layers: int
+    activation: tuple[str, ...]
+    dropout: float
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    num_epochs: int
+    optimizer: str
+    learning_rate: float
+    grad_clip: float
+    weight_decay: float
+    schedule: str
+    warmup_steps: int
+    progress: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateConfig:
+    prefixes: tuple[str, ...]
+    num_chars: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    seed: int
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    generate: GenerateConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check(ok: bool, field: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"config.{field} = {value!r} is not allowed: {allowed}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _build(cls: type, d: dict[str, Any], prefix: str) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown, missing = sorted(set(d) - names), sorted(names - set(d))
+    if unknown:
+        raise ConfigError(f"config.{prefix}{unknown[0]} is not a known field; known: {', '.join(sorted(names))}")
+    if missing:
+        raise ConfigError(f"config.{prefix}{missing[0]} is missing; start from rnnjax.config.default_config()")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def resolve(cfg: ml_collections.ConfigDict | dict[str, Any]) -> Config:
+    """Validate every field and return the frozen :class:`Config`; raises :class:`ConfigError`."""
+    d = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
+    d = {k: dict(v) if isinstance(v, (dict, ml_collections.ConfigDict)) else v for k, v in d.items()}
+    act = d.get("model", {}).get("activation")
+    if isinstance(act, str):
+        d["model"]["activation"] = [act]
+    groups = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "generate": GenerateConfig}
+    for name in set(d) - set(groups) - {"seed"}:
+        raise ConfigError(f"config.{name} is not a known field; known: seed, {', '.join(groups)}")
+    if "seed" not in d:
+        raise ConfigError("config.seed is missing; start from rnnjax.config.default_config()")
+    built = {k: _build(cls, d.get(k, {}), f"{k}.") for k, cls in groups.items()}
+    c = Config(seed=d["seed"], **built)
+    _validate(c)
+    return c
+
+
+def _validate(c: Config) -> None:
+    _check(_is_int(c.seed), "seed", c.seed, "an integer")
+    dt, m, t = c.data, c.model, c.train
+    _check(all(isinstance(p, str) and p for p in dt.paths), "data.paths", list(dt.paths), "a list of file paths")
+    _check(dt.preprocess in ("d2l", "none"), "data.preprocess", dt.preprocess, "'d2l' or 'none'")
+    _check(dt.tokenizer in ("char", "word"), "data.tokenizer", dt.tokenizer, "'char' or 'word'")
+    _check(_is_int(dt.min_freq) and dt.min_freq >= 0, "data.min_freq", dt.min_freq, "an integer >= 0")
+    _check(all(isinstance(x, str) for x in dt.reserved_tokens), "data.reserved_tokens", dt.reserved_tokens, "strings")
+    _check(_is_int(dt.max_tokens) and dt.max_tokens >= 2, "data.max_tokens", dt.max_tokens, "an integer >= 2")
+    _check(_is_int(dt.batch_size) and dt.batch_size >= 1, "data.batch_size", dt.batch_size, "an integer >= 1")
+    _check(_is_int(dt.num_steps) and dt.num_steps >= 1, "data.num_steps", dt.num_steps, "an integer >= 1")
+    _check(
+        _is_int(dt.num_val) and dt.num_val >= dt.batch_size + 1,
+        "data.num_val", dt.num_val, f"an integer >= data.batch_size + 1 = {dt.batch_size + 1}",
+    )
+    _check(dt.sampler in ("sequential", "random"), "data.sampler", dt.sampler, "'sequential' or 'random'")
+    _check(m.impl in ("rnnjax", "flax"), "model.impl", m.impl, "'rnnjax' or 'flax'")
+    _check(m.cell in ("rnn", "gru", "lstm"), "model.cell", m.cell, "'rnn', 'gru' or 'lstm'")
+    _check(_is_int(m.hidden_size) and m.hidden_size >= 1, "model.hidden_size", m.hidden_size, "an integer >= 1")
+    _check(_is_int(m.num_layers) and m.num_layers >= 1, "model.num_layers", m.num_layers, "an integer >= 1")
+    acts = list(m.activation)
+    _check(
+        all(a in ("tanh", "relu") for a in acts) and len(acts) in (1, m.num_layers),
+        "model.activation", acts[0] if len(acts) == 1 else acts,
+        f"'tanh' or 'relu', or a list of them with one per layer ({m.num_layers})",
+    )
+    _check(_is_num(m.dropout) and 0 <= m.dropout < 1, "model.dropout", m.dropout, "a number in [0, 1)")
+    _check(_is_int(t.num_epochs) and t.num_epochs >= 1, "train.num_epochs", t.num_epochs, "an integer >= 1")
+    _check(t.optimizer in ("sgd", "adam", "adamw"), "train.optimizer", t.optimizer, "'sgd', 'adam' or 'adamw'")
+    _check(_is_num(t.learning_rate) and t.learning_rate > 0, "train.learning_rate", t.learning_rate, "a finite number > 0")
+    _check(_is_num(t.grad_clip) and t.grad_clip >= 0, "train.grad_clip", t.grad_clip, "a finite number >= 0 (0 = off)")
+    _check(_is_num(t.weight_decay) and t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "a number >= 0")
+    _check(t.schedule in ("constant", "warmup_cosine"), "train.schedule", t.schedule, "'constant' or 'warmup_cosine'")
+    _check(_is_int(t.warmup_steps) and t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, "an integer >= 0")
+    _check(isinstance(t.progress, bool), "train.progress", t.progress, "True or False")
+    g = c.generate
+    _check(all(isinstance(p, str) for p in g.prefixes), "generate.prefixes", list(g.prefixes), "a list of strings")
+    _check(_is_int(g.num_chars) and g.num_chars >= 0, "generate.num_chars", g.num_chars, "an integer >= 0")

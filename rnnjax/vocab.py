@@ -1,0 +1,65 @@
+"""Token vocabulary: token <-> id, with ``<unk>``, reserved tokens and a min frequency."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+UNK = "<unk>"
+
+
+@dataclasses.dataclass(frozen=True)
+class Vocab:
+    """An ordered token list. As d2l's ``Vocab``: ids are the sorted order of
+    ``{<unk>} | reserved | {tokens with count >= min_freq}``; unknown tokens map to ``<unk>``.
+    """
+
+    idx_to_token: tuple[str, ...]
+    token_to_idx: dict[str, int] = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if UNK not in self.idx_to_token or len(set(self.idx_to_token)) != len(self.idx_to_token):
+            raise ValueError(f"a vocabulary needs {UNK!r} and unique tokens")
+        object.__setattr__(self, "token_to_idx", {t: i for i, t in enumerate(self.idx_to_token)})
+
+    @classmethod
+    def build(cls, tokens: Iterable[str], min_freq: int = 0, reserved_tokens: Sequence[str] = ()) -> Vocab:
+        counts = collections.Counter(tokens)
+        kept = {t for t, n in counts.items() if n >= min_freq}
+        return cls(tuple(sorted(kept | set(reserved_tokens) | {UNK})))
+
+    def __len__(self) -> int:
+        return len(self.idx_to_token)
+
+    @property
+    def unk(self) -> int:
+        return self.token_to_idx[UNK]
+
+    def encode(self, tokens: Iterable[str]) -> np.ndarray:
+        """Tokens -> int32 ids [n]; tokens outside the vocabulary become ``<unk>``."""
+        unk = self.unk
+        return np.fromiter((self.token_to_idx.get(t, unk) for t in tokens), dtype=np.int32)
+
+    def decode(self, ids: Iterable[int]) -> list[str]:
+        return [self.idx_to_token[int(i)] for i in ids]
+
+    def to_json(self) -> str:
+        return json.dumps({"idx_to_token": list(self.idx_to_token)}, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> Vocab:
+        return cls(tuple(json.loads(text)["idx_to_token"]))
+
+    def save(self, path: str | os.PathLike) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(self.to_json())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Vocab:
+        with open(path, encoding="utf-8") as f:
+            return cls.from_json(f.read())

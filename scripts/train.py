@@ -1,0 +1,36 @@
+r"""Train a deep RNN language model.
+
+    python scripts/train.py --config=configs/deep_lstm.py [--workdir=runs/deep_lstm] \
+        [--config.model.num_layers=3 ...]
+"""
+
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from rnnjax.config import ConfigError
+from rnnjax.train import train_and_evaluate
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config name>).")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+    del argv
+    config_path = flags.FLAGS["config"].config_filename
+    workdir = _WORKDIR.value or os.path.join("runs", os.path.splitext(os.path.basename(config_path))[0])
+    try:
+        summary = train_and_evaluate(_CONFIG.value, workdir)
+    except (ConfigError, FileExistsError) as e:
+        sys.exit(f"error: {e}")
+    print(f"train perplexity {summary['train_ppl']:.3f}, validation perplexity {summary['val_ppl']:.3f} "
+          f"(best {summary['best_val_ppl']:.3f}), {summary['wall_time']:.0f} s, workdir {workdir}")
+    for s in summary["samples"]:
+        print(s)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,104 @@
+"""Every config in configs/ builds; every invalid value stops the run before any compute."""
+
+import glob
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+from rnnjax.config import ConfigError, default_config, resolve
+from rnnjax.train import train_and_evaluate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config_file(path, arg=None):
+    spec = importlib.util.spec_from_file_location("cfg", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config(arg)
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))))
+def test_every_config_file_builds(path):
+    for arg in (None, "smoke"):
+        cfg = resolve(load_config_file(path, arg))
+        assert cfg.model.cell in os.path.basename(path)
+
+
+def test_seed_config_is_the_reference_experiment():
+    cfg = resolve(load_config_file(os.path.join(ROOT, "configs", "deep_lstm.py")))
+    assert (cfg.model.cell, cfg.model.num_layers, cfg.model.hidden_size) == ("lstm", 2, 256)
+    assert (cfg.data.batch_size, cfg.data.num_steps, cfg.data.max_tokens, cfg.data.sampler) == (32, 35, 10_000, "sequential")
+    assert (cfg.train.optimizer, cfg.train.learning_rate, cfg.train.grad_clip, cfg.train.num_epochs) == ("sgd", 2.0, 1.0, 500)
+
+
+def _with(field, value):
+    cfg = default_config()
+    group, name = field.split(".")
+    setattr(cfg[group], name, value)
+    return cfg
+
+
+BAD = [
+    ("model.num_layers", 0, "model.num_layers = 0"),
+    ("model.hidden_size", 0, "model.hidden_size = 0"),
+    ("train.learning_rate", 0.0, "train.learning_rate = 0.0"),
+    ("train.learning_rate", -1.0, "train.learning_rate = -1.0"),
+    ("train.learning_rate", float("nan"), "train.learning_rate = nan"),
+    ("model.cell", "transformer", "model.cell = 'transformer'"),
+    ("model.activation", "sigmoid", "model.activation = 'sigmoid'"),
+    ("model.activation", ["tanh", "relu", "tanh"], "one per layer"),
+    ("data.sampler", "shuffled", "data.sampler"),
+    ("model.dropout", 1.0, "model.dropout"),
+]
+
+
+@pytest.mark.parametrize("field,value,message", BAD)
+def test_invalid_values_name_the_field(field, value, message, tmp_path):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(".", r"\.")) as e:
+        train_and_evaluate(_with(field, value), tmp_path / "run")
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "run").exists()  # stopped before writing or computing anything
+
+
+def test_per_layer_activation_list_is_accepted():
+    cfg = _with("model.activation", ["tanh", "relu"])
+    cfg.model.cell = "rnn"
+    assert resolve(cfg).model.activation == ("tanh", "relu")
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "binary"])
+def test_bad_corpus_files_are_refused(kind, tmp_path):
+    path = tmp_path / "corpus.txt"
+    if kind == "empty":
+        path.write_text("   \n")
+    elif kind == "binary":
+        path.write_bytes(b"caf\xe9 au lait" * 100)
+    with pytest.raises(ConfigError, match=r"config\.data\.paths: .*(cannot read|empty|not UTF-8)"):
+        train_and_evaluate(_with("data.paths", [str(path)]), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_window_longer_than_corpus_is_refused(tmp_path):
+    cfg = _with("data.num_steps", 400)  # 32 rows x 401 tokens > 10,000 training tokens
+    with pytest.raises(ConfigError, match=r"config\.data\.num_steps = 400"):
+        train_and_evaluate(cfg, tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"config\.data\.max_tokens \+ config\.data\.num_val"):
+        train_and_evaluate(_with("data.max_tokens", 10_000_000), tmp_path / "run")
+
+
+def test_cli_prints_one_line_and_creates_nothing(tmp_path):
+    workdir = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "train.py"), "--config=" + os.path.join(ROOT, "configs", "deep_lstm.py"),
+         f"--workdir={workdir}", "--config.model.num_layers=0"],
+        capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=120,
+    )
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: config.model.num_layers = 0 is not allowed: an integer >= 1"
+    )
+    assert not workdir.exists()

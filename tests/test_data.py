@@ -1,0 +1,87 @@
+"""Preprocessing, vocabulary, and the two samplers."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from rnnjax import data
+from rnnjax.config import default_config, resolve
+from rnnjax.vocab import UNK, Vocab
+
+
+def data_cfg(**overrides):
+    return dataclasses.replace(resolve(default_config()).data, **overrides)
+
+
+def test_bundled_book_matches_d2l_preprocessing():
+    text = data.preprocess(data.read_texts([]), "d2l")
+    assert len(text) == 173_428
+    corpus = data.load_corpus(data_cfg())
+    assert len(corpus.vocab) == 28  # 26 letters, space, <unk>
+    assert corpus.vocab.idx_to_token[:3] == (" ", UNK, "a")  # d2l's sorted order
+    assert corpus.train.shape == (10_000,) and corpus.val.shape == (5_000,)
+    ids = corpus.vocab.encode(data.tokenize(text, "char"))
+    np.testing.assert_array_equal(corpus.train, ids[:10_000])
+    np.testing.assert_array_equal(corpus.val, ids[10_000:15_000])  # held out: the tokens right after
+
+
+def test_preprocess_none_keeps_raw_characters_and_word_tokens(tmp_path):
+    f = tmp_path / "t.txt"
+    f.write_text("Hello, World!\nHello again.\n" * 50, encoding="utf-8")
+    cfg = data_cfg(paths=(str(f),), preprocess="none", max_tokens=1000, num_val=100, batch_size=2, num_steps=5)
+    corpus = data.load_corpus(cfg)
+    assert {"H", ",", "\n", "!"} <= set(corpus.vocab.idx_to_token)
+    words = data.load_corpus(dataclasses.replace(cfg, tokenizer="word", max_tokens=150, num_val=50))
+    assert "Hello," in words.vocab.idx_to_token and "again." in words.vocab.idx_to_token
+
+
+def test_vocab_min_freq_reserved_unknown_and_json_roundtrip(tmp_path):
+    vocab = Vocab.build(list("aaabbc"), min_freq=2, reserved_tokens=["<pad>"])
+    assert vocab.idx_to_token == ("<pad>", UNK, "a", "b")
+    np.testing.assert_array_equal(vocab.encode("abcz"), [2, 3, vocab.unk, vocab.unk])
+    vocab.save(tmp_path / "v.json")
+    assert Vocab.load(tmp_path / "v.json") == vocab
+    assert vocab.decode([2, 3, 1]) == ["a", "b", UNK]
+
+
+def test_sequential_batches_continue_each_row_exactly():
+    cfg = data_cfg(batch_size=4, num_steps=5)
+    tokens = np.arange(300, dtype=np.int32)
+    xs, ys = data.epoch_batches(tokens, cfg, seed=0, epoch=1)
+    n = data.batches_per_epoch(cfg, len(tokens))
+    assert xs.shape == ys.shape == (n, 4, 5)
+    np.testing.assert_array_equal(ys, xs + 1)  # targets are the next tokens
+    for i in range(n - 1):  # row r of batch i+1 starts where row r of batch i ended
+        np.testing.assert_array_equal(xs[i + 1, :, 0], xs[i, :, -1] + 1)
+    # Offsets differ between epochs, shapes never do; the same (seed, epoch) repeats exactly.
+    offsets = {int(data.epoch_batches(tokens, cfg, 0, e)[0][0, 0, 0]) for e in range(1, 30)}
+    assert len(offsets) > 1 and max(offsets) <= 5
+    np.testing.assert_array_equal(data.epoch_batches(tokens, cfg, 0, 7)[0], data.epoch_batches(tokens, cfg, 0, 7)[0])
+
+
+def test_random_batches_are_disjoint_subsequences():
+    cfg = data_cfg(batch_size=4, num_steps=5, sampler="random")
+    tokens = np.arange(300, dtype=np.int32)
+    xs, ys = data.epoch_batches(tokens, cfg, seed=0, epoch=1)
+    assert xs.shape == (data.batches_per_epoch(cfg, 300), 4, 5)
+    np.testing.assert_array_equal(ys, xs + 1)
+    np.testing.assert_array_equal(np.diff(xs, axis=-1), 1)  # each row is contiguous
+    starts = xs[:, :, 0].ravel()
+    assert len(set(starts.tolist())) == starts.size and len(set((starts % 5).tolist())) == 1
+
+
+def test_eval_windows_cover_the_stream_in_order():
+    tokens = np.arange(101, dtype=np.int32)
+    windows = data.eval_windows(tokens, batch_size=4, num_steps=7)
+    xs = np.concatenate([x for x, _ in windows], axis=1)
+    ys = np.concatenate([y for _, y in windows], axis=1)
+    np.testing.assert_array_equal(xs.ravel(), np.arange(100))
+    np.testing.assert_array_equal(ys, xs + 1)
+    assert [x.shape[1] for x, _ in windows] == [7, 7, 7, 4]
+
+
+@pytest.mark.parametrize("tokenizer", ["char", "word"])
+def test_detokenize_inverts_tokenize(tokenizer):
+    text = "the time machine"
+    assert data.detokenize(data.tokenize(text, tokenizer), tokenizer) == text
