@@ -6,11 +6,12 @@ from rnnjax.data import Corpus, load_corpus
 from rnnjax.flax_model import FlaxDeepRNN, from_flax, to_flax
 from rnnjax.generate import generate
 from rnnjax.model import DeepRNN, num_params
+from rnnjax.run import Run, load
 from rnnjax.train import build_model, perplexity, train_and_evaluate
 from rnnjax.vocab import Vocab
 
 __all__ = [
     "CELLS", "Cell", "Config", "ConfigError", "Corpus", "DeepRNN", "FlaxDeepRNN", "Vocab",
     "build_model", "default_config", "from_flax", "generate", "gru", "load_corpus", "lstm",
-    "num_params", "perplexity", "resolve", "rnn", "to_flax", "train_and_evaluate",
+    "Run", "load", "num_params", "perplexity", "resolve", "rnn", "to_flax", "train_and_evaluate",
 ]

@@ -71,6 +71,14 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.warmup_steps = 0
     # Show a tqdm progress bar.
     c.train.progress = True
+    # Abort after this many consecutive non-finite steps (each one is skipped, not applied).
+    c.train.max_nonfinite = 10
+
+    c.checkpoint = ml_collections.ConfigDict()
+    # Save every this many epochs (and always after the last epoch) to WORKDIR/checkpoints.
+    c.checkpoint.every_epochs = 10
+    # Keep this many latest checkpoints, plus the one with the best validation perplexity.
+    c.checkpoint.max_to_keep = 3
 
     c.generate = ml_collections.ConfigDict()
     # Greedy continuations printed (and saved to samples.txt) after training.
@@ -87,6 +95,7 @@ def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.data.num_steps = 10
     config.model.hidden_size = 32
     config.train.num_epochs = 3
+    config.checkpoint.every_epochs = 1
     config.generate.num_chars = 20
     return config
 
@@ -125,6 +134,13 @@ class TrainConfig:
     schedule: str
     warmup_steps: int
     progress: bool
+    max_nonfinite: int
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    every_epochs: int
+    max_to_keep: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +155,7 @@ class Config:
     data: DataConfig
     model: ModelConfig
     train: TrainConfig
+    checkpoint: CheckpointConfig
     generate: GenerateConfig
 
     def to_dict(self) -> dict[str, Any]:
@@ -168,6 +185,25 @@ def _build(cls: type, d: dict[str, Any], prefix: str) -> Any:
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
+# Fields a resumed run may change; any other difference from the checkpoint's config is refused.
+RESUMABLE_CHANGES = ("train.num_epochs", "train.progress", "checkpoint.", "generate.")
+
+
+def first_difference(saved: dict[str, Any], requested: dict[str, Any], prefix: str = "") -> str | None:
+    """The first dotted field whose value differs between two config dicts (None: same)."""
+    for key in sorted(set(saved) | set(requested)):
+        name = f"{prefix}{key}"
+        a, b = saved.get(key), requested.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found = first_difference(a, b, name + ".")
+            if found:
+                return found
+        elif (list(a) if isinstance(a, (list, tuple)) else a) != (list(b) if isinstance(b, (list, tuple)) else b):
+            if not any(name == f or (f.endswith(".") and name.startswith(f)) for f in RESUMABLE_CHANGES):
+                return name
+    return None
+
+
 def resolve(cfg: ml_collections.ConfigDict | dict[str, Any]) -> Config:
     """Validate every field and return the frozen :class:`Config`; raises :class:`ConfigError`."""
     d = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
@@ -175,7 +211,10 @@ def resolve(cfg: ml_collections.ConfigDict | dict[str, Any]) -> Config:
     act = d.get("model", {}).get("activation")
     if isinstance(act, str):
         d["model"]["activation"] = [act]
-    groups = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "generate": GenerateConfig}
+    groups = {
+        "data": DataConfig, "model": ModelConfig, "train": TrainConfig,
+        "checkpoint": CheckpointConfig, "generate": GenerateConfig,
+    }
     for name in set(d) - set(groups) - {"seed"}:
         raise ConfigError(f"config.{name} is not a known field; known: seed, {', '.join(groups)}")
     if "seed" not in d:
@@ -221,6 +260,10 @@ def _validate(c: Config) -> None:
     _check(t.schedule in ("constant", "warmup_cosine"), "train.schedule", t.schedule, "'constant' or 'warmup_cosine'")
     _check(_is_int(t.warmup_steps) and t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, "an integer >= 0")
     _check(isinstance(t.progress, bool), "train.progress", t.progress, "True or False")
+    _check(_is_int(t.max_nonfinite) and t.max_nonfinite >= 1, "train.max_nonfinite", t.max_nonfinite, "an integer >= 1")
+    k = c.checkpoint
+    _check(_is_int(k.every_epochs) and k.every_epochs >= 1, "checkpoint.every_epochs", k.every_epochs, "an integer >= 1")
+    _check(_is_int(k.max_to_keep) and k.max_to_keep >= 1, "checkpoint.max_to_keep", k.max_to_keep, "an integer >= 1")
     g = c.generate
     _check(all(isinstance(p, str) for p in g.prefixes), "generate.prefixes", list(g.prefixes), "a list of strings")
     _check(_is_int(g.num_chars) and g.num_chars >= 0, "generate.num_chars", g.num_chars, "an integer >= 0")

@@ -12,6 +12,8 @@ import json
 import math
 import os
 import pathlib
+import signal
+import threading
 import time
 from typing import Any, NamedTuple
 
@@ -23,20 +25,23 @@ import optax
 import tqdm
 
 from rnnjax import data
-from rnnjax.config import Config, resolve
+from rnnjax.checkpoint import Checkpointer, CheckpointError, WorkdirLock
+from rnnjax.config import Config, ConfigError, first_difference, resolve
 from rnnjax.flax_model import FlaxDeepRNN
 from rnnjax.generate import generate
 from rnnjax.model import DeepRNN, Params, State, num_params
 from rnnjax.optim import make_optimizer
 from rnnjax.plotting import plot_curves
+from rnnjax.vocab import Vocab
 
 Array = jax.Array
 
 
 class TrainState(NamedTuple):
-    step: Array  # int32 scalar: optimizer steps taken
+    step: Array  # int32 scalar: optimizer steps taken (skipped non-finite steps included)
     params: Params
     opt_state: optax.OptState
+    nonfinite: Array  # int32 scalar: consecutive non-finite steps so far
 
 
 def build_model(cfg: Config, vocab_size: int) -> DeepRNN:
@@ -56,7 +61,9 @@ def make_train_step(model: DeepRNN, tx: optax.GradientTransformation, reset_stat
 
     Trains on minibatch i. The carry (every layer's hidden state) comes in as data, so no
     gradient flows into earlier minibatches (truncated BPTT); ``reset_state`` zeroes it
-    first (random sampling). ``acc`` [3] sums (loss, pre-clip gradient norm, steps).
+    first (random sampling). ``acc`` [4] sums (loss, pre-clip gradient norm, applied steps,
+    skipped steps). A step whose loss, gradient or update is not finite changes nothing but the
+    counters: params, optimizer state and carry stay as they were.
     """
 
     @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
@@ -71,10 +78,16 @@ def make_train_step(model: DeepRNN, tx: optax.GradientTransformation, reset_stat
             return cross_entropy(logits, y).mean(), new_carry
 
         (loss, new_carry), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        gnorm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        acc = acc + jnp.stack([loss, optax.tree.norm(grads), 1.0])
-        return TrainState(state.step + 1, params, opt_state), new_carry, acc
+        ok = jnp.isfinite(loss) & jnp.isfinite(gnorm) & jnp.isfinite(optax.tree.norm(updates))
+        keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+        okf = ok.astype(jnp.float32)
+        acc = acc + jnp.stack([jnp.where(ok, loss, 0.0), jnp.where(ok, gnorm, 0.0), okf, 1.0 - okf])
+        nonfinite = jnp.where(ok, 0, state.nonfinite + 1)
+        new_state = TrainState(state.step + 1, keep(params, state.params), keep(opt_state, state.opt_state), nonfinite)
+        return new_state, keep(new_carry, carry), acc
 
     return train_step
 
@@ -115,65 +128,184 @@ class MetricsWriter:
             os.fsync(f.fileno())
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict | Config, workdir: str | os.PathLike) -> dict[str, Any]:
-    """Train the configured model, writing config.json, vocab.json, metrics.jsonl,
-    curves.png and samples.txt to ``workdir``. Returns a summary dict with ``params``."""
+class Preempted(Exception):
+    """Raised after SIGTERM/SIGINT once a checkpoint of the current step is saved."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"stopped by signal {signum}: saved a checkpoint at step {step}; rerun the same command to resume")
+        self.signum, self.step = signum, step
+
+
+class _StopFlag:
+    """Turns SIGTERM/SIGINT into a flag checked after every step (main thread only)."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def init_state(model: DeepRNN, tx: optax.GradientTransformation, key: Array) -> TrainState:
+    params = model.init(key)
+    return TrainState(jnp.int32(0), params, tx.init(params), jnp.int32(0))
+
+
+def _checkpoint_tree(state: TrainState, rng: Array, carry: State, acc: Array) -> dict[str, Any]:
+    return {"train": state._asdict(), "rng": jax.random.key_data(rng), "carry": carry, "acc": acc}
+
+
+def _write_atomic(path: pathlib.Path, text: str) -> None:
+    """Write a file so that a reader (or a killed writer) never sees it half-written."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _read_metrics(path: pathlib.Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _truncate_metrics(path: pathlib.Path, last_epoch: int) -> list[dict[str, Any]]:
+    """Keep the records of epochs <= last_epoch (those a resumed run will not redo); atomic."""
+    kept = [r for r in _read_metrics(path) if r["epoch"] <= last_epoch]
+    _write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
+    return kept
+
+
+def _check_resumable(workdir: pathlib.Path, cfg: Config, vocab) -> None:
+    saved_path = workdir / "config.json"
+    if saved_path.exists():
+        field = first_difference(json.loads(saved_path.read_text()), cfg.to_dict())
+        if field:
+            raise CheckpointError(
+                f"{workdir} holds a run with a different config.{field}; use another --workdir, or the run's own config"
+            )
+    vocab_path = workdir / "vocab.json"
+    if vocab_path.exists() and Vocab.load(vocab_path) != vocab:
+        raise CheckpointError(f"{workdir} holds a run with a different vocabulary; use another --workdir")
+
+
+def has_checkpoint(workdir: str | os.PathLike) -> bool:
+    d = pathlib.Path(workdir) / "checkpoints"
+    return d.is_dir() and any(p.name.isdigit() for p in d.iterdir())
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict | Config, workdir: str | os.PathLike, resume: str = "auto"
+) -> dict[str, Any]:
+    """Train the configured model in ``workdir``, resuming from its latest good checkpoint.
+
+    ``resume``: "auto" (resume if there is a checkpoint), "must" (fail at once, creating
+    nothing, if there is none) or "never" (refuse a workdir holding checkpoints). Writes
+    config.json, vocab.json, metrics.jsonl, checkpoints/, curves.png and samples.txt.
+    Returns a summary dict with the final ``params``. Raises :class:`Preempted` after
+    saving on SIGTERM/SIGINT.
+    """
     cfg = config if isinstance(config, Config) else resolve(config)
+    if resume not in ("auto", "must", "never"):
+        raise ConfigError(f"resume = {resume!r} is not allowed: 'auto', 'must' or 'never'")
     workdir = pathlib.Path(workdir)
-    if (workdir / "metrics.jsonl").exists():
-        raise FileExistsError(f"{workdir} already holds a run (metrics.jsonl); pass a new --workdir or delete it")
+    if resume == "must" and not has_checkpoint(workdir):
+        raise CheckpointError(f"--resume=must but {workdir} has no checkpoint to resume from")
+    if resume == "never" and has_checkpoint(workdir):
+        raise CheckpointError(f"--resume=never but {workdir} already holds checkpoints; use a new --workdir")
     corpus = data.load_corpus(cfg.data)  # validates the data before any compute
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    corpus.vocab.save(workdir / "vocab.json")
+    lock = WorkdirLock(workdir)
+    lock.acquire()
+    try:
+        _check_resumable(workdir, cfg, corpus.vocab)
+        return _train(cfg, corpus, workdir)
+    finally:
+        lock.release()
 
+
+def _train(cfg: Config, corpus: data.Corpus, workdir: pathlib.Path) -> dict[str, Any]:
+    _write_atomic(workdir / "config.json", json.dumps(cfg.to_dict(), indent=2))
+    _write_atomic(workdir / "vocab.json", corpus.vocab.to_json())
     dc, tc = cfg.data, cfg.train
     model = build_model(cfg, len(corpus.vocab))
-    init_key, dropout_key = jax.random.split(jax.random.key(cfg.seed))
-    params = model.init(init_key)
     n = data.batches_per_epoch(dc, len(corpus.train))
     tx, schedule = make_optimizer(tc, total_steps=n * tc.num_epochs)
-    state = TrainState(jnp.int32(0), params, tx.init(params))
+    init_key, rng = jax.random.split(jax.random.key(cfg.seed))
+    state = init_state(model, tx, init_key)
+    fresh = lambda: (model.initial_state(dc.batch_size), jnp.zeros(4, jnp.float32))  # noqa: E731
+    carry, acc = fresh()
+    ckpt = Checkpointer(workdir, cfg.checkpoint.max_to_keep)
+    abstract = jax.eval_shape(lambda: _checkpoint_tree(state, rng, carry, acc))
+    restored = ckpt.restore(lambda meta: abstract)
+    start_epoch, start_batch = 1, 0
+    if restored is not None:
+        _, tree, meta = restored
+        state, rng = TrainState(**tree["train"]), jax.random.wrap_key_data(tree["rng"])
+        carry, acc = tree["carry"], tree["acc"]
+        start_epoch, start_batch = meta["epoch"] + 1, meta["batch"]
+    records = _truncate_metrics(workdir / "metrics.jsonl", start_epoch - 1)
+    meta_of = lambda epoch, batch, val=None: {  # noqa: E731
+        "epoch": epoch, "batch": batch, "val_ppl": val, "config": cfg.to_dict(), "vocab": list(corpus.vocab.idx_to_token)
+    }
     train_step = make_train_step(model, tx, reset_state=dc.sampler == "random")
     eval_step = make_eval_step(model)
     writer = MetricsWriter(workdir / "metrics.jsonl")
-
-    records: list[dict[str, Any]] = []
     start = time.perf_counter()
-    bar = tqdm.trange(1, tc.num_epochs + 1, desc=f"{cfg.model.num_layers}x{cfg.model.cell}", disable=not tc.progress)
-    for epoch in bar:
-        xs, ys = (jax.device_put(a) for a in data.epoch_batches(corpus.train, dc, cfg.seed, epoch))
-        carry, acc = model.initial_state(dc.batch_size), jnp.zeros(3, jnp.float32)
-        t0 = time.perf_counter()
-        for i in range(n):
-            state, carry, acc = train_step(state, carry, acc, xs, ys, i, dropout_key)
-        loss_sum, gnorm_sum, steps = np.asarray(acc, np.float64)  # the one host sync of the epoch
-        train_time = time.perf_counter() - t0
-        record = {
-            "epoch": epoch,
-            "step": int(state.step),
-            "train_ppl": math.exp(loss_sum / steps) if math.isfinite(loss_sum) else float("nan"),
-            "val_ppl": perplexity(model, state.params, corpus.val, dc.batch_size, dc.num_steps, eval_step),
-            "tokens_per_sec": steps * dc.batch_size * dc.num_steps / train_time,
-            "grad_norm": gnorm_sum / steps,
-            "lr": float(schedule(int(state.step) - 1)),
-            "wall_time": time.perf_counter() - start,
-        }
-        writer.write(record)
-        records.append(record)
-        bar.set_postfix(train_ppl=f"{record['train_ppl']:.2f}", val_ppl=f"{record['val_ppl']:.2f}")
-        if not math.isfinite(loss_sum):
-            raise FloatingPointError(
-                f"training diverged at epoch {epoch}: the loss is not finite; "
-                "lower train.learning_rate or set train.grad_clip"
-            )
-
+    bar = tqdm.trange(start_epoch, tc.num_epochs + 1, desc=f"{cfg.model.num_layers}x{cfg.model.cell}", disable=not tc.progress)
+    with _StopFlag() as stop:
+        for epoch in bar:
+            xs, ys = (jax.device_put(a) for a in data.epoch_batches(corpus.train, dc, cfg.seed, epoch))
+            first = start_batch if epoch == start_epoch else 0
+            if first == 0:
+                carry, acc = fresh()
+            t0 = time.perf_counter()
+            for i in range(first, n):
+                state, carry, acc = train_step(state, carry, acc, xs, ys, i, rng)
+                if stop.signum is not None:
+                    ckpt.save(int(state.step), _checkpoint_tree(state, rng, carry, acc), meta_of(epoch - 1, i + 1))
+                    raise Preempted(stop.signum, int(state.step))
+            loss_sum, gnorm_sum, steps, skipped = np.asarray(acc, np.float64)  # the one host sync of the epoch
+            train_time = time.perf_counter() - t0
+            record = {
+                "epoch": epoch,
+                "step": int(state.step),
+                "train_ppl": math.exp(loss_sum / steps) if steps else float("nan"),
+                "val_ppl": perplexity(model, state.params, corpus.val, dc.batch_size, dc.num_steps, eval_step),
+                "tokens_per_sec": (n - first) * dc.batch_size * dc.num_steps / train_time,
+                "grad_norm": gnorm_sum / steps if steps else float("nan"),
+                "lr": float(schedule(int(state.step) - 1)),
+                "skipped_steps": int(skipped),
+                "wall_time": time.perf_counter() - start,
+            }
+            writer.write(record)
+            records.append(record)
+            bar.set_postfix(train_ppl=f"{record['train_ppl']:.2f}", val_ppl=f"{record['val_ppl']:.2f}")
+            if int(state.nonfinite) >= tc.max_nonfinite:
+                raise FloatingPointError(
+                    f"aborting at step {int(state.step)}: {int(state.nonfinite)} consecutive non-finite training steps "
+                    f"(train.max_nonfinite = {tc.max_nonfinite}), none applied; lower train.learning_rate or set train.grad_clip"
+                )
+            if epoch % cfg.checkpoint.every_epochs == 0 or epoch == tc.num_epochs:
+                ckpt.save(int(state.step), _checkpoint_tree(state, rng, carry, acc), meta_of(epoch, 0, record["val_ppl"]),
+                          val_ppl=record["val_ppl"])
+    ckpt.close()
     plot_curves(records, workdir / "curves.png", title=f"{cfg.model.num_layers}-layer {cfg.model.cell}")
     samples = generate(
         model, state.params, corpus.vocab, list(cfg.generate.prefixes), cfg.generate.num_chars,
         preprocess_mode=dc.preprocess, tokenizer=dc.tokenizer,
     ) if cfg.generate.prefixes else []
-    (workdir / "samples.txt").write_text("".join(s + "\n" for s in samples))
+    _write_atomic(workdir / "samples.txt", "".join(s + "\n" for s in samples))
     return {
         "params": state.params,
         "model": model,

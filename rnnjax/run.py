@@ -1,0 +1,86 @@
+"""Restore a finished (or running) run in a notebook: ``rnnjax.load(workdir)``.
+
+Read-only: it never writes to the run. It needs only the workdir: the config and the
+vocabulary come from the checkpoint's JSON, never from a ``.py`` config file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+from typing import Any
+
+import jax
+import numpy as np
+
+from rnnjax import data
+from rnnjax.checkpoint import Checkpointer, CheckpointError
+from rnnjax.config import Config, resolve
+from rnnjax.generate import generate
+from rnnjax.model import DeepRNN, Params
+from rnnjax.optim import make_optimizer
+from rnnjax.train import _checkpoint_tree, build_model, init_state, perplexity
+from rnnjax.vocab import Vocab
+
+
+@dataclasses.dataclass
+class Run:
+    """A restored run: its config, params at ``step``, vocabulary and metric history."""
+
+    workdir: pathlib.Path
+    step: int
+    config: Config
+    model: DeepRNN
+    params: Params
+    vocab: Vocab
+    metrics: list[dict[str, Any]]
+
+    def generate(
+        self, prefix: str | list[str], num_chars: int, temperature: float = 1.0, top_k: int | None = None, seed: int = 0
+    ) -> str | list[str]:
+        """Continue ``prefix`` (or each of a list of prefixes) by ``num_chars`` tokens. Temperature 0 = greedy."""
+        return generate(
+            self.model, self.params, self.vocab, prefix, num_chars, temperature=temperature, top_k=top_k, seed=seed,
+            preprocess_mode=self.config.data.preprocess, tokenizer=self.config.data.tokenizer,
+        )
+
+    def perplexity(self, text: str) -> float:
+        """Perplexity of the model on ``text`` (preprocessed as in training; unknown tokens -> <unk>)."""
+        d = self.config.data
+        ids = self.vocab.encode(data.tokenize(data.preprocess(text, d.preprocess), d.tokenizer))
+        if len(ids) < 2:
+            raise ValueError("perplexity needs a text of at least 2 tokens after preprocessing")
+        return perplexity(self.model, self.params, ids, 1, d.num_steps)
+
+
+def load(workdir: str | os.PathLike, step: int | None = None) -> Run:
+    """Restore ``step`` (default: the latest good checkpoint) of the run in ``workdir``."""
+    workdir = pathlib.Path(workdir)
+    ckpt = Checkpointer(workdir, read_only=True)
+    steps = ckpt.steps()
+    if not steps:
+        raise CheckpointError(f"{workdir} has no checkpoint yet")
+
+    def abstract(meta: dict[str, Any]) -> Any:
+        cfg = resolve(meta["config"])
+        model = build_model(cfg, len(meta["vocab"]))
+        n = data.batches_per_epoch(cfg.data, cfg.data.max_tokens)
+        tx, _ = make_optimizer(cfg.train, n * cfg.train.num_epochs)
+        key = jax.random.key(0)
+        return jax.eval_shape(
+            lambda: _checkpoint_tree(
+                init_state(model, tx, key), key, model.initial_state(cfg.data.batch_size), jax.numpy.zeros(4)
+            )
+        )
+
+    restored = ckpt.restore(abstract, step)
+    ckpt.close()
+    step, tree, meta = restored
+    cfg = resolve(meta["config"])
+    vocab = Vocab(tuple(meta["vocab"]))
+    metrics_path = workdir / "metrics.jsonl"
+    metrics = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()] if metrics_path.exists() else []
+    params = jax.tree_util.tree_map(np.asarray, tree["train"]["params"])
+    return Run(workdir, step, cfg, build_model(cfg, len(vocab)), params, vocab, metrics)
