@@ -80,6 +80,10 @@ def default_config() -> ml_collections.ConfigDict:
     # Keep this many latest checkpoints, plus the one with the best validation perplexity.
     c.checkpoint.max_to_keep = 3
 
+    c.parallel = ml_collections.ConfigDict()
+    # Data-parallel devices (across all processes); 0 = all. data.batch_size must divide by it.
+    c.parallel.num_devices = 0
+
     c.generate = ml_collections.ConfigDict()
     # Greedy continuations printed (and saved to samples.txt) after training.
     c.generate.prefixes = ["time traveller", "traveller"]
@@ -144,6 +148,11 @@ class CheckpointConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ParallelConfig:
+    num_devices: int
+
+
+@dataclasses.dataclass(frozen=True)
 class GenerateConfig:
     prefixes: tuple[str, ...]
     num_chars: int
@@ -156,6 +165,7 @@ class Config:
     model: ModelConfig
     train: TrainConfig
     checkpoint: CheckpointConfig
+    parallel: ParallelConfig
     generate: GenerateConfig
 
     def to_dict(self) -> dict[str, Any]:
@@ -186,7 +196,7 @@ def _build(cls: type, d: dict[str, Any], prefix: str) -> Any:
 
 
 # Fields a resumed run may change; any other difference from the checkpoint's config is refused.
-RESUMABLE_CHANGES = ("train.num_epochs", "train.progress", "checkpoint.", "generate.")
+RESUMABLE_CHANGES = ("train.num_epochs", "train.progress", "checkpoint.", "parallel.", "generate.")
 
 
 def first_difference(saved: dict[str, Any], requested: dict[str, Any], prefix: str = "") -> str | None:
@@ -213,7 +223,7 @@ def resolve(cfg: ml_collections.ConfigDict | dict[str, Any]) -> Config:
         d["model"]["activation"] = [act]
     groups = {
         "data": DataConfig, "model": ModelConfig, "train": TrainConfig,
-        "checkpoint": CheckpointConfig, "generate": GenerateConfig,
+        "checkpoint": CheckpointConfig, "parallel": ParallelConfig, "generate": GenerateConfig,
     }
     for name in set(d) - set(groups) - {"seed"}:
         raise ConfigError(f"config.{name} is not a known field; known: seed, {', '.join(groups)}")
@@ -264,6 +274,8 @@ def _validate(c: Config) -> None:
     k = c.checkpoint
     _check(_is_int(k.every_epochs) and k.every_epochs >= 1, "checkpoint.every_epochs", k.every_epochs, "an integer >= 1")
     _check(_is_int(k.max_to_keep) and k.max_to_keep >= 1, "checkpoint.max_to_keep", k.max_to_keep, "an integer >= 1")
+    p = c.parallel.num_devices
+    _check(_is_int(p) and p >= 0, "parallel.num_devices", p, "an integer >= 0 (0 = all devices)")
     g = c.generate
     _check(all(isinstance(p, str) for p in g.prefixes), "generate.prefixes", list(g.prefixes), "a list of strings")
     _check(_is_int(g.num_chars) and g.num_chars >= 0, "generate.num_chars", g.num_chars, "an integer >= 0")

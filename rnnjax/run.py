@@ -69,11 +69,15 @@ def load(workdir: str | os.PathLike, step: int | None = None) -> Run:
         n = data.batches_per_epoch(cfg.data, cfg.data.max_tokens)
         tx, _ = make_optimizer(cfg.train, n * cfg.train.num_epochs)
         key = jax.random.key(0)
-        return jax.eval_shape(
+        shapes = jax.eval_shape(
             lambda: _checkpoint_tree(
-                init_state(model, tx, key), key, model.initial_state(cfg.data.batch_size), jax.numpy.zeros(4)
+                init_state(model, tx, key), jax.random.key_data(key), model.initial_state(cfg.data.batch_size),
+                jax.numpy.zeros(4),
             )
         )
+        # Restore onto this process's first device, whatever the mesh the run was saved from.
+        one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), shapes)
 
     restored = ckpt.restore(abstract, step)
     ckpt.close()

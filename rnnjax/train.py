@@ -31,6 +31,7 @@ from rnnjax.flax_model import FlaxDeepRNN
 from rnnjax.generate import generate
 from rnnjax.model import DeepRNN, Params, State, num_params
 from rnnjax.optim import make_optimizer
+from rnnjax.parallel import DataParallel
 from rnnjax.plotting import plot_curves
 from rnnjax.vocab import Vocab
 
@@ -104,12 +105,20 @@ def make_eval_step(model: DeepRNN):
     return eval_step
 
 
-def perplexity(model: DeepRNN, params: Params, tokens: np.ndarray, batch_size: int, num_steps: int, eval_step=None) -> float:
-    """exp(mean next-token cross-entropy) over a token stream read as ``batch_size`` rows, state carried."""
+def perplexity(
+    model: DeepRNN, params: Params, tokens: np.ndarray, batch_size: int, num_steps: int,
+    eval_step=None, dp: DataParallel | None = None,
+) -> float:
+    """exp(mean next-token cross-entropy) over a token stream read as ``batch_size`` rows, state carried.
+    With ``dp``, the rows are split over its devices."""
     eval_step = eval_step or make_eval_step(model)
     carry: State = model.initial_state(batch_size)
     acc = jnp.zeros(2, jnp.float32)
+    if dp is not None:
+        carry, acc = dp.shard_state(carry), dp.replicate(np.zeros(2, np.float32))
     for x, y in data.eval_windows(tokens, batch_size, num_steps):
+        if dp is not None:
+            x, y = dp.shard(x, 0), dp.shard(y, 0)
         carry, acc = eval_step(params, carry, acc, x, y)
     nll, n = np.asarray(acc, np.float64)
     return math.exp(nll / n)
@@ -162,8 +171,9 @@ def init_state(model: DeepRNN, tx: optax.GradientTransformation, key: Array) -> 
     return TrainState(jnp.int32(0), params, tx.init(params), jnp.int32(0))
 
 
-def _checkpoint_tree(state: TrainState, rng: Array, carry: State, acc: Array) -> dict[str, Any]:
-    return {"train": state._asdict(), "rng": jax.random.key_data(rng), "carry": carry, "acc": acc}
+def _checkpoint_tree(state: TrainState, rng_data: Array, carry: State, acc: Array) -> dict[str, Any]:
+    """What a checkpoint's ``state`` item holds; ``rng_data`` is ``jax.random.key_data(key)``."""
+    return {"train": state._asdict(), "rng": rng_data, "carry": carry, "acc": acc}
 
 
 def _write_atomic(path: pathlib.Path, text: str) -> None:
@@ -224,37 +234,45 @@ def train_and_evaluate(
     if resume == "never" and has_checkpoint(workdir):
         raise CheckpointError(f"--resume=never but {workdir} already holds checkpoints; use a new --workdir")
     corpus = data.load_corpus(cfg.data)  # validates the data before any compute
+    dp = DataParallel.create(cfg.parallel.num_devices, cfg.data.batch_size)
+    primary = jax.process_index() == 0  # only process 0 writes files (orbax coordinates checkpoints)
     workdir.mkdir(parents=True, exist_ok=True)
     lock = WorkdirLock(workdir)
-    lock.acquire()
+    if primary:
+        lock.acquire()
     try:
         _check_resumable(workdir, cfg, corpus.vocab)
-        return _train(cfg, corpus, workdir)
+        return _train(cfg, corpus, workdir, dp, primary)
     finally:
         lock.release()
 
 
-def _train(cfg: Config, corpus: data.Corpus, workdir: pathlib.Path) -> dict[str, Any]:
-    _write_atomic(workdir / "config.json", json.dumps(cfg.to_dict(), indent=2))
-    _write_atomic(workdir / "vocab.json", corpus.vocab.to_json())
+def _train(cfg: Config, corpus: data.Corpus, workdir: pathlib.Path, dp: DataParallel, primary: bool) -> dict[str, Any]:
+    if primary:
+        _write_atomic(workdir / "config.json", json.dumps(cfg.to_dict(), indent=2))
+        _write_atomic(workdir / "vocab.json", corpus.vocab.to_json())
     dc, tc = cfg.data, cfg.train
     model = build_model(cfg, len(corpus.vocab))
     n = data.batches_per_epoch(dc, len(corpus.train))
     tx, schedule = make_optimizer(tc, total_steps=n * tc.num_epochs)
     init_key, rng = jax.random.split(jax.random.key(cfg.seed))
-    state = init_state(model, tx, init_key)
-    fresh = lambda: (model.initial_state(dc.batch_size), jnp.zeros(4, jnp.float32))  # noqa: E731
+    state = jax.jit(lambda k: init_state(model, tx, k), out_shardings=dp.replicated)(init_key)
+    rng_data = dp.replicate(np.asarray(jax.random.key_data(rng)))
+    fresh = lambda: (dp.shard_state(model.initial_state(dc.batch_size)), dp.replicate(np.zeros(4, np.float32)))  # noqa: E731
     carry, acc = fresh()
     ckpt = Checkpointer(workdir, cfg.checkpoint.max_to_keep)
-    abstract = jax.eval_shape(lambda: _checkpoint_tree(state, rng, carry, acc))
+    abstract = dp.abstract(_checkpoint_tree(state, rng_data, carry, acc))
     restored = ckpt.restore(lambda meta: abstract)
     start_epoch, start_batch = 1, 0
     if restored is not None:
         _, tree, meta = restored
-        state, rng = TrainState(**tree["train"]), jax.random.wrap_key_data(tree["rng"])
-        carry, acc = tree["carry"], tree["acc"]
+        state, rng_data, carry, acc = TrainState(**tree["train"]), tree["rng"], tree["carry"], tree["acc"]
         start_epoch, start_batch = meta["epoch"] + 1, meta["batch"]
-    records = _truncate_metrics(workdir / "metrics.jsonl", start_epoch - 1)
+    rng = jax.random.wrap_key_data(rng_data)
+    if primary:
+        records = _truncate_metrics(workdir / "metrics.jsonl", start_epoch - 1)
+    else:
+        records = [r for r in _read_metrics(workdir / "metrics.jsonl") if r["epoch"] < start_epoch]
     meta_of = lambda epoch, batch, val=None: {  # noqa: E731
         "epoch": epoch, "batch": batch, "val_ppl": val, "config": cfg.to_dict(), "vocab": list(corpus.vocab.idx_to_token)
     }
@@ -265,7 +283,7 @@ def _train(cfg: Config, corpus: data.Corpus, workdir: pathlib.Path) -> dict[str,
     bar = tqdm.trange(start_epoch, tc.num_epochs + 1, desc=f"{cfg.model.num_layers}x{cfg.model.cell}", disable=not tc.progress)
     with _StopFlag() as stop:
         for epoch in bar:
-            xs, ys = (jax.device_put(a) for a in data.epoch_batches(corpus.train, dc, cfg.seed, epoch))
+            xs, ys = (dp.shard(a, 1) for a in data.epoch_batches(corpus.train, dc, cfg.seed, epoch))
             first = start_batch if epoch == start_epoch else 0
             if first == 0:
                 carry, acc = fresh()
@@ -273,7 +291,7 @@ def _train(cfg: Config, corpus: data.Corpus, workdir: pathlib.Path) -> dict[str,
             for i in range(first, n):
                 state, carry, acc = train_step(state, carry, acc, xs, ys, i, rng)
                 if stop.signum is not None:
-                    ckpt.save(int(state.step), _checkpoint_tree(state, rng, carry, acc), meta_of(epoch - 1, i + 1))
+                    ckpt.save(int(state.step), _checkpoint_tree(state, rng_data, carry, acc), meta_of(epoch - 1, i + 1))
                     raise Preempted(stop.signum, int(state.step))
             loss_sum, gnorm_sum, steps, skipped = np.asarray(acc, np.float64)  # the one host sync of the epoch
             train_time = time.perf_counter() - t0
@@ -281,14 +299,15 @@ def _train(cfg: Config, corpus: data.Corpus, workdir: pathlib.Path) -> dict[str,
                 "epoch": epoch,
                 "step": int(state.step),
                 "train_ppl": math.exp(loss_sum / steps) if steps else float("nan"),
-                "val_ppl": perplexity(model, state.params, corpus.val, dc.batch_size, dc.num_steps, eval_step),
+                "val_ppl": perplexity(model, state.params, corpus.val, dc.batch_size, dc.num_steps, eval_step, dp),
                 "tokens_per_sec": (n - first) * dc.batch_size * dc.num_steps / train_time,
                 "grad_norm": gnorm_sum / steps if steps else float("nan"),
                 "lr": float(schedule(int(state.step) - 1)),
                 "skipped_steps": int(skipped),
                 "wall_time": time.perf_counter() - start,
             }
-            writer.write(record)
+            if primary:
+                writer.write(record)
             records.append(record)
             bar.set_postfix(train_ppl=f"{record['train_ppl']:.2f}", val_ppl=f"{record['val_ppl']:.2f}")
             if int(state.nonfinite) >= tc.max_nonfinite:
@@ -297,15 +316,17 @@ def _train(cfg: Config, corpus: data.Corpus, workdir: pathlib.Path) -> dict[str,
                     f"(train.max_nonfinite = {tc.max_nonfinite}), none applied; lower train.learning_rate or set train.grad_clip"
                 )
             if epoch % cfg.checkpoint.every_epochs == 0 or epoch == tc.num_epochs:
-                ckpt.save(int(state.step), _checkpoint_tree(state, rng, carry, acc), meta_of(epoch, 0, record["val_ppl"]),
+                ckpt.save(int(state.step), _checkpoint_tree(state, rng_data, carry, acc), meta_of(epoch, 0, record["val_ppl"]),
                           val_ppl=record["val_ppl"])
     ckpt.close()
-    plot_curves(records, workdir / "curves.png", title=f"{cfg.model.num_layers}-layer {cfg.model.cell}")
+    if primary:
+        plot_curves(records, workdir / "curves.png", title=f"{cfg.model.num_layers}-layer {cfg.model.cell}")
     samples = generate(
         model, state.params, corpus.vocab, list(cfg.generate.prefixes), cfg.generate.num_chars,
         preprocess_mode=dc.preprocess, tokenizer=dc.tokenizer,
     ) if cfg.generate.prefixes else []
-    _write_atomic(workdir / "samples.txt", "".join(s + "\n" for s in samples))
+    if primary:
+        _write_atomic(workdir / "samples.txt", "".join(s + "\n" for s in samples))
     return {
         "params": state.params,
         "model": model,

@@ -12,6 +12,7 @@ from ml_collections import config_flags
 
 from rnnjax.checkpoint import CheckpointError
 from rnnjax.config import ConfigError
+from rnnjax.parallel import initialize_distributed
 from rnnjax.train import Preempted, train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
@@ -21,11 +22,21 @@ _RESUME = flags.DEFINE_enum(
     "auto: resume from the workdir's latest checkpoint if any; must: fail if there is none; "
     "never: refuse a workdir that holds checkpoints.",
 )
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False,
+    "Multi-process run: call jax.distributed.initialize (implied by --coordinator_address). Unset flags below are "
+    "auto-detected from SLURM / Open MPI / TPU / JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID.",
+)
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, e.g. 10.0.0.1:1234.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0 .. num_processes - 1.")
 flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
     del argv
+    if _DISTRIBUTED.value or _COORDINATOR.value:
+        initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     config_path = flags.FLAGS["config"].config_filename
     workdir = _WORKDIR.value or os.path.join("runs", os.path.splitext(os.path.basename(config_path))[0])
     try:

@@ -1,0 +1,88 @@
+"""Data parallelism with ``jax.sharding``: a 1-D device mesh with a ``"data"`` axis.
+
+Batches (and the carried hidden state) are split along the batch dimension; parameters,
+optimizer state and metric sums are replicated. The train step is the same jitted
+function: XLA inserts the gradient all-reduce. With several processes
+(``jax.distributed``), every process builds the same host batches from the seed and
+places only its own devices' rows (``make_array_from_callback``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from rnnjax.config import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class DataParallel:
+    """The mesh and the two placements every array of a run uses."""
+
+    mesh: Mesh
+
+    @classmethod
+    def create(cls, num_devices: int, batch_size: int) -> DataParallel:
+        """A mesh over the first ``num_devices`` devices (0 = all, across all processes)."""
+        devices = jax.devices()
+        n = len(devices) if num_devices == 0 else num_devices
+        if n > len(devices):
+            raise ConfigError(
+                f"config.parallel.num_devices = {n} but only {len(devices)} devices are visible; use 0 (all) or fewer"
+            )
+        if batch_size % n:
+            raise ConfigError(
+                f"config.data.batch_size = {batch_size} does not divide by the {n} devices; "
+                f"use a multiple of {n} or set config.parallel.num_devices"
+            )
+        return cls(Mesh(np.asarray(devices[:n]), ("data",)))
+
+    @property
+    def num_devices(self) -> int:
+        return self.mesh.size
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, P())
+
+    def batch_sharding(self, ndim: int, axis: int) -> NamedSharding:
+        spec = [None] * ndim
+        spec[axis] = "data"
+        return NamedSharding(self.mesh, P(*spec))
+
+    def shard(self, host: np.ndarray, axis: int) -> jax.Array:
+        """A global array from a host array (identical on every process), split on ``axis``."""
+        host = np.asarray(host)
+        sharding = self.batch_sharding(host.ndim, axis)
+        return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+    def replicate(self, host: np.ndarray) -> jax.Array:
+        """A global array holding ``host`` (identical on every process) on every device."""
+        host = np.asarray(host)
+        return jax.make_array_from_callback(host.shape, self.replicated, lambda idx: host[idx])
+
+    def shard_state(self, state: Any) -> Any:
+        """A hidden state pytree of [batch, hidden] arrays, split on the batch axis."""
+        return jax.tree_util.tree_map(lambda x: self.shard(np.asarray(x), 0), state)
+
+    def abstract(self, tree: Any) -> Any:
+        """``jax.ShapeDtypeStruct``s with each array's sharding: the restore target."""
+        return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def initialize_distributed(
+    coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> None:
+    """Start JAX's distributed runtime (call once per process, before any other JAX call).
+
+    Unset arguments are auto-detected by ``jax.distributed.initialize`` from the usual
+    environment (SLURM, Open MPI, Cloud TPU, or JAX_COORDINATOR_ADDRESS /
+    JAX_NUM_PROCESSES / JAX_PROCESS_ID). On CPU the collectives go through gloo.
+    """
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
