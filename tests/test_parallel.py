@@ -120,3 +120,20 @@ def test_two_processes_under_jax_distributed_train_like_one(tmp_path):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
     for a, b in zip(m.metrics, s.metrics):
         assert abs(np.log(a["train_ppl"]) - np.log(b["train_ppl"])) <= 1e-5
+
+
+def test_benchmark_report_lists_every_variant_with_ratios(tmp_path):
+    """The report's shape (no timing is asserted: speed lives in BENCHMARKS.md)."""
+    from rnnjax import benchmarking
+
+    calls = []
+    results = benchmarking.machine(2, 3)
+    results["implementations"] = benchmarking._interleave({"rnnjax": lambda: calls.append("a"), "torch": lambda: None}, 2, 3)
+    results["devices"] = benchmarking._interleave({"plain (no mesh)": lambda: None, "mesh of 1": lambda: None}, 2, 3)
+    results["devices_visible"] = 1
+    benchmarking.write_report(results, tmp_path / "B.md", tmp_path / "b.json", command="python scripts/benchmark.py")
+    assert len(calls) == 3  # one warm-up + 2 interleaved rounds
+    text = (tmp_path / "B.md").read_text()
+    for row in ("| rnnjax |", "| torch |", "| plain (no mesh) |", "| mesh of 1 |", "throughput vs torch"):
+        assert row in text
+    assert json.loads((tmp_path / "b.json").read_text())["settings"]["repeats"] == 2
