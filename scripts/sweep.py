@@ -1,0 +1,68 @@
+r"""Run (or summarize) a grid sweep: one run directory per trial under --workdir.
+
+    python scripts/sweep.py --config=configs/sweep_depth_cell.py --workdir=runs/sweep [--shard=i/n] \
+        [--axis=seed=0,1,2 ...] [--config.train.num_epochs=50 ...]
+    python scripts/sweep.py --summarize=runs/sweep
+"""
+
+import ast
+import importlib.util
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from rnnjax.config import ConfigError
+from rnnjax.sweep import run_sweep, summarize
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "A config file with get_config() and get_sweep().")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory: one subdirectory per trial.")
+_SHARD = flags.DEFINE_string("shard", "0/1", "Run only trials k with k mod n == i (i/n), e.g. one shard per machine.")
+_AXIS = flags.DEFINE_multi_string("axis", [], "Extra grid axis FIELD=v1,v2,... (values as Python literals).")
+_SUMMARIZE = flags.DEFINE_string("summarize", None, "Only merge the finished trials under this directory.")
+
+
+def _literal(text: str):
+    """'2' -> 2, '0.5' -> 0.5, 'gru' -> 'gru'."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _grid(config_path: str) -> dict:
+    path, _, arg = config_path.partition(":")
+    spec = importlib.util.spec_from_file_location("sweep_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_sweep"):
+        sys.exit(f"error: {path} has no get_sweep(); add one returning {{field: [values]}}")
+    grid = dict(module.get_sweep(arg or None))
+    for axis in _AXIS.value:
+        field, _, values = axis.partition("=")
+        if not field or not values:
+            sys.exit(f"error: --axis={axis!r}: give FIELD=v1,v2,..., e.g. --axis=seed=0,1,2")
+        grid[field] = [_literal(v) for v in values.split(",")]
+    return grid
+
+
+def main(argv):
+    del argv
+    if _SUMMARIZE.value:
+        rows = summarize(_SUMMARIZE.value)
+        print(open(f"{_SUMMARIZE.value}/results.md").read())
+        return 0 if rows else 1
+    if not (_CONFIG.value and _WORKDIR.value):
+        sys.exit("error: give --config and --workdir (or --summarize=DIR)")
+    try:
+        rows = run_sweep(_CONFIG.value, _grid(flags.FLAGS["config"].config_filename), _WORKDIR.value, _SHARD.value)
+    except (ConfigError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    summarize(_WORKDIR.value)
+    failed = [r for r in rows if r["status"] == "failed"]
+    print(open(f"{_WORKDIR.value}/results.md").read())
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,85 @@
+"""The sweep runner: names, resumability, failures, shards and the summary files."""
+
+import csv
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from rnnjax.config import ConfigError, default_config, smoke
+from rnnjax.sweep import apply_overrides, parse_shard, run_sweep, summarize, trial_dir, trial_name, trials
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def base():
+    cfg = smoke(default_config())
+    cfg.train.num_epochs = 2
+    return cfg
+
+
+def test_grid_names_and_overrides():
+    grid = {"model.cell": ["gru", "lstm"], "model.num_layers": [1, 3]}
+    ts = trials(grid)
+    assert len(ts) == 4 and ts[1] == {"model.cell": "gru", "model.num_layers": 3}
+    assert trial_name(ts[1]) == "cell=gru,num_layers=3"
+    assert apply_overrides(base(), ts[1]).model.num_layers == 3
+    assert trial_name({"data.paths": ["../../etc/passwd"]}) == "paths=__.._.._etc_passwd__"  # no "/": stays inside DIR
+    assert trial_dir(pathlib.Path("/tmp/s"), {"x": ".."}).parent == pathlib.Path("/tmp/s").resolve()
+    with pytest.raises(ConfigError, match="no field 'depth'"):
+        apply_overrides(base(), {"model.depth": 2})
+    assert parse_shard("1/3") == (1, 3)
+    with pytest.raises(ValueError, match="give i/n"):
+        parse_shard("3/3")
+
+
+def test_sweep_runs_records_failures_and_resumes(tmp_path):
+    grid = {"model.cell": ["gru", "lstm"], "train.learning_rate": [1.0, 1e38]}
+    cfg = base()
+    cfg.train.grad_clip, cfg.train.max_nonfinite = 0.0, 2  # lr 1e38 diverges: those trials fail
+    rows = run_sweep(cfg, grid, tmp_path)
+    status = {r["name"]: r["status"] for r in rows}
+    assert status == {"cell=gru,learning_rate=1.0": "done", "cell=gru,learning_rate=1e+38": "failed",
+                      "cell=lstm,learning_rate=1.0": "done", "cell=lstm,learning_rate=1e+38": "failed"}
+    failed = json.loads((tmp_path / "cell=gru,learning_rate=1e+38" / "result.json").read_text())
+    assert failed["error"].startswith("FloatingPointError: aborting")
+    before = (tmp_path / "cell=gru,learning_rate=1.0" / "metrics.jsonl").read_bytes()
+    again = run_sweep(cfg, grid, tmp_path)  # finished trials are skipped, not rerun
+    assert (tmp_path / "cell=gru,learning_rate=1.0" / "metrics.jsonl").read_bytes() == before
+    assert [r["status"] for r in again] == [r["status"] for r in rows]
+    summary = summarize(tmp_path)
+    assert len(summary) == 4
+    with open(tmp_path / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert {r["cell"] for r in table if r["status"] == "done"} == {"gru", "lstm"}
+    assert float(table[0]["best_val_ppl"]) > 1.0 and int(table[0]["num_params"]) > 0
+    assert "failed: FloatingPointError" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_interrupted_trial_resumes_from_its_checkpoint(tmp_path):
+    grid = {"model.cell": ["gru"]}
+    cfg = base()
+    cfg.train.num_epochs = 1
+    run_sweep(cfg, grid, tmp_path)
+    (tmp_path / "cell=gru" / "result.json").unlink()  # as if killed after its checkpoint
+    cfg.train.num_epochs = 2
+    (row,) = run_sweep(cfg, grid, tmp_path)
+    lines = (tmp_path / "cell=gru" / "metrics.jsonl").read_text().splitlines()
+    assert row["status"] == "done" and [json.loads(x)["epoch"] for x in lines] == [1, 2]
+
+
+@pytest.mark.slow
+def test_sweep_cli_with_shards_and_summarize(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, str(ROOT / "scripts" / "sweep.py"), f"--config={ROOT / 'configs' / 'sweep_depth_cell.py'}:smoke",
+           f"--workdir={tmp_path}", "--config.train.num_epochs=1"]
+    for shard in ("0/2", "1/2"):
+        p = subprocess.run(cmd + [f"--shard={shard}"], capture_output=True, text=True, env=env, timeout=300)
+        assert p.returncode == 0, p.stderr[-2000:]
+    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "sweep.py"), f"--summarize={tmp_path}"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0 and p.stdout.count("| done |") == 4
