@@ -7,6 +7,7 @@ back once per epoch.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -281,7 +282,7 @@ def _train(cfg: Config, corpus: data.Corpus, workdir: pathlib.Path, dp: DataPara
     writer = MetricsWriter(workdir / "metrics.jsonl")
     start = time.perf_counter()
     bar = tqdm.trange(start_epoch, tc.num_epochs + 1, desc=f"{cfg.model.num_layers}x{cfg.model.cell}", disable=not tc.progress)
-    with _StopFlag() as stop:
+    with _StopFlag() as stop, contextlib.closing(ckpt):
         for epoch in bar:
             xs, ys = (dp.shard(a, 1) for a in data.epoch_batches(corpus.train, dc, cfg.seed, epoch))
             first = start_batch if epoch == start_epoch else 0
@@ -318,7 +319,6 @@ def _train(cfg: Config, corpus: data.Corpus, workdir: pathlib.Path, dp: DataPara
             if epoch % cfg.checkpoint.every_epochs == 0 or epoch == tc.num_epochs:
                 ckpt.save(int(state.step), _checkpoint_tree(state, rng_data, carry, acc), meta_of(epoch, 0, record["val_ppl"]),
                           val_ppl=record["val_ppl"])
-    ckpt.close()
     if primary:
         plot_curves(records, workdir / "curves.png", title=f"{cfg.model.num_layers}-layer {cfg.model.cell}")
     samples = generate(
