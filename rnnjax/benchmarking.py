@@ -106,6 +106,40 @@ def benchmark_implementations(repeats: int = 7, steps: int = 10) -> dict:
     return _interleave(impls, repeats, steps)
 
 
+def _vmapped_variant(k: int, steps: int) -> Callable[[], None]:
+    """k seeds of the reference LSTM as one vmapped train step (rnnjax.vectorize's program)."""
+    cfg = resolve(default_config())
+    model = build_model(cfg, V)
+    tx, _ = make_optimizer(cfg.train, 1000)
+    state = jax.vmap(lambda key: init_state(model, tx, key))(jax.random.split(jax.random.key(0), k))
+    host = np.random.default_rng(0).integers(0, V, (k, steps, B, T + 1)).astype(np.int32)
+    xs, ys = jax.device_put(host[..., :-1]), jax.device_put(host[..., 1:])
+    stack = lambda tree: jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (k, *x.shape)), tree)  # noqa: E731
+    step = jax.jit(jax.vmap(make_train_step(model, tx, False), in_axes=(0, 0, 0, 0, 0, None, 0)), donate_argnums=(0, 1, 2))
+    box = {"state": state, "carry": stack(model.initial_state(B)), "acc": jnp.zeros((k, 4))}
+    keys = jax.random.split(jax.random.key(1), k)
+
+    def run() -> None:
+        s, c, a = box["state"], box["carry"], box["acc"]
+        for i in range(steps):
+            s, c, a = step(s, c, a, xs, ys, i, keys)
+        jax.block_until_ready(a)
+        box.update(state=s, carry=c, acc=a)
+
+    return run
+
+
+def benchmark_vectorized(repeats: int = 7, steps: int = 10, k: int = 8) -> dict:
+    """k seeds one after another (k x the single step) vs one vmapped step over k stacked states."""
+    single = _jax_variant("rnnjax", steps, None)
+
+    def one_by_one() -> None:
+        for _ in range(k):
+            single()
+
+    return _interleave({f"{k} seeds one by one": one_by_one, f"{k} seeds vmapped": _vmapped_variant(k, steps)}, repeats, steps)
+
+
 def benchmark_devices(repeats: int = 7, steps: int = 10) -> dict:
     """The plain step vs the data-parallel step on meshes of 1, 2, 4, ... of the visible devices."""
     devices = {"plain (no mesh)": _jax_variant("rnnjax", steps, None)}
@@ -151,6 +185,14 @@ def write_report(results: dict, path: str, json_path: str | None, command: str) 
     for name, r in dev.items():
         speed = plain["ms_per_step"] / r["ms_per_step"]
         lines.append(f"| {name} | {r['ms_per_step']:.1f} | {r['tokens_per_sec']:.0f} | {speed:.2f}x |")
+    vec = results.get("vectorized")
+    if vec:
+        (seq_name, seq), (vec_name, v) = vec.items()
+        lines += ["", "## Vectorized trials (`scripts/sweep.py --vectorize`)", "",
+                  "Time for one training step of every trial (2-layer LSTM, reference workload).", "",
+                  "| variant | ms per step of all trials | speed-up |", "|---|---|---|",
+                  f"| {seq_name} | {seq['ms_per_step']:.1f} | 1.00x |",
+                  f"| {vec_name} | {v['ms_per_step']:.1f} | {seq['ms_per_step'] / v['ms_per_step']:.2f}x |"]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     if json_path:

@@ -77,52 +77,74 @@ def parse_shard(shard: str) -> tuple[int, int]:
 
 
 def run_sweep(
-    base: ml_collections.ConfigDict, grid: Mapping[str, Sequence[Any]], workdir: str | os.PathLike, shard: str = "0/1"
+    base: ml_collections.ConfigDict, grid: Mapping[str, Sequence[Any]], workdir: str | os.PathLike, shard: str = "0/1",
+    vectorize: bool = False,
 ) -> list[dict[str, Any]]:
-    """Run this shard's trials (trial k belongs to shard k mod n); returns their result rows."""
+    """Run this shard's trials (trial k belongs to shard k mod n); returns their result rows.
+
+    ``vectorize``: trials that differ only in seed, learning rate or weight decay train
+    together as one vmapped program (see :mod:`rnnjax.vectorize`).
+    """
+    from rnnjax.vectorize import shape_key, train_vectorized
+
     root = pathlib.Path(workdir)
     i, n = parse_shard(shard)
     mine = [t for k, t in enumerate(trials(grid)) if k % n == i]
-    for t in mine:  # every override must resolve before anything runs
-        resolve(apply_overrides(base, t))
-        trial_dir(root, t)
-    root.mkdir(parents=True, exist_ok=True)
-    rows = []
-    counts = {"done": 0, "failed": 0, "skipped": 0}
-    bar = tqdm.tqdm(mine, desc="sweep", unit="trial")
-    for t in bar:
-        d = trial_dir(root, t)
-        bar.set_postfix(running=d.name, **counts)
-        result_path = d / "result.json"
-        if result_path.exists() and json.loads(result_path.read_text())["status"] == "done":
-            counts["skipped"] += 1
-            rows.append(json.loads(result_path.read_text()))
-            continue
+    cfgs = {}
+    for k, t in enumerate(mine):  # every override must resolve before anything runs
         cfg = apply_overrides(base, t)
         cfg.train.progress = False
-        row = {"name": d.name, **{k.split(".")[-1]: v for k, v in t.items()}}
+        cfgs[k] = resolve(cfg)
+        trial_dir(root, t)
+    root.mkdir(parents=True, exist_ok=True)
+    rows: dict[int, dict[str, Any]] = {}
+    pending: dict[str, list[int]] = {}
+    for k, t in enumerate(mine):
+        result_path = trial_dir(root, t) / "result.json"
+        if result_path.exists() and json.loads(result_path.read_text())["status"] == "done":
+            rows[k] = json.loads(result_path.read_text())
+        else:
+            pending.setdefault(shape_key(cfgs[k]) if vectorize else str(k), []).append(k)
+    counts = {"done": 0, "failed": 0, "skipped": len(rows)}
+    bar = tqdm.tqdm(total=len(mine), initial=len(rows), desc="sweep", unit="trial")
+    for group in pending.values():
+        dirs = [trial_dir(root, mine[k]) for k in group]
+        bar.set_postfix(running=",".join(d.name for d in dirs)[:60], **counts)
         try:
-            summary = train_and_evaluate(cfg, d)
-            m = resolve(cfg).model
-            row.update(
-                cell=m.cell, num_layers=m.num_layers, hidden_size=m.hidden_size, num_params=summary["num_params"],
-                train_ppl=summary["train_ppl"], best_val_ppl=summary["best_val_ppl"],
-                tokens_per_sec=statistics.median(r["tokens_per_sec"] for r in summary["metrics"]),
-                wall_time=summary["metrics"][-1]["wall_time"], status="done", error="",
-            )
-            counts["done"] += 1
+            if len(group) == 1:
+                summaries = [train_and_evaluate(cfgs[group[0]], dirs[0])]
+            else:
+                summaries = train_vectorized([cfgs[k] for k in group], dirs)
+            errors = [None] * len(group)
         except Exception as e:  # a failed trial is recorded and the sweep goes on
-            row.update(status="failed", error=f"{type(e).__name__}: {e}".splitlines()[0])
-            d.mkdir(parents=True, exist_ok=True)
-            (d / "error.txt").write_text(traceback.format_exc())
-            counts["failed"] += 1
-        tmp = result_path.with_name("result.json.tmp")
-        tmp.write_text(json.dumps(row))
-        os.replace(tmp, result_path)
-        rows.append(row)
+            summaries, errors = [None] * len(group), [e] * len(group)
+        for k, d, summary, error in zip(group, dirs, summaries, errors):
+            rows[k] = _row(d, mine[k], cfgs[k], summary, error)
+            counts["failed" if error else "done"] += 1
+        bar.update(len(group))
     bar.set_postfix(**counts)
     bar.close()
-    return rows
+    return [rows[k] for k in range(len(mine))]
+
+
+def _row(d: pathlib.Path, overrides: Mapping[str, Any], cfg: Any, summary: dict | None, error: Exception | None) -> dict:
+    row = {"name": d.name, **{k.split(".")[-1]: v for k, v in overrides.items()}}
+    if error is None:
+        m = cfg.model
+        row.update(
+            cell=m.cell, num_layers=m.num_layers, hidden_size=m.hidden_size, num_params=summary["num_params"],
+            train_ppl=summary["train_ppl"], best_val_ppl=summary["best_val_ppl"],
+            tokens_per_sec=statistics.median(r["tokens_per_sec"] for r in summary["metrics"]),
+            wall_time=summary["metrics"][-1]["wall_time"], status="done", error="",
+        )
+    else:
+        row.update(status="failed", error=f"{type(error).__name__}: {error}".splitlines()[0])
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "error.txt").write_text("".join(traceback.format_exception(error)))
+    tmp = d / "result.json.tmp"
+    tmp.write_text(json.dumps(row))
+    os.replace(tmp, d / "result.json")
+    return row
 
 
 def summarize(workdir: str | os.PathLike) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ Workload: the reference experiment's step (vocab 28, batch 32, 35 steps, hidden 
 interleaved, round after round, and each figure is the median over rounds.
 Sections:
   * implementations: rnnjax vs impl="flax" vs PyTorch nn.LSTM (if torch is installed);
+  * vectorized: 8 seeds trained one by one vs as one vmapped program;
   * devices: the train step on a data-parallel mesh of 1, 2, ... devices vs the plain
     unsharded step (on fake CPU devices this is a correctness demo, not a speed claim).
 """
@@ -40,6 +41,7 @@ def main(argv):
         return
     results = benchmarking.machine(r, s)
     results["implementations"] = benchmarking.benchmark_implementations(r, s)
+    results["vectorized"] = benchmarking.benchmark_vectorized(max(3, r // 2), s)
     env = dict(os.environ)
     if _FAKE.value:  # the device count is fixed when JAX starts: measure it in a child process
         env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={_FAKE.value}"

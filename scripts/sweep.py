@@ -1,7 +1,7 @@
 r"""Run (or summarize) a grid sweep: one run directory per trial under --workdir.
 
     python scripts/sweep.py --config=configs/sweep_depth_cell.py --workdir=runs/sweep [--shard=i/n] \
-        [--axis=seed=0,1,2 ...] [--config.train.num_epochs=50 ...]
+        [--axis=seed=0,1,2 ...] [--vectorize] [--config.train.num_epochs=50 ...]
     python scripts/sweep.py --summarize=runs/sweep
 """
 
@@ -19,6 +19,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file with ge
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory: one subdirectory per trial.")
 _SHARD = flags.DEFINE_string("shard", "0/1", "Run only trials k with k mod n == i (i/n), e.g. one shard per machine.")
 _AXIS = flags.DEFINE_multi_string("axis", [], "Extra grid axis FIELD=v1,v2,... (values as Python literals).")
+_VECTORIZE = flags.DEFINE_bool(
+    "vectorize", False, "Train trials that differ only in seed / learning rate / weight decay as one vmapped program."
+)
 _SUMMARIZE = flags.DEFINE_string("summarize", None, "Only merge the finished trials under this directory.")
 
 
@@ -55,7 +58,8 @@ def main(argv):
     if not (_CONFIG.value and _WORKDIR.value):
         sys.exit("error: give --config and --workdir (or --summarize=DIR)")
     try:
-        rows = run_sweep(_CONFIG.value, _grid(flags.FLAGS["config"].config_filename), _WORKDIR.value, _SHARD.value)
+        grid = _grid(flags.FLAGS["config"].config_filename)
+        rows = run_sweep(_CONFIG.value, grid, _WORKDIR.value, _SHARD.value, _VECTORIZE.value)
     except (ConfigError, ValueError) as e:
         sys.exit(f"error: {e}")
     summarize(_WORKDIR.value)

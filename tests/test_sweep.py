@@ -83,3 +83,26 @@ def test_sweep_cli_with_shards_and_summarize(tmp_path):
     p = subprocess.run([sys.executable, str(ROOT / "scripts" / "sweep.py"), f"--summarize={tmp_path}"],
                        capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 0 and p.stdout.count("| done |") == 4
+
+
+def test_vectorized_trials_equal_one_by_one(tmp_path):
+    import jax
+    import numpy as np
+
+    import rnnjax
+
+    grid = {"seed": [0, 1], "train.learning_rate": [1.0, 2.0]}
+    cfg = base()
+    cfg.model.dropout = 0.2  # per-trial dropout keys must follow each trial's seed too
+    seq = run_sweep(cfg, grid, tmp_path / "seq")
+    vec = run_sweep(cfg, grid, tmp_path / "vec", vectorize=True)
+    assert [r["status"] for r in vec] == ["done"] * 4
+    for a, b in zip(seq, vec):
+        assert a["name"] == b["name"]
+        assert b["best_val_ppl"] == pytest.approx(a["best_val_ppl"], rel=1e-5)
+        assert b["train_ppl"] == pytest.approx(a["train_ppl"], rel=1e-5)
+        pa = rnnjax.load(tmp_path / "seq" / a["name"]).params
+        pb = rnnjax.load(tmp_path / "vec" / b["name"]).params  # vectorized trials leave loadable checkpoints
+        for x, y in zip(jax.tree_util.tree_leaves(pa), jax.tree_util.tree_leaves(pb)):
+            np.testing.assert_allclose(x, y, atol=1e-5, rtol=0)
+    assert seq[0]["best_val_ppl"] != seq[1]["best_val_ppl"]  # the trials really differ

@@ -1,0 +1,121 @@
+"""Vectorized trials: K runs that differ only in seed or optimizer hyperparameters, trained
+as one compiled program with ``jax.vmap`` over stacked train states.
+
+Learning rate and weight decay live in each trial's optimizer state
+(``optax.inject_hyperparams``), so one program serves every value. Each trial still gets
+its own run directory (config.json, vocab.json, metrics.jsonl, curves.png, and a final
+checkpoint that ``rnnjax.load`` reads). Vectorized trials are checkpointed at the end
+only: an interrupted group restarts from scratch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import statistics
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rnnjax import data
+from rnnjax.checkpoint import Checkpointer
+from rnnjax.config import Config, ConfigError
+from rnnjax.model import num_params
+from rnnjax.optim import make_optimizer
+from rnnjax.plotting import plot_curves
+from rnnjax.train import TrainState, _checkpoint_tree, _write_atomic, build_model, make_eval_step, make_train_step
+
+# Fields that may differ between the trials of one vectorized group (they live in the optimizer state).
+VECTORIZABLE = ("seed", "train.learning_rate", "train.weight_decay")
+
+
+def shape_key(cfg: Config) -> str:
+    """Trials with equal keys can share one compiled program."""
+    d = cfg.to_dict()
+    d.pop("seed")
+    d["train"] = {k: v for k, v in d["train"].items() if k not in ("learning_rate", "weight_decay")}
+    return json.dumps(d, sort_keys=True)
+
+
+def train_vectorized(cfgs: Sequence[Config], workdirs: Sequence[str | pathlib.Path]) -> list[dict[str, Any]]:
+    """Train every config of one group together; returns one summary per trial (as train_and_evaluate)."""
+    if len({shape_key(c) for c in cfgs}) != 1:
+        raise ConfigError(f"vectorized trials may differ only in {', '.join(VECTORIZABLE)}; run the others one by one")
+    c0 = cfgs[0]
+    if c0.train.schedule != "constant":
+        raise ConfigError("vectorized trials need train.schedule = 'constant'; run scheduled trials one by one")
+    dc, tc = c0.data, c0.train
+    corpus = data.load_corpus(dc)
+    model = build_model(c0, len(corpus.vocab))
+    n = data.batches_per_epoch(dc, len(corpus.train))
+    keys = [jax.random.split(jax.random.key(c.seed)) for c in cfgs]
+    init_keys, rngs = jnp.stack([k[0] for k in keys]), jnp.stack([k[1] for k in keys])
+
+    txs = [make_optimizer(c.train, n * c.train.num_epochs)[0] for c in cfgs]
+    params = jax.vmap(lambda k: model.init(k))(init_keys)
+    opt_states = [tx.init(jax.tree_util.tree_map(lambda x, i=i: x[i], params)) for i, tx in enumerate(txs)]
+    opt_state = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *opt_states)
+    k = len(cfgs)
+    state = TrainState(jnp.zeros(k, jnp.int32), params, opt_state, jnp.zeros(k, jnp.int32))
+    # The update reads each trial's hyperparameters from its own optimizer state.
+    step = jax.jit(jax.vmap(make_train_step(model, txs[0], dc.sampler == "random"), in_axes=(0, 0, 0, 0, 0, None, 0)),
+                   donate_argnums=(0, 1, 2))
+    evaluate = jax.jit(jax.vmap(make_eval_step(model), in_axes=(0, 0, 0, None, None)))
+    stack = lambda tree: jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (k, *x.shape)), tree)  # noqa: E731
+    dirs = [pathlib.Path(w) for w in workdirs]
+    for d, c in zip(dirs, cfgs):
+        d.mkdir(parents=True, exist_ok=True)
+        _write_atomic(d / "config.json", json.dumps(c.to_dict(), indent=2))
+        _write_atomic(d / "vocab.json", corpus.vocab.to_json())
+        _write_atomic(d / "metrics.jsonl", "")
+    records: list[list[dict[str, Any]]] = [[] for _ in cfgs]
+    start = time.perf_counter()
+    for epoch in range(1, tc.num_epochs + 1):
+        batches = [data.epoch_batches(corpus.train, dc, c.seed, epoch) for c in cfgs]
+        xs, ys = jnp.asarray(np.stack([b[0] for b in batches])), jnp.asarray(np.stack([b[1] for b in batches]))
+        carry, acc = stack(model.initial_state(dc.batch_size)), jnp.zeros((k, 4), jnp.float32)
+        t0 = time.perf_counter()
+        for i in range(n):
+            state, carry, acc = step(state, carry, acc, xs, ys, i, rngs)
+        sums = np.asarray(acc, np.float64)
+        train_time = time.perf_counter() - t0
+        ecarry, eacc = stack(model.initial_state(dc.batch_size)), jnp.zeros((k, 2), jnp.float32)
+        for x, y in data.eval_windows(corpus.val, dc.batch_size, dc.num_steps):
+            ecarry, eacc = evaluate(state.params, ecarry, eacc, x, y)
+        nll = np.asarray(eacc, np.float64)
+        for j, d in enumerate(dirs):
+            loss_sum, gnorm_sum, steps, skipped = sums[j]
+            record = {
+                "epoch": epoch, "step": epoch * n,
+                "train_ppl": math.exp(loss_sum / steps) if steps else float("nan"),
+                "val_ppl": math.exp(nll[j, 0] / nll[j, 1]),
+                "tokens_per_sec": n * dc.batch_size * dc.num_steps / train_time,  # per trial; the group does k x more
+                "grad_norm": gnorm_sum / steps if steps else float("nan"), "lr": cfgs[j].train.learning_rate,
+                "skipped_steps": int(skipped), "wall_time": time.perf_counter() - start,
+            }
+            records[j].append(record)
+            with open(d / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+    summaries = []
+    for j, (d, c) in enumerate(zip(dirs, cfgs)):
+        one = jax.tree_util.tree_map(lambda x, j=j: x[j], state)
+        ckpt = Checkpointer(d, c.checkpoint.max_to_keep)
+        meta = {"epoch": tc.num_epochs, "batch": 0, "val_ppl": records[j][-1]["val_ppl"], "config": c.to_dict(),
+                "vocab": list(corpus.vocab.idx_to_token)}
+        tree = _checkpoint_tree(one, jax.random.key_data(rngs[j]), model.initial_state(dc.batch_size), jnp.zeros(4))
+        ckpt.save(int(one.step), tree, meta, val_ppl=records[j][-1]["val_ppl"])
+        ckpt.close()
+        plot_curves(records[j], d / "curves.png", title=f"{c.model.num_layers}-layer {c.model.cell}")
+        summaries.append({
+            "params": one.params, "model": model, "vocab": corpus.vocab, "num_params": num_params(one.params),
+            "train_ppl": records[j][-1]["train_ppl"], "val_ppl": records[j][-1]["val_ppl"],
+            "best_val_ppl": min(r["val_ppl"] for r in records[j]), "wall_time": time.perf_counter() - start,
+            "samples": [], "metrics": records[j],
+            "tokens_per_sec": statistics.median(r["tokens_per_sec"] for r in records[j]),
+        })
+    return summaries
