@@ -106,3 +106,28 @@ def test_vectorized_trials_equal_one_by_one(tmp_path):
         for x, y in zip(jax.tree_util.tree_leaves(pa), jax.tree_util.tree_leaves(pb)):
             np.testing.assert_allclose(x, y, atol=1e-5, rtol=0)
     assert seq[0]["best_val_ppl"] != seq[1]["best_val_ppl"]  # the trials really differ
+
+
+@pytest.mark.slow
+def test_sweep_survives_sigkill_and_rerun(tmp_path):
+    import signal
+    import time
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, str(ROOT / "scripts" / "sweep.py"), f"--config={ROOT / 'configs' / 'sweep_depth_cell.py'}:smoke",
+           f"--workdir={tmp_path}", "--config.train.num_epochs=3"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob("*/result.json")) and time.time() < deadline:  # kill once a trial finished
+        time.sleep(0.1)
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = {p.parent.name for p in tmp_path.glob("*/result.json")}
+    assert 1 <= len(finished) < 4
+    before = {name: (tmp_path / name / "metrics.jsonl").read_bytes() for name in finished}
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.count("| done |") == 4
+    for name, data in before.items():  # finished trials were skipped, not rerun
+        assert (tmp_path / name / "metrics.jsonl").read_bytes() == data
