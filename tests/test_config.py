@@ -14,18 +14,30 @@ from rnnjax.train import train_and_evaluate
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load_config_file(path, arg=None):
+def load_module(path):
     spec = importlib.util.spec_from_file_location("cfg", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod.get_config(arg)
+    return mod
+
+
+def load_config_file(path, arg=None):
+    return load_module(path).get_config(arg)
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))))
 def test_every_config_file_builds(path):
+    from rnnjax.sweep import apply_overrides, trials
+
+    mod = load_module(path)
     for arg in (None, "smoke"):
-        cfg = resolve(load_config_file(path, arg))
-        assert cfg.model.cell in os.path.basename(path)
+        cfg = resolve(mod.get_config(arg))
+        if hasattr(mod, "get_sweep"):  # a sweep: every trial of its grid resolves
+            grid = mod.get_sweep(arg)
+            built = [resolve(apply_overrides(mod.get_config(arg), t)) for t in trials(grid)]
+            assert {c.model.cell for c in built} == set(grid["model.cell"])
+        else:
+            assert cfg.model.cell in os.path.basename(path)
 
 
 def test_seed_config_is_the_reference_experiment():
