@@ -20,6 +20,7 @@ from rnnjax.config import default_config, resolve
 from rnnjax.optim import make_optimizer
 from rnnjax.parallel import DataParallel
 from rnnjax.train import build_model, init_state, make_train_step
+from rnnjax.vectorize import stack_trials
 
 V, B, T = 28, 32, 35
 
@@ -40,9 +41,12 @@ def _jax_variant(impl: str, steps: int, dp: DataParallel | None) -> Callable[[],
         carry, acc = dp.shard_state(carry), dp.replicate(np.zeros(4, np.float32))
     else:
         xs, ys = jax.device_put(xs), jax.device_put(ys)
-    step = make_train_step(model, tx, reset_state=False)
+    return _stepper(make_train_step(model, tx, reset_state=False), state, carry, acc, xs, ys, jax.random.key(1), steps)
+
+
+def _stepper(step, state, carry, acc, xs, ys, key, steps: int) -> Callable[[], None]:
+    """A callable doing ``steps`` train steps (continuing from the last call) and blocking on the result."""
     box = {"state": state, "carry": carry, "acc": acc}
-    key = jax.random.key(1)
 
     def run() -> None:
         s, c, a = box["state"], box["carry"], box["acc"]
@@ -114,19 +118,9 @@ def _vmapped_variant(k: int, steps: int) -> Callable[[], None]:
     state = jax.vmap(lambda key: init_state(model, tx, key))(jax.random.split(jax.random.key(0), k))
     host = np.random.default_rng(0).integers(0, V, (k, steps, B, T + 1)).astype(np.int32)
     xs, ys = jax.device_put(host[..., :-1]), jax.device_put(host[..., 1:])
-    stack = lambda tree: jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (k, *x.shape)), tree)  # noqa: E731
     step = jax.jit(jax.vmap(make_train_step(model, tx, False), in_axes=(0, 0, 0, 0, 0, None, 0)), donate_argnums=(0, 1, 2))
-    box = {"state": state, "carry": stack(model.initial_state(B)), "acc": jnp.zeros((k, 4))}
-    keys = jax.random.split(jax.random.key(1), k)
-
-    def run() -> None:
-        s, c, a = box["state"], box["carry"], box["acc"]
-        for i in range(steps):
-            s, c, a = step(s, c, a, xs, ys, i, keys)
-        jax.block_until_ready(a)
-        box.update(state=s, carry=c, acc=a)
-
-    return run
+    carry, keys = stack_trials(model.initial_state(B), k), jax.random.split(jax.random.key(1), k)
+    return _stepper(step, state, carry, jnp.zeros((k, 4)), xs, ys, keys, steps)
 
 
 def benchmark_vectorized(repeats: int = 7, steps: int = 10, k: int = 8) -> dict:

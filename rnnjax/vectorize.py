@@ -10,6 +10,7 @@ only: an interrupted group restarts from scratch.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import pathlib
@@ -28,7 +29,7 @@ from rnnjax.config import Config, ConfigError
 from rnnjax.model import num_params
 from rnnjax.optim import make_optimizer
 from rnnjax.plotting import plot_curves
-from rnnjax.train import TrainState, _checkpoint_tree, _write_atomic, build_model, make_eval_step, make_train_step
+from rnnjax.train import MetricsWriter, TrainState, _checkpoint_tree, _write_atomic, build_model, make_eval_step, make_train_step
 
 # Fields that may differ between the trials of one vectorized group (they live in the optimizer state).
 VECTORIZABLE = ("seed", "train.learning_rate", "train.weight_decay")
@@ -40,6 +41,11 @@ def shape_key(cfg: Config) -> str:
     d.pop("seed")
     d["train"] = {k: v for k, v in d["train"].items() if k not in ("learning_rate", "weight_decay")}
     return json.dumps(d, sort_keys=True)
+
+
+def stack_trials(tree: Any, k: int) -> Any:
+    """The same pytree for each of k trials: every leaf [...] -> [k, ...]."""
+    return jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (k, *x.shape)), tree)
 
 
 def train_vectorized(cfgs: Sequence[Config], workdirs: Sequence[str | pathlib.Path]) -> list[dict[str, Any]]:
@@ -66,7 +72,7 @@ def train_vectorized(cfgs: Sequence[Config], workdirs: Sequence[str | pathlib.Pa
     step = jax.jit(jax.vmap(make_train_step(model, txs[0], dc.sampler == "random"), in_axes=(0, 0, 0, 0, 0, None, 0)),
                    donate_argnums=(0, 1, 2))
     evaluate = jax.jit(jax.vmap(make_eval_step(model), in_axes=(0, 0, 0, None, None)))
-    stack = lambda tree: jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (k, *x.shape)), tree)  # noqa: E731
+    stack = functools.partial(stack_trials, k=k)
     dirs = [pathlib.Path(w) for w in workdirs]
     for d, c in zip(dirs, cfgs):
         d.mkdir(parents=True, exist_ok=True)
@@ -99,8 +105,7 @@ def train_vectorized(cfgs: Sequence[Config], workdirs: Sequence[str | pathlib.Pa
                 "skipped_steps": int(skipped), "wall_time": time.perf_counter() - start,
             }
             records[j].append(record)
-            with open(d / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            MetricsWriter(d / "metrics.jsonl").write(record)
     summaries = []
     for j, (d, c) in enumerate(zip(dirs, cfgs)):
         one = jax.tree_util.tree_map(lambda x, j=j: x[j], state)
