@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax.cells import CELLS, project_input
+from rnnjax.fused import scan_layer
 
 Array = jax.Array
 Params = dict[str, Any]
@@ -43,6 +44,7 @@ class DeepRNN:
     cell: str = "lstm"
     activations: tuple[str, ...] = ("tanh",)
     dropout: float = 0.0
+    fused: bool = True  # rnnjax.fused.scan_layer (hand-written backward); False = autodiff of lax.scan
 
     def activation(self, layer: int) -> str:
         """phi_l of layer ``layer`` (0-based)."""
@@ -89,12 +91,16 @@ class DeepRNN:
                 xw_tbg = p["w_x"][tokens_tb] + p["b_x"]  # == one_hot(tokens) @ w_x + b_x
             else:
                 xw_tbg = project_input(p, h_tbh)
-            kwargs = self._cell_kwargs(l)
+            if self.fused:
+                xw = tuple(jnp.split(xw_tbg, cell.num_gates, axis=-1))  # G x [t, b, h]
+                h_tbh, carry = scan_layer(self.cell, self.activation(l), p["w_h"], p["b_h"], xw, carry)
+            else:
+                kwargs = self._cell_kwargs(l)
 
-            def body(c, xw_bg, p=p, kwargs=kwargs):
-                return cell.recur(p, c, xw_bg, **kwargs)
+                def body(c, xw_bg, p=p, kwargs=kwargs):
+                    return cell.recur(p, c, xw_bg, **kwargs)
 
-            carry, h_tbh = jax.lax.scan(body, carry, xw_tbg)
+                carry, h_tbh = jax.lax.scan(body, carry, xw_tbg)
             new_state.append(carry)
             if dropout_key is not None and self.dropout > 0 and l < self.num_layers - 1:
                 keep = jax.random.bernoulli(jax.random.fold_in(dropout_key, l), 1.0 - self.dropout, h_tbh.shape)
