@@ -92,8 +92,7 @@ class DeepRNN:
             else:
                 xw_tbg = project_input(p, h_tbh)
             if self.fused:
-                xw = tuple(jnp.split(xw_tbg, cell.num_gates, axis=-1))  # G x [t, b, h]
-                h_tbh, carry = scan_layer(self.cell, self.activation(l), p["w_h"], p["b_h"], xw, carry)
+                h_tbh, carry = scan_layer(self.cell, self.activation(l), p["w_h"], p["b_h"], xw_tbg, carry)
             else:
                 kwargs = self._cell_kwargs(l)
 

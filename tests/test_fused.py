@@ -57,7 +57,7 @@ def test_fused_layer_under_vmap_and_jit():
     keys = jax.random.split(jax.random.key(2), 4)
     w_h = jax.random.normal(keys[0], (2, h, 4 * h)) * 0.3
     b_h = jax.random.normal(keys[1], (2, 4 * h)) * 0.1
-    xw = tuple(jax.random.normal(k, (2, t, b, h)) for k in jax.random.split(keys[2], 4))
+    xw = jax.random.normal(keys[2], (2, t, b, 4 * h))
     c0 = (jnp.zeros((2, b, h)), jnp.zeros((2, b, h)))
 
     def loss(w, bb, x, c):
@@ -66,7 +66,7 @@ def test_fused_layer_under_vmap_and_jit():
 
     batched = jax.jit(jax.vmap(jax.grad(loss, argnums=(0, 1, 2))))(w_h, b_h, xw, c0)
     for i in range(2):
-        one = jax.grad(loss, argnums=(0, 1, 2))(w_h[i], b_h[i], tuple(x[i] for x in xw), (c0[0][i], c0[1][i]))
+        one = jax.grad(loss, argnums=(0, 1, 2))(w_h[i], b_h[i], xw[i], (c0[0][i], c0[1][i]))
         for a, b_ in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(batched)):
             np.testing.assert_allclose(b_[i], a, rtol=1e-5, atol=1e-6)
 
