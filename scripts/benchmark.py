@@ -1,15 +1,19 @@
-r"""Side-by-side training-step benchmarks; writes BENCHMARKS.md and optionally JSON.
+r"""Side-by-side benchmarks; writes BENCHMARKS.md and optionally JSON.
 
-    python scripts/benchmark.py [--fake_devices=4] [--repeats=7] [--steps=10] [--json=FILE] [--out=BENCHMARKS.md]
+    python scripts/benchmark.py [--repeats=7] [--steps=10] [--e2e_epochs=500] [--fake_devices=4]
+                                [--sections=rows,scaling,generation,end_to_end,vectorized,devices]
+                                [--json=FILE] [--out=BENCHMARKS.md]
 
-Workload: the reference experiment's step (vocab 28, batch 32, 35 steps, hidden 256,
-2-layer LSTM, SGD + global-norm clipping, forward + backward + update). Variants run
-interleaved, round after round, and each figure is the median over rounds.
-Sections:
-  * implementations: rnnjax vs impl="flax" vs PyTorch nn.LSTM (if torch is installed);
-  * vectorized: 8 seeds trained one by one vs as one vmapped program;
-  * devices: the train step on a data-parallel mesh of 1, 2, ... devices vs the plain
-    unsharded step (on fake CPU devices this is a correctness demo, not a speed claim).
+Sections (all by default):
+  * rows: the training step (vocab 28, batch 32, 35 steps, hidden 256, SGD + clipping) for
+    LSTM L=1,2,4, GRU L=2 and RNN L=2: rnnjax vs rnnjax-autodiff vs impl="flax" vs PyTorch
+    (if installed), with compile time and MFU against the measured fp32 matmul peak;
+  * scaling: the 2-layer LSTM with sequence 350, hidden 1024, batch 256;
+  * generation: characters/s with 1 and 64 streams;
+  * end_to_end: the whole seed experiment (scripts/train.py) vs python -m rnnjax.torch_baseline;
+  * vectorized: 8 seeds one by one vs one vmapped program;
+  * devices: the data-parallel step on 1, 2, 4 (fake) devices vs the plain step.
+Variants run interleaved, round after round, and each figure is the median over rounds.
 """
 
 from __future__ import annotations
@@ -21,9 +25,12 @@ import sys
 
 from absl import app, flags
 
+ALL = ["rows", "scaling", "generation", "end_to_end", "vectorized", "devices"]
 _FAKE = flags.DEFINE_integer("fake_devices", 4, "Fake CPU devices for the devices section (0 = real devices only).")
 _REPEATS = flags.DEFINE_integer("repeats", 7, "Interleaved rounds; figures are medians over rounds.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Train steps per variant per round.")
+_E2E = flags.DEFINE_integer("e2e_epochs", 500, "Epochs of the end-to-end seed experiment (500 = the full one).")
+_SECTIONS = flags.DEFINE_list("sections", ALL, f"Sections to run, from {ALL}.")
 _JSON = flags.DEFINE_string("json", None, "Also write the results as JSON here.")
 _OUT = flags.DEFINE_string("out", "BENCHMARKS.md", "Markdown report path.")
 _DEVICES_ONLY = flags.DEFINE_bool("devices_only", False, "Internal: run only the devices section and print JSON.")
@@ -31,24 +38,37 @@ _DEVICES_ONLY = flags.DEFINE_bool("devices_only", False, "Internal: run only the
 
 def main(argv):
     del argv
-    from rnnjax import benchmarking
+    unknown = sorted(set(_SECTIONS.value) - set(ALL))
+    if unknown or "rows" not in _SECTIONS.value and not _DEVICES_ONLY.value:
+        sys.exit(f"--sections: unknown {unknown} or 'rows' missing; choose from {ALL} and include rows")
+    from rnnjax import benchmarking as bm
 
     r, s = _REPEATS.value, _STEPS.value
     if _DEVICES_ONLY.value:
         import jax
 
-        print("RESULT " + json.dumps({"devices": benchmarking.benchmark_devices(r, s), "devices_visible": len(jax.devices())}))
+        print("RESULT " + json.dumps({"devices": bm.benchmark_devices(r, s), "devices_visible": len(jax.devices())}))
         return
-    results = benchmarking.machine(r, s)
-    results["implementations"] = benchmarking.benchmark_implementations(r, s)
-    results["vectorized"] = benchmarking.benchmark_vectorized(max(3, r // 2), s)
-    env = dict(os.environ)
-    if _FAKE.value:  # the device count is fixed when JAX starts: measure it in a child process
-        env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={_FAKE.value}"
-    child = subprocess.run([sys.executable, __file__, "--devices_only", f"--repeats={r}", f"--steps={s}"],
-                           capture_output=True, text=True, env=env, check=True)
-    results.update(json.loads([x for x in child.stdout.splitlines() if x.startswith("RESULT ")][-1][7:]))
-    benchmarking.write_report(results, _OUT.value, _JSON.value, command=" ".join(["python", *sys.argv]))
+    sections = _SECTIONS.value
+    results = bm.machine(r, s)
+    results["peak"] = bm.matmul_peak()
+    results["rows"] = bm.benchmark_rows(r, s, results["peak"]["peak"])
+    if "scaling" in sections:
+        results["scaling"] = bm.benchmark_scaling(max(3, r // 2), max(2, s // 4))
+    if "generation" in sections:
+        results["generation"] = bm.benchmark_generation()
+    if "vectorized" in sections:
+        results["vectorized"] = bm.benchmark_vectorized(max(3, r // 2), s)
+    if "devices" in sections:
+        env = dict(os.environ)
+        if _FAKE.value:  # the device count is fixed when JAX starts: measure it in a child process
+            env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={_FAKE.value}"
+        child = subprocess.run([sys.executable, __file__, "--devices_only", f"--repeats={r}", f"--steps={s}"],
+                               capture_output=True, text=True, env=env, check=True)
+        results.update(json.loads([x for x in child.stdout.splitlines() if x.startswith("RESULT ")][-1][7:]))
+    if "end_to_end" in sections and _E2E.value > 0:
+        results["end_to_end"] = bm.benchmark_end_to_end(_E2E.value)
+    bm.write_report(results, _OUT.value, _JSON.value, command=" ".join(["python", *sys.argv]))
     print(open(_OUT.value).read())
 
 

@@ -1,0 +1,99 @@
+r"""The seed experiment written the way a PyTorch user would: ``nn.LSTM/GRU/RNN`` + ``nn.Linear``.
+
+    python -m rnnjax.torch_baseline [--epochs=500] [--cell=lstm] [--num_layers=2] [--json=FILE]
+
+The benchmark's end-to-end baseline (``scripts/benchmark.py``). It reads the same
+minibatches as ``scripts/train.py --config=configs/deep_lstm.py`` (rnnjax.data, same seed),
+feeds one-hot inputs like d2l, trains with ``torch.optim.SGD`` (lr 2) after
+``clip_grad_norm_`` (1.0), carries the state across minibatches (detached), and
+measures validation perplexity after every epoch, as the rnnjax run does.
+Needs torch (the optional ``[bench]`` extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+
+from rnnjax import data
+from rnnjax.config import default_config, resolve
+
+
+def torch_modules(cell: str, vocab_size: int, hidden_size: int, num_layers: int):
+    """(recurrent module, output nn.Linear) with batch_first inputs [b, t, V]."""
+    import torch
+
+    cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell]
+    return cls(vocab_size, hidden_size, num_layers=num_layers, batch_first=True), torch.nn.Linear(hidden_size, vocab_size)
+
+
+def run(epochs: int, cell: str = "lstm", num_layers: int = 2, seed: int = 0) -> dict:
+    """Train the seed experiment for ``epochs``; returns perplexities and the wall time (s)."""
+    import torch
+
+    t_start = time.perf_counter()
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    torch.manual_seed(seed)
+    cfg = default_config()
+    cfg.model.cell, cfg.model.num_layers, cfg.seed = cell, num_layers, seed
+    cfg = resolve(cfg)
+    dc = cfg.data
+    corpus = data.load_corpus(dc)
+    V = len(corpus.vocab)
+    rnn, out = torch_modules(cell, V, cfg.model.hidden_size, num_layers)
+    params = list(rnn.parameters()) + list(out.parameters())
+    opt = torch.optim.SGD(params, lr=cfg.train.learning_rate)
+
+    def forward(x, state):
+        y, state = rnn(torch.nn.functional.one_hot(torch.as_tensor(x, dtype=torch.long), V).float(), state)
+        return out(y), state
+
+    def detach(state):
+        return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+
+    train_ppl = val_ppl = float("nan")
+    for epoch in range(1, epochs + 1):
+        xs, ys = data.epoch_batches(corpus.train, dc, cfg.seed, epoch)
+        state, nll, n = None, 0.0, 0
+        for x, y in zip(xs, ys):
+            if state is not None:
+                state = detach(state)
+            logits, state = forward(x, state)
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, V), torch.as_tensor(y, dtype=torch.long).reshape(-1))
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
+            opt.step()
+            nll, n = nll + float(loss.detach()) * y.size, n + y.size
+        train_ppl = math.exp(nll / n)
+        with torch.no_grad():
+            state, vnll, vn = None, 0.0, 0
+            for x, y in data.eval_windows(corpus.val, dc.batch_size, dc.num_steps):
+                logits, state = forward(x, state)
+                vnll += float(torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, V), torch.as_tensor(y, dtype=torch.long).reshape(-1), reduction="sum"))
+                vn += y.size
+            val_ppl = math.exp(vnll / vn)
+    return {"epochs": epochs, "cell": cell, "num_layers": num_layers, "train_ppl": train_ppl, "val_ppl": val_ppl,
+            "seconds": time.perf_counter() - t_start}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=500, help="epochs (the seed experiment: 500)")
+    parser.add_argument("--cell", choices=["lstm", "gru", "rnn"], default="lstm")
+    parser.add_argument("--num_layers", type=int, default=2)
+    parser.add_argument("--json", default=None, help="also write the result here as JSON")
+    args = parser.parse_args(argv)
+    result = run(args.epochs, args.cell, args.num_layers)
+    print(json.dumps(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f)
+
+
+if __name__ == "__main__":
+    main()
