@@ -83,6 +83,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.parallel = ml_collections.ConfigDict()
     # Data-parallel devices (across all processes); 0 = all. data.batch_size must divide by it.
     c.parallel.num_devices = 0
+    # CPU only: split this host's cores into this many JAX devices (set before JAX starts, by
+    # scripts/train.py and scripts/sweep.py) and train data-parallel over them. 1 = JAX's
+    # default (one CPU device, every core); 0 = one device per core, or the largest count
+    # <= cores that divides data.batch_size. Ignored on GPU/TPU. See BENCHMARKS.md.
+    c.parallel.cpu_devices = 1
 
     c.generate = ml_collections.ConfigDict()
     # Greedy continuations printed (and saved to samples.txt) after training.
@@ -150,6 +155,7 @@ class CheckpointConfig:
 @dataclasses.dataclass(frozen=True)
 class ParallelConfig:
     num_devices: int
+    cpu_devices: int = 1  # a default: runs saved before the field existed still load
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,7 +193,8 @@ def _is_num(v: Any) -> bool:
 
 def _build(cls: type, d: dict[str, Any], prefix: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown, missing = sorted(set(d) - names), sorted(names - set(d))
+    optional = {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+    unknown, missing = sorted(set(d) - names), sorted(names - set(d) - optional)
     if unknown:
         raise ConfigError(f"config.{prefix}{unknown[0]} is not a known field; known: {', '.join(sorted(names))}")
     if missing:
@@ -276,6 +283,8 @@ def _validate(c: Config) -> None:
     _check(_is_int(k.max_to_keep) and k.max_to_keep >= 1, "checkpoint.max_to_keep", k.max_to_keep, "an integer >= 1")
     p = c.parallel.num_devices
     _check(_is_int(p) and p >= 0, "parallel.num_devices", p, "an integer >= 0 (0 = all devices)")
+    p = c.parallel.cpu_devices
+    _check(_is_int(p) and p >= 0, "parallel.cpu_devices", p, "an integer >= 0 (1 = JAX's default, 0 = one per core)")
     g = c.generate
     _check(all(isinstance(p, str) for p in g.prefixes), "generate.prefixes", list(g.prefixes), "a list of strings")
     _check(_is_int(g.num_chars) and g.num_chars >= 0, "generate.num_chars", g.num_chars, "an integer >= 0")

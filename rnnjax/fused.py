@@ -75,10 +75,6 @@ def _rnn_fwd_step(w_h, b_h, activation, save, h, x):
     return h, h
 
 
-def _hidden(cell: str, carry: Any) -> Array:
-    return carry[1] if cell == "lstm" else carry
-
-
 def _forward(cell, activation, w_h, b_h, xw, carry, save):
     num_gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
     xw = tuple(jnp.split(xw, num_gates, axis=-1))  # G x [t, b, h]: whole slabs per step

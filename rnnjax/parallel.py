@@ -10,6 +10,7 @@ places only its own devices' rows (``make_array_from_callback``).
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import jax
@@ -73,6 +74,37 @@ class DataParallel:
     def abstract(self, tree: Any) -> Any:
         """``jax.ShapeDtypeStruct``s with each array's sharding: the restore target."""
         return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def cpu_device_count(cpu_devices: int, batch_size: int, cores: int | None = None) -> int:
+    """How many CPU devices ``config.parallel.cpu_devices`` asks for: itself if >= 1; for 0, the
+    largest n <= cores (this process's usable cores) that divides ``batch_size``."""
+    if cpu_devices >= 1:
+        return cpu_devices
+    cores = cores or len(os.sched_getaffinity(0))
+    return max(n for n in range(1, cores + 1) if batch_size % n == 0)
+
+
+def set_cpu_devices(cpu_devices: int, batch_size: int) -> int:
+    """Make the CPU backend expose ``cpu_device_count(...)`` devices (the cores split between them).
+
+    Must run before JAX starts a backend (the first array or ``jax.devices()``): scripts call it
+    first thing; in a notebook call it right after ``import jax``. Returns the count. Has no
+    effect on which devices a GPU/TPU run uses. Raises ConfigError when JAX already started
+    with a different count.
+    """
+    n = cpu_device_count(cpu_devices, batch_size)
+    if n == 1 and cpu_devices == 1:
+        return 1
+    try:
+        jax.config.update("jax_num_cpu_devices", n)
+    except RuntimeError as e:
+        if len(jax.devices("cpu")) != n:
+            raise ConfigError(
+                f"config.parallel.cpu_devices = {cpu_devices} ({n} CPU devices) must be set before JAX starts; "
+                "run through scripts/train.py, or call rnnjax.parallel.set_cpu_devices right after import jax"
+            ) from e
+    return n
 
 
 def initialize_distributed(

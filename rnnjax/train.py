@@ -32,7 +32,7 @@ from rnnjax.flax_model import FlaxDeepRNN
 from rnnjax.generate import generate
 from rnnjax.model import DeepRNN, Params, State, num_params
 from rnnjax.optim import make_optimizer
-from rnnjax.parallel import DataParallel
+from rnnjax.parallel import DataParallel, set_cpu_devices
 from rnnjax.plotting import plot_curves
 from rnnjax.vocab import Vocab
 
@@ -235,6 +235,7 @@ def train_and_evaluate(
     if resume == "never" and has_checkpoint(workdir):
         raise CheckpointError(f"--resume=never but {workdir} already holds checkpoints; use a new --workdir")
     corpus = data.load_corpus(cfg.data)  # validates the data before any compute
+    set_cpu_devices(cfg.parallel.cpu_devices, cfg.data.batch_size)  # a no-op, or an error if JAX started otherwise
     dp = DataParallel.create(cfg.parallel.num_devices, cfg.data.batch_size)
     primary = jax.process_index() == 0  # only process 0 writes files (orbax coordinates checkpoints)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -336,6 +337,7 @@ def _train(cfg: Config, corpus: data.Corpus, workdir: pathlib.Path, dp: DataPara
         "val_ppl": records[-1]["val_ppl"],
         "best_val_ppl": min(r["val_ppl"] for r in records),
         "wall_time": time.perf_counter() - start,
+        "num_devices": dp.num_devices,
         "samples": samples,
         "metrics": records,
     }

@@ -7,10 +7,13 @@ r"""Side-by-side benchmarks; writes BENCHMARKS.md and optionally JSON.
 Sections (all by default):
   * rows: the training step (vocab 28, batch 32, 35 steps, hidden 256, SGD + clipping) for
     LSTM L=1,2,4, GRU L=2 and RNN L=2: rnnjax vs rnnjax-autodiff vs impl="flax" vs PyTorch
-    (if installed), with compile time and MFU against the measured fp32 matmul peak;
+    (if installed), with compile time and MFU against the measured fp32 matmul peak; on a
+    multi-core CPU also rnnjax data-parallel over one CPU device per core
+    (config.parallel.cpu_devices=0);
   * scaling: the 2-layer LSTM with sequence 350, hidden 1024, batch 256;
   * generation: characters/s with 1 and 64 streams;
-  * end_to_end: the whole seed experiment (scripts/train.py) vs python -m rnnjax.torch_baseline;
+  * end_to_end: the whole seed experiment (scripts/train.py, as is and with
+    --config.parallel.cpu_devices=0) vs python -m rnnjax.torch_baseline;
   * vectorized: 8 seeds one by one vs one vmapped program;
   * devices: the data-parallel step on 1, 2, 4 (fake) devices vs the plain step.
 Variants run interleaved, round after round, and each figure is the median over rounds.
@@ -41,6 +44,10 @@ def main(argv):
     unknown = sorted(set(_SECTIONS.value) - set(ALL))
     if unknown or "rows" not in _SECTIONS.value and not _DEVICES_ONLY.value:
         sys.exit(f"--sections: unknown {unknown} or 'rows' missing; choose from {ALL} and include rows")
+    if not _DEVICES_ONLY.value:  # before JAX starts: one CPU device per core for the "rnnjax, N CPU devices" column
+        from rnnjax.parallel import set_cpu_devices
+
+        set_cpu_devices(0, 32)
     from rnnjax import benchmarking as bm
 
     r, s = _REPEATS.value, _STEPS.value

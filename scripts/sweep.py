@@ -12,7 +12,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from rnnjax.config import ConfigError
+from rnnjax.config import ConfigError, resolve
+from rnnjax.parallel import set_cpu_devices
 from rnnjax.sweep import run_sweep, summarize
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file with get_config() and get_sweep().")
@@ -58,6 +59,8 @@ def main(argv):
     if not (_CONFIG.value and _WORKDIR.value):
         sys.exit("error: give --config and --workdir (or --summarize=DIR)")
     try:
+        base = resolve(_CONFIG.value)  # before any JAX call: the CPU device count is fixed when the backend starts
+        set_cpu_devices(base.parallel.cpu_devices, base.data.batch_size)
         grid = _grid(flags.FLAGS["config"].config_filename)
         rows = run_sweep(_CONFIG.value, grid, _WORKDIR.value, _SHARD.value, _VECTORIZE.value)
     except (ConfigError, ValueError) as e:

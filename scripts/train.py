@@ -11,8 +11,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from rnnjax.checkpoint import CheckpointError
-from rnnjax.config import ConfigError
-from rnnjax.parallel import initialize_distributed
+from rnnjax.config import ConfigError, resolve
+from rnnjax.parallel import initialize_distributed, set_cpu_devices
 from rnnjax.train import Preempted, train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
@@ -35,6 +35,11 @@ flags.mark_flags_as_required(["config"])
 
 def main(argv):
     del argv
+    try:  # before any JAX call: the CPU device count is fixed when the backend starts
+        cfg = resolve(_CONFIG.value)
+        set_cpu_devices(cfg.parallel.cpu_devices, cfg.data.batch_size)
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
     if _DISTRIBUTED.value or _COORDINATOR.value:
         initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     config_path = flags.FLAGS["config"].config_filename
@@ -47,7 +52,8 @@ def main(argv):
         print(e, file=sys.stderr)
         sys.exit(128 + e.signum)
     print(f"train perplexity {summary['train_ppl']:.3f}, validation perplexity {summary['val_ppl']:.3f} "
-          f"(best {summary['best_val_ppl']:.3f}), {summary['wall_time']:.0f} s, workdir {workdir}")
+          f"(best {summary['best_val_ppl']:.3f}), {summary['wall_time']:.0f} s on {summary['num_devices']} device(s), "
+          f"workdir {workdir}")
     for s in summary["samples"]:
         print(s)
 

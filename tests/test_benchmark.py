@@ -47,14 +47,18 @@ def test_benchmark_script_writes_every_row_and_the_targets(tmp_path):
         impls.add("torch")
     except ImportError:
         pass
+    mesh = {k for k in results["rows"][0]["results"] if k.startswith("rnnjax, ")}  # one CPU device per core
+    assert mesh == ({f"rnnjax, {results['machine']['devices']} CPU devices"} if results["machine"]["devices"] > 1 else set())
     for row in results["rows"]:
-        assert set(row["results"]) == impls
+        assert set(row["results"]) == impls | mesh
         for r in row["results"].values():
             assert r["ms_per_step"] > 0 and 0 < r["mfu"] < 1.5 and r["compile_s"] > 0
             assert math.isclose(r["tokens_per_sec"], 32 * 35 / r["ms_per_step"] * 1e3)
     assert results["peak"]["peak"] >= results["peak"]["jax"] > 1.0
     assert set(results["generation"]) == {"1", "64"}
     assert results["end_to_end"]["rnnjax"]["train_ppl"] < 28
+    if "torch" in impls:
+        assert set(results["end_to_end"]["speedup"]) == {k for k in results["end_to_end"] if k.startswith("rnnjax")}
     text = out.read_text()
     assert "## Targets" in text and "## Seed experiment end to end (1 epochs" in text
     for w in ROWS:

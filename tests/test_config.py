@@ -65,6 +65,7 @@ BAD = [
     ("model.activation", ["tanh", "relu", "tanh"], "one per layer"),
     ("data.sampler", "shuffled", "data.sampler"),
     ("model.dropout", 1.0, "model.dropout"),
+    ("parallel.cpu_devices", -1, "parallel.cpu_devices = -1"),
 ]
 
 

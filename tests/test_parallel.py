@@ -137,3 +137,50 @@ def test_benchmark_report_lists_every_variant_with_ratios(tmp_path):
     for row in ("| rnnjax |", "| torch |", "| plain (no mesh) |", "| mesh of 1 |", "throughput vs torch"):
         assert row in text
     assert json.loads((tmp_path / "b.json").read_text())["settings"]["repeats"] == 2
+
+
+def test_cpu_device_count_for_one_device_per_core():
+    from rnnjax.parallel import cpu_device_count
+
+    assert cpu_device_count(1, 32) == 1 and cpu_device_count(3, 32) == 3
+    assert cpu_device_count(0, 32, cores=2) == 2
+    assert cpu_device_count(0, 30, cores=4) == 3  # the largest count <= cores dividing the batch
+    assert cpu_device_count(0, 7, cores=2) == 1
+
+
+def test_set_cpu_devices_before_and_after_jax_starts():
+    code = (
+        "import jax\n"
+        "from rnnjax.parallel import set_cpu_devices\n"
+        "from rnnjax.config import ConfigError\n"
+        "assert set_cpu_devices(2, 32) == 2\n"
+        "assert len(jax.devices()) == 2\n"
+        "assert set_cpu_devices(2, 32) == 2  # same count again: fine\n"
+        "try:\n"
+        "    set_cpu_devices(3, 30)\n"
+        "except ConfigError as e:\n"
+        "    print('ERR', e)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(env, JAX_PLATFORMS="cpu"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ERR config.parallel.cpu_devices = 3 (3 CPU devices) must be set before JAX starts" in proc.stdout
+
+
+@pytest.mark.slow
+def test_cli_trains_on_one_cpu_device_per_core_like_on_one(tmp_path):
+    """--config.parallel.cpu_devices=2 splits the CPU into 2 devices; the run matches the 1-device run."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+    ppl = {}
+    for n in (1, 2):
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "train.py"),
+             f"--config={ROOT / 'configs' / 'deep_lstm.py'}:smoke", f"--workdir={tmp_path / str(n)}",
+             f"--config.parallel.cpu_devices={n}", "--config.train.progress=False"],
+            capture_output=True, text=True, env=env, timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert f"on {n} device(s)" in proc.stdout
+        ppl[n] = [json.loads(line)["train_ppl"] for line in (tmp_path / str(n) / "metrics.jsonl").read_text().splitlines()]
+    np.testing.assert_allclose(ppl[2], ppl[1], rtol=1e-5)
