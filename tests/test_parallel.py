@@ -123,19 +123,34 @@ def test_two_processes_under_jax_distributed_train_like_one(tmp_path):
 
 
 def test_benchmark_report_lists_every_variant_with_ratios(tmp_path):
-    """The report's shape (no timing is asserted: speed lives in BENCHMARKS.md)."""
-    from rnnjax import benchmarking
+    """The report's shape from synthetic figures (no timing is asserted: speed lives in BENCHMARKS.md)."""
+    from rnnjax import benchmarking as bm
 
     calls = []
-    results = benchmarking.machine(2, 3)
-    results["implementations"] = benchmarking._interleave({"rnnjax": lambda: calls.append("a"), "torch": lambda: None}, 2, 3)
-    results["devices"] = benchmarking._interleave({"plain (no mesh)": lambda: None, "mesh of 1": lambda: None}, 2, 3)
-    results["devices_visible"] = 1
-    benchmarking.write_report(results, tmp_path / "B.md", tmp_path / "b.json", command="python scripts/benchmark.py")
+    variants = {"rnnjax": bm.Variant(lambda: calls.append("a"), 1.0), "torch": bm.Variant(lambda: None, 0.1)}
+    fig = bm._interleave(variants, 2, 3, 1120)
     assert len(calls) == 3  # one warm-up + 2 interleaved rounds
+    assert set(fig) == {"rnnjax", "torch"} and fig["rnnjax"]["compile_s"] == 1.0
+
+    def row(w, ms):
+        res = {k: {"ms_per_step": v, "tokens_per_sec": w.tokens_per_step / v * 1e3, "compile_s": 2.0, "mfu": 0.5,
+                   "vs_torch": ms["torch"] / v} for k, v in ms.items()}
+        return {"workload": bm.dataclasses.asdict(w), "label": w.label, "results": res}
+
+    results = bm.machine(2, 3)
+    results["peak"] = {"jax": 150.0, "peak": 150.0, "n": 2048}
+    results["rows"] = [row(w, {"rnnjax": 50.0, "rnnjax, 2 CPU devices": 40.0, "flax": 60.0, "torch": 55.0}) for w in bm.ROWS]
+    results["end_to_end"] = {"epochs": 500, "rnnjax": {"seconds": 250, "train_ppl": 1.03, "val_ppl": 40.0},
+                             "torch": {"seconds": 300, "train_ppl": 1.03, "val_ppl": 41.0}, "speedup": {"rnnjax": 1.2}}
+    results["devices"] = {"plain (no mesh)": fig["rnnjax"], "mesh of 1": fig["torch"]}
+    results["devices_visible"] = 1
+    bm.write_report(results, tmp_path / "B.md", tmp_path / "b.json", command="python scripts/benchmark.py")
     text = (tmp_path / "B.md").read_text()
-    for row in ("| rnnjax |", "| torch |", "| plain (no mesh) |", "| mesh of 1 |", "throughput vs torch"):
-        assert row in text
+    assert "| rnnjax >= 1.2x torch, 2-layer LSTM | rnnjax: 1.10x; rnnjax, 2 CPU devices: 1.38x | yes |" in text
+    assert "| compile of the default step < 5 s | 2.0 s | yes |" in text
+    assert "| seed experiment end to end >= 1.2x nn.LSTM script (500 epochs) | rnnjax: 1.20x | yes |" in text
+    for line in ("| mesh of 1 |", "| rnnjax | 250 | 1.030 | 40.00 |", "## What was tried"):
+        assert line in text
     assert json.loads((tmp_path / "b.json").read_text())["settings"]["repeats"] == 2
 
 
