@@ -132,17 +132,20 @@ def _torch():
 
 
 def _torch_variant(w: Workload, steps: int) -> Variant | None:
-    """``nn.LSTM/GRU/RNN(num_layers=L)`` + ``nn.Linear``, SGD after ``clip_grad_norm_``, one-hot inputs."""
+    """``nn.LSTM/GRU/RNN(num_layers=L)`` + ``nn.Linear``, SGD after ``clip_grad_norm_``, one-hot inputs.
+    On CUDA (cuDNN) when JAX runs on a GPU and torch has CUDA; else on the CPU."""
     torch = _torch()
     if torch is None:
         return None
     from rnnjax.torch_baseline import torch_modules
 
+    cuda = jax.default_backend() == "gpu" and torch.cuda.is_available()
+    dev = torch.device("cuda" if cuda else "cpu")
     torch.manual_seed(0)
-    rnn, out = torch_modules(w.cell, V, w.hidden, w.num_layers)
+    rnn, out = (m.to(dev) for m in torch_modules(w.cell, V, w.hidden, w.num_layers))
     params = list(rnn.parameters()) + list(out.parameters())
     opt = torch.optim.SGD(params, lr=w.learning_rate)
-    xs, ys = (torch.as_tensor(a, dtype=torch.long) for a in _data(w, steps))
+    xs, ys = (torch.as_tensor(a, dtype=torch.long, device=dev) for a in _data(w, steps))
     box = {"state": None}
 
     def one(i: int) -> None:
@@ -156,13 +159,16 @@ def _torch_variant(w: Workload, steps: int) -> Variant | None:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
 
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     t0 = time.perf_counter()
     one(0)
+    sync()
     compile_s = time.perf_counter() - t0
 
     def run() -> None:
         for i in range(steps):
             one(i)
+        sync()
 
     return Variant(run, compile_s)
 
