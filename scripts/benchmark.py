@@ -2,6 +2,7 @@ r"""Side-by-side benchmarks; writes BENCHMARKS.md and optionally JSON.
 
     python scripts/benchmark.py [--repeats=7] [--steps=10] [--e2e_epochs=500] [--fake_devices=4]
                                 [--sections=rows,scaling,generation,end_to_end,vectorized,devices]
+                                [--rows=lstm:1,lstm:2,lstm:4,gru:2,rnn:2]
                                 [--json=FILE] [--out=BENCHMARKS.md]
 
 Sections (all by default):
@@ -34,6 +35,7 @@ _REPEATS = flags.DEFINE_integer("repeats", 7, "Interleaved rounds; figures are m
 _STEPS = flags.DEFINE_integer("steps", 10, "Train steps per variant per round.")
 _E2E = flags.DEFINE_integer("e2e_epochs", 500, "Epochs of the end-to-end seed experiment (500 = the full one).")
 _SECTIONS = flags.DEFINE_list("sections", ALL, f"Sections to run, from {ALL}.")
+_ROWS = flags.DEFINE_list("rows", ["lstm:1", "lstm:2", "lstm:4", "gru:2", "rnn:2"], "Rows of the rows section, as cell:layers.")
 _JSON = flags.DEFINE_string("json", None, "Also write the results as JSON here.")
 _OUT = flags.DEFINE_string("out", "BENCHMARKS.md", "Markdown report path.")
 _DEVICES_ONLY = flags.DEFINE_bool("devices_only", False, "Internal: run only the devices section and print JSON.")
@@ -44,6 +46,11 @@ def main(argv):
     unknown = sorted(set(_SECTIONS.value) - set(ALL))
     if unknown or "rows" not in _SECTIONS.value and not _DEVICES_ONLY.value:
         sys.exit(f"--sections: unknown {unknown} or 'rows' missing; choose from {ALL} and include rows")
+    rows = [r.partition(":") for r in _ROWS.value]
+    if not rows or any(c not in ("rnn", "gru", "lstm") or not n.isdigit() or int(n) < 1 for c, _, n in rows):
+        sys.exit(f"--rows={','.join(_ROWS.value)}: give cell:layers items, e.g. --rows=lstm:2,gru:2")
+    if ("lstm", ":", "2") not in rows:
+        sys.exit(f"--rows={','.join(_ROWS.value)}: include lstm:2, the reference row the targets are checked on")
     if not _DEVICES_ONLY.value:  # before JAX starts: one CPU device per core for the "rnnjax, N CPU devices" column
         from rnnjax.parallel import set_cpu_devices
 
@@ -59,7 +66,8 @@ def main(argv):
     sections = _SECTIONS.value
     results = bm.machine(r, s)
     results["peak"] = bm.matmul_peak()
-    results["rows"] = bm.benchmark_rows(r, s, results["peak"]["peak"])
+    workloads = [bm.Workload(c, int(n)) for c, _, n in rows]
+    results["rows"] = bm.benchmark_rows(r, s, results["peak"]["peak"], workloads)
     if "scaling" in sections:
         results["scaling"] = bm.benchmark_scaling(max(3, r // 2), max(2, s // 4))
     if "generation" in sections:
