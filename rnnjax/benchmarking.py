@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rnnjax.cells import CELLS
 from rnnjax.config import default_config, resolve
 from rnnjax.generate import sample
 from rnnjax.optim import make_optimizer
@@ -32,7 +33,6 @@ from rnnjax.train import build_model, init_state, make_train_step
 from rnnjax.vectorize import stack_trials
 
 V = 28  # the Time Machine's character vocabulary
-GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +61,7 @@ class Workload:
         """Analytic model FLOPs per token of one training step: 3 x the forward matmuls
         (forward + backward w.r.t. activations + backward w.r.t. weights). Layer 1's input
         is counted as the one-hot matmul X W_x (V x G*h) of the model's definition."""
-        g, h = GATES[self.cell], self.hidden
+        g, h = CELLS[self.cell].num_gates, self.hidden
         fwd = sum(2 * g * h * ((V if l == 0 else h) + h) for l in range(self.num_layers)) + 2 * h * V
         return 3.0 * fwd
 
@@ -137,7 +137,7 @@ def _torch_variant(w: Workload, steps: int) -> Variant | None:
     torch = _torch()
     if torch is None:
         return None
-    from rnnjax.torch_baseline import torch_modules
+    from rnnjax.torch_baseline import torch_modules, train_step
 
     cuda = jax.default_backend() == "gpu" and torch.cuda.is_available()
     dev = torch.device("cuda" if cuda else "cpu")
@@ -149,15 +149,7 @@ def _torch_variant(w: Workload, steps: int) -> Variant | None:
     box = {"state": None}
 
     def one(i: int) -> None:
-        state = box["state"]
-        if state is not None:
-            state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
-        y, box["state"] = rnn(torch.nn.functional.one_hot(xs[i], V).float(), state)
-        loss = torch.nn.functional.cross_entropy(out(y).reshape(-1, V), ys[i].reshape(-1))
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        _, box["state"] = train_step(rnn, out, opt, params, xs[i], ys[i], box["state"], 1.0)
 
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     t0 = time.perf_counter()

@@ -29,6 +29,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from rnnjax.cells import CELLS
+
 Array = jax.Array
 
 
@@ -76,8 +78,7 @@ def _rnn_fwd_step(w_h, b_h, activation, save, h, x):
 
 
 def _forward(cell, activation, w_h, b_h, xw, carry, save):
-    num_gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
-    xw = tuple(jnp.split(xw, num_gates, axis=-1))  # G x [t, b, h]: whole slabs per step
+    xw = tuple(jnp.split(xw, CELLS[cell].num_gates, axis=-1))  # G x [t, b, h]: whole slabs per step
     if cell == "lstm":
         step = functools.partial(_lstm_fwd_step, w_h, b_h, save)
     elif cell == "gru":

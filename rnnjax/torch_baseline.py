@@ -30,6 +30,30 @@ def torch_modules(cell: str, vocab_size: int, hidden_size: int, num_layers: int)
     return cls(vocab_size, hidden_size, num_layers=num_layers, batch_first=True), torch.nn.Linear(hidden_size, vocab_size)
 
 
+def forward(rnn, out, x, state):
+    """x: long tensor [b, t] -> (logits [b, t, V], new state); one-hot inputs as d2l."""
+    import torch
+
+    y, state = rnn(torch.nn.functional.one_hot(x, out.out_features).float(), state)
+    return out(y), state
+
+
+def train_step(rnn, out, opt, params, x, y, state, clip: float):
+    """One clipped SGD step on long tensors x, y [b, t], starting from the previous minibatch's
+    state (detached: truncated BPTT) or None. Returns (loss tensor, new state)."""
+    import torch
+
+    if state is not None:
+        state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+    logits, state = forward(rnn, out, x, state)
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, clip)
+    opt.step()
+    return loss, state
+
+
 def run(epochs: int, cell: str = "lstm", num_layers: int = 2, seed: int = 0) -> dict:
     """Train the seed experiment for ``epochs``; returns perplexities and the wall time (s)."""
     import torch
@@ -46,35 +70,21 @@ def run(epochs: int, cell: str = "lstm", num_layers: int = 2, seed: int = 0) -> 
     rnn, out = torch_modules(cell, V, cfg.model.hidden_size, num_layers)
     params = list(rnn.parameters()) + list(out.parameters())
     opt = torch.optim.SGD(params, lr=cfg.train.learning_rate)
-
-    def forward(x, state):
-        y, state = rnn(torch.nn.functional.one_hot(torch.as_tensor(x, dtype=torch.long), V).float(), state)
-        return out(y), state
-
-    def detach(state):
-        return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+    as_long = lambda a: torch.as_tensor(a, dtype=torch.long)  # noqa: E731
 
     train_ppl = val_ppl = float("nan")
     for epoch in range(1, epochs + 1):
         xs, ys = data.epoch_batches(corpus.train, dc, cfg.seed, epoch)
         state, nll, n = None, 0.0, 0
         for x, y in zip(xs, ys):
-            if state is not None:
-                state = detach(state)
-            logits, state = forward(x, state)
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, V), torch.as_tensor(y, dtype=torch.long).reshape(-1))
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
-            opt.step()
+            loss, state = train_step(rnn, out, opt, params, as_long(x), as_long(y), state, cfg.train.grad_clip)
             nll, n = nll + float(loss.detach()) * y.size, n + y.size
         train_ppl = math.exp(nll / n)
         with torch.no_grad():
             state, vnll, vn = None, 0.0, 0
             for x, y in data.eval_windows(corpus.val, dc.batch_size, dc.num_steps):
-                logits, state = forward(x, state)
-                vnll += float(torch.nn.functional.cross_entropy(
-                    logits.reshape(-1, V), torch.as_tensor(y, dtype=torch.long).reshape(-1), reduction="sum"))
+                logits, state = forward(rnn, out, as_long(x), state)
+                vnll += float(torch.nn.functional.cross_entropy(logits.reshape(-1, V), as_long(y).reshape(-1), reduction="sum"))
                 vn += y.size
             val_ppl = math.exp(vnll / vn)
     return {"epochs": epochs, "cell": cell, "num_layers": num_layers, "train_ppl": train_ppl, "val_ppl": val_ppl,
