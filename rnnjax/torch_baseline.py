@@ -20,6 +20,7 @@ import time
 
 from rnnjax import data
 from rnnjax.config import default_config, resolve
+from rnnjax.host import retain_freed_memory
 
 
 def torch_modules(cell: str, vocab_size: int, hidden_size: int, num_layers: int):
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num_layers", type=int, default=2)
     parser.add_argument("--json", default=None, help="also write the result here as JSON")
     args = parser.parse_args(argv)
+    retain_freed_memory()  # the same allocator setting as scripts/train.py, for a like-for-like comparison
     result = run(args.epochs, args.cell, args.num_layers)
     print(json.dumps(result))
     if args.json:

@@ -30,6 +30,7 @@ from rnnjax.checkpoint import Checkpointer, CheckpointError, WorkdirLock
 from rnnjax.config import Config, ConfigError, first_difference, resolve
 from rnnjax.flax_model import FlaxDeepRNN
 from rnnjax.generate import generate
+from rnnjax.host import retain_freed_memory
 from rnnjax.model import DeepRNN, Params, State, num_params
 from rnnjax.optim import make_optimizer
 from rnnjax.parallel import DataParallel, set_cpu_devices
@@ -235,6 +236,7 @@ def train_and_evaluate(
     if resume == "never" and has_checkpoint(workdir):
         raise CheckpointError(f"--resume=never but {workdir} already holds checkpoints; use a new --workdir")
     corpus = data.load_corpus(cfg.data)  # validates the data before any compute
+    retain_freed_memory()  # XLA's per-step scratch block reuses its pages (rnnjax/host.py)
     set_cpu_devices(cfg.parallel.cpu_devices, cfg.data.batch_size)  # a no-op, or an error if JAX started otherwise
     dp = DataParallel.create(cfg.parallel.num_devices, cfg.data.batch_size)
     primary = jax.process_index() == 0  # only process 0 writes files (orbax coordinates checkpoints)

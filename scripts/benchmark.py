@@ -51,6 +51,9 @@ def main(argv):
         sys.exit(f"--rows={','.join(_ROWS.value)}: give cell:layers items, e.g. --rows=lstm:2,gru:2")
     if ("lstm", ":", "2") not in rows:
         sys.exit(f"--rows={','.join(_ROWS.value)}: include lstm:2, the reference row the targets are checked on")
+    from rnnjax.host import retain_freed_memory
+
+    retain_freed_memory()  # for every implementation in this process, torch included (rnnjax/host.py)
     if not _DEVICES_ONLY.value:  # before JAX starts: one CPU device per core for the "rnnjax, N CPU devices" column
         from rnnjax.parallel import set_cpu_devices
 
