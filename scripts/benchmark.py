@@ -86,7 +86,8 @@ def main(argv):
         results.update(json.loads([x for x in child.stdout.splitlines() if x.startswith("RESULT ")][-1][7:]))
     if "end_to_end" in sections and _E2E.value > 0:
         results["end_to_end"] = bm.benchmark_end_to_end(_E2E.value)
-    bm.write_report(results, _OUT.value, _JSON.value, command=" ".join(["python", *sys.argv]))
+    figure_flags = [a for a in sys.argv if not a.startswith(("--json", "--out"))]  # output paths are not part of it
+    bm.write_report(results, _OUT.value, _JSON.value, command=" ".join(["python", *figure_flags]))
     print(open(_OUT.value).read())
 
 
