@@ -8,7 +8,8 @@ a fifth of the step's time on a 2-core CPU (measured: 30.6 -> 25.4 ms/step, see
 BENCHMARKS.md). :func:`retain_freed_memory` makes malloc serve large blocks from its heap
 and keep freed memory for reuse, so the same pages serve every step.
 
-Entry points (``scripts/*.py``, :func:`rnnjax.train.train_and_evaluate`) call it; it is
+Every run path calls it (:func:`rnnjax.train.train_and_evaluate`, :func:`rnnjax.sweep.run_sweep`,
+``scripts/benchmark.py``, the PyTorch baseline); it is
 process-wide, a no-op off glibc, and off when ``RNNJAX_RETAIN_FREED_MEMORY=0``.
 """
 

@@ -26,6 +26,7 @@ import ml_collections
 import tqdm
 
 from rnnjax.config import ConfigError, resolve
+from rnnjax.host import retain_freed_memory
 from rnnjax.train import train_and_evaluate
 
 COLUMNS = ["name", "cell", "num_layers", "hidden_size", "num_params", "train_ppl", "best_val_ppl", "tokens_per_sec",
@@ -97,6 +98,7 @@ def run_sweep(
         cfgs[k] = resolve(cfg)
         trial_dir(root, t)
     root.mkdir(parents=True, exist_ok=True)
+    retain_freed_memory()  # one-by-one trials get it from train_and_evaluate, vmapped groups from here
     rows: dict[int, dict[str, Any]] = {}
     pending: dict[str, list[int]] = {}
     for k, t in enumerate(mine):

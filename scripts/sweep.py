@@ -13,7 +13,6 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from rnnjax.config import ConfigError, resolve
-from rnnjax.host import retain_freed_memory
 from rnnjax.parallel import set_cpu_devices
 from rnnjax.sweep import run_sweep, summarize
 
@@ -59,7 +58,6 @@ def main(argv):
         return 0 if rows else 1
     if not (_CONFIG.value and _WORKDIR.value):
         sys.exit("error: give --config and --workdir (or --summarize=DIR)")
-    retain_freed_memory()  # before JAX allocates (rnnjax/host.py)
     try:
         base = resolve(_CONFIG.value)  # before any JAX call: the CPU device count is fixed when the backend starts
         set_cpu_devices(base.parallel.cpu_devices, base.data.batch_size)

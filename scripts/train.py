@@ -12,7 +12,6 @@ from ml_collections import config_flags
 
 from rnnjax.checkpoint import CheckpointError
 from rnnjax.config import ConfigError, resolve
-from rnnjax.host import retain_freed_memory
 from rnnjax.parallel import initialize_distributed, set_cpu_devices
 from rnnjax.train import Preempted, train_and_evaluate
 
@@ -36,7 +35,6 @@ flags.mark_flags_as_required(["config"])
 
 def main(argv):
     del argv
-    retain_freed_memory()  # before JAX allocates: large freed blocks are reused, not re-faulted
     try:  # before any JAX call: the CPU device count is fixed when the backend starts
         cfg = resolve(_CONFIG.value)
         set_cpu_devices(cfg.parallel.cpu_devices, cfg.data.batch_size)

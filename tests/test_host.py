@@ -13,8 +13,8 @@ linux_glibc = pytest.mark.skipif(
     not sys.platform.startswith("linux") or not os.confstr("CS_GNU_LIBC_VERSION"), reason="glibc malloc only"
 )
 
-# A jitted call whose scratch (a 40 MB loop buffer, above malloc's 32 MB mmap ceiling) is allocated and freed on every call, as in
-# a train step; prints the median call's page faults after warm-up.
+# A jitted call whose scratch (a 40 MB loop buffer, above malloc's 32 MB mmap ceiling) is
+# allocated and freed on every call, as in a train step; prints the median call's page faults.
 _PROBE = r"""
 import json, resource, sys
 from rnnjax.host import retain_freed_memory
