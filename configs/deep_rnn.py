@@ -4,7 +4,7 @@ r"""2-layer vanilla (tanh) RNN, otherwise the seed experiment.
     python scripts/train.py --config=configs/deep_rnn.py --config.model.activation="['tanh','relu']"
 """
 
-from rnnjax.config import default_config, smoke
+from rnnjax.config import default_config, variant
 
 
 def get_config(arg: str | None = None):
@@ -12,4 +12,4 @@ def get_config(arg: str | None = None):
     config.model.cell = "rnn"
     # A vanilla RNN at lr 2 diverges more easily than the gated cells; lr 1 trains stably.
     config.train.learning_rate = 1.0
-    return smoke(config) if arg == "smoke" else config
+    return variant(config, arg)

@@ -8,16 +8,15 @@ get_config() is the base config; get_sweep() the grid (field -> values), plain d
 Add axes on the command line: --axis=seed=0,1,2 --axis=train.learning_rate=0.5,1.0
 """
 
-from rnnjax.config import default_config, smoke
+from rnnjax.config import default_config, variant
 
 
 def get_config(arg: str | None = None):
-    config = default_config()
-    if arg == "quick":  # the README's table: the full model, a 40-epoch budget
+    def quick(config):  # the README's table: the full model, a 40-epoch budget
         config.train.num_epochs = 40
-    elif arg == "smoke":
-        config = smoke(config)
-    return config
+        return config
+
+    return variant(default_config(), arg, quick=quick)
 
 
 def get_sweep(arg: str | None = None):

@@ -44,6 +44,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.num_steps = 35
     # "sequential" (state carried across minibatches) or "random" (state reset each minibatch).
     c.data.sampler = "sequential"
+    # Refuse a text file larger than this many MiB (a guard against a wrong path); raise it for big corpora.
+    c.data.max_file_mb = 1024
 
     c.model = ml_collections.ConfigDict()
     # "rnnjax" (pure-function cells) or "flax" (Flax's own cells; the reference).
@@ -96,6 +98,20 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
+def variant(config: ml_collections.ConfigDict, arg: str | None, **variants) -> ml_collections.ConfigDict:
+    """Apply the variant named by a config file's argument (``configs/x.py:smoke``).
+
+    ``variants`` maps names to functions that change the config; ``None`` (no argument)
+    returns ``config`` unchanged, and an unknown name raises :class:`ConfigError`.
+    """
+    variants.setdefault("smoke", smoke)
+    if not arg:
+        return config
+    if arg not in variants:
+        raise ConfigError(f"config variant {arg!r} does not exist; variants: {', '.join(sorted(variants))}")
+    return variants[arg](config)
+
+
 def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The same experiment shrunk to run in seconds (the ``:smoke`` config argument)."""
     config.data.max_tokens = 2_000
@@ -121,6 +137,7 @@ class DataConfig:
     batch_size: int
     num_steps: int
     sampler: str
+    max_file_mb: int = 1024  # a default: runs saved before the field existed still load
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,7 +220,7 @@ def _build(cls: type, d: dict[str, Any], prefix: str) -> Any:
 
 
 # Fields a resumed run may change; any other difference from the checkpoint's config is refused.
-RESUMABLE_CHANGES = ("train.num_epochs", "train.progress", "checkpoint.", "parallel.", "generate.")
+RESUMABLE_CHANGES = ("train.num_epochs", "train.progress", "checkpoint.", "parallel.", "generate.", "data.max_file_mb")
 
 
 def first_difference(saved: dict[str, Any], requested: dict[str, Any], prefix: str = "") -> str | None:
@@ -243,7 +260,7 @@ def resolve(cfg: ml_collections.ConfigDict | dict[str, Any]) -> Config:
 
 
 def _validate(c: Config) -> None:
-    _check(_is_int(c.seed), "seed", c.seed, "an integer")
+    _check(_is_int(c.seed) and 0 <= c.seed < 2**32, "seed", c.seed, "an integer in [0, 2**32)")
     dt, m, t = c.data, c.model, c.train
     _check(all(isinstance(p, str) and p for p in dt.paths), "data.paths", list(dt.paths), "a list of file paths")
     _check(dt.preprocess in ("d2l", "none"), "data.preprocess", dt.preprocess, "'d2l' or 'none'")
@@ -258,6 +275,7 @@ def _validate(c: Config) -> None:
         "data.num_val", dt.num_val, f"an integer >= data.batch_size + 1 = {dt.batch_size + 1}",
     )
     _check(dt.sampler in ("sequential", "random"), "data.sampler", dt.sampler, "'sequential' or 'random'")
+    _check(_is_int(dt.max_file_mb) and dt.max_file_mb >= 1, "data.max_file_mb", dt.max_file_mb, "an integer >= 1 (MiB)")
     _check(m.impl in ("rnnjax", "flax"), "model.impl", m.impl, "'rnnjax' or 'flax'")
     _check(m.cell in ("rnn", "gru", "lstm"), "model.cell", m.cell, "'rnn', 'gru' or 'lstm'")
     _check(_is_int(m.hidden_size) and m.hidden_size >= 1, "model.hidden_size", m.hidden_size, "an integer >= 1")

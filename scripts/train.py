@@ -1,26 +1,27 @@
 r"""Train a deep RNN language model.
 
     python scripts/train.py --config=configs/deep_lstm.py [--workdir=runs/deep_lstm] \
-        [--resume=auto|must|never] [--config.model.num_layers=3 ...]
+        [--resume=auto|must|never|restart] [--config.model.num_layers=3 ...] [--verbosity=0]
 """
 
-import os
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from rnnjax import cli
 from rnnjax.checkpoint import CheckpointError
 from rnnjax.config import ConfigError, resolve
 from rnnjax.parallel import initialize_distributed, set_cpu_devices
-from rnnjax.train import Preempted, train_and_evaluate
+from rnnjax.train import RESUME_MODES, Preempted, train_and_evaluate
+from rnnjax.workdir import WorkdirError
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config name>).")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file (file.py:variant).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config name>[-<variant>]).")
 _RESUME = flags.DEFINE_enum(
-    "resume", "auto", ["auto", "must", "never"],
-    "auto: resume from the workdir's latest checkpoint if any; must: fail if there is none; "
-    "never: refuse a workdir that holds checkpoints.",
+    "resume", "auto", list(RESUME_MODES),
+    "auto: resume from the workdir's latest good checkpoint if any; must: fail if there is none; "
+    "never: refuse a workdir that holds checkpoints; restart: move the workdir's files to WORKDIR/discarded/ and start over.",
 )
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False,
@@ -34,29 +35,25 @@ flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        cli.fail(f"unexpected argument {argv[1]!r}; flags look like --config=configs/deep_lstm.py")
     try:  # before any JAX call: the CPU device count is fixed when the backend starts
         cfg = resolve(_CONFIG.value)
         set_cpu_devices(cfg.parallel.cpu_devices, cfg.data.batch_size)
     except ConfigError as e:
-        sys.exit(f"error: {e}")
+        cli.fail(str(e))
     if _DISTRIBUTED.value or _COORDINATOR.value:
         initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    config_path = flags.FLAGS["config"].config_filename
-    workdir = _WORKDIR.value or os.path.join("runs", os.path.splitext(os.path.basename(config_path))[0])
+    workdir = cli.user_path(_WORKDIR.value) if _WORKDIR.value else cli.default_workdir()
     try:
-        summary = train_and_evaluate(_CONFIG.value, workdir, resume=_RESUME.value)
-    except (ConfigError, CheckpointError, FloatingPointError) as e:
-        sys.exit(f"error: {e}")
+        summary = train_and_evaluate(cfg, workdir, resume=_RESUME.value)
+    except (ConfigError, CheckpointError, WorkdirError, FloatingPointError) as e:
+        cli.fail(str(e))
     except Preempted as e:
         print(e, file=sys.stderr)
         sys.exit(128 + e.signum)
-    print(f"train perplexity {summary['train_ppl']:.3f}, validation perplexity {summary['val_ppl']:.3f} "
-          f"(best {summary['best_val_ppl']:.3f}), {summary['wall_time']:.0f} s on {summary['num_devices']} device(s), "
-          f"workdir {workdir}")
-    for s in summary["samples"]:
-        print(s)
+    print(cli.end_block(summary))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

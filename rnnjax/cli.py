@@ -1,0 +1,169 @@
+"""What every ``scripts/*.py`` shares: flag parsing with one-line errors, quiet library
+logging, config-file loading and the user's paths.
+
+Every error a user can cause on the command line ends as one line ``error: ...`` on stderr
+and a non-zero exit status, before any compute and before anything is written.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import logging
+import os
+import pathlib
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from rnnjax.config import default_config
+from rnnjax.workdir import shown
+
+
+class _ListParser(flags.ArgumentParser):
+    """``--config.data.paths=a.txt,b.txt`` (comma-separated) or a Python list literal ``"['a b', 'c']"``."""
+
+    def parse(self, argument: Any) -> list[Any]:
+        if isinstance(argument, (list, tuple)):
+            return list(argument)
+        text = str(argument).strip()
+        if text[:1] in ("[", "("):
+            try:
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                raise ValueError(f"{text!r} is not a Python list; write a,b,c or \"['a', 'b']\"") from None
+            return list(value) if isinstance(value, (list, tuple)) else [value]
+        return [part.strip() for part in text.split(",") if part.strip()]
+
+    def flag_type(self) -> str:
+        return "list"
+
+
+# ml_collections cannot override list fields from the command line by itself (PITFALLS.md).
+config_flags.register_flag_parser_for_type(list, _ListParser())
+
+
+def fail(message: str) -> NoReturn:
+    """Exit with status 1 and one line ``error: message`` on stderr."""
+    sys.exit(f"error: {message}")
+
+
+def _fields(node: Any, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        out += _fields(value, name + ".") if hasattr(value, "items") else [name]
+    return out
+
+
+def check_overrides(argv: Sequence[str], flag: str = "config") -> None:
+    """Refuse a missing config file, and ``--config.FIELD=...`` for a FIELD that no config has
+    (naming the closest field), before the config file runs."""
+    for i, arg in enumerate(argv[1:], 1):
+        value = arg.split("=", 1)[1] if arg.startswith(f"--{flag}=") else None
+        if arg == f"--{flag}" and i + 1 < len(argv):
+            value = argv[i + 1]
+        if value is not None:
+            path = value.partition(":")[0]
+            if not os.path.isfile(path):
+                fail(f"config file {path} does not exist; give a file such as --{flag}=configs/deep_lstm.py")
+    known = _fields(default_config())
+    groups = {f.split(".")[0] for f in known}
+    for arg in argv[1:]:
+        if not arg.startswith(f"--{flag}."):
+            continue
+        field = arg[len(flag) + 3 :].split("=", 1)[0]
+        if field in known or field in groups:
+            continue
+        group, _, leaf = field.rpartition(".")
+        same = {f.rpartition(".")[2]: f for f in known if f.rpartition(".")[0] == group}
+        close = difflib.get_close_matches(leaf, list(same), n=1, cutoff=0.7) if same else []
+        close = [same[c] for c in close] or difflib.get_close_matches(field, known, n=1, cutoff=0.8)
+        hint = f"did you mean --{flag}.{close[0]}?" if close else "every field is listed in rnnjax/config.py"
+        fail(f"--{flag}.{field} is not a config field; {hint}")
+
+
+def _explain(e: Exception) -> str:
+    """One line for an exception raised while parsing flags (loading the config file, overrides)."""
+    from rnnjax.config import ConfigError
+
+    chain, x = [], e
+    while x is not None and len(chain) < 10:
+        chain.append(x)
+        x = x.__cause__ or x.__context__
+    text = str(e)
+    if "Error whilst parsing config file" in text:  # ml_collections puts get_config()'s traceback in the message
+        last = [line for line in text.strip().splitlines() if line.strip()][-1]
+        kind, _, message = last.partition(": ")
+        return message if kind == "rnnjax.config.ConfigError" else f"the config file raised {kind.rsplit('.', 1)[-1]}: {message}"
+    for x in chain:
+        if isinstance(x, ConfigError):
+            return str(x)
+    if isinstance(e, flags.Error):
+        text = str(e).splitlines()[0]
+        cause = e.__cause__ or e.__context__
+        if cause is not None and str(cause):
+            text = text.split(": ", 1)[0] + ": " + str(cause).splitlines()[0]
+        return text
+    inner = chain[-1]
+    first = (str(inner).strip().splitlines() or [""])[0]
+    return f"the config file raised {type(inner).__name__}: {first}"
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """``app.run``'s flags parser: like absl's, but every failure is one ``error:`` line."""
+    check_overrides(argv)
+    try:
+        return flags.FLAGS(argv)
+    except Exception as e:  # noqa: BLE001 - the config file is user code: anything can come out of it
+        fail(_explain(e))
+
+
+def quiet_libraries() -> None:
+    """Show only warnings and errors from libraries (orbax, jax, absl) unless ``--verbosity`` was given."""
+    if not flags.FLAGS["verbosity"].present:
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.WARNING)
+        logging.getLogger().setLevel(logging.WARNING)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+
+def run(main: Callable[[list[str]], Any]) -> None:
+    """``absl.app.run(main)`` with one-line flag errors and quiet library logging."""
+
+    def wrapped(argv: list[str]) -> Any:
+        quiet_libraries()
+        return main(argv)
+
+    app.run(wrapped, flags_parser=parse_flags)
+
+
+def user_path(path: str | os.PathLike) -> pathlib.Path:
+    """A path the user gave, made absolute against the current directory (``~`` expanded)."""
+    return pathlib.Path(path).expanduser().absolute()
+
+
+def default_workdir(config_flag: str = "config") -> pathlib.Path:
+    """``runs/<config file name>``, or ``runs/<name>-<variant>`` for ``--config=file.py:variant``."""
+    path, _, arg = flags.FLAGS[config_flag].config_filename.partition(":")
+    name = pathlib.Path(path).stem
+    return user_path(pathlib.Path("runs") / (f"{name}-{arg}" if arg else name))
+
+
+def end_block(summary: dict[str, Any]) -> str:
+    """The few lines a finished training run prints: perplexities, where its files are, the samples."""
+    w = shown(summary["workdir"])
+    lines = [
+        f"train perplexity {summary['train_ppl']:.3f}, validation perplexity {summary['val_ppl']:.3f} "
+        f"(best {summary['best_val_ppl']:.3f} at epoch {summary['best_epoch']}), "
+        f"{summary['wall_time']:.0f} s on {summary['num_devices']} device(s)",
+        f"curves: {w}/curves.png  checkpoints: {w}/checkpoints/  (rnnjax.load({w!r}) restores the best)",
+    ]
+    if summary["samples"]:
+        lines.append("samples (greedy, final epoch):")
+        lines += [f"  {s}" for s in summary["samples"]]
+    return "\n".join(lines)
