@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import pathlib
 import re
 from collections.abc import Sequence
 
@@ -25,12 +26,21 @@ def bundled_path() -> str:
     return str(importlib.resources.files("rnnjax") / "corpora" / BUNDLED)
 
 
-def read_texts(paths: Sequence[str]) -> str:
-    """Read and concatenate UTF-8 files ([] = the bundled book); bad files raise ConfigError."""
+def read_texts(paths: Sequence[str], max_file_mb: int = 1024) -> str:
+    """Read and concatenate UTF-8 files ([] = the bundled book); bad files raise ConfigError.
+    Relative paths are from the current directory; only regular files up to ``max_file_mb`` MiB."""
     texts = []
     for path in paths or [bundled_path()]:
+        p = pathlib.Path(path).expanduser()
+        if p.exists() and not p.is_file():
+            raise ConfigError(f"config.data.paths: {path!r} is not a regular file; give text files")
+        if p.is_file() and p.stat().st_size > max_file_mb * 2**20:
+            raise ConfigError(
+                f"config.data.paths: {path!r} is {p.stat().st_size / 2**20:,.0f} MiB, above config.data.max_file_mb = "
+                f"{max_file_mb}; raise that limit if this is the right file"
+            )
         try:
-            with open(path, "rb") as f:
+            with open(p, "rb") as f:
                 raw = f.read()
         except OSError as e:
             raise ConfigError(f"config.data.paths: cannot read {path!r} ({e.strerror}); give existing text files") from None
@@ -72,7 +82,7 @@ class Corpus:
 def load_corpus(cfg: DataConfig, vocab: Vocab | None = None) -> Corpus:
     """Read, preprocess, tokenize and split; the vocabulary is built on the training split
     unless given (e.g. restored from a checkpoint). Raises ConfigError when the corpus is too short."""
-    tokens = tokenize(preprocess(read_texts(cfg.paths), cfg.preprocess), cfg.tokenizer)
+    tokens = tokenize(preprocess(read_texts(cfg.paths, cfg.max_file_mb), cfg.preprocess), cfg.tokenizer)
     need = cfg.max_tokens + cfg.num_val
     if len(tokens) < need:
         raise ConfigError(

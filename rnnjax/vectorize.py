@@ -29,7 +29,8 @@ from rnnjax.config import Config, ConfigError
 from rnnjax.model import num_params
 from rnnjax.optim import make_optimizer
 from rnnjax.plotting import plot_curves
-from rnnjax.train import MetricsWriter, TrainState, _checkpoint_tree, _write_atomic, build_model, make_eval_step, make_train_step
+from rnnjax.train import TrainState, _checkpoint_tree, build_model, make_eval_step, make_train_step
+from rnnjax.workdir import MetricsWriter, write_atomic
 
 # Fields that may differ between the trials of one vectorized group (they live in the optimizer state).
 VECTORIZABLE = ("seed", "train.learning_rate", "train.weight_decay")
@@ -76,9 +77,9 @@ def train_vectorized(cfgs: Sequence[Config], workdirs: Sequence[str | pathlib.Pa
     dirs = [pathlib.Path(w) for w in workdirs]
     for d, c in zip(dirs, cfgs):
         d.mkdir(parents=True, exist_ok=True)
-        _write_atomic(d / "config.json", json.dumps(c.to_dict(), indent=2))
-        _write_atomic(d / "vocab.json", corpus.vocab.to_json())
-        _write_atomic(d / "metrics.jsonl", "")
+        write_atomic(d / "config.json", json.dumps(c.to_dict(), indent=2))
+        write_atomic(d / "vocab.json", corpus.vocab.to_json())
+        write_atomic(d / "metrics.jsonl", "")
     records: list[list[dict[str, Any]]] = [[] for _ in cfgs]
     start = time.perf_counter()
     for epoch in range(1, tc.num_epochs + 1):

@@ -1,0 +1,169 @@
+"""The run directory's own files (everything but ``checkpoints/``, which orbax owns).
+
+``config.json``, ``vocab.json``, ``metrics.jsonl`` (read, append, truncate), atomic writes,
+the one-trainer lock, and what counts as a run's history. Paths are absolute from here on:
+:func:`resolve` is called once, where a user's path enters.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import json
+import logging
+import math
+import os
+import pathlib
+import shutil
+from typing import Any
+
+
+class WorkdirError(RuntimeError):
+    """A run directory cannot be used as asked; the message says why and what to do."""
+
+
+def resolve(path: str | os.PathLike) -> pathlib.Path:
+    """A user's path made absolute against the current directory (``~`` expanded)."""
+    return pathlib.Path(path).expanduser().absolute()
+
+
+def shown(path: str | os.PathLike) -> str:
+    """``path`` relative to the current directory when it lies under it (as a user would type it)."""
+    p = pathlib.Path(path)
+    try:
+        return str(p.relative_to(pathlib.Path.cwd()))
+    except ValueError:
+        return str(p)
+
+
+def check_writable(workdir: pathlib.Path) -> None:
+    """Refuse, creating nothing, a workdir that is a file, lies under a file, or cannot be written."""
+    for p in [workdir, *workdir.parents]:
+        if p.exists():
+            if not p.is_dir():
+                what = "is a file" if p == workdir else f"lies under {p}, which is a file"
+                raise WorkdirError(f"workdir {workdir} {what}; give a directory with --workdir")
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise WorkdirError(f"workdir {workdir}: {p} is not writable; give a writable --workdir")
+            return
+
+
+def write_atomic(path: pathlib.Path, text: str) -> None:
+    """Write a file so that a reader (or a killed writer) never sees it half-written."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: pathlib.Path) -> Any:
+    """A JSON file of the run; a damaged one is a one-line :class:`WorkdirError`."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise WorkdirError(
+            f"{path} is damaged ({type(e).__name__}); restore it from the checkpoint's meta or use another --workdir"
+        ) from None
+
+
+def _finite(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def encode_record(record: dict[str, Any]) -> str:
+    """One JSON line; non-finite numbers become ``null`` (bare ``NaN`` is not JSON)."""
+    return json.dumps({k: _finite(v) for k, v in record.items()}, allow_nan=False) + "\n"
+
+
+def read_metrics(path: pathlib.Path) -> list[dict[str, Any]]:
+    """The records of ``metrics.jsonl`` ([] if absent). A torn last line (a kill mid-write) is
+    dropped with a warning; a damaged line before it is a :class:`WorkdirError`."""
+    if not path.exists():
+        return []
+    lines = [x for x in path.read_text(encoding="utf-8", errors="replace").splitlines() if x.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if i == len(lines) - 1:
+                logging.warning("%s: dropped a half-written last line (the run was killed mid-write)", path)
+                break
+            raise WorkdirError(f"{path} line {i + 1} is not JSON; fix or remove that line") from None
+    return records
+
+
+def write_metrics(path: pathlib.Path, records: list[dict[str, Any]]) -> None:
+    write_atomic(path, "".join(encode_record(r) for r in records))
+
+
+def append_metrics(path: pathlib.Path, record: dict[str, Any]) -> None:
+    """Append one record, flushed and fsynced."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(encode_record(record))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class MetricsWriter:
+    """Appends one JSON object per line to ``metrics.jsonl``, flushed and fsynced each time."""
+
+    def __init__(self, path: pathlib.Path):
+        self.path = path
+
+    def write(self, record: dict[str, Any]) -> None:
+        append_metrics(self.path, record)
+
+
+def history(workdir: pathlib.Path) -> list[str]:
+    """What a workdir holds that a fresh start would lose: metric records, damaged checkpoints."""
+    found = []
+    n = len(read_metrics(workdir / "metrics.jsonl")) if (workdir / "metrics.jsonl").exists() else 0
+    if n:
+        found.append(f"{n} epoch record(s) in metrics.jsonl")
+    damaged = workdir / "damaged"
+    if damaged.is_dir() and any(damaged.iterdir()):
+        found.append(f"{sum(1 for _ in damaged.iterdir())} damaged checkpoint(s) in damaged/")
+    return found
+
+
+def set_aside(workdir: pathlib.Path) -> pathlib.Path | None:
+    """Move a workdir's files (not the lock) into ``WORKDIR/discarded/<UTC time>/``; nothing is deleted."""
+    names = [p for p in workdir.iterdir() if p.name not in (".lock", "discarded")]
+    if not names:
+        return None
+    dest = workdir / "discarded" / datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    dest.mkdir(parents=True)
+    for p in names:
+        shutil.move(str(p), str(dest / p.name))
+    return dest
+
+
+class WorkdirLock:
+    """An exclusive, non-blocking ``flock`` on ``WORKDIR/.lock``: one trainer per workdir.
+
+    The lock is released by the kernel when the process dies, even on SIGKILL.
+    """
+
+    def __init__(self, workdir: pathlib.Path):
+        self.path = workdir / ".lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise WorkdirError(
+                f"{self.path.parent} is in use by another trainer (locked {self.path}); wait for it or use another --workdir"
+            ) from None
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
