@@ -1,4 +1,4 @@
-"""Checkpoints with orbax: save, find the latest good step, restore, and the workdir lock.
+"""Checkpoints with orbax: save (with array checksums), find the latest good step, restore.
 
 A checkpoint step directory ``WORKDIR/checkpoints/<step>/`` holds two items:
 ``state`` (arrays: params, optimizer state, step, RNG key data, carried hidden state,
@@ -9,10 +9,12 @@ config file. Orbax owns ``checkpoints/``; nothing else is written there.
 
 from __future__ import annotations
 
-import fcntl
+import hashlib
+import json
 import logging
 import os
 import pathlib
+import re
 import shutil
 from collections.abc import Callable
 from typing import Any
@@ -25,32 +27,70 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be used (damaged, or of another configuration); the message says which and why."""
 
 
-class WorkdirLock:
-    """An exclusive, non-blocking ``flock`` on ``WORKDIR/.lock``: one trainer per workdir.
+# Storage errors (tensorstore status codes and messages) that mean the files are damaged, not the code.
+_STORAGE_DAMAGE = re.compile(
+    r"NOT_FOUND|DATA_LOSS|OUT_OF_RANGE|Error reading|Error opening|Error decoding|while reading array|"
+    r"Unexpected end|[Cc]orrupt|[Tt]runcated|[Cc]hecksum|Failed to decode|Failed to parse|Invalid .*(header|manifest)"
+)
 
-    The lock is released by the kernel when the process dies, even on SIGKILL.
-    """
 
-    def __init__(self, workdir: pathlib.Path):
-        self.path = workdir / ".lock"
-        self._fd: int | None = None
+def find_damage(step_dir: pathlib.Path) -> str | None:
+    """What is missing or unreadable in a step directory, checked before orbax reads it (None: looks whole)."""
+    if not step_dir.is_dir() or not any(step_dir.iterdir()):
+        return "empty step directory"
+    meta = step_dir / "meta" / "metadata"
+    if not meta.is_file():
+        return "missing metadata (meta/metadata)"
+    try:
+        json.loads(meta.read_text())
+    except (OSError, ValueError) as e:
+        return f"unreadable metadata ({type(e).__name__})"
+    state = step_dir / "state"
+    for name in ("_METADATA", "manifest.ocdbt"):
+        if not (state / name).is_file():
+            return f"missing array data (state/{name})"
+    try:
+        json.loads((state / "_METADATA").read_text())
+    except (OSError, ValueError) as e:
+        return f"unreadable array metadata ({type(e).__name__})"
+    return None
 
-    def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise CheckpointError(
-                f"{self.path.parent} is in use by another trainer (locked {self.path}); wait for it or use another --workdir"
-            ) from None
-        self._fd = fd
 
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+def storage_damage(error: BaseException) -> str | None:
+    """A one-line reason if ``error`` (raised while reading arrays) means damaged files; None otherwise."""
+    while error is not None:
+        text = str(error)
+        if isinstance(error, (FileNotFoundError, EOFError, json.JSONDecodeError)) or _STORAGE_DAMAGE.search(text):
+            return (text.strip().splitlines() or [type(error).__name__])[0][:200]
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _leaves(tree: Any) -> list[tuple[str, Any]]:
+    import jax
+
+    return [(jax.tree_util.keystr(path), leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def checksums(tree: Any) -> dict[str, str]:
+    """sha256 of every fully addressable array in ``tree`` (bytes, dtype and shape), by key path."""
+    import numpy as np
+
+    out = {}
+    for name, leaf in _leaves(tree):
+        if getattr(leaf, "is_fully_addressable", True):
+            a = np.ascontiguousarray(np.asarray(leaf))
+            out[name] = hashlib.sha256(f"{a.dtype}{a.shape}".encode() + a.tobytes()).hexdigest()
+    return out
+
+
+def verify_checksums(tree: Any, expected: dict[str, str] | None) -> str | None:
+    """None if every recorded checksum matches (or none were recorded), else a one-line reason."""
+    if not expected:
+        return None  # a checkpoint written before checksums were recorded
+    actual = checksums(tree)
+    bad = sorted(k for k, v in expected.items() if k in actual and actual[k] != v)
+    return f"checksum mismatch in {len(bad)} array(s), first {bad[0]}" if bad else None
 
 
 class Checkpointer:
@@ -58,29 +98,29 @@ class Checkpointer:
     latest steps and the best step by validation perplexity. Saves are synchronous."""
 
     def __init__(self, workdir: str | os.PathLike, max_to_keep: int = 3, read_only: bool = False):
-        self.workdir = pathlib.Path(workdir)
+        self.workdir = pathlib.Path(workdir).absolute()  # orbax rejects relative paths deep inside a save
         self.directory = self.workdir / "checkpoints"
+        if read_only and not self.directory.is_dir():
+            raise CheckpointError(f"{self.workdir} has no checkpoints/ directory: it is not a finished or resumable run")
+        self.read_only = read_only
         policy = cm.AnyPreservationPolicy(
             [
                 cm.LatestN(n=max_to_keep),
                 cm.BestN(get_metric_fn=lambda m: -m["val_ppl"], n=1, keep_checkpoints_without_metrics=False),
             ]
         )
-        options = ocp.CheckpointManagerOptions(
-            enable_async_checkpointing=False,
-            preservation_policy=policy,
-            read_only=read_only,
-            create=not read_only,
-            cleanup_tmp_directories=not read_only,
-        )
-        if read_only and not self.directory.is_dir():
-            raise CheckpointError(f"{self.workdir} has no checkpoints/ directory: it is not a finished or resumable run")
-        self.read_only = read_only
         absl_logger = logging.getLogger("absl")
         level = absl_logger.level
         if read_only:  # orbax warns that a read-only manager will not save: that is the point
             absl_logger.setLevel(logging.ERROR)
         try:
+            options = ocp.CheckpointManagerOptions(
+                enable_async_checkpointing=False,
+                preservation_policy=policy,
+                read_only=read_only,
+                create=not read_only,
+                cleanup_tmp_directories=not read_only,
+            )
             self._mngr = ocp.CheckpointManager(self.directory, options=options)
         finally:
             absl_logger.setLevel(level)
@@ -89,10 +129,13 @@ class Checkpointer:
         return sorted(self._mngr.all_steps())
 
     def save(self, step: int, state: Any, meta: dict[str, Any], val_ppl: float | None = None) -> None:
-        """Write step ``step`` (overwrites nothing: a step that exists is left as it is)."""
+        """Write step ``step`` (overwrites nothing: a step that exists is left as it is).
+
+        The meta JSON also records a sha256 of every array, verified on restore."""
         if step in self._mngr.all_steps():
             return
         metrics = {"val_ppl": val_ppl} if val_ppl is not None else None
+        meta = {**meta, "checksums": checksums(state)}
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         self._mngr.save(step, args=args, metrics=metrics, force=True)
         self._mngr.wait_until_finished()
@@ -100,36 +143,64 @@ class Checkpointer:
     def read_meta(self, step: int) -> dict[str, Any]:
         return self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
+    def best_steps(self) -> list[int]:
+        """Steps saved at an epoch end, best validation perplexity first (mid-epoch saves have none)."""
+        scored = []
+        for s in self.steps():
+            try:
+                val = self.read_meta(s).get("val_ppl")
+            except Exception:  # noqa: BLE001 - a damaged step is found (and reported) by restore()
+                continue
+            if isinstance(val, (int, float)) and val == val:
+                scored.append((val, -s))
+        return [-s for _, s in sorted(scored)]
+
     def restore(
-        self, abstract_state: Callable[[dict[str, Any]], Any], step: int | None = None
+        self, abstract_state: Callable[[dict[str, Any]], Any], step: int | str | None = None
     ) -> tuple[int, Any, dict[str, Any]] | None:
-        """Restore ``step``, or the latest step that restores cleanly (None: no checkpoint).
+        """Restore ``step`` (an int), or the latest (``None``/"latest") or best-by-validation
+        ("best") step that restores cleanly, falling back in that order (None: no checkpoint).
 
         ``abstract_state(meta)`` gives the target tree (``jax.eval_shape`` of a fresh state).
-        A damaged latest step is skipped with a warning; when writable, it is moved to
-        ``WORKDIR/damaged/`` (kept, never deleted) so training can save that step again.
+        Only real damage (see :func:`find_damage`, a checksum mismatch, or a storage error
+        while reading the arrays) makes a step be skipped with a warning; when writable, a
+        damaged step is moved to ``WORKDIR/damaged/`` (kept, never deleted) so training can
+        save that step again. Any other error (a bug, a version mismatch, memory) is raised as
+        it is, and nothing is moved.
         """
         steps = self.steps()
-        if step is not None:
+        order = list(reversed(steps))  # latest first
+        if step == "best":
+            best = self.best_steps()
+            order = best + [s for s in order if s not in best]  # then the latest, if none has a val_ppl
+            step = None
+        elif step == "latest":
+            step = None
+        elif step is not None:
             if step not in steps:
                 raise CheckpointError(f"no checkpoint at step {step} in {self.directory}; have {steps}")
-            steps = [step]
+            order = [step]
         damaged = []
-        for s in reversed(steps):
-            try:
+        for s in order:
+            problem = find_damage(self.directory / str(s))
+            if problem is None:
                 meta = self.read_meta(s)
                 args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state(meta)), meta=ocp.args.JsonRestore())
-                restored = self._mngr.restore(s, args=args)
-                self._quarantine(damaged)  # newer steps that failed: moved aside, kept
-                return s, restored["state"], restored["meta"]
-            except CheckpointError:
-                raise
-            except Exception as e:  # damaged: missing files, truncated arrays, bad metadata
-                first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-                logging.warning("checkpoint step %d in %s is damaged (%s); trying an earlier step", s, self.directory, first_line)
-                damaged.append(s)
-                if step is not None:
-                    raise CheckpointError(f"checkpoint step {s} in {self.directory} is damaged: {first_line}") from None
+                try:
+                    restored = self._mngr.restore(s, args=args)
+                except Exception as e:
+                    problem = storage_damage(e)
+                    if problem is None:
+                        raise  # not damage: the checkpoint stays where it is
+                else:
+                    problem = verify_checksums(restored["state"], restored["meta"].get("checksums"))
+                    if problem is None:
+                        self._quarantine(damaged)  # newer steps that were damaged: moved aside, kept
+                        return s, restored["state"], restored["meta"]
+            logging.warning("checkpoint step %d in %s is damaged (%s); trying an earlier step", s, self.directory, problem)
+            damaged.append(s)
+            if step is not None:
+                raise CheckpointError(f"checkpoint step {s} in {self.directory} is damaged: {problem}")
         if damaged:
             self._quarantine(damaged)
             where = f"moved to {self.workdir / 'damaged'}" if not self.read_only else "left in place"

@@ -7,7 +7,6 @@ vocabulary come from the checkpoint's JSON, never from a ``.py`` config file.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pathlib
 from typing import Any
@@ -21,8 +20,10 @@ from rnnjax.config import Config, resolve
 from rnnjax.generate import generate
 from rnnjax.model import DeepRNN, Params
 from rnnjax.optim import make_optimizer
-from rnnjax.train import _checkpoint_tree, build_model, init_state, perplexity
+from rnnjax.train import _checkpoint_tree, best_record, build_model, init_state, perplexity
 from rnnjax.vocab import Vocab
+from rnnjax.workdir import read_metrics
+from rnnjax.workdir import resolve as resolve_path
 
 
 @dataclasses.dataclass
@@ -37,10 +38,20 @@ class Run:
     vocab: Vocab
     metrics: list[dict[str, Any]]
 
+    def __repr__(self) -> str:
+        m = self.config.model
+        best = best_record(self.metrics)
+        val = next((r.get("val_ppl") for r in self.metrics if r.get("step") == self.step), None)
+        at = f", val_ppl {val:.3f}" if isinstance(val, float) else ""
+        where = f", best val_ppl {best['val_ppl']:.3f} at epoch {best['epoch']}" if best else ""
+        return (f"Run({str(self.workdir)!r}, step {self.step}{at}: {m.num_layers}-layer {m.cell}, hidden {m.hidden_size}, "
+                f"vocab {len(self.vocab)}, {len(self.metrics)} epochs{where})")
+
     def generate(
-        self, prefix: str | list[str], num_chars: int, temperature: float = 1.0, top_k: int | None = None, seed: int = 0
+        self, prefix: str | list[str], num_chars: int, temperature: float = 0.0, top_k: int | None = None, seed: int = 0
     ) -> str | list[str]:
-        """Continue ``prefix`` (or each of a list of prefixes) by ``num_chars`` tokens. Temperature 0 = greedy."""
+        """Continue ``prefix`` (or each of a list of prefixes) by ``num_chars`` tokens.
+        Temperature 0 (the default, as in :func:`rnnjax.generate`) is greedy."""
         return generate(
             self.model, self.params, self.vocab, prefix, num_chars, temperature=temperature, top_k=top_k, seed=seed,
             preprocess_mode=self.config.data.preprocess, tokenizer=self.config.data.tokenizer,
@@ -55,9 +66,18 @@ class Run:
         return perplexity(self.model, self.params, ids, 1, d.num_steps)
 
 
-def load(workdir: str | os.PathLike, step: int | None = None) -> Run:
-    """Restore ``step`` (default: the latest good checkpoint) of the run in ``workdir``."""
-    workdir = pathlib.Path(workdir)
+def load(workdir: str | os.PathLike, step: int | str = "best") -> Run:
+    """Restore a checkpoint of the run in ``workdir`` (relative paths are from the current directory).
+
+    ``step``: "best" (default: the step with the lowest validation perplexity that the run
+    kept), "latest", or a step number. A damaged checkpoint is skipped with a warning (the
+    next best or next latest is used); an explicit step number never falls back.
+    """
+    if not (step in ("best", "latest") or (isinstance(step, int) and not isinstance(step, bool))):
+        raise ValueError(f"step = {step!r} is not allowed: 'best', 'latest' or a step number")
+    workdir = resolve_path(workdir)
+    if not workdir.is_dir():
+        raise CheckpointError(f"{workdir} does not exist; give the --workdir of a run trained with scripts/train.py")
     ckpt = Checkpointer(workdir, read_only=True)
     steps = ckpt.steps()
     if not steps:
@@ -79,12 +99,13 @@ def load(workdir: str | os.PathLike, step: int | None = None) -> Run:
         one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), shapes)
 
-    restored = ckpt.restore(abstract, step)
-    ckpt.close()
+    try:
+        restored = ckpt.restore(abstract, step)
+    finally:
+        ckpt.close()
     step, tree, meta = restored
     cfg = resolve(meta["config"])
     vocab = Vocab(tuple(meta["vocab"]))
-    metrics_path = workdir / "metrics.jsonl"
-    metrics = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()] if metrics_path.exists() else []
+    metrics = read_metrics(workdir / "metrics.jsonl")
     params = jax.tree_util.tree_map(np.asarray, tree["train"]["params"])
     return Run(workdir, step, cfg, build_model(cfg, len(vocab)), params, vocab, metrics)
