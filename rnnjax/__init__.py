@@ -1,5 +1,6 @@
 """rnnjax: deep (stacked) RNN, GRU and LSTM language models in JAX."""
 
+from rnnjax import interop
 from rnnjax.cells import CELLS, Cell, gru, lstm, rnn
 from rnnjax.config import Config, ConfigError, default_config, resolve
 from rnnjax.data import Corpus, load_corpus
@@ -12,6 +13,6 @@ from rnnjax.vocab import Vocab
 
 __all__ = [
     "CELLS", "Cell", "Config", "ConfigError", "Corpus", "DeepRNN", "FlaxDeepRNN", "Vocab",
-    "build_model", "default_config", "from_flax", "generate", "gru", "load_corpus", "lstm",
+    "build_model", "default_config", "interop", "from_flax", "generate", "gru", "load_corpus", "lstm",
     "Run", "load", "num_params", "perplexity", "resolve", "rnn", "to_flax", "train_and_evaluate",
 ]

@@ -44,13 +44,18 @@ def from_torch(rnn_state: Mapping[str, np.ndarray], linear_state: Mapping[str, n
     return {"layers": layers, "w_out": a(np.asarray(linear_state["weight"]).T), "b_out": a(linear_state["bias"])}
 
 
+def _writable(x) -> np.ndarray:
+    """A C-contiguous, writable NumPy copy (``np.asarray`` of a JAX array is read-only, which torch warns about)."""
+    return np.array(x, dtype=np.float32, order="C", copy=True)
+
+
 def to_torch(params: Params) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """rnnjax params -> (rnn state_dict, output nn.Linear state_dict) as NumPy float32 arrays."""
     rnn_state: dict[str, np.ndarray] = {}
     for k, p in enumerate(params["layers"]):
-        rnn_state[f"weight_ih_l{k}"] = np.ascontiguousarray(np.asarray(p["w_x"]).T)
-        rnn_state[f"weight_hh_l{k}"] = np.ascontiguousarray(np.asarray(p["w_h"]).T)
-        rnn_state[f"bias_ih_l{k}"] = np.asarray(p["b_x"])
-        rnn_state[f"bias_hh_l{k}"] = np.asarray(p["b_h"])
-    linear = {"weight": np.ascontiguousarray(np.asarray(params["w_out"]).T), "bias": np.asarray(params["b_out"])}
+        rnn_state[f"weight_ih_l{k}"] = _writable(np.asarray(p["w_x"]).T)
+        rnn_state[f"weight_hh_l{k}"] = _writable(np.asarray(p["w_h"]).T)
+        rnn_state[f"bias_ih_l{k}"] = _writable(p["b_x"])
+        rnn_state[f"bias_hh_l{k}"] = _writable(p["b_h"])
+    linear = {"weight": _writable(np.asarray(params["w_out"]).T), "bias": _writable(params["b_out"])}
     return rnn_state, linear

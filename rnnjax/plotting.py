@@ -8,19 +8,21 @@ from typing import Any
 
 
 def plot_curves(records: Sequence[dict[str, Any]], path: str | os.PathLike, title: str = "") -> None:
-    """Save a PNG of ``train_ppl`` and ``val_ppl`` (log scale) against ``epoch``."""
-    import matplotlib
+    """Save a PNG of ``train_ppl`` and ``val_ppl`` (log scale) against ``epoch``.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Drawn on a ``Figure`` with its own Agg canvas: pyplot and the process's matplotlib
+    backend are never touched, so a notebook keeps its inline plots.
+    """
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     epochs = [r["epoch"] for r in records]
-    ax.plot(epochs, [r["train_ppl"] for r in records], label="train")
-    ax.plot(epochs, [r["val_ppl"] for r in records], label="validation")
+    nan = float("nan")
+    for key, label in (("train_ppl", "train"), ("val_ppl", "validation")):
+        ax.plot(epochs, [nan if r.get(key) is None else r[key] for r in records], label=label)
     ax.set(xlabel="epoch", ylabel="perplexity", yscale="log", title=title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
