@@ -1,9 +1,12 @@
-"""Generation arguments: the API refuses bad ones before any compute and clamps top_k."""
+"""Generation arguments: the API refuses bad ones before any compute, clamps top_k, and
+scripts/generate.py turns every refusal into one line, ``error: <message>``."""
 
 import importlib
 import math
 import os
 import pathlib
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -87,3 +90,39 @@ def test_top_k_above_the_vocabulary_is_clamped(tiny):
     assert gen.generate(model, params, vocab, ["time traveller", "the"], 40, top_k=10_000, **common) == full
     assert gen.generate(model, params, vocab, ["time traveller", "the"], 40, top_k=None, **common) == full
     assert gen.generate(model, params, vocab, ["time traveller", "the"], 40, top_k=1, **common) != full  # k=1: greedy
+
+
+def cli(*flags):
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "generate.py"), *flags],
+                          capture_output=True, text=True, env=ENV, timeout=180)
+
+
+def test_cli_default_is_greedy(trained):
+    workdir, out = trained
+    proc = cli(f"--workdir={workdir}", "--prefix=time traveller", "--num_chars=10")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]  # no library warnings by default
+    assert proc.stdout.rstrip("\n") == out["samples"][0][:24]  # the run's greedy sample (train.py generates greedily)
+
+
+@pytest.mark.parametrize("flags,line", [
+    (["--num_chars=0"], "error: flag --num_chars=0: 0 is not a positive integer"),
+    (["--temperature=nan"], "error: temperature must be a finite number >= 0 (0 = greedy), got nan"),
+    (["--temperature=-1"], "error: flag --temperature=-1: -1.0 is not a non-negative number"),
+    (["--top_k=0", "--temperature=1"], "error: flag --top_k=0: 0 is not a positive integer"),
+    (["--prefix="], "error: prefix 0 must be a non-empty string, got ''"),
+])
+def test_cli_refuses_bad_arguments_in_one_line(trained, flags, line):
+    workdir, _ = trained
+    proc = cli(f"--workdir={workdir}", *flags)
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [line]
+
+
+def test_cli_checks_arguments_before_the_restore(tmp_path):
+    # no run in tmp_path: the argument error comes first, without restoring anything
+    proc = cli(f"--workdir={tmp_path}", "--temperature=inf")
+    assert proc.returncode != 0
+    assert proc.stderr.splitlines() == ["error: temperature must be a finite number >= 0 (0 = greedy), got inf"]
+    proc = cli(f"--workdir={tmp_path}")
+    assert proc.returncode != 0 and proc.stderr.splitlines() == [
+        f"error: {tmp_path} has no checkpoints/ directory: it is not a finished or resumable run"]
