@@ -1,13 +1,17 @@
 """The benchmark's bookkeeping (FLOP counts, report, baselines) — never its timings."""
 
+import dataclasses
+import datetime
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from rnnjax import benchmarking as bm
 from rnnjax.benchmarking import Workload
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,3 +78,58 @@ def test_benchmark_rejects_bad_flags(tmp_path, args, message):
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode != 0 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "BENCHMARKS.md").exists()
+
+def synthetic(repeats: int, steps: int, e2e_epochs: int | None = None) -> dict:
+    """Results shaped as scripts/benchmark.py makes them, with made-up figures: rnnjax beats every
+    target (1.5x torch, 70% MFU, faster than flax, compiles in 1 s)."""
+    def res(ms, **extra):
+        return {"ms_per_step": ms, "tokens_per_sec": 1120 / ms * 1e3, "compile_s": 1.0, "spread_ms": [ms, ms], **extra}
+
+    rows = [{"workload": dataclasses.asdict(w), "label": w.label, "flops_per_token": w.train_flops_per_token(),
+             "results": {"rnnjax": res(10.0, mfu=0.7, vs_torch=1.5), "rnnjax-autodiff": res(12.0, mfu=0.6, vs_torch=1.25),
+                         "flax": res(20.0, mfu=0.35, vs_torch=0.75), "torch": res(15.0, mfu=0.45, vs_torch=1.0)}}
+            for w in (Workload("lstm", 2), Workload("gru", 1))]
+    out = {"machine": {"platform": "test", "processor": "test", "cores": 2, "jax": "0", "backend": "cpu", "devices": 1,
+                       "device_kind": "cpu", "torch": "0"},
+           "settings": {"repeats": repeats, "steps_per_round": steps},
+           "peak": {"jax": 100.0, "torch": 90.0, "peak": 100.0, "n": 2048}, "rows": rows}
+    if e2e_epochs:
+        out["end_to_end"] = {"epochs": e2e_epochs, "rnnjax": {"seconds": 10.0, "train_ppl": 5.0, "val_ppl": 6.0},
+                             "torch": {"seconds": 20.0, "train_ppl": 5.0, "val_ppl": 6.0}, "speedup": {"rnnjax": 2.0}}
+    return out
+
+
+def targets_section(text: str) -> str:
+    return text.split("## Targets", 1)[1].split("\n## ", 1)[0]
+
+
+def verdicts(text: str) -> list[str]:
+    rows = [line for line in targets_section(text).splitlines() if line.startswith("| ") and not line.startswith("| target")]
+    return [line.rstrip(" |").rsplit(" | ", 1)[1] for line in rows]
+
+
+@pytest.mark.parametrize("repeats,steps", [(1, 1), (6, 10), (7, 9)])
+def test_targets_are_not_judged_below_the_standard(tmp_path, repeats, steps):
+    bm.write_report(synthetic(repeats, steps, e2e_epochs=500), tmp_path / "B.md", None, command="python x")
+    text = (tmp_path / "B.md").read_text()
+    note = f"not judged: {repeats} rounds of {steps} steps, below the report's standard of 7 x 10"
+    assert text.count(note) == 1 and note in targets_section(text)
+    assert verdicts(text) == ["not judged"] * 6  # every target, although every figure would meet it
+    assert not re.search(r"\b(met|missed|yes)\b|\*\*no\*\*", targets_section(text))
+
+
+def test_targets_are_judged_at_the_standard(tmp_path):
+    bm.write_report(synthetic(7, 10, e2e_epochs=500), tmp_path / "B.md", None, command="python x")
+    text = (tmp_path / "B.md").read_text()
+    assert "not judged" not in text and "| target | measured | met |" in text
+    assert verdicts(text) == ["yes"] * 6
+    bm.write_report(synthetic(9, 20, e2e_epochs=1), tmp_path / "B.md", None, command="python x")  # above: judged
+    assert verdicts((tmp_path / "B.md").read_text()) == ["yes"] * 5 + [
+        "not judged: 1 epochs, below the report's standard of 500"]  # a 1-epoch seed experiment says nothing
+
+
+def test_default_report_path_is_a_new_file_under_runs():
+    now = datetime.datetime(2025, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
+    path = bm.default_report_path(now)
+    assert path == Path("runs/benchmarks/BENCHMARKS-20250102T030405Z.md") and not path.is_absolute()
+    assert path.name != "BENCHMARKS.md" and bm.default_report_path().parts[:2] == ("runs", "benchmarks")
