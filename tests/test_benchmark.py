@@ -2,8 +2,10 @@
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -15,6 +17,7 @@ from rnnjax import benchmarking as bm
 from rnnjax.benchmarking import Workload
 
 ROOT = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
 
 
 def test_analytic_training_flops_per_token():
@@ -38,10 +41,17 @@ def test_torch_baseline_learns_the_same_data():
 
 @pytest.mark.slow
 def test_benchmark_script_writes_every_row_and_the_targets(tmp_path):
-    out, js = tmp_path / "B.md", tmp_path / "b.json"
+    committed = hashlib.sha256((ROOT / "BENCHMARKS.md").read_bytes()).hexdigest()
     cmd = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--repeats=1", "--steps=1",
-           "--sections=rows,generation,end_to_end", "--rows=lstm:2,gru:1", "--e2e_epochs=1", f"--out={out}", f"--json={js}"]
-    subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=tmp_path)
+           "--sections=rows,generation,end_to_end", "--rows=lstm:2,gru:1", "--e2e_epochs=1", "--json=j/b.json"]
+    proc = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=tmp_path, env=ENV)  # default --out
+    assert hashlib.sha256((ROOT / "BENCHMARKS.md").read_bytes()).hexdigest() == committed  # the committed report: untouched
+    reports = list(tmp_path.rglob("*.md"))
+    assert len(reports) == 1 and reports[0].parent == tmp_path / "runs" / "benchmarks"
+    out, js = reports[0], tmp_path / "j" / "b.json"  # relative paths: from the working directory
+    assert re.fullmatch(r"BENCHMARKS-\d{8}T\d{6}Z\.md", out.name)
+    assert proc.stdout.count("not judged: 1 rounds of 1 steps, below the report's standard of 7 x 10") == 1
+    assert proc.stdout.rstrip().endswith(f"wrote {out} and {js}")
     results = json.loads(js.read_text())
     assert [r["label"] for r in results["rows"]] == [Workload("lstm", 2).label, Workload("gru", 1).label]
     impls = {"rnnjax", "rnnjax-autodiff", "flax"}
@@ -66,6 +76,7 @@ def test_benchmark_script_writes_every_row_and_the_targets(tmp_path):
     text = out.read_text()
     assert "## Targets" in text and "## Seed experiment end to end (1 epochs" in text
     assert Workload("gru", 1).label in text
+    assert set(verdicts(text)) == {"not judged"}
 
 
 @pytest.mark.parametrize("args,message", [
@@ -75,9 +86,10 @@ def test_benchmark_script_writes_every_row_and_the_targets(tmp_path):
 ])
 def test_benchmark_rejects_bad_flags(tmp_path, args, message):
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), *args],
-                          capture_output=True, text=True, cwd=tmp_path)
+                          capture_output=True, text=True, cwd=tmp_path, env=ENV)
     assert proc.returncode != 0 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "BENCHMARKS.md").exists()
+    assert not (tmp_path / "BENCHMARKS.md").exists() and not (tmp_path / "runs").exists()
+
 
 def synthetic(repeats: int, steps: int, e2e_epochs: int | None = None) -> dict:
     """Results shaped as scripts/benchmark.py makes them, with made-up figures: rnnjax beats every
