@@ -2,12 +2,15 @@
 
 Temperature 0 is greedy (argmax); otherwise logits / temperature, optionally kept to
 the ``top_k`` most likely tokens, sampled with ``jax.random.categorical``.
-Sampling is reproducible from ``seed``.
+Sampling is reproducible from ``seed``. ``generate`` checks its arguments before any
+compute and raises ``ValueError`` naming the bad one (``check_args`` is that check alone).
 """
 
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 from collections.abc import Sequence
 
 import jax
@@ -55,6 +58,34 @@ def sample(
     return toks_tb.T
 
 
+def _is_int(x: object) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_))
+
+
+def check_args(
+    prefixes: str | Sequence[str], num_tokens: int, temperature: float = 0.0, top_k: int | None = None, seed: int = 0
+) -> None:
+    """Raise ``ValueError`` (one line naming the argument and what is allowed) unless: ``prefixes``
+    is a non-empty string or a non-empty list of non-empty strings; ``num_tokens`` an integer
+    >= 1; ``temperature`` a finite number >= 0; ``top_k`` None or an integer >= 1; ``seed`` an
+    integer in [0, 2**32). Emptiness after preprocessing is checked by ``generate``."""
+    items = [prefixes] if isinstance(prefixes, str) else prefixes
+    if not isinstance(items, Sequence) or len(items) == 0:
+        raise ValueError(f"prefixes must be a non-empty string or a non-empty list of strings, got {prefixes!r}")
+    for i, p in enumerate(items):
+        if not isinstance(p, str) or not p:
+            raise ValueError(f"prefix {i} must be a non-empty string, got {p!r}")
+    if not _is_int(num_tokens) or num_tokens < 1:
+        raise ValueError(f"num_tokens must be an integer >= 1, got {num_tokens!r}")
+    if (not isinstance(temperature, numbers.Real) or isinstance(temperature, (bool, np.bool_))
+            or not math.isfinite(temperature) or temperature < 0):
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and (not _is_int(top_k) or top_k < 1):
+        raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
+    if not _is_int(seed) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an integer with 0 <= seed < 2**32, got {seed!r}")
+
+
 def generate(
     model: DeepRNN,
     params: Params,
@@ -71,23 +102,35 @@ def generate(
     """Continue each prefix by ``num_tokens`` tokens; returns prefix + continuation.
 
     Prefixes go through the run's preprocessing; tokens outside the vocabulary map to
-    ``<unk>``. Prompts of equal token length run as one batch.
+    ``<unk>``. Prompts of equal token length run as one batch. ``temperature`` 0 (the
+    default) is greedy and ignores ``top_k`` and ``seed``; ``top_k`` larger than the
+    vocabulary is clamped to the vocabulary size (= no truncation).
+
+    Raises ``ValueError`` before any compute for: no prefix, an empty prefix (also one empty
+    after preprocessing), ``num_tokens`` not an integer >= 1, ``temperature`` negative, NaN or
+    infinite, ``top_k`` not an integer >= 1, ``seed`` not an integer in [0, 2**32).
     """
+    check_args(prefixes, num_tokens, temperature, top_k, seed)
+    greedy = temperature == 0
+    top_k = None if greedy or top_k is None else min(int(top_k), model.vocab_size)
     single = isinstance(prefixes, str)
-    texts = [preprocess(p, preprocess_mode) for p in ([prefixes] if single else prefixes)]
+    raw = [prefixes] if single else list(prefixes)
+    texts = [preprocess(p, preprocess_mode) for p in raw]
     out: list[str] = [""] * len(texts)
     by_len: dict[int, list[int]] = {}
     encoded = [vocab.encode(tokenize(t, tokenizer)) for t in texts]
     for i, ids in enumerate(encoded):
         if len(ids) == 0:
-            raise ValueError(f"prefix {i} is empty after preprocessing; give at least one token")
+            raise ValueError(
+                f"prefix {i} ({raw[i]!r}) is empty after preprocessing ({preprocess_mode!r}); give at least one token"
+            )
         by_len.setdefault(len(ids), []).append(i)
     for idxs in by_len.values():
         batch = jnp.asarray(np.stack([encoded[i] for i in idxs]))
         cont = np.asarray(
             sample(
-                model, params, batch, jax.random.key(seed), jnp.float32(max(temperature, 1e-6)),
-                num_tokens=num_tokens, greedy=temperature == 0, top_k=top_k,
+                model, params, batch, jax.random.key(int(seed)), jnp.float32(max(temperature, 1e-6)),
+                num_tokens=int(num_tokens), greedy=greedy, top_k=top_k,
             )
         )
         for row, i in enumerate(idxs):

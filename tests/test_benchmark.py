@@ -1,16 +1,23 @@
 """The benchmark's bookkeeping (FLOP counts, report, baselines) — never its timings."""
 
+import dataclasses
+import datetime
+import hashlib
 import json
 import math
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from rnnjax import benchmarking as bm
 from rnnjax.benchmarking import Workload
 
 ROOT = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
 
 
 def test_analytic_training_flops_per_token():
@@ -34,10 +41,17 @@ def test_torch_baseline_learns_the_same_data():
 
 @pytest.mark.slow
 def test_benchmark_script_writes_every_row_and_the_targets(tmp_path):
-    out, js = tmp_path / "B.md", tmp_path / "b.json"
+    committed = hashlib.sha256((ROOT / "BENCHMARKS.md").read_bytes()).hexdigest()
     cmd = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--repeats=1", "--steps=1",
-           "--sections=rows,generation,end_to_end", "--rows=lstm:2,gru:1", "--e2e_epochs=1", f"--out={out}", f"--json={js}"]
-    subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=tmp_path)
+           "--sections=rows,generation,end_to_end", "--rows=lstm:2,gru:1", "--e2e_epochs=1", "--json=j/b.json"]
+    proc = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=tmp_path, env=ENV)  # default --out
+    assert hashlib.sha256((ROOT / "BENCHMARKS.md").read_bytes()).hexdigest() == committed  # the committed report: untouched
+    reports = list(tmp_path.rglob("*.md"))
+    assert len(reports) == 1 and reports[0].parent == tmp_path / "runs" / "benchmarks"
+    out, js = reports[0], tmp_path / "j" / "b.json"  # relative paths: from the working directory
+    assert re.fullmatch(r"BENCHMARKS-\d{8}T\d{6}Z\.md", out.name)
+    assert proc.stdout.count("not judged: 1 rounds of 1 steps, below the report's standard of 7 x 10") == 1
+    assert proc.stdout.rstrip().endswith(f"wrote {out} and {js}")
     results = json.loads(js.read_text())
     assert [r["label"] for r in results["rows"]] == [Workload("lstm", 2).label, Workload("gru", 1).label]
     impls = {"rnnjax", "rnnjax-autodiff", "flax"}
@@ -62,6 +76,7 @@ def test_benchmark_script_writes_every_row_and_the_targets(tmp_path):
     text = out.read_text()
     assert "## Targets" in text and "## Seed experiment end to end (1 epochs" in text
     assert Workload("gru", 1).label in text
+    assert set(verdicts(text)) == {"not judged"}
 
 
 @pytest.mark.parametrize("args,message", [
@@ -71,6 +86,62 @@ def test_benchmark_script_writes_every_row_and_the_targets(tmp_path):
 ])
 def test_benchmark_rejects_bad_flags(tmp_path, args, message):
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), *args],
-                          capture_output=True, text=True, cwd=tmp_path)
+                          capture_output=True, text=True, cwd=tmp_path, env=ENV)
     assert proc.returncode != 0 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "BENCHMARKS.md").exists()
+    assert not (tmp_path / "BENCHMARKS.md").exists() and not (tmp_path / "runs").exists()
+
+
+def synthetic(repeats: int, steps: int, e2e_epochs: int | None = None) -> dict:
+    """Results shaped as scripts/benchmark.py makes them, with made-up figures: rnnjax beats every
+    target (1.5x torch, 70% MFU, faster than flax, compiles in 1 s)."""
+    def res(ms, **extra):
+        return {"ms_per_step": ms, "tokens_per_sec": 1120 / ms * 1e3, "compile_s": 1.0, "spread_ms": [ms, ms], **extra}
+
+    rows = [{"workload": dataclasses.asdict(w), "label": w.label, "flops_per_token": w.train_flops_per_token(),
+             "results": {"rnnjax": res(10.0, mfu=0.7, vs_torch=1.5), "rnnjax-autodiff": res(12.0, mfu=0.6, vs_torch=1.25),
+                         "flax": res(20.0, mfu=0.35, vs_torch=0.75), "torch": res(15.0, mfu=0.45, vs_torch=1.0)}}
+            for w in (Workload("lstm", 2), Workload("gru", 1))]
+    out = {"machine": {"platform": "test", "processor": "test", "cores": 2, "jax": "0", "backend": "cpu", "devices": 1,
+                       "device_kind": "cpu", "torch": "0"},
+           "settings": {"repeats": repeats, "steps_per_round": steps},
+           "peak": {"jax": 100.0, "torch": 90.0, "peak": 100.0, "n": 2048}, "rows": rows}
+    if e2e_epochs:
+        out["end_to_end"] = {"epochs": e2e_epochs, "rnnjax": {"seconds": 10.0, "train_ppl": 5.0, "val_ppl": 6.0},
+                             "torch": {"seconds": 20.0, "train_ppl": 5.0, "val_ppl": 6.0}, "speedup": {"rnnjax": 2.0}}
+    return out
+
+
+def targets_section(text: str) -> str:
+    return text.split("## Targets", 1)[1].split("\n## ", 1)[0]
+
+
+def verdicts(text: str) -> list[str]:
+    rows = [line for line in targets_section(text).splitlines() if line.startswith("| ") and not line.startswith("| target")]
+    return [line.rstrip(" |").rsplit(" | ", 1)[1] for line in rows]
+
+
+@pytest.mark.parametrize("repeats,steps", [(1, 1), (6, 10), (7, 9)])
+def test_targets_are_not_judged_below_the_standard(tmp_path, repeats, steps):
+    bm.write_report(synthetic(repeats, steps, e2e_epochs=500), tmp_path / "B.md", None, command="python x")
+    text = (tmp_path / "B.md").read_text()
+    note = f"not judged: {repeats} rounds of {steps} steps, below the report's standard of 7 x 10"
+    assert text.count(note) == 1 and note in targets_section(text)
+    assert verdicts(text) == ["not judged"] * 6  # every target, although every figure would meet it
+    assert not re.search(r"\b(met|missed|yes)\b|\*\*no\*\*", targets_section(text))
+
+
+def test_targets_are_judged_at_the_standard(tmp_path):
+    bm.write_report(synthetic(7, 10, e2e_epochs=500), tmp_path / "B.md", None, command="python x")
+    text = (tmp_path / "B.md").read_text()
+    assert "not judged" not in text and "| target | measured | met |" in text
+    assert verdicts(text) == ["yes"] * 6
+    bm.write_report(synthetic(9, 20, e2e_epochs=1), tmp_path / "B.md", None, command="python x")  # above: judged
+    assert verdicts((tmp_path / "B.md").read_text()) == ["yes"] * 5 + [
+        "not judged: 1 epochs, below the report's standard of 500"]  # a 1-epoch seed experiment says nothing
+
+
+def test_default_report_path_is_a_new_file_under_runs():
+    now = datetime.datetime(2025, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
+    path = bm.default_report_path(now)
+    assert path == Path("runs/benchmarks/BENCHMARKS-20250102T030405Z.md") and not path.is_absolute()
+    assert path.name != "BENCHMARKS.md" and bm.default_report_path().parts[:2] == ("runs", "benchmarks")

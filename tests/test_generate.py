@@ -1,0 +1,128 @@
+"""Generation arguments: the API refuses bad ones before any compute, clamps top_k, and
+scripts/generate.py turns every refusal into one line, ``error: <message>``."""
+
+import importlib
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from rnnjax import data
+from rnnjax.config import default_config, resolve, smoke
+from rnnjax.model import DeepRNN
+from rnnjax.train import train_and_evaluate
+
+gen = importlib.import_module("rnnjax.generate")  # the module: the package exports a function of the same name
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
+           PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = DeepRNN(vocab_size=28, hidden_size=16, num_layers=2, cell="lstm")
+    vocab = data.load_corpus(resolve(default_config()).data).vocab
+    assert len(vocab) == 28
+    return model, model.init(jax.random.key(0)), vocab
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny trained run (smoke config, one epoch), shared by the CLI tests."""
+    workdir = tmp_path_factory.mktemp("run")
+    cfg = smoke(default_config())
+    cfg.train.progress, cfg.train.num_epochs = False, 1
+    out = train_and_evaluate(cfg, workdir)
+    return workdir, out
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"prefixes": ""}, "prefix 0 must be a non-empty string, got ''"),
+    ({"prefixes": []}, "prefixes must be a non-empty string or a non-empty list of strings, got []"),
+    ({"prefixes": ["time", ""]}, "prefix 1 must be a non-empty string, got ''"),
+    ({"prefixes": ["time", 3]}, "prefix 1 must be a non-empty string, got 3"),
+    ({"prefixes": "!!", "tokenizer": "word"}, "prefix 0 ('!!') is empty after preprocessing ('d2l'); give at least one token"),
+    ({"num_tokens": 0}, "num_tokens must be an integer >= 1, got 0"),
+    ({"num_tokens": -3}, "num_tokens must be an integer >= 1, got -3"),
+    ({"num_tokens": 2.0}, "num_tokens must be an integer >= 1, got 2.0"),
+    ({"num_tokens": True}, "num_tokens must be an integer >= 1, got True"),
+    ({"temperature": math.nan}, "temperature must be a finite number >= 0 (0 = greedy), got nan"),
+    ({"temperature": math.inf}, "temperature must be a finite number >= 0 (0 = greedy), got inf"),
+    ({"temperature": -0.5}, "temperature must be a finite number >= 0 (0 = greedy), got -0.5"),
+    ({"temperature": "1"}, "temperature must be a finite number >= 0 (0 = greedy), got '1'"),
+    ({"temperature": 1.0, "top_k": 0}, "top_k must be None or an integer >= 1, got 0"),
+    ({"temperature": 1.0, "top_k": -1}, "top_k must be None or an integer >= 1, got -1"),
+    ({"temperature": 1.0, "top_k": 2.5}, "top_k must be None or an integer >= 1, got 2.5"),
+    ({"temperature": 1.0, "top_k": True}, "top_k must be None or an integer >= 1, got True"),
+    ({"seed": -1}, "seed must be an integer with 0 <= seed < 2**32, got -1"),
+    ({"seed": 2**32}, "seed must be an integer with 0 <= seed < 2**32, got 4294967296"),
+    ({"seed": 1.5}, "seed must be an integer with 0 <= seed < 2**32, got 1.5"),
+])
+def test_bad_arguments_raise_one_line_before_any_compute(tiny, monkeypatch, kwargs, message):
+    model, params, vocab = tiny
+
+    def no_compute(*a, **k):
+        raise AssertionError("sample() ran before the arguments were checked")
+
+    monkeypatch.setattr(gen, "sample", no_compute)
+    args = {"prefixes": "time traveller", "num_tokens": 5, **kwargs}
+    with pytest.raises(ValueError) as e:
+        gen.generate(model, params, vocab, args.pop("prefixes"), args.pop("num_tokens"), **args)
+    assert str(e.value) == message and "\n" not in str(e.value)
+
+
+def test_edge_values_are_accepted(tiny):
+    model, params, vocab = tiny
+    assert len(gen.generate(model, params, vocab, "x", 1)) == 2
+    assert len(gen.generate(model, params, vocab, "x", np.int64(3), temperature=np.float32(0.5), top_k=np.int32(2),
+                            seed=2**32 - 1)) == 4
+
+
+def test_top_k_above_the_vocabulary_is_clamped(tiny):
+    model, params, vocab = tiny
+    common = dict(temperature=1.5, seed=7)
+    full = gen.generate(model, params, vocab, ["time traveller", "the"], 40, top_k=len(vocab), **common)
+    assert gen.generate(model, params, vocab, ["time traveller", "the"], 40, top_k=10_000, **common) == full
+    assert gen.generate(model, params, vocab, ["time traveller", "the"], 40, top_k=None, **common) == full
+    assert gen.generate(model, params, vocab, ["time traveller", "the"], 40, top_k=1, **common) != full  # k=1: greedy
+
+
+def cli(*flags):
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "generate.py"), *flags],
+                          capture_output=True, text=True, env=ENV, timeout=180)
+
+
+def test_cli_default_is_greedy(trained):
+    workdir, out = trained
+    proc = cli(f"--workdir={workdir}", "--prefix=time traveller", "--num_chars=10")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]  # no library warnings by default
+    assert proc.stdout.rstrip("\n") == out["samples"][0][:24]  # the run's greedy sample (train.py generates greedily)
+
+
+@pytest.mark.parametrize("flags,line", [
+    (["--num_chars=0"], "error: flag --num_chars=0: 0 is not a positive integer"),
+    (["--temperature=nan"], "error: temperature must be a finite number >= 0 (0 = greedy), got nan"),
+    (["--temperature=-1"], "error: flag --temperature=-1: -1.0 is not a non-negative number"),
+    (["--top_k=0", "--temperature=1"], "error: flag --top_k=0: 0 is not a positive integer"),
+    (["--prefix="], "error: prefix 0 must be a non-empty string, got ''"),
+])
+def test_cli_refuses_bad_arguments_in_one_line(trained, flags, line):
+    workdir, _ = trained
+    proc = cli(f"--workdir={workdir}", *flags)
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [line]
+
+
+def test_cli_checks_arguments_before_the_restore(tmp_path):
+    # no run in tmp_path: the argument error comes first, without restoring anything
+    proc = cli(f"--workdir={tmp_path}", "--temperature=inf")
+    assert proc.returncode != 0
+    assert proc.stderr.splitlines() == ["error: temperature must be a finite number >= 0 (0 = greedy), got inf"]
+    proc = cli(f"--workdir={tmp_path}")
+    assert proc.returncode != 0 and proc.stderr.splitlines() == [
+        f"error: {tmp_path} has no checkpoints/ directory: it is not a finished or resumable run"]
