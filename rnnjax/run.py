@@ -47,6 +47,16 @@ class Run:
         return (f"Run({str(self.workdir)!r}, step {self.step}{at}: {m.num_layers}-layer {m.cell}, hidden {m.hidden_size}, "
                 f"vocab {len(self.vocab)}, {len(self.metrics)} epochs{where})")
 
+    def describe_step(self) -> str:
+        """Which checkpoint this is, in words: ``step 480 (epoch 20, val_ppl 6.78, the best of the run)``."""
+        rec = next((r for r in self.metrics if r.get("step") == self.step), None)
+        best = best_record(self.metrics)
+        text = f"step {self.step}"
+        if rec is not None:
+            text += f" (epoch {rec['epoch']}, val_ppl {rec['val_ppl']:.3f}"
+            text += ", the best of the run)" if best is not None and best["step"] == self.step else ")"
+        return text
+
     def generate(
         self, prefix: str | list[str], num_chars: int, temperature: float = 0.0, top_k: int | None = None, seed: int = 0
     ) -> str | list[str]:

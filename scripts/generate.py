@@ -1,22 +1,25 @@
 r"""Sample text from a trained run.
 
     python scripts/generate.py --workdir=runs/deep_lstm --prefix="time traveller" --num_chars=100 \
-        [--step=N] [--temperature=0.8] [--top_k=5] [--seed=0]
+        [--step=best|latest|N] [--temperature=0.8] [--top_k=5] [--seed=0]
 
-Greedy (temperature 0) by default, as ``rnnjax.generate.generate``. A bad flag or argument
-exits non-zero with one line, ``error: <message>``.
+Uses the best checkpoint (lowest validation perplexity) unless ``--step`` says otherwise, and
+says which on stderr. Greedy (temperature 0) by default, as ``rnnjax.generate.generate``. A
+bad flag or argument exits non-zero with one line, ``error: <message>``.
 """
 
 import sys
 
-from absl import app, flags, logging
+from absl import flags
 
+from rnnjax import cli
 from rnnjax.checkpoint import CheckpointError
 from rnnjax.generate import check_args
 from rnnjax.run import load
+from rnnjax.workdir import WorkdirError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by scripts/train.py.", required=True)
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+_STEP = flags.DEFINE_string("step", "best", "Checkpoint: best (lowest validation perplexity), latest, or a step number.")
 _PREFIX = flags.DEFINE_multi_string("prefix", ["time traveller"], "Prompt; repeat the flag for several (batched).")
 _NUM_CHARS = flags.DEFINE_integer("num_chars", 100, "Tokens to generate after each prefix.", lower_bound=1)
 _TEMPERATURE = flags.DEFINE_float(
@@ -27,28 +30,28 @@ _TOP_K = flags.DEFINE_integer(
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed (same seed, same text).", lower_bound=0, upper_bound=2**32 - 1)
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's parser, with a flag error as one line (absl's own is two: FATAL ... and a help hint)."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        sys.exit(f"error: {e}")
+def _step(text: str) -> int | str:
+    if text in ("best", "latest"):
+        return text
+    if text.isdigit():
+        return int(text)
+    cli.fail(f"--step={text}: give best, latest or a step number")
 
 
 def main(argv):
-    del argv
-    if not flags.FLAGS["verbosity"].present:  # the output is the text (and one error line): library warnings only with -v
-        logging.set_verbosity(logging.ERROR)
+    if len(argv) > 1:
+        cli.fail(f"unexpected argument {argv[1]!r}; give the prompt as --prefix=...")
     args = (_PREFIX.value, _NUM_CHARS.value, _TEMPERATURE.value, _TOP_K.value, _SEED.value)
     try:
         check_args(*args)  # NaN/inf temperature, an empty prefix: refused before the (slow) restore
-        run = load(_WORKDIR.value, _STEP.value)
+        run = load(cli.user_path(_WORKDIR.value), _step(_STEP.value))
         texts = run.generate(*args)  # checks again, and for prefixes empty after the run's preprocessing
-    except (ValueError, CheckpointError) as e:  # the user's arguments or workdir; anything else is a bug: traceback
-        sys.exit(f"error: {e}")
+    except (ValueError, CheckpointError, WorkdirError) as e:  # the user's arguments or workdir; anything else: traceback
+        cli.fail(str(e))
+    print(f"# {run.describe_step()}", file=sys.stderr)
     for text in texts:
         print(text)
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    cli.run(main)
