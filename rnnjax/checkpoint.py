@@ -9,6 +9,8 @@ config file. Orbax owns ``checkpoints/``; nothing else is written there.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -19,6 +21,7 @@ import shutil
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
@@ -66,6 +69,32 @@ def storage_damage(error: BaseException) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def _orbax_errors_quiet():
+    """Orbax logs an error (with a traceback) from each worker thread before raising; the caller
+    reports the one exception that comes out, so those logs are held back while it runs."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def disk_full(error: BaseException | None) -> bool:
+    """True if ``error`` (or what caused it) is "no space left on device", as OSError or as a tensorstore message."""
+    while error is not None:
+        if (isinstance(error, OSError) and error.errno == errno.ENOSPC) or "No space left on device" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _size(path: pathlib.Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
 def _leaves(tree: Any) -> list[tuple[str, Any]]:
     import jax
 
@@ -74,8 +103,6 @@ def _leaves(tree: Any) -> list[tuple[str, Any]]:
 
 def checksums(tree: Any) -> dict[str, str]:
     """sha256 of every fully addressable array in ``tree`` (bytes, dtype and shape), by key path."""
-    import numpy as np
-
     out = {}
     for name, leaf in _leaves(tree):
         if getattr(leaf, "is_fully_addressable", True):
@@ -137,8 +164,24 @@ class Checkpointer:
         metrics = {"val_ppl": val_ppl} if val_ppl is not None else None
         meta = {**meta, "checksums": checksums(state)}
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        self._mngr.save(step, args=args, metrics=metrics, force=True)
-        self._mngr.wait_until_finished()
+        try:
+            with _orbax_errors_quiet():  # its worker threads log each failure with a traceback; ours says it once
+                self._mngr.save(step, args=args, metrics=metrics, force=True)
+                self._mngr.wait_until_finished()
+        except Exception as e:
+            if not disk_full(e):
+                raise
+            for tmp in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):  # the partial save: never left behind
+                shutil.rmtree(tmp, ignore_errors=True)
+            previous = [s for s in self.steps() if s != step]
+            need = _size(self.directory / str(previous[-1])) if previous else sum(
+                np.asarray(x).nbytes for _, x in _leaves(state))
+            free = shutil.disk_usage(self.directory).free
+            kept = f"the previous checkpoint (step {previous[-1]}) is intact" if previous else "no checkpoint was saved yet"
+            raise CheckpointError(
+                f"disk full while saving checkpoint step {step} in {self.directory}: it needs about {need / 2**20:.1f} MiB, "
+                f"{free / 2**20:.1f} MiB are free; {kept}. Free some space and rerun the same command to resume"
+            ) from None
 
     def read_meta(self, step: int) -> dict[str, Any]:
         return self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -187,7 +230,8 @@ class Checkpointer:
                 meta = self.read_meta(s)
                 args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state(meta)), meta=ocp.args.JsonRestore())
                 try:
-                    restored = self._mngr.restore(s, args=args)
+                    with _orbax_errors_quiet():
+                        restored = self._mngr.restore(s, args=args)
                 except Exception as e:
                     problem = storage_damage(e)
                     if problem is None:

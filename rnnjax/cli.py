@@ -13,6 +13,7 @@ import logging
 import os
 import pathlib
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
@@ -129,6 +130,15 @@ def quiet_libraries() -> None:
 
         absl_logging.set_verbosity(absl_logging.WARNING)
         logging.getLogger().setLevel(logging.WARNING)
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # orbax's event loops after a failed save or restore
+        default_hook = sys.unraisablehook
+
+        def hook(unraisable):  # "Event loop is closed" / "sys.meta_path is None" from orbax's coroutines
+            where = "".join(traceback.format_tb(unraisable.exc_traceback)) if unraisable.exc_traceback else ""
+            if "orbax" not in where and "asyncio" not in where:
+                default_hook(unraisable)
+
+        sys.unraisablehook = hook
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 

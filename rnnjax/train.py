@@ -307,8 +307,8 @@ def train_and_evaluate(
         raise CheckpointError(f"--resume=must but {workdir} has no checkpoint to resume from")
     if resume == "never" and has_checkpoint(workdir):
         raise CheckpointError(f"--resume=never but {workdir} already holds checkpoints; use a new --workdir")
-    corpus = data.load_corpus(cfg.data)  # validates the data before any compute
-    with _StopFlag() as stop:
+    with _StopFlag() as stop:  # from here on SIGTERM/SIGINT end the run with a message, never mid-write
+        corpus = data.load_corpus(cfg.data)  # validates the data before any compute
         retain_freed_memory()  # XLA's per-step scratch block reuses its pages (rnnjax/host.py)
         set_cpu_devices(cfg.parallel.cpu_devices, cfg.data.batch_size)  # a no-op, or an error if JAX started otherwise
         dp = DataParallel.create(cfg.parallel.num_devices, cfg.data.batch_size)

@@ -10,7 +10,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from rnnjax import cli
-from rnnjax.checkpoint import CheckpointError
+from rnnjax.checkpoint import CheckpointError, disk_full
 from rnnjax.config import ConfigError, resolve
 from rnnjax.parallel import initialize_distributed, set_cpu_devices
 from rnnjax.train import RESUME_MODES, Preempted, train_and_evaluate
@@ -49,6 +49,11 @@ def main(argv):
         summary = train_and_evaluate(cfg, workdir, resume=_RESUME.value)
     except (ConfigError, CheckpointError, WorkdirError, FloatingPointError) as e:
         cli.fail(str(e))
+    except OSError as e:
+        if not disk_full(e):
+            raise
+        where = e.filename or "the workdir"
+        cli.fail(f"disk full while writing {where}: free some space and rerun the same command to resume")
     except Preempted as e:
         print(e, file=sys.stderr)
         sys.exit(128 + e.signum)

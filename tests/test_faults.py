@@ -1,0 +1,262 @@
+"""Nothing lost, nothing silent: damage is told apart from other restore errors, silent
+corruption is caught by checksums, a workdir's history is never thrown away, and bad
+workdirs, metrics files and signals end in one clear line."""
+
+import hashlib
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import rnnjax
+from rnnjax import checkpoint
+from rnnjax.checkpoint import CheckpointError
+from rnnjax.config import default_config, smoke
+from rnnjax.train import train_and_evaluate
+from rnnjax.workdir import WorkdirError, read_metrics
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+
+
+def cfg_with(num_epochs=3):
+    cfg = smoke(default_config())
+    cfg.train.progress = False
+    cfg.train.num_epochs = num_epochs
+    return cfg
+
+
+def param_bytes(params):
+    return [np.asarray(x).tobytes() for x in jax.tree_util.tree_leaves(params)]
+
+
+def snapshot(workdir):
+    return {str(p.relative_to(workdir)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(pathlib.Path(workdir).rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+def steps(workdir):
+    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def biggest_array_file(step_dir):
+    files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and "/d/" in str(p)]
+    return max(files, key=lambda p: p.stat().st_size)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished 3-epoch run (checkpoints at steps 24, 48, 72), copied per test."""
+    d = tmp_path_factory.mktemp("finished") / "run"
+    out = train_and_evaluate(cfg_with(3), d)
+    return d, out
+
+
+@pytest.fixture
+def run_copy(finished, tmp_path):
+    import shutil
+
+    src, out = finished
+    dst = tmp_path / "run"
+    shutil.copytree(src, dst)
+    return dst, out
+
+
+def test_flipped_bytes_are_caught_by_checksums_and_fall_back(run_copy, caplog):
+    run, _ = run_copy
+    latest = run / "checkpoints" / str(steps(run)[-1])
+    target = biggest_array_file(latest)
+    data = bytearray(target.read_bytes())
+    for i in range(200):
+        data[len(data) // 3 + i] ^= 0xFF
+    target.write_bytes(bytes(data))
+    loaded = rnnjax.load(run, step="latest")  # read-only: falls back, moves nothing
+    assert loaded.step == 48 and (run / "checkpoints" / "72").is_dir()
+    assert "damaged" in caplog.text
+    with pytest.raises(CheckpointError, match="step 72 .* is damaged"):
+        rnnjax.load(run, step=72)  # an explicit step never falls back
+    resumed = train_and_evaluate(cfg_with(3), run)  # the trainer quarantines it and redoes epoch 3 exactly
+    assert (run / "damaged").is_dir() and any(p.name.startswith("72.") for p in (run / "damaged").iterdir())
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(resumed["params"]))
+    assert [r["epoch"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_checksums_are_recorded_for_every_array(finished):
+    run, _ = finished
+    meta = json.loads((run / "checkpoints" / "72" / "meta" / "metadata").read_text())
+    assert len(meta["checksums"]) >= 10 and all(len(v) == 64 for v in meta["checksums"].values())
+
+
+@pytest.mark.parametrize("error", [MemoryError("out of memory"), TypeError("bug in a restore target"),
+                                   ValueError("Checkpoint path should be absolute. Got runs/x")])
+def test_an_unrelated_restore_error_moves_nothing(run_copy, monkeypatch, error):
+    run, _ = run_copy
+    before = snapshot(run)
+
+    def broken(self, *args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(checkpoint.ocp.CheckpointManager, "restore", broken)
+    with pytest.raises(type(error), match=str(error).split(".")[0]):
+        train_and_evaluate(cfg_with(3), run)
+    with pytest.raises(type(error)):
+        rnnjax.load(run)
+    assert snapshot(run) == before and not (run / "damaged").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated_array", "deleted_array_metadata", "deleted_manifest", "garbled_meta",
+                                    "empty_step_dir"])
+def test_each_damage_kind_is_quarantined_and_the_previous_step_used(run_copy, damage):
+    run, out = run_copy
+    latest = run / "checkpoints" / "72"
+    if damage == "truncated_array":
+        f = biggest_array_file(latest)
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    elif damage == "deleted_array_metadata":
+        (latest / "state" / "_METADATA").unlink()
+    elif damage == "deleted_manifest":
+        (latest / "state" / "manifest.ocdbt").unlink()
+    elif damage == "garbled_meta":
+        (latest / "meta" / "metadata").write_text('{"epoch": 3, "ba')
+    else:
+        (run / "checkpoints" / "96").mkdir()
+    assert checkpoint.find_damage(latest) is not None or damage in ("truncated_array", "empty_step_dir")
+    resumed = train_and_evaluate(cfg_with(3), run)
+    assert param_bytes(resumed["params"]) == param_bytes(out["params"])  # epoch 3 redone from step 48, exactly
+    moved = {p.name.split(".")[0] for p in (run / "damaged").iterdir()}
+    assert moved == ({"96"} if damage == "empty_step_dir" else {"72"})
+
+
+def test_all_quarantined_then_rerun_refuses_and_keeps_the_history(run_copy):
+    run, _ = run_copy
+    for s in steps(run):
+        (run / "checkpoints" / str(s) / "meta" / "metadata").unlink()
+    with pytest.raises(CheckpointError, match=r"every checkpoint .* is damaged \(steps \[24, 48, 72\]"):
+        train_and_evaluate(cfg_with(3), run)
+    before = snapshot(run)
+    with pytest.raises(WorkdirError, match=r"holds 3 epoch record\(s\) in metrics.jsonl and 3 damaged checkpoint\(s\) in "
+                                           r"damaged/ but no checkpoint to resume from; use a new --workdir, or "
+                                           r"--resume=restart"):
+        train_and_evaluate(cfg_with(3), run)
+    assert snapshot(run) == before  # metrics.jsonl not truncated, nothing moved
+    out = train_and_evaluate(cfg_with(1), run, resume="restart")  # the explicit way on: old files kept aside
+    kept = list((run / "discarded").iterdir())
+    assert len(kept) == 1 and len(read_metrics(kept[0] / "metrics.jsonl")) == 3 and (kept[0] / "damaged").is_dir()
+    assert [r["epoch"] for r in out["metrics"]] == [1]
+
+
+def test_metrics_nan_is_null_and_a_torn_last_line_is_dropped(run_copy, caplog):
+    from rnnjax.workdir import append_metrics
+
+    run, _ = run_copy
+    path = run / "metrics.jsonl"
+    append_metrics(path, {"epoch": 4, "train_ppl": float("nan"), "val_ppl": float("inf")})
+    assert path.read_text().splitlines()[-1] == '{"epoch": 4, "train_ppl": null, "val_ppl": null}'
+    for line in path.read_text().splitlines():
+        json.loads(line)  # strict JSON everywhere
+    path.write_text(path.read_text() + '{"epoch": 5, "tra')  # a kill mid-write
+    assert [r["epoch"] for r in read_metrics(path)] == [1, 2, 3, 4]
+    assert "half-written last line" in caplog.text
+    path.write_text('{"epoch": 1}\nnot json\n{"epoch": 3}\n')
+    with pytest.raises(WorkdirError, match="line 2 is not JSON"):
+        read_metrics(path)
+
+
+@pytest.mark.parametrize("name", ["config.json", "vocab.json"])
+def test_damaged_run_json_is_one_line(run_copy, name):
+    run, _ = run_copy
+    (run / name).write_text('{"seed": ')
+    before = snapshot(run)
+    with pytest.raises(WorkdirError, match=rf"{name} is damaged \(JSONDecodeError\)"):
+        train_and_evaluate(cfg_with(3), run)
+    assert snapshot(run) == before
+
+
+def test_bad_workdirs_are_refused_creating_nothing(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(WorkdirError, match="is a file"):
+        train_and_evaluate(cfg_with(1), tmp_path / "file")
+    with pytest.raises(WorkdirError, match="which is a file"):
+        train_and_evaluate(cfg_with(1), tmp_path / "file" / "run")
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
+def _in_own_mount_namespace(script, cwd):
+    """Run a shell script with a private mount namespace (a tmpfs mounted there vanishes with it)."""
+    import shutil
+
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("needs util-linux unshare for a private tmpfs")
+    flags = ["-m"] if os.geteuid() == 0 else ["-rm"]
+    probe = subprocess.run([unshare, *flags, "sh", "-c", "mount -t tmpfs tmpfs /mnt"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a private tmpfs here: {probe.stderr.decode().strip()}")
+    return subprocess.run([unshare, *flags, "sh", "-ec", script], cwd=cwd, capture_output=True, text=True, env=ENV,
+                          timeout=600)
+
+
+TRAIN_SMOKE = f"{sys.executable} {ROOT / 'scripts' / 'train.py'} --config={ROOT / 'configs' / 'deep_lstm.py'}:smoke"
+
+
+@pytest.mark.slow
+def test_read_only_workdir_is_one_line(tmp_path):
+    (tmp_path / "ro").mkdir()
+    proc = _in_own_mount_namespace(f"mount -t tmpfs -o ro tmpfs ro; {TRAIN_SMOKE} --workdir=ro/run", tmp_path)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+        f"error: workdir {tmp_path / 'ro' / 'run'}: {tmp_path / 'ro'} is not writable; give a writable --workdir"]
+
+
+@pytest.mark.slow
+def test_disk_full_while_saving_is_one_line_and_keeps_the_previous_checkpoint(tmp_path):
+    (tmp_path / "d").mkdir()
+    fill = "import os; s = os.statvfs('d'); open('d/fill', 'wb').write(bytes(s.f_bavail * s.f_frsize - 16384))"
+    script = (f"mount -t tmpfs -o size=2m tmpfs d; {TRAIN_SMOKE} --workdir=d/run --config.train.num_epochs=1 "
+              f"--config.train.progress=False >/dev/null; {sys.executable} -c \"{fill}\"; "
+              f"{TRAIN_SMOKE} --workdir=d/run --config.train.num_epochs=2 --config.train.progress=False || echo rc=$?; "
+              "ls -a d/run/checkpoints; cat d/run/metrics.jsonl | wc -l")
+    proc = _in_own_mount_namespace(script, tmp_path)
+    assert proc.stderr.strip().splitlines() == [
+        f"error: disk full while saving checkpoint step 48 in {tmp_path / 'd' / 'run' / 'checkpoints'}: it needs about "
+        "0.1 MiB, 0.0 MiB are free; the previous checkpoint (step 24) is intact. Free some space and rerun the same "
+        "command to resume"], proc.stderr[-3000:]
+    listing = proc.stdout.split()
+    assert "rc=1" in listing and "24" in listing  # the previous checkpoint is there
+    assert not [x for x in listing if "tmp" in x]  # no partial save left behind
+    assert listing[-1] == "2"  # both epochs' records kept
+
+
+def test_nonfinite_abort_names_the_part_and_the_settings(tmp_path):
+    bad = cfg_with(2)
+    bad.train.learning_rate, bad.train.grad_clip = 1e38, 1.0
+    with pytest.raises(FloatingPointError, match=r"the (gradient|update|loss) was not finite with train.optimizer = 'sgd', "
+                                                 r"train.learning_rate = 1e\+38, train.grad_clip = 1.0; lower "
+                                                 r"train.learning_rate$"):
+        train_and_evaluate(bad, tmp_path / "a")
+    bad.train.grad_clip = 0.0
+    with pytest.raises(FloatingPointError, match=r"train.grad_clip = 0.0 \(off\); lower train.learning_rate or set "
+                                                 r"train.grad_clip"):
+        train_and_evaluate(bad, tmp_path / "b")
+
+
+def test_sigterm_before_training_starts_saves_nothing_and_says_so(tmp_path, monkeypatch):
+    from rnnjax import data, train
+
+    real = data.load_corpus
+
+    def signalled_while_loading(cfg):  # the signal arrives while the corpus is read: before any training step
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(cfg)
+
+    monkeypatch.setattr(data, "load_corpus", signalled_while_loading)
+    with pytest.raises(train.Preempted, match="^stopped by signal 15 before training started: nothing was saved yet$") as e:
+        train_and_evaluate(cfg_with(1), tmp_path / "run")
+    assert e.value.step is None and not (tmp_path / "run" / "metrics.jsonl").exists()
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
