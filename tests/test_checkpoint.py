@@ -133,7 +133,7 @@ def test_damaged_checkpoint_falls_back_to_the_previous_step(tmp_path, damage, ca
         (run / "checkpoints" / "9999").mkdir()
     else:
         (run / "checkpoints" / "9999.orbax-checkpoint-tmp-1700000000").mkdir()
-    loaded = rnnjax.load(run)  # read-only: falls back without touching anything
+    loaded = rnnjax.load(run, step="latest")  # read-only: falls back without touching anything
     if damage in ("truncated_array", "missing_metadata"):
         assert loaded.step < int(last.name)
     resumed = train_and_evaluate(cfg_with(4), run)
@@ -173,7 +173,7 @@ def test_nonfinite_step_is_skipped_and_run_aborts(tmp_path):
 def test_load_is_read_only_and_generates(tmp_path):
     out = train_and_evaluate(cfg_with(3), tmp_path)
     before = snapshot(tmp_path)
-    run = rnnjax.load(tmp_path)
+    run = rnnjax.load(tmp_path, step="latest")
     assert snapshot(tmp_path) == before
     assert run.config.model.cell == "lstm" and len(run.vocab) == 27 and len(run.metrics) == 3
     assert param_bytes(run.params) == param_bytes(out["params"])
@@ -210,7 +210,7 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise_exact(tmp_path):
     assert kills >= 1
     done = subprocess.run(cli(run, epochs), capture_output=True, text=True, env=ENV, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert param_bytes(rnnjax.load(run).params) == param_bytes(rnnjax.load(tmp_path / "ref").params)
+    assert param_bytes(rnnjax.load(run, step="latest").params) == param_bytes(rnnjax.load(tmp_path / "ref", step="latest").params)
     assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == list(range(1, 13))
 
 
@@ -226,7 +226,7 @@ def test_sigterm_saves_the_current_step_and_resume_is_exact(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert "saved a checkpoint at step" in err
-    stopped = rnnjax.load(tmp_path / "run")
+    stopped = rnnjax.load(tmp_path / "run", step="latest")
     meta_epochs = len(stopped.metrics)
     assert stopped.step > meta_epochs * 24  # the step it was at (mid-epoch), not the last epoch end
     # Resume to a short horizon and compare with an uninterrupted run of the same length.
@@ -234,7 +234,8 @@ def test_sigterm_saves_the_current_step_and_resume_is_exact(tmp_path):
     for d in ("run", "ref"):
         r = subprocess.run(cli(tmp_path / d, horizon), capture_output=True, text=True, env=ENV, timeout=300)
         assert r.returncode == 0, r.stderr[-2000:]
-    assert param_bytes(rnnjax.load(tmp_path / "run").params) == param_bytes(rnnjax.load(tmp_path / "ref").params)
+    assert param_bytes(rnnjax.load(tmp_path / "run", step="latest").params) == param_bytes(
+        rnnjax.load(tmp_path / "ref", step="latest").params)
 
 
 def test_notebook_runs_against_a_tiny_run(tmp_path):
@@ -249,5 +250,5 @@ def test_notebook_runs_against_a_tiny_run(tmp_path):
     finally:
         del os.environ["RNNJAX_WORKDIR"]
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    assert "step 48: 2-layer lstm" in text and "T=0.0: 'time traveller" in text
+    assert "2-layer lstm, hidden 32" in text and "using step " in text and "T=0.0: 'time traveller" in text
     assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))

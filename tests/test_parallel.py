@@ -73,7 +73,7 @@ def test_four_devices_train_like_one(four_device_runs):
 def test_checkpoint_saved_on_four_devices_restores_and_resumes_on_one(four_device_runs, tmp_path):
     tmp, _ = four_device_runs
     assert len(jax.devices()) == 1
-    run = rnnjax.load(tmp / "d4")
+    run = rnnjax.load(tmp / "d4", step="latest")
     p4 = np.load(tmp / "params4.npz")
     for k, leaf in zip(p4.files, jax.tree_util.tree_leaves(run.params)):
         np.testing.assert_array_equal(np.asarray(leaf), p4[k])  # bit for bit
@@ -115,7 +115,7 @@ def test_two_processes_under_jax_distributed_train_like_one(tmp_path):
     assert single.returncode == 0, single.stderr[-3000:]
     multi_lines = (tmp_path / "multi" / "metrics.jsonl").read_text().splitlines()
     assert len(multi_lines) == 3  # written once, by process 0
-    m, s = rnnjax.load(tmp_path / "multi"), rnnjax.load(tmp_path / "single")
+    m, s = rnnjax.load(tmp_path / "multi", step="latest"), rnnjax.load(tmp_path / "single", step="latest")
     for a, b in zip(jax.tree_util.tree_leaves(m.params), jax.tree_util.tree_leaves(s.params)):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
     for a, b in zip(m.metrics, s.metrics):
