@@ -204,6 +204,10 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _strings(v: Any) -> bool:
+    return isinstance(v, tuple) and all(isinstance(x, str) for x in v)
+
+
 def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -262,11 +266,11 @@ def resolve(cfg: ml_collections.ConfigDict | dict[str, Any]) -> Config:
 def _validate(c: Config) -> None:
     _check(_is_int(c.seed) and 0 <= c.seed < 2**32, "seed", c.seed, "an integer in [0, 2**32)")
     dt, m, t = c.data, c.model, c.train
-    _check(all(isinstance(p, str) and p for p in dt.paths), "data.paths", list(dt.paths), "a list of file paths")
+    _check(_strings(dt.paths) and all(dt.paths), "data.paths", dt.paths, "a list of file paths")
     _check(dt.preprocess in ("d2l", "none"), "data.preprocess", dt.preprocess, "'d2l' or 'none'")
     _check(dt.tokenizer in ("char", "word"), "data.tokenizer", dt.tokenizer, "'char' or 'word'")
     _check(_is_int(dt.min_freq) and dt.min_freq >= 0, "data.min_freq", dt.min_freq, "an integer >= 0")
-    _check(all(isinstance(x, str) for x in dt.reserved_tokens), "data.reserved_tokens", dt.reserved_tokens, "strings")
+    _check(_strings(dt.reserved_tokens), "data.reserved_tokens", dt.reserved_tokens, "a list of strings")
     _check(_is_int(dt.max_tokens) and dt.max_tokens >= 2, "data.max_tokens", dt.max_tokens, "an integer >= 2")
     _check(_is_int(dt.batch_size) and dt.batch_size >= 1, "data.batch_size", dt.batch_size, "an integer >= 1")
     _check(_is_int(dt.num_steps) and dt.num_steps >= 1, "data.num_steps", dt.num_steps, "an integer >= 1")
@@ -280,6 +284,7 @@ def _validate(c: Config) -> None:
     _check(m.cell in ("rnn", "gru", "lstm"), "model.cell", m.cell, "'rnn', 'gru' or 'lstm'")
     _check(_is_int(m.hidden_size) and m.hidden_size >= 1, "model.hidden_size", m.hidden_size, "an integer >= 1")
     _check(_is_int(m.num_layers) and m.num_layers >= 1, "model.num_layers", m.num_layers, "an integer >= 1")
+    _check(_strings(m.activation), "model.activation", m.activation, "'tanh' or 'relu', or a list with one per layer")
     acts = list(m.activation)
     _check(
         all(a in ("tanh", "relu") for a in acts) and len(acts) in (1, m.num_layers),
@@ -304,5 +309,5 @@ def _validate(c: Config) -> None:
     p = c.parallel.cpu_devices
     _check(_is_int(p) and p >= 0, "parallel.cpu_devices", p, "an integer >= 0 (1 = JAX's default, 0 = one per core)")
     g = c.generate
-    _check(all(isinstance(p, str) for p in g.prefixes), "generate.prefixes", list(g.prefixes), "a list of strings")
+    _check(_strings(g.prefixes), "generate.prefixes", g.prefixes, "a list of strings")
     _check(_is_int(g.num_chars) and g.num_chars >= 0, "generate.num_chars", g.num_chars, "an integer >= 0")
