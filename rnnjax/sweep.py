@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import hashlib
 import itertools
 import json
 import os
@@ -33,17 +34,33 @@ COLUMNS = ["name", "cell", "num_layers", "hidden_size", "num_params", "train_ppl
            "wall_time", "status", "error"]
 
 
+class SweepError(ValueError):
+    """A sweep that cannot run or be summarized as asked; the message says why and what to do."""
+
+
 def trials(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
     """Every combination of the grid's values, in order: [{"model.cell": "rnn", ...}, ...]."""
     keys = list(grid)
     return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
 
 
+MAX_NAME = 200  # characters of a trial directory's name (file systems allow 255 bytes)
+
+
 def trial_name(overrides: Mapping[str, Any]) -> str:
-    """``cell=gru,num_layers=3``: the last part of each field, sanitised to [A-Za-z0-9._=,+-]."""
-    parts = [f"{k.split('.')[-1]}={v}" for k, v in overrides.items()] or ["base"]
-    name = re.sub(r"[^A-Za-z0-9._=,+-]", "_", ",".join(parts))
-    return "_" + name if name.startswith(".") else name
+    """``cell=gru,num_layers=3``: the last part of each field, sanitised to [A-Za-z0-9._=,+-].
+
+    When sanitising changed the name (``paths=__a_b.txt__`` from ``['a/b.txt']``) or it was
+    too long, ``-`` and 6 hex digits of the overrides' sha256 are appended, so that values
+    differing only in replaced characters still get their own directories.
+    """
+    raw = ",".join(f"{k.split('.')[-1]}={v}" for k, v in overrides.items()) or "base"
+    name = re.sub(r"[^A-Za-z0-9._=,+-]", "_", raw)
+    name = "_" + name if name.startswith(".") else name
+    if name != raw or len(name) > MAX_NAME:
+        digest = hashlib.sha256(repr(dict(overrides)).encode()).hexdigest()[:6]
+        name = f"{name[:MAX_NAME]}-{digest}"
+    return name
 
 
 def trial_dir(root: pathlib.Path, overrides: Mapping[str, Any]) -> pathlib.Path:
@@ -51,6 +68,23 @@ def trial_dir(root: pathlib.Path, overrides: Mapping[str, Any]) -> pathlib.Path:
     if path.parent != root.resolve():
         raise ValueError(f"trial directory {path} would be outside the sweep directory {root}")
     return path
+
+
+def check_names(grid: Mapping[str, Sequence[Any]]) -> None:
+    """Refuse a grid in which two trials would write the same directory."""
+    seen: dict[str, dict[str, Any]] = {}
+    for t in trials(grid):
+        name = trial_name(t)
+        if name in seen:
+            raise SweepError(
+                f"sweep trials {_show(seen[name])} and {_show(t)} would both write the directory {name!r}; "
+                "remove the duplicate value from the grid"
+            )
+        seen[name] = t
+
+
+def _show(overrides: Mapping[str, Any]) -> str:
+    return ",".join(f"{k}={v!r}" for k, v in overrides.items()) or "{}"
 
 
 def apply_overrides(base: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
@@ -90,6 +124,7 @@ def run_sweep(
 
     root = pathlib.Path(workdir)
     i, n = parse_shard(shard)
+    check_names(grid)
     mine = [t for k, t in enumerate(trials(grid)) if k % n == i]
     cfgs = {}
     for k, t in enumerate(mine):  # every override must resolve before anything runs

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from rnnjax.config import ConfigError, default_config, smoke
-from rnnjax.sweep import apply_overrides, parse_shard, run_sweep, summarize, trial_dir, trial_name, trials
+from rnnjax.sweep import SweepError, apply_overrides, parse_shard, run_sweep, summarize, trial_dir, trial_name, trials
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -27,13 +27,37 @@ def test_grid_names_and_overrides():
     assert len(ts) == 4 and ts[1] == {"model.cell": "gru", "model.num_layers": 3}
     assert trial_name(ts[1]) == "cell=gru,num_layers=3"
     assert apply_overrides(base(), ts[1]).model.num_layers == 3
-    assert trial_name({"data.paths": ["../../etc/passwd"]}) == "paths=__.._.._etc_passwd__"  # no "/": stays inside DIR
+    assert trial_name({"data.paths": ["../../etc/passwd"]}) == "paths=__.._.._etc_passwd__-6eefe4"  # no "/": stays inside DIR
     assert trial_dir(pathlib.Path("/tmp/s"), {"x": ".."}).parent == pathlib.Path("/tmp/s").resolve()
     with pytest.raises(ConfigError, match="no field 'depth'"):
         apply_overrides(base(), {"model.depth": 2})
     assert parse_shard("1/3") == (1, 3)
     with pytest.raises(ValueError, match="give i/n"):
         parse_shard("3/3")
+
+
+def test_trial_names_stay_unique_after_sanitising(tmp_path):
+    assert trial_name({"model.cell": "gru", "model.num_layers": 3}) == "cell=gru,num_layers=3"  # old sweeps still resume
+    assert trial_name({"seed": 0, "train.learning_rate": 1e38}) == "seed=0,learning_rate=1e+38"
+    a, b = trial_name({"data.paths": ["a/b.txt"]}), trial_name({"data.paths": ["a_b.txt"]})
+    assert (a, b) == ("paths=__a_b.txt__-e0305f", "paths=__a_b.txt__-b8ed9e")  # a stable hash of the overrides
+    prefixes = [trial_name({"generate.prefixes": [p]}) for p in ("time traveller", "time/traveller", "time_traveller")]
+    assert len(set(prefixes)) == 3
+    long = trial_name({"generate.prefixes": ["x" * 300]})
+    assert len(long) <= 210 and long != trial_name({"generate.prefixes": ["x" * 301]})
+
+    # Both trials fail (no such files), each with its own result.json: none overwrites the other.
+    rows = run_sweep(base(), {"data.paths": [["a/b.txt"], ["a_b.txt"]]}, tmp_path / "s")
+    assert [r["name"] for r in rows] == [a, b] and [r["status"] for r in rows] == ["failed", "failed"]
+    assert json.loads((tmp_path / "s" / a / "result.json").read_text())["paths"] == ["a/b.txt"]
+    assert json.loads((tmp_path / "s" / b / "result.json").read_text())["paths"] == ["a_b.txt"]
+
+
+def test_grid_with_colliding_trial_names_is_refused(tmp_path):
+    for grid in ({"model.cell": ["gru", "gru"]}, {"generate.num_chars": [5, "5"]}):
+        with pytest.raises(SweepError, match=r"would both write the directory '(cell=gru|num_chars=5)'.*duplicate"):
+            run_sweep(base(), grid, tmp_path / "s")
+    assert not (tmp_path / "s").exists()
 
 
 def test_sweep_runs_records_failures_and_resumes(tmp_path):
