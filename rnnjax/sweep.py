@@ -70,6 +70,18 @@ def trial_dir(root: pathlib.Path, overrides: Mapping[str, Any]) -> pathlib.Path:
     return path
 
 
+def check_grid(grid: Any) -> None:
+    """Refuse a grid that is not ``{field: [value, ...]}`` with at least one field and one value per field."""
+    example = "e.g. {'model.cell': ['gru', 'lstm']}"
+    if not isinstance(grid, Mapping) or not grid:
+        raise SweepError(f"the sweep grid is empty: get_sweep() must return {{field: [values]}} with a field, {example}")
+    for field, values in grid.items():
+        if not isinstance(values, list):
+            raise SweepError(f"sweep axis {field}: give a list of values, e.g. [{values!r}], not {values!r}")
+        if not values:
+            raise SweepError(f"sweep axis {field} has no values; give at least one, {example}")
+
+
 def check_names(grid: Mapping[str, Sequence[Any]]) -> None:
     """Refuse a grid in which two trials would write the same directory."""
     seen: dict[str, dict[str, Any]] = {}
@@ -99,8 +111,18 @@ def apply_overrides(base: ml_collections.ConfigDict, overrides: Mapping[str, Any
                 node = node[g]
             if leaf not in node:
                 raise ConfigError(f"sweep axis {field}: config has no field {leaf!r}")
-            node[leaf] = value
+            try:
+                node[leaf] = value
+            except TypeError:  # a typed ml_collections field
+                raise ConfigError(
+                    f"sweep axis {field}: {value!r} is not allowed: {field} takes values of type {node.get_type(leaf).__name__}"
+                ) from None
     return cfg
+
+
+def user_path(path: str | os.PathLike) -> pathlib.Path:
+    """A path the user gave (relative to the current directory, maybe with ~), made absolute once."""
+    return pathlib.Path(path).expanduser().resolve()
 
 
 def parse_shard(shard: str) -> tuple[int, int]:
@@ -122,8 +144,9 @@ def run_sweep(
     """
     from rnnjax.vectorize import shape_key, train_vectorized
 
-    root = pathlib.Path(workdir)
+    root = user_path(workdir)
     i, n = parse_shard(shard)
+    check_grid(grid)
     check_names(grid)
     mine = [t for k, t in enumerate(trials(grid)) if k % n == i]
     cfgs = {}
@@ -186,8 +209,18 @@ def _row(d: pathlib.Path, overrides: Mapping[str, Any], cfg: Any, summary: dict 
 
 def summarize(workdir: str | os.PathLike) -> list[dict[str, Any]]:
     """Merge every trial's result.json under ``workdir`` into results.csv, results.md and sweep.png."""
-    root = pathlib.Path(workdir)
-    rows = [json.loads(p.read_text()) for p in sorted(root.glob("*/result.json"))]
+    root = user_path(workdir)
+    hint = "give the directory a sweep wrote (its --workdir)"
+    if not root.exists():
+        raise SweepError(f"sweep directory {root} does not exist; {hint}")
+    if not root.is_dir():
+        raise SweepError(f"{root} is a file, not a sweep directory; {hint}")
+    paths = sorted(root.glob("*/result.json"))
+    if not paths:
+        if (root / "result.json").exists():
+            raise SweepError(f"{root} is one trial's directory; give the sweep directory above it, {root.parent}")
+        raise SweepError(f"{root} holds no trial results (*/result.json); {hint}, after at least one trial finished")
+    rows = [json.loads(p.read_text()) for p in paths]
     with open(root / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         w.writeheader()
