@@ -188,7 +188,7 @@ def run_sweep(
 
 
 def _row(d: pathlib.Path, overrides: Mapping[str, Any], cfg: Any, summary: dict | None, error: Exception | None) -> dict:
-    row = {"name": d.name, **{k.split(".")[-1]: v for k, v in overrides.items()}}
+    row = {"name": d.name, **{k.split(".")[-1]: v for k, v in overrides.items()}, "overrides": dict(overrides)}
     if error is None:
         m = cfg.model
         row.update(
@@ -207,6 +207,39 @@ def _row(d: pathlib.Path, overrides: Mapping[str, Any], cfg: Any, summary: dict 
     return row
 
 
+# Overridden fields that a standard column shows already.
+_SHOWN = {"model.cell": "cell", "model.num_layers": "num_layers", "model.hidden_size": "hidden_size"}
+
+
+def trial_overrides(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each result row's overrides by full field name (``{"train.learning_rate": 1.0}``).
+
+    Rows written before result.json stored ``overrides`` have them only by their last
+    name among the other keys: such a name stands for the one full field of the other rows
+    that ends with it, if there is exactly one, and for itself otherwise.
+    """
+    full: dict[str, set[str]] = {}
+    for r in rows:
+        for f in r.get("overrides") or {}:
+            full.setdefault(f.split(".")[-1], set()).add(f)
+    out = []
+    for r in rows:
+        if isinstance(r.get("overrides"), dict):
+            out.append(dict(r["overrides"]))
+        else:
+            legacy = {k: v for k, v in r.items() if k not in COLUMNS and k != "overrides"}
+            out.append({(min(full[k]) if len(full.get(k, ())) == 1 else k): v for k, v in legacy.items()})
+    return out
+
+
+def axis_columns(overrides: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """The table column of every overridden field that no standard column shows: its last
+    part (``learning_rate``) if no other field or column has that name, else the full field."""
+    fields = list(dict.fromkeys(f for o in overrides for f in o if f not in _SHOWN))
+    last = [f.split(".")[-1] for f in fields]
+    return {f: n if last.count(n) == 1 and n not in COLUMNS else f for f, n in zip(fields, last)}
+
+
 def summarize(workdir: str | os.PathLike) -> list[dict[str, Any]]:
     """Merge every trial's result.json under ``workdir`` into results.csv, results.md and sweep.png."""
     root = user_path(workdir)
@@ -221,14 +254,20 @@ def summarize(workdir: str | os.PathLike) -> list[dict[str, Any]]:
             raise SweepError(f"{root} is one trial's directory; give the sweep directory above it, {root.parent}")
         raise SweepError(f"{root} holds no trial results (*/result.json); {hint}, after at least one trial finished")
     rows = [json.loads(p.read_text()) for p in paths]
+    overrides = trial_overrides(rows)
+    axes = axis_columns(overrides)  # field -> column
+    k = COLUMNS.index("hidden_size") + 1  # the grid's other axes go after the model's shape
+    header = [*COLUMNS[:k], *axes.values(), *COLUMNS[k:]]
+    table = [{**{c: r.get(c) for c in COLUMNS}, **{c: o.get(f) for f, c in axes.items()}} for r, o in zip(rows, overrides)]
     with open(root / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=header)
         w.writeheader()
-        w.writerows(rows)
+        w.writerows(table)
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
-    cols = [c for c in COLUMNS if c not in ("name", "error")]
+    show = lambda c, v: (fmt(v) if c in COLUMNS else ("" if v is None else str(v))).replace("|", "\\|")  # noqa: E731
+    cols = [c for c in header if c not in ("name", "error")]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(show(c, t[c]) for c in cols) + " |" for t in table]
     failed = [r for r in rows if r.get("status") == "failed"]
     lines += ["", *[f"- {r['name']} failed: {r['error']}" for r in failed]] if failed else []
     (root / "results.md").write_text("\n".join(lines) + "\n")

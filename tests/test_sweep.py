@@ -15,6 +15,25 @@ from rnnjax.sweep import SweepError, apply_overrides, parse_shard, run_sweep, su
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+def fake_trial(root, overrides, best, status="done", cell="gru", num_layers=1, epochs=3):
+    """A trial directory as run_sweep leaves it (result.json with the overrides, metrics.jsonl), no training."""
+    d = root / trial_name(overrides)
+    d.mkdir(parents=True)
+    o = {"model.cell": cell, "model.num_layers": num_layers, **overrides}
+    row = {"name": d.name, **{k.split(".")[-1]: v for k, v in overrides.items()}, "overrides": overrides,
+           "cell": o["model.cell"], "num_layers": o["model.num_layers"], "hidden_size": 32, "num_params": 1000,
+           "train_ppl": best + 1, "best_val_ppl": best, "tokens_per_sec": 1e4, "wall_time": 1.0, "status": status, "error": ""}
+    (d / "result.json").write_text(json.dumps(row))
+    (d / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "val_ppl": best + epochs - e}) + "\n"
+                                            for e in range(1, epochs + 1)))
+    return d
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
 def base():
     cfg = smoke(default_config())
     cfg.train.num_epochs = 2
@@ -60,6 +79,36 @@ def test_grid_with_colliding_trial_names_is_refused(tmp_path):
     assert not (tmp_path / "s").exists()
 
 
+def test_summary_has_a_column_per_axis(tmp_path):
+    for seed in (0, 1, 2):
+        for lr in (1.0, 2.0):
+            fake_trial(tmp_path, {"seed": seed, "train.learning_rate": lr}, best=10 + seed + lr)
+    legacy = fake_trial(tmp_path, {"seed": 7, "train.learning_rate": 0.5}, best=9.0)  # result.json without "overrides"
+    row = json.loads((legacy / "result.json").read_text())
+    del row["overrides"]
+    (legacy / "result.json").write_text(json.dumps(row))
+    summarize(tmp_path)
+    table = read_csv(tmp_path / "results.csv")
+    assert list(table[0])[:6] == ["name", "cell", "num_layers", "hidden_size", "seed", "learning_rate"]
+    got = sorted((r["seed"], r["learning_rate"], r["best_val_ppl"]) for r in table)
+    assert got == sorted([(str(s), str(lr), str(10 + s + lr)) for s in (0, 1, 2) for lr in (1.0, 2.0)] + [("7", "0.5", "9.0")])
+    md = (tmp_path / "results.md").read_text().splitlines()
+    assert md[0] == ("| cell | num_layers | hidden_size | seed | learning_rate | num_params | train_ppl | best_val_ppl "
+                     "| tokens_per_sec | wall_time | status |")
+    assert "| gru | 1 | 32 | 2 | 1.0 | 1000 | 14.000 | 13.000 |" in "\n".join(md)
+    assert len(set(md[2:])) == 7  # no two rows look the same
+
+
+def test_axis_columns_are_named_by_last_part_when_unambiguous(tmp_path):
+    fake_trial(tmp_path, {"model.cell": "lstm", "train.x": 1, "data.x": "a|b", "data.status": 3}, best=5.0, cell="lstm")
+    summarize(tmp_path)
+    (row,) = read_csv(tmp_path / "results.csv")
+    assert list(row) == ["name", "cell", "num_layers", "hidden_size", "train.x", "data.x", "data.status", "num_params",
+                         "train_ppl", "best_val_ppl", "tokens_per_sec", "wall_time", "status", "error"]
+    assert (row["cell"], row["train.x"], row["data.x"], row["data.status"], row["status"]) == ("lstm", "1", "a|b", "3", "done")
+    assert "| lstm | 1 | 32 | 1 | a\\|b | 3 |" in (tmp_path / "results.md").read_text()
+
+
 def test_sweep_runs_records_failures_and_resumes(tmp_path):
     grid = {"model.cell": ["gru", "lstm"], "train.learning_rate": [1.0, 1e38]}
     cfg = base()
@@ -80,6 +129,9 @@ def test_sweep_runs_records_failures_and_resumes(tmp_path):
         table = list(csv.DictReader(f))
     assert {r["cell"] for r in table if r["status"] == "done"} == {"gru", "lstm"}
     assert float(table[0]["best_val_ppl"]) > 1.0 and int(table[0]["num_params"]) > 0
+    assert [(r["cell"], r["learning_rate"], r["status"]) for r in table] == [
+        ("gru", "1.0", "done"), ("gru", "1e+38", "failed"), ("lstm", "1.0", "done"), ("lstm", "1e+38", "failed")]
+    assert failed["overrides"] == {"model.cell": "gru", "train.learning_rate": 1e38}
     assert "failed: FloatingPointError" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
 
