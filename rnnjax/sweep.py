@@ -271,29 +271,89 @@ def summarize(workdir: str | os.PathLike) -> list[dict[str, Any]]:
     failed = [r for r in rows if r.get("status") == "failed"]
     lines += ["", *[f"- {r['name']} failed: {r['error']}" for r in failed]] if failed else []
     (root / "results.md").write_text("\n".join(lines) + "\n")
-    _plot(root, rows)
+    _plot(root / "sweep.png", rows, [p.parent for p in paths])
     return rows
 
 
-def _plot(root: pathlib.Path, rows: list[dict[str, Any]]) -> None:
-    import matplotlib
+def aggregate_depth(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Best validation perplexity of the finished trials per cell, group and depth, over seeds.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    A trial's group is its overrides other than cell, depth and seed (``learning_rate=0.5``;
+    "" when there are none): seeds are aggregated, every other axis keeps its own line.
+    Returns ``[{"cell", "group", "num_layers", "mean", "min", "max", "n"}]`` sorted by them.
+    """
+    overrides = trial_overrides(rows)
+    names = axis_columns(overrides)
+    acc: dict[tuple[str, str, int], list[float]] = {}
+    for r, o in zip(rows, overrides):
+        if r.get("status") != "done":
+            continue
+        other = [(f, v) for f, v in o.items() if f not in ("model.cell", "model.num_layers") and f.split(".")[-1] != "seed"]
+        group = ",".join(f"{names.get(f, f.split('.')[-1])}={v}" for f, v in other)
+        acc.setdefault((r["cell"], group, r["num_layers"]), []).append(r["best_val_ppl"])
+    return [{"cell": c, "group": g, "num_layers": n, "mean": statistics.fmean(v), "min": min(v), "max": max(v), "n": len(v)}
+            for (c, g, n), v in sorted(acc.items())]
 
-    done = [r for r in rows if r.get("status") == "done"]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    for cell in sorted({r["cell"] for r in done}):
-        pts = sorted((r["num_layers"], r["best_val_ppl"]) for r in done if r["cell"] == cell)
-        a.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=cell)
-    a.set(xlabel="depth L", ylabel="best validation perplexity", title="validation perplexity vs depth")
-    a.legend()
-    for r in done:
-        metrics = [json.loads(x) for x in (root / r["name"] / "metrics.jsonl").read_text().splitlines() if x.strip()]
-        b.plot([m["epoch"] for m in metrics], [m["val_ppl"] for m in metrics], label=r["name"], lw=1)
-    b.set(xlabel="epoch", ylabel="validation perplexity", yscale="log", title="training curves")
-    if done:
-        b.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(root / "sweep.png", dpi=100)
-    plt.close(fig)
+
+def plot_sweep(rows: Sequence[Mapping[str, Any]], dirs: Sequence[pathlib.Path]):
+    """A matplotlib Figure: mean best validation perplexity against depth (min-max band over
+    seeds), one line per cell and group; and every finished trial's validation curve,
+    coloured by cell. Uses no pyplot: the caller's backend (a notebook's) is left alone."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    a, b = fig.subplots(1, 2)
+    agg = aggregate_depth(rows)
+    color = {c: f"C{i % 10}" for i, c in enumerate(sorted({r["cell"] for r in rows if r.get("status") == "done"}))}
+    groups = list(dict.fromkeys((e["cell"], e["group"]) for e in agg))
+    for cell, group in groups:
+        es = [e for e in agg if (e["cell"], e["group"]) == (cell, group)]
+        x, n = [e["num_layers"] for e in es], max(e["n"] for e in es)
+        style = ["-", "--", ":", "-."][[g for c, g in groups if c == cell].index(group) % 4]
+        label = " ".join(filter(None, [cell, group, f"(n={n})" if n > 1 else ""]))
+        a.plot(x, [e["mean"] for e in es], marker="o", color=color[cell], ls=style, label=label)
+        if n > 1:
+            a.fill_between(x, [e["min"] for e in es], [e["max"] for e in es], color=color[cell], alpha=0.15, lw=0)
+    a.set_xticks(sorted({e["num_layers"] for e in agg}))
+    seeds = any(e["n"] > 1 for e in agg)
+    a.set(xlabel="depth L (layers)", ylabel="best validation perplexity",
+          title="validation perplexity vs depth" + (": mean, min-max band over seeds" if seeds else ""))
+    _legend(a)
+    curves = 0
+    for r, d in zip(rows, dirs):
+        if r.get("status") != "done":
+            continue
+        try:
+            metrics = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        except (OSError, ValueError):
+            continue
+        b.plot([m["epoch"] for m in metrics], [m["val_ppl"] for m in metrics], color=color[r["cell"]], lw=1,
+               alpha=0.5 if len(rows) > 8 else 1.0)
+        curves += 1
+    b.set(xlabel="epoch", ylabel="validation perplexity", yscale="log", title=f"validation curves of {curves} trials")
+    b.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if color:
+        b.legend(handles=[Line2D([], [], color=c, label=cell) for cell, c in color.items()], fontsize=8, title="cell")
+    else:
+        for ax in (a, b):
+            ax.text(0.5, 0.5, "no finished trials", ha="center", va="center", transform=ax.transAxes)
+    return fig
+
+
+def _legend(ax, max_entries: int = 12) -> None:
+    """A legend that stays readable: inside for a few entries, below the axes for more, at most max_entries."""
+    handles, labels = ax.get_legend_handles_labels()
+    if len(handles) > max_entries:
+        more = len(handles) - max_entries + 1
+        handles, labels = handles[: max_entries - 1] + [ax.plot([], [], ls="none")[0]], labels[: max_entries - 1] + [
+            f"... {more} more lines"]
+    if len(handles) <= 6:
+        ax.legend(handles, labels, fontsize=8)
+    elif handles:
+        ax.legend(handles, labels, fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.15), frameon=False)
+
+
+def _plot(path: pathlib.Path, rows: Sequence[Mapping[str, Any]], dirs: Sequence[pathlib.Path]) -> None:
+    plot_sweep(rows, dirs).savefig(path, dpi=100, bbox_inches="tight")
