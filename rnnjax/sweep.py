@@ -5,11 +5,14 @@ Each trial is the base config with one combination set (as config overrides, nev
 generated files) and trains into ``DIR/<name>`` where the name is built from the
 overrides (``cell=gru,num_layers=3``). Finished trials (``result.json``) are skipped,
 interrupted ones resume from their checkpoints, failed ones record their error and the
-sweep goes on.
+sweep goes on. SIGTERM/SIGINT stop the sweep: the running trial is recorded "interrupted"
+(its checkpoint kept) and :class:`SweepInterrupted` is raised; running the sweep again
+resumes it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import hashlib
@@ -18,7 +21,9 @@ import json
 import os
 import pathlib
 import re
+import signal
 import statistics
+import threading
 import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -28,7 +33,7 @@ import tqdm
 
 from rnnjax.config import ConfigError, resolve
 from rnnjax.host import retain_freed_memory
-from rnnjax.train import train_and_evaluate
+from rnnjax.train import Preempted, train_and_evaluate
 
 COLUMNS = ["name", "cell", "num_layers", "hidden_size", "num_params", "train_ppl", "best_val_ppl", "tokens_per_sec",
            "wall_time", "status", "error"]
@@ -36,6 +41,53 @@ COLUMNS = ["name", "cell", "num_layers", "hidden_size", "num_params", "train_ppl
 
 class SweepError(ValueError):
     """A sweep that cannot run or be summarized as asked; the message says why and what to do."""
+
+
+class SweepInterrupted(Exception):
+    """SIGTERM or SIGINT stopped the sweep: the running trials are recorded "interrupted" and
+    no other trial was started. ``rows``: the result rows recorded (or found done) so far."""
+
+    def __init__(self, signum: int, rows: list[dict[str, Any]], total: int):
+        self.signum, self.rows = signum, rows
+        done = sum(r["status"] == "done" for r in rows)
+        stopped = [r["name"] for r in rows if r["status"] == "interrupted"]
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name} with {done} of {total} trials done"
+            + (f", {', '.join(stopped)} interrupted" if stopped else "") + "; rerun the same command to resume"
+        )
+
+
+class _Signal(BaseException):
+    """Raised by the sweep's own SIGTERM/SIGINT handler (outside train_and_evaluate's)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _StopOnSignals:
+    """While the sweep runs, the first SIGTERM/SIGINT raises :class:`_Signal` where the sweep is
+    (a vectorized group, between trials); later ones are ignored while it records and stops.
+    train_and_evaluate installs its own handler while it trains (it saves a checkpoint and
+    raises Preempted) and puts this one back. Main thread only, as signal handlers are."""
+
+    def __init__(self):
+        self.stopping = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def _handle(self, signum, frame):
+        if not self.stopping:
+            self.stopping = True
+            raise _Signal(signum)
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def trials(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
@@ -166,34 +218,50 @@ def run_sweep(
         else:
             pending.setdefault(shape_key(cfgs[k]) if vectorize else str(k), []).append(k)
     counts = {"done": 0, "failed": 0, "skipped": len(rows)}
+    signum = None
     bar = tqdm.tqdm(total=len(mine), initial=len(rows), desc="sweep", unit="trial")
-    for group in pending.values():
-        dirs = [trial_dir(root, mine[k]) for k in group]
-        bar.set_postfix(running=",".join(d.name for d in dirs)[:60], **counts)
+    with _StopOnSignals() as stop, contextlib.closing(bar):
         try:
-            if len(group) == 1:
-                summaries = [train_and_evaluate(cfgs[group[0]], dirs[0])]
-            else:
-                summaries = train_vectorized([cfgs[k] for k in group], dirs)
-            errors = [None] * len(group)
-        except Exception as e:  # a failed trial is recorded and the sweep goes on
-            summaries, errors = [None] * len(group), [e] * len(group)
-        for k, d, summary, error in zip(group, dirs, summaries, errors):
-            rows[k] = _row(d, mine[k], cfgs[k], summary, error)
-            counts["failed" if error else "done"] += 1
-        bar.update(len(group))
-    bar.set_postfix(**counts)
-    bar.close()
+            for group in pending.values():
+                dirs = [trial_dir(root, mine[k]) for k in group]
+                bar.set_postfix(running=",".join(d.name for d in dirs)[:60], **counts)
+                try:
+                    if len(group) == 1:
+                        summaries = [train_and_evaluate(cfgs[group[0]], dirs[0])]
+                    else:
+                        summaries = train_vectorized([cfgs[k] for k in group], dirs)
+                    errors = [None] * len(group)
+                except (Preempted, _Signal) as e:  # recorded "interrupted"; the sweep stops
+                    stop.stopping, signum = True, e.signum
+                    summaries, errors = [None] * len(group), [e] * len(group)
+                except Exception as e:  # a failed trial is recorded and the sweep goes on
+                    summaries, errors = [None] * len(group), [e] * len(group)
+                for k, d, summary, error in zip(group, dirs, summaries, errors):
+                    rows[k] = _row(d, mine[k], cfgs[k], summary, error)
+                    status = rows[k]["status"]
+                    counts[status] = counts.get(status, 0) + 1
+                bar.update(len(group))
+                if signum is not None:
+                    break
+        except _Signal as e:  # between trials, or while recording one (its result.json is not written)
+            signum = e.signum
+        bar.set_postfix(**counts)
+    if signum is not None:
+        raise SweepInterrupted(signum, [rows[k] for k in sorted(rows)], len(mine))
     return [rows[k] for k in range(len(mine))]
 
 
 def _row(d: pathlib.Path, overrides: Mapping[str, Any], cfg: Any, summary: dict | None, error: Exception | None) -> dict:
     row = {"name": d.name, **{k.split(".")[-1]: v for k, v in overrides.items()}, "overrides": dict(overrides)}
-    if error is None:
-        m = cfg.model
+    m = cfg.model
+    row.update(cell=m.cell, num_layers=m.num_layers, hidden_size=m.hidden_size)  # for every status: the table shows them
+    if isinstance(error, (Preempted, _Signal)):  # not done: the next run resumes it from its checkpoint
+        name = signal.Signals(error.signum).name
+        row.update(status="interrupted", error=f"stopped by {name}; rerun the sweep to resume this trial")
+        d.mkdir(parents=True, exist_ok=True)
+    elif error is None:
         row.update(
-            cell=m.cell, num_layers=m.num_layers, hidden_size=m.hidden_size, num_params=summary["num_params"],
-            train_ppl=summary["train_ppl"], best_val_ppl=summary["best_val_ppl"],
+            num_params=summary["num_params"], train_ppl=summary["train_ppl"], best_val_ppl=summary["best_val_ppl"],
             tokens_per_sec=statistics.median(r["tokens_per_sec"] for r in summary["metrics"]),
             wall_time=summary["metrics"][-1]["wall_time"], status="done", error="",
         )
@@ -268,8 +336,8 @@ def summarize(workdir: str | os.PathLike) -> list[dict[str, Any]]:
     cols = [c for c in header if c not in ("name", "error")]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(show(c, t[c]) for c in cols) + " |" for t in table]
-    failed = [r for r in rows if r.get("status") == "failed"]
-    lines += ["", *[f"- {r['name']} failed: {r['error']}" for r in failed]] if failed else []
+    notes = [f"- {r['name']} {r['status']}: {r.get('error')}" for r in rows if r.get("status") in ("failed", "interrupted")]
+    lines += ["", *notes] if notes else []
     (root / "results.md").write_text("\n".join(lines) + "\n")
     _plot(root / "sweep.png", rows, [p.parent for p in paths])
     return rows

@@ -3,6 +3,8 @@ r"""Run (or summarize) a grid sweep: one run directory per trial under --workdir
     python scripts/sweep.py --config=configs/sweep_depth_cell.py --workdir=runs/sweep [--shard=i/n] \
         [--axis=seed=0,1,2 ...] [--vectorize] [--config.train.num_epochs=50 ...]
     python scripts/sweep.py --summarize=runs/sweep
+
+SIGTERM/SIGINT stop the sweep (exit status 128 + signal number): rerun the same command to resume.
 """
 
 import ast
@@ -14,7 +16,7 @@ from ml_collections import config_flags
 
 from rnnjax.config import ConfigError, resolve
 from rnnjax.parallel import set_cpu_devices
-from rnnjax.sweep import run_sweep, summarize, user_path
+from rnnjax.sweep import SweepInterrupted, run_sweep, summarize, user_path
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file with get_config() and get_sweep().")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory: one subdirectory per trial.")
@@ -71,6 +73,12 @@ def main(argv):
         set_cpu_devices(base.parallel.cpu_devices, base.data.batch_size)
         grid = _grid(flags.FLAGS["config"].config_filename)
         rows = run_sweep(_CONFIG.value, grid, workdir, _SHARD.value, _VECTORIZE.value)
+    except SweepInterrupted as e:  # SIGTERM/SIGINT: summarize what finished, say how to resume
+        if list(workdir.glob("*/result.json")):
+            summarize(workdir)
+            print((workdir / "results.md").read_text())
+        print(e, file=sys.stderr)
+        return 128 + e.signum
     except (ConfigError, ValueError) as e:
         sys.exit(f"error: {e}")
     if not list(workdir.glob("*/result.json")):  # this shard had no trials, and no other shard finished one yet

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from rnnjax.config import ConfigError, default_config, smoke
-from rnnjax.sweep import SweepError, run_sweep, summarize
+from rnnjax.sweep import SweepError, SweepInterrupted, run_sweep, summarize
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "scripts" / "sweep.py")
@@ -105,3 +105,91 @@ def test_cli_errors_are_one_line_and_create_nothing(tmp_path):
         assert len(lines) == 1 and lines[0].startswith("error: ") and re.search(match, lines[0]), (args, p.stderr[-2000:])
         assert sorted(x.name for x in tmp_path.iterdir()) == ["empty", "file", "grids.py"], args  # nothing created
         assert not list((tmp_path / "empty").iterdir())
+
+
+def _summary():
+    return {"num_params": 10, "train_ppl": 5.0, "best_val_ppl": 6.0, "metrics": [{"tokens_per_sec": 1.0, "wall_time": 2.0}]}
+
+
+def _statuses(root):
+    return {p.parent.name: json.loads(p.read_text())["status"] for p in root.glob("*/result.json")}
+
+
+def test_preempted_trial_stops_the_sweep_and_resumes(tmp_path, monkeypatch):
+    import signal
+
+    from rnnjax.train import Preempted
+
+    calls = []
+
+    def fake_train(cfg, workdir):
+        calls.append(workdir.name)
+        workdir.mkdir(exist_ok=True)
+        if workdir.name == "cell=lstm" and calls.count("cell=lstm") == 1:
+            raise Preempted(signal.SIGINT, 7)  # what train_and_evaluate raises after saving a checkpoint
+        return _summary()
+
+    monkeypatch.setattr("rnnjax.sweep.train_and_evaluate", fake_train)
+    grid = {"model.cell": ["gru", "lstm", "rnn"]}
+    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with pytest.raises(SweepInterrupted, match=r"stopped by SIGINT with 1 of 3 trials done, cell=lstm interrupted; rerun"):
+        run_sweep(base(), grid, tmp_path)
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers
+    assert calls == ["cell=gru", "cell=lstm"]  # the sweep stopped: cell=rnn never started
+    assert _statuses(tmp_path) == {"cell=gru": "done", "cell=lstm": "interrupted"}
+    assert not (tmp_path / "cell=lstm" / "error.txt").exists()
+    summarize(tmp_path)
+    assert "- cell=lstm interrupted: stopped by SIGINT; rerun the sweep" in (tmp_path / "results.md").read_text()
+    rows = run_sweep(base(), grid, tmp_path)  # the rerun resumes the interrupted trial and finishes the rest
+    assert calls == ["cell=gru", "cell=lstm", "cell=lstm", "cell=rnn"]
+    assert [r["status"] for r in rows] == ["done"] * 3
+
+
+def test_signal_during_a_vectorized_group_stops_the_sweep(tmp_path, monkeypatch):
+    import signal
+    import time
+
+    groups, finished = [], []
+
+    def fake_vectorized(cfgs, dirs):
+        groups.append([d.name for d in dirs])
+        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)  # else the signal would kill pytest
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+        finished.append(True)
+
+    monkeypatch.setattr("rnnjax.vectorize.train_vectorized", fake_vectorized)
+    grid = {"model.cell": ["gru", "lstm"], "seed": [0, 1]}
+    with pytest.raises(SweepInterrupted) as info:
+        run_sweep(base(), grid, tmp_path, vectorize=True)
+    assert info.value.signum == signal.SIGTERM and not finished
+    assert groups == [["cell=gru,seed=0", "cell=gru,seed=1"]]  # the lstm group never started
+    assert _statuses(tmp_path) == {"cell=gru,seed=0": "interrupted", "cell=gru,seed=1": "interrupted"}
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_cli_sweep_and_a_rerun_finishes_it(tmp_path):
+    import signal
+    import time
+
+    cmd = [sys.executable, SCRIPT, CONFIG, "--workdir=runs/s", "--config.train.num_epochs=2", "--axis=model.num_layers=1"]
+    root = tmp_path / "runs" / "s"
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path)
+    deadline = time.time() + 120
+    while not list(root.glob("*/metrics.jsonl")) + list(root.glob("*/checkpoints")) and time.time() < deadline:
+        time.sleep(0.05)  # signal once the first trial has started
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "rerun the same command to resume" in err.strip().splitlines()[-1] and "Traceback" not in err
+    statuses = _statuses(root)
+    assert "failed" not in statuses.values() and "interrupted" in statuses.values()
+    assert list(statuses.values()).count("done") < 2 and "| interrupted |" in out  # the summary of what finished
+    p = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert list(_statuses(root).values()) == ["done"] * 2 and p.stdout.count("| done |") == 2
+    for m in root.glob("*/metrics.jsonl"):
+        assert [json.loads(x)["epoch"] for x in m.read_text().splitlines()] == [1, 2]
+    p = subprocess.run([sys.executable, SCRIPT, "--summarize=~/runs/s"], capture_output=True, text=True,
+                       env=dict(ENV, HOME=str(tmp_path)), cwd="/", timeout=120)
+    assert p.returncode == 0 and p.stdout.count("| done |") == 2, p.stderr[-2000:]
