@@ -22,6 +22,7 @@ import os
 import pathlib
 import re
 import signal
+import socket
 import statistics
 import threading
 import traceback
@@ -68,16 +69,29 @@ class _Signal(BaseException):
 class _StopOnSignals:
     """While the sweep runs, the first SIGTERM/SIGINT raises :class:`_Signal` where the sweep is
     (a vectorized group, between trials); later ones are ignored while it records and stops.
+
     train_and_evaluate installs its own handler while it trains (it saves a checkpoint and
-    raises Preempted) and puts this one back. Main thread only, as signal handlers are."""
+    raises Preempted) and puts this one back; a signal it took without raising (after its
+    last check) is still seen by :meth:`received`, from the wakeup fd that the interpreter
+    writes every signal number to, whichever Python handler runs. Main thread only, as
+    signal handlers are.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.stopping = False
         self._old: dict[int, Any] = {}
+        self._wakeup: tuple[socket.socket, socket.socket] | None = None
+        self._old_fd = -1
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._old = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+            self._wakeup = socket.socketpair()
+            for sock in self._wakeup:
+                sock.setblocking(False)
+            self._old_fd = signal.set_wakeup_fd(self._wakeup[1].fileno(), warn_on_full_buffer=False)
+            self._old = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame):
@@ -85,9 +99,21 @@ class _StopOnSignals:
             self.stopping = True
             raise _Signal(signum)
 
+    def received(self) -> int | None:
+        """The first SIGTERM/SIGINT that arrived since the last call, if any."""
+        data = b""
+        with contextlib.suppress(BlockingIOError, OSError):
+            while chunk := self._wakeup[0].recv(4096) if self._wakeup else b"":
+                data += chunk
+        return next((b for b in data if b in self.SIGNALS), None)
+
     def __exit__(self, *exc):
         for sig, old in self._old.items():
             signal.signal(sig, old)
+        if self._wakeup:
+            signal.set_wakeup_fd(self._old_fd)
+            for sock in self._wakeup:
+                sock.close()
 
 
 def trials(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
@@ -231,6 +257,8 @@ def run_sweep(
                     else:
                         summaries = train_vectorized([cfgs[k] for k in group], dirs)
                     errors = [None] * len(group)
+                    if (received := stop.received()) is not None:  # taken by train_and_evaluate's handler, not raised
+                        stop.stopping, signum = True, received
                 except (Preempted, _Signal) as e:  # recorded "interrupted"; the sweep stops
                     stop.stopping, signum = True, e.signum
                     summaries, errors = [None] * len(group), [e] * len(group)

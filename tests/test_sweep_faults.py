@@ -145,6 +145,29 @@ def test_preempted_trial_stops_the_sweep_and_resumes(tmp_path, monkeypatch):
     assert [r["status"] for r in rows] == ["done"] * 3
 
 
+def test_signal_taken_by_the_trainer_without_raising_still_stops_the_sweep(tmp_path, monkeypatch):
+    import signal
+
+    calls = []
+
+    def fake_train(cfg, workdir):  # as train_and_evaluate when SIGTERM comes after its last check: flagged, not raised
+        calls.append(workdir.name)
+        workdir.mkdir(exist_ok=True)
+        old = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        finally:
+            signal.signal(signal.SIGTERM, old)
+        return _summary()
+
+    monkeypatch.setattr("rnnjax.sweep.train_and_evaluate", fake_train)
+    with pytest.raises(SweepInterrupted, match="stopped by SIGTERM with 1 of 2 trials done; rerun") as info:
+        run_sweep(base(), {"model.cell": ["gru", "lstm"]}, tmp_path)
+    assert info.value.signum == signal.SIGTERM and calls == ["cell=gru"]
+    assert _statuses(tmp_path) == {"cell=gru": "done"}
+    assert signal.set_wakeup_fd(-1) == -1  # the sweep put the wakeup fd back
+
+
 def test_signal_during_a_vectorized_group_stops_the_sweep(tmp_path, monkeypatch):
     import signal
     import time
