@@ -3,6 +3,8 @@ r"""Run (or summarize) a grid sweep: one run directory per trial under --workdir
     python scripts/sweep.py --config=configs/sweep_depth_cell.py --workdir=runs/sweep [--shard=i/n] \
         [--axis=seed=0,1,2 ...] [--vectorize] [--config.train.num_epochs=50 ...]
     python scripts/sweep.py --summarize=runs/sweep
+
+SIGTERM/SIGINT stop the sweep (exit status 128 + signal number): rerun the same command to resume.
 """
 
 import ast
@@ -14,7 +16,7 @@ from ml_collections import config_flags
 
 from rnnjax.config import ConfigError, resolve
 from rnnjax.parallel import set_cpu_devices
-from rnnjax.sweep import run_sweep, summarize
+from rnnjax.sweep import SweepInterrupted, run_sweep, summarize, user_path
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file with get_config() and get_sweep().")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory: one subdirectory per trial.")
@@ -41,7 +43,10 @@ def _grid(config_path: str) -> dict:
     spec.loader.exec_module(module)
     if not hasattr(module, "get_sweep"):
         sys.exit(f"error: {path} has no get_sweep(); add one returning {{field: [values]}}")
-    grid = dict(module.get_sweep(arg or None))
+    grid = module.get_sweep(arg or None)
+    if not isinstance(grid, dict):
+        sys.exit(f"error: {path}: get_sweep() returned {type(grid).__name__}; return a dict {{field: [values]}}")
+    grid = dict(grid)
     for axis in _AXIS.value:
         field, _, values = axis.partition("=")
         if not field or not values:
@@ -53,21 +58,34 @@ def _grid(config_path: str) -> dict:
 def main(argv):
     del argv
     if _SUMMARIZE.value:
-        rows = summarize(_SUMMARIZE.value)
-        print(open(f"{_SUMMARIZE.value}/results.md").read())
-        return 0 if rows else 1
+        root = user_path(_SUMMARIZE.value)
+        try:
+            summarize(root)
+        except ValueError as e:
+            sys.exit(f"error: {e}")
+        print((root / "results.md").read_text())
+        return 0
     if not (_CONFIG.value and _WORKDIR.value):
         sys.exit("error: give --config and --workdir (or --summarize=DIR)")
+    workdir = user_path(_WORKDIR.value)
     try:
         base = resolve(_CONFIG.value)  # before any JAX call: the CPU device count is fixed when the backend starts
         set_cpu_devices(base.parallel.cpu_devices, base.data.batch_size)
         grid = _grid(flags.FLAGS["config"].config_filename)
-        rows = run_sweep(_CONFIG.value, grid, _WORKDIR.value, _SHARD.value, _VECTORIZE.value)
+        rows = run_sweep(_CONFIG.value, grid, workdir, _SHARD.value, _VECTORIZE.value)
+    except SweepInterrupted as e:  # SIGTERM/SIGINT: summarize what finished, say how to resume
+        if list(workdir.glob("*/result.json")):
+            summarize(workdir)
+            print((workdir / "results.md").read_text())
+        print(e, file=sys.stderr)
+        return 128 + e.signum
     except (ConfigError, ValueError) as e:
         sys.exit(f"error: {e}")
-    summarize(_WORKDIR.value)
+    if not list(workdir.glob("*/result.json")):  # this shard had no trials, and no other shard finished one yet
+        return 0
+    summarize(workdir)
     failed = [r for r in rows if r["status"] == "failed"]
-    print(open(f"{_WORKDIR.value}/results.md").read())
+    print((workdir / "results.md").read_text())
     return 1 if failed else 0
 
 
