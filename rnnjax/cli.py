@@ -21,6 +21,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from rnnjax.config import default_config
+from rnnjax.workdir import resolve as user_path
 from rnnjax.workdir import shown
 
 
@@ -150,11 +151,6 @@ def run(main: Callable[[list[str]], Any]) -> None:
         return main(argv)
 
     app.run(wrapped, flags_parser=parse_flags)
-
-
-def user_path(path: str | os.PathLike) -> pathlib.Path:
-    """A path the user gave, made absolute against the current directory (``~`` expanded)."""
-    return pathlib.Path(path).expanduser().absolute()
 
 
 def default_workdir(config_flag: str = "config") -> pathlib.Path:

@@ -34,7 +34,8 @@ import tqdm
 
 from rnnjax.config import ConfigError, resolve
 from rnnjax.host import retain_freed_memory
-from rnnjax.train import Preempted, train_and_evaluate
+from rnnjax.train import Preempted, has_checkpoint, train_and_evaluate
+from rnnjax.workdir import resolve as user_path
 
 COLUMNS = ["name", "cell", "num_layers", "hidden_size", "num_params", "train_ppl", "best_val_ppl", "tokens_per_sec",
            "wall_time", "status", "error"]
@@ -198,17 +199,20 @@ def apply_overrides(base: ml_collections.ConfigDict, overrides: Mapping[str, Any
     return cfg
 
 
-def user_path(path: str | os.PathLike) -> pathlib.Path:
-    """A path the user gave (relative to the current directory, maybe with ~), made absolute once."""
-    return pathlib.Path(path).expanduser().resolve()
-
-
 def parse_shard(shard: str) -> tuple[int, int]:
     """'i/n' -> (i, n), 0 <= i < n."""
     m = re.fullmatch(r"(\d+)/(\d+)", shard)
     if not m or not int(m[1]) < int(m[2]):
         raise ValueError(f"--shard={shard!r} is not allowed: give i/n with 0 <= i < n, e.g. 0/4")
     return int(m[1]), int(m[2])
+
+
+def _resume_mode(d: pathlib.Path) -> str:
+    """A trial that failed before its first checkpoint starts over (its old files kept in discarded/);
+    every other trial resumes from its checkpoint if it has one."""
+    result = d / "result.json"
+    failed = result.exists() and json.loads(result.read_text()).get("status") == "failed"
+    return "restart" if failed and not has_checkpoint(d) else "auto"
 
 
 def run_sweep(
@@ -253,7 +257,7 @@ def run_sweep(
                 bar.set_postfix(running=",".join(d.name for d in dirs)[:60], **counts)
                 try:
                     if len(group) == 1:
-                        summaries = [train_and_evaluate(cfgs[group[0]], dirs[0])]
+                        summaries = [train_and_evaluate(cfgs[group[0]], dirs[0], resume=_resume_mode(dirs[0]))]
                     else:
                         summaries = train_vectorized([cfgs[k] for k in group], dirs)
                     errors = [None] * len(group)

@@ -23,8 +23,8 @@ class WorkdirError(RuntimeError):
 
 
 def resolve(path: str | os.PathLike) -> pathlib.Path:
-    """A user's path made absolute against the current directory (``~`` expanded)."""
-    return pathlib.Path(path).expanduser().absolute()
+    """A user's path made absolute against the current directory (``~`` expanded, symlinks resolved)."""
+    return pathlib.Path(path).expanduser().resolve()
 
 
 def shown(path: str | os.PathLike) -> str:

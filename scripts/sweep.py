@@ -11,12 +11,13 @@ import ast
 import importlib.util
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from rnnjax import cli
 from rnnjax.config import ConfigError, resolve
 from rnnjax.parallel import set_cpu_devices
-from rnnjax.sweep import SweepInterrupted, run_sweep, summarize, user_path
+from rnnjax.sweep import SweepInterrupted, run_sweep, summarize
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file with get_config() and get_sweep().")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory: one subdirectory per trial.")
@@ -58,7 +59,7 @@ def _grid(config_path: str) -> dict:
 def main(argv):
     del argv
     if _SUMMARIZE.value:
-        root = user_path(_SUMMARIZE.value)
+        root = cli.user_path(_SUMMARIZE.value)
         try:
             summarize(root)
         except ValueError as e:
@@ -67,7 +68,7 @@ def main(argv):
         return 0
     if not (_CONFIG.value and _WORKDIR.value):
         sys.exit("error: give --config and --workdir (or --summarize=DIR)")
-    workdir = user_path(_WORKDIR.value)
+    workdir = cli.user_path(_WORKDIR.value)
     try:
         base = resolve(_CONFIG.value)  # before any JAX call: the CPU device count is fixed when the backend starts
         set_cpu_devices(base.parallel.cpu_devices, base.data.batch_size)
@@ -90,4 +91,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -75,7 +75,8 @@ def test_quick_start_trains_and_rerunning_resumes(repo):
     assert "resuming from epoch 3, step 96" in again.stdout
     assert not (repo / "runs" / "deep_lstm" / "damaged").exists()
     assert len((repo / "runs" / "deep_lstm" / "metrics.jsonl").read_text().splitlines()) == 3
-    smoke = run(repo, readme_command("python scripts/train.py --config=configs/deep_lstm.py:smoke"), "--config.train.num_epochs=1")
+    smoke_cmd = readme_command("python scripts/train.py --config=configs/deep_lstm.py:smoke")
+    smoke = run(repo, smoke_cmd, "--config.train.num_epochs=1")
     assert "workdir runs/deep_lstm-smoke" in smoke.stdout  # its own default workdir: the full run is untouched
 
 

@@ -229,8 +229,8 @@ def test_vectorized_trials_equal_one_by_one(tmp_path):
         assert a["name"] == b["name"]
         assert b["best_val_ppl"] == pytest.approx(a["best_val_ppl"], rel=1e-5)
         assert b["train_ppl"] == pytest.approx(a["train_ppl"], rel=1e-5)
-        pa = rnnjax.load(tmp_path / "seq" / a["name"]).params
-        pb = rnnjax.load(tmp_path / "vec" / b["name"]).params  # vectorized trials leave loadable checkpoints
+        pa = rnnjax.load(tmp_path / "seq" / a["name"], step="latest").params
+        pb = rnnjax.load(tmp_path / "vec" / b["name"], step="latest").params  # vectorized trials leave loadable checkpoints
         for x, y in zip(jax.tree_util.tree_leaves(pa), jax.tree_util.tree_leaves(pb)):
             np.testing.assert_allclose(x, y, atol=1e-5, rtol=0)
     assert seq[0]["best_val_ppl"] != seq[1]["best_val_ppl"]  # the trials really differ
