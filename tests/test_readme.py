@@ -115,7 +115,7 @@ def test_own_text_commands(repo):
 
 def test_sweep_and_summarize(repo):
     run(repo, readme_command("python scripts/sweep.py --config=configs/sweep_depth_cell.py:smoke"), "--config.train.num_epochs=1")
-    summary = run(repo, readme_command("python scripts/sweep.py --summarize="))
+    summary = run(repo, readme_command("python scripts/sweep.py --summarize=runs/sweep_smoke"))
     assert "lstm" in summary.stdout and "gru" in summary.stdout
     for name in ("results.csv", "results.md", "sweep.png"):
         assert (repo / "runs" / "sweep_smoke" / name).exists()
