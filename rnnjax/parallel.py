@@ -96,6 +96,18 @@ def set_cpu_devices(cpu_devices: int, batch_size: int) -> int:
     n = cpu_device_count(cpu_devices, batch_size)
     if n == 1 and cpu_devices == 1:
         return 1
+    cores = len(os.sched_getaffinity(0))
+    if n > cores and not jax.config.jax_num_cpu_devices == n:
+        previous = jax.config.jax_num_cpu_devices
+        try:  # JAX not started yet: refuse; started with another count: the message below says so
+            jax.config.update("jax_num_cpu_devices", previous)
+        except RuntimeError:
+            pass
+        else:
+            raise ConfigError(
+                f"config.parallel.cpu_devices = {cpu_devices} is more than this host's {cores} usable cores; "
+                f"use 0 (one device per core) or a number up to {cores}"
+            )
     try:
         jax.config.update("jax_num_cpu_devices", n)
     except RuntimeError as e:

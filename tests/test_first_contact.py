@@ -102,6 +102,7 @@ def test_console_is_short_and_quiet(in_tmp):
     (["--config.data.paths=[oops"], "is not a Python list"),
     (["--config.model.hidden_size=10000000"], "GiB is available; make them smaller"),
     (["--resume=sometimes"], "error: flag --resume=sometimes"),
+    (["--config.parallel.cpu_devices=999"], "error: config.parallel.cpu_devices = 999 is more than this host's"),
     (["extra"], "error: unexpected argument 'extra'"),
 ])
 def test_cli_mistakes_are_one_line_and_create_nothing(in_tmp, args, message):
