@@ -1,7 +1,7 @@
 r"""Side-by-side benchmarks; writes a Markdown report and optionally JSON.
 
     python scripts/benchmark.py [--repeats=7] [--steps=10] [--e2e_epochs=500] [--fake_devices=4]
-                                [--sections=rows,scaling,generation,end_to_end,vectorized,devices]
+                                [--sections=rows,scaling,generation,end_to_end,vectorized,devices,checkpoint]
                                 [--rows=lstm:1,lstm:2,lstm:4,gru:2,rnn:2]
                                 [--json=FILE] [--out=FILE]
 
@@ -34,7 +34,7 @@ import sys
 
 from absl import app, flags
 
-ALL = ["rows", "scaling", "generation", "end_to_end", "vectorized", "devices"]
+ALL = ["rows", "scaling", "generation", "end_to_end", "vectorized", "devices", "checkpoint"]
 _FAKE = flags.DEFINE_integer("fake_devices", 4, "Fake CPU devices for the devices section (0 = real devices only).")
 # The defaults of --repeats, --steps and --e2e_epochs are the report's standard (rnnjax.benchmarking.STANDARD_*).
 _REPEATS = flags.DEFINE_integer("repeats", 7, "Interleaved rounds; figures are medians over rounds. Targets judged from 7.")
@@ -87,6 +87,8 @@ def main(argv):
         results["scaling"] = bm.benchmark_scaling(max(3, r // 2), max(2, s // 4))
     if "generation" in sections:
         results["generation"] = bm.benchmark_generation()
+    if "checkpoint" in sections:
+        results["checkpoint"] = bm.benchmark_checkpoint(r)
     if "vectorized" in sections:
         results["vectorized"] = bm.benchmark_vectorized(max(3, r // 2), s)
     if "devices" in sections:

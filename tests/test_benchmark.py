@@ -145,3 +145,18 @@ def test_default_report_path_is_a_new_file_under_runs():
     path = bm.default_report_path(now)
     assert path == Path("runs/benchmarks/BENCHMARKS-20250102T030405Z.md") and not path.is_absolute()
     assert path.name != "BENCHMARKS.md" and bm.default_report_path().parts[:2] == ("runs", "benchmarks")
+
+
+def test_checkpoint_section_reports_the_checksum_share(tmp_path):
+    results = synthetic(7, 10)
+    results["checkpoint"] = {"checksums": 8.0, "save": 200.0, "restore": 150.0, "bytes": 3 * 2**20}
+    bm.write_report(results, tmp_path / "B.md", None, command="python x")
+    text = (tmp_path / "B.md").read_text()
+    assert "## Checkpoint integrity (sha256 of every array)" in text and "(3.0 MiB:" in text
+    assert "| checksums alone | 8.0 | 4% of a save |" in text and "| restore (checksums verified) | 150.0 | |" in text
+
+
+def test_checkpoint_benchmark_measures_a_real_save_and_restore():
+    ck = bm.benchmark_checkpoint(repeats=1)
+    assert ck["bytes"] > 3_000_000  # the reference model's params (826,396 floats) and more
+    assert 0 < ck["checksums"] < ck["save"] and ck["restore"] > 0
