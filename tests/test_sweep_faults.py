@@ -122,7 +122,7 @@ def test_preempted_trial_stops_the_sweep_and_resumes(tmp_path, monkeypatch):
 
     calls = []
 
-    def fake_train(cfg, workdir):
+    def fake_train(cfg, workdir, resume="auto"):
         calls.append(workdir.name)
         workdir.mkdir(exist_ok=True)
         if workdir.name == "cell=lstm" and calls.count("cell=lstm") == 1:
@@ -150,7 +150,7 @@ def test_signal_taken_by_the_trainer_without_raising_still_stops_the_sweep(tmp_p
 
     calls = []
 
-    def fake_train(cfg, workdir):  # as train_and_evaluate when SIGTERM comes after its last check: flagged, not raised
+    def fake_train(cfg, workdir, resume="auto"):  # as train_and_evaluate when SIGTERM comes after its last check: flagged, not raised
         calls.append(workdir.name)
         workdir.mkdir(exist_ok=True)
         old = signal.signal(signal.SIGTERM, lambda signum, frame: None)
