@@ -19,24 +19,35 @@ Sections (all by default):
   * scaling: the 2-layer LSTM with sequence 350, hidden 1024, batch 256;
   * generation: characters/s with 1 and 64 streams;
   * end_to_end: the whole seed experiment (scripts/train.py, as is and with
-    --config.parallel.cpu_devices=0) vs python -m rnnjax.torch_baseline;
+    --config.parallel.cpu_devices=0) vs python benchmarks/torch_baseline.py;
   * vectorized: 8 seeds one by one vs one vmapped program;
   * devices: the data-parallel step on 1, 2, 4 (fake) devices vs the plain step.
 Variants run interleaved, round after round, and each figure is the median over rounds.
+
+The measuring code is the repository's benchmarks/ directory (benchmarking.py, torch_baseline.py,
+notes.md), not part of the installed package: this script puts that directory on sys.path, so it
+runs from a checkout whichever way rnnjax is installed (editable or not).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
 from absl import app, flags
 
+# benchmarks/ of this repository (scripts/../benchmarks): importable as top-level modules
+# (benchmarking, torch_baseline). Only that directory, not the repository root, so `rnnjax` stays
+# whichever one is installed.
+BENCHMARKS_DIR = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS_DIR))
+
 ALL = ["rows", "scaling", "generation", "end_to_end", "vectorized", "devices", "checkpoint"]
 _FAKE = flags.DEFINE_integer("fake_devices", 4, "Fake CPU devices for the devices section (0 = real devices only).")
-# The defaults of --repeats, --steps and --e2e_epochs are the report's standard (rnnjax.benchmarking.STANDARD_*).
+# The defaults of --repeats, --steps and --e2e_epochs are the report's standard (benchmarks/benchmarking.py STANDARD_*).
 _REPEATS = flags.DEFINE_integer("repeats", 7, "Interleaved rounds; figures are medians over rounds. Targets judged from 7.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Train steps per variant per round. Targets judged from 10.")
 _E2E = flags.DEFINE_integer("e2e_epochs", 500, "Epochs of the end-to-end seed experiment (500 = the full one, judged).")
@@ -65,7 +76,7 @@ def main(argv):
         from rnnjax.parallel import set_cpu_devices
 
         set_cpu_devices(0, 32)
-    from rnnjax import benchmarking as bm
+    import benchmarking as bm  # benchmarks/benchmarking.py (BENCHMARKS_DIR is on sys.path)
 
     r, s = _REPEATS.value, _STEPS.value
     if _DEVICES_ONLY.value:

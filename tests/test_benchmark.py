@@ -1,4 +1,7 @@
-"""The benchmark's bookkeeping (FLOP counts, report, baselines) — never its timings."""
+"""The benchmark's bookkeeping (FLOP counts, report, baselines) — never its timings.
+
+The benchmark code is the repository's benchmarks/ directory, not part of the package: its
+modules are imported as top-level modules with that directory on sys.path, as scripts/benchmark.py does."""
 
 import dataclasses
 import datetime
@@ -13,10 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from rnnjax import benchmarking as bm
-from rnnjax.benchmarking import Workload
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import benchmarking as bm  # noqa: E402  (benchmarks/benchmarking.py)
+from benchmarking import Workload  # noqa: E402
+
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
 
 
@@ -29,14 +34,38 @@ def test_analytic_training_flops_per_token():
     assert Workload(seq=350).tokens_per_step == 32 * 350
 
 
+def test_vocabulary_is_the_bundled_corpus_vocabulary():
+    from rnnjax import data
+    from rnnjax.config import default_config, resolve
+
+    assert bm.V == len(data.load_corpus(resolve(default_config()).data).vocab) == 28
+
+
+def test_benchmarks_live_outside_the_package_and_find_the_repository():
+    import rnnjax
+
+    assert Path(bm.__file__).resolve() == ROOT / "benchmarks" / "benchmarking.py" and bm.REPO_ROOT == ROOT
+    assert not (Path(rnnjax.__file__).parent / "benchmarking.py").exists()
+    assert bm.repo_path("scripts", "train.py").is_file() and bm.repo_path("configs", "deep_lstm.py").is_file()
+    with pytest.raises(FileNotFoundError, match="run them from a checkout"):
+        bm.repo_path("scripts", "no_such_script.py")
+
+
 def test_torch_baseline_learns_the_same_data():
     pytest.importorskip("torch")
-    from rnnjax.torch_baseline import run
+    from torch_baseline import run  # benchmarks/torch_baseline.py
 
     result = run(epochs=2)
     # after two epochs on the Time Machine a 2-layer LSTM sits near the unigram plateau (~17), far below uniform (28)
     assert 12.0 < result["train_ppl"] < 24.0 and 12.0 < result["val_ppl"] < 24.0
     assert result["seconds"] > 0
+
+
+def test_torch_baseline_runs_as_a_script_from_benchmarks():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "torch_baseline.py"), "--help"],
+                          capture_output=True, text=True, cwd=ROOT, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "--epochs" in proc.stdout and "--num_layers" in proc.stdout
 
 
 @pytest.mark.slow

@@ -1,12 +1,13 @@
 r"""The seed experiment written the way a PyTorch user would: ``nn.LSTM/GRU/RNN`` + ``nn.Linear``.
 
-    python -m rnnjax.torch_baseline [--epochs=500] [--cell=lstm] [--num_layers=2] [--json=FILE]
+    python benchmarks/torch_baseline.py [--epochs=500] [--cell=lstm] [--num_layers=2] [--json=FILE]
 
-The benchmark's end-to-end baseline (``scripts/benchmark.py``). It reads the same
-minibatches as ``scripts/train.py --config=configs/deep_lstm.py`` (rnnjax.data, same seed),
-feeds one-hot inputs like d2l, trains with ``torch.optim.SGD`` (lr 2) after
-``clip_grad_norm_`` (1.0), carries the state across minibatches (detached), and
-measures validation perplexity after every epoch, as the rnnjax run does.
+The benchmark's end-to-end baseline (``scripts/benchmark.py``); a script of the repository's
+``benchmarks/`` directory, not part of the installed package (it uses whichever ``rnnjax`` is
+importable). It reads the same minibatches as ``scripts/train.py --config=configs/deep_lstm.py``
+(rnnjax.data, same seed), feeds one-hot inputs like d2l, trains with ``torch.optim.SGD`` (lr 2)
+after ``clip_grad_norm_`` (1.0), carries the state across minibatches (detached), and measures
+validation perplexity after every epoch, as the rnnjax run does.
 Needs torch (the optional ``[bench]`` extra).
 """
 

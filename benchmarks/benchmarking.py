@@ -3,6 +3,11 @@
 Every variant is a zero-argument callable doing ``steps`` training steps and blocking on
 the result; rounds interleave the variants so machine noise hits them alike, and each
 figure is the median over rounds.
+
+Not part of the installed package: this module lives in the repository's ``benchmarks/``
+directory next to ``torch_baseline.py`` and ``notes.md``, and is imported with that directory
+on ``sys.path`` (``scripts/benchmark.py`` and the tests put it there). It benchmarks whichever
+``rnnjax`` is importable, and finds ``scripts/`` and ``configs/`` in the repository that holds it.
 """
 
 from __future__ import annotations
@@ -33,7 +38,23 @@ from rnnjax.parallel import DataParallel
 from rnnjax.train import build_model, init_state, make_train_step
 from rnnjax.vectorize import stack_trials
 
-V = 28  # the Time Machine's character vocabulary
+BENCHMARKS_DIR = Path(__file__).resolve().parent  # benchmarks/: this module, torch_baseline.py, notes.md
+REPO_ROOT = BENCHMARKS_DIR.parent  # the repository holding benchmarks/, scripts/ and configs/
+
+# The reference experiment's vocabulary: the bundled Time Machine's characters under the default
+# data config (26 letters, space, <unk>). A fixed workload parameter, so no benchmark reads the
+# corpus; tests/test_benchmark.py checks it against len(data.load_corpus(...).vocab).
+V = 28
+
+
+def repo_path(*parts: str) -> Path:
+    """A file of the repository holding benchmarks/ (e.g. ``repo_path("scripts", "train.py")``);
+    a clear error when benchmarks/ was copied out of its repository."""
+    path = REPO_ROOT.joinpath(*parts)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: the benchmarks need the repository they live in (benchmarks/ next to "
+                                "scripts/ and configs/); run them from a checkout")
+    return path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,7 +159,7 @@ def _torch_variant(w: Workload, steps: int) -> Variant | None:
     torch = _torch()
     if torch is None:
         return None
-    from rnnjax.torch_baseline import torch_modules, train_step
+    from torch_baseline import torch_modules, train_step
 
     cuda = jax.default_backend() == "gpu" and torch.cuda.is_available()
     dev = torch.device("cuda" if cuda else "cpu")
@@ -284,7 +305,7 @@ def benchmark_generation(
 
         fns = {"rnnjax": jax_run}
         if torch is not None:
-            from rnnjax.torch_baseline import torch_modules
+            from torch_baseline import torch_modules
 
             rnn, lin = torch_modules("lstm", V, w.hidden, w.num_layers)
 
@@ -353,7 +374,7 @@ def benchmark_checkpoint(repeats: int = 7) -> dict[str, Any]:
     from rnnjax.train import _checkpoint_tree
 
     cfg = resolve(default_config())
-    model = build_model(cfg, 28)
+    model = build_model(cfg, V)
     tx, _ = make_optimizer(cfg.train, 1000)
     key = jax.random.key(0)
     tree = _checkpoint_tree(init_state(model, tx, key), jax.random.key_data(key),
@@ -382,13 +403,14 @@ def benchmark_checkpoint(repeats: int = 7) -> dict[str, Any]:
 def benchmark_end_to_end(epochs: int) -> dict[str, Any]:
     """Wall time of the whole seed experiment, process start to exit: ``scripts/train.py
     --config=configs/deep_lstm.py`` (as is, and with ``parallel.cpu_devices=0``: one CPU device
-    per core) vs ``python -m rnnjax.torch_baseline`` (same data, epochs, optimizer, per-epoch
-    validation). Each runs ``epochs`` epochs, one after the other."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    per core) vs ``python benchmarks/torch_baseline.py`` (same data, epochs, optimizer, per-epoch
+    validation). Each runs ``epochs`` epochs, one after the other; the scripts and the config are
+    this repository's (``REPO_ROOT``)."""
+    train, config, baseline = repo_path("scripts", "train.py"), repo_path("configs", "deep_lstm.py"), repo_path(
+        "benchmarks", "torch_baseline.py")
     out: dict[str, Any] = {"epochs": epochs}
     with tempfile.TemporaryDirectory() as tmp:
-        config = os.path.join(root, "configs", "deep_lstm.py")
-        cmd = [sys.executable, os.path.join(root, "scripts", "train.py"), f"--config={config}", f"--workdir={tmp}/run",
+        cmd = [sys.executable, str(train), f"--config={config}", f"--workdir={tmp}/run",
                f"--config.train.num_epochs={epochs}", "--config.train.progress=False"]
         runs = {"rnnjax": cmd}
         if jax.default_backend() == "cpu" and len(os.sched_getaffinity(0)) > 1:
@@ -400,9 +422,9 @@ def benchmark_end_to_end(epochs: int) -> dict[str, Any]:
             last = [json.loads(line) for line in open(c[3].split("=", 1)[1] + "/metrics.jsonl")][-1]
             out[name] = {"seconds": seconds, "train_ppl": last["train_ppl"], "val_ppl": last["val_ppl"]}
         if _torch() is not None:
-            cmd = [sys.executable, "-m", "rnnjax.torch_baseline", f"--epochs={epochs}", f"--json={tmp}/torch.json"]
+            cmd = [sys.executable, str(baseline), f"--epochs={epochs}", f"--json={tmp}/torch.json"]
             t0 = time.perf_counter()
-            subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=root)
+            subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO_ROOT)
             seconds = time.perf_counter() - t0
             res = json.load(open(f"{tmp}/torch.json"))
             out["torch"] = {"seconds": seconds, "train_ppl": res["train_ppl"], "val_ppl": res["val_ppl"]}
@@ -454,7 +476,7 @@ def write_report(results: dict, path: str, json_path: str | None, command: str) 
         f"{m['cores']} cores, JAX {m['jax']}, torch {m['torch']}, {m['processor']}, {m['platform']}.",
         f"Each figure is the median over {results['settings']['repeats']} interleaved rounds of "
         f"{results['settings']['steps_per_round']} steps (min-max in the JSON). Training step = forward + backward + "
-        "global-norm clipping + SGD update, vocabulary 28, random tokens.",
+        f"global-norm clipping + SGD update, vocabulary {V}, random tokens.",
         f"Measured fp32 matmul peak ({peak['n']}^3): JAX {peak['jax']:.0f} GFLOP/s"
         + (f", torch {peak['torch']:.0f} GFLOP/s" if "torch" in peak else "")
         + f"; MFU = analytic training FLOPs/token x tokens/s / {peak['peak']:.0f} GFLOP/s.", "",
@@ -529,7 +551,7 @@ def write_report(results: dict, path: str, json_path: str | None, command: str) 
     if e2e:
         lines += ["", f"## Seed experiment end to end ({e2e['epochs']} epochs, process start to exit)", "",
                   "`python scripts/train.py --config=configs/deep_lstm.py` (with per-epoch validation, checkpoints, plot, "
-                  "samples) vs `python -m rnnjax.torch_baseline` (the same minibatches, optimizer and per-epoch "
+                  "samples) vs `python benchmarks/torch_baseline.py` (the same minibatches, optimizer and per-epoch "
                   "validation with `nn.LSTM`). One run each, one after the other.", "",
                   "| run | seconds | final train ppl | final val ppl |", "|---|---|---|---|"]
         for name, r in e2e.items():
@@ -566,7 +588,7 @@ def write_report(results: dict, path: str, json_path: str | None, command: str) 
                   "| variant | ms per step of all trials | speed-up |", "|---|---|---|",
                   f"| {seq_name} | {seq['ms_per_step']:.1f} | 1.00x |",
                   f"| {vec_name} | {v['ms_per_step']:.1f} | {seq['ms_per_step'] / v['ms_per_step']:.2f}x |"]
-    lines += ["", (Path(__file__).parent / "benchmark_notes.md").read_text()]
+    lines += ["", (BENCHMARKS_DIR / "notes.md").read_text()]  # what was tried: benchmarks/notes.md
     with open(path, "w") as f:
         f.write("\n".join(lines))
     if json_path:
