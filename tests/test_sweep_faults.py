@@ -150,7 +150,8 @@ def test_signal_taken_by_the_trainer_without_raising_still_stops_the_sweep(tmp_p
 
     calls = []
 
-    def fake_train(cfg, workdir, resume="auto"):  # as train_and_evaluate when SIGTERM comes after its last check: flagged, not raised
+    # as train_and_evaluate when SIGTERM comes after its last check: flagged, not raised
+    def fake_train(cfg, workdir, resume="auto"):
         calls.append(workdir.name)
         workdir.mkdir(exist_ok=True)
         old = signal.signal(signal.SIGTERM, lambda signum, frame: None)
