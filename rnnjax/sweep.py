@@ -428,8 +428,8 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], dirs: Sequence[pathlib.Path]):
             metrics = read_metrics(d / "metrics.jsonl")
         except (OSError, ValueError, WorkdirError):
             continue
-        b.plot([m["epoch"] for m in metrics], [float("nan") if m["val_ppl"] is None else m["val_ppl"] for m in metrics], color=color[r["cell"]], lw=1,
-               alpha=0.5 if len(rows) > 8 else 1.0)
+        val = [float("nan") if m["val_ppl"] is None else m["val_ppl"] for m in metrics]  # null: not finite
+        b.plot([m["epoch"] for m in metrics], val, color=color[r["cell"]], lw=1, alpha=0.5 if len(rows) > 8 else 1.0)
         curves += 1
     b.set(xlabel="epoch", ylabel="validation perplexity", yscale="log", title=f"validation curves of {curves} trials")
     b.xaxis.set_major_locator(MaxNLocator(integer=True))
