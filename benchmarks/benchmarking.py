@@ -33,9 +33,11 @@ import numpy as np
 from rnnjax.cells import CELLS
 from rnnjax.config import default_config, resolve
 from rnnjax.generate import sample
+from rnnjax.metrics import TrainMetrics
 from rnnjax.optim import make_optimizer
 from rnnjax.parallel import DataParallel
-from rnnjax.train import build_model, init_state, make_train_step
+from rnnjax.steps import init_state, make_train_step
+from rnnjax.train import build_model
 from rnnjax.vectorize import stack_trials
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent  # benchmarks/: this module, torch_baseline.py, notes.md
@@ -115,11 +117,11 @@ def _jax_variant(w: Workload, impl: str, steps: int, dp: DataParallel | None = N
     tx, _ = make_optimizer(cfg.train, 1000)
     state = init_state(model, tx, jax.random.key(0))
     xs, ys = _data(w, steps)
-    carry, acc = model.initial_state(w.batch), jnp.zeros(4)
+    carry, acc = model.initial_state(w.batch), TrainMetrics.zeros()
     if dp is not None:
         state = jax.device_put(state, dp.replicated)
         xs, ys = dp.shard(xs, 1), dp.shard(ys, 1)
-        carry, acc = dp.shard_state(carry), dp.replicate(np.zeros(4, np.float32))
+        carry, acc = dp.shard_state(carry), jax.tree_util.tree_map(lambda x: dp.replicate(np.asarray(x)), acc)
     else:
         xs, ys = jax.device_put(xs), jax.device_put(ys)
     step = make_train_step(model, tx, reset_state=False)
@@ -340,7 +342,7 @@ def _vmapped_variant(k: int, steps: int) -> Variant:
     xs, ys = (jax.device_put(a) for a in _data(w, steps, (k,)))
     step = jax.jit(jax.vmap(make_train_step(model, tx, False), in_axes=(0, 0, 0, 0, 0, None, 0)), donate_argnums=(0, 1, 2))
     carry, keys = stack_trials(model.initial_state(w.batch), k), jax.random.split(jax.random.key(1), k)
-    return Variant(_stepper(step, state, carry, jnp.zeros((k, 4)), xs, ys, keys, steps), float("nan"))
+    return Variant(_stepper(step, state, carry, TrainMetrics.zeros((k,)), xs, ys, keys, steps), float("nan"))
 
 
 def benchmark_vectorized(repeats: int = 7, steps: int = 10, k: int = 8) -> dict:
@@ -371,14 +373,14 @@ def benchmark_checkpoint(repeats: int = 7) -> dict[str, Any]:
     reference run's full checkpoint tree (2-layer LSTM, hidden 256), checksums alone vs a whole
     synchronous save (which includes them) and a whole restore (which verifies them), interleaved."""
     from rnnjax.checkpoint import Checkpointer, checksums
-    from rnnjax.train import _checkpoint_tree
+    from rnnjax.train import checkpoint_tree
 
     cfg = resolve(default_config())
     model = build_model(cfg, V)
     tx, _ = make_optimizer(cfg.train, 1000)
     key = jax.random.key(0)
-    tree = _checkpoint_tree(init_state(model, tx, key), jax.random.key_data(key),
-                            model.initial_state(cfg.data.batch_size), jnp.zeros(4))
+    tree = checkpoint_tree(init_state(model, tx, key), jax.random.key_data(key),
+                           model.initial_state(cfg.data.batch_size), TrainMetrics.zeros())
     abstract = jax.eval_shape(lambda: tree)
     times: dict[str, list[float]] = {"checksums": [], "save": [], "restore": []}
     with tempfile.TemporaryDirectory() as tmp:

@@ -8,7 +8,8 @@ from rnnjax.flax_model import FlaxDeepRNN, from_flax, to_flax
 from rnnjax.generate import generate
 from rnnjax.model import DeepRNN, num_params
 from rnnjax.run import Run, load
-from rnnjax.train import build_model, perplexity, train_and_evaluate
+from rnnjax.steps import perplexity
+from rnnjax.train import build_model, train_and_evaluate
 from rnnjax.vocab import Vocab
 
 __all__ = [

@@ -18,9 +18,11 @@ from rnnjax import data
 from rnnjax.checkpoint import Checkpointer, CheckpointError
 from rnnjax.config import Config, resolve
 from rnnjax.generate import generate
+from rnnjax.metrics import best_record
 from rnnjax.model import DeepRNN, Params
 from rnnjax.optim import make_optimizer
-from rnnjax.train import _checkpoint_tree, best_record, build_model, init_state, perplexity
+from rnnjax.steps import perplexity
+from rnnjax.train import abstract_checkpoint, build_model
 from rnnjax.vocab import Vocab
 from rnnjax.workdir import read_metrics
 from rnnjax.workdir import resolve as resolve_path
@@ -95,16 +97,9 @@ def load(workdir: str | os.PathLike, step: int | str = "best") -> Run:
 
     def abstract(meta: dict[str, Any]) -> Any:
         cfg = resolve(meta["config"])
-        model = build_model(cfg, len(meta["vocab"]))
         n = data.batches_per_epoch(cfg.data, cfg.data.max_tokens)
         tx, _ = make_optimizer(cfg.train, n * cfg.train.num_epochs)
-        key = jax.random.key(0)
-        shapes = jax.eval_shape(
-            lambda: _checkpoint_tree(
-                init_state(model, tx, key), jax.random.key_data(key), model.initial_state(cfg.data.batch_size),
-                jax.numpy.zeros(4),
-            )
-        )
+        shapes = abstract_checkpoint(build_model(cfg, len(meta["vocab"])), tx, cfg.data.batch_size)
         # Restore onto this process's first device, whatever the mesh the run was saved from.
         one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), shapes)

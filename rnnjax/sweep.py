@@ -35,6 +35,7 @@ import tqdm
 from rnnjax.config import ConfigError, resolve
 from rnnjax.host import retain_freed_memory
 from rnnjax.train import Preempted, has_checkpoint, train_and_evaluate
+from rnnjax.workdir import WorkdirError, read_metrics, write_atomic
 from rnnjax.workdir import resolve as user_path
 
 COLUMNS = ["name", "cell", "num_layers", "hidden_size", "num_params", "train_ppl", "best_val_ppl", "tokens_per_sec",
@@ -301,9 +302,7 @@ def _row(d: pathlib.Path, overrides: Mapping[str, Any], cfg: Any, summary: dict 
         row.update(status="failed", error=f"{type(error).__name__}: {error}".splitlines()[0])
         d.mkdir(parents=True, exist_ok=True)
         (d / "error.txt").write_text("".join(traceback.format_exception(error)))
-    tmp = d / "result.json.tmp"
-    tmp.write_text(json.dumps(row))
-    os.replace(tmp, d / "result.json")
+    write_atomic(d / "result.json", json.dumps(row))
     return row
 
 
@@ -426,11 +425,11 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], dirs: Sequence[pathlib.Path]):
         if r.get("status") != "done":
             continue
         try:
-            metrics = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines() if x.strip()]
-        except (OSError, ValueError):
+            metrics = read_metrics(d / "metrics.jsonl")
+        except (OSError, ValueError, WorkdirError):
             continue
-        b.plot([m["epoch"] for m in metrics], [m["val_ppl"] for m in metrics], color=color[r["cell"]], lw=1,
-               alpha=0.5 if len(rows) > 8 else 1.0)
+        val = [float("nan") if m["val_ppl"] is None else m["val_ppl"] for m in metrics]  # null: not finite
+        b.plot([m["epoch"] for m in metrics], val, color=color[r["cell"]], lw=1, alpha=0.5 if len(rows) > 8 else 1.0)
         curves += 1
     b.set(xlabel="epoch", ylabel="validation perplexity", yscale="log", title=f"validation curves of {curves} trials")
     b.xaxis.set_major_locator(MaxNLocator(integer=True))

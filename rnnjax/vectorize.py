@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import pathlib
 import statistics
 import time
@@ -26,10 +25,12 @@ import numpy as np
 from rnnjax import data
 from rnnjax.checkpoint import Checkpointer
 from rnnjax.config import Config, ConfigError
+from rnnjax.metrics import EvalMetrics, TrainMetrics, best_record, epoch_record
 from rnnjax.model import num_params
 from rnnjax.optim import make_optimizer
 from rnnjax.plotting import plot_curves
-from rnnjax.train import TrainState, _checkpoint_tree, build_model, make_eval_step, make_train_step
+from rnnjax.steps import TrainState, make_eval_step, make_train_step
+from rnnjax.train import build_model, checkpoint_tree
 from rnnjax.workdir import MetricsWriter, write_atomic
 
 # Fields that may differ between the trials of one vectorized group (they live in the optimizer state).
@@ -85,26 +86,20 @@ def train_vectorized(cfgs: Sequence[Config], workdirs: Sequence[str | pathlib.Pa
     for epoch in range(1, tc.num_epochs + 1):
         batches = [data.epoch_batches(corpus.train, dc, c.seed, epoch) for c in cfgs]
         xs, ys = jnp.asarray(np.stack([b[0] for b in batches])), jnp.asarray(np.stack([b[1] for b in batches]))
-        carry, acc = stack(model.initial_state(dc.batch_size)), jnp.zeros((k, 4), jnp.float32)
+        carry, metrics = stack(model.initial_state(dc.batch_size)), TrainMetrics.zeros((k,))
         t0 = time.perf_counter()
         for i in range(n):
-            state, carry, acc = step(state, carry, acc, xs, ys, i, rngs)
-        sums = np.asarray(acc, np.float64)
+            state, carry, metrics = step(state, carry, metrics, xs, ys, i, rngs)
+        sums = np.asarray(metrics.to_array(), np.float64)  # [k, 4]
         train_time = time.perf_counter() - t0
-        ecarry, eacc = stack(model.initial_state(dc.batch_size)), jnp.zeros((k, 2), jnp.float32)
+        ecarry, emetrics = stack(model.initial_state(dc.batch_size)), EvalMetrics.zeros((k,))
         for x, y in data.eval_windows(corpus.val, dc.batch_size, dc.num_steps):
-            ecarry, eacc = evaluate(state.params, ecarry, eacc, x, y)
-        nll = np.asarray(eacc, np.float64)
+            ecarry, emetrics = evaluate(state.params, ecarry, emetrics, x, y)
         for j, d in enumerate(dirs):
-            loss_sum, gnorm_sum, steps, skipped = sums[j]
-            record = {
-                "epoch": epoch, "step": epoch * n,
-                "train_ppl": math.exp(loss_sum / steps) if steps else float("nan"),
-                "val_ppl": math.exp(nll[j, 0] / nll[j, 1]),
-                "tokens_per_sec": n * dc.batch_size * dc.num_steps / train_time,  # per trial; the group does k x more
-                "grad_norm": gnorm_sum / steps if steps else float("nan"), "lr": cfgs[j].train.learning_rate,
-                "skipped_steps": int(skipped), "wall_time": time.perf_counter() - start,
-            }
+            val_ppl = EvalMetrics(emetrics.nll[j], emetrics.tokens[j]).perplexity()
+            record = epoch_record(  # tokens/s per trial; the group does k x more
+                epoch, epoch * n, TrainMetrics(*sums[j]), val_ppl, n * dc.batch_size * dc.num_steps / train_time,
+                cfgs[j].train.learning_rate, time.perf_counter() - start)
             records[j].append(record)
             MetricsWriter(d / "metrics.jsonl").write(record)
     summaries = []
@@ -113,14 +108,14 @@ def train_vectorized(cfgs: Sequence[Config], workdirs: Sequence[str | pathlib.Pa
         ckpt = Checkpointer(d, c.checkpoint.max_to_keep)
         meta = {"epoch": tc.num_epochs, "batch": 0, "val_ppl": records[j][-1]["val_ppl"], "config": c.to_dict(),
                 "vocab": list(corpus.vocab.idx_to_token)}
-        tree = _checkpoint_tree(one, jax.random.key_data(rngs[j]), model.initial_state(dc.batch_size), jnp.zeros(4))
+        tree = checkpoint_tree(one, jax.random.key_data(rngs[j]), model.initial_state(dc.batch_size), TrainMetrics.zeros())
         ckpt.save(int(one.step), tree, meta, val_ppl=records[j][-1]["val_ppl"])
         ckpt.close()
         plot_curves(records[j], d / "curves.png", title=f"{c.model.num_layers}-layer {c.model.cell}")
         summaries.append({
             "params": one.params, "model": model, "vocab": corpus.vocab, "num_params": num_params(one.params),
             "train_ppl": records[j][-1]["train_ppl"], "val_ppl": records[j][-1]["val_ppl"],
-            "best_val_ppl": min(r["val_ppl"] for r in records[j]), "wall_time": time.perf_counter() - start,
+            "best_val_ppl": best_record(records[j])["val_ppl"], "wall_time": time.perf_counter() - start,
             "samples": [], "metrics": records[j],
             "tokens_per_sec": statistics.median(r["tokens_per_sec"] for r in records[j]),
         })

@@ -19,7 +19,9 @@ import pytest
 import rnnjax
 from rnnjax.checkpoint import CheckpointError
 from rnnjax.config import default_config, resolve, smoke
-from rnnjax.train import init_state, make_train_step, train_and_evaluate
+from rnnjax.metrics import TrainMetrics
+from rnnjax.steps import init_state, make_train_step
+from rnnjax.train import train_and_evaluate
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
@@ -159,8 +161,8 @@ def test_nonfinite_step_is_skipped_and_run_aborts(tmp_path):
     before = param_bytes(state.params)
     xs = jax.random.randint(jax.random.key(1), (1, 8, 10), 0, 28)
     step = make_train_step(model, tx, reset_state=False)
-    new, _, acc = step(state, model.initial_state(8), jnp.zeros(4), xs, jnp.roll(xs, -1, -1), 0, jax.random.key(0))
-    assert param_bytes(new.params) == before and int(new.nonfinite) == 1 and float(acc[3]) == 1.0
+    new, _, acc = step(state, model.initial_state(8), TrainMetrics.zeros(), xs, jnp.roll(xs, -1, -1), 0, jax.random.key(0))
+    assert param_bytes(new.params) == before and int(new.nonfinite) == 1 and float(acc.skipped) == 1.0
     bad = cfg_with(3)
     bad.train.learning_rate, bad.train.grad_clip = 1e38, 0.0
     with pytest.raises(FloatingPointError, match=r"consecutive non-finite training steps \(train.max_nonfinite = 10\)"):

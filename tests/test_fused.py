@@ -11,9 +11,10 @@ import pytest
 
 from rnnjax.config import default_config, resolve
 from rnnjax.fused import scan_layer
+from rnnjax.metrics import TrainMetrics
 from rnnjax.model import DeepRNN
 from rnnjax.optim import make_optimizer
-from rnnjax.train import init_state, make_train_step
+from rnnjax.steps import init_state, make_train_step
 
 CASES = [("lstm", ("tanh",)), ("gru", ("tanh",)), ("rnn", ("tanh",)), ("rnn", ("relu",)), ("rnn", ("relu", "tanh", "relu"))]
 
@@ -83,7 +84,7 @@ def test_train_steps_with_fused_and_plain_layers_agree():
         step = make_train_step(model, tx, reset_state=False)
         state = init_state(model, tx, jax.random.key(0))
         xs = jax.random.randint(jax.random.key(3), (10, 4, 11), 0, 28)
-        carry, acc = model.initial_state(4), jnp.zeros(4)
+        carry, acc = model.initial_state(4), TrainMetrics.zeros()
         for i in range(10):
             state, carry, acc = step(state, carry, acc, xs[..., :-1], xs[..., 1:], i, jax.random.key(1))
         results.append(state.params)
