@@ -64,7 +64,8 @@ def storage_damage(error: BaseException) -> str | None:
     while error is not None:
         text = str(error)
         if isinstance(error, (FileNotFoundError, EOFError, json.JSONDecodeError)) or _STORAGE_DAMAGE.search(text):
-            return (text.strip().splitlines() or [type(error).__name__])[0][:200]
+            first = (text.strip().splitlines() or [type(error).__name__])[0]
+            return first.split(" See full TensorStore details")[0][:200]
         error = error.__cause__ or error.__context__
     return None
 

@@ -32,6 +32,8 @@ class _ListParser(flags.ArgumentParser):
         if isinstance(argument, (list, tuple)):
             return list(argument)
         text = str(argument).strip()
+        if not text:  # an unset shell variable, most likely: [] must be explicit
+            raise ValueError("the value is empty; give a,b or write [] for an empty list")
         if text[:1] in ("[", "("):
             try:
                 value = ast.literal_eval(text)
@@ -148,7 +150,13 @@ def run(main: Callable[[list[str]], Any]) -> None:
 
     def wrapped(argv: list[str]) -> Any:
         quiet_libraries()
-        return main(argv)
+        try:
+            return main(argv)
+        except BrokenPipeError:  # the reader went away (`| head`): everything is saved, say nothing more
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.dup2(devnull, sys.stderr.fileno())
+            return 0
 
     app.run(wrapped, flags_parser=parse_flags)
 
@@ -167,7 +175,8 @@ def end_block(summary: dict[str, Any]) -> str:
         f"train perplexity {summary['train_ppl']:.3f}, validation perplexity {summary['val_ppl']:.3f} "
         f"(best {summary['best_val_ppl']:.3f} at epoch {summary['best_epoch']}), "
         f"{summary['wall_time']:.0f} s on {summary['num_devices']} device(s)",
-        f"curves: {w}/curves.png  checkpoints: {w}/checkpoints/  (rnnjax.load({w!r}) restores the best)",
+        f"curves: {w}/curves.png  checkpoints: {w}/checkpoints/  "
+        f"(rnnjax.load({w!r}) restores the best saved one, epoch {summary['best_saved_epoch']})",
     ]
     if summary["samples"]:
         lines.append("samples (greedy, final epoch):")

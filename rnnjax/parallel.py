@@ -96,18 +96,7 @@ def set_cpu_devices(cpu_devices: int, batch_size: int) -> int:
     n = cpu_device_count(cpu_devices, batch_size)
     if n == 1 and cpu_devices == 1:
         return 1
-    cores = len(os.sched_getaffinity(0))
-    if n > cores and not jax.config.jax_num_cpu_devices == n:
-        previous = jax.config.jax_num_cpu_devices
-        try:  # JAX not started yet: refuse; started with another count: the message below says so
-            jax.config.update("jax_num_cpu_devices", previous)
-        except RuntimeError:
-            pass
-        else:
-            raise ConfigError(
-                f"config.parallel.cpu_devices = {cpu_devices} is more than this host's {cores} usable cores; "
-                f"use 0 (one device per core) or a number up to {cores}"
-            )
+    previous = jax.config.jax_num_cpu_devices
     try:
         jax.config.update("jax_num_cpu_devices", n)
     except RuntimeError as e:
@@ -116,6 +105,14 @@ def set_cpu_devices(cpu_devices: int, batch_size: int) -> int:
                 f"config.parallel.cpu_devices = {cpu_devices} ({n} CPU devices) must be set before JAX starts; "
                 "run through scripts/train.py, or call rnnjax.parallel.set_cpu_devices right after import jax"
             ) from e
+        return n
+    cores = len(os.sched_getaffinity(0))
+    if n > cores:  # JAX has not started: put the setting back and refuse
+        jax.config.update("jax_num_cpu_devices", previous)
+        raise ConfigError(
+            f"config.parallel.cpu_devices = {cpu_devices} is more than this host's {cores} usable cores; "
+            f"use 0 (one device per core) or a number up to {cores}"
+        )
     return n
 
 

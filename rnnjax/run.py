@@ -89,7 +89,8 @@ def load(workdir: str | os.PathLike, step: int | str = "best") -> Run:
         raise ValueError(f"step = {step!r} is not allowed: 'best', 'latest' or a step number")
     workdir = resolve_path(workdir)
     if not workdir.is_dir():
-        raise CheckpointError(f"{workdir} does not exist; give the --workdir of a run trained with scripts/train.py")
+        what = "is a file, not a run directory" if workdir.exists() else "does not exist"
+        raise CheckpointError(f"{workdir} {what}; give the --workdir of a run trained with scripts/train.py")
     ckpt = Checkpointer(workdir, read_only=True)
     steps = ckpt.steps()
     if not steps:

@@ -35,7 +35,7 @@ import tqdm
 from rnnjax.config import ConfigError, resolve
 from rnnjax.host import retain_freed_memory
 from rnnjax.train import Preempted, has_checkpoint, train_and_evaluate
-from rnnjax.workdir import WorkdirError, read_metrics, write_atomic
+from rnnjax.workdir import WorkdirError, check_writable, read_metrics, write_atomic
 from rnnjax.workdir import resolve as user_path
 
 COLUMNS = ["name", "cell", "num_layers", "hidden_size", "num_params", "train_ppl", "best_val_ppl", "tokens_per_sec",
@@ -228,6 +228,7 @@ def run_sweep(
     from rnnjax.vectorize import shape_key, train_vectorized
 
     root = user_path(workdir)
+    check_writable(root)  # a file, or under a file, or read-only: one line, nothing created
     i, n = parse_shard(shard)
     check_grid(grid)
     check_names(grid)

@@ -14,6 +14,7 @@ import logging
 import os
 import pathlib
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -82,6 +83,25 @@ class Preempted(Exception):
         self.signum, self.step = signum, step
 
 
+class _PipeSafe:
+    """A console stream whose reader may go away (``train.py ... | head``): writes to a closed pipe
+    are dropped instead of raising, so the run trains on and saves as usual."""
+
+    def __init__(self, stream):
+        self.stream, self.closed = stream, False
+
+    def write(self, text: str) -> None:
+        if not self.closed:
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+            except (BrokenPipeError, ValueError):  # ValueError: the stream was closed
+                self.closed = True
+
+    def flush(self) -> None:
+        self.write("")
+
+
 class _StopFlag:
     """Turns SIGTERM/SIGINT into a flag checked after every step (main thread only)."""
 
@@ -103,6 +123,12 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
+def _field(d: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        d = d.get(part) if isinstance(d, dict) else None
+    return list(d) if isinstance(d, tuple) else d
+
+
 def _check_resumable(workdir: pathlib.Path, cfg: Config, vocab: Vocab, resume: str) -> None:
     """Refuse a workdir that holds another run (config, vocabulary) or history without a checkpoint."""
     if resume != "restart" and not has_checkpoint(workdir) and (found := rundir.history(workdir)):
@@ -112,10 +138,13 @@ def _check_resumable(workdir: pathlib.Path, cfg: Config, vocab: Vocab, resume: s
         )
     saved_path = workdir / "config.json"
     if saved_path.exists():
-        field = first_difference(rundir.read_json(saved_path), cfg.to_dict())
+        saved = rundir.read_json(saved_path)
+        field = first_difference(saved, cfg.to_dict())
         if field:
+            was, now = _field(saved, field), _field(cfg.to_dict(), field)
             raise CheckpointError(
-                f"{workdir} holds a run with a different config.{field}; use another --workdir, or the run's own config"
+                f"{workdir} holds a run with a different config.{field} ({was!r} there, {now!r} here); "
+                "use another --workdir, or the run's own config"
             )
     vocab_path = workdir / "vocab.json"
     if vocab_path.exists():
@@ -194,13 +223,16 @@ class _Trainer:
         carry = self.dp.shard_state(self.model.initial_state(self.cfg.data.batch_size))
         return carry, jax.tree_util.tree_map(lambda x: self.dp.replicate(np.asarray(x)), TrainMetrics.zeros())
 
-    def meta(self, epoch: int, batch: int, val_ppl: float | None = None) -> dict[str, Any]:
+    def meta(self, epoch: int, batch: int, record: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A checkpoint's JSON: its position, the run's config and vocabulary, and (at an epoch end) the
+        epoch's record, so a damaged ``metrics.jsonl`` can get it back."""
+        val_ppl = record["val_ppl"] if record else None
         return {"epoch": epoch, "batch": batch, "val_ppl": val_ppl, "config": self.cfg.to_dict(),
-                "vocab": list(self.corpus.vocab.idx_to_token)}
+                "vocab": list(self.corpus.vocab.idx_to_token), "record": rundir.finite(record) if record else None}
 
-    def save(self, ckpt: Checkpointer, state, rng_data, carry, metrics, epoch: int, batch: int, val_ppl=None) -> None:
-        ckpt.save(int(state.step), checkpoint_tree(state, rng_data, carry, metrics), self.meta(epoch, batch, val_ppl),
-                  val_ppl=val_ppl)
+    def save(self, ckpt: Checkpointer, state, rng_data, carry, metrics, epoch: int, batch: int, record=None) -> None:
+        ckpt.save(int(state.step), checkpoint_tree(state, rng_data, carry, metrics), self.meta(epoch, batch, record),
+                  val_ppl=record["val_ppl"] if record else None)
 
     def restore(self, ckpt: Checkpointer):
         """The latest good checkpoint, or a fresh state: (state, rng_data, carry, metrics, epoch, batch, step or None)."""
@@ -211,10 +243,10 @@ class _Trainer:
         abstract = self.dp.abstract(checkpoint_tree(state, rng_data, carry, metrics))
         restored = ckpt.restore(lambda meta: abstract)
         if restored is None:
-            return state, rng_data, carry, metrics, 1, 0, None
+            return state, rng_data, carry, metrics, 1, 0, None, None
         step, tree, meta = restored
         return (TrainState(**tree["train"]), tree["rng"], tree["carry"], TrainMetrics.from_array(tree["acc"]),
-                meta["epoch"] + 1, meta["batch"], step)
+                meta["epoch"] + 1, meta["batch"], step, meta.get("record"))
 
     def train_epoch(self, ckpt, state, rng_data, carry, metrics, epoch: int, first: int):
         """Minibatches ``first`` .. n-1 of ``epoch``; on SIGTERM/SIGINT, save this step and raise :class:`Preempted`."""
@@ -252,15 +284,18 @@ class _Trainer:
             rundir.write_atomic(self.workdir / "vocab.json", self.corpus.vocab.to_json())
         ckpt = Checkpointer(self.workdir, cfg.checkpoint.max_to_keep)
         with contextlib.closing(ckpt):
-            state, rng_data, carry, metrics, start_epoch, start_batch, step = self.restore(ckpt)
+            state, rng_data, carry, metrics, start_epoch, start_batch, step, saved = self.restore(ckpt)
             records = [r for r in rundir.read_metrics(self.metrics_path) if r["epoch"] < start_epoch]
+            if saved and not any(r["epoch"] == saved["epoch"] for r in records):  # a damaged metrics.jsonl lost it
+                logging.warning("metrics.jsonl lacked epoch %d: its record is restored from the checkpoint", saved["epoch"])
+                records = sorted([*records, saved], key=lambda r: r["epoch"])
             if self.primary:  # records after the checkpoint are redone (identically); none before it is dropped
                 rundir.write_metrics(self.metrics_path, records)
             if tc.progress:
-                print(self.start_block(state.params, step, start_epoch, start_batch), flush=True)
+                _PipeSafe(sys.stdout).write(self.start_block(state.params, step, start_epoch, start_batch) + "\n")
             start = time.perf_counter()
             bar = tqdm.trange(start_epoch, tc.num_epochs + 1, desc=f"{cfg.model.num_layers}x{cfg.model.cell}",
-                              disable=not tc.progress or start_epoch > tc.num_epochs)
+                              disable=not tc.progress or start_epoch > tc.num_epochs, file=_PipeSafe(sys.stderr))
             for epoch in bar:
                 first = start_batch if epoch == start_epoch else 0
                 if first == 0:
@@ -279,8 +314,9 @@ class _Trainer:
                 if int(state.nonfinite) >= tc.max_nonfinite:
                     self.abort_nonfinite(state, carry, epoch)
                 if epoch % cfg.checkpoint.every_epochs == 0 or epoch == tc.num_epochs:
-                    self.save(ckpt, state, rng_data, carry, metrics, epoch, 0, record["val_ppl"])
-        return self.finish(state, records, time.perf_counter() - start)
+                    self.save(ckpt, state, rng_data, carry, metrics, epoch, 0, record)
+            best_saved = next((r["epoch"] for s in ckpt.best_steps()[:1] for r in records if r["step"] == s), None)
+        return self.finish(state, records, time.perf_counter() - start, best_saved)
 
     def start_block(self, params, step: int | None, start_epoch: int, start_batch: int) -> str:
         m, epochs = self.cfg.model, self.cfg.train.num_epochs
@@ -289,12 +325,13 @@ class _Trainer:
         if step is None:
             todo = f"training epochs 1-{epochs}"
         elif start_epoch > epochs:
-            todo = f"already trained {epochs} epochs: nothing to resume (raise --config.train.num_epochs to extend)"
+            todo = f"already trained {start_epoch - 1} epochs: nothing to resume (raise --config.train.num_epochs to extend)"
         else:
             todo = f"resuming from epoch {start_epoch}, step {step} (minibatch {start_batch})"
         return f"{what}\n{where}\n{todo}"
 
-    def finish(self, state: TrainState, records: list[dict[str, Any]], wall_time: float) -> dict[str, Any]:
+    def finish(self, state: TrainState, records: list[dict[str, Any]], wall_time: float, best_saved: int | None
+               ) -> dict[str, Any]:
         """Curves, samples and the summary a caller gets back."""
         cfg, dc = self.cfg, self.cfg.data
         if self.primary:
@@ -310,6 +347,7 @@ class _Trainer:
             "params": state.params, "model": self.model, "vocab": self.corpus.vocab, "num_params": num_params(state.params),
             "train_ppl": last.get("train_ppl", float("nan")), "val_ppl": last.get("val_ppl", float("nan")),
             "best_val_ppl": best["val_ppl"] if best else float("nan"), "best_epoch": best["epoch"] if best else None,
+            "best_saved_epoch": best_saved,  # what rnnjax.load(workdir) restores: checkpoints are every_epochs apart
             "workdir": self.workdir, "wall_time": wall_time, "num_devices": self.dp.num_devices, "samples": samples,
             "metrics": records,
         }

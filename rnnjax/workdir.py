@@ -72,9 +72,14 @@ def _finite(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
+def finite(record: dict[str, Any]) -> dict[str, Any]:
+    """The record with non-finite numbers as ``None`` (bare ``NaN`` is not JSON)."""
+    return {k: _finite(v) for k, v in record.items()}
+
+
 def encode_record(record: dict[str, Any]) -> str:
-    """One JSON line; non-finite numbers become ``null`` (bare ``NaN`` is not JSON)."""
-    return json.dumps({k: _finite(v) for k, v in record.items()}, allow_nan=False) + "\n"
+    """One JSON line; non-finite numbers become ``null``."""
+    return json.dumps(finite(record), allow_nan=False) + "\n"
 
 
 def read_metrics(path: pathlib.Path) -> list[dict[str, Any]]:

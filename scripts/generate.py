@@ -8,6 +8,7 @@ says which on stderr. Greedy (temperature 0) by default, as ``rnnjax.generate.ge
 bad flag or argument exits non-zero with one line, ``error: <message>``.
 """
 
+import _startup  # noqa: F401, I001  (first: Ctrl-C while JAX imports is one line)
 import sys
 
 from absl import flags

@@ -7,6 +7,7 @@ r"""Run (or summarize) a grid sweep: one run directory per trial under --workdir
 SIGTERM/SIGINT stop the sweep (exit status 128 + signal number): rerun the same command to resume.
 """
 
+import _startup  # noqa: F401, I001  (first: Ctrl-C while JAX imports is one line)
 import ast
 import importlib.util
 import sys
@@ -18,6 +19,7 @@ from rnnjax import cli
 from rnnjax.config import ConfigError, resolve
 from rnnjax.parallel import set_cpu_devices
 from rnnjax.sweep import SweepInterrupted, run_sweep, summarize
+from rnnjax.workdir import WorkdirError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file with get_config() and get_sweep().")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory: one subdirectory per trial.")
@@ -80,7 +82,7 @@ def main(argv):
             print((workdir / "results.md").read_text())
         print(e, file=sys.stderr)
         return 128 + e.signum
-    except (ConfigError, ValueError) as e:
+    except (ConfigError, ValueError, WorkdirError) as e:
         sys.exit(f"error: {e}")
     if not list(workdir.glob("*/result.json")):  # this shard had no trials, and no other shard finished one yet
         return 0

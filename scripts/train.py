@@ -4,6 +4,7 @@ r"""Train a deep RNN language model.
         [--resume=auto|must|never|restart] [--config.model.num_layers=3 ...] [--verbosity=0]
 """
 
+import _startup  # noqa: F401, I001  (first: Ctrl-C while JAX imports is one line)
 import sys
 
 from absl import flags
@@ -44,6 +45,8 @@ def main(argv):
         cli.fail(str(e))
     if _DISTRIBUTED.value or _COORDINATOR.value:
         initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    if _WORKDIR.value is not None and not _WORKDIR.value.strip():
+        cli.fail("--workdir is empty; give a directory, or leave the flag out for runs/<config name>")
     workdir = cli.user_path(_WORKDIR.value) if _WORKDIR.value else cli.default_workdir()
     try:
         summary = train_and_evaluate(cfg, workdir, resume=_RESUME.value)

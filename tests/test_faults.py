@@ -260,3 +260,24 @@ def test_sigterm_before_training_starts_saves_nothing_and_says_so(tmp_path, monk
         train_and_evaluate(cfg_with(1), tmp_path / "run")
     assert e.value.step is None and not (tmp_path / "run" / "metrics.jsonl").exists()
     assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
+
+
+def test_a_torn_last_record_covered_by_a_checkpoint_comes_back_from_it(run_copy, caplog):
+    run, out = run_copy
+    path = run / "metrics.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])  # epoch 3's line torn
+    again = train_and_evaluate(cfg_with(3), run)  # finished: nothing to train, epoch 3's record is restored
+    assert "restored from the checkpoint" in caplog.text
+    assert [r["epoch"] for r in read_metrics(path)] == [1, 2, 3]
+    assert read_metrics(path)[-1]["val_ppl"] == out["metrics"][-1]["val_ppl"] == again["val_ppl"]
+
+
+def test_a_sweep_dir_that_is_a_file_is_refused(tmp_path):
+    from rnnjax.sweep import run_sweep
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(WorkdirError, match="is a file"):
+        run_sweep(cfg_with(1), {"model.cell": ["gru"]}, tmp_path / "afile")
+    with pytest.raises(WorkdirError, match="which is a file"):
+        run_sweep(cfg_with(1), {"model.cell": ["gru"]}, tmp_path / "afile" / "s")

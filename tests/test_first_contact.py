@@ -104,6 +104,8 @@ def test_console_is_short_and_quiet(in_tmp):
     (["--resume=sometimes"], "error: flag --resume=sometimes"),
     (["--config.parallel.cpu_devices=999"], "error: config.parallel.cpu_devices = 999 is more than this host's"),
     (["extra"], "error: unexpected argument 'extra'"),
+    (["--config.data.paths="], "error: flag --config.data.paths=: the value is empty; give a,b or write [] for an empty list"),
+    (["--workdir="], "error: --workdir is empty; give a directory"),
 ])
 def test_cli_mistakes_are_one_line_and_create_nothing(in_tmp, args, message):
     proc = run_cli(in_tmp, TRAIN, "--config=configs/deep_lstm.py:smoke", *args)
@@ -175,6 +177,9 @@ def test_load_best_latest_and_step(in_tmp):
         rnnjax.load("run", step="newest")
     with pytest.raises(CheckpointError, match="does not exist"):
         rnnjax.load("no/such/run")
+    (in_tmp / "afile").write_text("x")
+    with pytest.raises(CheckpointError, match="afile is a file, not a run directory"):
+        rnnjax.load("afile")
     text = repr(rnnjax.load("run"))
     assert len(text) < 300 and "\n" not in text and f"step {best['step']}" in text and "best val_ppl" in text
 
@@ -204,3 +209,42 @@ def test_interop_is_an_attribute_and_returns_writable_arrays():
     model = r.DeepRNN(28, 8, 2, "lstm")
     rnn_state, linear = r.interop.to_torch(model.init(jax.random.key(0)))
     assert all(a.flags.writeable and a.flags.c_contiguous for a in [*rnn_state.values(), *linear.values()])
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_starting_up_is_one_line(in_tmp):
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, TRAIN, "--config=configs/deep_lstm.py:smoke"], cwd=in_tmp, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # Python and JAX are still importing
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert len(err.strip().splitlines()) == 1 and err.startswith("stopped by signal 2"), err[-2000:]
+    assert not (in_tmp / "runs" / "deep_lstm-smoke" / "checkpoints").exists() or "saved a checkpoint" in err
+
+
+@pytest.mark.slow
+def test_a_closed_console_pipe_does_not_stop_training(in_tmp):
+    proc = subprocess.Popen([sys.executable, TRAIN, "--config=configs/deep_lstm.py:smoke", "--config.train.num_epochs=4"],
+                            cwd=in_tmp, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc.stdout.readline()  # like `| head -1`: read one line, then go away
+    proc.stdout.close()
+    assert proc.wait(timeout=300) == 0
+    records = [json.loads(x) for x in (in_tmp / "runs" / "deep_lstm-smoke" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4]
+
+
+def test_another_config_is_refused_with_both_values_and_a_finished_run_says_so(in_tmp, capsys):
+    cfg = cfg_with(2)
+    cfg.train.progress = True
+    train_and_evaluate(cfg, "run")
+    capsys.readouterr()
+    cfg.train.num_epochs = 1
+    train_and_evaluate(cfg, "run")  # fewer epochs than trained: nothing to do
+    assert "already trained 2 epochs: nothing to resume" in capsys.readouterr().out
+    cfg.model.hidden_size = 16
+    with pytest.raises(CheckpointError, match=r"different config.model.hidden_size \(32 there, 16 here\)"):
+        train_and_evaluate(cfg, "run")
