@@ -372,24 +372,25 @@ def benchmark_checkpoint(repeats: int = 7) -> dict[str, Any]:
     """What the sha256 of every array (recorded with each save, verified on restore) costs: the
     reference run's full checkpoint tree (2-layer LSTM, hidden 256), checksums alone vs a whole
     synchronous save (which includes them) and a whole restore (which verifies them), interleaved."""
-    from rnnjax.checkpoint import Checkpointer, checksums
-    from rnnjax.train import checkpoint_tree
+    from rnnjax.checkpoint import Checkpointer
+    from rnnjax.integrity import checksums
+    from rnnjax.train import checkpoint_items
 
     cfg = resolve(default_config())
     model = build_model(cfg, V)
     tx, _ = make_optimizer(cfg.train, 1000)
     key = jax.random.key(0)
-    tree = checkpoint_tree(init_state(model, tx, key), jax.random.key_data(key),
-                           model.initial_state(cfg.data.batch_size), TrainMetrics.zeros())
-    abstract = jax.eval_shape(lambda: tree)
+    items = checkpoint_items(init_state(model, tx, key), jax.random.key_data(key),
+                             model.initial_state(cfg.data.batch_size), TrainMetrics.zeros())
+    abstract = jax.eval_shape(lambda: items)
     times: dict[str, list[float]] = {"checksums": [], "save": [], "restore": []}
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Checkpointer(tmp, max_to_keep=2)
         for r in range(repeats + 1):  # the first round warms up
             t0 = time.perf_counter()
-            checksums(tree)
+            checksums(items)
             t1 = time.perf_counter()
-            ckpt.save(r + 1, tree, {"epoch": r, "batch": 0, "val_ppl": None})
+            ckpt.save(r + 1, *items, {"epoch": r, "batch": 0, "val_ppl": None})
             t2 = time.perf_counter()
             ckpt.restore(lambda meta: abstract, step=r + 1)
             t3 = time.perf_counter()
@@ -398,7 +399,7 @@ def benchmark_checkpoint(repeats: int = 7) -> dict[str, Any]:
                     times[name].append(dt * 1e3)
         ckpt.close()
     out = {name: statistics.median(v) for name, v in times.items()}
-    out["bytes"] = int(sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(tree)))
+    out["bytes"] = int(sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(items)))
     return out
 
 

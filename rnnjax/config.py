@@ -223,7 +223,7 @@ def _build(cls: type, d: dict[str, Any], prefix: str) -> Any:
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
-# Fields a resumed run may change; any other difference from the checkpoint's config is refused.
+# Fields a resumed run may change; any other difference from the run's config.json is refused.
 RESUMABLE_CHANGES = ("train.num_epochs", "train.progress", "checkpoint.", "parallel.", "generate.", "data.max_file_mb")
 
 

@@ -1,7 +1,8 @@
 """Restore a finished (or running) run in a notebook: ``rnnjax.load(workdir)``.
 
 Read-only: it never writes to the run. It needs only the workdir: the config and the
-vocabulary come from the checkpoint's JSON, never from a ``.py`` config file.
+vocabulary come from its ``config.json`` and ``vocab.json``, never from a ``.py`` config file,
+and only the ``params`` item of the checkpoint is read (no optimizer state is rebuilt).
 """
 
 from __future__ import annotations
@@ -20,11 +21,10 @@ from rnnjax.config import Config, resolve
 from rnnjax.generate import generate
 from rnnjax.metrics import best_record
 from rnnjax.model import DeepRNN, Params
-from rnnjax.optim import make_optimizer
 from rnnjax.steps import perplexity
-from rnnjax.train import abstract_checkpoint, build_model
+from rnnjax.train import build_model
 from rnnjax.vocab import Vocab
-from rnnjax.workdir import read_metrics
+from rnnjax.workdir import read_config, read_metrics, read_vocab
 from rnnjax.workdir import resolve as resolve_path
 
 
@@ -92,26 +92,22 @@ def load(workdir: str | os.PathLike, step: int | str = "best") -> Run:
         what = "is a file, not a run directory" if workdir.exists() else "does not exist"
         raise CheckpointError(f"{workdir} {what}; give the --workdir of a run trained with scripts/train.py")
     ckpt = Checkpointer(workdir, read_only=True)
-    steps = ckpt.steps()
-    if not steps:
-        raise CheckpointError(f"{workdir} has no checkpoint yet")
-
-    def abstract(meta: dict[str, Any]) -> Any:
-        cfg = resolve(meta["config"])
-        n = data.batches_per_epoch(cfg.data, cfg.data.max_tokens)
-        tx, _ = make_optimizer(cfg.train, n * cfg.train.num_epochs)
-        shapes = abstract_checkpoint(build_model(cfg, len(meta["vocab"])), tx, cfg.data.batch_size)
-        # Restore onto this process's first device, whatever the mesh the run was saved from.
-        one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), shapes)
-
     try:
-        restored = ckpt.restore(abstract, step)
+        if not ckpt.steps():
+            raise CheckpointError(f"{workdir} has no checkpoint yet")
+        saved, vocab = read_config(workdir), read_vocab(workdir)
+        if saved is None or vocab is None:
+            missing = " and ".join(name for name, v in (("config.json", saved), ("vocab.json", vocab)) if v is None)
+            raise CheckpointError(f"{workdir} has no {missing} beside its checkpoints; restore it from a copy")
+        cfg = resolve(saved)
+        model = build_model(cfg, len(vocab))
+        # The params alone, onto this process's first device, whatever the mesh the run was saved from.
+        one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one),
+                                          jax.eval_shape(model.init, jax.random.key(0)))
+        step, params, _, _ = ckpt.restore(lambda meta: (abstract, None), step)
     finally:
         ckpt.close()
-    step, tree, meta = restored
-    cfg = resolve(meta["config"])
-    vocab = Vocab(tuple(meta["vocab"]))
+    params = jax.tree_util.tree_map(np.asarray, params)
     metrics = read_metrics(workdir / "metrics.jsonl")
-    params = jax.tree_util.tree_map(np.asarray, tree["train"]["params"])
-    return Run(workdir, step, cfg, build_model(cfg, len(vocab)), params, vocab, metrics)
+    return Run(workdir, step, cfg, model, params, vocab, metrics)

@@ -33,9 +33,10 @@ import ml_collections
 import tqdm
 
 from rnnjax.config import ConfigError, resolve
+from rnnjax.console import Preempted
 from rnnjax.host import retain_freed_memory
-from rnnjax.train import Preempted, has_checkpoint, train_and_evaluate
-from rnnjax.workdir import WorkdirError, check_writable, read_metrics, write_atomic
+from rnnjax.train import train_and_evaluate
+from rnnjax.workdir import WorkdirError, check_writable, has_checkpoint, read_metrics, write_atomic
 from rnnjax.workdir import resolve as user_path
 
 COLUMNS = ["name", "cell", "num_layers", "hidden_size", "num_params", "train_ppl", "best_val_ppl", "tokens_per_sec",

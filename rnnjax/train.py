@@ -9,37 +9,33 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import pathlib
-import signal
 import sys
-import threading
 import time
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
-import optax
 import tqdm
 
 from rnnjax import data
 from rnnjax import workdir as rundir
 from rnnjax.capacity import check_fits
 from rnnjax.checkpoint import Checkpointer, CheckpointError
-from rnnjax.config import Config, ConfigError, first_difference, resolve
+from rnnjax.config import Config, ConfigError, resolve
+from rnnjax.console import PipeSafe, Preempted, StopFlag
 from rnnjax.flax_model import FlaxDeepRNN
 from rnnjax.generate import generate
 from rnnjax.host import retain_freed_memory
 from rnnjax.metrics import TrainMetrics, best_record, epoch_record
-from rnnjax.model import DeepRNN, State, num_params
+from rnnjax.model import DeepRNN, Params, State, num_params
 from rnnjax.optim import make_optimizer
 from rnnjax.parallel import DataParallel, set_cpu_devices
 from rnnjax.plotting import plot_curves
 from rnnjax.steps import TrainState, init_state, make_eval_step, make_train_step, nonfinite_part, perplexity
-from rnnjax.vocab import Vocab
 
 Array = jax.Array
 RESUME_MODES = ("auto", "must", "never", "restart")
@@ -52,105 +48,18 @@ def build_model(cfg: Config, vocab_size: int) -> DeepRNN:
     return cls(vocab_size, m.hidden_size, m.num_layers, m.cell, tuple(m.activation), m.dropout)
 
 
-def checkpoint_tree(state: TrainState, rng_data: Array, carry: State, metrics: TrainMetrics) -> dict[str, Any]:
-    """What a checkpoint's ``state`` item holds; ``rng_data`` is ``jax.random.key_data(key)``.
-    The metric sums are stored as the [4] array ``acc`` (the layout of every checkpoint so far)."""
-    return {"train": state._asdict(), "rng": rng_data, "carry": carry, "acc": metrics.to_array()}
+def checkpoint_items(state: TrainState, rng_data: Array, carry: State, metrics: TrainMetrics) -> tuple[Params, dict]:
+    """A checkpoint's ``params`` and ``state`` items (layout in :mod:`rnnjax.checkpoint`); ``rng_data`` is
+    ``jax.random.key_data(key)``. The metric sums are stored as the [4] array ``acc``."""
+    train = {"step": state.step, "opt_state": state.opt_state, "nonfinite": state.nonfinite}
+    return state.params, {"train": train, "rng": rng_data, "carry": carry, "acc": metrics.to_array()}
 
 
-def abstract_checkpoint(model: DeepRNN, tx: optax.GradientTransformation, batch_size: int) -> Any:
-    """Shapes and dtypes of :func:`checkpoint_tree` for ``model`` (a restore target, no compute)."""
-    key = jax.random.key(0)
-    return jax.eval_shape(lambda: checkpoint_tree(init_state(model, tx, key), jax.random.key_data(key),
-                                                  model.initial_state(batch_size), TrainMetrics.zeros()))
-
-
-def has_checkpoint(workdir: str | os.PathLike) -> bool:
-    d = pathlib.Path(workdir) / "checkpoints"
-    return d.is_dir() and any(p.name.isdigit() for p in d.iterdir())
-
-
-class Preempted(Exception):
-    """Raised after SIGTERM/SIGINT once a checkpoint of the current step is saved (``step``),
-    or before training started (``step`` None: nothing new was saved)."""
-
-    def __init__(self, signum: int, step: int | None):
-        if step is None:
-            text = f"stopped by signal {signum} before training started: nothing was saved yet"
-        else:
-            text = f"stopped by signal {signum}: saved a checkpoint at step {step}; rerun the same command to resume"
-        super().__init__(text)
-        self.signum, self.step = signum, step
-
-
-class _PipeSafe:
-    """A console stream whose reader may go away (``train.py ... | head``): writes to a closed pipe
-    are dropped instead of raising, so the run trains on and saves as usual."""
-
-    def __init__(self, stream):
-        self.stream, self.closed = stream, False
-
-    def write(self, text: str) -> None:
-        if not self.closed:
-            try:
-                self.stream.write(text)
-                self.stream.flush()
-            except (BrokenPipeError, ValueError):  # ValueError: the stream was closed
-                self.closed = True
-
-    def flush(self) -> None:
-        self.write("")
-
-
-class _StopFlag:
-    """Turns SIGTERM/SIGINT into a flag checked after every step (main thread only)."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-def _field(d: dict[str, Any], dotted: str) -> Any:
-    for part in dotted.split("."):
-        d = d.get(part) if isinstance(d, dict) else None
-    return list(d) if isinstance(d, tuple) else d
-
-
-def _check_resumable(workdir: pathlib.Path, cfg: Config, vocab: Vocab, resume: str) -> None:
-    """Refuse a workdir that holds another run (config, vocabulary) or history without a checkpoint."""
-    if resume != "restart" and not has_checkpoint(workdir) and (found := rundir.history(workdir)):
-        raise rundir.WorkdirError(
-            f"{workdir} holds {' and '.join(found)} but no checkpoint to resume from; "
-            "use a new --workdir, or --resume=restart to keep them in discarded/ and start over"
-        )
-    saved_path = workdir / "config.json"
-    if saved_path.exists():
-        saved = rundir.read_json(saved_path)
-        field = first_difference(saved, cfg.to_dict())
-        if field:
-            was, now = _field(saved, field), _field(cfg.to_dict(), field)
-            raise CheckpointError(
-                f"{workdir} holds a run with a different config.{field} ({was!r} there, {now!r} here); "
-                "use another --workdir, or the run's own config"
-            )
-    vocab_path = workdir / "vocab.json"
-    if vocab_path.exists():
-        saved = rundir.read_json(vocab_path)
-        if not isinstance(saved, dict) or Vocab(tuple(saved.get("idx_to_token", ()))) != vocab:
-            raise CheckpointError(f"{workdir} holds a run with a different vocabulary; use another --workdir")
+def from_checkpoint_items(params: Params, item: dict[str, Any]) -> tuple[TrainState, Array, State, TrainMetrics]:
+    """Inverse of :func:`checkpoint_items`: (train state, rng_data, carry, metric sums)."""
+    train = item["train"]
+    state = TrainState(train["step"], params, train["opt_state"], train["nonfinite"])
+    return state, item["rng"], item["carry"], TrainMetrics.from_array(item["acc"])
 
 
 def train_and_evaluate(
@@ -172,11 +81,11 @@ def train_and_evaluate(
         raise ConfigError(f"resume = {resume!r} is not allowed: one of {', '.join(map(repr, RESUME_MODES))}")
     workdir = rundir.resolve(workdir)
     rundir.check_writable(workdir)
-    if resume == "must" and not has_checkpoint(workdir):
+    if resume == "must" and not rundir.has_checkpoint(workdir):
         raise CheckpointError(f"--resume=must but {workdir} has no checkpoint to resume from")
-    if resume == "never" and has_checkpoint(workdir):
+    if resume == "never" and rundir.has_checkpoint(workdir):
         raise CheckpointError(f"--resume=never but {workdir} already holds checkpoints; use a new --workdir")
-    with _StopFlag() as stop:  # from here on SIGTERM/SIGINT end the run with a message, never mid-write
+    with StopFlag() as stop:  # from here on SIGTERM/SIGINT end the run with a message, never mid-write
         corpus = data.load_corpus(cfg.data)  # validates the data before any compute
         retain_freed_memory()  # XLA's per-step scratch block reuses its pages (rnnjax/host.py)
         set_cpu_devices(cfg.parallel.cpu_devices, cfg.data.batch_size)  # a no-op, or an error if JAX started otherwise
@@ -188,7 +97,7 @@ def train_and_evaluate(
         if primary:
             lock.acquire()
         try:
-            _check_resumable(workdir, cfg, corpus.vocab, resume)
+            rundir.check_resumable(workdir, cfg, corpus.vocab, resume)
             if resume == "restart" and primary and (moved := rundir.set_aside(workdir)):
                 logging.warning("--resume=restart: moved the old run to %s", moved)
             if stop.signum is not None:
@@ -207,7 +116,7 @@ class _Trainer:
     workdir: pathlib.Path
     dp: DataParallel
     primary: bool
-    stop: _StopFlag
+    stop: StopFlag
 
     def __post_init__(self):
         dc, tc = self.cfg.data, self.cfg.train
@@ -223,15 +132,12 @@ class _Trainer:
         carry = self.dp.shard_state(self.model.initial_state(self.cfg.data.batch_size))
         return carry, jax.tree_util.tree_map(lambda x: self.dp.replicate(np.asarray(x)), TrainMetrics.zeros())
 
-    def meta(self, epoch: int, batch: int, record: dict[str, Any] | None = None) -> dict[str, Any]:
-        """A checkpoint's JSON: its position, the run's config and vocabulary, and (at an epoch end) the
-        epoch's record, so a damaged ``metrics.jsonl`` can get it back."""
-        val_ppl = record["val_ppl"] if record else None
-        return {"epoch": epoch, "batch": batch, "val_ppl": val_ppl, "config": self.cfg.to_dict(),
-                "vocab": list(self.corpus.vocab.idx_to_token), "record": rundir.finite(record) if record else None}
-
     def save(self, ckpt: Checkpointer, state, rng_data, carry, metrics, epoch: int, batch: int, record=None) -> None:
-        ckpt.save(int(state.step), checkpoint_tree(state, rng_data, carry, metrics), self.meta(epoch, batch, record),
+        """Checkpoint the current step. Its meta holds the position and (at an epoch end) the epoch's
+        record, so a damaged ``metrics.jsonl`` can get it back."""
+        meta = {"epoch": epoch, "batch": batch, "val_ppl": record["val_ppl"] if record else None,
+                "record": rundir.finite(record) if record else None}
+        ckpt.save(int(state.step), *checkpoint_items(state, rng_data, carry, metrics), meta,
                   val_ppl=record["val_ppl"] if record else None)
 
     def restore(self, ckpt: Checkpointer):
@@ -240,13 +146,12 @@ class _Trainer:
         state = jax.jit(lambda k: init_state(self.model, self.tx, k), out_shardings=self.dp.replicated)(init_key)
         rng_data = self.dp.replicate(np.asarray(jax.random.key_data(rng)))
         carry, metrics = self.fresh()
-        abstract = self.dp.abstract(checkpoint_tree(state, rng_data, carry, metrics))
+        abstract = self.dp.abstract(checkpoint_items(state, rng_data, carry, metrics))
         restored = ckpt.restore(lambda meta: abstract)
         if restored is None:
             return state, rng_data, carry, metrics, 1, 0, None, None
-        step, tree, meta = restored
-        return (TrainState(**tree["train"]), tree["rng"], tree["carry"], TrainMetrics.from_array(tree["acc"]),
-                meta["epoch"] + 1, meta["batch"], step, meta.get("record"))
+        step, params, item, meta = restored
+        return (*from_checkpoint_items(params, item), meta["epoch"] + 1, meta["batch"], step, meta.get("record"))
 
     def train_epoch(self, ckpt, state, rng_data, carry, metrics, epoch: int, first: int):
         """Minibatches ``first`` .. n-1 of ``epoch``; on SIGTERM/SIGINT, save this step and raise :class:`Preempted`."""
@@ -280,8 +185,7 @@ class _Trainer:
     def run(self) -> dict[str, Any]:
         cfg, tc = self.cfg, self.cfg.train
         if self.primary:
-            rundir.write_atomic(self.workdir / "config.json", json.dumps(cfg.to_dict(), indent=2))
-            rundir.write_atomic(self.workdir / "vocab.json", self.corpus.vocab.to_json())
+            rundir.write_run(self.workdir, cfg, self.corpus.vocab)
         ckpt = Checkpointer(self.workdir, cfg.checkpoint.max_to_keep)
         with contextlib.closing(ckpt):
             state, rng_data, carry, metrics, start_epoch, start_batch, step, saved = self.restore(ckpt)
@@ -292,10 +196,10 @@ class _Trainer:
             if self.primary:  # records after the checkpoint are redone (identically); none before it is dropped
                 rundir.write_metrics(self.metrics_path, records)
             if tc.progress:
-                _PipeSafe(sys.stdout).write(self.start_block(state.params, step, start_epoch, start_batch) + "\n")
+                PipeSafe(sys.stdout).write(self.start_block(state.params, step, start_epoch, start_batch) + "\n")
             start = time.perf_counter()
             bar = tqdm.trange(start_epoch, tc.num_epochs + 1, desc=f"{cfg.model.num_layers}x{cfg.model.cell}",
-                              disable=not tc.progress or start_epoch > tc.num_epochs, file=_PipeSafe(sys.stderr))
+                              disable=not tc.progress or start_epoch > tc.num_epochs, file=PipeSafe(sys.stderr))
             for epoch in bar:
                 first = start_batch if epoch == start_epoch else 0
                 if first == 0:

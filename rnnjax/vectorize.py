@@ -30,8 +30,8 @@ from rnnjax.model import num_params
 from rnnjax.optim import make_optimizer
 from rnnjax.plotting import plot_curves
 from rnnjax.steps import TrainState, make_eval_step, make_train_step
-from rnnjax.train import build_model, checkpoint_tree
-from rnnjax.workdir import MetricsWriter, write_atomic
+from rnnjax.train import build_model, checkpoint_items
+from rnnjax.workdir import MetricsWriter, finite, write_atomic, write_run
 
 # Fields that may differ between the trials of one vectorized group (they live in the optimizer state).
 VECTORIZABLE = ("seed", "train.learning_rate", "train.weight_decay")
@@ -78,8 +78,7 @@ def train_vectorized(cfgs: Sequence[Config], workdirs: Sequence[str | pathlib.Pa
     dirs = [pathlib.Path(w) for w in workdirs]
     for d, c in zip(dirs, cfgs):
         d.mkdir(parents=True, exist_ok=True)
-        write_atomic(d / "config.json", json.dumps(c.to_dict(), indent=2))
-        write_atomic(d / "vocab.json", corpus.vocab.to_json())
+        write_run(d, c, corpus.vocab)
         write_atomic(d / "metrics.jsonl", "")
     records: list[list[dict[str, Any]]] = [[] for _ in cfgs]
     start = time.perf_counter()
@@ -106,10 +105,9 @@ def train_vectorized(cfgs: Sequence[Config], workdirs: Sequence[str | pathlib.Pa
     for j, (d, c) in enumerate(zip(dirs, cfgs)):
         one = jax.tree_util.tree_map(lambda x, j=j: x[j], state)
         ckpt = Checkpointer(d, c.checkpoint.max_to_keep)
-        meta = {"epoch": tc.num_epochs, "batch": 0, "val_ppl": records[j][-1]["val_ppl"], "config": c.to_dict(),
-                "vocab": list(corpus.vocab.idx_to_token)}
-        tree = checkpoint_tree(one, jax.random.key_data(rngs[j]), model.initial_state(dc.batch_size), TrainMetrics.zeros())
-        ckpt.save(int(one.step), tree, meta, val_ppl=records[j][-1]["val_ppl"])
+        meta = {"epoch": tc.num_epochs, "batch": 0, "val_ppl": records[j][-1]["val_ppl"], "record": finite(records[j][-1])}
+        items = checkpoint_items(one, jax.random.key_data(rngs[j]), model.initial_state(dc.batch_size), TrainMetrics.zeros())
+        ckpt.save(int(one.step), *items, meta, val_ppl=records[j][-1]["val_ppl"])
         ckpt.close()
         plot_curves(records[j], d / "curves.png", title=f"{c.model.num_layers}-layer {c.model.cell}")
         summaries.append({

@@ -1,7 +1,8 @@
 """The run directory's own files (everything but ``checkpoints/``, which orbax owns).
 
-``config.json``, ``vocab.json``, ``metrics.jsonl`` (read, append, truncate), atomic writes,
-the one-trainer lock, and what counts as a run's history. Paths are absolute from here on:
+``config.json`` and ``vocab.json`` (the run's config and vocabulary: their one home),
+``metrics.jsonl`` (read, append, truncate), atomic writes, the one-trainer lock, and what
+counts as a run's history (and so whether a workdir may be resumed). Paths are absolute from here on:
 :func:`resolve` is called once, where a user's path enters.
 """
 
@@ -16,6 +17,9 @@ import os
 import pathlib
 import shutil
 from typing import Any
+
+from rnnjax.config import Config, first_difference
+from rnnjax.vocab import Vocab
 
 
 class WorkdirError(RuntimeError):
@@ -64,8 +68,68 @@ def read_json(path: pathlib.Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise WorkdirError(
-            f"{path} is damaged ({type(e).__name__}); restore it from the checkpoint's meta or use another --workdir"
+            f"{path} is damaged ({type(e).__name__}); restore it from a copy, or use another --workdir"
         ) from None
+
+
+def write_run(workdir: pathlib.Path, cfg: Config, vocab: Vocab) -> None:
+    """Write the run's ``config.json`` and ``vocab.json`` (atomically)."""
+    write_atomic(workdir / "config.json", json.dumps(cfg.to_dict(), indent=2))
+    write_atomic(workdir / "vocab.json", vocab.to_json())
+
+
+def read_config(workdir: pathlib.Path) -> dict[str, Any] | None:
+    """The run's config as saved (a dict, for :func:`rnnjax.config.resolve`); None if there is none yet."""
+    path = workdir / "config.json"
+    if not path.exists():
+        return None
+    saved = read_json(path)
+    if not isinstance(saved, dict):
+        raise WorkdirError(f"{path} is damaged (not a JSON object); restore it from a copy, or use another --workdir")
+    return saved
+
+
+def read_vocab(workdir: pathlib.Path) -> Vocab | None:
+    """The run's vocabulary; None if there is none yet."""
+    path = workdir / "vocab.json"
+    if not path.exists():
+        return None
+    saved = read_json(path)
+    if not isinstance(saved, dict) or not isinstance(saved.get("idx_to_token"), list):
+        raise WorkdirError(f"{path} is damaged (no idx_to_token list); restore it from a copy, or use another --workdir")
+    return Vocab(tuple(saved["idx_to_token"]))
+
+
+def has_checkpoint(workdir: str | os.PathLike) -> bool:
+    d = pathlib.Path(workdir) / "checkpoints"
+    return d.is_dir() and any(p.name.isdigit() for p in d.iterdir())
+
+
+def _field(d: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        d = d.get(part) if isinstance(d, dict) else None
+    return list(d) if isinstance(d, tuple) else d
+
+
+def check_resumable(workdir: pathlib.Path, cfg: Config, vocab: Vocab, resume: str) -> None:
+    """Refuse a workdir that holds another run (config, vocabulary) or history without a checkpoint."""
+    from rnnjax.checkpoint import CheckpointError  # orbax is imported only where checkpoints are used
+
+    if resume != "restart" and not has_checkpoint(workdir) and (found := history(workdir)):
+        raise WorkdirError(
+            f"{workdir} holds {' and '.join(found)} but no checkpoint to resume from; "
+            "use a new --workdir, or --resume=restart to keep them in discarded/ and start over"
+        )
+    saved = read_config(workdir)
+    if saved is not None and (field := first_difference(saved, cfg.to_dict())):
+        was, now = _field(saved, field), _field(cfg.to_dict(), field)
+        raise CheckpointError(
+            f"{workdir} holds a run with a different config.{field} ({was!r} there, {now!r} here); "
+            "use another --workdir, or the run's own config"
+        )
+    saved_vocab = read_vocab(workdir)
+    if saved_vocab is not None and saved_vocab != vocab:
+        raise CheckpointError(f"{workdir} holds a run with a different vocabulary; use another --workdir")
 
 
 def _finite(value: Any) -> Any:

@@ -11,10 +11,12 @@ from absl import flags
 from ml_collections import config_flags
 
 from rnnjax import cli
-from rnnjax.checkpoint import CheckpointError, disk_full
+from rnnjax.checkpoint import CheckpointError
+from rnnjax.integrity import disk_full
 from rnnjax.config import ConfigError, resolve
 from rnnjax.parallel import initialize_distributed, set_cpu_devices
-from rnnjax.train import RESUME_MODES, Preempted, train_and_evaluate
+from rnnjax.console import Preempted
+from rnnjax.train import RESUME_MODES, train_and_evaluate
 from rnnjax.workdir import WorkdirError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file (file.py:variant).", lock_config=True)

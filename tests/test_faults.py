@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 import rnnjax
-from rnnjax import checkpoint
+from rnnjax import checkpoint, integrity
 from rnnjax.checkpoint import CheckpointError
 from rnnjax.config import default_config, smoke
+from rnnjax.console import Preempted
 from rnnjax.train import train_and_evaluate
 from rnnjax.workdir import WorkdirError, read_metrics
 
@@ -46,7 +47,7 @@ def steps(workdir):
 
 
 def biggest_array_file(step_dir):
-    files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and "/d/" in str(p)]
+    files = [p for p in step_dir.rglob("*") if p.is_file() and "/d/" in str(p)]  # array data, params/ or state/
     return max(files, key=lambda p: p.stat().st_size)
 
 
@@ -126,7 +127,7 @@ def test_each_damage_kind_is_quarantined_and_the_previous_step_used(run_copy, da
         (latest / "meta" / "metadata").write_text('{"epoch": 3, "ba')
     else:
         (run / "checkpoints" / "96").mkdir()
-    assert checkpoint.find_damage(latest) is not None or damage in ("truncated_array", "empty_step_dir")
+    assert integrity.find_damage(latest) is not None or damage in ("truncated_array", "empty_step_dir")
     resumed = train_and_evaluate(cfg_with(3), run)
     assert param_bytes(resumed["params"]) == param_bytes(out["params"])  # epoch 3 redone from step 48, exactly
     moved = {p.name.split(".")[0] for p in (run / "damaged").iterdir()}
@@ -247,7 +248,7 @@ def test_nonfinite_abort_names_the_part_and_the_settings(tmp_path):
 
 
 def test_sigterm_before_training_starts_saves_nothing_and_says_so(tmp_path, monkeypatch):
-    from rnnjax import data, train
+    from rnnjax import data
 
     real = data.load_corpus
 
@@ -256,7 +257,7 @@ def test_sigterm_before_training_starts_saves_nothing_and_says_so(tmp_path, monk
         return real(cfg)
 
     monkeypatch.setattr(data, "load_corpus", signalled_while_loading)
-    with pytest.raises(train.Preempted, match="^stopped by signal 15 before training started: nothing was saved yet$") as e:
+    with pytest.raises(Preempted, match="^stopped by signal 15 before training started: nothing was saved yet$") as e:
         train_and_evaluate(cfg_with(1), tmp_path / "run")
     assert e.value.step is None and not (tmp_path / "run" / "metrics.jsonl").exists()
     assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())

@@ -118,7 +118,7 @@ def _statuses(root):
 def test_preempted_trial_stops_the_sweep_and_resumes(tmp_path, monkeypatch):
     import signal
 
-    from rnnjax.train import Preempted
+    from rnnjax.console import Preempted
 
     calls = []
 

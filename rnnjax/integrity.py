@@ -1,0 +1,112 @@
+"""Is a checkpoint whole? Damage found before reading (missing or unreadable files), in storage
+errors while reading, as "disk full" while writing, and by a sha256 of every array.
+
+Only what this module calls damage makes :class:`rnnjax.checkpoint.Checkpointer` skip a step;
+any other error is a bug or a mismatch and is raised as it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import pathlib
+import re
+from typing import Any
+
+import numpy as np
+
+# Storage errors (tensorstore status codes and messages) that mean the files are damaged, not the code.
+_STORAGE_DAMAGE = re.compile(
+    r"NOT_FOUND|DATA_LOSS|OUT_OF_RANGE|Error reading|Error opening|Error decoding|while reading array|"
+    r"Unexpected end|[Cc]orrupt|[Tt]runcated|[Cc]hecksum|Failed to decode|Failed to parse|Invalid .*(header|manifest)"
+)
+
+
+def find_damage(step_dir: pathlib.Path) -> str | None:
+    """What is missing or unreadable in a step directory, checked before orbax reads it (None: looks whole)."""
+    if not step_dir.is_dir() or not any(step_dir.iterdir()):
+        return "empty step directory"
+    meta = step_dir / "meta" / "metadata"
+    if not meta.is_file():
+        return "missing metadata (meta/metadata)"
+    try:
+        meta = json.loads(meta.read_text())
+    except (OSError, ValueError) as e:
+        return f"unreadable metadata ({type(e).__name__})"
+    if not isinstance(meta, dict):
+        return "unreadable metadata (not a JSON object)"
+    items = ("params", "state") if meta.get("layout", 1) >= 2 else ("state",)  # layout 1: params inside state
+    for item in items:
+        for name in ("_METADATA", "manifest.ocdbt"):
+            if not (step_dir / item / name).is_file():
+                return f"missing array data ({item}/{name})"
+        try:
+            json.loads((step_dir / item / "_METADATA").read_text())
+        except (OSError, ValueError) as e:
+            return f"unreadable array metadata ({item}/_METADATA, {type(e).__name__})"
+    return None
+
+
+def storage_damage(error: BaseException) -> str | None:
+    """A one-line reason if ``error`` (raised while reading arrays) means damaged files; None otherwise."""
+    while error is not None:
+        text = str(error)
+        if isinstance(error, (FileNotFoundError, EOFError, json.JSONDecodeError)) or _STORAGE_DAMAGE.search(text):
+            first = (text.strip().splitlines() or [type(error).__name__])[0]
+            return first.split(" See full TensorStore details")[0][:200]
+        error = error.__cause__ or error.__context__
+    return None
+
+
+@contextlib.contextmanager
+def orbax_errors_quiet():
+    """Orbax logs an error (with a traceback) from each worker thread before raising; the caller
+    reports the one exception that comes out, so those logs are held back while it runs."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def disk_full(error: BaseException | None) -> bool:
+    """True if ``error`` (or what caused it) is "no space left on device", as OSError or as a tensorstore message."""
+    while error is not None:
+        if (isinstance(error, OSError) and error.errno == errno.ENOSPC) or "No space left on device" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def size(path: pathlib.Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def leaves(tree: Any) -> list[tuple[str, Any]]:
+    import jax
+
+    return [(jax.tree_util.keystr(path), leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def checksums(tree: Any) -> dict[str, str]:
+    """sha256 of every fully addressable array in ``tree`` (bytes, dtype and shape), by key path."""
+    out = {}
+    for name, leaf in leaves(tree):
+        if getattr(leaf, "is_fully_addressable", True):
+            a = np.ascontiguousarray(np.asarray(leaf))
+            out[name] = hashlib.sha256(f"{a.dtype}{a.shape}".encode() + a.tobytes()).hexdigest()
+    return out
+
+
+def verify_checksums(tree: Any, expected: dict[str, str] | None) -> str | None:
+    """None if every recorded checksum matches (or none were recorded), else a one-line reason."""
+    if not expected:
+        return None  # a checkpoint written before checksums were recorded
+    actual = checksums(tree)
+    bad = sorted(k for k, v in expected.items() if k in actual and actual[k] != v)
+    return f"checksum mismatch in {len(bad)} array(s), first {bad[0]}" if bad else None
