@@ -254,3 +254,19 @@ def test_notebook_runs_against_a_tiny_run(tmp_path):
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "2-layer lstm, hidden 32" in text and "using step " in text and "T=0.0: 'time traveller" in text
     assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+
+
+def test_layout_params_are_their_own_item_and_load_reads_only_them(tmp_path):
+    out = train_and_evaluate(cfg_with(1), tmp_path)
+    step_dir = tmp_path / "checkpoints" / "24"
+    assert {p.name for p in step_dir.iterdir() if p.is_dir()} == {"params", "state", "meta"}
+    meta = json.loads((step_dir / "meta" / "metadata").read_text())
+    assert meta["layout"] == 2 and "config" not in meta and "vocab" not in meta  # config.json/vocab.json hold them
+    assert any(k.startswith("['params']") for k in meta["checksums"])
+    for f in (step_dir / "state").rglob("*"):  # the resume-only arrays gone: load never reads them
+        if f.is_file() and "/d/" in str(f):
+            f.unlink()
+    run = rnnjax.load(tmp_path)
+    assert run.step == 24 and param_bytes(run.params) == param_bytes(out["params"])
+    with pytest.raises(CheckpointError, match="every checkpoint .* is damaged"):  # resuming needs them: damage
+        train_and_evaluate(cfg_with(2), tmp_path)
