@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import csv
 import hashlib
 import itertools
 import json
@@ -36,11 +35,8 @@ from rnnjax.config import ConfigError, resolve
 from rnnjax.console import Preempted
 from rnnjax.host import retain_freed_memory
 from rnnjax.train import train_and_evaluate
-from rnnjax.workdir import WorkdirError, check_writable, has_checkpoint, read_metrics, write_atomic
+from rnnjax.workdir import check_writable, has_checkpoint, write_atomic
 from rnnjax.workdir import resolve as user_path
-
-COLUMNS = ["name", "cell", "num_layers", "hidden_size", "num_params", "train_ppl", "best_val_ppl", "tokens_per_sec",
-           "wall_time", "status", "error"]
 
 
 class SweepError(ValueError):
@@ -306,155 +302,3 @@ def _row(d: pathlib.Path, overrides: Mapping[str, Any], cfg: Any, summary: dict 
         (d / "error.txt").write_text("".join(traceback.format_exception(error)))
     write_atomic(d / "result.json", json.dumps(row))
     return row
-
-
-# Overridden fields that a standard column shows already.
-_SHOWN = {"model.cell": "cell", "model.num_layers": "num_layers", "model.hidden_size": "hidden_size"}
-
-
-def trial_overrides(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Each result row's overrides by full field name (``{"train.learning_rate": 1.0}``).
-
-    Rows written before result.json stored ``overrides`` have them only by their last
-    name among the other keys: such a name stands for the one full field of the other rows
-    that ends with it, if there is exactly one, and for itself otherwise.
-    """
-    full: dict[str, set[str]] = {}
-    for r in rows:
-        for f in r.get("overrides") or {}:
-            full.setdefault(f.split(".")[-1], set()).add(f)
-    out = []
-    for r in rows:
-        if isinstance(r.get("overrides"), dict):
-            out.append(dict(r["overrides"]))
-        else:
-            legacy = {k: v for k, v in r.items() if k not in COLUMNS and k != "overrides"}
-            out.append({(min(full[k]) if len(full.get(k, ())) == 1 else k): v for k, v in legacy.items()})
-    return out
-
-
-def axis_columns(overrides: Sequence[Mapping[str, Any]]) -> dict[str, str]:
-    """The table column of every overridden field that no standard column shows: its last
-    part (``learning_rate``) if no other field or column has that name, else the full field."""
-    fields = list(dict.fromkeys(f for o in overrides for f in o if f not in _SHOWN))
-    last = [f.split(".")[-1] for f in fields]
-    return {f: n if last.count(n) == 1 and n not in COLUMNS else f for f, n in zip(fields, last)}
-
-
-def summarize(workdir: str | os.PathLike) -> list[dict[str, Any]]:
-    """Merge every trial's result.json under ``workdir`` into results.csv, results.md and sweep.png."""
-    root = user_path(workdir)
-    hint = "give the directory a sweep wrote (its --workdir)"
-    if not root.exists():
-        raise SweepError(f"sweep directory {root} does not exist; {hint}")
-    if not root.is_dir():
-        raise SweepError(f"{root} is a file, not a sweep directory; {hint}")
-    paths = sorted(root.glob("*/result.json"))
-    if not paths:
-        if (root / "result.json").exists():
-            raise SweepError(f"{root} is one trial's directory; give the sweep directory above it, {root.parent}")
-        raise SweepError(f"{root} holds no trial results (*/result.json); {hint}, after at least one trial finished")
-    rows = [json.loads(p.read_text()) for p in paths]
-    overrides = trial_overrides(rows)
-    axes = axis_columns(overrides)  # field -> column
-    k = COLUMNS.index("hidden_size") + 1  # the grid's other axes go after the model's shape
-    header = [*COLUMNS[:k], *axes.values(), *COLUMNS[k:]]
-    table = [{**{c: r.get(c) for c in COLUMNS}, **{c: o.get(f) for f, c in axes.items()}} for r, o in zip(rows, overrides)]
-    with open(root / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=header)
-        w.writeheader()
-        w.writerows(table)
-    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
-    show = lambda c, v: (fmt(v) if c in COLUMNS else ("" if v is None else str(v))).replace("|", "\\|")  # noqa: E731
-    cols = [c for c in header if c not in ("name", "error")]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(show(c, t[c]) for c in cols) + " |" for t in table]
-    notes = [f"- {r['name']} {r['status']}: {r.get('error')}" for r in rows if r.get("status") in ("failed", "interrupted")]
-    lines += ["", *notes] if notes else []
-    (root / "results.md").write_text("\n".join(lines) + "\n")
-    _plot(root / "sweep.png", rows, [p.parent for p in paths])
-    return rows
-
-
-def aggregate_depth(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Best validation perplexity of the finished trials per cell, group and depth, over seeds.
-
-    A trial's group is its overrides other than cell, depth and seed (``learning_rate=0.5``;
-    "" when there are none): seeds are aggregated, every other axis keeps its own line.
-    Returns ``[{"cell", "group", "num_layers", "mean", "min", "max", "n"}]`` sorted by them.
-    """
-    overrides = trial_overrides(rows)
-    names = axis_columns(overrides)
-    acc: dict[tuple[str, str, int], list[float]] = {}
-    for r, o in zip(rows, overrides):
-        if r.get("status") != "done":
-            continue
-        other = [(f, v) for f, v in o.items() if f not in ("model.cell", "model.num_layers") and f.split(".")[-1] != "seed"]
-        group = ",".join(f"{names.get(f, f.split('.')[-1])}={v}" for f, v in other)
-        acc.setdefault((r["cell"], group, r["num_layers"]), []).append(r["best_val_ppl"])
-    return [{"cell": c, "group": g, "num_layers": n, "mean": statistics.fmean(v), "min": min(v), "max": max(v), "n": len(v)}
-            for (c, g, n), v in sorted(acc.items())]
-
-
-def plot_sweep(rows: Sequence[Mapping[str, Any]], dirs: Sequence[pathlib.Path]):
-    """A matplotlib Figure: mean best validation perplexity against depth (min-max band over
-    seeds), one line per cell and group; and every finished trial's validation curve,
-    coloured by cell. Uses no pyplot: the caller's backend (a notebook's) is left alone."""
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-    from matplotlib.ticker import MaxNLocator
-
-    fig = Figure(figsize=(12, 4.5), layout="constrained")
-    a, b = fig.subplots(1, 2)
-    agg = aggregate_depth(rows)
-    color = {c: f"C{i % 10}" for i, c in enumerate(sorted({r["cell"] for r in rows if r.get("status") == "done"}))}
-    groups = list(dict.fromkeys((e["cell"], e["group"]) for e in agg))
-    for cell, group in groups:
-        es = [e for e in agg if (e["cell"], e["group"]) == (cell, group)]
-        x, n = [e["num_layers"] for e in es], max(e["n"] for e in es)
-        style = ["-", "--", ":", "-."][[g for c, g in groups if c == cell].index(group) % 4]
-        label = " ".join(filter(None, [cell, group, f"(n={n})" if n > 1 else ""]))
-        a.plot(x, [e["mean"] for e in es], marker="o", color=color[cell], ls=style, label=label)
-        if n > 1:
-            a.fill_between(x, [e["min"] for e in es], [e["max"] for e in es], color=color[cell], alpha=0.15, lw=0)
-    a.set_xticks(sorted({e["num_layers"] for e in agg}))
-    seeds = any(e["n"] > 1 for e in agg)
-    a.set(xlabel="depth L (layers)", ylabel="best validation perplexity",
-          title="validation perplexity vs depth" + (": mean, min-max band over seeds" if seeds else ""))
-    _legend(a)
-    curves = 0
-    for r, d in zip(rows, dirs):
-        if r.get("status") != "done":
-            continue
-        try:
-            metrics = read_metrics(d / "metrics.jsonl")
-        except (OSError, ValueError, WorkdirError):
-            continue
-        val = [float("nan") if m["val_ppl"] is None else m["val_ppl"] for m in metrics]  # null: not finite
-        b.plot([m["epoch"] for m in metrics], val, color=color[r["cell"]], lw=1, alpha=0.5 if len(rows) > 8 else 1.0)
-        curves += 1
-    b.set(xlabel="epoch", ylabel="validation perplexity", yscale="log", title=f"validation curves of {curves} trials")
-    b.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if color:
-        b.legend(handles=[Line2D([], [], color=c, label=cell) for cell, c in color.items()], fontsize=8, title="cell")
-    else:
-        for ax in (a, b):
-            ax.text(0.5, 0.5, "no finished trials", ha="center", va="center", transform=ax.transAxes)
-    return fig
-
-
-def _legend(ax, max_entries: int = 12) -> None:
-    """A legend that stays readable: inside for a few entries, below the axes for more, at most max_entries."""
-    handles, labels = ax.get_legend_handles_labels()
-    if len(handles) > max_entries:
-        more = len(handles) - max_entries + 1
-        handles, labels = handles[: max_entries - 1] + [ax.plot([], [], ls="none")[0]], labels[: max_entries - 1] + [
-            f"... {more} more lines"]
-    if len(handles) <= 6:
-        ax.legend(handles, labels, fontsize=8)
-    elif handles:
-        ax.legend(handles, labels, fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.15), frameon=False)
-
-
-def _plot(path: pathlib.Path, rows: Sequence[Mapping[str, Any]], dirs: Sequence[pathlib.Path]) -> None:
-    plot_sweep(rows, dirs).savefig(path, dpi=100, bbox_inches="tight")

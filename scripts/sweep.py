@@ -18,7 +18,8 @@ from ml_collections import config_flags
 from rnnjax import cli
 from rnnjax.config import ConfigError, resolve
 from rnnjax.parallel import set_cpu_devices
-from rnnjax.sweep import SweepInterrupted, run_sweep, summarize
+from rnnjax.sweep import SweepInterrupted, run_sweep
+from rnnjax.sweep_summary import summarize
 from rnnjax.workdir import WorkdirError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file with get_config() and get_sweep().")

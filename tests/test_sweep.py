@@ -10,18 +10,8 @@ import sys
 import pytest
 
 from rnnjax.config import ConfigError, default_config, smoke
-from rnnjax.sweep import (
-    SweepError,
-    aggregate_depth,
-    apply_overrides,
-    parse_shard,
-    plot_sweep,
-    run_sweep,
-    summarize,
-    trial_dir,
-    trial_name,
-    trials,
-)
+from rnnjax.sweep import SweepError, apply_overrides, parse_shard, run_sweep, trial_dir, trial_name, trials
+from rnnjax.sweep_summary import aggregate_depth, plot_sweep, summarize
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

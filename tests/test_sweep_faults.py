@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from rnnjax.config import ConfigError, default_config, smoke
-from rnnjax.sweep import SweepError, SweepInterrupted, run_sweep, summarize
+from rnnjax.sweep import SweepError, SweepInterrupted, run_sweep
+from rnnjax.sweep_summary import summarize
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "scripts" / "sweep.py")
