@@ -36,7 +36,7 @@ from rnnjax.generate import sample
 from rnnjax.metrics import TrainMetrics
 from rnnjax.optim import make_optimizer
 from rnnjax.parallel import DataParallel
-from rnnjax.steps import init_state, make_train_step
+from rnnjax.steps import init_train_state, make_train_step
 from rnnjax.train import build_model
 from rnnjax.vectorize import stack_trials
 
@@ -109,22 +109,21 @@ def _data(w: Workload, steps: int, lead: tuple[int, ...] = ()) -> tuple[np.ndarr
 
 
 def _jax_variant(w: Workload, impl: str, steps: int, dp: DataParallel | None = None) -> Variant:
-    """impl: "rnnjax", "flax", or "rnnjax-autodiff" (the plain lax.scan layer, differentiated by JAX)."""
-    cfg = _config(w, "flax" if impl == "flax" else "rnnjax")
+    """impl: "rnnjax", "flax", or "rnnjax-autodiff" (config impl "autodiff": the plain lax.scan layer,
+    differentiated by JAX)."""
+    cfg = _config(w, "autodiff" if impl == "rnnjax-autodiff" else impl)
     model = build_model(cfg, V)
-    if impl == "rnnjax-autodiff":
-        model = dataclasses.replace(model, fused=False)
     tx, _ = make_optimizer(cfg.train, 1000)
-    state = init_state(model, tx, jax.random.key(0))
+    state = init_train_state(model, tx, jax.random.key(0))
     xs, ys = _data(w, steps)
-    carry, acc = model.initial_state(w.batch), TrainMetrics.zeros()
+    carry, acc = model.initial_carry(w.batch), TrainMetrics.zeros()
     if dp is not None:
         state = jax.device_put(state, dp.replicated)
         xs, ys = dp.shard(xs, 1), dp.shard(ys, 1)
-        carry, acc = dp.shard_state(carry), jax.tree_util.tree_map(lambda x: dp.replicate(np.asarray(x)), acc)
+        carry, acc = dp.shard_carry(carry), jax.tree_util.tree_map(lambda x: dp.replicate(np.asarray(x)), acc)
     else:
         xs, ys = jax.device_put(xs), jax.device_put(ys)
-    step = make_train_step(model, tx, reset_state=False)
+    step = make_train_step(model, tx, reset_carry=False)
     key = jax.random.key(1)
     t0 = time.perf_counter()
     state, carry, acc = step(state, carry, acc, xs, ys, 0, key)
@@ -302,7 +301,7 @@ def benchmark_generation(
         prefix = jnp.zeros((b, 10), jnp.int32)
 
         def jax_run(b=b, prefix=prefix) -> None:
-            out = sample(model, params, prefix, jax.random.key(0), jnp.float32(1.0), num_tokens=num_chars, greedy=False)
+            out = sample(model, params, prefix, jax.random.key(0), jnp.float32(1.0), num_chars=num_chars, greedy=False)
             out.block_until_ready()
 
         fns = {"rnnjax": jax_run}
@@ -338,10 +337,10 @@ def _vmapped_variant(k: int, steps: int) -> Variant:
     cfg = _config(w)
     model = build_model(cfg, V)
     tx, _ = make_optimizer(cfg.train, 1000)
-    state = jax.vmap(lambda key: init_state(model, tx, key))(jax.random.split(jax.random.key(0), k))
+    state = jax.vmap(lambda key: init_train_state(model, tx, key))(jax.random.split(jax.random.key(0), k))
     xs, ys = (jax.device_put(a) for a in _data(w, steps, (k,)))
     step = jax.jit(jax.vmap(make_train_step(model, tx, False), in_axes=(0, 0, 0, 0, 0, None, 0)), donate_argnums=(0, 1, 2))
-    carry, keys = stack_trials(model.initial_state(w.batch), k), jax.random.split(jax.random.key(1), k)
+    carry, keys = stack_trials(model.initial_carry(w.batch), k), jax.random.split(jax.random.key(1), k)
     return Variant(_stepper(step, state, carry, TrainMetrics.zeros((k,)), xs, ys, keys, steps), float("nan"))
 
 
@@ -380,8 +379,8 @@ def benchmark_checkpoint(repeats: int = 7) -> dict[str, Any]:
     model = build_model(cfg, V)
     tx, _ = make_optimizer(cfg.train, 1000)
     key = jax.random.key(0)
-    items = checkpoint_items(init_state(model, tx, key), jax.random.key_data(key),
-                             model.initial_state(cfg.data.batch_size), TrainMetrics.zeros())
+    items = checkpoint_items(init_train_state(model, tx, key), jax.random.key_data(key),
+                             model.initial_carry(cfg.data.batch_size), TrainMetrics.zeros())
     abstract = jax.eval_shape(lambda: items)
     times: dict[str, list[float]] = {"checksums": [], "save": [], "restore": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -525,7 +524,7 @@ def write_report(results: dict, path: str, json_path: str | None, command: str) 
                   "the default single-device run."]
     lines += ["", "## Training step: rnnjax vs impl=\"flax\" vs PyTorch", "",
               "`rnnjax` is the default model (`rnnjax/fused.py` layers); `rnnjax-autodiff` is the same model with "
-              "`DeepRNN(fused=False)`: `lax.scan` over the cell, differentiated by JAX. Compile = first call of one step "
+              "`impl=\"autodiff\"`: `lax.scan` over the cell, differentiated by JAX. Compile = first call of one step "
               "(compilation + the step; torch: its first step).", "",
               "| workload | implementation | ms/step | tokens/s | compile (s) | MFU | throughput vs torch |",
               "|---|---|---|---|---|---|---|"]
@@ -564,7 +563,7 @@ def write_report(results: dict, path: str, json_path: str | None, command: str) 
     if ck:
         lines += ["", "## Checkpoint integrity (sha256 of every array)", "",
                   f"The reference run's full checkpoint tree ({ck['bytes'] / 2**20:.1f} MiB: params, optimizer state, "
-                  "carried state, RNG, metric sums). Every save records a sha256 of each array in its metadata and every "
+                  "carry, RNG, metric sums). Every save records a sha256 of each array in its metadata and every "
                   "restore verifies them (silent corruption is then damage: quarantined, previous step used). Medians "
                   "of interleaved rounds; a save happens every `checkpoint.every_epochs` = 10 epochs.", "",
                   "| what | ms | share |", "|---|---|---|",

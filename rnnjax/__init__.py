@@ -4,16 +4,16 @@ from rnnjax import interop
 from rnnjax.cells import CELLS, Cell, gru, lstm, rnn
 from rnnjax.config import Config, ConfigError, default_config, resolve
 from rnnjax.data import Corpus, load_corpus
-from rnnjax.flax_model import FlaxDeepRNN, from_flax, to_flax
+from rnnjax.flax_model import from_flax, to_flax
 from rnnjax.generate import generate
-from rnnjax.model import DeepRNN, num_params
+from rnnjax.model import DeepRNN, Impl, num_params
 from rnnjax.run import Run, load
 from rnnjax.steps import perplexity
 from rnnjax.train import build_model, train_and_evaluate
 from rnnjax.vocab import Vocab
 
 __all__ = [
-    "CELLS", "Cell", "Config", "ConfigError", "Corpus", "DeepRNN", "FlaxDeepRNN", "Vocab",
+    "CELLS", "Cell", "Config", "ConfigError", "Corpus", "DeepRNN", "Impl", "Vocab",
     "build_model", "default_config", "interop", "from_flax", "generate", "gru", "load_corpus", "lstm",
     "Run", "load", "num_params", "perplexity", "resolve", "rnn", "to_flax", "train_and_evaluate",
 ]

@@ -1,7 +1,7 @@
 """Recurrent cells as pure functions: vanilla RNN, GRU and LSTM.
 
-Notation: b = batch, d = input size, h = hidden size, G = number of gates.
-Every cell stores its weights PyTorch-style, with all gates of one input fused:
+Notation as in :mod:`rnnjax.model` (b = batch, d = input size, h = hidden size, G = number
+of gates). Every cell stores its weights PyTorch-style, with all gates of one input fused:
 
     params = {"w_x": [d, G*h], "w_h": [h, G*h], "b_x": [G*h], "b_h": [G*h]}
 
@@ -9,9 +9,11 @@ Every cell stores its weights PyTorch-style, with all gates of one input fused:
 conversion to and from ``torch.nn.LSTM/GRU/RNN`` is exact.) Gate order is
 PyTorch's: LSTM ``i, f, g, o``; GRU ``r, z, n``.
 
-Each cell follows the scan contract ``step(params, state, x) -> (state, h)``.
-``step`` is ``recur(params, state, x @ w_x + b_x)``: the model hoists the input
-projection out of the time loop and scans only ``recur``.
+Each cell follows the scan contract ``step(params, carry, x) -> (carry, h)``.
+``step`` is ``recur(params, carry, x @ w_x + b_x)``: the model hoists the input
+projection out of the time loop and scans only ``recur``. A cell's equations live once,
+in its ``pointwise`` function over per-gate slabs; ``recur`` and the fused layer's forward
+loop (:mod:`rnnjax.fused`) both call it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import jax.numpy as jnp
 
 Array = jax.Array
 Params = dict[str, Array]
+Slabs = tuple[Array, ...]  # one [b, h] array per gate, in the cell's gate order
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {"tanh": jnp.tanh, "relu": jax.nn.relu}
 
@@ -49,29 +52,49 @@ def project_input(params: Params, x: Array) -> Array:
 
 
 class Cell(NamedTuple):
-    """A recurrent cell: pure functions over a params pytree."""
+    """A recurrent cell: pure functions over a params pytree.
+
+    ``pointwise(xw, hw, carry, activation) -> (new carry, h, saved)`` is the cell's equations
+    on per-gate slabs ``xw`` (= x W_x + b_x) and ``hw`` (= h W_h + b_h), each G x [b, h];
+    ``saved`` is what :mod:`rnnjax.fused`'s backward needs besides h. ``hidden(carry)`` is
+    the h [b, h] a carry holds.
+    """
 
     name: str
     num_gates: int
     init: Callable[[Array, int, int], Params]
-    initial_state: Callable[[int, int], Any]
-    recur: Callable[..., tuple[Any, Array]]
+    initial_carry: Callable[[int, int], Any]
+    hidden: Callable[[Any], Array]
+    pointwise: Callable[[Slabs, Slabs, Any, str], tuple[Any, Array, tuple[Array, ...]]]
 
-    def step(self, params: Params, state: Any, x: Array, **kwargs: Any) -> tuple[Any, Array]:
-        """One time step. x: [b, d]; returns (new state, h [b, h])."""
-        return self.recur(params, state, project_input(params, x), **kwargs)
+    def recur(self, params: Params, carry: Any, xw: Array, activation: str = "tanh") -> tuple[Any, Array]:
+        """One step from the input half xw [b, G*h]; returns (new carry, h [b, h]).
+        ``activation`` is phi of the vanilla RNN (the other cells ignore it)."""
+        hw = self.hidden(carry) @ params["w_h"] + params["b_h"]
+        g = self.num_gates
+        carry, h, _ = self.pointwise(split_gates(xw, g), split_gates(hw, g), carry, activation)
+        return carry, h
+
+    def step(self, params: Params, carry: Any, x: Array, activation: str = "tanh") -> tuple[Any, Array]:
+        """One time step. x: [b, d]; returns (new carry, h [b, h])."""
+        return self.recur(params, carry, project_input(params, x), activation)
 
 
-def _rnn_recur(params: Params, state: Array, xw: Array, activation: str = "tanh") -> tuple[Array, Array]:
+def split_gates(a: Array, num_gates: int) -> Slabs:
+    """[..., G*h] -> G x [..., h], in the cell's gate order."""
+    return tuple(jnp.split(a, num_gates, axis=-1))
+
+
+def _rnn_pointwise(xw: Slabs, hw: Slabs, carry: Array, activation: str = "tanh") -> tuple[Array, Array, tuple[()]]:
     """Vanilla RNN:  h' = phi(x W_x + b_x + h W_h + b_h),  phi in {tanh, relu}.
 
-    state: h [b, h]; xw: [b, h] (= x W_x + b_x).
+    carry: h [b, h]; one slab each. Saves nothing (the backward reads phi' off h').
     """
-    h = ACTIVATIONS[activation](xw + state @ params["w_h"] + params["b_h"])
-    return h, h
+    h = ACTIVATIONS[activation](xw[0] + hw[0])
+    return h, h, ()
 
 
-def _gru_recur(params: Params, state: Array, xw: Array) -> tuple[Array, Array]:
+def _gru_pointwise(xw: Slabs, hw: Slabs, carry: Array, activation: str = "tanh") -> tuple[Array, Array, Slabs]:
     """GRU (PyTorch/Flax form):
 
         r  = sigmoid(x W_xr + b_xr + h W_hr + b_hr)
@@ -79,59 +102,67 @@ def _gru_recur(params: Params, state: Array, xw: Array) -> tuple[Array, Array]:
         n  = tanh(x W_xn + b_xn + r * (h W_hn + b_hn))
         h' = (1 - z) * n + z * h
 
-    state: h [b, h]; xw: [b, 3h].
+    carry: h [b, h]; slabs (r, z, n). Saves (r, z, n, h W_hn + b_hn).
     """
-    hw = state @ params["w_h"] + params["b_h"]
-    xr, xz, xn = jnp.split(xw, 3, axis=-1)
-    hr, hz, hn = jnp.split(hw, 3, axis=-1)
-    r = jax.nn.sigmoid(xr + hr)
-    z = jax.nn.sigmoid(xz + hz)
-    n = jnp.tanh(xn + r * hn)
-    h = (1.0 - z) * n + z * state
-    return h, h
+    r = jax.nn.sigmoid(xw[0] + hw[0])
+    z = jax.nn.sigmoid(xw[1] + hw[1])
+    n = jnp.tanh(xw[2] + r * hw[2])
+    h = (1.0 - z) * n + z * carry
+    return h, h, (r, z, n, hw[2])
 
 
-def _lstm_recur(params: Params, state: tuple[Array, Array], xw: Array) -> tuple[tuple[Array, Array], Array]:
-    """LSTM (PyTorch/Flax form), gates fused as [i, f, g, o]:
+def _lstm_pointwise(
+    xw: Slabs, hw: Slabs, carry: tuple[Array, Array], activation: str = "tanh"
+) -> tuple[tuple[Array, Array], Array, Slabs]:
+    """LSTM (PyTorch/Flax form), gates [i, f, g, o]:
 
         i = sigmoid(x W_xi + h W_hi + b_i)     f = sigmoid(x W_xf + h W_hf + b_f)
         g = tanh(x W_xg + h W_hg + b_g)        o = sigmoid(x W_xo + h W_ho + b_o)
         c' = f * c + i * g                     h' = o * tanh(c')
 
-    with b = b_x + b_h. state: (c [b, h], h [b, h]) (Flax's carry order); xw: [b, 4h].
+    with b = b_x + b_h. carry: (c [b, h], h [b, h]) (Flax's order). Saves (c, i, f, g, o).
     """
-    c, h = state
-    gates = xw + h @ params["w_h"] + params["b_h"]
-    i, f, g, o = jnp.split(gates, 4, axis=-1)
-    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-    h = jax.nn.sigmoid(o) * jnp.tanh(c)
-    return (c, h), h
+    c, _ = carry
+    i = jax.nn.sigmoid(xw[0] + hw[0])
+    f = jax.nn.sigmoid(xw[1] + hw[1])
+    g = jnp.tanh(xw[2] + hw[2])
+    o = jax.nn.sigmoid(xw[3] + hw[3])
+    c_new = f * c + i * g
+    h = o * jnp.tanh(c_new)
+    return (c_new, h), h, (c, i, f, g, o)
 
 
 def _zeros(batch_size: int, hidden_size: int) -> Array:
     return jnp.zeros((batch_size, hidden_size), jnp.float32)
 
 
+def _same(h: Array) -> Array:
+    return h
+
+
 rnn = Cell(
     name="rnn",
     num_gates=1,
     init=lambda key, d, h: _uniform_init(key, d, h, 1),
-    initial_state=_zeros,
-    recur=_rnn_recur,
+    initial_carry=_zeros,
+    hidden=_same,
+    pointwise=_rnn_pointwise,
 )
 gru = Cell(
     name="gru",
     num_gates=3,
     init=lambda key, d, h: _uniform_init(key, d, h, 3),
-    initial_state=_zeros,
-    recur=_gru_recur,
+    initial_carry=_zeros,
+    hidden=_same,
+    pointwise=_gru_pointwise,
 )
 lstm = Cell(
     name="lstm",
     num_gates=4,
     init=lambda key, d, h: _uniform_init(key, d, h, 4),
-    initial_state=lambda b, h: (_zeros(b, h), _zeros(b, h)),
-    recur=_lstm_recur,
+    initial_carry=lambda b, h: (_zeros(b, h), _zeros(b, h)),
+    hidden=lambda carry: carry[1],
+    pointwise=_lstm_pointwise,
 )
 
 CELLS: dict[str, Cell] = {"rnn": rnn, "gru": gru, "lstm": lstm}

@@ -14,6 +14,8 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+IMPLS = ("rnnjax", "autodiff", "flax")  # the values of rnnjax.model.Impl (not imported here: no JAX in config)
+
 
 class ConfigError(ValueError):
     """A config field holds a value that is not allowed; the message names the field and the fix."""
@@ -42,13 +44,14 @@ def default_config() -> ml_collections.ConfigDict:
     # Minibatch: batch_size streams x num_steps time steps.
     c.data.batch_size = 32
     c.data.num_steps = 35
-    # "sequential" (state carried across minibatches) or "random" (state reset each minibatch).
+    # "sequential" (carry kept across minibatches) or "random" (carry reset each minibatch).
     c.data.sampler = "sequential"
     # Refuse a text file larger than this many MiB (a guard against a wrong path); raise it for big corpora.
     c.data.max_file_mb = 1024
 
     c.model = ml_collections.ConfigDict()
-    # "rnnjax" (pure-function cells) or "flax" (Flax's own cells; the reference).
+    # "rnnjax" (pure-function cells, hand-written backward), "autodiff" (the same cells, lax.scan
+    # differentiated by JAX) or "flax" (Flax's own cells; the reference): rnnjax.model.Impl. Same numbers.
     c.model.impl = "rnnjax"
     # "rnn", "gru" or "lstm".
     c.model.cell = "lstm"
@@ -280,7 +283,7 @@ def _validate(c: Config) -> None:
     )
     _check(dt.sampler in ("sequential", "random"), "data.sampler", dt.sampler, "'sequential' or 'random'")
     _check(_is_int(dt.max_file_mb) and dt.max_file_mb >= 1, "data.max_file_mb", dt.max_file_mb, "an integer >= 1 (MiB)")
-    _check(m.impl in ("rnnjax", "flax"), "model.impl", m.impl, "'rnnjax' or 'flax'")
+    _check(m.impl in IMPLS, "model.impl", m.impl, "'rnnjax', 'autodiff' or 'flax'")
     _check(m.cell in ("rnn", "gru", "lstm"), "model.cell", m.cell, "'rnn', 'gru' or 'lstm'")
     _check(_is_int(m.hidden_size) and m.hidden_size >= 1, "model.hidden_size", m.hidden_size, "an integer >= 1")
     _check(_is_int(m.num_layers) and m.num_layers >= 1, "model.num_layers", m.num_layers, "an integer >= 1")

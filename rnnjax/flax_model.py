@@ -2,37 +2,51 @@
 
 ``nn.SimpleCell``, ``nn.GRUCell`` and ``nn.OptimizedLSTMCell`` (parameters
 compatible with ``nn.LSTMCell``) under ``nn.RNN``, fed one-hot tokens. Selected
-with ``config.model.impl = "flax"``; tests assert it gives the same logits as
-:class:`rnnjax.model.DeepRNN` after :func:`to_flax` converts the weights.
+with ``config.model.impl = "flax"`` (``DeepRNN(impl=Impl.FLAX)``): :mod:`rnnjax.model`
+dispatches to :func:`apply` here and initialises with rnnjax's weights converted by
+:func:`to_flax`. Tests assert it gives the logits of the rnnjax implementations.
 
 Flax keeps one bias per gate where PyTorch keeps two; the converters add the two
 (``to_flax``) or put Flax's bias on one side and zeros on the other (``from_flax``).
+This module does not import :mod:`rnnjax.model`: a model is any :class:`Spec`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
+from typing import Any, Protocol
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from rnnjax.cells import ACTIVATIONS
-from rnnjax.model import DeepRNN, Params, State
 
 Array = jax.Array
+Params = dict[str, Any]
+Carry = tuple[Any, ...]  # as rnnjax.model.Carry: one per layer
 _GATES = {"lstm": "ifgo", "gru": "rzn", "rnn": ""}
 
 
+class Spec(Protocol):
+    """What this module reads of a model (:class:`rnnjax.model.DeepRNN` is one)."""
+
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    cell: str
+    dropout: float
+
+    def layer_activation(self, layer: int) -> str: ...
+
+
 class _FlaxStack(nn.Module):
-    spec: DeepRNN
+    spec: Spec  # frozen and hashable (a Module field)
 
     @nn.compact
-    def __call__(self, tokens: Array, state: State, train: bool = False) -> tuple[Array, State]:
+    def __call__(self, tokens: Array, carry: Carry, train: bool = False) -> tuple[Array, Carry]:
         s = self.spec
         x = jax.nn.one_hot(tokens, s.vocab_size, dtype=jnp.float32)
-        new_state = []
+        new_carry = []
         for l in range(s.num_layers):
             name = f"layer_{l}"
             if s.cell == "lstm":
@@ -40,35 +54,24 @@ class _FlaxStack(nn.Module):
             elif s.cell == "gru":
                 cell = nn.GRUCell(s.hidden_size, name=name)
             else:
-                cell = nn.SimpleCell(s.hidden_size, activation_fn=ACTIVATIONS[s.activation(l)], name=name)
-            carry, x = nn.RNN(cell, return_carry=True)(x, initial_carry=state[l])
-            new_state.append(carry)
+                cell = nn.SimpleCell(s.hidden_size, activation_fn=ACTIVATIONS[s.layer_activation(l)], name=name)
+            layer_carry, x = nn.RNN(cell, return_carry=True)(x, initial_carry=carry[l])
+            new_carry.append(layer_carry)
             if l < s.num_layers - 1 and s.dropout > 0:
                 x = nn.Dropout(s.dropout, deterministic=not train)(x)
-        return nn.Dense(s.vocab_size, name="out")(x), tuple(new_state)
+        return nn.Dense(s.vocab_size, name="out")(x), tuple(new_carry)
 
 
-@dataclasses.dataclass(frozen=True)
-class FlaxDeepRNN(DeepRNN):
-    """Same interface as :class:`DeepRNN` (init / initial_state / apply) over Flax params.
-
-    ``init`` draws rnnjax's initial weights and converts them, so both
-    implementations start from identical parameters for a given seed.
-    """
-
-    def init(self, key: Array) -> Params:
-        return to_flax(DeepRNN.init(self, key), self)
-
-    def apply(
-        self, params: Params, tokens: Array, state: State, *, dropout_key: Array | None = None
-    ) -> tuple[Array, State]:
-        train = dropout_key is not None
-        rngs = {"dropout": dropout_key} if train else {}
-        return _FlaxStack(self).apply({"params": params}, tokens, state, train, rngs=rngs)
+def apply(spec: Spec, params: Params, tokens: Array, carry: Carry, dropout_key: Array | None = None
+          ) -> tuple[Array, Carry]:
+    """As ``DeepRNN.apply`` over Flax params: tokens [b, t] -> (logits [b, t, V], new carry)."""
+    train = dropout_key is not None
+    rngs = {"dropout": dropout_key} if train else {}
+    return _FlaxStack(spec).apply({"params": params}, tokens, carry, train, rngs=rngs)
 
 
-def to_flax(params: Params, spec: DeepRNN) -> Params:
-    """rnnjax params -> Flax params of :class:`FlaxDeepRNN` (the ``"params"`` collection)."""
+def to_flax(params: Params, spec: Spec) -> Params:
+    """rnnjax params -> Flax params of :func:`apply` (the ``"params"`` collection)."""
     out: dict[str, Any] = {"out": {"kernel": params["w_out"], "bias": params["b_out"]}}
     gates = _GATES[spec.cell]
     for l, p in enumerate(params["layers"]):
@@ -93,8 +96,8 @@ def to_flax(params: Params, spec: DeepRNN) -> Params:
     return out
 
 
-def from_flax(flax_params: Params, spec: DeepRNN) -> Params:
-    """Flax params of :class:`FlaxDeepRNN` -> rnnjax params (inverse of :func:`to_flax` up to bias split)."""
+def from_flax(flax_params: Params, spec: Spec) -> Params:
+    """Flax params of :func:`apply` -> rnnjax params (inverse of :func:`to_flax` up to bias split)."""
     gates = _GATES[spec.cell] or "_"
     layers = []
     for l in range(spec.num_layers):

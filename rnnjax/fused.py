@@ -1,10 +1,11 @@
 """One recurrent layer over a whole sequence, with a hand-written backward pass.
 
-``scan_layer(cell, activation, w_h, b_h, xw, carry)`` computes what
-``jax.lax.scan(cell.recur, carry, xw)`` computes, for the gates' input halves
-``xw = x W_x + b_x`` ([t, b, G*h]), and returns (outputs h [t, b, h], final
-carry). Its ``jax.custom_vjp`` backward does what cuDNN does rather than what
-autodiff of ``lax.scan`` does:
+``scan_layer(cell, activation, w_h, b_h, xw_tbg, carry)`` computes what
+``jax.lax.scan(cell.recur, carry, xw_tbg)`` computes, for the gates' input halves
+``xw = x W_x + b_x``, and returns (outputs h_tbh, final carry); shape suffixes as in
+:mod:`rnnjax.model`. The forward loop runs the cell's own equations
+(``cells.*.pointwise``). Its ``jax.custom_vjp`` backward does what cuDNN does rather than
+what autodiff of ``lax.scan`` does:
 
 * the forward loop saves the gate activations (and each step's incoming c), so the
   backward loop needs no recomputation but tanh(c_t);
@@ -29,17 +30,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from rnnjax.cells import CELLS
+from rnnjax.cells import CELLS, split_gates
 
 Array = jax.Array
-
-
-def _split(a: Array, n: int) -> tuple[Array, ...]:
-    return tuple(jnp.split(a, n, axis=-1))
-
-
-def _act(activation: str, x: Array) -> Array:
-    return jnp.tanh(x) if activation == "tanh" else jax.nn.relu(x)
 
 
 def _shift(first: Array, seq: Array) -> Array:
@@ -47,68 +40,40 @@ def _shift(first: Array, seq: Array) -> Array:
     return jnp.concatenate([first[None], seq[:-1]], axis=0)
 
 
-# ---- forward steps: return (new carry, per-step outputs) -------------------------------------
-# ``save`` = False keeps only h (plain evaluation); True also keeps what the backward needs.
+def _forward(cell_name, activation, w_h, b_h, xw_tbg, carry, save):
+    """The forward loop: (final carry, h_tbh) or, with ``save``, (final carry, (h_tbh, *saved)),
+    ``saved`` being what ``cells.*.pointwise`` keeps for the backward, each [t, b, h]."""
+    cell = CELLS[cell_name]
+    xw_tbh = split_gates(xw_tbg, cell.num_gates)  # G x [t, b, h]: whole slabs per step
 
+    def step(carry, xw_bh):
+        hw_bh = split_gates(cell.hidden(carry) @ w_h + b_h, cell.num_gates)
+        carry, h_bh, saved = cell.pointwise(xw_bh, hw_bh, carry, activation)
+        return carry, ((h_bh, *saved) if save else h_bh)
 
-def _lstm_fwd_step(w_h, b_h, save, carry, x):
-    c, h = carry
-    hw = _split(h @ w_h + b_h, 4)
-    i = jax.nn.sigmoid(x[0] + hw[0])
-    f = jax.nn.sigmoid(x[1] + hw[1])
-    g = jnp.tanh(x[2] + hw[2])
-    o = jax.nn.sigmoid(x[3] + hw[3])
-    c_new = f * c + i * g
-    h = o * jnp.tanh(c_new)
-    return (c_new, h), ((h, c, i, f, g, o) if save else h)
-
-
-def _gru_fwd_step(w_h, b_h, save, h, x):
-    hr, hz, hn = _split(h @ w_h + b_h, 3)
-    r = jax.nn.sigmoid(x[0] + hr)
-    z = jax.nn.sigmoid(x[1] + hz)
-    n = jnp.tanh(x[2] + r * hn)
-    h_new = (1.0 - z) * n + z * h
-    return h_new, ((h_new, r, z, n, hn) if save else h_new)
-
-
-def _rnn_fwd_step(w_h, b_h, activation, save, h, x):
-    h = _act(activation, x[0] + h @ w_h + b_h)
-    return h, h
-
-
-def _forward(cell, activation, w_h, b_h, xw, carry, save):
-    xw = tuple(jnp.split(xw, CELLS[cell].num_gates, axis=-1))  # G x [t, b, h]: whole slabs per step
-    if cell == "lstm":
-        step = functools.partial(_lstm_fwd_step, w_h, b_h, save)
-    elif cell == "gru":
-        step = functools.partial(_gru_fwd_step, w_h, b_h, save)
-    else:
-        step = functools.partial(_rnn_fwd_step, w_h, b_h, activation, save)
-    return jax.lax.scan(step, carry, xw)
+    return jax.lax.scan(step, carry, xw_tbh)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def scan_layer(cell: str, activation: str, w_h: Array, b_h: Array, xw: Array, carry: Any):
-    """One layer over time. xw: [t, b, G*h] (x W_x + b_x, gates fused in PyTorch order);
-    carry: h [b, h] (rnn, gru) or (c, h) (lstm). Returns (h [t, b, h], final carry)."""
-    carry, hs = _forward(cell, activation, w_h, b_h, xw, carry, save=False)
-    return hs, carry
+def scan_layer(cell: str, activation: str, w_h: Array, b_h: Array, xw_tbg: Array, carry: Any):
+    """One layer over time. xw_tbg: x W_x + b_x (gates fused in PyTorch order);
+    carry: h [b, h] (rnn, gru) or (c, h) (lstm). Returns (h_tbh, final carry)."""
+    carry, h_tbh = _forward(cell, activation, w_h, b_h, xw_tbg, carry, save=False)
+    return h_tbh, carry
 
 
-def _scan_layer_fwd(cell, activation, w_h, b_h, xw, carry):
-    final, saved = _forward(cell, activation, w_h, b_h, xw, carry, save=True)
-    hs = saved[0] if cell != "rnn" else saved
-    return (hs, final), (w_h, carry, saved)
+def _scan_layer_fwd(cell, activation, w_h, b_h, xw_tbg, carry):
+    final, saved = _forward(cell, activation, w_h, b_h, xw_tbg, carry, save=True)
+    return (saved[0], final), (w_h, carry, saved)
 
 
 def _scan_layer_bwd(cell, activation, res, cot):
     w_h, carry0, saved = res
-    dhs, dfinal = cot
+    dh_tbh, dfinal = cot
     w_ht = w_h.T
     if cell == "lstm":
-        hs, c_prev, i, f, g, o = saved
-        h_prev = _shift(carry0[1], hs)
+        h_tbh, c_prev, i, f, g, o = saved
+        h_prev_tbh = _shift(carry0[1], h_tbh)
 
         def step(dcarry, inp):
             dc, dh = dcarry
@@ -123,12 +88,12 @@ def _scan_layer_bwd(cell, activation, res, cot):
             dgates = jnp.concatenate([di, df, dg, do], axis=-1)
             return (dc * f, dgates @ w_ht), dgates
 
-        (dc0, dh0), dxw = jax.lax.scan(step, dfinal, (dhs, c_prev, i, f, g, o), reverse=True)
+        (dc0, dh0), dxw_tbg = jax.lax.scan(step, dfinal, (dh_tbh, c_prev, i, f, g, o), reverse=True)
         dcarry0 = (dc0, dh0)
-        dhw = dxw
+        dhw_tbg = dxw_tbg
     elif cell == "gru":
-        hs, r, z, n, hn = saved
-        h_prev = _shift(carry0, hs)
+        h_tbh, r, z, n, hn = saved
+        h_prev_tbh = _shift(carry0, h_tbh)
 
         def step(dh, inp):
             dh_t, hp, r, z, n, hn = inp
@@ -140,12 +105,12 @@ def _scan_layer_bwd(cell, activation, res, cot):
             dhw = jnp.concatenate([dr, dz, dhn], axis=-1)
             return dh * z + dhw @ w_ht, (dhw, dn)
 
-        dh0, (dhw, dn) = jax.lax.scan(step, dfinal, (dhs, h_prev, r, z, n, hn), reverse=True)
+        dh0, (dhw_tbg, dn_tbh) = jax.lax.scan(step, dfinal, (dh_tbh, h_prev_tbh, r, z, n, hn), reverse=True)
         dcarry0 = dh0
-        dxw = jnp.concatenate([dhw[..., : 2 * dn.shape[-1]], dn], axis=-1)
+        dxw_tbg = jnp.concatenate([dhw_tbg[..., : 2 * dn_tbh.shape[-1]], dn_tbh], axis=-1)
     else:
-        hs = saved
-        h_prev = _shift(carry0, hs)
+        (h_tbh,) = saved
+        h_prev_tbh = _shift(carry0, h_tbh)
         deriv = (lambda h: 1.0 - h * h) if activation == "tanh" else (lambda h: (h > 0).astype(h.dtype))
 
         def step(dh, inp):
@@ -153,13 +118,13 @@ def _scan_layer_bwd(cell, activation, res, cot):
             dpre = (dh + dh_t) * deriv(h)
             return dpre @ w_ht, dpre
 
-        dh0, dpre = jax.lax.scan(step, dfinal, (dhs, hs), reverse=True)
+        dh0, dpre_tbg = jax.lax.scan(step, dfinal, (dh_tbh, h_tbh), reverse=True)
         dcarry0 = dh0
-        dxw = dhw = dpre
+        dxw_tbg = dhw_tbg = dpre_tbg
     # [t, b, G*h] -> weight gradients as one matmul / one sum over all t*b rows
-    dw_h = jnp.einsum("tbh,tbg->hg", h_prev, dhw)
-    db_h = dhw.sum(axis=(0, 1))
-    return dw_h, db_h, dxw, dcarry0
+    dw_h = jnp.einsum("tbh,tbg->hg", h_prev_tbh, dhw_tbg)
+    db_h = dhw_tbg.sum(axis=(0, 1))
+    return dw_h, db_h, dxw_tbg, dcarry0
 
 
 scan_layer.defvjp(_scan_layer_fwd, _scan_layer_bwd)

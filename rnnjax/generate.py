@@ -1,4 +1,4 @@
-"""Compiled text generation: the prefix warms up the state, then ``lax.scan`` samples.
+"""Compiled text generation: the prefix warms up the carry, then ``lax.scan`` samples.
 
 Temperature 0 is greedy (argmax); otherwise logits / temperature, optionally kept to
 the ``top_k`` most likely tokens, sampled with ``jax.random.categorical``.
@@ -17,14 +17,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnnjax.data import detokenize, preprocess, tokenize
+from rnnjax import data
+from rnnjax.data import detokenize, tokenize
 from rnnjax.model import DeepRNN, Params
 from rnnjax.vocab import Vocab
 
 Array = jax.Array
 
 
-@functools.partial(jax.jit, static_argnames=("model", "num_tokens", "greedy", "top_k"))
+@functools.partial(jax.jit, static_argnames=("model", "num_chars", "greedy", "top_k"))
 def sample(
     model: DeepRNN,
     params: Params,
@@ -32,12 +33,13 @@ def sample(
     key: Array,
     temperature: Array,
     *,
-    num_tokens: int,
+    num_chars: int,
     greedy: bool,
     top_k: int | None = None,
 ) -> Array:
-    """prefix [b, p] int (p >= 1) -> continuation [b, num_tokens] int."""
-    logits, state = model.apply(params, prefix, model.initial_state(prefix.shape[0]))
+    """prefix [b, t] int (t >= 1) -> continuation [b, num_chars] int (num_chars tokens: characters
+    with the char tokenizer)."""
+    logits_btv, carry = model.apply(params, prefix, model.initial_carry(prefix.shape[0]))
 
     def pick(logits_bv: Array, t: Array) -> Array:
         if greedy:
@@ -48,13 +50,13 @@ def sample(
             z = jnp.where(z < kth, -jnp.inf, z)
         return jax.random.categorical(jax.random.fold_in(key, t), z, axis=-1).astype(jnp.int32)
 
-    def body(carry, t):
-        state, tok_b = carry
-        logits_b1v, state = model.apply(params, tok_b[:, None], state)
-        return (state, pick(logits_b1v[:, 0], t)), tok_b
+    def body(loop, t):
+        carry, tok_b = loop
+        logits_b1v, carry = model.apply(params, tok_b[:, None], carry)
+        return (carry, pick(logits_b1v[:, 0], t)), tok_b
 
-    first = pick(logits[:, -1], jnp.int32(0))
-    _, toks_tb = jax.lax.scan(body, (state, first), jnp.arange(1, num_tokens + 1))
+    first = pick(logits_btv[:, -1], jnp.int32(0))
+    _, toks_tb = jax.lax.scan(body, (carry, first), jnp.arange(1, num_chars + 1))
     return toks_tb.T
 
 
@@ -63,10 +65,10 @@ def _is_int(x: object) -> bool:
 
 
 def check_args(
-    prefixes: str | Sequence[str], num_tokens: int, temperature: float = 0.0, top_k: int | None = None, seed: int = 0
+    prefixes: str | Sequence[str], num_chars: int, temperature: float = 0.0, top_k: int | None = None, seed: int = 0
 ) -> None:
     """Raise ``ValueError`` (one line naming the argument and what is allowed) unless: ``prefixes``
-    is a non-empty string or a non-empty list of non-empty strings; ``num_tokens`` an integer
+    is a non-empty string or a non-empty list of non-empty strings; ``num_chars`` an integer
     >= 1; ``temperature`` a finite number >= 0; ``top_k`` None or an integer >= 1; ``seed`` an
     integer in [0, 2**32). Emptiness after preprocessing is checked by ``generate``."""
     items = [prefixes] if isinstance(prefixes, str) else prefixes
@@ -75,8 +77,8 @@ def check_args(
     for i, p in enumerate(items):
         if not isinstance(p, str) or not p:
             raise ValueError(f"prefix {i} must be a non-empty string, got {p!r}")
-    if not _is_int(num_tokens) or num_tokens < 1:
-        raise ValueError(f"num_tokens must be an integer >= 1, got {num_tokens!r}")
+    if not _is_int(num_chars) or num_chars < 1:
+        raise ValueError(f"num_chars must be an integer >= 1, got {num_chars!r}")
     if (not isinstance(temperature, numbers.Real) or isinstance(temperature, (bool, np.bool_))
             or not math.isfinite(temperature) or temperature < 0):
         raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
@@ -91,38 +93,39 @@ def generate(
     params: Params,
     vocab: Vocab,
     prefixes: str | Sequence[str],
-    num_tokens: int,
+    num_chars: int,
     *,
     temperature: float = 0.0,
     top_k: int | None = None,
     seed: int = 0,
-    preprocess_mode: str = "d2l",
+    preprocess: str = "d2l",
     tokenizer: str = "char",
 ) -> str | list[str]:
-    """Continue each prefix by ``num_tokens`` tokens; returns prefix + continuation.
+    """Continue each prefix by ``num_chars`` tokens (characters with the char tokenizer); returns
+    prefix + continuation.
 
-    Prefixes go through the run's preprocessing; tokens outside the vocabulary map to
-    ``<unk>``. Prompts of equal token length run as one batch. ``temperature`` 0 (the
+    Prefixes go through the run's preprocessing (``preprocess``, ``tokenizer``: its ``config.data``);
+    tokens outside the vocabulary map to ``<unk>``. Prompts of equal token length run as one batch. ``temperature`` 0 (the
     default) is greedy and ignores ``top_k`` and ``seed``; ``top_k`` larger than the
     vocabulary is clamped to the vocabulary size (= no truncation).
 
     Raises ``ValueError`` before any compute for: no prefix, an empty prefix (also one empty
-    after preprocessing), ``num_tokens`` not an integer >= 1, ``temperature`` negative, NaN or
+    after preprocessing), ``num_chars`` not an integer >= 1, ``temperature`` negative, NaN or
     infinite, ``top_k`` not an integer >= 1, ``seed`` not an integer in [0, 2**32).
     """
-    check_args(prefixes, num_tokens, temperature, top_k, seed)
+    check_args(prefixes, num_chars, temperature, top_k, seed)
     greedy = temperature == 0
     top_k = None if greedy or top_k is None else min(int(top_k), model.vocab_size)
     single = isinstance(prefixes, str)
     raw = [prefixes] if single else list(prefixes)
-    texts = [preprocess(p, preprocess_mode) for p in raw]
+    texts = [data.preprocess(p, preprocess) for p in raw]
     out: list[str] = [""] * len(texts)
     by_len: dict[int, list[int]] = {}
     encoded = [vocab.encode(tokenize(t, tokenizer)) for t in texts]
     for i, ids in enumerate(encoded):
         if len(ids) == 0:
             raise ValueError(
-                f"prefix {i} ({raw[i]!r}) is empty after preprocessing ({preprocess_mode!r}); give at least one token"
+                f"prefix {i} ({raw[i]!r}) is empty after preprocessing ({preprocess!r}); give at least one token"
             )
         by_len.setdefault(len(ids), []).append(i)
     for idxs in by_len.values():
@@ -130,7 +133,7 @@ def generate(
         cont = np.asarray(
             sample(
                 model, params, batch, jax.random.key(int(seed)), jnp.float32(max(temperature, 1e-6)),
-                num_tokens=int(num_tokens), greedy=greedy, top_k=top_k,
+                num_chars=int(num_chars), greedy=greedy, top_k=top_k,
             )
         )
         for row, i in enumerate(idxs):

@@ -1,6 +1,9 @@
 """The deep (stacked) recurrent language model, as pure functions.
 
-Notation: b = batch, t = time, V = vocabulary, h = hidden, L = layers.
+Shape notation, used in array names across rnnjax (``h_tbh`` is [time, batch, hidden]):
+
+    k = trials (vectorized)   n = minibatches per epoch   b = batch   t = time   d = input size
+    h = hidden size   G = gates x hidden (the fused gate axis)   V = vocabulary   L = layers
 
 With H^(0)_t = X_t (one-hot tokens) and layers l = 1..L:
 
@@ -11,101 +14,158 @@ projection H^(l-1) W_x^(l) + b_x^(l) is one large matmul outside the time loop a
 only the recurrent part (H_{t-1} W_h) is inside ``jax.lax.scan``. For layer 1 the
 projection one_hot(X) @ W_x is a row gather W_x[X]: the same math as d2l's one-hot
 input, without materialising the one-hot matrix.
+
+The carry (every layer's recurrent state) is data: ``apply(params, tokens, carry)``
+returns the new one. :func:`implementation` is where ``DeepRNN.impl`` picks the code.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
+import functools
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from rnnjax import flax_model
 from rnnjax.cells import CELLS, project_input
 from rnnjax.fused import scan_layer
 
 Array = jax.Array
 Params = dict[str, Any]
-State = tuple[Any, ...]  # one carry per layer: h [b, h] (rnn, gru) or (c, h) (lstm)
+Carry = tuple[Any, ...]  # one per layer: h [b, h] (rnn, gru) or (c, h) (lstm)
+
+
+class Impl(str, enum.Enum):
+    """How the stack is computed (``config.model.impl``); every one gives the same numbers."""
+
+    FUSED = "rnnjax"  # rnnjax.fused.scan_layer per layer: hand-written backward (the default)
+    AUTODIFF = "autodiff"  # jax.lax.scan over cells.*.recur, differentiated by JAX
+    FLAX = "flax"  # Flax's own cells under nn.RNN (rnnjax.flax_model): the reference
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclasses.dataclass(frozen=True)
 class DeepRNN:
     """A stack of ``num_layers`` recurrent cells and a linear output layer.
 
-    Frozen and hashable: safe to close over in jitted functions. ``activations``
-    (vanilla RNN only) holds one name for every layer or one per layer.
+    Frozen and hashable: safe to close over in jitted functions. ``activation``
+    (vanilla RNN only) holds one name for every layer or one per layer; ``impl``
+    (:class:`Impl` or its value) picks the implementation, not the math.
     """
 
     vocab_size: int
     hidden_size: int = 256
     num_layers: int = 2
     cell: str = "lstm"
-    activations: tuple[str, ...] = ("tanh",)
+    activation: tuple[str, ...] = ("tanh",)
     dropout: float = 0.0
-    fused: bool = True  # rnnjax.fused.scan_layer (hand-written backward); False = autodiff of lax.scan
+    impl: Impl = Impl.FUSED
 
-    def activation(self, layer: int) -> str:
+    def __post_init__(self):
+        if isinstance(self.activation, str):
+            object.__setattr__(self, "activation", (self.activation,))
+        object.__setattr__(self, "impl", Impl(self.impl))
+
+    def layer_activation(self, layer: int) -> str:
         """phi_l of layer ``layer`` (0-based)."""
-        return self.activations[layer] if len(self.activations) > 1 else self.activations[0]
-
-    def _cell_kwargs(self, layer: int) -> dict[str, str]:
-        return {"activation": self.activation(layer)} if self.cell == "rnn" else {}
+        return self.activation[layer] if len(self.activation) > 1 else self.activation[0]
 
     def init(self, key: Array) -> Params:
-        """Params: {"layers": [cell params] * L, "w_out": [h, V], "b_out": [V]}."""
-        cell = CELLS[self.cell]
-        keys = jax.random.split(key, self.num_layers + 2)
-        layers = [
-            cell.init(keys[l], self.vocab_size if l == 0 else self.hidden_size, self.hidden_size)
-            for l in range(self.num_layers)
-        ]
-        bound = 1.0 / math.sqrt(self.hidden_size)  # nn.Linear's init
-        u = lambda k, shape: jax.random.uniform(k, shape, jnp.float32, -bound, bound)  # noqa: E731
-        return {
-            "layers": layers,
-            "w_out": u(keys[-2], (self.hidden_size, self.vocab_size)),
-            "b_out": u(keys[-1], (self.vocab_size,)),
-        }
+        """Params of ``impl``'s layout; rnnjax's: {"layers": [cell params] * L, "w_out": [h, V], "b_out": [V]}."""
+        return implementation(self.impl).init(self, key)
 
-    def initial_state(self, batch_size: int) -> State:
+    def initial_carry(self, batch_size: int) -> Carry:
         """All-zero carries of every layer for a batch of ``batch_size`` streams."""
         cell = CELLS[self.cell]
-        return tuple(cell.initial_state(batch_size, self.hidden_size) for _ in range(self.num_layers))
+        return tuple(cell.initial_carry(batch_size, self.hidden_size) for _ in range(self.num_layers))
 
     def apply(
-        self, params: Params, tokens: Array, state: State, *, dropout_key: Array | None = None
-    ) -> tuple[Array, State]:
-        """tokens [b, t] int -> (logits [b, t, V], new state).
+        self, params: Params, tokens: Array, carry: Carry, *, dropout_key: Array | None = None
+    ) -> tuple[Array, Carry]:
+        """tokens [b, t] int -> (logits [b, t, V], new carry).
 
         ``dropout_key`` turns on dropout (rate ``self.dropout``) on every layer's
         output but the last, as PyTorch's ``dropout`` argument; None = evaluation.
         """
-        cell = CELLS[self.cell]
-        tokens_tb = tokens.T
-        new_state = []
-        h_tbh = None
-        for l, (p, carry) in enumerate(zip(params["layers"], state)):
-            if l == 0:
-                xw_tbg = p["w_x"][tokens_tb] + p["b_x"]  # == one_hot(tokens) @ w_x + b_x
-            else:
-                xw_tbg = project_input(p, h_tbh)
-            if self.fused:
-                h_tbh, carry = scan_layer(self.cell, self.activation(l), p["w_h"], p["b_h"], xw_tbg, carry)
-            else:
-                kwargs = self._cell_kwargs(l)
+        return implementation(self.impl).apply(self, params, tokens, carry, dropout_key)
 
-                def body(c, xw_bg, p=p, kwargs=kwargs):
-                    return cell.recur(p, c, xw_bg, **kwargs)
 
-                carry, h_tbh = jax.lax.scan(body, carry, xw_tbg)
-            new_state.append(carry)
-            if dropout_key is not None and self.dropout > 0 and l < self.num_layers - 1:
-                keep = jax.random.bernoulli(jax.random.fold_in(dropout_key, l), 1.0 - self.dropout, h_tbh.shape)
-                h_tbh = jnp.where(keep, h_tbh / (1.0 - self.dropout), 0.0)
-        logits_tbv = h_tbh @ params["w_out"] + params["b_out"]
-        return jnp.swapaxes(logits_tbv, 0, 1), tuple(new_state)
+class Stack(NamedTuple):
+    """One implementation of the whole model: ``init(spec, key)``, ``apply(spec, params, tokens, carry, dropout_key)``."""
+
+    init: Callable[[DeepRNN, Array], Params]
+    apply: Callable[[DeepRNN, Params, Array, Carry, Array | None], tuple[Array, Carry]]
+
+
+def implementation(impl: Impl | str) -> Stack:
+    """The one place an :class:`Impl` is dispatched.
+
+    FUSED and AUTODIFF share rnnjax's stack (:func:`_init`, :func:`_apply`) and differ only in the
+    function that runs one layer over time; FLAX is a whole stack of its own. A new cell is a
+    ``cells.Cell`` in ``cells.CELLS`` and runs under every implementation; a new implementation
+    (a parallel scan for minGRU/minLSTM, cuDNN) is a new :class:`Impl` member and one case here:
+    a layer function ``(cell, activation, layer params, xw_tbg, carry) -> (h_tbh, carry)`` for
+    rnnjax's stack, or a :class:`Stack` of its own.
+    """
+    match Impl(impl):
+        case Impl.FUSED:
+            return Stack(_init, functools.partial(_apply, _fused_layer))
+        case Impl.AUTODIFF:
+            return Stack(_init, functools.partial(_apply, _autodiff_layer))
+        case Impl.FLAX:  # rnnjax's initial weights, converted: both start identical for a seed
+            return Stack(lambda spec, key: flax_model.to_flax(_init(spec, key), spec), flax_model.apply)
+
+
+def _fused_layer(cell: str, activation: str, p: Params, xw_tbg: Array, carry: Any) -> tuple[Array, Any]:
+    return scan_layer(cell, activation, p["w_h"], p["b_h"], xw_tbg, carry)
+
+
+def _autodiff_layer(cell: str, activation: str, p: Params, xw_tbg: Array, carry: Any) -> tuple[Array, Any]:
+    c = CELLS[cell]
+    carry, h_tbh = jax.lax.scan(lambda k, xw_bg: c.recur(p, k, xw_bg, activation), carry, xw_tbg)
+    return h_tbh, carry
+
+
+def _init(spec: DeepRNN, key: Array) -> Params:
+    cell = CELLS[spec.cell]
+    keys = jax.random.split(key, spec.num_layers + 2)
+    layers = [
+        cell.init(keys[l], spec.vocab_size if l == 0 else spec.hidden_size, spec.hidden_size)
+        for l in range(spec.num_layers)
+    ]
+    bound = 1.0 / math.sqrt(spec.hidden_size)  # nn.Linear's init
+    u = lambda k, shape: jax.random.uniform(k, shape, jnp.float32, -bound, bound)  # noqa: E731
+    return {
+        "layers": layers,
+        "w_out": u(keys[-2], (spec.hidden_size, spec.vocab_size)),
+        "b_out": u(keys[-1], (spec.vocab_size,)),
+    }
+
+
+def _apply(layer_fn, spec: DeepRNN, params: Params, tokens: Array, carry: Carry, dropout_key: Array | None
+           ) -> tuple[Array, Carry]:
+    tokens_tb = tokens.T
+    new_carry = []
+    h_tbh = None
+    for l, (p, layer_carry) in enumerate(zip(params["layers"], carry)):
+        if l == 0:
+            xw_tbg = p["w_x"][tokens_tb] + p["b_x"]  # == one_hot(tokens) @ w_x + b_x
+        else:
+            xw_tbg = project_input(p, h_tbh)
+        h_tbh, layer_carry = layer_fn(spec.cell, spec.layer_activation(l), p, xw_tbg, layer_carry)
+        new_carry.append(layer_carry)
+        if dropout_key is not None and spec.dropout > 0 and l < spec.num_layers - 1:
+            keep = jax.random.bernoulli(jax.random.fold_in(dropout_key, l), 1.0 - spec.dropout, h_tbh.shape)
+            h_tbh = jnp.where(keep, h_tbh / (1.0 - spec.dropout), 0.0)
+    logits_tbv = h_tbh @ params["w_out"] + params["b_out"]
+    return jnp.swapaxes(logits_tbv, 0, 1), tuple(new_carry)
 
 
 def num_params(params: Params) -> int:

@@ -1,6 +1,6 @@
 """Data parallelism with ``jax.sharding``: a 1-D device mesh with a ``"data"`` axis.
 
-Batches (and the carried hidden state) are split along the batch dimension; parameters,
+Batches (and the carry, every layer's recurrent state) are split along the batch dimension; parameters,
 optimizer state and metric sums are replicated. The train step is the same jitted
 function: XLA inserts the gradient all-reduce. With several processes
 (``jax.distributed``), every process builds the same host batches from the seed and
@@ -67,9 +67,9 @@ class DataParallel:
         host = np.asarray(host)
         return jax.make_array_from_callback(host.shape, self.replicated, lambda idx: host[idx])
 
-    def shard_state(self, state: Any) -> Any:
-        """A hidden state pytree of [batch, hidden] arrays, split on the batch axis."""
-        return jax.tree_util.tree_map(lambda x: self.shard(np.asarray(x), 0), state)
+    def shard_carry(self, carry: Any) -> Any:
+        """A carry pytree of [b, h] arrays, split on the batch axis."""
+        return jax.tree_util.tree_map(lambda x: self.shard(np.asarray(x), 0), carry)
 
     def abstract(self, tree: Any) -> Any:
         """``jax.ShapeDtypeStruct``s with each array's sharding: the restore target."""

@@ -66,7 +66,7 @@ class Run:
         Temperature 0 (the default, as in :func:`rnnjax.generate`) is greedy."""
         return generate(
             self.model, self.params, self.vocab, prefix, num_chars, temperature=temperature, top_k=top_k, seed=seed,
-            preprocess_mode=self.config.data.preprocess, tokenizer=self.config.data.tokenizer,
+            preprocess=self.config.data.preprocess, tokenizer=self.config.data.tokenizer,
         )
 
     def perplexity(self, text: str) -> float:

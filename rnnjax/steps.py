@@ -1,7 +1,7 @@
 """The jitted pieces of training: the train state, one training step, one evaluation step, and
 perplexity over a token stream. Metrics are summed on the device (:mod:`rnnjax.metrics`).
 
-Shapes: n = minibatches per epoch, b = batch, t = time steps, V = vocabulary.
+Shape suffixes as in :mod:`rnnjax.model` (n = minibatches per epoch, b = batch, t = time, V = vocabulary).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import optax
 
 from rnnjax import data
 from rnnjax.metrics import EvalMetrics
-from rnnjax.model import DeepRNN, Params, State
+from rnnjax.model import Carry, DeepRNN, Params
 from rnnjax.parallel import DataParallel
 
 Array = jax.Array
@@ -29,36 +29,37 @@ class TrainState(NamedTuple):
     nonfinite: Array  # int32 scalar: consecutive non-finite steps so far
 
 
-def init_state(model: DeepRNN, tx: optax.GradientTransformation, key: Array) -> TrainState:
+def init_train_state(model: DeepRNN, tx: optax.GradientTransformation, key: Array) -> TrainState:
+    """Step 0: fresh params from ``key``, their optimizer state, no non-finite steps."""
     params = model.init(key)
     return TrainState(jnp.int32(0), params, tx.init(params), jnp.int32(0))
 
 
-def cross_entropy(logits: Array, targets: Array) -> Array:
+def cross_entropy(logits_btv: Array, targets_bt: Array) -> Array:
     """Per-token cross-entropy: logits [b, t, V], targets [b, t] -> [b, t]."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    return optax.softmax_cross_entropy_with_integer_labels(logits_btv, targets_bt)
 
 
-def make_train_step(model: DeepRNN, tx: optax.GradientTransformation, reset_state: bool):
-    """Returns ``train_step(state, carry, metrics, xs [n,b,t], ys [n,b,t], i, key) -> (state, carry, metrics)``.
+def make_train_step(model: DeepRNN, tx: optax.GradientTransformation, reset_carry: bool):
+    """Returns ``train_step(state, carry, metrics, xs_nbt, ys_nbt, i, key) -> (state, carry, metrics)``.
 
-    Trains on minibatch i. The carry (every layer's hidden state) comes in as data, so no
-    gradient flows into earlier minibatches (truncated BPTT); ``reset_state`` zeroes it
+    Trains on minibatch i. The carry (every layer's recurrent state) comes in as data, so no
+    gradient flows into earlier minibatches (truncated BPTT); ``reset_carry`` zeroes it
     first (random sampling). ``metrics`` (:class:`TrainMetrics`) sums loss, pre-clip gradient
     norm, applied and skipped steps. A step whose loss, gradient or update is not finite
     changes nothing but the counters: params, optimizer state and carry stay as they were.
     """
 
     @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
-    def train_step(state, carry, metrics, xs, ys, i, key):
-        x, y = xs[i], ys[i]
-        if reset_state:
+    def train_step(state, carry, metrics, xs_nbt, ys_nbt, i, key):
+        x_bt, y_bt = xs_nbt[i], ys_nbt[i]
+        if reset_carry:
             carry = jax.tree_util.tree_map(jnp.zeros_like, carry)
         dropout_key = jax.random.fold_in(key, state.step) if model.dropout > 0 else None
 
         def loss_fn(params):
-            logits, new_carry = model.apply(params, x, carry, dropout_key=dropout_key)
-            return cross_entropy(logits, y).mean(), new_carry
+            logits_btv, new_carry = model.apply(params, x_bt, carry, dropout_key=dropout_key)
+            return cross_entropy(logits_btv, y_bt).mean(), new_carry
 
         (loss, new_carry), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         gnorm = optax.tree.norm(grads)
@@ -77,12 +78,12 @@ def make_train_step(model: DeepRNN, tx: optax.GradientTransformation, reset_stat
 
 
 def make_eval_step(model: DeepRNN):
-    """Returns ``eval_step(params, carry, metrics, x [b,t], y [b,t]) -> (carry, metrics)`` (:class:`EvalMetrics`)."""
+    """Returns ``eval_step(params, carry, metrics, x_bt, y_bt) -> (carry, metrics)`` (:class:`EvalMetrics`)."""
 
     @jax.jit
-    def eval_step(params, carry, metrics, x, y):
-        logits, carry = model.apply(params, x, carry)
-        return carry, metrics.add(cross_entropy(logits, y))
+    def eval_step(params, carry, metrics, x_bt, y_bt):
+        logits_btv, carry = model.apply(params, x_bt, carry)
+        return carry, metrics.add(cross_entropy(logits_btv, y_bt))
 
     return eval_step
 
@@ -91,28 +92,29 @@ def perplexity(
     model: DeepRNN, params: Params, tokens: np.ndarray, batch_size: int, num_steps: int,
     eval_step=None, dp: DataParallel | None = None,
 ) -> float:
-    """exp(mean next-token cross-entropy) over a token stream read as ``batch_size`` rows, state carried.
+    """exp(mean next-token cross-entropy) over a token stream read as ``batch_size`` rows, the carry carried over.
     With ``dp``, the rows are split over its devices."""
     eval_step = eval_step or make_eval_step(model)
-    carry: State = model.initial_state(batch_size)
+    carry: Carry = model.initial_carry(batch_size)
     metrics = EvalMetrics.zeros()
     if dp is not None:
-        carry = dp.shard_state(carry)
+        carry = dp.shard_carry(carry)
         metrics = jax.tree_util.tree_map(lambda x: dp.replicate(np.asarray(x)), metrics)
-    for x, y in data.eval_windows(tokens, batch_size, num_steps):
+    for x_bt, y_bt in data.eval_windows(tokens, batch_size, num_steps):
         if dp is not None:
-            x, y = dp.shard(x, 0), dp.shard(y, 0)
-        carry, metrics = eval_step(params, carry, metrics, x, y)
+            x_bt, y_bt = dp.shard(x_bt, 0), dp.shard(y_bt, 0)
+        carry, metrics = eval_step(params, carry, metrics, x_bt, y_bt)
     return metrics.perplexity()
 
 
-def nonfinite_part(model: DeepRNN, tx, state: TrainState, carry: State, x: Array, y: Array, reset_state: bool) -> str:
-    """Which of loss, gradient or update is not finite on minibatch (x [b,t], y [b,t]): the abort message names it."""
-    if reset_state:
+def nonfinite_part(model: DeepRNN, tx, state: TrainState, carry: Carry, x_bt: Array, y_bt: Array, reset_carry: bool
+                   ) -> str:
+    """Which of loss, gradient or update is not finite on minibatch (x_bt, y_bt): the abort message names it."""
+    if reset_carry:
         carry = jax.tree_util.tree_map(jnp.zeros_like, carry)
 
     def loss_fn(params):
-        return cross_entropy(model.apply(params, x, carry)[0], y).mean()
+        return cross_entropy(model.apply(params, x_bt, carry)[0], y_bt).mean()
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     updates, _ = tx.update(grads, state.opt_state, state.params)

@@ -27,35 +27,33 @@ from rnnjax.capacity import check_fits
 from rnnjax.checkpoint import Checkpointer, CheckpointError
 from rnnjax.config import Config, ConfigError, resolve
 from rnnjax.console import PipeSafe, Preempted, StopFlag
-from rnnjax.flax_model import FlaxDeepRNN
 from rnnjax.generate import generate
 from rnnjax.host import retain_freed_memory
 from rnnjax.metrics import TrainMetrics, best_record, epoch_record
-from rnnjax.model import DeepRNN, Params, State, num_params
+from rnnjax.model import Carry, DeepRNN, Impl, Params, num_params
 from rnnjax.optim import make_optimizer
 from rnnjax.parallel import DataParallel, set_cpu_devices
 from rnnjax.plotting import plot_curves
-from rnnjax.steps import TrainState, init_state, make_eval_step, make_train_step, nonfinite_part, perplexity
+from rnnjax.steps import TrainState, init_train_state, make_eval_step, make_train_step, nonfinite_part, perplexity
 
 Array = jax.Array
 RESUME_MODES = ("auto", "must", "never", "restart")
 
 
 def build_model(cfg: Config, vocab_size: int) -> DeepRNN:
-    """The model the config asks for (``model.impl``: rnnjax or flax)."""
-    cls = FlaxDeepRNN if cfg.model.impl == "flax" else DeepRNN
+    """The model the config asks for (``model.impl``: an :class:`Impl` value)."""
     m = cfg.model
-    return cls(vocab_size, m.hidden_size, m.num_layers, m.cell, tuple(m.activation), m.dropout)
+    return DeepRNN(vocab_size, m.hidden_size, m.num_layers, m.cell, tuple(m.activation), m.dropout, Impl(m.impl))
 
 
-def checkpoint_items(state: TrainState, rng_data: Array, carry: State, metrics: TrainMetrics) -> tuple[Params, dict]:
+def checkpoint_items(state: TrainState, rng_data: Array, carry: Carry, metrics: TrainMetrics) -> tuple[Params, dict]:
     """A checkpoint's ``params`` and ``state`` items (layout in :mod:`rnnjax.checkpoint`); ``rng_data`` is
     ``jax.random.key_data(key)``. The metric sums are stored as the [4] array ``acc``."""
     train = {"step": state.step, "opt_state": state.opt_state, "nonfinite": state.nonfinite}
     return state.params, {"train": train, "rng": rng_data, "carry": carry, "acc": metrics.to_array()}
 
 
-def from_checkpoint_items(params: Params, item: dict[str, Any]) -> tuple[TrainState, Array, State, TrainMetrics]:
+def from_checkpoint_items(params: Params, item: dict[str, Any]) -> tuple[TrainState, Array, Carry, TrainMetrics]:
     """Inverse of :func:`checkpoint_items`: (train state, rng_data, carry, metric sums)."""
     train = item["train"]
     state = TrainState(train["step"], params, train["opt_state"], train["nonfinite"])
@@ -123,13 +121,13 @@ class _Trainer:
         self.model = build_model(self.cfg, len(self.corpus.vocab))
         self.n = data.batches_per_epoch(dc, len(self.corpus.train))
         self.tx, self.schedule = make_optimizer(tc, total_steps=self.n * tc.num_epochs)
-        self.train_step = make_train_step(self.model, self.tx, reset_state=dc.sampler == "random")
+        self.train_step = make_train_step(self.model, self.tx, reset_carry=dc.sampler == "random")
         self.eval_step = make_eval_step(self.model)
         self.metrics_path = self.workdir / "metrics.jsonl"
 
-    def fresh(self) -> tuple[State, TrainMetrics]:
+    def fresh(self) -> tuple[Carry, TrainMetrics]:
         """A zero carry and zero metric sums for the start of an epoch, placed on the mesh."""
-        carry = self.dp.shard_state(self.model.initial_state(self.cfg.data.batch_size))
+        carry = self.dp.shard_carry(self.model.initial_carry(self.cfg.data.batch_size))
         return carry, jax.tree_util.tree_map(lambda x: self.dp.replicate(np.asarray(x)), TrainMetrics.zeros())
 
     def save(self, ckpt: Checkpointer, state, rng_data, carry, metrics, epoch: int, batch: int, record=None) -> None:
@@ -143,7 +141,7 @@ class _Trainer:
     def restore(self, ckpt: Checkpointer):
         """The latest good checkpoint, or a fresh state: (state, rng_data, carry, metrics, epoch, batch, step or None)."""
         init_key, rng = jax.random.split(jax.random.key(self.cfg.seed))
-        state = jax.jit(lambda k: init_state(self.model, self.tx, k), out_shardings=self.dp.replicated)(init_key)
+        state = jax.jit(lambda k: init_train_state(self.model, self.tx, k), out_shardings=self.dp.replicated)(init_key)
         rng_data = self.dp.replicate(np.asarray(jax.random.key_data(rng)))
         carry, metrics = self.fresh()
         abstract = self.dp.abstract(checkpoint_items(state, rng_data, carry, metrics))
@@ -155,10 +153,10 @@ class _Trainer:
 
     def train_epoch(self, ckpt, state, rng_data, carry, metrics, epoch: int, first: int):
         """Minibatches ``first`` .. n-1 of ``epoch``; on SIGTERM/SIGINT, save this step and raise :class:`Preempted`."""
-        xs, ys = (self.dp.shard(a, 1) for a in data.epoch_batches(self.corpus.train, self.cfg.data, self.cfg.seed, epoch))
+        xs_nbt, ys_nbt = (self.dp.shard(a, 1) for a in data.epoch_batches(self.corpus.train, self.cfg.data, self.cfg.seed, epoch))
         rng = jax.random.wrap_key_data(rng_data)
         for i in range(first, self.n):
-            state, carry, metrics = self.train_step(state, carry, metrics, xs, ys, i, rng)
+            state, carry, metrics = self.train_step(state, carry, metrics, xs_nbt, ys_nbt, i, rng)
             if self.stop.signum is not None:
                 self.save(ckpt, state, rng_data, carry, metrics, epoch - 1, i + 1)
                 raise Preempted(self.stop.signum, int(state.step))
@@ -171,9 +169,9 @@ class _Trainer:
     def abort_nonfinite(self, state, carry, epoch: int):
         """Raise the one-line error for a run whose last ``train.max_nonfinite`` steps were all non-finite."""
         tc = self.cfg.train
-        xs, ys = data.epoch_batches(self.corpus.train, self.cfg.data, self.cfg.seed, epoch)
-        x, y = (self.dp.shard(a[self.n - 1], 0) for a in (xs, ys))
-        what = nonfinite_part(self.model, self.tx, state, carry, x, y, self.cfg.data.sampler == "random")
+        xs_nbt, ys_nbt = data.epoch_batches(self.corpus.train, self.cfg.data, self.cfg.seed, epoch)
+        x_bt, y_bt = (self.dp.shard(a[self.n - 1], 0) for a in (xs_nbt, ys_nbt))
+        what = nonfinite_part(self.model, self.tx, state, carry, x_bt, y_bt, self.cfg.data.sampler == "random")
         clip = f"train.grad_clip = {tc.grad_clip}" + (" (off)" if tc.grad_clip == 0 else "")
         fix = "lower train.learning_rate" + (" or set train.grad_clip (e.g. 1.0)" if tc.grad_clip == 0 else "")
         raise FloatingPointError(
@@ -242,7 +240,7 @@ class _Trainer:
             plot_curves(records, self.workdir / "curves.png", title=f"{cfg.model.num_layers}-layer {cfg.model.cell}")
         samples = generate(
             self.model, state.params, self.corpus.vocab, list(cfg.generate.prefixes), cfg.generate.num_chars,
-            preprocess_mode=dc.preprocess, tokenizer=dc.tokenizer,
+            preprocess=dc.preprocess, tokenizer=dc.tokenizer,
         ) if cfg.generate.prefixes else []
         if self.primary:
             rundir.write_atomic(self.workdir / "samples.txt", "".join(s + "\n" for s in samples))

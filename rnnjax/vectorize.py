@@ -84,16 +84,16 @@ def train_vectorized(cfgs: Sequence[Config], workdirs: Sequence[str | pathlib.Pa
     start = time.perf_counter()
     for epoch in range(1, tc.num_epochs + 1):
         batches = [data.epoch_batches(corpus.train, dc, c.seed, epoch) for c in cfgs]
-        xs, ys = jnp.asarray(np.stack([b[0] for b in batches])), jnp.asarray(np.stack([b[1] for b in batches]))
-        carry, metrics = stack(model.initial_state(dc.batch_size)), TrainMetrics.zeros((k,))
+        xs_knbt, ys_knbt = jnp.asarray(np.stack([b[0] for b in batches])), jnp.asarray(np.stack([b[1] for b in batches]))
+        carry, metrics = stack(model.initial_carry(dc.batch_size)), TrainMetrics.zeros((k,))
         t0 = time.perf_counter()
         for i in range(n):
-            state, carry, metrics = step(state, carry, metrics, xs, ys, i, rngs)
+            state, carry, metrics = step(state, carry, metrics, xs_knbt, ys_knbt, i, rngs)
         sums = np.asarray(metrics.to_array(), np.float64)  # [k, 4]
         train_time = time.perf_counter() - t0
-        ecarry, emetrics = stack(model.initial_state(dc.batch_size)), EvalMetrics.zeros((k,))
-        for x, y in data.eval_windows(corpus.val, dc.batch_size, dc.num_steps):
-            ecarry, emetrics = evaluate(state.params, ecarry, emetrics, x, y)
+        ecarry, emetrics = stack(model.initial_carry(dc.batch_size)), EvalMetrics.zeros((k,))
+        for x_bt, y_bt in data.eval_windows(corpus.val, dc.batch_size, dc.num_steps):
+            ecarry, emetrics = evaluate(state.params, ecarry, emetrics, x_bt, y_bt)
         for j, d in enumerate(dirs):
             val_ppl = EvalMetrics(emetrics.nll[j], emetrics.tokens[j]).perplexity()
             record = epoch_record(  # tokens/s per trial; the group does k x more
@@ -106,7 +106,7 @@ def train_vectorized(cfgs: Sequence[Config], workdirs: Sequence[str | pathlib.Pa
         one = jax.tree_util.tree_map(lambda x, j=j: x[j], state)
         ckpt = Checkpointer(d, c.checkpoint.max_to_keep)
         meta = {"epoch": tc.num_epochs, "batch": 0, "val_ppl": records[j][-1]["val_ppl"], "record": finite(records[j][-1])}
-        items = checkpoint_items(one, jax.random.key_data(rngs[j]), model.initial_state(dc.batch_size), TrainMetrics.zeros())
+        items = checkpoint_items(one, jax.random.key_data(rngs[j]), model.initial_carry(dc.batch_size), TrainMetrics.zeros())
         ckpt.save(int(one.step), *items, meta, val_ppl=records[j][-1]["val_ppl"])
         ckpt.close()
         plot_curves(records[j], d / "curves.png", title=f"{c.model.num_layers}-layer {c.model.cell}")

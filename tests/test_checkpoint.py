@@ -20,7 +20,7 @@ import rnnjax
 from rnnjax.checkpoint import CheckpointError
 from rnnjax.config import default_config, resolve, smoke
 from rnnjax.metrics import TrainMetrics
-from rnnjax.steps import init_state, make_train_step
+from rnnjax.steps import init_train_state, make_train_step
 from rnnjax.train import train_and_evaluate
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -157,11 +157,11 @@ def test_nonfinite_step_is_skipped_and_run_aborts(tmp_path):
     cfg = resolve(cfg_with())
     model = rnnjax.build_model(cfg, 28)
     tx = optax.sgd(float("inf"))
-    state = init_state(model, tx, jax.random.key(0))
+    state = init_train_state(model, tx, jax.random.key(0))
     before = param_bytes(state.params)
     xs = jax.random.randint(jax.random.key(1), (1, 8, 10), 0, 28)
-    step = make_train_step(model, tx, reset_state=False)
-    new, _, acc = step(state, model.initial_state(8), TrainMetrics.zeros(), xs, jnp.roll(xs, -1, -1), 0, jax.random.key(0))
+    step = make_train_step(model, tx, reset_carry=False)
+    new, _, acc = step(state, model.initial_carry(8), TrainMetrics.zeros(), xs, jnp.roll(xs, -1, -1), 0, jax.random.key(0))
     assert param_bytes(new.params) == before and int(new.nonfinite) == 1 and float(acc.skipped) == 1.0
     bad = cfg_with(3)
     bad.train.learning_rate, bad.train.grad_clip = 1e38, 0.0

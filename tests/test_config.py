@@ -61,6 +61,7 @@ BAD = [
     ("train.learning_rate", -1.0, "train.learning_rate = -1.0"),
     ("train.learning_rate", float("nan"), "train.learning_rate = nan"),
     ("model.cell", "transformer", "model.cell = 'transformer'"),
+    ("model.impl", "cudnn", "model.impl = 'cudnn'"),
     ("model.activation", "sigmoid", "model.activation = 'sigmoid'"),
     ("model.activation", ["tanh", "relu", "tanh"], "one per layer"),
     ("data.sampler", "shuffled", "data.sampler"),
@@ -81,6 +82,18 @@ def test_per_layer_activation_list_is_accepted():
     cfg = _with("model.activation", ["tanh", "relu"])
     cfg.model.cell = "rnn"
     assert resolve(cfg).model.activation == ("tanh", "relu")
+
+
+def test_every_impl_value_builds_its_model():
+    from rnnjax.config import IMPLS
+    from rnnjax.model import Impl
+    from rnnjax.train import build_model
+
+    assert set(IMPLS) == {i.value for i in Impl}
+    for value in IMPLS:
+        cfg = default_config()
+        cfg.model.impl = value
+        assert build_model(resolve(cfg), 28).impl is Impl(value)
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty", "binary"])

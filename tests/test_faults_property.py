@@ -83,15 +83,15 @@ def test_any_corpus_bytes_load_or_say_why(tmp_path, raw, preprocess, tokenizer):
     st.one_of(st.none(), st.integers(-3, 100), st.floats(allow_nan=True)),
     st.one_of(st.integers(-5, 2**33), st.floats(allow_nan=True)),
 )
-def test_any_generation_arguments_are_checked_in_one_line(prefixes, num_tokens, temperature, top_k, seed):
+def test_any_generation_arguments_are_checked_in_one_line(prefixes, num_chars, temperature, top_k, seed):
     from rnnjax.generate import check_args
 
     try:
-        check_args(prefixes, num_tokens, temperature, top_k, seed)
+        check_args(prefixes, num_chars, temperature, top_k, seed)
     except ValueError as e:
         assert one_line(str(e)), str(e)
     else:  # what passes is what sampling can use
-        assert isinstance(num_tokens, int) and num_tokens >= 1
+        assert isinstance(num_chars, int) and num_chars >= 1
         assert isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0
 
 

@@ -12,9 +12,9 @@ import pytest
 from rnnjax.config import default_config, resolve
 from rnnjax.fused import scan_layer
 from rnnjax.metrics import TrainMetrics
-from rnnjax.model import DeepRNN
+from rnnjax.model import DeepRNN, Impl
 from rnnjax.optim import make_optimizer
-from rnnjax.steps import init_state, make_train_step
+from rnnjax.steps import init_train_state, make_train_step
 
 CASES = [("lstm", ("tanh",)), ("gru", ("tanh",)), ("rnn", ("tanh",)), ("rnn", ("relu",)), ("rnn", ("relu", "tanh", "relu"))]
 
@@ -23,7 +23,7 @@ def _loss(model, tokens):
     def f(params, carry):
         logits, new = model.apply(params, tokens[:, :-1], carry)
         nll = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
-        # a cotangent on the final carry too (it is the next minibatch's initial state)
+        # a cotangent on the final carry too (it is the next minibatch's initial carry)
         return nll + 0.1 * sum(jnp.sum(jnp.sin(x)) for x in jax.tree_util.tree_leaves(new))
 
     return f
@@ -31,11 +31,11 @@ def _loss(model, tokens):
 
 @pytest.mark.parametrize("cell,acts", CASES)
 def test_fused_layer_equals_autodiff_of_scan(cell, acts):
-    fused = DeepRNN(vocab_size=11, hidden_size=16, num_layers=3, cell=cell, activations=acts)
-    plain = dataclasses.replace(fused, fused=False)
+    fused = DeepRNN(vocab_size=11, hidden_size=16, num_layers=3, cell=cell, activation=acts)
+    plain = dataclasses.replace(fused, impl=Impl.AUTODIFF)
     params = fused.init(jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(1), (5, 9), 0, 11)
-    carry = jax.tree_util.tree_map(lambda a: a + 0.5, fused.initial_state(5))  # non-zero start state
+    carry = jax.tree_util.tree_map(lambda a: a + 0.5, fused.initial_carry(5))  # non-zero start carry
 
     (lf, cf), (lp, cp) = fused.apply(params, tokens, carry), plain.apply(params, tokens, carry)
     np.testing.assert_allclose(lf, lp, rtol=1e-6, atol=1e-6)
@@ -79,12 +79,12 @@ def test_train_steps_with_fused_and_plain_layers_agree():
     cfg = resolve(cfg)
     tx, _ = make_optimizer(cfg.train, 100)
     results = []
-    for fused in (True, False):
-        model = DeepRNN(28, 32, 2, "lstm", fused=fused)
-        step = make_train_step(model, tx, reset_state=False)
-        state = init_state(model, tx, jax.random.key(0))
+    for impl in (Impl.FUSED, Impl.AUTODIFF):
+        model = DeepRNN(28, 32, 2, "lstm", impl=impl)
+        step = make_train_step(model, tx, reset_carry=False)
+        state = init_train_state(model, tx, jax.random.key(0))
         xs = jax.random.randint(jax.random.key(3), (10, 4, 11), 0, 28)
-        carry, acc = model.initial_state(4), TrainMetrics.zeros()
+        carry, acc = model.initial_carry(4), TrainMetrics.zeros()
         for i in range(10):
             state, carry, acc = step(state, carry, acc, xs[..., :-1], xs[..., 1:], i, jax.random.key(1))
         results.append(state.params)

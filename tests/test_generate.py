@@ -47,10 +47,10 @@ def trained(tmp_path_factory):
     ({"prefixes": ["time", ""]}, "prefix 1 must be a non-empty string, got ''"),
     ({"prefixes": ["time", 3]}, "prefix 1 must be a non-empty string, got 3"),
     ({"prefixes": "!!", "tokenizer": "word"}, "prefix 0 ('!!') is empty after preprocessing ('d2l'); give at least one token"),
-    ({"num_tokens": 0}, "num_tokens must be an integer >= 1, got 0"),
-    ({"num_tokens": -3}, "num_tokens must be an integer >= 1, got -3"),
-    ({"num_tokens": 2.0}, "num_tokens must be an integer >= 1, got 2.0"),
-    ({"num_tokens": True}, "num_tokens must be an integer >= 1, got True"),
+    ({"num_chars": 0}, "num_chars must be an integer >= 1, got 0"),
+    ({"num_chars": -3}, "num_chars must be an integer >= 1, got -3"),
+    ({"num_chars": 2.0}, "num_chars must be an integer >= 1, got 2.0"),
+    ({"num_chars": True}, "num_chars must be an integer >= 1, got True"),
     ({"temperature": math.nan}, "temperature must be a finite number >= 0 (0 = greedy), got nan"),
     ({"temperature": math.inf}, "temperature must be a finite number >= 0 (0 = greedy), got inf"),
     ({"temperature": -0.5}, "temperature must be a finite number >= 0 (0 = greedy), got -0.5"),
@@ -70,9 +70,9 @@ def test_bad_arguments_raise_one_line_before_any_compute(tiny, monkeypatch, kwar
         raise AssertionError("sample() ran before the arguments were checked")
 
     monkeypatch.setattr(gen, "sample", no_compute)
-    args = {"prefixes": "time traveller", "num_tokens": 5, **kwargs}
+    args = {"prefixes": "time traveller", "num_chars": 5, **kwargs}
     with pytest.raises(ValueError) as e:
-        gen.generate(model, params, vocab, args.pop("prefixes"), args.pop("num_tokens"), **args)
+        gen.generate(model, params, vocab, args.pop("prefixes"), args.pop("num_chars"), **args)
     assert str(e.value) == message and "\n" not in str(e.value)
 
 

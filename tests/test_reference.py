@@ -7,33 +7,33 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rnnjax.flax_model import FlaxDeepRNN, from_flax, to_flax
+from rnnjax.flax_model import from_flax, to_flax
 from rnnjax.interop import from_torch, to_torch
-from rnnjax.model import DeepRNN
+from rnnjax.model import DeepRNN, Impl
 
 V, H, B, T = 11, 16, 3, 7
 
 
 def make(cell, num_layers):
     acts = ("relu",) if cell == "rnn" else ("tanh",)
-    return DeepRNN(vocab_size=V, hidden_size=H, num_layers=num_layers, cell=cell, activations=acts)
+    return DeepRNN(vocab_size=V, hidden_size=H, num_layers=num_layers, cell=cell, activation=acts)
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
 @pytest.mark.parametrize("num_layers", [1, 2, 3])
 def test_flax_reference_gives_equal_logits(cell, num_layers):
     model = make(cell, num_layers)
-    flax_model = FlaxDeepRNN(**dataclasses.asdict(model))
+    flax_model = dataclasses.replace(model, impl=Impl.FLAX)
     params = model.init(jax.random.key(0))
-    # Random nonzero state and both biases nonzero, so every term is exercised.
-    state = jax.tree_util.tree_map(lambda z: z + 0.5, model.initial_state(B))
+    # Random nonzero carry and both biases nonzero, so every term is exercised.
+    carry = jax.tree_util.tree_map(lambda z: z + 0.5, model.initial_carry(B))
     tokens = jax.random.randint(jax.random.key(1), (B, T), 0, V)
-    ours, our_state = model.apply(params, tokens, state)
-    theirs, their_state = flax_model.apply(to_flax(params, model), tokens, state)
+    ours, our_carry = model.apply(params, tokens, carry)
+    theirs, their_carry = flax_model.apply(to_flax(params, model), tokens, carry)
     assert float(jnp.abs(ours - theirs).max()) <= 1e-5
-    for a, b in zip(jax.tree_util.tree_leaves(our_state), jax.tree_util.tree_leaves(their_state)):
+    for a, b in zip(jax.tree_util.tree_leaves(our_carry), jax.tree_util.tree_leaves(their_carry)):
         assert float(jnp.abs(a - b).max()) <= 1e-5
-    back, _ = model.apply(from_flax(to_flax(params, model), model), tokens, state)
+    back, _ = model.apply(from_flax(to_flax(params, model), model), tokens, carry)
     assert float(jnp.abs(back - ours).max()) <= 1e-5
 
 
@@ -74,7 +74,7 @@ def test_torch_weights_give_equal_logits(cell, num_layers):
     as_np = lambda m: {k: v.detach().numpy() for k, v in m.state_dict().items()}  # noqa: E731
     params = from_torch(as_np(rnn), as_np(out))
     model = make(cell, num_layers)
-    logits, _ = model.apply(params, jnp.asarray(tokens), model.initial_state(B))
+    logits, _ = model.apply(params, jnp.asarray(tokens), model.initial_carry(B))
     assert float(np.abs(np.asarray(logits) - ref).max()) <= 1e-5
     # And back: loading our arrays into torch reproduces the state_dict exactly.
     rnn_sd, lin_sd = to_torch(params)

@@ -44,10 +44,10 @@ def test_gradients_match_finite_differences(cell):
     targets = jnp.roll(tokens, -1, axis=1)
     with jax.enable_x64(True):
         params = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64), model.init(jax.random.key(0)))
-        state = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64), model.initial_state(2))
+        carry = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64), model.initial_carry(2))
 
         def loss(p):
-            return cross_entropy(model.apply(p, tokens, state)[0], targets).mean()
+            return cross_entropy(model.apply(p, tokens, carry)[0], targets).mean()
 
         check_grads(loss, (params,), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
 
@@ -64,10 +64,10 @@ def test_clipping_is_applied():
     for clip in (0.01, 0.0):
         tc = dataclasses.replace(cfg.train, grad_clip=clip)
         tx, _ = make_optimizer(tc, 10)
-        step = make_train_step(model, tx, reset_state=False)
+        step = make_train_step(model, tx, reset_carry=False)
         fresh = jax.tree_util.tree_map(jnp.copy, params)  # the step donates its input
         state = TrainState(jnp.int32(0), fresh, tx.init(fresh), jnp.int32(0))
-        new, _, acc = step(state, model.initial_state(8), TrainMetrics.zeros(), xs, ys, 0, jax.random.key(0))
+        new, _, acc = step(state, model.initial_carry(8), TrainMetrics.zeros(), xs, ys, 0, jax.random.key(0))
         diff = jax.tree_util.tree_map(lambda a, b: a - b, new.params, params)
         deltas[clip] = (float(optax.tree.norm(diff)), float(acc.grad_norm))
     (clipped, gnorm), (unclipped, gnorm2) = deltas[0.01], deltas[0.0]
