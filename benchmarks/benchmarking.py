@@ -86,7 +86,8 @@ class Workload:
         (forward + backward w.r.t. activations + backward w.r.t. weights). Layer 1's input
         is counted as the one-hot matmul X W_x (V x G*h) of the model's definition."""
         g, h = CELLS[self.cell].num_gates, self.hidden
-        fwd = sum(2 * g * h * ((V if l == 0 else h) + h) for l in range(self.num_layers)) + 2 * h * V
+        rec = 0 if CELLS[self.cell].sequence is not None else h  # minGRU/minLSTM: no h W_h
+        fwd = sum(2 * g * h * ((V if l == 0 else h) + rec) for l in range(self.num_layers)) + 2 * h * V
         return 3.0 * fwd
 
 
@@ -283,6 +284,66 @@ def benchmark_scaling(repeats: int, steps: int) -> list[dict[str, Any]]:
     for row in out:
         for name, r in row["results"].items():
             r["cost_ratio"] = r["ms_per_step"] / out[0]["results"][name]["ms_per_step"]
+    return out
+
+
+SEQ_LENGTHS = (35, 256, 1024)
+SEQ_CELLS = ("lstm", "gru", "mingru", "minlstm")
+
+
+def benchmark_sequence(repeats: int, steps: int, lengths: tuple[int, ...] = SEQ_LENGTHS) -> list[dict[str, Any]]:
+    """The 2-layer stack (h 256, b 32) of each cell as the sequence grows: rnnjax's LSTM and GRU
+    (a sequential loop, fused backward), minGRU and minLSTM (a parallel scan), and torch's
+    nn.LSTM/nn.GRU, interleaved per length."""
+    out = []
+    for t in lengths:
+        variants = {f"rnnjax {c}": _jax_variant(Workload(c, 2, seq=t), "rnnjax", steps) for c in SEQ_CELLS}
+        for c in ("lstm", "gru"):
+            if (tv := _torch_variant(Workload(c, 2, seq=t), steps)) is not None:
+                variants[f"torch {c}"] = tv
+        out.append({"seq": t, "results": _interleave(variants, repeats, steps, 32 * t)})
+    return out
+
+
+def _log_space_scan(a_tbh, b_tbh, h0_bh):
+    """The paper's form: h = exp(cumsum(log a) + logcumsumexp(log b - cumsum(log a))), plus h0's term."""
+    ca = jnp.cumsum(jnp.log(a_tbh), axis=0)
+    return jnp.exp(ca) * h0_bh + jnp.exp(ca + jax.lax.cumlogsumexp(jnp.log(b_tbh) - ca, axis=0))
+
+
+def benchmark_scan_forms(repeats: int = 5, lengths: tuple[int, ...] = SEQ_LENGTHS) -> list[dict[str, Any]]:
+    """One minGRU layer's recurrence (b 32, h 256), forward + backward: ``jax.lax.associative_scan``
+    in linear space (rnnjax's) vs the log-space form with ``jax.lax.cumlogsumexp``, interleaved;
+    and each one's largest relative error against a float64 loop."""
+    from rnnjax.cells import _mingru_coefficients, linear_scan, split_gates
+
+    out = []
+    for t in lengths:
+        k1, k2 = jax.random.split(jax.random.key(t))
+        xw = 2.0 * jax.random.normal(k1, (t, 32, 512))
+        h0 = jax.random.uniform(k2, (32, 256))
+        a, b = _mingru_coefficients(split_gates(xw, 2))
+        a64, b64, h = np.asarray(a, np.float64), np.asarray(b, np.float64), np.asarray(h0, np.float64)
+        ref = []
+        for i in range(t):
+            h = a64[i] * h + b64[i]
+            ref.append(h)
+        ref = np.stack(ref)
+        forms = {"associative_scan": linear_scan, "cumlogsumexp": _log_space_scan}
+        row: dict[str, Any] = {"seq": t}
+        fns = {}
+        for name, f in forms.items():
+            row[f"{name}_rel_err"] = float(np.max(np.abs(np.asarray(f(a, b, h0), np.float64) - ref) / np.abs(ref)))
+            fns[name] = jax.jit(jax.grad(lambda a, b, f=f: f(a, b, h0).sum(), argnums=(0, 1)))
+            jax.block_until_ready(fns[name](a, b))
+        times: dict[str, list[float]] = {n: [] for n in fns}
+        for _ in range(repeats):
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                jax.block_until_ready(fn(a, b))
+                times[name].append((time.perf_counter() - t0) * 1e3)
+        row.update({f"{n}_ms": statistics.median(v) for n, v in times.items()})
+        out.append(row)
     return out
 
 
@@ -532,6 +593,29 @@ def write_report(results: dict, path: str, json_path: str | None, command: str) 
         for name, r in row["results"].items():
             lines.append(f"| {row['label']} | {name} | {r['ms_per_step']:.1f} | {r['tokens_per_sec']:.0f} | "
                          f"{r['compile_s']:.1f} | {100 * r['mfu']:.0f}% | {_fmt_ratio(r, 'vs_torch')} |")
+    sq = results.get("sequence")
+    if sq:
+        names = list(sq[0]["results"])
+        lines += ["", "## Sequence length: parallel-scan cells vs the sequential loop", "",
+                  "The 2-layer stack, h = 256, b = 32, one training step at each sequence length t; minGRU/minLSTM "
+                  "run their parallel scan (`jax.lax.associative_scan`), LSTM/GRU the sequential loop. "
+                  "Microseconds per token (ms/step / (b t)); lower is better, flat in t means no sequential cost.", "",
+                  "| t | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for row in sq:
+            r = row["results"]
+            lines.append(f"| {row['seq']} | " + " | ".join(
+                f"{r[n]['ms_per_step'] * 1e3 / (32 * row['seq']):.2f} ({r[n]['ms_per_step']:.0f} ms, compile "
+                f"{r[n]['compile_s']:.1f} s)" for n in names) + " |")
+    sf = results.get("scan_forms")
+    if sf:
+        lines += ["", "### minGRU's recurrence: associative scan vs log space", "",
+                  "One layer's h_t = a_t h_{t-1} + b_t (b 32, h 256), forward + backward; error = largest relative "
+                  "difference of h from a float64 loop.", "",
+                  "| t | associative_scan ms | cumlogsumexp ms | associative_scan error | cumlogsumexp error |",
+                  "|---|---|---|---|---|"]
+        for row in sf:
+            lines.append(f"| {row['seq']} | {row['associative_scan_ms']:.1f} | {row['cumlogsumexp_ms']:.1f} | "
+                         f"{row['associative_scan_rel_err']:.1e} | {row['cumlogsumexp_rel_err']:.1e} |")
     sc = results.get("scaling")
     if sc:
         lines += ["", "## Scaling (2-layer LSTM)", "",

@@ -1,4 +1,5 @@
-r"""Depth x cell-type sweep over the seed experiment (d2l's exercise: LSTM vs GRU vs RNN).
+r"""Depth x cell-type sweep over the seed experiment (d2l's exercise: LSTM vs GRU vs RNN, and the
+parallel-scan cells minGRU and minLSTM).
 
     python scripts/sweep.py --config=configs/sweep_depth_cell.py --workdir=runs/sweep
     python scripts/sweep.py --config=configs/sweep_depth_cell.py:quick --workdir=runs/sweep_quick  # reduced budget
@@ -22,4 +23,4 @@ def get_config(arg: str | None = None):
 def get_sweep(arg: str | None = None):
     if arg == "smoke":
         return {"model.cell": ["gru", "lstm"], "model.num_layers": [1, 2]}
-    return {"model.cell": ["rnn", "gru", "lstm"], "model.num_layers": [1, 2, 3, 4]}
+    return {"model.cell": ["rnn", "gru", "lstm", "mingru", "minlstm"], "model.num_layers": [1, 2, 3, 4]}

@@ -7,7 +7,7 @@ import jax
 
 from rnnjax.config import Config, ConfigError
 
-_GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+_GATES = {"rnn": 1, "gru": 3, "lstm": 4, "mingru": 2, "minlstm": 3}
 
 
 def estimate_memory(cfg: Config, vocab_size: int) -> int:
@@ -16,7 +16,8 @@ def estimate_memory(cfg: Config, vocab_size: int) -> int:
     m, d = cfg.model, cfg.data
     g, h = _GATES[m.cell], m.hidden_size
     input_weights = vocab_size * g * h + (m.num_layers - 1) * h * g * h
-    params = input_weights + m.num_layers * (h * g * h + 2 * g * h) + h * vocab_size + vocab_size
+    recurrent = 0 if m.cell.startswith("min") else h * g * h + g * h  # minGRU/minLSTM: no w_h, b_h
+    params = input_weights + m.num_layers * (recurrent + g * h) + h * vocab_size + vocab_size
     copies = 2 + (2 if cfg.train.optimizer in ("adam", "adamw") else 0)  # params, grads (+ two moments)
     tokens = d.batch_size * d.num_steps
     activations = tokens * m.num_layers * h * (2 * g + 4) + 3 * tokens * vocab_size

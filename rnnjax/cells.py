@@ -1,4 +1,5 @@
-"""Recurrent cells as pure functions: vanilla RNN, GRU and LSTM.
+"""Recurrent cells as pure functions: vanilla RNN, GRU and LSTM, and the parallel-scan cells
+minGRU and minLSTM ("Were RNNs All We Needed?", Feng et al., 2024).
 
 Notation as in :mod:`rnnjax.model` (b = batch, d = input size, h = hidden size, G = number
 of gates). Every cell stores its weights PyTorch-style, with all gates of one input fused:
@@ -14,6 +15,12 @@ Each cell follows the scan contract ``step(params, carry, x) -> (carry, h)``.
 projection out of the time loop and scans only ``recur``. A cell's equations live once,
 in its ``pointwise`` function over per-gate slabs; ``recur`` and the fused layer's forward
 loop (:mod:`rnnjax.fused`) both call it.
+
+minGRU and minLSTM have no recurrent weights (``params = {"w_x": [d, G*h], "b_x": [G*h]}``):
+their gates read the input only, so a layer is the linear recurrence h_t = a_t * h_{t-1} + b_t,
+which ``sequence`` evaluates for all t at once with ``jax.lax.associative_scan`` (O(log t)
+depth); ``step`` is the same equations one step at a time (generation). PyTorch has no such
+modules, so :mod:`rnnjax.interop` does not convert them, and Flax has none either.
 """
 
 from __future__ import annotations
@@ -57,7 +64,9 @@ class Cell(NamedTuple):
     ``pointwise(xw, hw, carry, activation) -> (new carry, h, saved)`` is the cell's equations
     on per-gate slabs ``xw`` (= x W_x + b_x) and ``hw`` (= h W_h + b_h), each G x [b, h];
     ``saved`` is what :mod:`rnnjax.fused`'s backward needs besides h. ``hidden(carry)`` is
-    the h [b, h] a carry holds.
+    the h [b, h] a carry holds. ``sequence(xw_tbg, carry) -> (h_tbh, carry)``, where set, is
+    the cell's own whole-sequence form (the parallel scan of minGRU/minLSTM, whose ``hw`` is
+    empty: they have no ``w_h``).
     """
 
     name: str
@@ -66,13 +75,14 @@ class Cell(NamedTuple):
     initial_carry: Callable[[int, int], Any]
     hidden: Callable[[Any], Array]
     pointwise: Callable[[Slabs, Slabs, Any, str], tuple[Any, Array, tuple[Array, ...]]]
+    sequence: Callable[[Array, Any], tuple[Array, Any]] | None = None
 
     def recur(self, params: Params, carry: Any, xw: Array, activation: str = "tanh") -> tuple[Any, Array]:
         """One step from the input half xw [b, G*h]; returns (new carry, h [b, h]).
         ``activation`` is phi of the vanilla RNN (the other cells ignore it)."""
-        hw = self.hidden(carry) @ params["w_h"] + params["b_h"]
         g = self.num_gates
-        carry, h, _ = self.pointwise(split_gates(xw, g), split_gates(hw, g), carry, activation)
+        hw = split_gates(self.hidden(carry) @ params["w_h"] + params["b_h"], g) if "w_h" in params else ()
+        carry, h, _ = self.pointwise(split_gates(xw, g), hw, carry, activation)
         return carry, h
 
     def step(self, params: Params, carry: Any, x: Array, activation: str = "tanh") -> tuple[Any, Array]:
@@ -132,6 +142,69 @@ def _lstm_pointwise(
     return (c_new, h), h, (c, i, f, g, o)
 
 
+def g(x: Array) -> Array:
+    """minGRU/minLSTM's candidate activation: x + 0.5 for x >= 0, sigmoid(x) below (always > 0)."""
+    return jnp.where(x >= 0, x + 0.5, jax.nn.sigmoid(x))
+
+
+def _mingru_coefficients(xw: Slabs) -> tuple[Array, Array]:
+    """minGRU as h' = a * h + b:
+
+        z  = sigmoid(x W_z + b_z)      h~ = g(x W_h + b_h)      h' = (1 - z) * h + z * h~
+
+    so a = 1 - z = sigmoid(-(x W_z + b_z)), b = z * h~. Slabs (z, h~)."""
+    return jax.nn.sigmoid(-xw[0]), jax.nn.sigmoid(xw[0]) * g(xw[1])
+
+
+def _minlstm_coefficients(xw: Slabs) -> tuple[Array, Array]:
+    """minLSTM as h' = a * h + b:
+
+        f = sigmoid(x W_f + b_f)   i = sigmoid(x W_i + b_i)   h~ = g(x W_h + b_h)
+        f' = f / (f + i)           i' = i / (f + i)           h' = f' * h + i' * h~
+
+    so a = f', b = i' * h~. f / (f + i) = sigmoid(log f - log i) with log sigmoid(k) =
+    -softplus(-k): no division, no overflow. Slabs (f, i, h~)."""
+    d = jax.nn.softplus(-xw[1]) - jax.nn.softplus(-xw[0])  # log f - log i
+    return jax.nn.sigmoid(d), jax.nn.sigmoid(-d) * g(xw[2])
+
+
+def _linear_pointwise(coefficients):
+    def pointwise(xw: Slabs, hw: Slabs, carry: Array, activation: str = "tanh") -> tuple[Array, Array, tuple[()]]:
+        a, b = coefficients(xw)
+        h = a * carry + b
+        return h, h, ()
+
+    return pointwise
+
+
+def linear_scan(a_tbh: Array, b_tbh: Array, h0_bh: Array) -> Array:
+    """h_t = a_t * h_{t-1} + b_t for every t at once: ``jax.lax.associative_scan`` over the pairs
+    (a, b) composed as (a1, b1) then (a2, b2) = (a1 a2, a2 b1 + b2); h0 enters the first b.
+    In linear space: exact to float32 rounding at any t (the log-space form with
+    ``cumlogsumexp`` lost 4e-4 relative at t = 1024 and was ~20x slower on CPU, BENCHMARKS.md)."""
+    b_tbh = b_tbh.at[0].add(a_tbh[0] * h0_bh)
+    _, h_tbh = jax.lax.associative_scan(lambda l, r: (l[0] * r[0], r[0] * l[1] + r[1]), (a_tbh, b_tbh), axis=0)
+    return h_tbh
+
+
+def _linear_sequence(coefficients, num_gates):
+    def sequence(xw_tbg: Array, h0_bh: Array) -> tuple[Array, Array]:
+        a_tbh, b_tbh = coefficients(split_gates(xw_tbg, num_gates))
+        if xw_tbg.shape[0] == 1:  # one step (generation): the step form, no scan
+            h_tbh = a_tbh * h0_bh + b_tbh
+        else:
+            h_tbh = linear_scan(a_tbh, b_tbh, h0_bh)
+        return h_tbh, h_tbh[-1]
+
+    return sequence
+
+
+def _input_only_init(key: Array, input_size: int, hidden_size: int, num_gates: int) -> Params:
+    """Like :func:`_uniform_init` without the recurrent weights: w_x [d, G*h], b_x [G*h]."""
+    p = _uniform_init(key, input_size, hidden_size, num_gates)
+    return {"w_x": p["w_x"], "b_x": p["b_x"]}
+
+
 def _zeros(batch_size: int, hidden_size: int) -> Array:
     return jnp.zeros((batch_size, hidden_size), jnp.float32)
 
@@ -165,4 +238,23 @@ lstm = Cell(
     pointwise=_lstm_pointwise,
 )
 
-CELLS: dict[str, Cell] = {"rnn": rnn, "gru": gru, "lstm": lstm}
+mingru = Cell(
+    name="mingru",
+    num_gates=2,
+    init=lambda key, d, h: _input_only_init(key, d, h, 2),
+    initial_carry=_zeros,
+    hidden=_same,
+    pointwise=_linear_pointwise(_mingru_coefficients),
+    sequence=_linear_sequence(_mingru_coefficients, 2),
+)
+minlstm = Cell(
+    name="minlstm",
+    num_gates=3,
+    init=lambda key, d, h: _input_only_init(key, d, h, 3),
+    initial_carry=_zeros,
+    hidden=_same,
+    pointwise=_linear_pointwise(_minlstm_coefficients),
+    sequence=_linear_sequence(_minlstm_coefficients, 3),
+)
+
+CELLS: dict[str, Cell] = {"rnn": rnn, "gru": gru, "lstm": lstm, "mingru": mingru, "minlstm": minlstm}

@@ -14,6 +14,7 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+CELL_NAMES = ("rnn", "gru", "lstm", "mingru", "minlstm")  # the keys of rnnjax.cells.CELLS
 IMPLS = ("rnnjax", "autodiff", "flax")  # the values of rnnjax.model.Impl (not imported here: no JAX in config)
 
 
@@ -53,7 +54,7 @@ def default_config() -> ml_collections.ConfigDict:
     # "rnnjax" (pure-function cells, hand-written backward), "autodiff" (the same cells, lax.scan
     # differentiated by JAX) or "flax" (Flax's own cells; the reference): rnnjax.model.Impl. Same numbers.
     c.model.impl = "rnnjax"
-    # "rnn", "gru" or "lstm".
+    # "rnn", "gru", "lstm", or the parallel-scan cells "mingru", "minlstm" (no recurrent weights).
     c.model.cell = "lstm"
     c.model.hidden_size = 256
     c.model.num_layers = 2
@@ -284,7 +285,9 @@ def _validate(c: Config) -> None:
     _check(dt.sampler in ("sequential", "random"), "data.sampler", dt.sampler, "'sequential' or 'random'")
     _check(_is_int(dt.max_file_mb) and dt.max_file_mb >= 1, "data.max_file_mb", dt.max_file_mb, "an integer >= 1 (MiB)")
     _check(m.impl in IMPLS, "model.impl", m.impl, "'rnnjax', 'autodiff' or 'flax'")
-    _check(m.cell in ("rnn", "gru", "lstm"), "model.cell", m.cell, "'rnn', 'gru' or 'lstm'")
+    _check(m.cell in CELL_NAMES, "model.cell", m.cell, "'rnn', 'gru', 'lstm', 'mingru' or 'minlstm'")
+    if m.impl == "flax" and m.cell in ("mingru", "minlstm"):
+        raise ConfigError(f"config.model.impl = 'flax' has no {m.cell} cell (Flax has none); use model.impl = 'rnnjax'")
     _check(_is_int(m.hidden_size) and m.hidden_size >= 1, "model.hidden_size", m.hidden_size, "an integer >= 1")
     _check(_is_int(m.num_layers) and m.num_layers >= 1, "model.num_layers", m.num_layers, "an integer >= 1")
     _check(_strings(m.activation), "model.activation", m.activation, "'tanh' or 'relu', or a list with one per layer")

@@ -9,7 +9,8 @@ with d = V for layer 0 and h above, gates in PyTorch's order (LSTM i,f,g,o; GRU 
 rnnjax stores the same arrays transposed (``w_x = weight_ih.T``, ``w_h = weight_hh.T``,
 ``w_out = weight.T``), so both directions are exact. Arrays are NumPy: no torch import here.
 A model fed through ``nn.Embedding`` instead of one-hot converts the same way with
-``weight_ih_l0`` replaced by ``(embedding.weight @ weight_ih_l0.T).T``.
+``weight_ih_l0`` replaced by ``(embedding.weight @ weight_ih_l0.T).T``. minGRU and minLSTM
+have no PyTorch module, so they do not convert.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ def _writable(x) -> np.ndarray:
 
 def to_torch(params: Params) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """rnnjax params -> (rnn state_dict, output nn.Linear state_dict) as NumPy float32 arrays."""
+    if params["layers"] and "w_h" not in params["layers"][0]:
+        raise ValueError("to_torch: minGRU/minLSTM params have no PyTorch module to convert to (no w_h); "
+                         "only rnn, gru and lstm convert")
     rnn_state: dict[str, np.ndarray] = {}
     for k, p in enumerate(params["layers"]):
         rnn_state[f"weight_ih_l{k}"] = _writable(np.asarray(p["w_x"]).T)

@@ -109,8 +109,10 @@ def implementation(impl: Impl | str) -> Stack:
 
     FUSED and AUTODIFF share rnnjax's stack (:func:`_init`, :func:`_apply`) and differ only in the
     function that runs one layer over time; FLAX is a whole stack of its own. A new cell is a
-    ``cells.Cell`` in ``cells.CELLS`` and runs under every implementation; a new implementation
-    (a parallel scan for minGRU/minLSTM, cuDNN) is a new :class:`Impl` member and one case here:
+    ``cells.Cell`` in ``cells.CELLS`` and runs under FUSED and AUTODIFF; a cell with its own
+    whole-sequence form (``Cell.sequence``: minGRU/minLSTM's parallel scan) uses it under FUSED,
+    while AUTODIFF scans its step (the sequential witness). A new implementation (cuDNN) is a
+    new :class:`Impl` member and one case here:
     a layer function ``(cell, activation, layer params, xw_tbg, carry) -> (h_tbh, carry)`` for
     rnnjax's stack, or a :class:`Stack` of its own.
     """
@@ -124,6 +126,9 @@ def implementation(impl: Impl | str) -> Stack:
 
 
 def _fused_layer(cell: str, activation: str, p: Params, xw_tbg: Array, carry: Any) -> tuple[Array, Any]:
+    sequence = CELLS[cell].sequence
+    if sequence is not None:  # minGRU/minLSTM: their own parallel scan (autodiff is already cheap there)
+        return sequence(xw_tbg, carry)
     return scan_layer(cell, activation, p["w_h"], p["b_h"], xw_tbg, carry)
 
 

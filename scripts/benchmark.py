@@ -17,6 +17,8 @@ Sections (all by default):
     multi-core CPU also rnnjax data-parallel over one CPU device per core
     (config.parallel.cpu_devices=0);
   * scaling: the 2-layer LSTM with sequence 350, hidden 1024, batch 256;
+  * sequence: the 2-layer LSTM, GRU, minGRU and minLSTM (and torch nn.LSTM/GRU) at t = 35, 256
+    and 1024, and minGRU's recurrence as an associative scan vs in log space;
   * generation: characters/s with 1 and 64 streams;
   * end_to_end: the whole seed experiment (scripts/train.py, as is and with
     --config.parallel.cpu_devices=0) vs python benchmarks/torch_baseline.py;
@@ -45,7 +47,7 @@ from absl import app, flags
 BENCHMARKS_DIR = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS_DIR))
 
-ALL = ["rows", "scaling", "generation", "end_to_end", "vectorized", "devices", "checkpoint"]
+ALL = ["rows", "scaling", "sequence", "generation", "end_to_end", "vectorized", "devices", "checkpoint"]
 _FAKE = flags.DEFINE_integer("fake_devices", 4, "Fake CPU devices for the devices section (0 = real devices only).")
 # The defaults of --repeats, --steps and --e2e_epochs are the report's standard (benchmarks/benchmarking.py STANDARD_*).
 _REPEATS = flags.DEFINE_integer("repeats", 7, "Interleaved rounds; figures are medians over rounds. Targets judged from 7.")
@@ -96,6 +98,9 @@ def main(argv):
     results["rows"] = bm.benchmark_rows(r, s, results["peak"]["peak"], workloads)
     if "scaling" in sections:
         results["scaling"] = bm.benchmark_scaling(max(3, r // 2), max(2, s // 4))
+    if "sequence" in sections:
+        results["sequence"] = bm.benchmark_sequence(max(3, r // 2), max(2, s // 5))
+        results["scan_forms"] = bm.benchmark_scan_forms(max(3, r // 2))
     if "generation" in sections:
         results["generation"] = bm.benchmark_generation()
     if "checkpoint" in sections:
