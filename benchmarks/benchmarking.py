@@ -315,14 +315,14 @@ def benchmark_scan_forms(repeats: int = 5, lengths: tuple[int, ...] = SEQ_LENGTH
     """One minGRU layer's recurrence (b 32, h 256), forward + backward: ``jax.lax.associative_scan``
     in linear space (rnnjax's) vs the log-space form with ``jax.lax.cumlogsumexp``, interleaved;
     and each one's largest relative error against a float64 loop."""
-    from rnnjax.cells import _mingru_coefficients, linear_scan, split_gates
+    from rnnjax.cells import linear_scan, mingru_coefficients, split_gates
 
     out = []
     for t in lengths:
         k1, k2 = jax.random.split(jax.random.key(t))
         xw = 2.0 * jax.random.normal(k1, (t, 32, 512))
         h0 = jax.random.uniform(k2, (32, 256))
-        a, b = _mingru_coefficients(split_gates(xw, 2))
+        a, b = mingru_coefficients(split_gates(xw, 2))
         a64, b64, h = np.asarray(a, np.float64), np.asarray(b, np.float64), np.asarray(h0, np.float64)
         ref = []
         for i in range(t):

@@ -147,7 +147,7 @@ def g(x: Array) -> Array:
     return jnp.where(x >= 0, x + 0.5, jax.nn.sigmoid(x))
 
 
-def _mingru_coefficients(xw: Slabs) -> tuple[Array, Array]:
+def mingru_coefficients(xw: Slabs) -> tuple[Array, Array]:
     """minGRU as h' = a * h + b:
 
         z  = sigmoid(x W_z + b_z)      h~ = g(x W_h + b_h)      h' = (1 - z) * h + z * h~
@@ -156,7 +156,7 @@ def _mingru_coefficients(xw: Slabs) -> tuple[Array, Array]:
     return jax.nn.sigmoid(-xw[0]), jax.nn.sigmoid(xw[0]) * g(xw[1])
 
 
-def _minlstm_coefficients(xw: Slabs) -> tuple[Array, Array]:
+def minlstm_coefficients(xw: Slabs) -> tuple[Array, Array]:
     """minLSTM as h' = a * h + b:
 
         f = sigmoid(x W_f + b_f)   i = sigmoid(x W_i + b_i)   h~ = g(x W_h + b_h)
@@ -244,8 +244,8 @@ mingru = Cell(
     init=lambda key, d, h: _input_only_init(key, d, h, 2),
     initial_carry=_zeros,
     hidden=_same,
-    pointwise=_linear_pointwise(_mingru_coefficients),
-    sequence=_linear_sequence(_mingru_coefficients, 2),
+    pointwise=_linear_pointwise(mingru_coefficients),
+    sequence=_linear_sequence(mingru_coefficients, 2),
 )
 minlstm = Cell(
     name="minlstm",
@@ -253,8 +253,8 @@ minlstm = Cell(
     init=lambda key, d, h: _input_only_init(key, d, h, 3),
     initial_carry=_zeros,
     hidden=_same,
-    pointwise=_linear_pointwise(_minlstm_coefficients),
-    sequence=_linear_sequence(_minlstm_coefficients, 3),
+    pointwise=_linear_pointwise(minlstm_coefficients),
+    sequence=_linear_sequence(minlstm_coefficients, 3),
 )
 
 CELLS: dict[str, Cell] = {"rnn": rnn, "gru": gru, "lstm": lstm, "mingru": mingru, "minlstm": minlstm}
