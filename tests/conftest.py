@@ -1,4 +1,7 @@
-"""Tests run on the CPU, with float32 matmuls at full precision."""
+"""Tests run on the CPU, with float32 matmuls at full precision.
+
+Below, what several test files share (imported as ``from conftest import small_config``: pytest
+puts tests/ on sys.path): the small config they train, and how they compare runs."""
 
 import os
 
@@ -7,3 +10,51 @@ os.environ["JAX_PLATFORMS"] = "cpu"
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+import hashlib  # noqa: E402
+import pathlib  # noqa: E402
+import sys  # noqa: E402
+
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+
+from rnnjax.config import default_config, smoke  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def with_fields(cfg: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
+    """``cfg`` with dotted fields set in place, e.g. ``with_fields(cfg, **{"model.cell": "gru", "seed": 1})``."""
+    for path, value in fields.items():
+        *groups, leaf = path.split(".")
+        node = cfg
+        for g in groups:
+            node = getattr(node, g)
+        setattr(node, leaf, value)
+    return cfg
+
+
+def small_config(num_epochs: int = 3, progress: bool = False, **fields) -> ml_collections.ConfigDict:
+    """The smoke config (seconds per run), ``num_epochs`` long, progress bar off unless asked,
+    with dotted ``fields`` set (see :func:`with_fields`)."""
+    cfg = smoke(default_config())
+    cfg.train.progress = progress
+    cfg.train.num_epochs = num_epochs
+    return with_fields(cfg, **fields)
+
+
+def param_bytes(params) -> list[bytes]:
+    """Every parameter array's bytes: equal lists mean bitwise-equal parameters."""
+    return [np.asarray(x).tobytes() for x in jax.tree_util.tree_leaves(params)]
+
+
+def snapshot(workdir) -> dict[str, str]:
+    """A sha256 per file under ``workdir`` (every file): equal snapshots mean nothing was touched."""
+    return {str(p.relative_to(workdir)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(pathlib.Path(workdir).rglob("*")) if p.is_file()}
+
+
+def train_cli(workdir, *flags) -> list[str]:
+    """The argv of scripts/train.py on the smoke LSTM config, progress bar off, into ``workdir``."""
+    return [sys.executable, str(ROOT / "scripts" / "train.py"), f"--config={ROOT / 'configs' / 'deep_lstm.py'}:smoke",
+            f"--workdir={workdir}", "--config.train.progress=False", *flags]

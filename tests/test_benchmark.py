@@ -120,6 +120,36 @@ def test_benchmark_rejects_bad_flags(tmp_path, args, message):
     assert not (tmp_path / "BENCHMARKS.md").exists() and not (tmp_path / "runs").exists()
 
 
+def test_benchmark_report_lists_every_variant_with_ratios(tmp_path):
+    """The report's shape from synthetic figures (no timing is asserted: speed lives in BENCHMARKS.md)."""
+    calls = []
+    variants = {"rnnjax": bm.Variant(lambda: calls.append("a"), 1.0), "torch": bm.Variant(lambda: None, 0.1)}
+    fig = bm._interleave(variants, 2, 3, 1120)
+    assert len(calls) == 3  # one warm-up + 2 interleaved rounds
+    assert set(fig) == {"rnnjax", "torch"} and fig["rnnjax"]["compile_s"] == 1.0
+
+    def row(w, ms):
+        res = {k: {"ms_per_step": v, "tokens_per_sec": w.tokens_per_step / v * 1e3, "compile_s": 2.0, "mfu": 0.5,
+                   "vs_torch": ms["torch"] / v} for k, v in ms.items()}
+        return {"workload": bm.dataclasses.asdict(w), "label": w.label, "results": res}
+
+    results = bm.machine(bm.STANDARD_REPEATS, bm.STANDARD_STEPS)  # at the report's standard: targets judged
+    results["peak"] = {"jax": 150.0, "peak": 150.0, "n": 2048}
+    results["rows"] = [row(w, {"rnnjax": 50.0, "rnnjax, 2 CPU devices": 40.0, "flax": 60.0, "torch": 55.0}) for w in bm.ROWS]
+    results["end_to_end"] = {"epochs": 500, "rnnjax": {"seconds": 250, "train_ppl": 1.03, "val_ppl": 40.0},
+                             "torch": {"seconds": 300, "train_ppl": 1.03, "val_ppl": 41.0}, "speedup": {"rnnjax": 1.2}}
+    results["devices"] = {"plain (no mesh)": fig["rnnjax"], "mesh of 1": fig["torch"]}
+    results["devices_visible"] = 1
+    bm.write_report(results, tmp_path / "B.md", tmp_path / "b.json", command="python scripts/benchmark.py")
+    text = (tmp_path / "B.md").read_text()
+    assert "| rnnjax >= 1.2x torch, 2-layer LSTM | rnnjax: 1.10x; rnnjax, 2 CPU devices: 1.38x | yes |" in text
+    assert "| compile of the default step < 5 s | 2.0 s | yes |" in text
+    assert "| seed experiment end to end >= 1.2x nn.LSTM script (500 epochs) | rnnjax: 1.20x | yes |" in text
+    for line in ("| mesh of 1 |", "| rnnjax | 250 | 1.030 | 40.00 |", "## What was tried"):
+        assert line in text
+    assert json.loads((tmp_path / "b.json").read_text())["settings"]["repeats"] == bm.STANDARD_REPEATS
+
+
 def synthetic(repeats: int, steps: int, e2e_epochs: int | None = None) -> dict:
     """Results shaped as scripts/benchmark.py makes them, with made-up figures: rnnjax beats every
     target (1.5x torch, 70% MFU, faster than flax, compiles in 1 s)."""

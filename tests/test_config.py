@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import with_fields
 
 from rnnjax.config import ConfigError, default_config, resolve
 from rnnjax.train import train_and_evaluate
@@ -47,13 +48,6 @@ def test_seed_config_is_the_reference_experiment():
     assert (cfg.train.optimizer, cfg.train.learning_rate, cfg.train.grad_clip, cfg.train.num_epochs) == ("sgd", 2.0, 1.0, 500)
 
 
-def _with(field, value):
-    cfg = default_config()
-    group, name = field.split(".")
-    setattr(cfg[group], name, value)
-    return cfg
-
-
 BAD = [
     ("model.num_layers", 0, "model.num_layers = 0"),
     ("model.hidden_size", 0, "model.hidden_size = 0"),
@@ -73,47 +67,15 @@ BAD = [
 @pytest.mark.parametrize("field,value,message", BAD)
 def test_invalid_values_name_the_field(field, value, message, tmp_path):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(".", r"\.")) as e:
-        train_and_evaluate(_with(field, value), tmp_path / "run")
+        train_and_evaluate(with_fields(default_config(), **{field: value}), tmp_path / "run")
     assert "\n" not in str(e.value)
     assert not (tmp_path / "run").exists()  # stopped before writing or computing anything
 
 
 def test_per_layer_activation_list_is_accepted():
-    cfg = _with("model.activation", ["tanh", "relu"])
+    cfg = with_fields(default_config(), **{"model.activation": ["tanh", "relu"]})
     cfg.model.cell = "rnn"
     assert resolve(cfg).model.activation == ("tanh", "relu")
-
-
-def test_every_impl_value_builds_its_model():
-    from rnnjax.config import IMPLS
-    from rnnjax.model import Impl
-    from rnnjax.train import build_model
-
-    assert set(IMPLS) == {i.value for i in Impl}
-    for value in IMPLS:
-        cfg = default_config()
-        cfg.model.impl = value
-        assert build_model(resolve(cfg), 28).impl is Impl(value)
-
-
-@pytest.mark.parametrize("kind", ["missing", "empty", "binary"])
-def test_bad_corpus_files_are_refused(kind, tmp_path):
-    path = tmp_path / "corpus.txt"
-    if kind == "empty":
-        path.write_text("   \n")
-    elif kind == "binary":
-        path.write_bytes(b"caf\xe9 au lait" * 100)
-    with pytest.raises(ConfigError, match=r"config\.data\.paths: .*(cannot read|empty|not UTF-8)"):
-        train_and_evaluate(_with("data.paths", [str(path)]), tmp_path / "run")
-    assert not (tmp_path / "run").exists()
-
-
-def test_window_longer_than_corpus_is_refused(tmp_path):
-    cfg = _with("data.num_steps", 400)  # 32 rows x 401 tokens > 10,000 training tokens
-    with pytest.raises(ConfigError, match=r"config\.data\.num_steps = 400"):
-        train_and_evaluate(cfg, tmp_path / "run")
-    with pytest.raises(ConfigError, match=r"config\.data\.max_tokens \+ config\.data\.num_val"):
-        train_and_evaluate(_with("data.max_tokens", 10_000_000), tmp_path / "run")
 
 
 def test_cli_prints_one_line_and_creates_nothing(tmp_path):

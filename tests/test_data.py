@@ -1,13 +1,16 @@
-"""Preprocessing, vocabulary, and the two samplers."""
+"""Reading the corpus (bad files and a corpus too short are refused), preprocessing, tokenizing, and the
+two samplers."""
 
 import dataclasses
 
 import numpy as np
 import pytest
+from conftest import with_fields
 
 from rnnjax import data
-from rnnjax.config import default_config, resolve
-from rnnjax.vocab import UNK, Vocab
+from rnnjax.config import ConfigError, default_config, resolve
+from rnnjax.train import train_and_evaluate
+from rnnjax.vocab import UNK
 
 
 def data_cfg(**overrides):
@@ -34,15 +37,6 @@ def test_preprocess_none_keeps_raw_characters_and_word_tokens(tmp_path):
     assert {"H", ",", "\n", "!"} <= set(corpus.vocab.idx_to_token)
     words = data.load_corpus(dataclasses.replace(cfg, tokenizer="word", max_tokens=150, num_val=50))
     assert "Hello," in words.vocab.idx_to_token and "again." in words.vocab.idx_to_token
-
-
-def test_vocab_min_freq_reserved_unknown_and_json_roundtrip(tmp_path):
-    vocab = Vocab.build(list("aaabbc"), min_freq=2, reserved_tokens=["<pad>"])
-    assert vocab.idx_to_token == ("<pad>", UNK, "a", "b")
-    np.testing.assert_array_equal(vocab.encode("abcz"), [2, 3, vocab.unk, vocab.unk])
-    vocab.save(tmp_path / "v.json")
-    assert Vocab.load(tmp_path / "v.json") == vocab
-    assert vocab.decode([2, 3, 1]) == ["a", "b", UNK]
 
 
 def test_sequential_batches_continue_each_row_exactly():
@@ -85,3 +79,23 @@ def test_eval_windows_cover_the_stream_in_order():
 def test_detokenize_inverts_tokenize(tokenizer):
     text = "the time machine"
     assert data.detokenize(data.tokenize(text, tokenizer), tokenizer) == text
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "binary"])
+def test_bad_corpus_files_are_refused(kind, tmp_path):
+    path = tmp_path / "corpus.txt"
+    if kind == "empty":
+        path.write_text("   \n")
+    elif kind == "binary":
+        path.write_bytes(b"caf\xe9 au lait" * 100)
+    with pytest.raises(ConfigError, match=r"config\.data\.paths: .*(cannot read|empty|not UTF-8)"):
+        train_and_evaluate(with_fields(default_config(), **{"data.paths": [str(path)]}), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_window_longer_than_corpus_is_refused(tmp_path):
+    cfg = with_fields(default_config(), **{"data.num_steps": 400})  # 32 rows x 401 tokens > 10,000 training tokens
+    with pytest.raises(ConfigError, match=r"config\.data\.num_steps = 400"):
+        train_and_evaluate(cfg, tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"config\.data\.max_tokens \+ config\.data\.num_val"):
+        train_and_evaluate(with_fields(default_config(), **{"data.max_tokens": 10_000_000}), tmp_path / "run")

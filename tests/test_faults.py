@@ -13,28 +13,17 @@ import sys
 import jax
 import numpy as np
 import pytest
+from conftest import param_bytes, small_config
 
 import rnnjax
 from rnnjax import checkpoint, integrity
 from rnnjax.checkpoint import CheckpointError
-from rnnjax.config import default_config, smoke
 from rnnjax.console import Preempted
 from rnnjax.train import train_and_evaluate
 from rnnjax.workdir import WorkdirError, read_metrics
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-
-
-def cfg_with(num_epochs=3):
-    cfg = smoke(default_config())
-    cfg.train.progress = False
-    cfg.train.num_epochs = num_epochs
-    return cfg
-
-
-def param_bytes(params):
-    return [np.asarray(x).tobytes() for x in jax.tree_util.tree_leaves(params)]
 
 
 def snapshot(workdir):
@@ -55,7 +44,7 @@ def biggest_array_file(step_dir):
 def finished(tmp_path_factory):
     """A finished 3-epoch run (checkpoints at steps 24, 48, 72), copied per test."""
     d = tmp_path_factory.mktemp("finished") / "run"
-    out = train_and_evaluate(cfg_with(3), d)
+    out = train_and_evaluate(small_config(3), d)
     return d, out
 
 
@@ -82,7 +71,7 @@ def test_flipped_bytes_are_caught_by_checksums_and_fall_back(run_copy, caplog):
     assert "damaged" in caplog.text
     with pytest.raises(CheckpointError, match="step 72 .* is damaged"):
         rnnjax.load(run, step=72)  # an explicit step never falls back
-    resumed = train_and_evaluate(cfg_with(3), run)  # the trainer quarantines it and redoes epoch 3 exactly
+    resumed = train_and_evaluate(small_config(3), run)  # the trainer quarantines it and redoes epoch 3 exactly
     assert (run / "damaged").is_dir() and any(p.name.startswith("72.") for p in (run / "damaged").iterdir())
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(resumed["params"]))
     assert [r["epoch"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2, 3]
@@ -105,7 +94,7 @@ def test_an_unrelated_restore_error_moves_nothing(run_copy, monkeypatch, error):
 
     monkeypatch.setattr(checkpoint.ocp.CheckpointManager, "restore", broken)
     with pytest.raises(type(error), match=str(error).split(".")[0]):
-        train_and_evaluate(cfg_with(3), run)
+        train_and_evaluate(small_config(3), run)
     with pytest.raises(type(error)):
         rnnjax.load(run)
     assert snapshot(run) == before and not (run / "damaged").exists()
@@ -128,7 +117,7 @@ def test_each_damage_kind_is_quarantined_and_the_previous_step_used(run_copy, da
     else:
         (run / "checkpoints" / "96").mkdir()
     assert integrity.find_damage(latest) is not None or damage in ("truncated_array", "empty_step_dir")
-    resumed = train_and_evaluate(cfg_with(3), run)
+    resumed = train_and_evaluate(small_config(3), run)
     assert param_bytes(resumed["params"]) == param_bytes(out["params"])  # epoch 3 redone from step 48, exactly
     moved = {p.name.split(".")[0] for p in (run / "damaged").iterdir()}
     assert moved == ({"96"} if damage == "empty_step_dir" else {"72"})
@@ -139,14 +128,14 @@ def test_all_quarantined_then_rerun_refuses_and_keeps_the_history(run_copy):
     for s in steps(run):
         (run / "checkpoints" / str(s) / "meta" / "metadata").unlink()
     with pytest.raises(CheckpointError, match=r"every checkpoint .* is damaged \(steps \[24, 48, 72\]"):
-        train_and_evaluate(cfg_with(3), run)
+        train_and_evaluate(small_config(3), run)
     before = snapshot(run)
     with pytest.raises(WorkdirError, match=r"holds 3 epoch record\(s\) in metrics.jsonl and 3 damaged checkpoint\(s\) in "
                                            r"damaged/ but no checkpoint to resume from; use a new --workdir, or "
                                            r"--resume=restart"):
-        train_and_evaluate(cfg_with(3), run)
+        train_and_evaluate(small_config(3), run)
     assert snapshot(run) == before  # metrics.jsonl not truncated, nothing moved
-    out = train_and_evaluate(cfg_with(1), run, resume="restart")  # the explicit way on: old files kept aside
+    out = train_and_evaluate(small_config(1), run, resume="restart")  # the explicit way on: old files kept aside
     kept = list((run / "discarded").iterdir())
     assert len(kept) == 1 and len(read_metrics(kept[0] / "metrics.jsonl")) == 3 and (kept[0] / "damaged").is_dir()
     assert [r["epoch"] for r in out["metrics"]] == [1]
@@ -175,16 +164,16 @@ def test_damaged_run_json_is_one_line(run_copy, name):
     (run / name).write_text('{"seed": ')
     before = snapshot(run)
     with pytest.raises(WorkdirError, match=rf"{name} is damaged \(JSONDecodeError\)"):
-        train_and_evaluate(cfg_with(3), run)
+        train_and_evaluate(small_config(3), run)
     assert snapshot(run) == before
 
 
 def test_bad_workdirs_are_refused_creating_nothing(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(WorkdirError, match="is a file"):
-        train_and_evaluate(cfg_with(1), tmp_path / "file")
+        train_and_evaluate(small_config(1), tmp_path / "file")
     with pytest.raises(WorkdirError, match="which is a file"):
-        train_and_evaluate(cfg_with(1), tmp_path / "file" / "run")
+        train_and_evaluate(small_config(1), tmp_path / "file" / "run")
     assert [p.name for p in tmp_path.iterdir()] == ["file"]
 
 
@@ -235,7 +224,7 @@ def test_disk_full_while_saving_is_one_line_and_keeps_the_previous_checkpoint(tm
 
 
 def test_nonfinite_abort_names_the_part_and_the_settings(tmp_path):
-    bad = cfg_with(2)
+    bad = small_config(2)
     bad.train.learning_rate, bad.train.grad_clip = 1e38, 1.0
     with pytest.raises(FloatingPointError, match=r"the (gradient|update|loss) was not finite with train.optimizer = 'sgd', "
                                                  r"train.learning_rate = 1e\+38, train.grad_clip = 1.0; lower "
@@ -258,7 +247,7 @@ def test_sigterm_before_training_starts_saves_nothing_and_says_so(tmp_path, monk
 
     monkeypatch.setattr(data, "load_corpus", signalled_while_loading)
     with pytest.raises(Preempted, match="^stopped by signal 15 before training started: nothing was saved yet$") as e:
-        train_and_evaluate(cfg_with(1), tmp_path / "run")
+        train_and_evaluate(small_config(1), tmp_path / "run")
     assert e.value.step is None and not (tmp_path / "run" / "metrics.jsonl").exists()
     assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
 
@@ -268,7 +257,7 @@ def test_a_torn_last_record_covered_by_a_checkpoint_comes_back_from_it(run_copy,
     path = run / "metrics.jsonl"
     lines = path.read_text().splitlines()
     path.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])  # epoch 3's line torn
-    again = train_and_evaluate(cfg_with(3), run)  # finished: nothing to train, epoch 3's record is restored
+    again = train_and_evaluate(small_config(3), run)  # finished: nothing to train, epoch 3's record is restored
     assert "restored from the checkpoint" in caplog.text
     assert [r["epoch"] for r in read_metrics(path)] == [1, 2, 3]
     assert read_metrics(path)[-1]["val_ppl"] == out["metrics"][-1]["val_ppl"] == again["val_ppl"]
@@ -279,6 +268,6 @@ def test_a_sweep_dir_that_is_a_file_is_refused(tmp_path):
 
     (tmp_path / "afile").write_text("x")
     with pytest.raises(WorkdirError, match="is a file"):
-        run_sweep(cfg_with(1), {"model.cell": ["gru"]}, tmp_path / "afile")
+        run_sweep(small_config(1), {"model.cell": ["gru"]}, tmp_path / "afile")
     with pytest.raises(WorkdirError, match="which is a file"):
-        run_sweep(cfg_with(1), {"model.cell": ["gru"]}, tmp_path / "afile" / "s")
+        run_sweep(small_config(1), {"model.cell": ["gru"]}, tmp_path / "afile" / "s")

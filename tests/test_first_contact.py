@@ -9,12 +9,12 @@ import subprocess
 import sys
 
 import jax
-import numpy as np
 import pytest
+from conftest import param_bytes, small_config
 
 import rnnjax
 from rnnjax.checkpoint import CheckpointError
-from rnnjax.config import ConfigError, default_config, smoke
+from rnnjax.config import ConfigError
 from rnnjax.train import train_and_evaluate
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -22,19 +22,8 @@ ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
 TRAIN = str(ROOT / "scripts" / "train.py")
 
 
-def cfg_with(num_epochs=2):
-    cfg = smoke(default_config())
-    cfg.train.progress = False
-    cfg.train.num_epochs = num_epochs
-    return cfg
-
-
 def run_cli(cwd, *args, timeout=300):
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, env=ENV, timeout=timeout)
-
-
-def param_bytes(params):
-    return [np.asarray(x).tobytes() for x in jax.tree_util.tree_leaves(params)]
 
 
 @pytest.fixture
@@ -48,9 +37,9 @@ def in_tmp(tmp_path, monkeypatch):
 
 
 def test_relative_workdir_trains_resumes_and_loads(in_tmp):
-    out = train_and_evaluate(cfg_with(2), "rel/run")  # orbax 0.12.8 rejected this at the first save
+    out = train_and_evaluate(small_config(2), "rel/run")  # orbax 0.12.8 rejected this at the first save
     assert (in_tmp / "rel" / "run" / "checkpoints").is_dir() and out["workdir"] == in_tmp / "rel" / "run"
-    again = train_and_evaluate(cfg_with(3), "rel/run")  # resume from a relative path: nothing quarantined
+    again = train_and_evaluate(small_config(3), "rel/run")  # resume from a relative path: nothing quarantined
     assert not (in_tmp / "rel" / "run" / "damaged").exists()
     assert [r["epoch"] for r in again["metrics"]] == [1, 2, 3]
     run = rnnjax.load("rel/run", step="latest")
@@ -160,7 +149,7 @@ def test_config_variants():
 
 
 def test_load_best_latest_and_step(in_tmp):
-    cfg = cfg_with(10)  # a tiny corpus that adam overfits: validation is best at epoch 6, not at the end
+    cfg = small_config(10)  # a tiny corpus that adam overfits: validation is best at epoch 6, not at the end
     cfg.data.max_tokens, cfg.data.num_val, cfg.data.batch_size, cfg.data.num_steps = 600, 200, 4, 10
     cfg.model.hidden_size, cfg.train.optimizer, cfg.train.learning_rate = 64, "adam", 0.03
     cfg.checkpoint.max_to_keep = 1
@@ -185,7 +174,7 @@ def test_load_best_latest_and_step(in_tmp):
 
 
 def test_run_and_api_generate_share_one_greedy_default(tmp_path):
-    train_and_evaluate(cfg_with(1), tmp_path)
+    train_and_evaluate(small_config(1), tmp_path)
     run = rnnjax.load(tmp_path)
     api = rnnjax.generate(run.model, run.params, run.vocab, "time", 15)
     assert run.generate("time", 15) == api == run.generate("time", 15, temperature=0.0)
@@ -238,7 +227,7 @@ def test_a_closed_console_pipe_does_not_stop_training(in_tmp):
 
 
 def test_another_config_is_refused_with_both_values_and_a_finished_run_says_so(in_tmp, capsys):
-    cfg = cfg_with(2)
+    cfg = small_config(2)
     cfg.train.progress = True
     train_and_evaluate(cfg, "run")
     capsys.readouterr()

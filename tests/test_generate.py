@@ -1,5 +1,5 @@
-"""Generation arguments: the API refuses bad ones before any compute, clamps top_k, and
-scripts/generate.py turns every refusal into one line, ``error: <message>``."""
+"""Generation: greedy, sampled and batched prompts; the API refuses bad arguments before any compute,
+clamps top_k, and scripts/generate.py turns every refusal into one line, ``error: <message>``."""
 
 import importlib
 import math
@@ -11,9 +11,11 @@ import sys
 import jax
 import numpy as np
 import pytest
+from conftest import small_config
 
 from rnnjax import data
-from rnnjax.config import default_config, resolve, smoke
+from rnnjax.config import default_config, resolve
+from rnnjax.generate import generate
 from rnnjax.model import DeepRNN
 from rnnjax.train import train_and_evaluate
 
@@ -35,10 +37,23 @@ def tiny():
 def trained(tmp_path_factory):
     """A tiny trained run (smoke config, one epoch), shared by the CLI tests."""
     workdir = tmp_path_factory.mktemp("run")
-    cfg = smoke(default_config())
-    cfg.train.progress, cfg.train.num_epochs = False, 1
-    out = train_and_evaluate(cfg, workdir)
+    out = train_and_evaluate(small_config(1), workdir)
     return workdir, out
+
+
+def test_generation_greedy_sampled_and_batched():
+    model = DeepRNN(vocab_size=28, hidden_size=16, num_layers=2, cell="lstm")
+    params = model.init(jax.random.key(0))
+    vocab = data.load_corpus(resolve(default_config()).data).vocab
+    greedy = generate(model, params, vocab, "time traveller", 30)
+    assert greedy.startswith("time traveller") and len(greedy) == 44
+    assert generate(model, params, vocab, "time traveller", 30, temperature=1.0, top_k=1, seed=5) == greedy
+    s1 = generate(model, params, vocab, "time traveller", 30, temperature=1.0, seed=1)
+    assert s1 == generate(model, params, vocab, "time traveller", 30, temperature=1.0, seed=1)
+    assert s1 != generate(model, params, vocab, "time traveller", 30, temperature=1.0, seed=2)
+    both = generate(model, params, vocab, ["time traveller", "the time machi", "x"], 30)
+    assert both[0] == greedy and both[1] == generate(model, params, vocab, "the time machi", 30)
+    assert generate(model, params, vocab, "Time-Traveller!", 5).startswith("time traveller ")  # d2l preprocessing
 
 
 @pytest.mark.parametrize("kwargs,message", [

@@ -7,8 +7,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import small_config
 
-from rnnjax.config import ConfigError, default_config, smoke
+from rnnjax.config import ConfigError
 from rnnjax.sweep import SweepError, SweepInterrupted, run_sweep
 from rnnjax.sweep_summary import summarize
 
@@ -30,12 +31,6 @@ def get_sweep(arg=None):
 '''
 
 
-def base():
-    cfg = smoke(default_config())
-    cfg.train.num_epochs = 2
-    return cfg
-
-
 @pytest.mark.parametrize("grid, match", [
     ({}, "the sweep grid is empty"),
     ({"seed": []}, "sweep axis seed has no values"),
@@ -46,7 +41,7 @@ def base():
 ])
 def test_bad_grids_are_refused_before_anything_is_created(tmp_path, grid, match):
     with pytest.raises((SweepError, ConfigError), match=match):
-        run_sweep(base(), grid, tmp_path / "s")
+        run_sweep(small_config(2, progress=True), grid, tmp_path / "s")
     assert not (tmp_path / "s").exists()
 
 
@@ -134,14 +129,15 @@ def test_preempted_trial_stops_the_sweep_and_resumes(tmp_path, monkeypatch):
     grid = {"model.cell": ["gru", "lstm", "rnn"]}
     handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     with pytest.raises(SweepInterrupted, match=r"stopped by SIGINT with 1 of 3 trials done, cell=lstm interrupted; rerun"):
-        run_sweep(base(), grid, tmp_path)
+        run_sweep(small_config(2, progress=True), grid, tmp_path)
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers
     assert calls == ["cell=gru", "cell=lstm"]  # the sweep stopped: cell=rnn never started
     assert _statuses(tmp_path) == {"cell=gru": "done", "cell=lstm": "interrupted"}
     assert not (tmp_path / "cell=lstm" / "error.txt").exists()
     summarize(tmp_path)
     assert "- cell=lstm interrupted: stopped by SIGINT; rerun the sweep" in (tmp_path / "results.md").read_text()
-    rows = run_sweep(base(), grid, tmp_path)  # the rerun resumes the interrupted trial and finishes the rest
+    # the rerun resumes the interrupted trial and finishes the rest
+    rows = run_sweep(small_config(2, progress=True), grid, tmp_path)
     assert calls == ["cell=gru", "cell=lstm", "cell=lstm", "cell=rnn"]
     assert [r["status"] for r in rows] == ["done"] * 3
 
@@ -164,7 +160,7 @@ def test_signal_taken_by_the_trainer_without_raising_still_stops_the_sweep(tmp_p
 
     monkeypatch.setattr("rnnjax.sweep.train_and_evaluate", fake_train)
     with pytest.raises(SweepInterrupted, match="stopped by SIGTERM with 1 of 2 trials done; rerun") as info:
-        run_sweep(base(), {"model.cell": ["gru", "lstm"]}, tmp_path)
+        run_sweep(small_config(2, progress=True), {"model.cell": ["gru", "lstm"]}, tmp_path)
     assert info.value.signum == signal.SIGTERM and calls == ["cell=gru"]
     assert _statuses(tmp_path) == {"cell=gru": "done"}
     assert signal.set_wakeup_fd(-1) == -1  # the sweep put the wakeup fd back
@@ -186,7 +182,7 @@ def test_signal_during_a_vectorized_group_stops_the_sweep(tmp_path, monkeypatch)
     monkeypatch.setattr("rnnjax.vectorize.train_vectorized", fake_vectorized)
     grid = {"model.cell": ["gru", "lstm"], "seed": [0, 1]}
     with pytest.raises(SweepInterrupted) as info:
-        run_sweep(base(), grid, tmp_path, vectorize=True)
+        run_sweep(small_config(2, progress=True), grid, tmp_path, vectorize=True)
     assert info.value.signum == signal.SIGTERM and not finished
     assert groups == [["cell=gru,seed=0", "cell=gru,seed=1"]]  # the lstm group never started
     assert _statuses(tmp_path) == {"cell=gru,seed=0": "interrupted", "cell=gru,seed=1": "interrupted"}

@@ -1,0 +1,52 @@
+"""``rnnjax.load``: a read-only restore that generates and scores text, as the CLI and the notebook use it."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+from conftest import param_bytes, small_config, snapshot
+
+import rnnjax
+from rnnjax.checkpoint import CheckpointError
+from rnnjax.train import train_and_evaluate
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+
+
+def test_load_is_read_only_and_generates(tmp_path):
+    out = train_and_evaluate(small_config(3), tmp_path)
+    before = snapshot(tmp_path)
+    run = rnnjax.load(tmp_path, step="latest")
+    assert snapshot(tmp_path) == before
+    assert run.config.model.cell == "lstm" and len(run.vocab) == 27 and len(run.metrics) == 3
+    assert param_bytes(run.params) == param_bytes(out["params"])
+    assert run.generate("time traveller", 10, temperature=0) == out["samples"][0][:24]
+    a = run.generate(["time", "the time"], 20, temperature=1.0, seed=3)
+    assert a == run.generate(["time", "the time"], 20, temperature=1.0, seed=3) and len(a[1]) == 28
+    assert 1.0 < run.perplexity("the time traveller Ω") < 27.0  # Ω is outside the vocabulary: <unk>
+    assert rnnjax.load(tmp_path, step=24).step == 24
+    with pytest.raises(CheckpointError, match="no checkpoint at step 5"):
+        rnnjax.load(tmp_path, step=5)
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "generate.py"), f"--workdir={tmp_path}",
+                           "--prefix=time traveller", "--num_chars=10", "--temperature=0"],
+                          capture_output=True, text=True, env=ENV, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.rstrip("\n") == out["samples"][0][:24]
+
+
+def test_notebook_runs_against_a_tiny_run(tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    from nbclient import NotebookClient
+
+    train_and_evaluate(small_config(2), tmp_path / "run")
+    nb = nbformat.read(ROOT / "notebooks" / "restore_and_generate.ipynb", as_version=4)
+    os.environ["RNNJAX_WORKDIR"] = str(tmp_path / "run")
+    try:
+        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    finally:
+        del os.environ["RNNJAX_WORKDIR"]
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "2-layer lstm, hidden 32" in text and "using step " in text and "T=0.0: 'time traveller" in text
+    assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))

@@ -1,0 +1,34 @@
+"""The train step's non-finite guard: a non-finite step changes nothing and is counted; a run of them aborts."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+from conftest import param_bytes, small_config
+
+import rnnjax
+from rnnjax.config import resolve
+from rnnjax.metrics import TrainMetrics
+from rnnjax.steps import init_train_state, make_train_step
+from rnnjax.train import train_and_evaluate
+
+
+def test_nonfinite_step_is_skipped_and_run_aborts(tmp_path):
+    cfg = resolve(small_config())
+    model = rnnjax.build_model(cfg, 28)
+    tx = optax.sgd(float("inf"))
+    state = init_train_state(model, tx, jax.random.key(0))
+    before = param_bytes(state.params)
+    xs = jax.random.randint(jax.random.key(1), (1, 8, 10), 0, 28)
+    step = make_train_step(model, tx, reset_carry=False)
+    new, _, acc = step(state, model.initial_carry(8), TrainMetrics.zeros(), xs, jnp.roll(xs, -1, -1), 0, jax.random.key(0))
+    assert param_bytes(new.params) == before and int(new.nonfinite) == 1 and float(acc.skipped) == 1.0
+    bad = small_config(3)
+    bad.train.learning_rate, bad.train.grad_clip = 1e38, 0.0
+    with pytest.raises(FloatingPointError, match=r"consecutive non-finite training steps \(train.max_nonfinite = 10\)"):
+        train_and_evaluate(bad, tmp_path)
+    record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["skipped_steps"] == 24  # every step skipped, none applied
+    assert not any(p.name.isdigit() for p in (tmp_path / "checkpoints").iterdir())  # nothing non-finite saved

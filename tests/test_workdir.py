@@ -1,0 +1,46 @@
+"""The workdir: one trainer at a time (the lock), and a run is resumed only by the config that made
+it (another architecture or optimizer is refused, naming the field)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import small_config, snapshot, train_cli
+
+from rnnjax.checkpoint import CheckpointError
+from rnnjax.train import train_and_evaluate
+
+ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+
+
+@pytest.mark.parametrize("field,value,name", [
+    ("num_layers", 3, "model.num_layers"), ("hidden_size", 16, "model.hidden_size"), ("cell", "gru", "model.cell"),
+])
+def test_other_architecture_is_refused_naming_the_field(tmp_path, field, value, name):
+    train_and_evaluate(small_config(), tmp_path)
+    before = snapshot(tmp_path)
+    with pytest.raises(CheckpointError, match=f"different config.{name} \\(.* there, {value!r} here\\); use another"):
+        train_and_evaluate(small_config(**{f"model.{field}": value}), tmp_path)
+    cfg = small_config()
+    cfg.train.optimizer = "adam"
+    with pytest.raises(CheckpointError, match="different config.train.optimizer"):
+        train_and_evaluate(cfg, tmp_path)
+    assert snapshot(tmp_path) == before
+
+
+def test_second_trainer_on_a_workdir_exits_at_once(tmp_path):
+    train_and_evaluate(small_config(), tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX); "
+        "print('locked', flush=True); time.sleep(60)"), str(tmp_path / ".lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = snapshot(tmp_path)
+        proc = subprocess.run(train_cli(tmp_path, "--config.train.num_epochs=5"), capture_output=True, text=True, env=ENV,
+                              timeout=120)
+        assert proc.returncode != 0
+        assert "is in use by another trainer" in proc.stderr.strip().splitlines()[-1]
+        assert snapshot(tmp_path) == before
+    finally:
+        holder.kill()
