@@ -599,13 +599,14 @@ def write_report(results: dict, path: str, json_path: str | None, command: str) 
         lines += ["", "## Sequence length: parallel-scan cells vs the sequential loop", "",
                   "The 2-layer stack, h = 256, b = 32, one training step at each sequence length t; minGRU/minLSTM "
                   "run their parallel scan (`jax.lax.associative_scan`), LSTM/GRU the sequential loop. "
-                  "Microseconds per token (ms/step / (b t)); lower is better, flat in t means no sequential cost.", "",
+                  "Each cell: tokens/s (ms per step; compile = the first step). Tokens/s flat in t means the "
+                  "sequence adds no cost per token.", "",
                   "| t | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
         for row in sq:
             r = row["results"]
             lines.append(f"| {row['seq']} | " + " | ".join(
-                f"{r[n]['ms_per_step'] * 1e3 / (32 * row['seq']):.2f} ({r[n]['ms_per_step']:.0f} ms, compile "
-                f"{r[n]['compile_s']:.1f} s)" for n in names) + " |")
+                f"{r[n]['tokens_per_sec']:,.0f} ({r[n]['ms_per_step']:.0f} ms; compile {r[n]['compile_s']:.1f} s)"
+                for n in names) + " |")
     sf = results.get("scan_forms")
     if sf:
         lines += ["", "### minGRU's recurrence: associative scan vs log space", "",

@@ -219,3 +219,23 @@ def test_checkpoint_benchmark_measures_a_real_save_and_restore():
     ck = bm.benchmark_checkpoint(repeats=1)
     assert ck["bytes"] > 3_000_000  # the reference model's params (826,396 floats) and more
     assert 0 < ck["checksums"] < ck["save"] and ck["restore"] > 0
+
+
+def test_min_cells_count_no_recurrent_matmul():
+    # minGRU: 2 gates of the input only; minLSTM: 3
+    assert Workload("mingru", 1, hidden=8).train_flops_per_token() == 3 * (2 * 16 * 28 + 2 * 8 * 28)
+    assert Workload("minlstm", 2, hidden=8).train_flops_per_token() == 3 * (2 * 24 * 28 + 2 * 24 * 8 + 2 * 8 * 28)
+
+
+def test_sequence_section_measures_every_cell_and_both_scan_forms(tmp_path):
+    seq = bm.benchmark_sequence(repeats=1, steps=1, lengths=(4,))
+    assert {"rnnjax lstm", "rnnjax gru", "rnnjax mingru", "rnnjax minlstm"} <= set(seq[0]["results"])
+    assert all(r["ms_per_step"] > 0 for r in seq[0]["results"].values())
+    forms = bm.benchmark_scan_forms(repeats=1, lengths=(16,))
+    assert forms[0]["associative_scan_rel_err"] < 1e-5 and forms[0]["cumlogsumexp_ms"] > 0
+    results = synthetic(7, 10)
+    results["sequence"], results["scan_forms"] = seq, forms
+    bm.write_report(results, tmp_path / "B.md", None, command="python x")
+    text = (tmp_path / "B.md").read_text()
+    assert "## Sequence length: parallel-scan cells vs the sequential loop" in text
+    assert re.search(r"^\| 4 \| [0-9,]+ \(", text, re.M) and re.search(r"^\| 16 \| [0-9.]+ \| [0-9.]+ \| ", text, re.M)

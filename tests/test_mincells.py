@@ -8,10 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import param_bytes, small_config
 
 import rnnjax
 from rnnjax.cells import CELLS
-from rnnjax.config import ConfigError, default_config, resolve, smoke
+from rnnjax.config import ConfigError, resolve
 from rnnjax.model import DeepRNN
 from rnnjax.train import train_and_evaluate
 
@@ -106,30 +107,23 @@ def test_stack_parallel_equals_sequential_impl_with_dropout(cell):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-def small(cell, epochs):
-    cfg = smoke(default_config())
-    cfg.model.cell, cfg.train.num_epochs, cfg.train.progress = cell, epochs, False
-    return cfg
-
-
 @pytest.mark.parametrize("cell", MIN_CELLS)
 def test_trains_resumes_exactly_loads_and_generates(tmp_path, cell):
-    full = train_and_evaluate(small(cell, 3), tmp_path / "full")
-    train_and_evaluate(small(cell, 2), tmp_path / "split")
-    resumed = train_and_evaluate(small(cell, 3), tmp_path / "split")
-    leaves = lambda p: [np.asarray(x).tobytes() for x in jax.tree_util.tree_leaves(p)]  # noqa: E731
-    assert leaves(resumed["params"]) == leaves(full["params"])
+    full = train_and_evaluate(small_config(3, **{"model.cell": cell}), tmp_path / "full")
+    train_and_evaluate(small_config(2, **{"model.cell": cell}), tmp_path / "split")
+    resumed = train_and_evaluate(small_config(3, **{"model.cell": cell}), tmp_path / "split")
+    assert param_bytes(resumed["params"]) == param_bytes(full["params"])
     records = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["train_ppl"] < records[0]["train_ppl"]  # it learns
     run = rnnjax.load(tmp_path / "full", step="latest")
-    assert run.config.model.cell == cell and leaves(run.params) == leaves(full["params"])
+    assert run.config.model.cell == cell and param_bytes(run.params) == param_bytes(full["params"])
     text = run.generate("the time", 30)
     assert text.startswith("the time") and len(text) == len("the time") + 30
     assert text == run.generate("the time", 30)  # greedy: deterministic
 
 
 def test_flax_impl_and_torch_interop_refuse_min_cells_in_one_line():
-    cfg = small("mingru", 1)
+    cfg = small_config(1, **{"model.cell": "mingru"})
     cfg.model.impl = "flax"
     with pytest.raises(ConfigError, match=r"^config.model.impl = 'flax' has no mingru cell .*use model.impl = 'rnnjax'$"):
         resolve(cfg)
