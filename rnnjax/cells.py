@@ -181,7 +181,7 @@ def linear_scan(a_tbh: Array, b_tbh: Array, h0_bh: Array) -> Array:
     """h_t = a_t * h_{t-1} + b_t for every t at once: ``jax.lax.associative_scan`` over the pairs
     (a, b) composed as (a1, b1) then (a2, b2) = (a1 a2, a2 b1 + b2); h0 enters the first b.
     In linear space: exact to float32 rounding at any t (the log-space form with
-    ``cumlogsumexp`` lost 4e-4 relative at t = 1024 and was ~20x slower on CPU, BENCHMARKS.md)."""
+    ``cumlogsumexp`` lost 4e-4 relative at t = 1024 and was ~10x slower on CPU, BENCHMARKS.md)."""
     b_tbh = b_tbh.at[0].add(a_tbh[0] * h0_bh)
     _, h_tbh = jax.lax.associative_scan(lambda l, r: (l[0] * r[0], r[0] * l[1] + r[1]), (a_tbh, b_tbh), axis=0)
     return h_tbh
