@@ -36,6 +36,7 @@ from rnnjax.generate import sample
 from rnnjax.metrics import TrainMetrics
 from rnnjax.optim import make_optimizer
 from rnnjax.parallel import DataParallel
+from rnnjax.pipeline import plan, stages_for
 from rnnjax.steps import init_train_state, make_train_step
 from rnnjax.train import build_model
 from rnnjax.vectorize import stack_trials
@@ -97,8 +98,10 @@ class Variant:
     compile_s: float  # first call of one step (compilation + the step); torch: first step
 
 
-def _config(w: Workload, impl: str = "rnnjax"):
+def _config(w: Workload, impl: str = "rnnjax", pipeline_chunks: int = 0):
+    """The workload's config; ``pipeline_chunks`` > 0: its layers pipelined over the CPU devices."""
     cfg = default_config()
+    cfg.parallel.cpu_pipeline, cfg.parallel.pipeline_chunks = pipeline_chunks > 0, max(1, pipeline_chunks)
     cfg.model.impl, cfg.model.cell, cfg.model.num_layers, cfg.model.hidden_size = impl, w.cell, w.num_layers, w.hidden
     cfg.data.batch_size, cfg.data.num_steps, cfg.train.learning_rate = w.batch, w.seq, w.learning_rate
     return resolve(cfg)
@@ -109,11 +112,14 @@ def _data(w: Workload, steps: int, lead: tuple[int, ...] = ()) -> tuple[np.ndarr
     return host[..., :-1], host[..., 1:]
 
 
-def _jax_variant(w: Workload, impl: str, steps: int, dp: DataParallel | None = None) -> Variant:
+def _jax_variant(w: Workload, impl: str, steps: int, dp: DataParallel | None = None, pipeline_chunks: int = 0
+                 ) -> Variant:
     """impl: "rnnjax", "flax", or "rnnjax-autodiff" (config impl "autodiff": the plain lax.scan layer,
-    differentiated by JAX)."""
-    cfg = _config(w, "autodiff" if impl == "rnnjax-autodiff" else impl)
+    differentiated by JAX); ``pipeline_chunks`` > 0: the layer pipeline over the CPU devices."""
+    cfg = _config(w, "autodiff" if impl == "rnnjax-autodiff" else impl, pipeline_chunks)
     model = build_model(cfg, V)
+    if pipeline_chunks:
+        dp = DataParallel.replicated_over(stages_for(model))
     tx, _ = make_optimizer(cfg.train, 1000)
     state = init_train_state(model, tx, jax.random.key(0))
     xs, ys = _data(w, steps)
@@ -236,6 +242,15 @@ def matmul_peak(n: int = 2048, repeats: int = 7) -> dict[str, float]:
 ROWS = [Workload("lstm", 1), Workload("lstm", 2), Workload("lstm", 4), Workload("gru", 2), Workload("rnn", 2)]
 
 
+PIPELINE_CHUNKS = 5  # config.parallel.pipeline_chunks's default
+
+
+def pipeline_name() -> str | None:
+    """The column for rnnjax's layer pipeline over this process's CPU devices (config.parallel.cpu_pipeline)."""
+    n = len(jax.devices())
+    return f"rnnjax, layer pipeline over {n} CPU devices" if jax.default_backend() == "cpu" and n > 1 else None
+
+
 def cpu_mesh_name() -> str | None:
     """The column for rnnjax data-parallel over this process's CPU devices (config.parallel.cpu_devices),
     or None when there is one device or the backend is not the CPU."""
@@ -252,6 +267,7 @@ def benchmark_rows(repeats: int, steps: int, peak_gflops: float, rows: list[Work
         variants = {impl: _jax_variant(w, impl, steps) for impl in ("rnnjax", "rnnjax-autodiff", "flax")}
         if mesh:
             variants[mesh] = _jax_variant(w, "rnnjax", steps, DataParallel.create(len(jax.devices()), w.batch))
+            variants[pipeline_name()] = _jax_variant(w, "rnnjax", steps, pipeline_chunks=PIPELINE_CHUNKS)
         tv = _torch_variant(w, steps)
         if tv is not None:
             variants["torch"] = tv
@@ -263,6 +279,28 @@ def benchmark_rows(repeats: int, steps: int, peak_gflops: float, rows: list[Work
         out.append({"workload": dataclasses.asdict(w), "label": w.label, "flops_per_token": w.train_flops_per_token(),
                     "results": res})
     return out
+
+
+PIPELINE_CHUNK_COUNTS = (1, 5, 7, 35)
+
+
+def benchmark_pipeline(repeats: int, steps: int, w: Workload = Workload()) -> dict[str, Any] | None:
+    """The 2-layer LSTM step with the layer pipeline at several chunk counts (t = 35: chunks of 35, 7,
+    5 and 1 steps) against the plain stack on one device, interleaved; None on one device."""
+    if pipeline_name() is None:
+        return None
+    variants = {"rnnjax (plain stack, one device)": _jax_variant(w, "rnnjax", steps)}
+    bubbles = {}
+    for c in PIPELINE_CHUNK_COUNTS:
+        name = f"pipeline, {c} chunk(s) of {w.seq // c} steps"
+        variants[name] = _jax_variant(w, "rnnjax", steps, pipeline_chunks=c)
+        pl = plan(w.num_layers, len(jax.devices()), w.seq, c)
+        bubbles[name] = {"stages": pl.stages, "chunks": pl.num_chunks, "bubble": pl.bubble}
+    res = _interleave(variants, repeats, steps, w.tokens_per_step)
+    base = res["rnnjax (plain stack, one device)"]["ms_per_step"]
+    for name, r in res.items():
+        r.update(bubbles.get(name, {"stages": 1, "chunks": 1, "bubble": 0.0}), vs_plain=base / r["ms_per_step"])
+    return {"label": w.label, "devices": len(jax.devices()), "results": res}
 
 
 SCALING = [Workload(), Workload(seq=350), Workload(hidden=1024), Workload(batch=256)]
@@ -478,6 +516,8 @@ def benchmark_end_to_end(epochs: int) -> dict[str, Any]:
         runs = {"rnnjax": cmd}
         if jax.default_backend() == "cpu" and len(os.sched_getaffinity(0)) > 1:
             runs["rnnjax, cpu_devices=0"] = [*cmd[:3], f"--workdir={tmp}/run_cpu", *cmd[4:], "--config.parallel.cpu_devices=0"]
+            runs["rnnjax, cpu_pipeline"] = [*cmd[:3], f"--workdir={tmp}/run_pipe", *cmd[4:],
+                                            "--config.parallel.cpu_pipeline=True"]
         for name, c in runs.items():
             t0 = time.perf_counter()
             subprocess.run(c, check=True, capture_output=True, text=True)
@@ -583,6 +623,10 @@ def write_report(results: dict, path: str, json_path: str | None, command: str) 
         lines += ["", f"`{ours[1]}` is the same program data-parallel over {results['machine']['devices']} "
                   "CPU devices made of this host's cores (`config.parallel.cpu_devices`; opt-in, see README); `rnnjax` is "
                   "the default single-device run."]
+    if len(ours) > 2:
+        lines += ["", f"`{ours[2]}` runs each layer block on its own CPU device at the full batch, the sequence in "
+                  f"{PIPELINE_CHUNKS} time chunks (`config.parallel.cpu_pipeline`, rnnjax/pipeline.py; L = 1 has one "
+                  "stage: the plain stack)."]
     lines += ["", "## Training step: rnnjax vs impl=\"flax\" vs PyTorch", "",
               "`rnnjax` is the default model (`rnnjax/fused.py` layers); `rnnjax-autodiff` is the same model with "
               "`impl=\"autodiff\"`: `lax.scan` over the cell, differentiated by JAX. Compile = first call of one step "
@@ -617,6 +661,16 @@ def write_report(results: dict, path: str, json_path: str | None, command: str) 
         for row in sf:
             lines.append(f"| {row['seq']} | {row['associative_scan_ms']:.1f} | {row['cumlogsumexp_ms']:.1f} | "
                          f"{row['associative_scan_rel_err']:.1e} | {row['cumlogsumexp_rel_err']:.1e} |")
+    pp = results.get("pipeline")
+    if pp:
+        lines += ["", f"## Layer pipeline: chunk size, bubble and speed ({pp['label']}, {pp['devices']} CPU devices)", "",
+                  "`config.parallel.cpu_pipeline`: layer l's block on its own CPU device, the sequence in chunks; "
+                  "bubble = the share of ticks a stage idles, (S - 1) / (C + S - 1). Interleaved with the plain "
+                  "stack on one device.", "",
+                  "| variant | stages | chunks | bubble | ms/step | vs plain stack |", "|---|---|---|---|---|---|"]
+        for name, r in pp["results"].items():
+            lines.append(f"| {name} | {r['stages']} | {r['chunks']} | {100 * r['bubble']:.0f}% | {r['ms_per_step']:.1f} | "
+                         f"{r['vs_plain']:.2f}x |")
     sc = results.get("scaling")
     if sc:
         lines += ["", "## Scaling (2-layer LSTM)", "",

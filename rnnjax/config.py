@@ -94,6 +94,13 @@ def default_config() -> ml_collections.ConfigDict:
     # default (one CPU device, every core); 0 = one device per core, or the largest count
     # <= cores that divides data.batch_size. Ignored on GPU/TPU. See BENCHMARKS.md.
     c.parallel.cpu_devices = 1
+    # CPU only: run the layers as a pipeline over this host's CPU devices (rnnjax/pipeline.py):
+    # layer blocks on separate devices, each at the full batch, the sequence in time chunks.
+    # Uses parallel.cpu_devices devices if >= 2, else one per core (at most one per layer).
+    # Same numbers as the plain stack; measured slower on 2 cores (BENCHMARKS.md), so off.
+    c.parallel.cpu_pipeline = False
+    # Time chunks per sequence for the pipeline (the divisor of data.num_steps nearest it).
+    c.parallel.pipeline_chunks = 5
 
     c.generate = ml_collections.ConfigDict()
     # Greedy continuations printed (and saved to samples.txt) after training.
@@ -177,6 +184,8 @@ class CheckpointConfig:
 class ParallelConfig:
     num_devices: int
     cpu_devices: int = 1  # a default: runs saved before the field existed still load
+    cpu_pipeline: bool = False
+    pipeline_chunks: int = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,6 +323,12 @@ def _validate(c: Config) -> None:
     _check(_is_int(p) and p >= 0, "parallel.num_devices", p, "an integer >= 0 (0 = all devices)")
     p = c.parallel.cpu_devices
     _check(_is_int(p) and p >= 0, "parallel.cpu_devices", p, "an integer >= 0 (1 = JAX's default, 0 = one per core)")
+    p = c.parallel.cpu_pipeline
+    _check(isinstance(p, bool), "parallel.cpu_pipeline", p, "True or False")
+    if p and m.impl == "flax":
+        raise ConfigError("config.parallel.cpu_pipeline needs rnnjax's stack; use model.impl = 'rnnjax' or 'autodiff'")
+    p = c.parallel.pipeline_chunks
+    _check(_is_int(p) and p >= 1, "parallel.pipeline_chunks", p, "an integer >= 1")
     g = c.generate
     _check(_strings(g.prefixes), "generate.prefixes", g.prefixes, "a list of strings")
     _check(_is_int(g.num_chars) and g.num_chars >= 0, "generate.num_chars", g.num_chars, "an integer >= 0")

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rnnjax import flax_model
+from rnnjax import flax_model, pipeline
 from rnnjax.cells import CELLS, project_input
 from rnnjax.fused import scan_layer
 
@@ -67,6 +67,10 @@ class DeepRNN:
     activation: tuple[str, ...] = ("tanh",)
     dropout: float = 0.0
     impl: Impl = Impl.FUSED
+    # Layer pipeline over CPU devices (rnnjax.pipeline): up to this many stages (1 = off), the
+    # sequence in (the divisor of t nearest) this many chunks. Same math, same params.
+    pipeline_stages: int = 1
+    pipeline_chunks: int = 5
 
     def __post_init__(self):
         if isinstance(self.activation, str):
@@ -154,9 +158,30 @@ def _init(spec: DeepRNN, key: Array) -> Params:
     }
 
 
+def _dropout_keep(spec: DeepRNN, dropout_key: Array, layer: int, shape: tuple[int, ...]) -> Array:
+    """Which of layer ``layer``'s outputs [t, b, h] dropout keeps (the same mask in every implementation)."""
+    return jax.random.bernoulli(jax.random.fold_in(dropout_key, layer), 1.0 - spec.dropout, shape)
+
+
 def _apply(layer_fn, spec: DeepRNN, params: Params, tokens: Array, carry: Carry, dropout_key: Array | None
            ) -> tuple[Array, Carry]:
     tokens_tb = tokens.T
+    dropout = dropout_key is not None and spec.dropout > 0
+    # the pipeline needs time to overlap: a single step (generation) runs the plain stack
+    if spec.pipeline_stages > 1 and tokens_tb.shape[0] > 1 and pipeline.stages_for(spec) > 1:
+        p0 = params["layers"][0]
+        t, b = tokens_tb.shape
+        keep_ltbh = (
+            jnp.stack([_dropout_keep(spec, dropout_key, l, (t, b, spec.hidden_size)) for l in range(spec.num_layers - 1)])
+            if dropout else None
+        )
+        h_tbh, new_carry = pipeline.pipelined_layers(
+            layer_fn, spec.cell, tuple(map(spec.layer_activation, range(spec.num_layers))), params["layers"],
+            p0["w_x"][tokens_tb] + p0["b_x"], carry, keep_ltbh, spec.dropout, pipeline.stages_for(spec),
+            spec.pipeline_chunks,
+        )
+        logits_tbv = h_tbh @ params["w_out"] + params["b_out"]
+        return jnp.swapaxes(logits_tbv, 0, 1), new_carry
     new_carry = []
     h_tbh = None
     for l, (p, layer_carry) in enumerate(zip(params["layers"], carry)):
@@ -166,9 +191,8 @@ def _apply(layer_fn, spec: DeepRNN, params: Params, tokens: Array, carry: Carry,
             xw_tbg = project_input(p, h_tbh)
         h_tbh, layer_carry = layer_fn(spec.cell, spec.layer_activation(l), p, xw_tbg, layer_carry)
         new_carry.append(layer_carry)
-        if dropout_key is not None and spec.dropout > 0 and l < spec.num_layers - 1:
-            keep = jax.random.bernoulli(jax.random.fold_in(dropout_key, l), 1.0 - spec.dropout, h_tbh.shape)
-            h_tbh = jnp.where(keep, h_tbh / (1.0 - spec.dropout), 0.0)
+        if dropout and l < spec.num_layers - 1:
+            h_tbh = jnp.where(_dropout_keep(spec, dropout_key, l, h_tbh.shape), h_tbh / (1.0 - spec.dropout), 0.0)
     logits_tbv = h_tbh @ params["w_out"] + params["b_out"]
     return jnp.swapaxes(logits_tbv, 0, 1), tuple(new_carry)
 

@@ -26,6 +26,7 @@ class DataParallel:
     """The mesh and the two placements every array of a run uses."""
 
     mesh: Mesh
+    split_batch: bool = True  # False: batches are replicated too (the layer pipeline's placement)
 
     @classmethod
     def create(cls, num_devices: int, batch_size: int) -> DataParallel:
@@ -43,6 +44,12 @@ class DataParallel:
             )
         return cls(Mesh(np.asarray(devices[:n]), ("data",)))
 
+    @classmethod
+    def replicated_over(cls, num_devices: int) -> DataParallel:
+        """Everything (batches too) on each of the first ``num_devices`` devices: the placement the
+        layer pipeline (:mod:`rnnjax.pipeline`) runs from; its shard_map splits the layers."""
+        return cls(Mesh(np.asarray(jax.devices()[:num_devices]), ("data",)), split_batch=False)
+
     @property
     def num_devices(self) -> int:
         return self.mesh.size
@@ -52,6 +59,8 @@ class DataParallel:
         return NamedSharding(self.mesh, P())
 
     def batch_sharding(self, ndim: int, axis: int) -> NamedSharding:
+        if not self.split_batch:
+            return self.replicated
         spec = [None] * ndim
         spec[axis] = "data"
         return NamedSharding(self.mesh, P(*spec))
@@ -83,6 +92,22 @@ def cpu_device_count(cpu_devices: int, batch_size: int, cores: int | None = None
         return cpu_devices
     cores = cores or len(os.sched_getaffinity(0))
     return max(n for n in range(1, cores + 1) if batch_size % n == 0)
+
+
+def pipeline_device_count(cpu_devices: int, num_layers: int, cores: int | None = None) -> int:
+    """CPU devices for the layer pipeline (``config.parallel.cpu_pipeline``): ``cpu_devices`` if
+    >= 2, else one per core; never more than ``num_layers`` (a stage holds at least one layer)."""
+    n = cpu_devices if cpu_devices >= 2 else (cores or len(os.sched_getaffinity(0)))
+    return max(1, min(n, num_layers))
+
+
+def set_cpu_devices_for(cfg: Any) -> int:
+    """:func:`set_cpu_devices` for a resolved config: data-parallel devices, or the pipeline's."""
+    p = cfg.parallel
+    if p.cpu_pipeline:
+        n = pipeline_device_count(p.cpu_devices, cfg.model.num_layers)
+        return set_cpu_devices(n, cfg.data.batch_size)
+    return set_cpu_devices(p.cpu_devices, cfg.data.batch_size)
 
 
 def set_cpu_devices(cpu_devices: int, batch_size: int) -> int:

@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from rnnjax import data
+from rnnjax import data, pipeline
 from rnnjax import workdir as rundir
 from rnnjax.capacity import check_fits
 from rnnjax.checkpoint import Checkpointer, CheckpointError
@@ -32,7 +32,7 @@ from rnnjax.host import retain_freed_memory
 from rnnjax.metrics import TrainMetrics, best_record, epoch_record
 from rnnjax.model import Carry, DeepRNN, Impl, Params, num_params
 from rnnjax.optim import make_optimizer
-from rnnjax.parallel import DataParallel, set_cpu_devices
+from rnnjax.parallel import DataParallel, pipeline_device_count, set_cpu_devices_for
 from rnnjax.plotting import plot_curves
 from rnnjax.steps import TrainState, init_train_state, make_eval_step, make_train_step, nonfinite_part, perplexity
 
@@ -41,9 +41,23 @@ RESUME_MODES = ("auto", "must", "never", "restart")
 
 
 def build_model(cfg: Config, vocab_size: int) -> DeepRNN:
-    """The model the config asks for (``model.impl``: an :class:`Impl` value)."""
+    """The model the config asks for (``model.impl``: an :class:`Impl` value; ``parallel.cpu_pipeline``:
+    its layers pipelined over the CPU devices, falling back to the plain stack where there is one)."""
     m = cfg.model
-    return DeepRNN(vocab_size, m.hidden_size, m.num_layers, m.cell, tuple(m.activation), m.dropout, Impl(m.impl))
+    p = cfg.parallel
+    stages = pipeline_device_count(p.cpu_devices, m.num_layers) if p.cpu_pipeline else 1
+    return DeepRNN(vocab_size, m.hidden_size, m.num_layers, m.cell, tuple(m.activation), m.dropout, Impl(m.impl),
+                   pipeline_stages=stages, pipeline_chunks=p.pipeline_chunks)
+
+
+def make_placement(cfg: Config) -> DataParallel:
+    """Where the run's arrays live: split over ``parallel.num_devices`` devices (data parallel), or
+    replicated over the layer pipeline's stages (``parallel.cpu_pipeline``)."""
+    if cfg.parallel.cpu_pipeline:
+        if jax.process_count() > 1:
+            raise ConfigError("config.parallel.cpu_pipeline runs in one process; set it to False for multi-process runs")
+        return DataParallel.replicated_over(pipeline.stages_for(build_model(cfg, 2)))
+    return DataParallel.create(cfg.parallel.num_devices, cfg.data.batch_size)
 
 
 def checkpoint_items(state: TrainState, rng_data: Array, carry: Carry, metrics: TrainMetrics) -> tuple[Params, dict]:
@@ -86,8 +100,8 @@ def train_and_evaluate(
     with StopFlag() as stop:  # from here on SIGTERM/SIGINT end the run with a message, never mid-write
         corpus = data.load_corpus(cfg.data)  # validates the data before any compute
         retain_freed_memory()  # XLA's per-step scratch block reuses its pages (rnnjax/host.py)
-        set_cpu_devices(cfg.parallel.cpu_devices, cfg.data.batch_size)  # a no-op, or an error if JAX started otherwise
-        dp = DataParallel.create(cfg.parallel.num_devices, cfg.data.batch_size)
+        set_cpu_devices_for(cfg)  # a no-op, or an error if JAX started otherwise
+        dp = make_placement(cfg)
         check_fits(cfg, len(corpus.vocab))
         primary = jax.process_index() == 0  # only process 0 writes files (orbax coordinates checkpoints)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -223,7 +237,10 @@ class _Trainer:
     def start_block(self, params, step: int | None, start_epoch: int, start_batch: int) -> str:
         m, epochs = self.cfg.model, self.cfg.train.num_epochs
         what = f"{m.num_layers}-layer {m.cell} (hidden {m.hidden_size}, impl {m.impl}), {num_params(params):,} parameters"
-        where = f"{self.dp.num_devices} {jax.default_backend()} device(s); workdir {rundir.shown(self.workdir)}"
+        where = f"{self.dp.num_devices} {jax.default_backend()} device(s)"
+        if not self.dp.split_batch:
+            where += f" (layer pipeline: {self.dp.num_devices} stages, {self.model.pipeline_chunks} time chunks)"
+        where += f"; workdir {rundir.shown(self.workdir)}"
         if step is None:
             todo = f"training epochs 1-{epochs}"
         elif start_epoch > epochs:

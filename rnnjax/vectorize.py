@@ -57,6 +57,8 @@ def train_vectorized(cfgs: Sequence[Config], workdirs: Sequence[str | pathlib.Pa
     c0 = cfgs[0]
     if c0.train.schedule != "constant":
         raise ConfigError("vectorized trials need train.schedule = 'constant'; run scheduled trials one by one")
+    if c0.parallel.cpu_pipeline:
+        raise ConfigError("vectorized trials run on one device; set parallel.cpu_pipeline = False or drop --vectorize")
     dc, tc = c0.data, c0.train
     corpus = data.load_corpus(dc)
     model = build_model(c0, len(corpus.vocab))

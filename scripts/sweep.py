@@ -17,7 +17,7 @@ from ml_collections import config_flags
 
 from rnnjax import cli
 from rnnjax.config import ConfigError, resolve
-from rnnjax.parallel import set_cpu_devices
+from rnnjax.parallel import set_cpu_devices_for
 from rnnjax.sweep import SweepInterrupted, run_sweep
 from rnnjax.sweep_summary import summarize
 from rnnjax.workdir import WorkdirError
@@ -74,7 +74,7 @@ def main(argv):
     workdir = cli.user_path(_WORKDIR.value)
     try:
         base = resolve(_CONFIG.value)  # before any JAX call: the CPU device count is fixed when the backend starts
-        set_cpu_devices(base.parallel.cpu_devices, base.data.batch_size)
+        set_cpu_devices_for(base)
         grid = _grid(flags.FLAGS["config"].config_filename)
         rows = run_sweep(_CONFIG.value, grid, workdir, _SHARD.value, _VECTORIZE.value)
     except SweepInterrupted as e:  # SIGTERM/SIGINT: summarize what finished, say how to resume

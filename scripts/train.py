@@ -14,7 +14,7 @@ from rnnjax import cli
 from rnnjax.checkpoint import CheckpointError
 from rnnjax.integrity import disk_full
 from rnnjax.config import ConfigError, resolve
-from rnnjax.parallel import initialize_distributed, set_cpu_devices
+from rnnjax.parallel import initialize_distributed, set_cpu_devices_for
 from rnnjax.console import Preempted
 from rnnjax.train import RESUME_MODES, train_and_evaluate
 from rnnjax.workdir import WorkdirError
@@ -42,7 +42,7 @@ def main(argv):
         cli.fail(f"unexpected argument {argv[1]!r}; flags look like --config=configs/deep_lstm.py")
     try:  # before any JAX call: the CPU device count is fixed when the backend starts
         cfg = resolve(_CONFIG.value)
-        set_cpu_devices(cfg.parallel.cpu_devices, cfg.data.batch_size)
+        set_cpu_devices_for(cfg)
     except ConfigError as e:
         cli.fail(str(e))
     if _DISTRIBUTED.value or _COORDINATOR.value:
