@@ -88,12 +88,13 @@ def make_eval_step(model: DeepRNN):
     return eval_step
 
 
-def perplexity(
+def eval_sums(
     model: DeepRNN, params: Params, tokens: np.ndarray, batch_size: int, num_steps: int,
     eval_step=None, dp: DataParallel | None = None,
-) -> float:
-    """exp(mean next-token cross-entropy) over a token stream read as ``batch_size`` rows, the carry carried over.
-    With ``dp``, the rows are split over its devices."""
+) -> EvalMetrics:
+    """Dispatch the evaluation of a token stream read as ``batch_size`` rows (the carry carried over)
+    and return its summed metrics on the device, not yet read: the host goes on while they compute
+    (JAX's asynchronous dispatch). With ``dp``, the rows are split over its devices."""
     eval_step = eval_step or make_eval_step(model)
     carry: Carry = model.initial_carry(batch_size)
     metrics = EvalMetrics.zeros()
@@ -104,7 +105,16 @@ def perplexity(
         if dp is not None:
             x_bt, y_bt = dp.shard(x_bt, 0), dp.shard(y_bt, 0)
         carry, metrics = eval_step(params, carry, metrics, x_bt, y_bt)
-    return metrics.perplexity()
+    return metrics
+
+
+def perplexity(
+    model: DeepRNN, params: Params, tokens: np.ndarray, batch_size: int, num_steps: int,
+    eval_step=None, dp: DataParallel | None = None,
+) -> float:
+    """exp(mean next-token cross-entropy) over a token stream read as ``batch_size`` rows, the carry carried over.
+    With ``dp``, the rows are split over its devices."""
+    return eval_sums(model, params, tokens, batch_size, num_steps, eval_step, dp).perplexity()
 
 
 def nonfinite_part(model: DeepRNN, tx, state: TrainState, carry: Carry, x_bt: Array, y_bt: Array, reset_carry: bool

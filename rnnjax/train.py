@@ -14,7 +14,7 @@ import os
 import pathlib
 import sys
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
@@ -29,12 +29,12 @@ from rnnjax.config import Config, ConfigError, resolve
 from rnnjax.console import PipeSafe, Preempted, StopFlag
 from rnnjax.generate import generate
 from rnnjax.host import retain_freed_memory
-from rnnjax.metrics import TrainMetrics, best_record, epoch_record
+from rnnjax.metrics import EvalMetrics, TrainMetrics, best_record, epoch_record
 from rnnjax.model import Carry, DeepRNN, Impl, Params, num_params
 from rnnjax.optim import make_optimizer
 from rnnjax.parallel import DataParallel, pipeline_device_count, set_cpu_devices_for
 from rnnjax.plotting import plot_curves
-from rnnjax.steps import TrainState, init_train_state, make_eval_step, make_train_step, nonfinite_part, perplexity
+from rnnjax.steps import TrainState, eval_sums, init_train_state, make_eval_step, make_train_step, nonfinite_part
 
 Array = jax.Array
 RESUME_MODES = ("auto", "must", "never", "restart")
@@ -119,6 +119,17 @@ def train_and_evaluate(
             lock.release()
 
 
+class _Pending(NamedTuple):
+    """An epoch whose record waits for its validation sums (on the device)."""
+
+    epoch: int
+    step: int
+    sums: TrainMetrics
+    tokens_per_sec: float
+    lr: float
+    val: EvalMetrics
+
+
 @dataclasses.dataclass
 class _Trainer:
     """One training run in a locked workdir: the pieces the epoch loop shares."""
@@ -165,20 +176,24 @@ class _Trainer:
         step, params, item, meta = restored
         return (*from_checkpoint_items(params, item), meta["epoch"] + 1, meta["batch"], step, meta.get("record"))
 
-    def train_epoch(self, ckpt, state, rng_data, carry, metrics, epoch: int, first: int):
-        """Minibatches ``first`` .. n-1 of ``epoch``; on SIGTERM/SIGINT, save this step and raise :class:`Preempted`."""
+    def train_epoch(self, ckpt, state, rng_data, carry, metrics, epoch: int, first: int, before_save=None):
+        """Minibatches ``first`` .. n-1 of ``epoch``; on SIGTERM/SIGINT, call ``before_save``, save this step and
+        raise :class:`Preempted`."""
         xs_nbt, ys_nbt = (self.dp.shard(a, 1) for a in data.epoch_batches(self.corpus.train, self.cfg.data, self.cfg.seed, epoch))
         rng = jax.random.wrap_key_data(rng_data)
         for i in range(first, self.n):
             state, carry, metrics = self.train_step(state, carry, metrics, xs_nbt, ys_nbt, i, rng)
             if self.stop.signum is not None:
+                if before_save is not None:
+                    before_save()
                 self.save(ckpt, state, rng_data, carry, metrics, epoch - 1, i + 1)
                 raise Preempted(self.stop.signum, int(state.step))
         return state, carry, metrics
 
-    def evaluate(self, params) -> float:
+    def start_eval(self, params) -> EvalMetrics:
+        """Dispatch the validation pass; its sums are read (``.perplexity()``) when the record is written."""
         dc = self.cfg.data
-        return perplexity(self.model, params, self.corpus.val, dc.batch_size, dc.num_steps, self.eval_step, self.dp)
+        return eval_sums(self.model, params, self.corpus.val, dc.batch_size, dc.num_steps, self.eval_step, self.dp)
 
     def abort_nonfinite(self, state, carry, epoch: int):
         """Raise the one-line error for a run whose last ``train.max_nonfinite`` steps were all non-finite."""
@@ -212,27 +227,44 @@ class _Trainer:
             start = time.perf_counter()
             bar = tqdm.trange(start_epoch, tc.num_epochs + 1, desc=f"{cfg.model.num_layers}x{cfg.model.cell}",
                               disable=not tc.progress or start_epoch > tc.num_epochs, file=PipeSafe(sys.stderr))
+            # An epoch's validation pass is dispatched at its end and read after the next epoch's steps are
+            # dispatched, so it computes while the host queues them; the record it completes is written then.
+            # Checkpoint epochs, the last epoch and a SIGTERM/SIGINT write it first (no record is ever lost).
+            pending: list[_Pending] = []
+
+            def write_pending() -> None:
+                while pending:
+                    records.append(self.write_record(pending.pop(), bar, start))
+
             for epoch in bar:
                 first = start_batch if epoch == start_epoch else 0
                 if first == 0:
                     carry, metrics = self.fresh()
                 t0 = time.perf_counter()
-                state, carry, metrics = self.train_epoch(ckpt, state, rng_data, carry, metrics, epoch, first)
+                state, carry, metrics = self.train_epoch(ckpt, state, rng_data, carry, metrics, epoch, first, write_pending)
+                write_pending()  # the previous epoch's validation: computed by now, or next in the queue
                 sums = TrainMetrics(*np.asarray(metrics.to_array(), np.float64))  # the one host sync of the epoch
                 tokens_per_sec = (self.n - first) * cfg.data.batch_size * cfg.data.num_steps / (time.perf_counter() - t0)
-                val_ppl = self.evaluate(state.params)
-                record = epoch_record(epoch, int(state.step), sums, val_ppl, tokens_per_sec,
-                                      float(self.schedule(int(state.step) - 1)), time.perf_counter() - start)
-                if self.primary:
-                    rundir.append_metrics(self.metrics_path, record)
-                records.append(record)
-                bar.set_postfix(train_ppl=f"{record['train_ppl']:.2f}", val_ppl=f"{record['val_ppl']:.2f}")
+                pending.append(_Pending(epoch, int(state.step), sums, tokens_per_sec,
+                                        float(self.schedule(int(state.step) - 1)), self.start_eval(state.params)))
+                saving = epoch % cfg.checkpoint.every_epochs == 0 or epoch == tc.num_epochs
+                if saving or int(state.nonfinite) >= tc.max_nonfinite:
+                    write_pending()
                 if int(state.nonfinite) >= tc.max_nonfinite:
                     self.abort_nonfinite(state, carry, epoch)
-                if epoch % cfg.checkpoint.every_epochs == 0 or epoch == tc.num_epochs:
-                    self.save(ckpt, state, rng_data, carry, metrics, epoch, 0, record)
+                if saving:
+                    self.save(ckpt, state, rng_data, carry, metrics, epoch, 0, records[-1])
             best_saved = next((r["epoch"] for s in ckpt.best_steps()[:1] for r in records if r["step"] == s), None)
         return self.finish(state, records, time.perf_counter() - start, best_saved)
+
+    def write_record(self, p: _Pending, bar, start: float) -> dict[str, Any]:
+        """Read a pending epoch's validation, write its record to metrics.jsonl and the progress bar."""
+        record = epoch_record(p.epoch, p.step, p.sums, p.val.perplexity(), p.tokens_per_sec, p.lr,
+                              time.perf_counter() - start)
+        if self.primary:
+            rundir.append_metrics(self.metrics_path, record)
+        bar.set_postfix(train_ppl=f"{record['train_ppl']:.2f}", val_ppl=f"{record['val_ppl']:.2f}")
+        return record
 
     def start_block(self, params, step: int | None, start_epoch: int, start_batch: int) -> str:
         m, epochs = self.cfg.model, self.cfg.train.num_epochs

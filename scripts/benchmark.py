@@ -1,7 +1,7 @@
 r"""Side-by-side benchmarks; writes a Markdown report and optionally JSON.
 
     python scripts/benchmark.py [--repeats=7] [--steps=10] [--e2e_epochs=500] [--fake_devices=4]
-                                [--sections=rows,pipeline,scaling,generation,end_to_end,vectorized,devices,checkpoint]
+                                [--sections=rows,pipeline,epoch,scaling,generation,end_to_end,vectorized,devices,checkpoint]
                                 [--rows=lstm:1,lstm:2,lstm:4,gru:2,rnn:2]
                                 [--json=FILE] [--out=FILE]
 
@@ -17,6 +17,8 @@ Sections (all by default):
     multi-core CPU also rnnjax data-parallel over one CPU device per core
     (config.parallel.cpu_devices=0) and the layer pipeline over them (config.parallel.cpu_pipeline);
   * pipeline: the 2-layer LSTM's layer pipeline at 1, 5, 7 and 35 time chunks (bubble vs speed);
+  * epoch: where a reference-experiment epoch's time goes outside the training steps (validation,
+    overlapped with the next epoch's steps or not; the record);
   * scaling: the 2-layer LSTM with sequence 350, hidden 1024, batch 256;
   * sequence: the 2-layer LSTM, GRU, minGRU and minLSTM (and torch nn.LSTM/GRU) at t = 35, 256
     and 1024, and minGRU's recurrence as an associative scan vs in log space;
@@ -49,7 +51,7 @@ from absl import app, flags
 BENCHMARKS_DIR = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS_DIR))
 
-ALL = ["rows", "pipeline", "scaling", "sequence", "generation", "end_to_end", "vectorized", "devices", "checkpoint"]
+ALL = ["rows", "pipeline", "epoch", "scaling", "sequence", "generation", "end_to_end", "vectorized", "devices", "checkpoint"]
 _FAKE = flags.DEFINE_integer("fake_devices", 4, "Fake CPU devices for the devices section (0 = real devices only).")
 # The defaults of --repeats, --steps and --e2e_epochs are the report's standard (benchmarks/benchmarking.py STANDARD_*).
 _REPEATS = flags.DEFINE_integer("repeats", 7, "Interleaved rounds; figures are medians over rounds. Targets judged from 7.")
@@ -100,6 +102,8 @@ def main(argv):
     results["rows"] = bm.benchmark_rows(r, s, results["peak"]["peak"], workloads)
     if "pipeline" in sections:
         results["pipeline"] = bm.benchmark_pipeline(r, s)
+    if "epoch" in sections:
+        results["epoch"] = bm.benchmark_epoch(r)
     if "scaling" in sections:
         results["scaling"] = bm.benchmark_scaling(max(3, r // 2), max(2, s // 4))
     if "sequence" in sections:

@@ -67,3 +67,27 @@ def test_cli_trains_the_smoke_config_end_to_end(tmp_path):
     assert "validation perplexity" in proc.stdout
     assert json.loads((tmp_path / "config.json").read_text())["model"]["num_layers"] == 3
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_overlapped_validation_reports_what_validation_at_once_reports(tmp_path):
+    """An epoch's validation pass computes behind the next epoch's steps except at checkpoint epochs: with a
+    checkpoint every epoch (never overlapped) and every 4 (overlapped 3 epochs in 4) the records are equal,
+    and each val_ppl is the perplexity of that epoch's params (rnnjax.load of its checkpoint)."""
+    import rnnjax
+    from rnnjax.steps import perplexity
+
+    every = {1: train_and_evaluate(small_config(6, **{"checkpoint.every_epochs": 1, "checkpoint.max_to_keep": 6}),
+                                   tmp_path / "every1"),
+             4: train_and_evaluate(small_config(6, **{"checkpoint.every_epochs": 4}), tmp_path / "every4")}
+    timing = ("tokens_per_sec", "wall_time")
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in timing} for r in rs]  # noqa: E731
+    assert [r["epoch"] for r in every[4]["metrics"]] == [1, 2, 3, 4, 5, 6]
+    assert strip(every[4]["metrics"]) == strip(every[1]["metrics"])
+    on_disk = [json.loads(x) for x in (tmp_path / "every4" / "metrics.jsonl").read_text().splitlines()]
+    assert strip(on_disk) == strip(every[4]["metrics"])
+    cfg = resolve(small_config(6))
+    val = data.load_corpus(cfg.data).val
+    for epoch in (2, 5):  # overlapped epochs, checked against their params
+        run = rnnjax.load(tmp_path / "every1", step=epoch * data.batches_per_epoch(cfg.data, 2000))
+        ppl = perplexity(run.model, run.params, val, cfg.data.batch_size, cfg.data.num_steps)
+        assert ppl == pytest.approx(every[4]["metrics"][epoch - 1]["val_ppl"], rel=1e-6)
