@@ -79,6 +79,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.progress = True
     # Abort after this many consecutive non-finite steps (each one is skipped, not applied).
     c.train.max_nonfinite = 10
+    # Per-layer statistics each epoch (metrics.jsonl, TensorBoard): gradient norms from the train step,
+    # hidden-state RMS, gate saturation and forget gate from the validation pass (on the device).
+    c.train.layer_stats = True
+    # Capture a jax.profiler trace of this many training steps, after the first (compiled) one, into
+    # WORKDIR/profile/ (TensorBoard's profile plugin); 0 = off.
+    c.train.profile_steps = 0
 
     c.checkpoint = ml_collections.ConfigDict()
     # Save every this many epochs (and always after the last epoch) to WORKDIR/checkpoints.
@@ -172,6 +178,8 @@ class TrainConfig:
     warmup_steps: int
     progress: bool
     max_nonfinite: int
+    layer_stats: bool = True  # defaults: runs saved before these fields existed still load
+    profile_steps: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,7 +245,8 @@ def _build(cls: type, d: dict[str, Any], prefix: str) -> Any:
 
 
 # Fields a resumed run may change; any other difference from the run's config.json is refused.
-RESUMABLE_CHANGES = ("train.num_epochs", "train.progress", "checkpoint.", "parallel.", "generate.", "data.max_file_mb")
+RESUMABLE_CHANGES = ("train.num_epochs", "train.progress", "train.layer_stats", "train.profile_steps",
+                     "checkpoint.", "parallel.", "generate.", "data.max_file_mb")
 
 
 def first_difference(saved: dict[str, Any], requested: dict[str, Any], prefix: str = "") -> str | None:
@@ -316,6 +325,9 @@ def _validate(c: Config) -> None:
     _check(_is_int(t.warmup_steps) and t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, "an integer >= 0")
     _check(isinstance(t.progress, bool), "train.progress", t.progress, "True or False")
     _check(_is_int(t.max_nonfinite) and t.max_nonfinite >= 1, "train.max_nonfinite", t.max_nonfinite, "an integer >= 1")
+    _check(isinstance(t.layer_stats, bool), "train.layer_stats", t.layer_stats, "True or False")
+    _check(_is_int(t.profile_steps) and t.profile_steps >= 0, "train.profile_steps", t.profile_steps,
+           "an integer >= 0 (0 = no profile)")
     k = c.checkpoint
     _check(_is_int(k.every_epochs) and k.every_epochs >= 1, "checkpoint.every_epochs", k.every_epochs, "an integer >= 1")
     _check(_is_int(k.max_to_keep) and k.max_to_keep >= 1, "checkpoint.max_to_keep", k.max_to_keep, "an integer >= 1")

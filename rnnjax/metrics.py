@@ -2,7 +2,8 @@
 built from those sums on the host (one builder for single runs and vectorized trials).
 
 A new statistic is added here: a field of :class:`TrainMetrics` (summed by
-:meth:`TrainMetrics.add`) and a key of :func:`epoch_record`.
+:meth:`TrainMetrics.add`) and a key of :func:`epoch_record`. :class:`LayerStats` are the
+per-layer sums of the validation pass (hidden-state RMS, gate saturation, forget gate).
 """
 
 from __future__ import annotations
@@ -24,24 +25,71 @@ class TrainMetrics(NamedTuple):
     grad_norm: Array  # pre-clip global gradient norm, summed over applied steps
     steps: Array  # applied steps
     skipped: Array  # non-finite steps (not applied)
+    # Pre-clip gradient norm of each layer's params, then of the output layer's, summed over applied
+    # steps: [..., L + 1]; [..., 0] when not tracked (then the train step does not compute them).
+    layer_grad_norm: Array = np.zeros((0,), np.float32)  # NumPy: no JAX backend at import
 
     @classmethod
-    def zeros(cls, lead: tuple[int, ...] = ()) -> TrainMetrics:
-        return cls(*(jnp.zeros(lead, jnp.float32) for _ in cls._fields))
+    def zeros(cls, lead: tuple[int, ...] = (), num_layers: int = 0) -> TrainMetrics:
+        """Zero sums; ``num_layers`` > 0 tracks per-layer gradient norms (L + 1 of them: the output layer last)."""
+        scalars = (jnp.zeros(lead, jnp.float32) for _ in range(4))
+        return cls(*scalars, jnp.zeros((*lead, num_layers + 1 if num_layers else 0), jnp.float32))
 
-    def add(self, loss: Array, grad_norm: Array, ok: Array) -> TrainMetrics:
-        """One step: its loss and gradient norm count only if ``ok`` (finite and applied)."""
+    def add(self, loss: Array, grad_norm: Array, ok: Array, layer_grad_norm: Array | None = None) -> TrainMetrics:
+        """One step: its loss and gradient norms count only if ``ok`` (finite and applied)."""
         okf = ok.astype(jnp.float32)
+        layers = self.layer_grad_norm
+        if layer_grad_norm is not None and layers.shape[-1]:
+            layers = layers + jnp.where(ok, layer_grad_norm, 0.0)
         return TrainMetrics(self.loss + jnp.where(ok, loss, 0.0), self.grad_norm + jnp.where(ok, grad_norm, 0.0),
-                            self.steps + okf, self.skipped + 1.0 - okf)
+                            self.steps + okf, self.skipped + 1.0 - okf, layers)
+
+    @property
+    def tracks_layers(self) -> bool:
+        return self.layer_grad_norm.shape[-1] > 0
 
     def to_array(self) -> Array:
-        """The checkpoint layout ([..., 4] float32, as written since the first release)."""
-        return jnp.stack(self, axis=-1)
+        """The checkpoint layout of the four scalar sums ([..., 4] float32, as written since the first
+        release); ``layer_grad_norm`` is stored beside it (``acc_layers``)."""
+        return jnp.stack(self[:4], axis=-1)
 
     @classmethod
-    def from_array(cls, a: Array) -> TrainMetrics:
-        return cls(*(a[..., i] for i in range(len(cls._fields))))
+    def from_array(cls, a: Array, layer_grad_norm: Array | None = None) -> TrainMetrics:
+        layers = jnp.zeros((*a.shape[:-1], 0), jnp.float32) if layer_grad_norm is None else layer_grad_norm
+        return cls(*(a[..., i] for i in range(4)), layers)
+
+    def to_host(self) -> TrainMetrics:
+        """The sums as float64 NumPy arrays (one device-to-host transfer each): what :func:`epoch_record` reads."""
+        return TrainMetrics(*(np.asarray(x, np.float64) for x in self))
+
+
+class LayerStats(NamedTuple):
+    """Per-layer sums over every position (batch x time) of an evaluation pass, each [..., L]
+    (:func:`rnnjax.inside.layer_stats` computes one window's on the device)."""
+
+    h2: Array  # sum over positions and units of h^2
+    saturated: Array  # saturated gate activations: sigmoid < 0.01 or > 0.99, tanh beyond +-0.99
+    gates: Array  # gate activations looked at (the denominator of the saturated fraction)
+    forget: Array  # sum of the forget (retain) coefficient over positions and units; 0 for the vanilla RNN
+    positions: Array  # batch x time positions, times hidden units
+
+    @classmethod
+    def zeros(cls, lead: tuple[int, ...] = (), num_layers: int = 1) -> LayerStats:
+        return cls(*(jnp.zeros((*lead, num_layers), jnp.float32) for _ in cls._fields))
+
+    def __add__(self, other: LayerStats) -> LayerStats:  # type: ignore[override]
+        return LayerStats(*(a + b for a, b in zip(self, other)))
+
+    def summary(self, has_forget: bool) -> dict[str, list[float]]:
+        """Per-layer values for the epoch record: RMS of h, saturated gate fraction, and (``has_forget``)
+        the mean forget gate f and its memory length 1 / (1 - f) in steps."""
+        h2, sat, gates, forget, n = (np.asarray(x, np.float64) for x in self)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out = {"h_rms": np.sqrt(h2 / n), "gate_saturation": sat / gates}
+            if has_forget:
+                f = forget / n
+                out |= {"forget_gate": f, "memory_length": 1.0 / (1.0 - f)}
+        return {k: [float(x) for x in v] for k, v in out.items()}
 
 
 class EvalMetrics(NamedTuple):
@@ -64,11 +112,13 @@ class EvalMetrics(NamedTuple):
 
 
 def epoch_record(
-    epoch: int, step: int, train: TrainMetrics, val_ppl: float, tokens_per_sec: float, lr: float, wall_time: float
+    epoch: int, step: int, train: TrainMetrics, val_ppl: float, tokens_per_sec: float, lr: float, wall_time: float,
+    layers: dict[str, list[float]] | None = None,
 ) -> dict[str, Any]:
-    """One line of ``metrics.jsonl`` from an epoch's host-side sums (``train`` holds Python/NumPy scalars)."""
-    loss, grad_norm, steps, skipped = (float(x) for x in train)
-    return {
+    """One line of ``metrics.jsonl`` from an epoch's host-side sums (``train`` holds Python/NumPy scalars;
+    ``layers``: :meth:`LayerStats.summary` of the validation pass, None when not computed)."""
+    loss, grad_norm, steps, skipped = (float(x) for x in train[:4])
+    record = {
         "epoch": epoch,
         "step": step,
         "train_ppl": math.exp(loss / steps) if steps else float("nan"),
@@ -79,6 +129,11 @@ def epoch_record(
         "skipped_steps": int(skipped),
         "wall_time": wall_time,
     }
+    per_layer = np.asarray(train.layer_grad_norm, np.float64).reshape(-1)
+    if per_layer.size:
+        means = [float(x) / steps if steps else float("nan") for x in per_layer]
+        record |= {"grad_norm_layers": means[:-1], "grad_norm_output": means[-1]}
+    return record | (layers or {})
 
 
 def best_record(records: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -15,8 +15,9 @@ import numpy as np
 import optax
 
 from rnnjax import data
-from rnnjax.metrics import EvalMetrics
-from rnnjax.model import Carry, DeepRNN, Params
+from rnnjax.inside import layer_stats, trace
+from rnnjax.metrics import EvalMetrics, LayerStats
+from rnnjax.model import Carry, DeepRNN, Impl, Params
 from rnnjax.parallel import DataParallel
 
 Array = jax.Array
@@ -46,8 +47,9 @@ def make_train_step(model: DeepRNN, tx: optax.GradientTransformation, reset_carr
     Trains on minibatch i. The carry (every layer's recurrent state) comes in as data, so no
     gradient flows into earlier minibatches (truncated BPTT); ``reset_carry`` zeroes it
     first (random sampling). ``metrics`` (:class:`TrainMetrics`) sums loss, pre-clip gradient
-    norm, applied and skipped steps. A step whose loss, gradient or update is not finite
-    changes nothing but the counters: params, optimizer state and carry stay as they were.
+    norm, applied and skipped steps, and each layer's gradient norm when it tracks them. A step
+    whose loss, gradient or update is not finite changes nothing but the counters: params,
+    optimizer state and carry stay as they were.
     """
 
     @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
@@ -63,6 +65,7 @@ def make_train_step(model: DeepRNN, tx: optax.GradientTransformation, reset_carr
 
         (loss, new_carry), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         gnorm = optax.tree.norm(grads)
+        per_layer = layer_grad_norms(model, grads) if metrics.tracks_layers else None
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ok = jnp.isfinite(loss) & jnp.isfinite(gnorm) & jnp.isfinite(optax.tree.norm(updates))
@@ -72,9 +75,18 @@ def make_train_step(model: DeepRNN, tx: optax.GradientTransformation, reset_carr
 
         nonfinite = jnp.where(ok, 0, state.nonfinite + 1)
         new_state = TrainState(state.step + 1, keep(params, state.params), keep(opt_state, state.opt_state), nonfinite)
-        return new_state, keep(new_carry, carry), metrics.add(loss, gnorm, ok)
+        return new_state, keep(new_carry, carry), metrics.add(loss, gnorm, ok, per_layer)
 
     return train_step
+
+
+def layer_grad_norms(model: DeepRNN, grads: Params) -> Array:
+    """[L + 1]: the norm of each layer's gradients, then of the output layer's (either params layout)."""
+    if model.impl == Impl.FLAX:
+        groups = [grads[f"layer_{l}"] for l in range(model.num_layers)] + [grads["out"]]
+    else:
+        groups = [*grads["layers"], {"w_out": grads["w_out"], "b_out": grads["b_out"]}]
+    return jnp.stack([optax.tree.norm(g) for g in groups])
 
 
 def make_eval_step(model: DeepRNN):
@@ -88,24 +100,48 @@ def make_eval_step(model: DeepRNN):
     return eval_step
 
 
+def make_stats_eval_step(model: DeepRNN):
+    """Returns ``eval_step(params, carry, metrics, stats, x_bt, y_bt) -> (carry, metrics, stats)``: as
+    :func:`make_eval_step`, also summing each layer's :class:`LayerStats` on the device. The logits
+    come from :func:`rnnjax.inside.trace` (the same equations); under ``impl="flax"`` from Flax's
+    own apply, the statistics from the trace (so the pass costs two forwards there)."""
+
+    @jax.jit
+    def eval_step(params, carry, metrics, stats, x_bt, y_bt):
+        logits_btv, new_carry, traces = trace(model, params, x_bt, carry)
+        if model.impl == Impl.FLAX:
+            logits_btv, new_carry = model.apply(params, x_bt, carry)
+        return new_carry, metrics.add(cross_entropy(logits_btv, y_bt)), stats + layer_stats(model, traces)
+
+    return eval_step
+
+
 def eval_sums(
     model: DeepRNN, params: Params, tokens: np.ndarray, batch_size: int, num_steps: int,
-    eval_step=None, dp: DataParallel | None = None,
-) -> EvalMetrics:
+    eval_step=None, dp: DataParallel | None = None, with_stats: bool = False,
+) -> EvalMetrics | tuple[EvalMetrics, LayerStats]:
     """Dispatch the evaluation of a token stream read as ``batch_size`` rows (the carry carried over)
     and return its summed metrics on the device, not yet read: the host goes on while they compute
-    (JAX's asynchronous dispatch). With ``dp``, the rows are split over its devices."""
-    eval_step = eval_step or make_eval_step(model)
+    (JAX's asynchronous dispatch). ``with_stats``: also each layer's :class:`LayerStats` sums
+    (``eval_step`` then from :func:`make_stats_eval_step`). With ``dp``, the rows are split over its devices."""
+    eval_step = eval_step or (make_stats_eval_step(model) if with_stats else make_eval_step(model))
     carry: Carry = model.initial_carry(batch_size)
-    metrics = EvalMetrics.zeros()
+    sums = (EvalMetrics.zeros(), LayerStats.zeros(num_layers=model.num_layers)) if with_stats else (EvalMetrics.zeros(),)
     if dp is not None:
         carry = dp.shard_carry(carry)
-        metrics = jax.tree_util.tree_map(lambda x: dp.replicate(np.asarray(x)), metrics)
+        sums = jax.tree_util.tree_map(lambda x: dp.replicate(np.asarray(x)), sums)
     for x_bt, y_bt in data.eval_windows(tokens, batch_size, num_steps):
         if dp is not None:
             x_bt, y_bt = dp.shard(x_bt, 0), dp.shard(y_bt, 0)
-        carry, metrics = eval_step(params, carry, metrics, x_bt, y_bt)
-    return metrics
+        carry, *sums = eval_step(params, carry, *sums, x_bt, y_bt)
+    return tuple(sums) if with_stats else sums[0]
+
+
+def evaluate_with_stats(model: DeepRNN, params: Params, tokens: np.ndarray, batch_size: int, num_steps: int,
+                        eval_step=None, dp: DataParallel | None = None) -> tuple[float, LayerStats]:
+    """:func:`perplexity` and the per-layer statistics summed over the same pass (read back once)."""
+    metrics, stats = eval_sums(model, params, tokens, batch_size, num_steps, eval_step, dp, with_stats=True)
+    return metrics.perplexity(), stats
 
 
 def perplexity(

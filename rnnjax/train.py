@@ -29,12 +29,23 @@ from rnnjax.config import Config, ConfigError, resolve
 from rnnjax.console import PipeSafe, Preempted, StopFlag
 from rnnjax.generate import generate
 from rnnjax.host import retain_freed_memory
-from rnnjax.metrics import EvalMetrics, TrainMetrics, best_record, epoch_record
+from rnnjax.inside import HAS_RETAIN
+from rnnjax.metrics import EvalMetrics, LayerStats, TrainMetrics, best_record, epoch_record
 from rnnjax.model import Carry, DeepRNN, Impl, Params, num_params
 from rnnjax.optim import make_optimizer
 from rnnjax.parallel import DataParallel, pipeline_device_count, set_cpu_devices_for
 from rnnjax.plotting import plot_curves
-from rnnjax.steps import TrainState, eval_sums, init_train_state, make_eval_step, make_train_step, nonfinite_part
+from rnnjax.profiling import Profiler
+from rnnjax.steps import (
+    TrainState,
+    eval_sums,
+    init_train_state,
+    make_eval_step,
+    make_stats_eval_step,
+    make_train_step,
+    nonfinite_part,
+)
+from rnnjax.tensorboard_log import TensorBoardLog
 
 Array = jax.Array
 RESUME_MODES = ("auto", "must", "never", "restart")
@@ -62,16 +73,18 @@ def make_placement(cfg: Config) -> DataParallel:
 
 def checkpoint_items(state: TrainState, rng_data: Array, carry: Carry, metrics: TrainMetrics) -> tuple[Params, dict]:
     """A checkpoint's ``params`` and ``state`` items (layout in :mod:`rnnjax.checkpoint`); ``rng_data`` is
-    ``jax.random.key_data(key)``. The metric sums are stored as the [4] array ``acc``."""
+    ``jax.random.key_data(key)``. The metric sums are stored as the [4] array ``acc`` and the per-layer
+    gradient norm sums, when tracked, as ``acc_layers`` [L + 1] (checkpoints written before it lack it)."""
     train = {"step": state.step, "opt_state": state.opt_state, "nonfinite": state.nonfinite}
-    return state.params, {"train": train, "rng": rng_data, "carry": carry, "acc": metrics.to_array()}
+    item = {"train": train, "rng": rng_data, "carry": carry, "acc": metrics.to_array()}
+    return state.params, item | ({"acc_layers": metrics.layer_grad_norm} if metrics.tracks_layers else {})
 
 
 def from_checkpoint_items(params: Params, item: dict[str, Any]) -> tuple[TrainState, Array, Carry, TrainMetrics]:
     """Inverse of :func:`checkpoint_items`: (train state, rng_data, carry, metric sums)."""
     train = item["train"]
     state = TrainState(train["step"], params, train["opt_state"], train["nonfinite"])
-    return state, item["rng"], item["carry"], TrainMetrics.from_array(item["acc"])
+    return state, item["rng"], item["carry"], TrainMetrics.from_array(item["acc"], item.get("acc_layers"))
 
 
 def train_and_evaluate(
@@ -128,6 +141,7 @@ class _Pending(NamedTuple):
     tokens_per_sec: float
     lr: float
     val: EvalMetrics
+    stats: LayerStats | None  # with train.layer_stats
 
 
 @dataclasses.dataclass
@@ -147,19 +161,20 @@ class _Trainer:
         self.n = data.batches_per_epoch(dc, len(self.corpus.train))
         self.tx, self.schedule = make_optimizer(tc, total_steps=self.n * tc.num_epochs)
         self.train_step = make_train_step(self.model, self.tx, reset_carry=dc.sampler == "random")
-        self.eval_step = make_eval_step(self.model)
+        self.eval_step = make_stats_eval_step(self.model) if tc.layer_stats else make_eval_step(self.model)
         self.metrics_path = self.workdir / "metrics.jsonl"
 
     def fresh(self) -> tuple[Carry, TrainMetrics]:
         """A zero carry and zero metric sums for the start of an epoch, placed on the mesh."""
         carry = self.dp.shard_carry(self.model.initial_carry(self.cfg.data.batch_size))
-        return carry, jax.tree_util.tree_map(lambda x: self.dp.replicate(np.asarray(x)), TrainMetrics.zeros())
+        zeros = TrainMetrics.zeros(num_layers=self.cfg.model.num_layers if self.cfg.train.layer_stats else 0)
+        return carry, jax.tree_util.tree_map(lambda x: self.dp.replicate(np.asarray(x)), zeros)
 
     def save(self, ckpt: Checkpointer, state, rng_data, carry, metrics, epoch: int, batch: int, record=None) -> None:
         """Checkpoint the current step. Its meta holds the position and (at an epoch end) the epoch's
         record, so a damaged ``metrics.jsonl`` can get it back."""
         meta = {"epoch": epoch, "batch": batch, "val_ppl": record["val_ppl"] if record else None,
-                "record": rundir.finite(record) if record else None}
+                "record": rundir.finite(record) if record else None, "acc_layers": int(metrics.layer_grad_norm.shape[-1])}
         ckpt.save(int(state.step), *checkpoint_items(state, rng_data, carry, metrics), meta,
                   val_ppl=record["val_ppl"] if record else None)
 
@@ -169,12 +184,19 @@ class _Trainer:
         state = jax.jit(lambda k: init_train_state(self.model, self.tx, k), out_shardings=self.dp.replicated)(init_key)
         rng_data = self.dp.replicate(np.asarray(jax.random.key_data(rng)))
         carry, metrics = self.fresh()
-        abstract = self.dp.abstract(checkpoint_items(state, rng_data, carry, metrics))
-        restored = ckpt.restore(lambda meta: abstract)
+        def target(meta):  # acc_layers as saved: absent before it existed and when layer_stats was off
+            saved = TrainMetrics(*metrics[:4], self.dp.replicate(np.zeros((meta.get("acc_layers", 0),), np.float32)))
+            return self.dp.abstract(checkpoint_items(state, rng_data, carry, saved))
+
+        restored = ckpt.restore(target)
         if restored is None:
             return state, rng_data, carry, metrics, 1, 0, None, None
         step, params, item, meta = restored
-        return (*from_checkpoint_items(params, item), meta["epoch"] + 1, meta["batch"], step, meta.get("record"))
+        state, rng_data, carry, sums = from_checkpoint_items(params, item)
+        if sums.layer_grad_norm.shape != metrics.layer_grad_norm.shape:  # layer_stats changed, or an older checkpoint:
+            fill = np.nan if meta["batch"] else 0.0  # this epoch's per-layer norms are unknown mid-epoch
+            sums = sums._replace(layer_grad_norm=self.dp.replicate(np.full(metrics.layer_grad_norm.shape, fill, np.float32)))
+        return state, rng_data, carry, sums, meta["epoch"] + 1, meta["batch"], step, meta.get("record")
 
     def train_epoch(self, ckpt, state, rng_data, carry, metrics, epoch: int, first: int, before_save=None):
         """Minibatches ``first`` .. n-1 of ``epoch``; on SIGTERM/SIGINT, call ``before_save``, save this step and
@@ -183,6 +205,7 @@ class _Trainer:
         rng = jax.random.wrap_key_data(rng_data)
         for i in range(first, self.n):
             state, carry, metrics = self.train_step(state, carry, metrics, xs_nbt, ys_nbt, i, rng)
+            self.profiler.after_step(state)
             if self.stop.signum is not None:
                 if before_save is not None:
                     before_save()
@@ -190,10 +213,13 @@ class _Trainer:
                 raise Preempted(self.stop.signum, int(state.step))
         return state, carry, metrics
 
-    def start_eval(self, params) -> EvalMetrics:
-        """Dispatch the validation pass; its sums are read (``.perplexity()``) when the record is written."""
-        dc = self.cfg.data
-        return eval_sums(self.model, params, self.corpus.val, dc.batch_size, dc.num_steps, self.eval_step, self.dp)
+    def start_eval(self, params) -> tuple[EvalMetrics, LayerStats | None]:
+        """Dispatch the validation pass (with ``train.layer_stats``, also the per-layer statistics of the
+        same pass); its sums are read when the epoch's record is written."""
+        dc, with_stats = self.cfg.data, self.cfg.train.layer_stats
+        sums = eval_sums(self.model, params, self.corpus.val, dc.batch_size, dc.num_steps, self.eval_step, self.dp,
+                         with_stats=with_stats)
+        return sums if with_stats else (sums, None)
 
     def abort_nonfinite(self, state, carry, epoch: int):
         """Raise the one-line error for a run whose last ``train.max_nonfinite`` steps were all non-finite."""
@@ -214,7 +240,7 @@ class _Trainer:
         if self.primary:
             rundir.write_run(self.workdir, cfg, self.corpus.vocab)
         ckpt = Checkpointer(self.workdir, cfg.checkpoint.max_to_keep)
-        with contextlib.closing(ckpt):
+        with contextlib.closing(ckpt), contextlib.ExitStack() as cleanup:
             state, rng_data, carry, metrics, start_epoch, start_batch, step, saved = self.restore(ckpt)
             records = [r for r in rundir.read_metrics(self.metrics_path) if r["epoch"] < start_epoch]
             if saved and not any(r["epoch"] == saved["epoch"] for r in records):  # a damaged metrics.jsonl lost it
@@ -224,6 +250,11 @@ class _Trainer:
                 rundir.write_metrics(self.metrics_path, records)
             if tc.progress:
                 PipeSafe(sys.stdout).write(self.start_block(state.params, step, start_epoch, start_batch) + "\n")
+            self.tb = TensorBoardLog(self.workdir, start_epoch) if self.primary and start_epoch <= tc.num_epochs else None
+            if self.tb:
+                cleanup.callback(self.tb.close)
+            self.profiler = Profiler(self.workdir / "profile", tc.profile_steps if self.primary else 0)
+            cleanup.callback(self.profiler.stop)  # also when a signal or an error ends the run
             start = time.perf_counter()
             bar = tqdm.trange(start_epoch, tc.num_epochs + 1, desc=f"{cfg.model.num_layers}x{cfg.model.cell}",
                               disable=not tc.progress or start_epoch > tc.num_epochs, file=PipeSafe(sys.stderr))
@@ -243,10 +274,10 @@ class _Trainer:
                 t0 = time.perf_counter()
                 state, carry, metrics = self.train_epoch(ckpt, state, rng_data, carry, metrics, epoch, first, write_pending)
                 write_pending()  # the previous epoch's validation: computed by now, or next in the queue
-                sums = TrainMetrics(*np.asarray(metrics.to_array(), np.float64))  # the one host sync of the epoch
+                sums = metrics.to_host()  # the one host sync of the epoch
                 tokens_per_sec = (self.n - first) * cfg.data.batch_size * cfg.data.num_steps / (time.perf_counter() - t0)
                 pending.append(_Pending(epoch, int(state.step), sums, tokens_per_sec,
-                                        float(self.schedule(int(state.step) - 1)), self.start_eval(state.params)))
+                                        float(self.schedule(int(state.step) - 1)), *self.start_eval(state.params)))
                 saving = epoch % cfg.checkpoint.every_epochs == 0 or epoch == tc.num_epochs
                 if saving or int(state.nonfinite) >= tc.max_nonfinite:
                     write_pending()
@@ -254,15 +285,21 @@ class _Trainer:
                     self.abort_nonfinite(state, carry, epoch)
                 if saving:
                     self.save(ckpt, state, rng_data, carry, metrics, epoch, 0, records[-1])
+                    if self.tb and cfg.generate.prefixes:
+                        self.tb.samples(epoch, list(cfg.generate.prefixes), self.samples(state.params))
+            self.profiler.stop()
             best_saved = next((r["epoch"] for s in ckpt.best_steps()[:1] for r in records if r["step"] == s), None)
-        return self.finish(state, records, time.perf_counter() - start, best_saved)
+            return self.finish(state, records, time.perf_counter() - start, best_saved, self.tb)
 
     def write_record(self, p: _Pending, bar, start: float) -> dict[str, Any]:
-        """Read a pending epoch's validation, write its record to metrics.jsonl and the progress bar."""
+        """Read a pending epoch's validation, write its record to metrics.jsonl, TensorBoard and the progress bar."""
+        layers = p.stats.summary(HAS_RETAIN[self.cfg.model.cell]) if p.stats is not None else None
         record = epoch_record(p.epoch, p.step, p.sums, p.val.perplexity(), p.tokens_per_sec, p.lr,
-                              time.perf_counter() - start)
+                              time.perf_counter() - start, layers)
         if self.primary:
             rundir.append_metrics(self.metrics_path, record)
+        if self.tb:
+            self.tb.record(record)
         bar.set_postfix(train_ppl=f"{record['train_ppl']:.2f}", val_ppl=f"{record['val_ppl']:.2f}")
         return record
 
@@ -281,19 +318,26 @@ class _Trainer:
             todo = f"resuming from epoch {start_epoch}, step {step} (minibatch {start_batch})"
         return f"{what}\n{where}\n{todo}"
 
-    def finish(self, state: TrainState, records: list[dict[str, Any]], wall_time: float, best_saved: int | None
-               ) -> dict[str, Any]:
-        """Curves, samples and the summary a caller gets back."""
+    def samples(self, params) -> list[str]:
+        """The greedy continuation of each ``generate.prefixes``."""
         cfg, dc = self.cfg, self.cfg.data
-        if self.primary:
-            plot_curves(records, self.workdir / "curves.png", title=f"{cfg.model.num_layers}-layer {cfg.model.cell}")
-        samples = generate(
-            self.model, state.params, self.corpus.vocab, list(cfg.generate.prefixes), cfg.generate.num_chars,
+        return generate(
+            self.model, params, self.corpus.vocab, list(cfg.generate.prefixes), cfg.generate.num_chars,
             preprocess=dc.preprocess, tokenizer=dc.tokenizer,
         ) if cfg.generate.prefixes else []
+
+    def finish(self, state: TrainState, records: list[dict[str, Any]], wall_time: float, best_saved: int | None,
+               tb: TensorBoardLog | None = None) -> dict[str, Any]:
+        """Curves, samples, hparams and the summary a caller gets back."""
+        cfg = self.cfg
+        if self.primary:
+            plot_curves(records, self.workdir / "curves.png", title=f"{cfg.model.num_layers}-layer {cfg.model.cell}")
+        samples = self.samples(state.params)
         if self.primary:
             rundir.write_atomic(self.workdir / "samples.txt", "".join(s + "\n" for s in samples))
         best, last = best_record(records), records[-1] if records else {}
+        if tb is not None:
+            tb.finish(cfg.to_dict(), records, best["val_ppl"] if best else float("nan"))
         return {
             "params": state.params, "model": self.model, "vocab": self.corpus.vocab, "num_params": num_params(state.params),
             "train_ppl": last.get("train_ppl", float("nan")), "val_ppl": last.get("val_ppl", float("nan")),

@@ -25,11 +25,13 @@ import numpy as np
 from rnnjax import data
 from rnnjax.checkpoint import Checkpointer
 from rnnjax.config import Config, ConfigError
-from rnnjax.metrics import EvalMetrics, TrainMetrics, best_record, epoch_record
+from rnnjax.inside import HAS_RETAIN
+from rnnjax.metrics import EvalMetrics, LayerStats, TrainMetrics, best_record, epoch_record
 from rnnjax.model import num_params
 from rnnjax.optim import make_optimizer
 from rnnjax.plotting import plot_curves
-from rnnjax.steps import TrainState, make_eval_step, make_train_step
+from rnnjax.steps import TrainState, make_eval_step, make_stats_eval_step, make_train_step
+from rnnjax.tensorboard_log import TensorBoardLog
 from rnnjax.train import build_model, checkpoint_items
 from rnnjax.workdir import MetricsWriter, finite, write_atomic, write_run
 
@@ -75,34 +77,53 @@ def train_vectorized(cfgs: Sequence[Config], workdirs: Sequence[str | pathlib.Pa
     # The update reads each trial's hyperparameters from its own optimizer state.
     step = jax.jit(jax.vmap(make_train_step(model, txs[0], dc.sampler == "random"), in_axes=(0, 0, 0, 0, 0, None, 0)),
                    donate_argnums=(0, 1, 2))
-    evaluate = jax.jit(jax.vmap(make_eval_step(model), in_axes=(0, 0, 0, None, None)))
-    stack = functools.partial(stack_trials, k=k)
+    eval_step = make_stats_eval_step(model) if tc.layer_stats else make_eval_step(model)
+    evaluate = jax.jit(jax.vmap(eval_step, in_axes=(0, 0, 0, *([0] if tc.layer_stats else []), None, None)))
     dirs = [pathlib.Path(w) for w in workdirs]
     for d, c in zip(dirs, cfgs):
         d.mkdir(parents=True, exist_ok=True)
         write_run(d, c, corpus.vocab)
         write_atomic(d / "metrics.jsonl", "")
+    boards = [TensorBoardLog(d, 1) for d in dirs]  # an interrupted group restarts: earlier points are dropped
+    try:
+        return _train(cfgs, dirs, boards, corpus, model, n, state, step, evaluate, rngs)
+    finally:
+        for b in boards:
+            b.close()
+
+
+def _train(cfgs, dirs, boards, corpus, model, n, state, step, evaluate, rngs) -> list[dict[str, Any]]:
+    c0 = cfgs[0]
+    dc, tc, k = c0.data, c0.train, len(cfgs)
+    stack = functools.partial(stack_trials, k=k)
     records: list[list[dict[str, Any]]] = [[] for _ in cfgs]
     start = time.perf_counter()
     for epoch in range(1, tc.num_epochs + 1):
         batches = [data.epoch_batches(corpus.train, dc, c.seed, epoch) for c in cfgs]
         xs_knbt, ys_knbt = jnp.asarray(np.stack([b[0] for b in batches])), jnp.asarray(np.stack([b[1] for b in batches]))
-        carry, metrics = stack(model.initial_carry(dc.batch_size)), TrainMetrics.zeros((k,))
+        carry = stack(model.initial_carry(dc.batch_size))
+        metrics = TrainMetrics.zeros((k,), c0.model.num_layers if tc.layer_stats else 0)
         t0 = time.perf_counter()
         for i in range(n):
             state, carry, metrics = step(state, carry, metrics, xs_knbt, ys_knbt, i, rngs)
-        sums = np.asarray(metrics.to_array(), np.float64)  # [k, 4]
+        sums = metrics.to_host()  # [k] and [k, L + 1]
         train_time = time.perf_counter() - t0
         ecarry, emetrics = stack(model.initial_carry(dc.batch_size)), EvalMetrics.zeros((k,))
+        estats = LayerStats.zeros((k,), c0.model.num_layers)
         for x_bt, y_bt in data.eval_windows(corpus.val, dc.batch_size, dc.num_steps):
-            ecarry, emetrics = evaluate(state.params, ecarry, emetrics, x_bt, y_bt)
+            if tc.layer_stats:
+                ecarry, emetrics, estats = evaluate(state.params, ecarry, emetrics, estats, x_bt, y_bt)
+            else:
+                ecarry, emetrics = evaluate(state.params, ecarry, emetrics, x_bt, y_bt)
         for j, d in enumerate(dirs):
             val_ppl = EvalMetrics(emetrics.nll[j], emetrics.tokens[j]).perplexity()
+            layers = LayerStats(*(x[j] for x in estats)).summary(HAS_RETAIN[c0.model.cell]) if tc.layer_stats else None
             record = epoch_record(  # tokens/s per trial; the group does k x more
-                epoch, epoch * n, TrainMetrics(*sums[j]), val_ppl, n * dc.batch_size * dc.num_steps / train_time,
-                cfgs[j].train.learning_rate, time.perf_counter() - start)
+                epoch, epoch * n, TrainMetrics(*(x[j] for x in sums)), val_ppl, n * dc.batch_size * dc.num_steps / train_time,
+                cfgs[j].train.learning_rate, time.perf_counter() - start, layers)
             records[j].append(record)
             MetricsWriter(d / "metrics.jsonl").write(record)
+            boards[j].record(record)
     summaries = []
     for j, (d, c) in enumerate(zip(dirs, cfgs)):
         one = jax.tree_util.tree_map(lambda x, j=j: x[j], state)
@@ -112,6 +133,7 @@ def train_vectorized(cfgs: Sequence[Config], workdirs: Sequence[str | pathlib.Pa
         ckpt.save(int(one.step), *items, meta, val_ppl=records[j][-1]["val_ppl"])
         ckpt.close()
         plot_curves(records[j], d / "curves.png", title=f"{c.model.num_layers}-layer {c.model.cell}")
+        boards[j].finish(c.to_dict(), records[j], best_record(records[j])["val_ppl"])
         summaries.append({
             "params": one.params, "model": model, "vocab": corpus.vocab, "num_params": num_params(one.params),
             "train_ppl": records[j][-1]["train_ppl"], "val_ppl": records[j][-1]["val_ppl"],

@@ -133,11 +133,13 @@ def check_resumable(workdir: pathlib.Path, cfg: Config, vocab: Vocab, resume: st
 
 
 def _finite(value: Any) -> Any:
+    if isinstance(value, list):  # per-layer values
+        return [_finite(v) for v in value]
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def finite(record: dict[str, Any]) -> dict[str, Any]:
-    """The record with non-finite numbers as ``None`` (bare ``NaN`` is not JSON)."""
+    """The record with non-finite numbers (in per-layer lists too) as ``None`` (bare ``NaN`` is not JSON)."""
     return {k: _finite(v) for k, v in record.items()}
 
 

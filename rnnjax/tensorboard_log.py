@@ -1,0 +1,106 @@
+"""TensorBoard event files of a run, written with tensorboardX (no TensorFlow), in ``WORKDIR``
+beside ``metrics.jsonl``; ``tensorboard --logdir runs`` shows every run under ``runs/``.
+
+The step of every point is the **epoch**, and every scalar is a value of that epoch's
+``metrics.jsonl`` record (``loss`` and ``bpc`` are log(ppl) and log2(ppl) of it):
+
+    loss/{train,val}  perplexity/{train,val}  bpc/{train,val}  lr  tokens_per_sec  skipped_steps
+    grad_norm/global  grad_norm/layer_1..L  grad_norm/output
+    h_rms/layer_l  gate_saturation/layer_l  forget_gate/layer_l  memory_length/layer_l
+
+plus the greedy samples as text (``samples``) every ``checkpoint.every_epochs`` and, when a run
+finishes, the resolved config as hparams with ``hparams/final_val_ppl`` and ``hparams/best_val_ppl``.
+
+A resumed run opens a new event file whose first event is a ``SessionLog.START`` at the epoch it
+resumes from (tensorboardX's ``purge_step``): TensorBoard then drops the points at or after that
+epoch from the earlier files, which a SIGKILL may have left ahead of the last checkpoint, so the
+curves hold each epoch once.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+import time
+from typing import Any
+
+from tensorboardX import SummaryWriter
+from tensorboardX.summary import hparams
+
+PER_LAYER = ("h_rms", "gate_saturation", "forget_gate", "memory_length")
+
+
+def event_files(workdir: pathlib.Path) -> list[pathlib.Path]:
+    return sorted(workdir.glob("events.out.tfevents.*"))
+
+
+def scalars(record: dict[str, Any]) -> dict[str, float]:
+    """The TensorBoard scalars of one ``metrics.jsonl`` record (``None`` values are left out)."""
+    out: dict[str, Any] = {}
+    for split in ("train", "val"):
+        ppl = record.get(f"{split}_ppl")
+        if isinstance(ppl, (int, float)) and ppl > 0:
+            out |= {f"perplexity/{split}": ppl, f"loss/{split}": math.log(ppl), f"bpc/{split}": math.log2(ppl)}
+    out |= {"lr": record.get("lr"), "tokens_per_sec": record.get("tokens_per_sec"),
+            "skipped_steps": record.get("skipped_steps"), "grad_norm/global": record.get("grad_norm")}
+    for l, g in enumerate(record.get("grad_norm_layers") or []):
+        out[f"grad_norm/layer_{l + 1}"] = g
+    if "grad_norm_output" in record:
+        out["grad_norm/output"] = record["grad_norm_output"]
+    for key in PER_LAYER:
+        for l, v in enumerate(record.get(key) or []):
+            out[f"{key}/layer_{l + 1}"] = v
+    return {k: float(v) for k, v in out.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+
+
+def flat_config(d: dict[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:
+    """A config dict as hparams: dotted keys, lists and tuples as their text."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= flat_config(v, f"{prefix}{k}.")
+        elif isinstance(v, (bool, int, float, str)):
+            out[f"{prefix}{k}"] = v
+        else:
+            out[f"{prefix}{k}"] = ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+    return out
+
+
+class TensorBoardLog:
+    """One writer per process and run: ``record`` each epoch, ``samples`` at checkpoints, ``finish`` at the end."""
+
+    def __init__(self, workdir: pathlib.Path, start_epoch: int):
+        # Event files are read in name order, and the name holds the creation time in seconds: a new
+        # file must not share the second of an earlier one (a resume within a second, in tests).
+        newest = max((int(p.name.split(".")[3]) for p in event_files(workdir) if p.name.split(".")[3].isdigit()),
+                     default=0)
+        while int(time.time()) <= newest:
+            time.sleep(0.05)
+        self.writer = SummaryWriter(str(workdir), purge_step=start_epoch, flush_secs=10)
+
+    def record(self, record: dict[str, Any]) -> None:
+        for tag, value in scalars(record).items():
+            self.writer.add_scalar(tag, value, record["epoch"])
+        self.writer.flush()
+
+    def samples(self, epoch: int, prefixes: list[str], samples: list[str]) -> None:
+        """Greedy samples as one text entry (markdown: one line per prefix)."""
+        text = "\n\n".join(f"**{p}** → `{s}`" for p, s in zip(prefixes, samples))
+        self.writer.add_text("samples", text, epoch)
+        self.writer.flush()
+
+    def finish(self, config: dict[str, Any], records: list[dict[str, Any]], best_val_ppl: float) -> None:
+        """The resolved config as hparams, with the final and best validation perplexity as their metrics."""
+        if not records:
+            return
+        epoch = records[-1]["epoch"]
+        metrics = {"hparams/final_val_ppl": records[-1].get("val_ppl"), "hparams/best_val_ppl": best_val_ppl}
+        metrics = {k: float(v) if isinstance(v, (int, float)) else float("nan") for k, v in metrics.items()}
+        for summary in hparams(flat_config(config), metrics):
+            self.writer.file_writer.add_summary(summary, epoch)
+        for tag, value in metrics.items():
+            self.writer.add_scalar(tag, value, epoch)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
