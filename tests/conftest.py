@@ -58,3 +58,24 @@ def train_cli(workdir, *flags) -> list[str]:
     """The argv of scripts/train.py on the smoke LSTM config, progress bar off, into ``workdir``."""
     return [sys.executable, str(ROOT / "scripts" / "train.py"), f"--config={ROOT / 'configs' / 'deep_lstm.py'}:smoke",
             f"--workdir={workdir}", "--config.train.progress=False", *flags]
+
+
+def run_notebook(name: str, cwd, **env: str) -> tuple[str, int]:
+    """Execute ``notebooks/<name>`` with nbclient (environment variables ``env`` set meanwhile, working
+    directory ``cwd``); returns its code cells' text output and how many PNG images they drew."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                del os.environ[k]
+            else:
+                os.environ[k] = v
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    return "".join(o.get("text", "") for o in outputs), sum("image/png" in o.get("data", {}) for o in outputs)

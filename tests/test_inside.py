@@ -2,14 +2,13 @@
 statistics of metrics.jsonl equal a NumPy recomputation, ``rnnjax.inspect`` and ``rnnjax.timescales``
 on a loaded run, autocorrelation times of signals whose answer is known, and the notebook."""
 
-import os
 import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import small_config
+from conftest import run_notebook, small_config
 
 import rnnjax
 from rnnjax import data
@@ -139,16 +138,8 @@ def test_autocorrelation_times_of_known_signals():
 
 
 def test_notebook_runs_on_a_tiny_run(tmp_path):
-    nbformat = pytest.importorskip("nbformat")
-    from nbclient import NotebookClient
-
+    pytest.importorskip("nbformat")
     train_and_evaluate(small_config(3, **{"model.num_layers": 3}), tmp_path / "run")
-    nb = nbformat.read(ROOT / "notebooks" / "inside_the_stack.ipynb", as_version=4)
-    os.environ["RNNJAX_WORKDIRS"] = str(tmp_path / "run")
-    try:
-        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    finally:
-        del os.environ["RNNJAX_WORKDIRS"]
-    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    text, images = run_notebook("inside_the_stack.ipynb", tmp_path, RNNJAX_WORKDIRS=str(tmp_path / "run"))
     assert "3-layer lstm" in text and "layer 3: median timescale" in text
-    assert sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", [])) >= 3
+    assert images >= 3
