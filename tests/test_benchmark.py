@@ -91,7 +91,8 @@ def test_benchmark_script_writes_every_row_and_the_targets(tmp_path):
     except ImportError:
         pass
     mesh = {k for k in results["rows"][0]["results"] if k.startswith("rnnjax, ")}  # one CPU device per core
-    assert mesh == ({f"rnnjax, {results['machine']['devices']} CPU devices"} if results["machine"]["devices"] > 1 else set())
+    n = results["machine"]["devices"]  # data parallel, and the layer pipeline, over them
+    assert mesh == ({f"rnnjax, {n} CPU devices", f"rnnjax, layer pipeline over {n} CPU devices"} if n > 1 else set())
     for row in results["rows"]:
         assert set(row["results"]) == impls | mesh
         for r in row["results"].values():
