@@ -168,7 +168,7 @@ def _apply(layer_fn, spec: DeepRNN, params: Params, tokens: Array, carry: Carry,
     tokens_tb = tokens.T
     dropout = dropout_key is not None and spec.dropout > 0
     # the pipeline needs time to overlap: a single step (generation) runs the plain stack
-    if spec.pipeline_stages > 1 and tokens_tb.shape[0] > 1 and pipeline.stages_for(spec) > 1:
+    if spec.pipeline_stages > 1 and tokens_tb.shape[0] > 1 and (stages := pipeline.stages_for(spec)) > 1:
         p0 = params["layers"][0]
         t, b = tokens_tb.shape
         keep_ltbh = (
@@ -177,7 +177,7 @@ def _apply(layer_fn, spec: DeepRNN, params: Params, tokens: Array, carry: Carry,
         )
         h_tbh, new_carry = pipeline.pipelined_layers(
             layer_fn, spec.cell, tuple(map(spec.layer_activation, range(spec.num_layers))), params["layers"],
-            p0["w_x"][tokens_tb] + p0["b_x"], carry, keep_ltbh, spec.dropout, pipeline.stages_for(spec),
+            p0["w_x"][tokens_tb] + p0["b_x"], carry, keep_ltbh, spec.dropout, stages,
             spec.pipeline_chunks,
         )
         logits_tbv = h_tbh @ params["w_out"] + params["b_out"]
