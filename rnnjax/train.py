@@ -296,10 +296,12 @@ class _Trainer:
         layers = p.stats.summary(HAS_RETAIN[self.cfg.model.cell]) if p.stats is not None else None
         record = epoch_record(p.epoch, p.step, p.sums, p.val.perplexity(), p.tokens_per_sec, p.lr,
                               time.perf_counter() - start, layers)
-        if self.primary:
-            rundir.append_metrics(self.metrics_path, record)
+        # TensorBoard first: once metrics.jsonl holds an epoch, its event is on disk too (a resume
+        # purges any event a kill left ahead of metrics.jsonl).
         if self.tb:
             self.tb.record(record)
+        if self.primary:
+            rundir.append_metrics(self.metrics_path, record)
         bar.set_postfix(train_ppl=f"{record['train_ppl']:.2f}", val_ppl=f"{record['val_ppl']:.2f}")
         return record
 
