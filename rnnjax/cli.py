@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import difflib
 import logging
+import math
 import os
 import pathlib
 import sys
@@ -171,14 +172,29 @@ def default_workdir(config_flag: str = "config") -> pathlib.Path:
 def end_block(summary: dict[str, Any]) -> str:
     """The few lines a finished training run prints: perplexities, where its files are, the samples."""
     w = shown(summary["workdir"])
+    char = "best_val_bpc" in summary  # bits per character: char-level runs
+
+    def ppl(key: str) -> str:
+        value = summary.get(key)
+        value = float("nan") if value is None else value
+        return f"{value:.3f}" + (f" ({math.log2(value):.3f} bpc)" if char and value > 0 else "")
+
     lines = [
-        f"train perplexity {summary['train_ppl']:.3f}, validation perplexity {summary['val_ppl']:.3f} "
-        f"(best {summary['best_val_ppl']:.3f} at epoch {summary['best_epoch']}), "
+        f"train perplexity {ppl('train_ppl')}, validation perplexity {ppl('val_ppl')}, "
+        f"best {ppl('best_val_ppl')} at epoch {summary['best_epoch']}; "
         f"{summary['wall_time']:.0f} s on {summary['num_devices']} device(s)",
-        f"curves: {w}/curves.png  checkpoints: {w}/checkpoints/  "
-        f"(rnnjax.load({w!r}) restores the best saved one, epoch {summary['best_saved_epoch']})",
     ]
+    if summary.get("stopped_early_at"):
+        lines.append(f"stopped early at epoch {summary['stopped_early_at']}: no new best validation perplexity for "
+                     f"{summary['stopped_early_at'] - summary['best_epoch']} epochs")
+    if "test_ppl" in summary:
+        by = summary.get("test_ppl_by_source") or {}
+        lines.append(f"test perplexity {ppl('test_ppl')} with the best saved checkpoint (epoch "
+                     f"{summary['best_saved_epoch']})" + ("; by file: " if by else ""))
+        lines += [f"  {name}: {v:.3f}" + (f" ({math.log2(v):.3f} bpc)" if char else "") for name, v in by.items()]
+    lines.append(f"curves: {w}/curves.png  checkpoints: {w}/checkpoints/  "
+                 f"(rnnjax.load({w!r}) restores the best saved one, epoch {summary['best_saved_epoch']})")
     if summary["samples"]:
-        lines.append("samples (greedy, final epoch):")
+        lines.append(f"samples (greedy, {'best' if summary.get('samples_from') == 'best' else 'final'} epoch):")
         lines += [f"  {s}" for s in summary["samples"]]
     return "\n".join(lines)

@@ -39,9 +39,16 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.min_freq = 0
     # Extra tokens always in the vocabulary (e.g. ["<pad>"]).
     c.data.reserved_tokens = []
-    # The first max_tokens tokens train; the next num_val tokens validate.
+    # Splits by count (d2l's): the first max_tokens tokens train, the next num_val validate and the
+    # next num_test test (0 = no test split). max_tokens = 0: every token before the held-out ones.
     c.data.max_tokens = 10_000
     c.data.num_val = 5_000
+    c.data.num_test = 0
+    # Splits by fraction (used when val_fraction > 0; num_val and num_test are then ignored): the last
+    # test_fraction of each file tests, the val_fraction before it validates, the rest trains (capped
+    # at max_tokens unless 0). Several files are then also evaluated per file.
+    c.data.val_fraction = 0.0
+    c.data.test_fraction = 0.0
     # Minibatch: batch_size streams x num_steps time steps.
     c.data.batch_size = 32
     c.data.num_steps = 35
@@ -85,6 +92,9 @@ def default_config() -> ml_collections.ConfigDict:
     # Capture a jax.profiler trace of this many training steps, after the first (compiled) one, into
     # WORKDIR/profile/ (TensorBoard's profile plugin); 0 = off.
     c.train.profile_steps = 0
+    # Stop after this many epochs without a new best validation perplexity (0 = off). When on, every
+    # new best epoch is also checkpointed, and the end-of-run samples come from the best checkpoint.
+    c.train.early_stopping_patience = 0
 
     c.checkpoint = ml_collections.ConfigDict()
     # Save every this many epochs (and always after the last epoch) to WORKDIR/checkpoints.
@@ -154,7 +164,15 @@ class DataConfig:
     batch_size: int
     num_steps: int
     sampler: str
-    max_file_mb: int = 1024  # a default: runs saved before the field existed still load
+    max_file_mb: int = 1024  # defaults: runs saved before these fields existed still load
+    num_test: int = 0
+    val_fraction: float = 0.0
+    test_fraction: float = 0.0
+
+    @property
+    def by_fraction(self) -> bool:
+        """Splits by fraction of each file (``val_fraction`` > 0) rather than by token count."""
+        return self.val_fraction > 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +198,7 @@ class TrainConfig:
     max_nonfinite: int
     layer_stats: bool = True  # defaults: runs saved before these fields existed still load
     profile_steps: int = 0
+    early_stopping_patience: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,6 +265,7 @@ def _build(cls: type, d: dict[str, Any], prefix: str) -> Any:
 
 # Fields a resumed run may change; any other difference from the run's config.json is refused.
 RESUMABLE_CHANGES = ("train.num_epochs", "train.progress", "train.layer_stats", "train.profile_steps",
+                     "train.early_stopping_patience",
                      "checkpoint.", "parallel.", "generate.", "data.max_file_mb")
 
 
@@ -293,13 +313,26 @@ def _validate(c: Config) -> None:
     _check(dt.tokenizer in ("char", "word"), "data.tokenizer", dt.tokenizer, "'char' or 'word'")
     _check(_is_int(dt.min_freq) and dt.min_freq >= 0, "data.min_freq", dt.min_freq, "an integer >= 0")
     _check(_strings(dt.reserved_tokens), "data.reserved_tokens", dt.reserved_tokens, "a list of strings")
-    _check(_is_int(dt.max_tokens) and dt.max_tokens >= 2, "data.max_tokens", dt.max_tokens, "an integer >= 2")
+    _check(_is_int(dt.max_tokens) and (dt.max_tokens >= 2 or dt.max_tokens == 0), "data.max_tokens", dt.max_tokens,
+           "an integer >= 2, or 0 for every training token")
     _check(_is_int(dt.batch_size) and dt.batch_size >= 1, "data.batch_size", dt.batch_size, "an integer >= 1")
     _check(_is_int(dt.num_steps) and dt.num_steps >= 1, "data.num_steps", dt.num_steps, "an integer >= 1")
     _check(
         _is_int(dt.num_val) and dt.num_val >= dt.batch_size + 1,
         "data.num_val", dt.num_val, f"an integer >= data.batch_size + 1 = {dt.batch_size + 1}",
     )
+    _check(
+        _is_int(dt.num_test) and (dt.num_test == 0 or dt.num_test >= dt.batch_size + 1),
+        "data.num_test", dt.num_test, f"0 (no test split) or an integer >= data.batch_size + 1 = {dt.batch_size + 1}",
+    )
+    for name in ("val_fraction", "test_fraction"):
+        v = getattr(dt, name)
+        _check(_is_num(v) and 0 <= v < 1, f"data.{name}", v, "a number in [0, 1)")
+    if dt.test_fraction > 0 and dt.val_fraction == 0:
+        raise ConfigError("config.data.test_fraction needs config.data.val_fraction > 0 too (splits by fraction "
+                          "always validate); set both, e.g. 0.05 and 0.05")
+    _check(dt.val_fraction + dt.test_fraction < 0.9, "data.val_fraction", dt.val_fraction,
+           f"with data.test_fraction = {dt.test_fraction}, they must leave at least 10% of each file to train")
     _check(dt.sampler in ("sequential", "random"), "data.sampler", dt.sampler, "'sequential' or 'random'")
     _check(_is_int(dt.max_file_mb) and dt.max_file_mb >= 1, "data.max_file_mb", dt.max_file_mb, "an integer >= 1 (MiB)")
     _check(m.impl in IMPLS, "model.impl", m.impl, "'rnnjax', 'autodiff' or 'flax'")
@@ -328,6 +361,8 @@ def _validate(c: Config) -> None:
     _check(isinstance(t.layer_stats, bool), "train.layer_stats", t.layer_stats, "True or False")
     _check(_is_int(t.profile_steps) and t.profile_steps >= 0, "train.profile_steps", t.profile_steps,
            "an integer >= 0 (0 = no profile)")
+    _check(_is_int(t.early_stopping_patience) and t.early_stopping_patience >= 0, "train.early_stopping_patience",
+           t.early_stopping_patience, "an integer >= 0 (epochs without a new best validation perplexity; 0 = off)")
     k = c.checkpoint
     _check(_is_int(k.every_epochs) and k.every_epochs >= 1, "checkpoint.every_epochs", k.every_epochs, "an integer >= 1")
     _check(_is_int(k.max_to_keep) and k.max_to_keep >= 1, "checkpoint.max_to_keep", k.max_to_keep, "an integer >= 1")

@@ -7,6 +7,7 @@ rebuilt exactly (what checkpoint resume relies on).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import importlib.resources
 import pathlib
@@ -26,11 +27,14 @@ def bundled_path() -> str:
     return str(importlib.resources.files("rnnjax") / "corpora" / BUNDLED)
 
 
-def read_texts(paths: Sequence[str], max_file_mb: int = 1024) -> str:
-    """Read and concatenate UTF-8 files ([] = the bundled book); bad files raise ConfigError.
-    Relative paths are from the current directory; only regular files up to ``max_file_mb`` MiB."""
-    texts = []
-    for path in paths or [bundled_path()]:
+def read_files(paths: Sequence[str], max_file_mb: int = 1024) -> list[tuple[str, str]]:
+    """Read UTF-8 files ([] = the bundled book) as ``(source name, text)``; bad files raise ConfigError.
+    Relative paths are from the current directory; only regular files up to ``max_file_mb`` MiB. A
+    source's name is its file name, or the path as given where two files share a name."""
+    paths = list(paths) or [bundled_path()]
+    names = [pathlib.Path(p).name for p in paths]
+    out = []
+    for path, name in zip(paths, names):
         p = pathlib.Path(path).expanduser()
         if p.exists() and not p.is_file():
             raise ConfigError(f"config.data.paths: {path!r} is not a regular file; give text files")
@@ -50,10 +54,16 @@ def read_texts(paths: Sequence[str], max_file_mb: int = 1024) -> str:
             raise ConfigError(
                 f"config.data.paths: {path!r} is not UTF-8 (byte {e.start}); convert it, e.g. iconv -t utf-8"
             ) from None
+        del raw
         if not text.strip():
             raise ConfigError(f"config.data.paths: {path!r} is empty; give a file with text")
-        texts.append(text)
-    return "\n".join(texts)
+        out.append((name if names.count(name) == 1 else str(path), text))
+    return out
+
+
+def read_texts(paths: Sequence[str], max_file_mb: int = 1024) -> str:
+    """The files of :func:`read_files`, concatenated in order with a newline between them."""
+    return "\n".join(text for _, text in read_files(paths, max_file_mb))
 
 
 def preprocess(text: str, mode: str) -> str:
@@ -70,37 +80,137 @@ def detokenize(tokens: Sequence[str], tokenizer: str) -> str:
     return "".join(tokens) if tokenizer == "char" else " ".join(tokens)
 
 
+def codepoints(text: str) -> np.ndarray:
+    """A text's characters as Unicode code points [n]: uint8 for ASCII text, else uint32 (no Python list)."""
+    if text.isascii():
+        return np.frombuffer(text.encode("ascii"), np.uint8)
+    return np.frombuffer(text.encode("utf-32-le"), np.uint32)
+
+
+class Tokens:
+    """A preprocessed text's tokens, held compactly: code points for characters, a list for words."""
+
+    def __init__(self, text: str, tokenizer: str):
+        self.tokenizer = tokenizer
+        self.items: np.ndarray | list[str] = codepoints(text) if tokenizer == "char" else text.split()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def counts(self, start: int = 0, stop: int | None = None) -> collections.Counter:
+        """Each token's count in ``[start, stop)`` (what the vocabulary is built from)."""
+        part = self.items[start:stop]
+        if self.tokenizer == "word":
+            return collections.Counter(part)
+        counts = np.bincount(part) if len(part) else np.zeros(0, np.int64)
+        return collections.Counter({chr(c): int(counts[c]) for c in np.flatnonzero(counts)})
+
+    def encode(self, vocab: Vocab, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Ids of ``[start, stop)`` in ``vocab.id_dtype``; tokens outside it become ``<unk>``."""
+        part = self.items[start:stop]
+        if self.tokenizer == "char":
+            return vocab.encode_chars(part)
+        return vocab.encode(part).astype(vocab.id_dtype)
+
+
 @dataclasses.dataclass(frozen=True)
 class Corpus:
-    """Vocabulary and token ids: ``train`` [max_tokens], ``val`` [num_val] (the tokens after train)."""
+    """Vocabulary and token ids ([n] each, in ``vocab.id_dtype``): ``train``, ``val`` and ``test`` (empty
+    without a test split). ``val_parts`` and ``test_parts`` are the held-out streams per source, as
+    ``(name, ids)``: one part (named "all") unless several files are split by fraction; ``val`` and
+    ``test`` are their concatenation. Evaluation reads each part on its own, so no window crosses files."""
 
     vocab: Vocab
     train: np.ndarray
     val: np.ndarray
+    test: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int32))
+    val_parts: tuple[tuple[str, np.ndarray], ...] = ()
+    test_parts: tuple[tuple[str, np.ndarray], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.val_parts:
+            object.__setattr__(self, "val_parts", (("all", self.val),))
+        if not self.test_parts and len(self.test):
+            object.__setattr__(self, "test_parts", (("all", self.test),))
+
+    @property
+    def sources(self) -> list[str]:
+        """The names of the held-out parts (["all"] for one stream)."""
+        return [name for name, _ in self.val_parts]
 
 
 def load_corpus(cfg: DataConfig, vocab: Vocab | None = None) -> Corpus:
     """Read, preprocess, tokenize and split; the vocabulary is built on the training split
-    unless given (e.g. restored from a checkpoint). Raises ConfigError when the corpus is too short."""
-    tokens = tokenize(preprocess(read_texts(cfg.paths, cfg.max_file_mb), cfg.preprocess), cfg.tokenizer)
-    need = cfg.max_tokens + cfg.num_val
-    if len(tokens) < need:
+    unless given (e.g. restored from a checkpoint). Raises ConfigError when the corpus is too short.
+
+    By count (``data.val_fraction`` = 0): the files are concatenated, then the first ``max_tokens``
+    tokens train (0: all but the held-out ones), the next ``num_val`` validate, the next ``num_test``
+    test. By fraction: each file is split on its own (train, then validation, then test at its end),
+    the training parts are concatenated and capped at ``max_tokens`` (0: no cap)."""
+    if cfg.by_fraction:
+        return _load_by_fraction(cfg, vocab)
+    tokens = Tokens(preprocess(read_texts(cfg.paths, cfg.max_file_mb), cfg.preprocess), cfg.tokenizer)
+    held_out = cfg.num_val + cfg.num_test
+    train_len = cfg.max_tokens or len(tokens) - held_out
+    need = train_len + held_out
+    test = " + config.data.num_test" if cfg.num_test else ""
+    if cfg.max_tokens and len(tokens) < need:
         raise ConfigError(
-            f"config.data.max_tokens + config.data.num_val = {need} but the corpus has {len(tokens)} "
+            f"config.data.max_tokens + config.data.num_val{test} = {need} but the corpus has {len(tokens)} "
             f"{cfg.tokenizer} tokens; lower them or add text"
         )
-    train_tokens = tokens[: cfg.max_tokens]
+    if train_len < 2:
+        raise ConfigError(
+            f"config.data.num_val{test} = {held_out} leaves {max(train_len, 0)} of the corpus's {len(tokens)} "
+            f"{cfg.tokenizer} tokens to train; lower them or add text"
+        )
     if vocab is None:
-        vocab = Vocab.build(train_tokens, cfg.min_freq, cfg.reserved_tokens)
-    ids = vocab.encode(tokens[:need])
-    n = batches_per_epoch(cfg, len(train_tokens))
-    if n < 1:
+        vocab = Vocab.from_counts(tokens.counts(0, train_len), cfg.min_freq, cfg.reserved_tokens)
+    ids = tokens.encode(vocab, 0, need)
+    del tokens
+    _check_trainable(cfg, train_len)
+    return Corpus(vocab=vocab, train=ids[:train_len], val=ids[train_len : train_len + cfg.num_val],
+                  test=ids[train_len + cfg.num_val : need])
+
+
+def _load_by_fraction(cfg: DataConfig, vocab: Vocab | None) -> Corpus:
+    parts = []  # (name, tokens, train end, val end)
+    for name, text in read_files(cfg.paths, cfg.max_file_mb):
+        tokens = Tokens(preprocess(text, cfg.preprocess), cfg.tokenizer)
+        del text
+        n = len(tokens)
+        num_test, num_val = round(n * cfg.test_fraction), round(n * cfg.val_fraction)
+        for split, count, field in (("validation", num_val, "val_fraction"), ("test", num_test, "test_fraction")):
+            if count and count < cfg.batch_size + 1 or (split == "validation" and not count):
+                raise ConfigError(
+                    f"config.data.{field} = {getattr(cfg, field)} leaves {name} {count} {split} tokens, fewer than "
+                    f"data.batch_size + 1 = {cfg.batch_size + 1}; raise data.{field} or give a longer file"
+                )
+        parts.append((name, tokens, n - num_val - num_test, n - num_test))
+    if vocab is None:
+        counts: collections.Counter = collections.Counter()
+        for _, tokens, train_end, _ in parts:
+            counts.update(tokens.counts(0, train_end))
+        vocab = Vocab.from_counts(counts, cfg.min_freq, cfg.reserved_tokens)
+    train = np.concatenate([tokens.encode(vocab, 0, train_end) for _, tokens, train_end, _ in parts])
+    if cfg.max_tokens:
+        train = train[: cfg.max_tokens].copy()
+    val_parts = tuple((name, tokens.encode(vocab, a, b)) for name, tokens, a, b in parts)
+    test_parts = tuple((name, tokens.encode(vocab, b, None)) for name, tokens, _, b in parts if len(tokens) > b)
+    del parts
+    _check_trainable(cfg, len(train))
+    concat = lambda ps: np.concatenate([ids for _, ids in ps]) if ps else np.zeros(0, vocab.id_dtype)  # noqa: E731
+    return Corpus(vocab=vocab, train=train, val=concat(val_parts), test=concat(test_parts),
+                  val_parts=val_parts, test_parts=test_parts)
+
+
+def _check_trainable(cfg: DataConfig, num_train: int) -> None:
+    if batches_per_epoch(cfg, num_train) < 1:
         raise ConfigError(
             f"config.data.num_steps = {cfg.num_steps} with batch_size {cfg.batch_size} needs at least "
-            f"{cfg.batch_size * (cfg.num_steps + 1) + 1} training tokens, have {cfg.max_tokens}; "
+            f"{cfg.batch_size * (cfg.num_steps + 1) + 1} training tokens, have {num_train}; "
             "lower num_steps or batch_size, or raise data.max_tokens"
         )
-    return Corpus(vocab=vocab, train=ids[: cfg.max_tokens], val=ids[cfg.max_tokens :])
 
 
 def batches_per_epoch(cfg: DataConfig, num_tokens: int) -> int:

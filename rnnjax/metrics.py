@@ -106,29 +106,46 @@ class EvalMetrics(NamedTuple):
         """``nll`` [..., b, t] per-token values of one window (the leading axes are vmapped trials)."""
         return EvalMetrics(self.nll + nll.sum(axis=(-2, -1)), self.tokens + jnp.float32(nll.shape[-2] * nll.shape[-1]))
 
+    def __add__(self, other: EvalMetrics) -> EvalMetrics:  # type: ignore[override]
+        """The sums of two passes (e.g. the held-out parts of several files)."""
+        return EvalMetrics(self.nll + other.nll, self.tokens + other.tokens)
+
     def perplexity(self) -> float:
         nll, n = np.asarray(self.nll, np.float64), np.asarray(self.tokens, np.float64)
         return math.exp(nll / n)
 
 
+def bpc(ppl: float) -> float:
+    """Bits per character (per token) of a perplexity: log2(ppl)."""
+    return math.log2(ppl) if isinstance(ppl, (int, float)) and ppl > 0 else float("nan")
+
+
 def epoch_record(
     epoch: int, step: int, train: TrainMetrics, val_ppl: float, tokens_per_sec: float, lr: float, wall_time: float,
-    layers: dict[str, list[float]] | None = None,
+    layers: dict[str, list[float]] | None = None, char_level: bool = True,
+    val_by_source: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """One line of ``metrics.jsonl`` from an epoch's host-side sums (``train`` holds Python/NumPy scalars;
-    ``layers``: :meth:`LayerStats.summary` of the validation pass, None when not computed)."""
+    ``layers``: :meth:`LayerStats.summary` of the validation pass, None when not computed). ``char_level``
+    adds bits per character (``train_bpc``, ``val_bpc``); ``val_by_source``: each file's validation perplexity."""
     loss, grad_norm, steps, skipped = (float(x) for x in train[:4])
+    train_ppl = math.exp(loss / steps) if steps else float("nan")
     record = {
         "epoch": epoch,
         "step": step,
-        "train_ppl": math.exp(loss / steps) if steps else float("nan"),
+        "train_ppl": train_ppl,
         "val_ppl": val_ppl,
+        **({"train_bpc": bpc(train_ppl), "val_bpc": bpc(val_ppl)} if char_level else {}),
         "tokens_per_sec": tokens_per_sec,
         "grad_norm": grad_norm / steps if steps else float("nan"),
         "lr": lr,
         "skipped_steps": int(skipped),
         "wall_time": wall_time,
     }
+    if val_by_source:
+        record["val_ppl_by_source"] = dict(val_by_source)
+        if char_level:
+            record["val_bpc_by_source"] = {k: bpc(v) for k, v in val_by_source.items()}
     per_layer = np.asarray(train.layer_grad_norm, np.float64).reshape(-1)
     if per_layer.size:
         means = [float(x) / steps if steps else float("nan") for x in per_layer]

@@ -7,6 +7,7 @@ and only the ``params`` item of the checkpoint is read (no optimizer state is re
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import pathlib
@@ -19,11 +20,11 @@ from rnnjax import data
 from rnnjax.checkpoint import Checkpointer, CheckpointError
 from rnnjax.config import Config, resolve
 from rnnjax.generate import generate
-from rnnjax.metrics import best_record
+from rnnjax.metrics import best_record, bpc
 from rnnjax.model import DeepRNN, Params
 from rnnjax.steps import perplexity
 from rnnjax.train import build_model
-from rnnjax.vocab import Vocab
+from rnnjax.vocab import UNK, Vocab
 from rnnjax.workdir import read_config, read_metrics, read_vocab
 from rnnjax.workdir import resolve as resolve_path
 
@@ -76,6 +77,44 @@ class Run:
         if len(ids) < 2:
             raise ValueError("perplexity needs a text of at least 2 tokens after preprocessing")
         return perplexity(self.model, self.params, ids, 1, d.num_steps)
+
+    def evaluate(self, text: str, batch_size: int | None = None) -> Evaluation:
+        """Perplexity and bits per character (token) of ``text``, preprocessed as in training and read as
+        ``batch_size`` rows (default: the run's ``data.batch_size``, as its validation; fewer for a short
+        text), so the run's own validation text scores its ``val_ppl``. Tokens outside the vocabulary
+        are scored as ``<unk>`` and counted in ``unknown``, never dropped."""
+        d = self.config.data
+        tokens = data.Tokens(data.preprocess(text, d.preprocess), d.tokenizer)
+        ids = tokens.encode(self.vocab)
+        if len(ids) < 2:
+            raise ValueError("the text has fewer than 2 tokens after the run's preprocessing; give a longer text")
+        unk = ids == self.vocab.unk
+        if d.tokenizer == "char":
+            points, counts = np.unique(np.asarray(tokens.items)[unk], return_counts=True)
+            unknown = {chr(c): int(n) for c, n in zip(points, counts)}
+        else:
+            unknown = dict(collections.Counter(t for t, u in zip(tokens.items, unk) if u and t != UNK))
+        unknown = dict(sorted(unknown.items(), key=lambda kv: -kv[1]))
+        b = max(1, min(batch_size or d.batch_size, len(ids) - 1))
+        ppl = perplexity(self.model, self.params, ids, b, d.num_steps)
+        return Evaluation(ppl, bpc(ppl), (len(ids) - 1) // b * b, b, unknown)
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """A run's score on a text: perplexity and bits per token over ``tokens`` next-token predictions
+    (the text read as ``batch_size`` rows, the carry carried over), and the tokens outside the
+    vocabulary (scored as ``<unk>``), by token."""
+
+    perplexity: float
+    bits_per_token: float
+    tokens: int
+    batch_size: int
+    unknown: dict[str, int]
+
+    @property
+    def num_unknown(self) -> int:
+        return sum(self.unknown.values())
 
 
 def load(workdir: str | os.PathLike, step: int | str = "best") -> Run:

@@ -54,7 +54,7 @@ def make_train_step(model: DeepRNN, tx: optax.GradientTransformation, reset_carr
 
     @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
     def train_step(state, carry, metrics, xs_nbt, ys_nbt, i, key):
-        x_bt, y_bt = xs_nbt[i], ys_nbt[i]
+        x_bt, y_bt = xs_nbt[i].astype(jnp.int32), ys_nbt[i].astype(jnp.int32)  # ids come in their smallest dtype
         if reset_carry:
             carry = jax.tree_util.tree_map(jnp.zeros_like, carry)
         dropout_key = jax.random.fold_in(key, state.step) if model.dropout > 0 else None
@@ -94,6 +94,7 @@ def make_eval_step(model: DeepRNN):
 
     @jax.jit
     def eval_step(params, carry, metrics, x_bt, y_bt):
+        x_bt, y_bt = x_bt.astype(jnp.int32), y_bt.astype(jnp.int32)
         logits_btv, carry = model.apply(params, x_bt, carry)
         return carry, metrics.add(cross_entropy(logits_btv, y_bt))
 
@@ -108,6 +109,7 @@ def make_stats_eval_step(model: DeepRNN):
 
     @jax.jit
     def eval_step(params, carry, metrics, stats, x_bt, y_bt):
+        x_bt, y_bt = x_bt.astype(jnp.int32), y_bt.astype(jnp.int32)
         logits_btv, new_carry, traces = trace(model, params, x_bt, carry)
         if model.impl == Impl.FLAX:
             logits_btv, new_carry = model.apply(params, x_bt, carry)
@@ -158,6 +160,7 @@ def nonfinite_part(model: DeepRNN, tx, state: TrainState, carry: Carry, x_bt: Ar
     """Which of loss, gradient or update is not finite on minibatch (x_bt, y_bt): the abort message names it."""
     if reset_carry:
         carry = jax.tree_util.tree_map(jnp.zeros_like, carry)
+    x_bt, y_bt = jnp.asarray(x_bt, jnp.int32), jnp.asarray(y_bt, jnp.int32)
 
     def loss_fn(params):
         return cross_entropy(model.apply(params, x_bt, carry)[0], y_bt).mean()

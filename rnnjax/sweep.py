@@ -34,6 +34,7 @@ import tqdm
 from rnnjax.config import ConfigError, resolve
 from rnnjax.console import Preempted
 from rnnjax.host import retain_freed_memory
+from rnnjax.metrics import best_record, bpc
 from rnnjax.train import train_and_evaluate
 from rnnjax.workdir import check_writable, has_checkpoint, write_atomic
 from rnnjax.workdir import resolve as user_path
@@ -291,8 +292,11 @@ def _row(d: pathlib.Path, overrides: Mapping[str, Any], cfg: Any, summary: dict 
         row.update(status="interrupted", error=f"stopped by {name}; rerun the sweep to resume this trial")
         d.mkdir(parents=True, exist_ok=True)
     elif error is None:
+        best = best_record(summary["metrics"])
         row.update(
             num_params=summary["num_params"], train_ppl=summary["train_ppl"], best_val_ppl=summary["best_val_ppl"],
+            best_val_bpc=bpc(summary["best_val_ppl"]) if cfg.data.tokenizer == "char" else None,
+            best_epoch=best["epoch"] if best else None, test_ppl=summary.get("test_ppl"), test_bpc=summary.get("test_bpc"),
             tokens_per_sec=statistics.median(r["tokens_per_sec"] for r in summary["metrics"]),
             wall_time=summary["metrics"][-1]["wall_time"], status="done", error="",
         )

@@ -17,7 +17,8 @@ from rnnjax.sweep import SweepError
 from rnnjax.workdir import WorkdirError, read_metrics
 from rnnjax.workdir import resolve as user_path
 
-COLUMNS = ["name", "cell", "num_layers", "hidden_size", "num_params", "train_ppl", "best_val_ppl", "tokens_per_sec",
+COLUMNS = ["name", "cell", "num_layers", "hidden_size", "num_params", "train_ppl", "best_val_ppl", "best_val_bpc",
+           "best_epoch", "test_ppl", "test_bpc", "tokens_per_sec",
            "wall_time", "status", "error"]
 
 
@@ -79,7 +80,8 @@ def summarize(workdir: str | os.PathLike) -> list[dict[str, Any]]:
         w.writerows(table)
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
     show = lambda c, v: (fmt(v) if c in COLUMNS else ("" if v is None else str(v))).replace("|", "\\|")  # noqa: E731
-    cols = [c for c in header if c not in ("name", "error")]
+    # The markdown shows only the columns some trial has (no test split: no test columns); the CSV has all.
+    cols = [c for c in header if c not in ("name", "error") and any(t[c] not in (None, "") for t in table)]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(show(c, t[c]) for c in cols) + " |" for t in table]
     notes = [f"- {r['name']} {r['status']}: {r.get('error')}" for r in rows if r.get("status") in ("failed", "interrupted")]

@@ -5,6 +5,7 @@ The step of every point is the **epoch**, and every scalar is a value of that ep
 ``metrics.jsonl`` record (``loss`` and ``bpc`` are log(ppl) and log2(ppl) of it):
 
     loss/{train,val}  perplexity/{train,val}  bpc/{train,val}  lr  tokens_per_sec  skipped_steps
+    perplexity/val/<file>  bpc/val/<file>  (with several files split by fraction)
     grad_norm/global  grad_norm/layer_1..L  grad_norm/output
     h_rms/layer_l  gate_saturation/layer_l  forget_gate/layer_l  memory_length/layer_l
 
@@ -41,6 +42,9 @@ def scalars(record: dict[str, Any]) -> dict[str, float]:
         ppl = record.get(f"{split}_ppl")
         if isinstance(ppl, (int, float)) and ppl > 0:
             out |= {f"perplexity/{split}": ppl, f"loss/{split}": math.log(ppl), f"bpc/{split}": math.log2(ppl)}
+    for source, ppl in (record.get("val_ppl_by_source") or {}).items():
+        if isinstance(ppl, (int, float)) and ppl > 0:
+            out |= {f"perplexity/val/{source}": ppl, f"bpc/val/{source}": math.log2(ppl)}
     out |= {"lr": record.get("lr"), "tokens_per_sec": record.get("tokens_per_sec"),
             "skipped_steps": record.get("skipped_steps"), "grad_norm/global": record.get("grad_norm")}
     for l, g in enumerate(record.get("grad_norm_layers") or []):

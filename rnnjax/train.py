@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import pathlib
@@ -30,7 +31,7 @@ from rnnjax.console import PipeSafe, Preempted, StopFlag
 from rnnjax.generate import generate
 from rnnjax.host import retain_freed_memory
 from rnnjax.inside import HAS_RETAIN
-from rnnjax.metrics import EvalMetrics, LayerStats, TrainMetrics, best_record, epoch_record
+from rnnjax.metrics import EvalMetrics, LayerStats, TrainMetrics, best_record, bpc, epoch_record
 from rnnjax.model import Carry, DeepRNN, Impl, Params, num_params
 from rnnjax.optim import make_optimizer
 from rnnjax.parallel import DataParallel, pipeline_device_count, set_cpu_devices_for
@@ -140,8 +141,9 @@ class _Pending(NamedTuple):
     sums: TrainMetrics
     tokens_per_sec: float
     lr: float
-    val: EvalMetrics
+    val: EvalMetrics  # every held-out part together
     stats: LayerStats | None  # with train.layer_stats
+    parts: tuple[EvalMetrics, ...]  # per source (corpus.val_parts), when there are several
 
 
 @dataclasses.dataclass
@@ -161,7 +163,8 @@ class _Trainer:
         self.n = data.batches_per_epoch(dc, len(self.corpus.train))
         self.tx, self.schedule = make_optimizer(tc, total_steps=self.n * tc.num_epochs)
         self.train_step = make_train_step(self.model, self.tx, reset_carry=dc.sampler == "random")
-        self.eval_step = make_stats_eval_step(self.model) if tc.layer_stats else make_eval_step(self.model)
+        self.plain_eval_step = make_eval_step(self.model)
+        self.eval_step = make_stats_eval_step(self.model) if tc.layer_stats else self.plain_eval_step
         self.metrics_path = self.workdir / "metrics.jsonl"
 
     def fresh(self) -> tuple[Carry, TrainMetrics]:
@@ -213,13 +216,31 @@ class _Trainer:
                 raise Preempted(self.stop.signum, int(state.step))
         return state, carry, metrics
 
-    def start_eval(self, params) -> tuple[EvalMetrics, LayerStats | None]:
-        """Dispatch the validation pass (with ``train.layer_stats``, also the per-layer statistics of the
-        same pass); its sums are read when the epoch's record is written."""
+    def start_eval(self, params) -> tuple[EvalMetrics, LayerStats | None, tuple[EvalMetrics, ...]]:
+        """Dispatch the validation pass over each held-out part (with ``train.layer_stats``, also the per-layer
+        statistics of the same pass): (all parts' sums, statistics, each part's sums when there are several).
+        The sums are read when the epoch's record is written."""
         dc, with_stats = self.cfg.data, self.cfg.train.layer_stats
-        sums = eval_sums(self.model, params, self.corpus.val, dc.batch_size, dc.num_steps, self.eval_step, self.dp,
-                         with_stats=with_stats)
-        return sums if with_stats else (sums, None)
+        parts, stats = [], None
+        for _, ids in self.corpus.val_parts:
+            sums = eval_sums(self.model, params, ids, dc.batch_size, dc.num_steps, self.eval_step, self.dp,
+                             with_stats=with_stats)
+            if with_stats:
+                sums, part_stats = sums
+                stats = part_stats if stats is None else stats + part_stats
+            parts.append(sums)
+        total = parts[0]
+        for more in parts[1:]:
+            total = total + more
+        return total, stats, tuple(parts) if len(parts) > 1 else ()
+
+    def evaluate_parts(self, params, parts: tuple[tuple[str, np.ndarray], ...]) -> dict[str, float]:
+        """Perplexity of each held-out part and of all of them together (key "all"), read back now."""
+        dc = self.cfg.data
+        sums = {name: eval_sums(self.model, params, ids, dc.batch_size, dc.num_steps, self.plain_eval_step, self.dp)
+                for name, ids in parts}
+        total = EvalMetrics(sum(m.nll for m in sums.values()), sum(m.tokens for m in sums.values()))
+        return {"all": total.perplexity()} | ({k: m.perplexity() for k, m in sums.items()} if len(sums) > 1 else {})
 
     def abort_nonfinite(self, state, carry, epoch: int):
         """Raise the one-line error for a run whose last ``train.max_nonfinite`` steps were all non-finite."""
@@ -250,17 +271,20 @@ class _Trainer:
                 rundir.write_metrics(self.metrics_path, records)
             if tc.progress:
                 PipeSafe(sys.stdout).write(self.start_block(state.params, step, start_epoch, start_batch) + "\n")
-            self.tb = TensorBoardLog(self.workdir, start_epoch) if self.primary and start_epoch <= tc.num_epochs else None
+            stopped = self.stopped_early(records)  # a finished early-stopped run trains no further
+            last_epoch = stopped if stopped else tc.num_epochs
+            self.tb = TensorBoardLog(self.workdir, start_epoch) if self.primary and start_epoch <= last_epoch else None
             if self.tb:
                 cleanup.callback(self.tb.close)
             self.profiler = Profiler(self.workdir / "profile", tc.profile_steps if self.primary else 0)
             cleanup.callback(self.profiler.stop)  # also when a signal or an error ends the run
             start = time.perf_counter()
-            bar = tqdm.trange(start_epoch, tc.num_epochs + 1, desc=f"{cfg.model.num_layers}x{cfg.model.cell}",
-                              disable=not tc.progress or start_epoch > tc.num_epochs, file=PipeSafe(sys.stderr))
+            bar = tqdm.trange(start_epoch, last_epoch + 1, desc=f"{cfg.model.num_layers}x{cfg.model.cell}",
+                              disable=not tc.progress or start_epoch > last_epoch, file=PipeSafe(sys.stderr))
             # An epoch's validation pass is dispatched at its end and read after the next epoch's steps are
             # dispatched, so it computes while the host queues them; the record it completes is written then.
-            # Checkpoint epochs, the last epoch and a SIGTERM/SIGINT write it first (no record is ever lost).
+            # Checkpoint epochs, the last epoch and a SIGTERM/SIGINT write it first (no record is ever lost);
+            # with early stopping every epoch's record is written at once (it decides whether to go on).
             pending: list[_Pending] = []
 
             def write_pending() -> None:
@@ -279,23 +303,41 @@ class _Trainer:
                 pending.append(_Pending(epoch, int(state.step), sums, tokens_per_sec,
                                         float(self.schedule(int(state.step) - 1)), *self.start_eval(state.params)))
                 saving = epoch % cfg.checkpoint.every_epochs == 0 or epoch == tc.num_epochs
-                if saving or int(state.nonfinite) >= tc.max_nonfinite:
+                if saving or int(state.nonfinite) >= tc.max_nonfinite or tc.early_stopping_patience:
                     write_pending()
                 if int(state.nonfinite) >= tc.max_nonfinite:
                     self.abort_nonfinite(state, carry, epoch)
-                if saving:
+                stopped = self.stopped_early(records)
+                new_best = tc.early_stopping_patience > 0 and best_record(records) is records[-1]
+                if saving or new_best or stopped:
                     self.save(ckpt, state, rng_data, carry, metrics, epoch, 0, records[-1])
-                    if self.tb and cfg.generate.prefixes:
-                        self.tb.samples(epoch, list(cfg.generate.prefixes), self.samples(state.params))
+                if saving and self.tb and cfg.generate.prefixes:
+                    self.tb.samples(epoch, list(cfg.generate.prefixes), self.samples(state.params))
+                if stopped:
+                    break
             self.profiler.stop()
-            best_saved = next((r["epoch"] for s in ckpt.best_steps()[:1] for r in records if r["step"] == s), None)
-            return self.finish(state, records, time.perf_counter() - start, best_saved, self.tb)
+            best_step = next(iter(ckpt.best_steps()), None)
+            best_saved = next((r["epoch"] for r in records if r["step"] == best_step), None)
+            best_params = state.params if best_step in (None, int(state.step)) else ckpt.restore(
+                lambda meta: (self.dp.abstract(state.params), None), best_step)[1]
+            return self.finish(state, records, time.perf_counter() - start, best_saved, self.tb, best_params, stopped)
+
+    def stopped_early(self, records: list[dict[str, Any]]) -> int | None:
+        """The epoch at which ``train.early_stopping_patience`` epochs have passed without a new best
+        validation perplexity (None: training goes on). Read from the records, so a resumed run knows too."""
+        patience = self.cfg.train.early_stopping_patience
+        if not patience or not records:
+            return None
+        best = best_record(records)
+        since = records[-1]["epoch"] - (best["epoch"] if best else 0)
+        return records[-1]["epoch"] if since >= patience else None
 
     def write_record(self, p: _Pending, bar, start: float) -> dict[str, Any]:
         """Read a pending epoch's validation, write its record to metrics.jsonl, TensorBoard and the progress bar."""
         layers = p.stats.summary(HAS_RETAIN[self.cfg.model.cell]) if p.stats is not None else None
+        by_source = {name: m.perplexity() for (name, _), m in zip(self.corpus.val_parts, p.parts)} if p.parts else None
         record = epoch_record(p.epoch, p.step, p.sums, p.val.perplexity(), p.tokens_per_sec, p.lr,
-                              time.perf_counter() - start, layers)
+                              time.perf_counter() - start, layers, self.cfg.data.tokenizer == "char", by_source)
         # TensorBoard first: once metrics.jsonl holds an epoch, its event is on disk too (a resume
         # purges any event a kill left ahead of metrics.jsonl).
         if self.tb:
@@ -316,6 +358,10 @@ class _Trainer:
             todo = f"training epochs 1-{epochs}"
         elif start_epoch > epochs:
             todo = f"already trained {start_epoch - 1} epochs: nothing to resume (raise --config.train.num_epochs to extend)"
+        elif self.stopped_early(rundir.read_metrics(self.metrics_path)):
+            patience = self.cfg.train.early_stopping_patience
+            todo = (f"stopped early at epoch {start_epoch - 1} (train.early_stopping_patience = {patience}): nothing "
+                    "to resume (raise --config.train.early_stopping_patience to go on)")
         else:
             todo = f"resuming from epoch {start_epoch}, step {step} (minibatch {start_batch})"
         return f"{what}\n{where}\n{todo}"
@@ -329,22 +375,48 @@ class _Trainer:
         ) if cfg.generate.prefixes else []
 
     def finish(self, state: TrainState, records: list[dict[str, Any]], wall_time: float, best_saved: int | None,
-               tb: TensorBoardLog | None = None) -> dict[str, Any]:
-        """Curves, samples, hparams and the summary a caller gets back."""
+               tb: TensorBoardLog | None = None, best_params=None, stopped: int | None = None) -> dict[str, Any]:
+        """Curves, samples, the test evaluation (with the best checkpoint's ``best_params``), hparams and
+        the summary a caller gets back."""
         cfg = self.cfg
+        best_params = state.params if best_params is None else best_params
         if self.primary:
             plot_curves(records, self.workdir / "curves.png", title=f"{cfg.model.num_layers}-layer {cfg.model.cell}")
-        samples = self.samples(state.params)
+        samples = self.samples(best_params if cfg.train.early_stopping_patience else state.params)
         if self.primary:
             rundir.write_atomic(self.workdir / "samples.txt", "".join(s + "\n" for s in samples))
         best, last = best_record(records), records[-1] if records else {}
+        evaluation = self.evaluation(best_params, best_saved, best, stopped)
+        if self.primary:
+            rundir.write_atomic(self.workdir / "evaluation.json", json.dumps(rundir.finite(evaluation), indent=1) + "\n")
         if tb is not None:
             tb.finish(cfg.to_dict(), records, best["val_ppl"] if best else float("nan"))
-        return {
+        return evaluation | {
             "params": state.params, "model": self.model, "vocab": self.corpus.vocab, "num_params": num_params(state.params),
             "train_ppl": last.get("train_ppl", float("nan")), "val_ppl": last.get("val_ppl", float("nan")),
             "best_val_ppl": best["val_ppl"] if best else float("nan"), "best_epoch": best["epoch"] if best else None,
             "best_saved_epoch": best_saved,  # what rnnjax.load(workdir) restores: checkpoints are every_epochs apart
             "workdir": self.workdir, "wall_time": wall_time, "num_devices": self.dp.num_devices, "samples": samples,
-            "metrics": records,
+            "metrics": records, "samples_from": "best" if cfg.train.early_stopping_patience else "final",
         }
+
+    def evaluation(self, best_params, best_saved: int | None, best: dict[str, Any] | None, stopped: int | None
+                   ) -> dict[str, Any]:
+        """What ``evaluation.json`` holds: the best epoch's validation figures and, with a test split, the test
+        perplexity of the best saved checkpoint (``best_params``), overall and per source."""
+        char = self.cfg.data.tokenizer == "char"
+        out: dict[str, Any] = {"best_epoch": best["epoch"] if best else None, "best_saved_epoch": best_saved,
+                               "stopped_early_at": stopped, "best_val_ppl": best["val_ppl"] if best else None}
+        if best and "val_ppl_by_source" in best:
+            out["best_val_ppl_by_source"] = best["val_ppl_by_source"]
+        if self.corpus.test_parts:
+            test = self.evaluate_parts(best_params, self.corpus.test_parts)
+            out["test_ppl"] = test.pop("all")
+            if test:
+                out["test_ppl_by_source"] = test
+        if char:
+            for key in [k for k in out if "_ppl" in k]:
+                v = out[key]
+                out[key.replace("_ppl", "_bpc")] = {k: bpc(x) for k, x in v.items()} if isinstance(v, dict) else (
+                    bpc(v) if v is not None else None)
+        return out

@@ -61,6 +61,12 @@ def train_vectorized(cfgs: Sequence[Config], workdirs: Sequence[str | pathlib.Pa
         raise ConfigError("vectorized trials need train.schedule = 'constant'; run scheduled trials one by one")
     if c0.parallel.cpu_pipeline:
         raise ConfigError("vectorized trials run on one device; set parallel.cpu_pipeline = False or drop --vectorize")
+    if c0.train.early_stopping_patience:
+        raise ConfigError("vectorized trials train every epoch together; set train.early_stopping_patience = 0 "
+                          "or drop --vectorize")
+    if c0.data.num_test or c0.data.test_fraction:
+        raise ConfigError("vectorized trials have no test evaluation; set data.num_test = 0 and data.test_fraction = 0, "
+                          "or drop --vectorize")
     dc, tc = c0.data, c0.train
     corpus = data.load_corpus(dc)
     model = build_model(c0, len(corpus.vocab))
@@ -108,19 +114,25 @@ def _train(cfgs, dirs, boards, corpus, model, n, state, step, evaluate, rngs) ->
             state, carry, metrics = step(state, carry, metrics, xs_knbt, ys_knbt, i, rngs)
         sums = metrics.to_host()  # [k] and [k, L + 1]
         train_time = time.perf_counter() - t0
-        ecarry, emetrics = stack(model.initial_carry(dc.batch_size)), EvalMetrics.zeros((k,))
         estats = LayerStats.zeros((k,), c0.model.num_layers)
-        for x_bt, y_bt in data.eval_windows(corpus.val, dc.batch_size, dc.num_steps):
-            if tc.layer_stats:
-                ecarry, emetrics, estats = evaluate(state.params, ecarry, emetrics, estats, x_bt, y_bt)
-            else:
-                ecarry, emetrics = evaluate(state.params, ecarry, emetrics, x_bt, y_bt)
+        parts = []  # each held-out part read on its own, from a zero carry (as a single run does)
+        for _, ids in corpus.val_parts:
+            ecarry, emetrics = stack(model.initial_carry(dc.batch_size)), EvalMetrics.zeros((k,))
+            for x_bt, y_bt in data.eval_windows(ids, dc.batch_size, dc.num_steps):
+                if tc.layer_stats:
+                    ecarry, emetrics, estats = evaluate(state.params, ecarry, emetrics, estats, x_bt, y_bt)
+                else:
+                    ecarry, emetrics = evaluate(state.params, ecarry, emetrics, x_bt, y_bt)
+            parts.append(emetrics)
+        emetrics = EvalMetrics(sum(m.nll for m in parts), sum(m.tokens for m in parts))
         for j, d in enumerate(dirs):
             val_ppl = EvalMetrics(emetrics.nll[j], emetrics.tokens[j]).perplexity()
+            by_source = {name: EvalMetrics(m.nll[j], m.tokens[j]).perplexity()
+                         for (name, _), m in zip(corpus.val_parts, parts)} if len(parts) > 1 else None
             layers = LayerStats(*(x[j] for x in estats)).summary(HAS_RETAIN[c0.model.cell]) if tc.layer_stats else None
             record = epoch_record(  # tokens/s per trial; the group does k x more
                 epoch, epoch * n, TrainMetrics(*(x[j] for x in sums)), val_ppl, n * dc.batch_size * dc.num_steps / train_time,
-                cfgs[j].train.learning_rate, time.perf_counter() - start, layers)
+                cfgs[j].train.learning_rate, time.perf_counter() - start, layers, dc.tokenizer == "char", by_source)
             records[j].append(record)
             MetricsWriter(d / "metrics.jsonl").write(record)
             boards[j].record(record)

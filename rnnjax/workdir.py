@@ -18,7 +18,8 @@ import pathlib
 import shutil
 from typing import Any
 
-from rnnjax.config import Config, first_difference
+from rnnjax.config import Config, ConfigError, first_difference
+from rnnjax.config import resolve as resolve_config
 from rnnjax.vocab import Vocab
 
 
@@ -121,6 +122,11 @@ def check_resumable(workdir: pathlib.Path, cfg: Config, vocab: Vocab, resume: st
             "use a new --workdir, or --resume=restart to keep them in discarded/ and start over"
         )
     saved = read_config(workdir)
+    if saved is not None:
+        try:  # fields added since the run was saved take their defaults (what the run trained with)
+            saved = resolve_config(saved).to_dict()
+        except ConfigError:
+            pass  # compared as saved: the first difference names the field
     if saved is not None and (field := first_difference(saved, cfg.to_dict())):
         was, now = _field(saved, field), _field(cfg.to_dict(), field)
         raise CheckpointError(
@@ -135,6 +141,8 @@ def check_resumable(workdir: pathlib.Path, cfg: Config, vocab: Vocab, resume: st
 def _finite(value: Any) -> Any:
     if isinstance(value, list):  # per-layer values
         return [_finite(v) for v in value]
+    if isinstance(value, dict):  # per-source values
+        return {k: _finite(v) for k, v in value.items()}
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 

@@ -114,6 +114,19 @@ def test_own_text_commands(repo):
     assert words[:2] == ["the", "time"] and len(words) == 2 + 50
 
 
+def test_books_and_evaluate_commands(repo):
+    train = readme_command("python scripts/train.py --config=configs/books.py --config.data.paths=a.txt,b.txt")
+    out = run(repo, train, "--config.train.num_epochs=2", "--config.data.max_tokens=5000", "--config.model.hidden_size=32")
+    assert "workdir runs/books" in out.stdout and "bpc" in out.stdout
+    assert "test perplexity" in out.stdout and "  a.txt: " in out.stdout and "  b.txt: " in out.stdout
+    evaluation = json.loads((repo / "runs" / "books" / "evaluation.json").read_text())
+    assert set(evaluation["test_ppl_by_source"]) == {"a.txt", "b.txt"} and evaluation["test_bpc"] > 0
+    last = json.loads((repo / "runs" / "books" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert set(last["val_ppl_by_source"]) == {"a.txt", "b.txt"}
+    scored = run(repo, readme_command("python scripts/evaluate.py --workdir=runs/books --text=b.txt"))
+    assert scored.stdout.startswith("b.txt: perplexity ") and "bits per character" in scored.stdout
+
+
 def test_sweep_and_summarize(repo):
     run(repo, readme_command("python scripts/sweep.py --config=configs/sweep_depth_cell.py:smoke"), "--config.train.num_epochs=1")
     summary = run(repo, readme_command("python scripts/sweep.py --summarize=runs/sweep_smoke"))

@@ -51,7 +51,8 @@ def test_axis_columns_are_named_by_last_part_when_unambiguous(tmp_path):
     summarize(tmp_path)
     (row,) = read_csv(tmp_path / "results.csv")
     assert list(row) == ["name", "cell", "num_layers", "hidden_size", "train.x", "data.x", "data.status", "num_params",
-                         "train_ppl", "best_val_ppl", "tokens_per_sec", "wall_time", "status", "error"]
+                         "train_ppl", "best_val_ppl", "best_val_bpc", "best_epoch", "test_ppl", "test_bpc", "tokens_per_sec",
+                         "wall_time", "status", "error"]
     assert (row["cell"], row["train.x"], row["data.x"], row["data.status"], row["status"]) == ("lstm", "1", "a|b", "3", "done")
     assert "| lstm | 1 | 32 | 1 | a\\|b | 3 |" in (tmp_path / "results.md").read_text()
 

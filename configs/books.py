@@ -1,0 +1,36 @@
+"""Character models that generalise, on any text files: raw text (case and punctuation kept), each
+file split 90/5/5 into train/validation/test from its end, early stopping on validation perplexity,
+test perplexity and bits per character per file at the end.
+
+    python scripts/train.py --config=configs/books.py --config.data.paths=a.txt,b.txt
+
+PROVISIONAL defaults (issue "More books"): a regularised 2-layer LSTM with Adam and a cosine
+schedule, chosen from the literature on char-level LSTMs, not yet by a sweep on this machine;
+README "More books" says what has been measured.
+"""
+
+from rnnjax.config import default_config, variant
+
+
+def get_config(arg: str | None = None):
+    c = default_config()
+    c.data.preprocess = "none"
+    c.data.max_tokens = 0  # every training token
+    c.data.val_fraction = 0.05
+    c.data.test_fraction = 0.05
+    c.data.num_steps = 64
+    c.model.cell = "lstm"
+    c.model.num_layers = 2
+    c.model.hidden_size = 256
+    c.model.dropout = 0.2
+    c.train.optimizer = "adamw"
+    c.train.learning_rate = 2e-3
+    c.train.weight_decay = 0.01
+    c.train.schedule = "warmup_cosine"
+    c.train.warmup_steps = 200
+    c.train.num_epochs = 50
+    c.train.early_stopping_patience = 5
+    c.checkpoint.every_epochs = 5
+    c.generate.prefixes = ["The Time Traveller", "It was"]
+    c.generate.num_chars = 80
+    return variant(c, arg)

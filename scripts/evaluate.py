@@ -1,0 +1,73 @@
+r"""Score any text with a trained run: perplexity and bits per character.
+
+    python scripts/evaluate.py --workdir=runs/deep_lstm --text=other_book.txt [--step=best|latest|N] \
+        [--batch_size=32]
+
+The text is preprocessed as the run's training text was and read as ``--batch_size`` rows (default:
+the run's ``data.batch_size``, as its validation pass), the recurrent state carried across windows.
+Characters (tokens) outside the run's vocabulary are scored as ``<unk>`` and reported with their
+counts, never dropped. Uses the best checkpoint unless ``--step`` says otherwise. A bad flag or
+argument exits non-zero with one line, ``error: <message>``.
+"""
+
+import _startup  # noqa: F401, I001  (first: Ctrl-C while JAX imports is one line)
+import pathlib
+import sys
+
+from absl import flags
+
+from rnnjax import cli
+from rnnjax.checkpoint import CheckpointError
+from rnnjax.run import load
+from rnnjax.workdir import WorkdirError
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by scripts/train.py.", required=True)
+_TEXT = flags.DEFINE_string("text", None, "UTF-8 text file to score.", required=True)
+_STEP = flags.DEFINE_string("step", "best", "Checkpoint: best (lowest validation perplexity), latest, or a step number.")
+_BATCH = flags.DEFINE_integer("batch_size", None, "Rows the text is read as (default: the run's data.batch_size).",
+                              lower_bound=1)
+
+
+def _step(text: str) -> int | str:
+    if text in ("best", "latest"):
+        return text
+    if text.isdigit():
+        return int(text)
+    cli.fail(f"--step={text}: give best, latest or a step number")
+
+
+def read_text(path: str) -> str:
+    p = cli.user_path(path)
+    if not p.is_file():
+        cli.fail(f"--text={path}: {'is not a regular file' if p.exists() else 'does not exist'}; give a text file")
+    try:
+        return p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        cli.fail(f"--text={path} is not UTF-8 (byte {e.start}); convert it, e.g. iconv -t utf-8")
+    except OSError as e:
+        cli.fail(f"--text={path}: cannot read it ({e.strerror})")
+
+
+def main(argv):
+    if len(argv) > 1:
+        cli.fail(f"unexpected argument {argv[1]!r}; give the file as --text=FILE")
+    text = read_text(_TEXT.value)
+    try:
+        run = load(cli.user_path(_WORKDIR.value), _step(_STEP.value))
+        ev = run.evaluate(text, _BATCH.value)
+    except (ValueError, CheckpointError, WorkdirError) as e:
+        cli.fail(str(e))
+    unit = "character" if run.config.data.tokenizer == "char" else "word"
+    print(f"# {run.describe_step()}", file=sys.stderr)
+    print(f"{pathlib.Path(_TEXT.value).name}: perplexity {ev.perplexity:.4f}, {ev.bits_per_token:.4f} bits per {unit} "
+          f"({ev.tokens:,} {unit}s scored, read as {ev.batch_size} rows)")
+    if ev.unknown:
+        shown = ", ".join(f"{t!r} x{n}" for t, n in list(ev.unknown.items())[:10])
+        more = f" and {len(ev.unknown) - 10} more" if len(ev.unknown) > 10 else ""
+        print(f"{ev.num_unknown:,} {unit}s outside the vocabulary, scored as <unk>: {shown}{more}")
+    else:
+        print(f"every {unit} is in the run's vocabulary")
+
+
+if __name__ == "__main__":
+    cli.run(main)
