@@ -134,7 +134,7 @@ def train_and_evaluate(
 
 
 class _Pending(NamedTuple):
-    """An epoch whose record waits for its validation sums (on the device)."""
+    """An epoch's training sums (on the host) and its dispatched validation sums: what its record is built from."""
 
     epoch: int
     step: int
@@ -201,17 +201,14 @@ class _Trainer:
             sums = sums._replace(layer_grad_norm=self.dp.replicate(np.full(metrics.layer_grad_norm.shape, fill, np.float32)))
         return state, rng_data, carry, sums, meta["epoch"] + 1, meta["batch"], step, meta.get("record")
 
-    def train_epoch(self, ckpt, state, rng_data, carry, metrics, epoch: int, first: int, before_save=None):
-        """Minibatches ``first`` .. n-1 of ``epoch``; on SIGTERM/SIGINT, call ``before_save``, save this step and
-        raise :class:`Preempted`."""
+    def train_epoch(self, ckpt, state, rng_data, carry, metrics, epoch: int, first: int):
+        """Minibatches ``first`` .. n-1 of ``epoch``; on SIGTERM/SIGINT, save this step and raise :class:`Preempted`."""
         xs_nbt, ys_nbt = (self.dp.shard(a, 1) for a in data.epoch_batches(self.corpus.train, self.cfg.data, self.cfg.seed, epoch))
         rng = jax.random.wrap_key_data(rng_data)
         for i in range(first, self.n):
             state, carry, metrics = self.train_step(state, carry, metrics, xs_nbt, ys_nbt, i, rng)
             self.profiler.after_step(state)
             if self.stop.signum is not None:
-                if before_save is not None:
-                    before_save()
                 self.save(ckpt, state, rng_data, carry, metrics, epoch - 1, i + 1)
                 raise Preempted(self.stop.signum, int(state.step))
         return state, carry, metrics
@@ -281,30 +278,20 @@ class _Trainer:
             start = time.perf_counter()
             bar = tqdm.trange(start_epoch, last_epoch + 1, desc=f"{cfg.model.num_layers}x{cfg.model.cell}",
                               disable=not tc.progress or start_epoch > last_epoch, file=PipeSafe(sys.stderr))
-            # An epoch's validation pass is dispatched at its end and read after the next epoch's steps are
-            # dispatched, so it computes while the host queues them; the record it completes is written then.
-            # Checkpoint epochs, the last epoch and a SIGTERM/SIGINT write it first (no record is ever lost);
-            # with early stopping every epoch's record is written at once (it decides whether to go on).
-            pending: list[_Pending] = []
-
-            def write_pending() -> None:
-                while pending:
-                    records.append(self.write_record(pending.pop(), bar, start))
-
+            # Each epoch: its steps, one read of their metric sums, its validation pass, its record. (Reading
+            # the validation pass behind the next epoch's steps measured no faster on 2 cores: BENCHMARKS.md.)
             for epoch in bar:
                 first = start_batch if epoch == start_epoch else 0
                 if first == 0:
                     carry, metrics = self.fresh()
                 t0 = time.perf_counter()
-                state, carry, metrics = self.train_epoch(ckpt, state, rng_data, carry, metrics, epoch, first, write_pending)
-                write_pending()  # the previous epoch's validation: computed by now, or next in the queue
-                sums = metrics.to_host()  # the one host sync of the epoch
+                state, carry, metrics = self.train_epoch(ckpt, state, rng_data, carry, metrics, epoch, first)
+                sums = metrics.to_host()  # the one host sync of the training steps
                 tokens_per_sec = (self.n - first) * cfg.data.batch_size * cfg.data.num_steps / (time.perf_counter() - t0)
-                pending.append(_Pending(epoch, int(state.step), sums, tokens_per_sec,
-                                        float(self.schedule(int(state.step) - 1)), *self.start_eval(state.params)))
+                done = _Pending(epoch, int(state.step), sums, tokens_per_sec, float(self.schedule(int(state.step) - 1)),
+                                *self.start_eval(state.params))
+                records.append(self.write_record(done, bar, start))
                 saving = epoch % cfg.checkpoint.every_epochs == 0 or epoch == tc.num_epochs
-                if saving or int(state.nonfinite) >= tc.max_nonfinite or tc.early_stopping_patience:
-                    write_pending()
                 if int(state.nonfinite) >= tc.max_nonfinite:
                     self.abort_nonfinite(state, carry, epoch)
                 stopped = self.stopped_early(records)
@@ -333,7 +320,7 @@ class _Trainer:
         return records[-1]["epoch"] if since >= patience else None
 
     def write_record(self, p: _Pending, bar, start: float) -> dict[str, Any]:
-        """Read a pending epoch's validation, write its record to metrics.jsonl, TensorBoard and the progress bar."""
+        """Read an epoch's validation, write its record to TensorBoard, metrics.jsonl and the progress bar."""
         layers = p.stats.summary(HAS_RETAIN[self.cfg.model.cell]) if p.stats is not None else None
         by_source = {name: m.perplexity() for (name, _), m in zip(self.corpus.val_parts, p.parts)} if p.parts else None
         record = epoch_record(p.epoch, p.step, p.sums, p.val.perplexity(), p.tokens_per_sec, p.lr,

@@ -69,10 +69,9 @@ def test_cli_trains_the_smoke_config_end_to_end(tmp_path):
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3
 
 
-def test_overlapped_validation_reports_what_validation_at_once_reports(tmp_path):
-    """An epoch's validation pass computes behind the next epoch's steps except at checkpoint epochs: with a
-    checkpoint every epoch (never overlapped) and every 4 (overlapped 3 epochs in 4) the records are equal,
-    and each val_ppl is the perplexity of that epoch's params (rnnjax.load of its checkpoint)."""
+def test_each_val_ppl_is_the_perplexity_of_that_epochs_params(tmp_path):
+    """Records are the same whatever the checkpoint interval, and each epoch's val_ppl is the perplexity
+    of that epoch's params (rnnjax.load of its checkpoint) on the validation tokens."""
     import rnnjax
     from rnnjax.steps import perplexity
 
@@ -87,7 +86,7 @@ def test_overlapped_validation_reports_what_validation_at_once_reports(tmp_path)
     assert strip(on_disk) == strip(every[4]["metrics"])
     cfg = resolve(small_config(6))
     val = data.load_corpus(cfg.data).val
-    for epoch in (2, 5):  # overlapped epochs, checked against their params
+    for epoch in (2, 5):
         run = rnnjax.load(tmp_path / "every1", step=epoch * data.batches_per_epoch(cfg.data, 2000))
         ppl = perplexity(run.model, run.params, val, cfg.data.batch_size, cfg.data.num_steps)
         assert ppl == pytest.approx(every[4]["metrics"][epoch - 1]["val_ppl"], rel=1e-6)
