@@ -18,7 +18,9 @@ key) kept the params inside ``state/train/params`` and a copy of config and voca
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import math
 import os
 import pathlib
 import shutil
@@ -39,9 +41,34 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be used (damaged, or of another configuration); the message says which and why."""
 
 
+class _BestByMeta:
+    """Orbax preservation policy: keep the step with the lowest ``val_ppl`` in its own ``meta`` item,
+    read from disk. Orbax's ``BestN`` knows only the metrics saved by the same process, so a resumed
+    run would prune the best step of an earlier session once ``max_to_keep`` newer ones exist."""
+
+    def __init__(self, directory: pathlib.Path):
+        self.directory = directory
+        self._val: dict[int, float | None] = {}
+
+    def val_ppl(self, step: int) -> float | None:
+        if step not in self._val:
+            try:
+                val = json.loads((self.directory / str(step) / "meta" / "metadata").read_text()).get("val_ppl")
+            except (OSError, ValueError, AttributeError):
+                val = None  # no meta (a mid-save or damaged step): not a best candidate
+            self._val[step] = float(val) if isinstance(val, (int, float)) and math.isfinite(val) else None
+        return self._val[step]
+
+    def should_preserve(self, checkpoints, *, context) -> list[bool]:
+        scored = [(v, -c.step) for c in checkpoints if (v := self.val_ppl(c.step)) is not None]
+        best = -min(scored)[1] if scored else None  # ties: the latest, as Checkpointer.best_steps
+        return [c.step == best for c in checkpoints]
+
+
 class Checkpointer:
     """An orbax ``CheckpointManager`` over ``WORKDIR/checkpoints``: keeps the ``max_to_keep``
-    latest steps and the best step by validation perplexity. Saves are synchronous."""
+    latest steps and the best step by the validation perplexity in its meta (``meta["val_ppl"]``),
+    whichever process saved it. Saves are synchronous."""
 
     def __init__(self, workdir: str | os.PathLike, max_to_keep: int = 3, read_only: bool = False):
         self.workdir = pathlib.Path(workdir).absolute()  # orbax rejects relative paths deep inside a save
@@ -49,12 +76,7 @@ class Checkpointer:
         if read_only and not self.directory.is_dir():
             raise CheckpointError(f"{self.workdir} has no checkpoints/ directory: it is not a finished or resumable run")
         self.read_only = read_only
-        policy = cm.AnyPreservationPolicy(
-            [
-                cm.LatestN(n=max_to_keep),
-                cm.BestN(get_metric_fn=lambda m: -m["val_ppl"], n=1, keep_checkpoints_without_metrics=False),
-            ]
-        )
+        policy = cm.AnyPreservationPolicy([cm.LatestN(n=max_to_keep), _BestByMeta(self.directory)])
         absl_logger = logging.getLogger("absl")
         level = absl_logger.level
         if read_only:  # orbax warns that a read-only manager will not save: that is the point
@@ -74,18 +96,17 @@ class Checkpointer:
     def steps(self) -> list[int]:
         return sorted(self._mngr.all_steps())
 
-    def save(self, step: int, params: Any, state: Any, meta: dict[str, Any], val_ppl: float | None = None) -> None:
+    def save(self, step: int, params: Any, state: Any, meta: dict[str, Any]) -> None:
         """Write step ``step`` as the items ``params``, ``state`` and ``meta`` (see the module docstring).
         A step that exists is left as it is. ``meta`` gains ``layout`` and a sha256 of every array."""
         if step in self._mngr.all_steps():
             return
-        metrics = {"val_ppl": val_ppl} if val_ppl is not None else None
         meta = {**meta, "layout": LAYOUT, "checksums": checksums({"params": params, "state": state})}
         args = ocp.args.Composite(params=ocp.args.StandardSave(params), state=ocp.args.StandardSave(state),
                                   meta=ocp.args.JsonSave(meta))
         with orbax_errors_quiet():  # its worker threads log each failure with a traceback; ours says it once
             try:
-                self._mngr.save(step, args=args, metrics=metrics, force=True)
+                self._mngr.save(step, args=args, force=True)
                 self._mngr.wait_until_finished()
                 return
             except Exception as e:

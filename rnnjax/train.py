@@ -178,8 +178,7 @@ class _Trainer:
         record, so a damaged ``metrics.jsonl`` can get it back."""
         meta = {"epoch": epoch, "batch": batch, "val_ppl": record["val_ppl"] if record else None,
                 "record": rundir.finite(record) if record else None, "acc_layers": int(metrics.layer_grad_norm.shape[-1])}
-        ckpt.save(int(state.step), *checkpoint_items(state, rng_data, carry, metrics), meta,
-                  val_ppl=record["val_ppl"] if record else None)
+        ckpt.save(int(state.step), *checkpoint_items(state, rng_data, carry, metrics), meta)
 
     def restore(self, ckpt: Checkpointer):
         """The latest good checkpoint, or a fresh state: (state, rng_data, carry, metrics, epoch, batch, step or None)."""

@@ -142,7 +142,7 @@ def _train(cfgs, dirs, boards, corpus, model, n, state, step, evaluate, rngs) ->
         ckpt = Checkpointer(d, c.checkpoint.max_to_keep)
         meta = {"epoch": tc.num_epochs, "batch": 0, "val_ppl": records[j][-1]["val_ppl"], "record": finite(records[j][-1])}
         items = checkpoint_items(one, jax.random.key_data(rngs[j]), model.initial_carry(dc.batch_size), TrainMetrics.zeros())
-        ckpt.save(int(one.step), *items, meta, val_ppl=records[j][-1]["val_ppl"])
+        ckpt.save(int(one.step), *items, meta)
         ckpt.close()
         plot_curves(records[j], d / "curves.png", title=f"{c.model.num_layers}-layer {c.model.cell}")
         boards[j].finish(c.to_dict(), records[j], best_record(records[j])["val_ppl"])

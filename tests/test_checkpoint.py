@@ -48,6 +48,22 @@ def test_keeps_latest_and_best(tmp_path):
     assert set(steps) == {out["metrics"][-1]["step"], out["metrics"][-2]["step"], best}
 
 
+def test_best_checkpoint_survives_later_sessions(tmp_path):
+    """The best step is kept by the val_ppl in its own meta, whichever process saved it: a run that
+    overfits, then is extended twice (new processes each time), still holds its best epoch. (Orbax's
+    own BestN kept only the metrics of its own process: the extension pruned the best.)"""
+    fields = {"train.optimizer": "adam", "train.learning_rate": 0.02, "checkpoint.every_epochs": 1,
+              "checkpoint.max_to_keep": 2}
+    first = train_and_evaluate(small_config(8, **fields), tmp_path)
+    for epochs in (11, 14):
+        out = train_and_evaluate(small_config(epochs, **fields), tmp_path)
+    best = min(out["metrics"], key=lambda r: r["val_ppl"])
+    assert best["epoch"] <= 8 and best["step"] == min(first["metrics"], key=lambda r: r["val_ppl"])["step"]
+    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == sorted({best["step"], *(r["step"] for r in out["metrics"][-2:])})
+    assert rnnjax.load(tmp_path).step == best["step"] and out["best_saved_epoch"] == best["epoch"]
+
+
 def test_resume_modes(tmp_path):
     with pytest.raises(CheckpointError, match="--resume=must"):
         train_and_evaluate(small_config(), tmp_path / "none", resume="must")
