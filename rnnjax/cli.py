@@ -190,7 +190,7 @@ def end_block(summary: dict[str, Any]) -> str:
     if "test_ppl" in summary:
         by = summary.get("test_ppl_by_source") or {}
         lines.append(f"test perplexity {ppl('test_ppl')} with the best saved checkpoint (epoch "
-                     f"{summary['best_saved_epoch']})" + ("; by file: " if by else ""))
+                     f"{summary['best_saved_epoch']})" + ("; by file:" if by else ""))
         lines += [f"  {name}: {v:.3f}" + (f" ({math.log2(v):.3f} bpc)" if char else "") for name, v in by.items()]
     lines.append(f"curves: {w}/curves.png  checkpoints: {w}/checkpoints/  "
                  f"(rnnjax.load({w!r}) restores the best saved one, epoch {summary['best_saved_epoch']})")

@@ -322,7 +322,7 @@ def _validate(c: Config) -> None:
         "data.num_val", dt.num_val, f"an integer >= data.batch_size + 1 = {dt.batch_size + 1}",
     )
     _check(
-        _is_int(dt.num_test) and (dt.num_test == 0 or dt.num_test >= dt.batch_size + 1),
+        _is_int(dt.num_test) and (dt.num_test == 0 or dt.num_test >= dt.batch_size + 1 or dt.val_fraction > 0),
         "data.num_test", dt.num_test, f"0 (no test split) or an integer >= data.batch_size + 1 = {dt.batch_size + 1}",
     )
     for name in ("val_fraction", "test_fraction"):

@@ -174,6 +174,11 @@ def load_corpus(cfg: DataConfig, vocab: Vocab | None = None) -> Corpus:
 
 
 def _load_by_fraction(cfg: DataConfig, vocab: Vocab | None) -> Corpus:
+    resolved = [pathlib.Path(p).expanduser().resolve() for p in cfg.paths]
+    if len(set(resolved)) < len(resolved):
+        twice = next(p for p, r in zip(cfg.paths, resolved) if resolved.count(r) > 1)
+        raise ConfigError(f"config.data.paths lists {twice!r} twice; with data.val_fraction each file is split and "
+                          "scored on its own: give each file once")
     parts = []  # (name, tokens, train end, val end)
     for name, text in read_files(cfg.paths, cfg.max_file_mb):
         tokens = Tokens(preprocess(text, cfg.preprocess), cfg.tokenizer)

@@ -88,29 +88,35 @@ class Run:
         ids = tokens.encode(self.vocab)
         if len(ids) < 2:
             raise ValueError("the text has fewer than 2 tokens after the run's preprocessing; give a longer text")
-        unk = ids == self.vocab.unk
+        if batch_size is not None and batch_size > len(ids) - 1:
+            raise ValueError(f"batch_size = {batch_size} is more rows than the text has predictions ({len(ids) - 1}); "
+                             "give a smaller one, or leave it out for the run's own")
+        b = max(1, min(batch_size or d.batch_size, len(ids) - 1))
+        read = (len(ids) - 1) // b * b + 1  # the tokens the rows cover: inputs, then targets one ahead
+        unk = ids[:read] == self.vocab.unk
         if d.tokenizer == "char":
-            points, counts = np.unique(np.asarray(tokens.items)[unk], return_counts=True)
+            points, counts = np.unique(np.asarray(tokens.items[:read])[unk], return_counts=True)
             unknown = {chr(c): int(n) for c, n in zip(points, counts)}
         else:
-            unknown = dict(collections.Counter(t for t, u in zip(tokens.items, unk) if u and t != UNK))
+            unknown = dict(collections.Counter(t for t, u in zip(tokens.items[:read], unk) if u and t != UNK))
         unknown = dict(sorted(unknown.items(), key=lambda kv: -kv[1]))
-        b = max(1, min(batch_size or d.batch_size, len(ids) - 1))
         ppl = perplexity(self.model, self.params, ids, b, d.num_steps)
-        return Evaluation(ppl, bpc(ppl), (len(ids) - 1) // b * b, b, unknown)
+        return Evaluation(ppl, bpc(ppl), read - 1, b, unknown, len(ids) - read)
 
 
 @dataclasses.dataclass(frozen=True)
 class Evaluation:
     """A run's score on a text: perplexity and bits per token over ``tokens`` next-token predictions
-    (the text read as ``batch_size`` rows, the carry carried over), and the tokens outside the
-    vocabulary (scored as ``<unk>``), by token."""
+    (the text read as ``batch_size`` rows of equal length, the carry carried over; the last
+    ``unread`` tokens do not fit), and the tokens outside the vocabulary among those read (scored
+    as ``<unk>``), by token."""
 
     perplexity: float
     bits_per_token: float
     tokens: int
     batch_size: int
     unknown: dict[str, int]
+    unread: int = 0  # tokens at the end the equal-length rows leave out
 
     @property
     def num_unknown(self) -> int:

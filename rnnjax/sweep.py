@@ -223,7 +223,7 @@ def run_sweep(
     ``vectorize``: trials that differ only in seed, learning rate or weight decay train
     together as one vmapped program (see :mod:`rnnjax.vectorize`).
     """
-    from rnnjax.vectorize import shape_key, train_vectorized
+    from rnnjax.vectorize import check_vectorizable, shape_key, train_vectorized
 
     root = user_path(workdir)
     check_writable(root)  # a file, or under a file, or read-only: one line, nothing created
@@ -236,6 +236,8 @@ def run_sweep(
         cfg = apply_overrides(base, t)
         cfg.train.progress = False
         cfgs[k] = resolve(cfg)
+        if vectorize:
+            check_vectorizable(cfgs[k])
         trial_dir(root, t)
     root.mkdir(parents=True, exist_ok=True)
     retain_freed_memory()  # one-by-one trials get it from train_and_evaluate, vmapped groups from here

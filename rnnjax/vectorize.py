@@ -52,6 +52,18 @@ def stack_trials(tree: Any, k: int) -> Any:
     return jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (k, *x.shape)), tree)
 
 
+def check_vectorizable(c: Config) -> None:
+    """Refuse, in one line, a config that vectorized trials cannot train (checked by the sweep before anything runs)."""
+    if c.parallel.cpu_pipeline:
+        raise ConfigError("vectorized trials run on one device; set parallel.cpu_pipeline = False or drop --vectorize")
+    if c.train.early_stopping_patience:
+        raise ConfigError("vectorized trials train every epoch together; set train.early_stopping_patience = 0 "
+                          "or drop --vectorize")
+    if c.data.num_test or c.data.test_fraction:
+        raise ConfigError("vectorized trials have no test evaluation; set data.num_test = 0 and data.test_fraction = 0, "
+                          "or drop --vectorize")
+
+
 def train_vectorized(cfgs: Sequence[Config], workdirs: Sequence[str | pathlib.Path]) -> list[dict[str, Any]]:
     """Train every config of one group together; returns one summary per trial (as train_and_evaluate)."""
     if len({shape_key(c) for c in cfgs}) != 1:
@@ -59,14 +71,7 @@ def train_vectorized(cfgs: Sequence[Config], workdirs: Sequence[str | pathlib.Pa
     c0 = cfgs[0]
     if c0.train.schedule != "constant":
         raise ConfigError("vectorized trials need train.schedule = 'constant'; run scheduled trials one by one")
-    if c0.parallel.cpu_pipeline:
-        raise ConfigError("vectorized trials run on one device; set parallel.cpu_pipeline = False or drop --vectorize")
-    if c0.train.early_stopping_patience:
-        raise ConfigError("vectorized trials train every epoch together; set train.early_stopping_patience = 0 "
-                          "or drop --vectorize")
-    if c0.data.num_test or c0.data.test_fraction:
-        raise ConfigError("vectorized trials have no test evaluation; set data.num_test = 0 and data.test_fraction = 0, "
-                          "or drop --vectorize")
+    check_vectorizable(c0)
     dc, tc = c0.data, c0.train
     corpus = data.load_corpus(dc)
     model = build_model(c0, len(corpus.vocab))

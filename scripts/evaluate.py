@@ -59,12 +59,14 @@ def main(argv):
         cli.fail(str(e))
     unit = "character" if run.config.data.tokenizer == "char" else "word"
     print(f"# {run.describe_step()}", file=sys.stderr)
+    unread = f"; the last {ev.unread:,} not read" if ev.unread else ""
     print(f"{pathlib.Path(_TEXT.value).name}: perplexity {ev.perplexity:.4f}, {ev.bits_per_token:.4f} bits per {unit} "
-          f"({ev.tokens:,} {unit}s scored, read as {ev.batch_size} rows)")
+          f"({ev.tokens:,} {unit}s scored, read as {ev.batch_size} rows{unread})")
     if ev.unknown:
         shown = ", ".join(f"{t!r} x{n}" for t, n in list(ev.unknown.items())[:10])
         more = f" and {len(ev.unknown) - 10} more" if len(ev.unknown) > 10 else ""
-        print(f"{ev.num_unknown:,} {unit}s outside the vocabulary, scored as <unk>: {shown}{more}")
+        plural = unit if ev.num_unknown == 1 else unit + "s"
+        print(f"{ev.num_unknown:,} {plural} outside the vocabulary, scored as <unk>: {shown}{more}")
     else:
         print(f"every {unit} is in the run's vocabulary")
 

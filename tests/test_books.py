@@ -82,10 +82,22 @@ def test_by_fraction_each_file_gives_its_tail_to_validation_then_test(tmp_path):
     ({"max_tokens": 0, "num_val": 100_000, "num_test": 100_000}, r"config\.data\.num_val \+ config\.data\.num_test = "
                                                                   r"200000 leaves 0 of the corpus's \d+ char tokens"),
     ({"num_test": 5}, r"config\.data\.num_test = 5 is not allowed: 0 \(no test split\) or an integer >= "),
+    ({"paths": [data.bundled_path(), data.bundled_path()], "val_fraction": 0.05},
+     r"config\.data\.paths lists '.*timemachine\.txt' twice; .* give each file once"),
 ])
 def test_bad_splits_are_one_line_errors(fields, message):
     with pytest.raises(ConfigError, match=message):
         data.load_corpus(data_config(**fields))
+
+
+@pytest.mark.parametrize("fields", [{"train.early_stopping_patience": 2}, {"data.num_test": 100},
+                                    {"data.val_fraction": 0.05, "data.test_fraction": 0.05}])
+def test_vectorized_sweeps_refuse_early_stopping_and_test_splits_before_anything_runs(tmp_path, fields):
+    from rnnjax.sweep import run_sweep
+
+    with pytest.raises(ConfigError, match=r"vectorized trials .*(early_stopping_patience = 0|test_fraction = 0)"):
+        run_sweep(small_config(2, **fields), {"seed": [0, 1]}, tmp_path / "sweep", vectorize=True)
+    assert not (tmp_path / "sweep").exists()
 
 
 def test_early_stopping_keeps_the_best_epoch_and_tests_with_it(tmp_path):
@@ -162,11 +174,17 @@ def test_evaluate_cli_scores_any_text_and_counts_unknown_characters(tmp_path):
     assert "every character is in the run's vocabulary" in cli("--text=known.txt").stdout
     other = cli("--text=other.txt", "--step=latest")
     text = (tmp_path / "other.txt").read_text()
-    expect = sum(c not in run.vocab.token_to_idx for c in text)
+    read = (len(text) - 1) // 8 * 8 + 1  # 8 rows of equal length: the tail that does not fit is not read
+    expect = sum(c not in run.vocab.token_to_idx for c in text[:read])
     assert other.returncode == 0 and f"{expect:,} characters outside the vocabulary, scored as <unk>: " in other.stdout
     assert "'é' x2" in other.stdout and "'ï' x1" in other.stdout
+    assert f"({read - 1:,} characters scored, read as 8 rows; the last {len(text) - read} not read)" in other.stdout
     ev = run.evaluate(text)
-    assert ev.unknown["é"] == 2 and ev.num_unknown == expect and ev.tokens == (len(text) - 1) // 8 * 8
+    assert ev.unknown["é"] == 2 and ev.num_unknown == expect and (ev.tokens, ev.unread) == (read - 1, len(text) - read)
+    tail = run.evaluate("the time machine" * 3 + "aé")  # 50 characters: 8 rows read the first 49
+    assert (tail.unknown, tail.unread, tail.tokens) == ({}, 1, 48)  # the unread é is not reported as scored
+    with pytest.raises(ValueError, match=r"batch_size = 5000 is more rows than the text has predictions \(\d+\)"):
+        run.evaluate(text, batch_size=5000)
     for flags, message in [(("--text=missing.txt",), "error: --text=missing.txt: does not exist; give a text file"),
                            (("--text=latin1.txt",), "error: --text=latin1.txt is not UTF-8 (byte 3)"),
                            (("--text=val.txt", "--step=soon"), "error: --step=soon: give best, latest or a step number")]:
