@@ -162,6 +162,15 @@ def run(main: Callable[[list[str]], Any]) -> None:
     app.run(wrapped, flags_parser=parse_flags)
 
 
+def checkpoint_step(text: str) -> int | str:
+    """A ``--step`` flag's value for :func:`rnnjax.load`: "best", "latest" or a step number (else one error line)."""
+    if text in ("best", "latest"):
+        return text
+    if text.isdigit():
+        return int(text)
+    fail(f"--step={text}: give best, latest or a step number")
+
+
 def default_workdir(config_flag: str = "config") -> pathlib.Path:
     """``runs/<config file name>``, or ``runs/<name>-<variant>`` for ``--config=file.py:variant``."""
     path, _, arg = flags.FLAGS[config_flag].config_filename.partition(":")

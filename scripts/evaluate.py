@@ -28,14 +28,6 @@ _BATCH = flags.DEFINE_integer("batch_size", None, "Rows the text is read as (def
                               lower_bound=1)
 
 
-def _step(text: str) -> int | str:
-    if text in ("best", "latest"):
-        return text
-    if text.isdigit():
-        return int(text)
-    cli.fail(f"--step={text}: give best, latest or a step number")
-
-
 def read_text(path: str) -> str:
     p = cli.user_path(path)
     if not p.is_file():
@@ -53,7 +45,7 @@ def main(argv):
         cli.fail(f"unexpected argument {argv[1]!r}; give the file as --text=FILE")
     text = read_text(_TEXT.value)
     try:
-        run = load(cli.user_path(_WORKDIR.value), _step(_STEP.value))
+        run = load(cli.user_path(_WORKDIR.value), cli.checkpoint_step(_STEP.value))
         ev = run.evaluate(text, _BATCH.value)
     except (ValueError, CheckpointError, WorkdirError) as e:
         cli.fail(str(e))

@@ -31,21 +31,13 @@ _TOP_K = flags.DEFINE_integer(
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed (same seed, same text).", lower_bound=0, upper_bound=2**32 - 1)
 
 
-def _step(text: str) -> int | str:
-    if text in ("best", "latest"):
-        return text
-    if text.isdigit():
-        return int(text)
-    cli.fail(f"--step={text}: give best, latest or a step number")
-
-
 def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected argument {argv[1]!r}; give the prompt as --prefix=...")
     args = (_PREFIX.value, _NUM_CHARS.value, _TEMPERATURE.value, _TOP_K.value, _SEED.value)
     try:
         check_args(*args)  # NaN/inf temperature, an empty prefix: refused before the (slow) restore
-        run = load(cli.user_path(_WORKDIR.value), _step(_STEP.value))
+        run = load(cli.user_path(_WORKDIR.value), cli.checkpoint_step(_STEP.value))
         texts = run.generate(*args)  # checks again, and for prefixes empty after the run's preprocessing
     except (ValueError, CheckpointError, WorkdirError) as e:  # the user's arguments or workdir; anything else: traceback
         cli.fail(str(e))
