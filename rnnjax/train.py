@@ -133,7 +133,7 @@ def train_and_evaluate(
             lock.release()
 
 
-class _Pending(NamedTuple):
+class _EpochResult(NamedTuple):
     """An epoch's training sums (on the host) and its dispatched validation sums: what its record is built from."""
 
     epoch: int
@@ -287,7 +287,7 @@ class _Trainer:
                 state, carry, metrics = self.train_epoch(ckpt, state, rng_data, carry, metrics, epoch, first)
                 sums = metrics.to_host()  # the one host sync of the training steps
                 tokens_per_sec = (self.n - first) * cfg.data.batch_size * cfg.data.num_steps / (time.perf_counter() - t0)
-                done = _Pending(epoch, int(state.step), sums, tokens_per_sec, float(self.schedule(int(state.step) - 1)),
+                done = _EpochResult(epoch, int(state.step), sums, tokens_per_sec, float(self.schedule(int(state.step) - 1)),
                                 *self.start_eval(state.params))
                 records.append(self.write_record(done, bar, start))
                 saving = epoch % cfg.checkpoint.every_epochs == 0 or epoch == tc.num_epochs
@@ -318,7 +318,7 @@ class _Trainer:
         since = records[-1]["epoch"] - (best["epoch"] if best else 0)
         return records[-1]["epoch"] if since >= patience else None
 
-    def write_record(self, p: _Pending, bar, start: float) -> dict[str, Any]:
+    def write_record(self, p: _EpochResult, bar, start: float) -> dict[str, Any]:
         """Read an epoch's validation, write its record to TensorBoard, metrics.jsonl and the progress bar."""
         layers = p.stats.summary(HAS_RETAIN[self.cfg.model.cell]) if p.stats is not None else None
         by_source = {name: m.perplexity() for (name, _), m in zip(self.corpus.val_parts, p.parts)} if p.parts else None
