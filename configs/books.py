@@ -33,4 +33,17 @@ def get_config(arg: str | None = None):
     c.checkpoint.every_epochs = 5
     c.generate.prefixes = ["The Time Traveller", "It was"]
     c.generate.num_chars = 80
-    return variant(c, arg)
+    return variant(c, arg, d2l_split=d2l_split)
+
+
+def d2l_split(c):
+    """The recipe on d2l's experiment: the bundled book preprocessed as d2l does (28 tokens), the
+    first 10,000 characters train and the next 5,000 validate (``configs/books.py:d2l_split``)."""
+    c.data.preprocess = "d2l"
+    c.data.val_fraction = c.data.test_fraction = 0.0
+    c.data.max_tokens, c.data.num_val = 10_000, 5_000
+    c.train.num_epochs = 300
+    c.train.early_stopping_patience = 30
+    c.checkpoint.every_epochs = 10
+    c.generate.prefixes = ["time traveller", "traveller"]
+    return c

@@ -31,7 +31,7 @@ def test_every_config_file_builds(path):
     from rnnjax.sweep import apply_overrides, trials
 
     mod = load_module(path)
-    for arg in (None, "smoke"):
+    for arg in (None, "smoke", *(["d2l_split"] if path.endswith("books.py") else [])):
         cfg = resolve(mod.get_config(arg))
         if hasattr(mod, "get_sweep"):  # a sweep: every trial of its grid resolves
             grid = mod.get_sweep(arg)
@@ -40,8 +40,13 @@ def test_every_config_file_builds(path):
         elif os.path.basename(path) != "books.py":  # deep_<cell>.py trains that cell
             assert cfg.model.cell in os.path.basename(path)
         else:  # the recipe for any text: raw, split 90/5/5 per file, early stopping
-            assert (cfg.data.preprocess, cfg.data.val_fraction, cfg.data.test_fraction) == ("none", 0.05, 0.05)
-            assert cfg.data.max_tokens == (2_000 if arg else 0) and cfg.train.early_stopping_patience > 0
+            assert cfg.train.early_stopping_patience > 0
+            if arg == "d2l_split":  # d2l's experiment: first 10,000 characters train, next 5,000 validate
+                assert (cfg.data.preprocess, cfg.data.val_fraction, cfg.data.max_tokens, cfg.data.num_val) == (
+                    "d2l", 0.0, 10_000, 5_000)
+            else:
+                assert (cfg.data.preprocess, cfg.data.val_fraction, cfg.data.test_fraction) == ("none", 0.05, 0.05)
+                assert cfg.data.max_tokens == (2_000 if arg else 0)
 
 
 def test_seed_config_is_the_reference_experiment():
