@@ -289,14 +289,19 @@ class _Trainer:
                 tokens_per_sec = (self.n - first) * cfg.data.batch_size * cfg.data.num_steps / (time.perf_counter() - t0)
                 done = _EpochResult(epoch, int(state.step), sums, tokens_per_sec, float(self.schedule(int(state.step) - 1)),
                                 *self.start_eval(state.params))
-                records.append(self.write_record(done, bar, start))
+                # Written in this order: TensorBoard, the checkpoint (its meta holds the record), metrics.jsonl.
+                # A kill between any two leaves a run that resumes: events past the last checkpoint are purged,
+                # and a record missing from metrics.jsonl is restored from the checkpoint's meta.
+                records.append(self.make_record(done, start))
                 saving = epoch % cfg.checkpoint.every_epochs == 0 or epoch == tc.num_epochs
                 if int(state.nonfinite) >= tc.max_nonfinite:
+                    self.commit_record(records[-1], bar)
                     self.abort_nonfinite(state, carry, epoch)
                 stopped = self.stopped_early(records)
                 new_best = tc.early_stopping_patience > 0 and best_record(records) is records[-1]
                 if saving or new_best or stopped:
                     self.save(ckpt, state, rng_data, carry, metrics, epoch, 0, records[-1])
+                self.commit_record(records[-1], bar)
                 if saving and self.tb and cfg.generate.prefixes:
                     self.tb.samples(epoch, list(cfg.generate.prefixes), self.samples(state.params))
                 if stopped:
@@ -318,20 +323,22 @@ class _Trainer:
         since = records[-1]["epoch"] - (best["epoch"] if best else 0)
         return records[-1]["epoch"] if since >= patience else None
 
-    def write_record(self, p: _EpochResult, bar, start: float) -> dict[str, Any]:
-        """Read an epoch's validation, write its record to TensorBoard, metrics.jsonl and the progress bar."""
+    def make_record(self, p: _EpochResult, start: float) -> dict[str, Any]:
+        """Read an epoch's validation and build its record; write it to TensorBoard (first of its files:
+        a resume purges any event a kill left past the last checkpoint)."""
         layers = p.stats.summary(HAS_RETAIN[self.cfg.model.cell]) if p.stats is not None else None
         by_source = {name: m.perplexity() for (name, _), m in zip(self.corpus.val_parts, p.parts)} if p.parts else None
         record = epoch_record(p.epoch, p.step, p.sums, p.val.perplexity(), p.tokens_per_sec, p.lr,
                               time.perf_counter() - start, layers, self.cfg.data.tokenizer == "char", by_source)
-        # TensorBoard first: once metrics.jsonl holds an epoch, its event is on disk too (a resume
-        # purges any event a kill left ahead of metrics.jsonl).
         if self.tb:
             self.tb.record(record)
+        return record
+
+    def commit_record(self, record: dict[str, Any], bar) -> None:
+        """Append an epoch's record to metrics.jsonl (fsynced) and show it on the progress bar."""
         if self.primary:
             rundir.append_metrics(self.metrics_path, record)
         bar.set_postfix(train_ppl=f"{record['train_ppl']:.2f}", val_ppl=f"{record['val_ppl']:.2f}")
-        return record
 
     def start_block(self, params, step: int | None, start_epoch: int, start_batch: int) -> str:
         m, epochs = self.cfg.model, self.cfg.train.num_epochs

@@ -90,3 +90,33 @@ def test_each_val_ppl_is_the_perplexity_of_that_epochs_params(tmp_path):
         run = rnnjax.load(tmp_path / "every1", step=epoch * data.batches_per_epoch(cfg.data, 2000))
         ppl = perplexity(run.model, run.params, val, cfg.data.batch_size, cfg.data.num_steps)
         assert ppl == pytest.approx(every[4]["metrics"][epoch - 1]["val_ppl"], rel=1e-6)
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("when", ["before the metrics line", "after the metrics line"])
+def test_a_kill_around_the_first_record_resumes_with_every_record(tmp_path, monkeypatch, when):
+    """The first epoch's checkpoint is saved before its metrics.jsonl line: a run stopped just before
+    or just after that line resumes (it is never left with records but no checkpoint, which a rerun
+    would refuse), and ends with the records of an uninterrupted run."""
+    from rnnjax import workdir as rundir
+
+    ref = train_and_evaluate(small_config(3), tmp_path / "ref")
+    real = rundir.append_metrics
+
+    def dies(path, record):
+        if when == "after the metrics line":
+            real(path, record)
+        raise _Killed
+
+    monkeypatch.setattr(rundir, "append_metrics", dies)
+    with pytest.raises(_Killed):
+        train_and_evaluate(small_config(3), tmp_path / "run")
+    monkeypatch.setattr(rundir, "append_metrics", real)
+    out = train_and_evaluate(small_config(3), tmp_path / "run")
+    timing = ("tokens_per_sec", "wall_time")
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in timing} for r in rs]  # noqa: E731
+    on_disk = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert strip(on_disk) == strip(out["metrics"]) == strip(ref["metrics"])
