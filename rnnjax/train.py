@@ -300,7 +300,12 @@ class _Trainer:
                 stopped = self.stopped_early(records)
                 new_best = tc.early_stopping_patience > 0 and best_record(records) is records[-1]
                 if saving or new_best or stopped:
-                    self.save(ckpt, state, rng_data, carry, metrics, epoch, 0, records[-1])
+                    try:
+                        self.save(ckpt, state, rng_data, carry, metrics, epoch, 0, records[-1])
+                    except BaseException:  # e.g. disk full: the epoch's record is still kept
+                        with contextlib.suppress(OSError):
+                            self.commit_record(records[-1], bar)
+                        raise
                 self.commit_record(records[-1], bar)
                 if saving and self.tb and cfg.generate.prefixes:
                     self.tb.samples(epoch, list(cfg.generate.prefixes), self.samples(state.params))
