@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rnnjax import cudnn
 from rnnjax.cells import CELLS
 from rnnjax.config import default_config, resolve
 from rnnjax.generate import sample
@@ -212,9 +213,11 @@ def _interleave(variants: dict[str, Variant], repeats: int, steps: int, tokens_p
     return out
 
 
-def matmul_peak(n: int = 2048, repeats: int = 7) -> dict[str, float]:
+def matmul_peak(n: int | None = None, repeats: int = 7) -> dict[str, float]:
     """Measured fp32 matmul throughput (GFLOP/s, median of repeats) of an n x n x n product in
-    JAX and (if installed) torch; ``peak`` is the larger: the denominator of MFU."""
+    JAX and (if installed) torch, each at its default precision (JAX's allows TF32 on a GPU);
+    ``peak`` is the larger: the denominator of MFU. n: 2048 on the CPU, 8192 on an accelerator."""
+    n = n or (2048 if jax.default_backend() == "cpu" else 8192)
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     mm = jax.jit(lambda x: x @ x)
     mm(a).block_until_ready()
@@ -226,12 +229,16 @@ def matmul_peak(n: int = 2048, repeats: int = 7) -> dict[str, float]:
     result = {"jax": 2 * n**3 / statistics.median(times) / 1e9}
     torch = _torch()
     if torch is not None:
-        t = torch.randn(n, n)
+        cuda = jax.default_backend() == "gpu" and torch.cuda.is_available()
+        t = torch.randn(n, n, device="cuda" if cuda else "cpu")
+        sync = torch.cuda.synchronize if cuda else (lambda: None)
         t @ t
+        sync()
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
             t @ t
+            sync()
             times.append(time.perf_counter() - t0)
         result["torch"] = 2 * n**3 / statistics.median(times) / 1e9
     result["peak"] = max(result.values())
@@ -265,6 +272,8 @@ def benchmark_rows(repeats: int, steps: int, peak_gflops: float, rows: list[Work
     mesh = cpu_mesh_name()
     for w in rows:
         variants = {impl: _jax_variant(w, impl, steps) for impl in ("rnnjax", "rnnjax-autodiff", "flax")}
+        if w.cell == "lstm" and cudnn.available():  # cuDNN's fused LSTM (config model.impl = "cudnn")
+            variants["cudnn"] = _jax_variant(w, "cudnn", steps)
         if mesh:
             variants[mesh] = _jax_variant(w, "rnnjax", steps, DataParallel.create(len(jax.devices()), w.batch))
             variants[pipeline_name()] = _jax_variant(w, "rnnjax", steps, pipeline_chunks=PIPELINE_CHUNKS)
@@ -279,6 +288,26 @@ def benchmark_rows(repeats: int, steps: int, peak_gflops: float, rows: list[Work
         out.append({"workload": dataclasses.asdict(w), "label": w.label, "flops_per_token": w.train_flops_per_token(),
                     "results": res})
     return out
+
+
+LARGE = Workload("lstm", 2, hidden=1024, batch=256, seq=256)
+
+
+def benchmark_large(repeats: int, steps: int, peak_gflops: float, w: Workload = LARGE) -> dict[str, Any]:
+    """The shapes where accelerators shine (2-layer LSTM, h 1024, b 256, t 256): every implementation
+    (cudnn where CUDA is), and torch, interleaved. Meant for a GPU: on 2 CPU cores a step takes a minute."""
+    variants = {impl: _jax_variant(w, impl, steps) for impl in ("rnnjax", "rnnjax-autodiff", "flax")}
+    if cudnn.available():
+        variants["cudnn"] = _jax_variant(w, "cudnn", steps)
+    if (tv := _torch_variant(w, steps)) is not None:
+        variants["torch"] = tv
+    res = _interleave(variants, repeats, steps, w.tokens_per_step)
+    for r in res.values():
+        r["mfu"] = w.train_flops_per_token() * r["tokens_per_sec"] / (peak_gflops * 1e9)
+        if "torch" in res:
+            r["vs_torch"] = res["torch"]["ms_per_step"] / r["ms_per_step"]
+    return {"workload": dataclasses.asdict(w), "label": w.label, "flops_per_token": w.train_flops_per_token(),
+            "results": res}
 
 
 PIPELINE_CHUNK_COUNTS = (1, 5, 7, 35)
@@ -577,6 +606,8 @@ def benchmark_end_to_end(epochs: int) -> dict[str, Any]:
         cmd = [sys.executable, str(train), f"--config={config}", f"--workdir={tmp}/run",
                f"--config.train.num_epochs={epochs}", "--config.train.progress=False"]
         runs = {"rnnjax": cmd}
+        if cudnn.available():
+            runs["rnnjax, impl=cudnn"] = [*cmd[:3], f"--workdir={tmp}/run_cudnn", *cmd[4:], "--config.model.impl=cudnn"]
         if jax.default_backend() == "cpu" and len(os.sched_getaffinity(0)) > 1:
             runs["rnnjax, cpu_devices=0"] = [*cmd[:3], f"--workdir={tmp}/run_cpu", *cmd[4:], "--config.parallel.cpu_devices=0"]
             runs["rnnjax, cpu_pipeline"] = [*cmd[:3], f"--workdir={tmp}/run_pipe", *cmd[4:],
@@ -649,7 +680,7 @@ def write_report(results: dict, path: str, json_path: str | None, command: str) 
     ]
     rows = results["rows"]
     ref = next(r for r in rows if r["workload"]["cell"] == "lstm" and r["workload"]["num_layers"] == 2)["results"]
-    ours = [k for k in ref if k == "rnnjax" or k.startswith("rnnjax, ")]  # the default, and split over CPU devices
+    ours = [k for k in ref if k in ("rnnjax", "cudnn") or k.startswith("rnnjax, ")]  # the default, CPU devices, cuDNN
 
     def each(fmt, ok) -> tuple[str, bool]:  # the measured value per rnnjax variant; met if one variant meets it
         return "; ".join(f"{k}: {fmt(k)}" for k in ours), any(ok(k) for k in ours)
@@ -734,6 +765,16 @@ def write_report(results: dict, path: str, json_path: str | None, command: str) 
         for name, r in pp["results"].items():
             lines.append(f"| {name} | {r['stages']} | {r['chunks']} | {100 * r['bubble']:.0f}% | {r['ms_per_step']:.1f} | "
                          f"{r['vs_plain']:.2f}x |")
+    lg = results.get("large")
+    if lg:
+        lines += ["", f"## Large shapes: {lg['label']}", "",
+                  "Where accelerators shine. `cudnn` is `config.model.impl = \"cudnn\"` (rnnjax/cudnn.py: cuDNN's fused "
+                  "LSTM per layer, rnnjax's dropout between layers); torch runs `nn.LSTM` (cuDNN) on the same device.", "",
+                  "| implementation | ms/step | tokens/s | compile (s) | MFU | throughput vs torch |",
+                  "|---|---|---|---|---|---|"]
+        for name, r in lg["results"].items():
+            lines.append(f"| {name} | {r['ms_per_step']:.1f} | {r['tokens_per_sec']:.0f} | {r['compile_s']:.1f} | "
+                         f"{100 * r['mfu']:.0f}% | {_fmt_ratio(r, 'vs_torch')} |")
     sc = results.get("scaling")
     if sc:
         lines += ["", "## Scaling (2-layer LSTM)", "",

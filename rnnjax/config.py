@@ -15,7 +15,7 @@ import ml_collections
 from ml_collections import config_dict
 
 CELL_NAMES = ("rnn", "gru", "lstm", "mingru", "minlstm")  # the keys of rnnjax.cells.CELLS
-IMPLS = ("rnnjax", "autodiff", "flax")  # the values of rnnjax.model.Impl (not imported here: no JAX in config)
+IMPLS = ("rnnjax", "autodiff", "flax", "cudnn")  # the values of rnnjax.model.Impl (not imported here: no JAX in config)
 
 
 class ConfigError(ValueError):
@@ -69,6 +69,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.activation = config_dict.FieldReference("tanh", field_type=object)
     # Dropout on every layer's output but the last, training only (0 = off).
     c.model.dropout = 0.0
+    # Dropout on the top layer's output, before the output layer, training only (0 = off).
+    c.model.output_dropout = 0.0
 
     c.train = ml_collections.ConfigDict()
     c.train.num_epochs = 500
@@ -183,6 +185,7 @@ class ModelConfig:
     num_layers: int
     activation: tuple[str, ...]
     dropout: float
+    output_dropout: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,6 +270,8 @@ def _build(cls: type, d: dict[str, Any], prefix: str) -> Any:
 RESUMABLE_CHANGES = ("train.num_epochs", "train.progress", "train.layer_stats", "train.profile_steps",
                      "train.early_stopping_patience",
                      "checkpoint.", "parallel.", "generate.", "data.max_file_mb")
+# model.impl may change on resume between these (one params pytree, one optimizer state); not to "flax".
+SAME_PARAMS_IMPLS = ("rnnjax", "autodiff", "cudnn")
 
 
 def first_difference(saved: dict[str, Any], requested: dict[str, Any], prefix: str = "") -> str | None:
@@ -279,6 +284,8 @@ def first_difference(saved: dict[str, Any], requested: dict[str, Any], prefix: s
             if found:
                 return found
         elif (list(a) if isinstance(a, (list, tuple)) else a) != (list(b) if isinstance(b, (list, tuple)) else b):
+            if name == "model.impl" and a in SAME_PARAMS_IMPLS and b in SAME_PARAMS_IMPLS:
+                continue
             if not any(name == f or (f.endswith(".") and name.startswith(f)) for f in RESUMABLE_CHANGES):
                 return name
     return None
@@ -335,10 +342,13 @@ def _validate(c: Config) -> None:
            f"with data.test_fraction = {dt.test_fraction}, they must leave at least 10% of each file to train")
     _check(dt.sampler in ("sequential", "random"), "data.sampler", dt.sampler, "'sequential' or 'random'")
     _check(_is_int(dt.max_file_mb) and dt.max_file_mb >= 1, "data.max_file_mb", dt.max_file_mb, "an integer >= 1 (MiB)")
-    _check(m.impl in IMPLS, "model.impl", m.impl, "'rnnjax', 'autodiff' or 'flax'")
+    _check(m.impl in IMPLS, "model.impl", m.impl, "'rnnjax', 'autodiff', 'flax' or 'cudnn'")
     _check(m.cell in CELL_NAMES, "model.cell", m.cell, "'rnn', 'gru', 'lstm', 'mingru' or 'minlstm'")
     if m.impl == "flax" and m.cell in ("mingru", "minlstm"):
         raise ConfigError(f"config.model.impl = 'flax' has no {m.cell} cell (Flax has none); use model.impl = 'rnnjax'")
+    if m.impl == "cudnn" and m.cell != "lstm":
+        raise ConfigError(f"config.model.impl = 'cudnn' is cuDNN's LSTM and has no {m.cell} cell; "
+                          "use model.cell = 'lstm' or model.impl = 'rnnjax'")
     _check(_is_int(m.hidden_size) and m.hidden_size >= 1, "model.hidden_size", m.hidden_size, "an integer >= 1")
     _check(_is_int(m.num_layers) and m.num_layers >= 1, "model.num_layers", m.num_layers, "an integer >= 1")
     _check(_strings(m.activation), "model.activation", m.activation, "'tanh' or 'relu', or a list with one per layer")
@@ -349,6 +359,8 @@ def _validate(c: Config) -> None:
         f"'tanh' or 'relu', or a list of them with one per layer ({m.num_layers})",
     )
     _check(_is_num(m.dropout) and 0 <= m.dropout < 1, "model.dropout", m.dropout, "a number in [0, 1)")
+    _check(_is_num(m.output_dropout) and 0 <= m.output_dropout < 1, "model.output_dropout", m.output_dropout,
+           "a number in [0, 1)")
     _check(_is_int(t.num_epochs) and t.num_epochs >= 1, "train.num_epochs", t.num_epochs, "an integer >= 1")
     _check(t.optimizer in ("sgd", "adam", "adamw"), "train.optimizer", t.optimizer, "'sgd', 'adam' or 'adamw'")
     _check(_is_num(t.learning_rate) and t.learning_rate > 0, "train.learning_rate", t.learning_rate, "a finite number > 0")
@@ -372,7 +384,7 @@ def _validate(c: Config) -> None:
     _check(_is_int(p) and p >= 0, "parallel.cpu_devices", p, "an integer >= 0 (1 = JAX's default, 0 = one per core)")
     p = c.parallel.cpu_pipeline
     _check(isinstance(p, bool), "parallel.cpu_pipeline", p, "True or False")
-    if p and m.impl == "flax":
+    if p and m.impl in ("flax", "cudnn"):
         raise ConfigError("config.parallel.cpu_pipeline needs rnnjax's stack; use model.impl = 'rnnjax' or 'autodiff'")
     p = c.parallel.pipeline_chunks
     _check(_is_int(p) and p >= 1, "parallel.pipeline_chunks", p, "an integer >= 1")

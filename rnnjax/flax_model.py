@@ -35,6 +35,7 @@ class Spec(Protocol):
     num_layers: int
     cell: str
     dropout: float
+    output_dropout: float
 
     def layer_activation(self, layer: int) -> str: ...
 
@@ -59,6 +60,8 @@ class _FlaxStack(nn.Module):
             new_carry.append(layer_carry)
             if l < s.num_layers - 1 and s.dropout > 0:
                 x = nn.Dropout(s.dropout, deterministic=not train)(x)
+        if s.output_dropout > 0:
+            x = nn.Dropout(s.output_dropout, deterministic=not train)(x)
         return nn.Dense(s.vocab_size, name="out")(x), tuple(new_carry)
 
 

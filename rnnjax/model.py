@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rnnjax import flax_model, pipeline
+from rnnjax import cudnn, flax_model, pipeline
 from rnnjax.cells import CELLS, project_input
 from rnnjax.fused import scan_layer
 
@@ -46,6 +46,7 @@ class Impl(str, enum.Enum):
     FUSED = "rnnjax"  # rnnjax.fused.scan_layer per layer: hand-written backward (the default)
     AUTODIFF = "autodiff"  # jax.lax.scan over cells.*.recur, differentiated by JAX
     FLAX = "flax"  # Flax's own cells under nn.RNN (rnnjax.flax_model): the reference
+    CUDNN = "cudnn"  # cuDNN's fused LSTM per layer (rnnjax.cudnn; LSTM on a CUDA GPU only)
 
     def __str__(self) -> str:
         return self.value
@@ -71,6 +72,11 @@ class DeepRNN:
     # sequence in (the divisor of t nearest) this many chunks. Same math, same params.
     pipeline_stages: int = 1
     pipeline_chunks: int = 5
+    # Dropout on the top layer's output, before the output layer (training only; 0 = off).
+    output_dropout: float = 0.0
+    # impl CUDNN only: the devices the batch is split over (rnnjax.parallel's data axis); cuDNN's call
+    # then runs under shard_map over them, one call per device on its rows.
+    data_devices: int = 1
 
     def __post_init__(self):
         if isinstance(self.activation, str):
@@ -96,7 +102,8 @@ class DeepRNN:
         """tokens [b, t] int -> (logits [b, t, V], new carry).
 
         ``dropout_key`` turns on dropout (rate ``self.dropout``) on every layer's
-        output but the last, as PyTorch's ``dropout`` argument; None = evaluation.
+        output but the last, as PyTorch's ``dropout`` argument, and (rate ``self.output_dropout``)
+        on the top layer's output; None = evaluation.
         """
         return implementation(self.impl).apply(self, params, tokens, carry, dropout_key)
 
@@ -112,10 +119,11 @@ def implementation(impl: Impl | str) -> Stack:
     """The one place an :class:`Impl` is dispatched.
 
     FUSED and AUTODIFF share rnnjax's stack (:func:`_init`, :func:`_apply`) and differ only in the
-    function that runs one layer over time; FLAX is a whole stack of its own. A new cell is a
+    function that runs one layer over time; FLAX and CUDNN (:mod:`rnnjax.cudnn`, which reads rnnjax's
+    params and needs the raw layer inputs) are whole stacks of their own. A new cell is a
     ``cells.Cell`` in ``cells.CELLS`` and runs under FUSED and AUTODIFF; a cell with its own
     whole-sequence form (``Cell.sequence``: minGRU/minLSTM's parallel scan) uses it under FUSED,
-    while AUTODIFF scans its step (the sequential witness). A new implementation (cuDNN) is a
+    while AUTODIFF scans its step (the sequential witness). A new implementation is a
     new :class:`Impl` member and one case here:
     a layer function ``(cell, activation, layer params, xw_tbg, carry) -> (h_tbh, carry)`` for
     rnnjax's stack, or a :class:`Stack` of its own.
@@ -127,6 +135,8 @@ def implementation(impl: Impl | str) -> Stack:
             return Stack(_init, functools.partial(_apply, _autodiff_layer))
         case Impl.FLAX:  # rnnjax's initial weights, converted: both start identical for a seed
             return Stack(lambda spec, key: flax_model.to_flax(_init(spec, key), spec), flax_model.apply)
+        case Impl.CUDNN:  # rnnjax's params, packed per call into cuDNN's flat vector
+            return Stack(_init, cudnn.apply)
 
 
 def _fused_layer(cell: str, activation: str, p: Params, xw_tbg: Array, carry: Any) -> tuple[Array, Any]:
@@ -158,9 +168,18 @@ def _init(spec: DeepRNN, key: Array) -> Params:
     }
 
 
-def _dropout_keep(spec: DeepRNN, dropout_key: Array, layer: int, shape: tuple[int, ...]) -> Array:
+def dropout_keep(spec: DeepRNN, dropout_key: Array, layer: int, shape: tuple[int, ...]) -> Array:
     """Which of layer ``layer``'s outputs [t, b, h] dropout keeps (the same mask in every implementation)."""
     return jax.random.bernoulli(jax.random.fold_in(dropout_key, layer), 1.0 - spec.dropout, shape)
+
+
+def output_dropout(spec: DeepRNN, dropout_key: Array | None, h_tbh: Array) -> Array:
+    """The top layer's output [t, b, h] with ``spec.output_dropout`` applied (training: ``dropout_key`` set)."""
+    if dropout_key is None or spec.output_dropout == 0:
+        return h_tbh
+    keep = jax.random.bernoulli(jax.random.fold_in(dropout_key, spec.num_layers - 1), 1.0 - spec.output_dropout,
+                                h_tbh.shape)
+    return jnp.where(keep, h_tbh / (1.0 - spec.output_dropout), 0.0)
 
 
 def _apply(layer_fn, spec: DeepRNN, params: Params, tokens: Array, carry: Carry, dropout_key: Array | None
@@ -172,7 +191,7 @@ def _apply(layer_fn, spec: DeepRNN, params: Params, tokens: Array, carry: Carry,
         p0 = params["layers"][0]
         t, b = tokens_tb.shape
         keep_ltbh = (
-            jnp.stack([_dropout_keep(spec, dropout_key, l, (t, b, spec.hidden_size)) for l in range(spec.num_layers - 1)])
+            jnp.stack([dropout_keep(spec, dropout_key, l, (t, b, spec.hidden_size)) for l in range(spec.num_layers - 1)])
             if dropout else None
         )
         h_tbh, new_carry = pipeline.pipelined_layers(
@@ -180,6 +199,7 @@ def _apply(layer_fn, spec: DeepRNN, params: Params, tokens: Array, carry: Carry,
             p0["w_x"][tokens_tb] + p0["b_x"], carry, keep_ltbh, spec.dropout, stages,
             spec.pipeline_chunks,
         )
+        h_tbh = output_dropout(spec, dropout_key, h_tbh)
         logits_tbv = h_tbh @ params["w_out"] + params["b_out"]
         return jnp.swapaxes(logits_tbv, 0, 1), new_carry
     new_carry = []
@@ -192,7 +212,8 @@ def _apply(layer_fn, spec: DeepRNN, params: Params, tokens: Array, carry: Carry,
         h_tbh, layer_carry = layer_fn(spec.cell, spec.layer_activation(l), p, xw_tbg, layer_carry)
         new_carry.append(layer_carry)
         if dropout and l < spec.num_layers - 1:
-            h_tbh = jnp.where(_dropout_keep(spec, dropout_key, l, h_tbh.shape), h_tbh / (1.0 - spec.dropout), 0.0)
+            h_tbh = jnp.where(dropout_keep(spec, dropout_key, l, h_tbh.shape), h_tbh / (1.0 - spec.dropout), 0.0)
+    h_tbh = output_dropout(spec, dropout_key, h_tbh)
     logits_tbv = h_tbh @ params["w_out"] + params["b_out"]
     return jnp.swapaxes(logits_tbv, 0, 1), tuple(new_carry)
 

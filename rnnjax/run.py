@@ -16,9 +16,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from rnnjax import data
+from rnnjax import cudnn, data
 from rnnjax.checkpoint import Checkpointer, CheckpointError
-from rnnjax.config import Config, resolve
+from rnnjax.config import SAME_PARAMS_IMPLS, Config, resolve
 from rnnjax.generate import generate
 from rnnjax.metrics import best_record, bpc
 from rnnjax.model import DeepRNN, Params
@@ -123,15 +123,20 @@ class Evaluation:
         return sum(self.unknown.values())
 
 
-def load(workdir: str | os.PathLike, step: int | str = "best") -> Run:
+def load(workdir: str | os.PathLike, step: int | str = "best", impl: str | None = None) -> Run:
     """Restore a checkpoint of the run in ``workdir`` (relative paths are from the current directory).
 
     ``step``: "best" (default: the step with the lowest validation perplexity that the run
     kept), "latest", or a step number. A damaged checkpoint is skipped with a warning (the
     next best or next latest is used); an explicit step number never falls back.
+    ``impl``: run the params with this ``model.impl`` instead of the run's own, among those that
+    share its params ("rnnjax", "autodiff", "cudnn"), e.g. ``impl="rnnjax"`` for a run trained with
+    ``"cudnn"`` on a machine without CUDA.
     """
     if not (step in ("best", "latest") or (isinstance(step, int) and not isinstance(step, bool))):
         raise ValueError(f"step = {step!r} is not allowed: 'best', 'latest' or a step number")
+    if impl is not None and impl not in SAME_PARAMS_IMPLS:
+        raise ValueError(f"impl = {impl!r} is not allowed: one of {', '.join(map(repr, SAME_PARAMS_IMPLS))}")
     workdir = resolve_path(workdir)
     if not workdir.is_dir():
         what = "is a file, not a run directory" if workdir.exists() else "does not exist"
@@ -145,6 +150,14 @@ def load(workdir: str | os.PathLike, step: int | str = "best") -> Run:
             missing = " and ".join(name for name, v in (("config.json", saved), ("vocab.json", vocab)) if v is None)
             raise CheckpointError(f"{workdir} has no {missing} beside its checkpoints; restore it from a copy")
         cfg = resolve(saved)
+        if impl is not None and impl != cfg.model.impl:
+            if cfg.model.impl not in SAME_PARAMS_IMPLS:
+                raise ValueError(f"{workdir} was trained with model.impl = {cfg.model.impl!r}, whose params only "
+                                 f"that implementation reads; load it without impl=")
+            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, impl=impl))
+        if cfg.model.impl == "cudnn" and not cudnn.available():
+            raise CheckpointError(f"{workdir} was trained with model.impl = 'cudnn', which needs a CUDA GPU; load it "
+                                  "with impl='rnnjax' (rnnjax.load(..., impl='rnnjax'), --impl=rnnjax): the same params")
         model = build_model(cfg, len(vocab))
         # The params alone, onto this process's first device, whatever the mesh the run was saved from.
         one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

@@ -57,7 +57,7 @@ def make_train_step(model: DeepRNN, tx: optax.GradientTransformation, reset_carr
         x_bt, y_bt = xs_nbt[i].astype(jnp.int32), ys_nbt[i].astype(jnp.int32)  # ids come in their smallest dtype
         if reset_carry:
             carry = jax.tree_util.tree_map(jnp.zeros_like, carry)
-        dropout_key = jax.random.fold_in(key, state.step) if model.dropout > 0 else None
+        dropout_key = jax.random.fold_in(key, state.step) if model.dropout > 0 or model.output_dropout > 0 else None
 
         def loss_fn(params):
             logits_btv, new_carry = model.apply(params, x_bt, carry, dropout_key=dropout_key)
@@ -104,14 +104,14 @@ def make_eval_step(model: DeepRNN):
 def make_stats_eval_step(model: DeepRNN):
     """Returns ``eval_step(params, carry, metrics, stats, x_bt, y_bt) -> (carry, metrics, stats)``: as
     :func:`make_eval_step`, also summing each layer's :class:`LayerStats` on the device. The logits
-    come from :func:`rnnjax.inside.trace` (the same equations); under ``impl="flax"`` from Flax's
-    own apply, the statistics from the trace (so the pass costs two forwards there)."""
+    come from :func:`rnnjax.inside.trace` (the same equations); under ``impl="flax"`` and ``"cudnn"``
+    from the implementation's own apply, the statistics from the trace (two forwards there)."""
 
     @jax.jit
     def eval_step(params, carry, metrics, stats, x_bt, y_bt):
         x_bt, y_bt = x_bt.astype(jnp.int32), y_bt.astype(jnp.int32)
         logits_btv, new_carry, traces = trace(model, params, x_bt, carry)
-        if model.impl == Impl.FLAX:
+        if model.impl in (Impl.FLAX, Impl.CUDNN):  # the loss from the implementation itself
             logits_btv, new_carry = model.apply(params, x_bt, carry)
         return new_carry, metrics.add(cross_entropy(logits_btv, y_bt)), stats + layer_stats(model, traces)
 

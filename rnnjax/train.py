@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from rnnjax import data, pipeline
+from rnnjax import cudnn, data, pipeline
 from rnnjax import workdir as rundir
 from rnnjax.capacity import check_fits
 from rnnjax.checkpoint import Checkpointer, CheckpointError
@@ -58,8 +58,11 @@ def build_model(cfg: Config, vocab_size: int) -> DeepRNN:
     m = cfg.model
     p = cfg.parallel
     stages = pipeline_device_count(p.cpu_devices, m.num_layers) if p.cpu_pipeline else 1
+    # cuDNN's call runs under shard_map over the data-parallel devices (XLA cannot partition it)
+    data_devices = (p.num_devices or len(jax.devices())) if m.impl == "cudnn" else 1
     return DeepRNN(vocab_size, m.hidden_size, m.num_layers, m.cell, tuple(m.activation), m.dropout, Impl(m.impl),
-                   pipeline_stages=stages, pipeline_chunks=p.pipeline_chunks)
+                   pipeline_stages=stages, pipeline_chunks=p.pipeline_chunks, data_devices=data_devices,
+                   output_dropout=m.output_dropout)
 
 
 def make_placement(cfg: Config) -> DataParallel:
@@ -116,6 +119,8 @@ def train_and_evaluate(
         retain_freed_memory()  # XLA's per-step scratch block reuses its pages (rnnjax/host.py)
         set_cpu_devices_for(cfg)  # a no-op, or an error if JAX started otherwise
         dp = make_placement(cfg)
+        if cfg.model.impl == "cudnn":
+            cudnn.check_available()  # one line on a machine without CUDA: never a silent fallback
         check_fits(cfg, len(corpus.vocab))
         primary = jax.process_index() == 0  # only process 0 writes files (orbax coordinates checkpoints)
         workdir.mkdir(parents=True, exist_ok=True)

@@ -56,6 +56,9 @@ def check_vectorizable(c: Config) -> None:
     """Refuse, in one line, a config that vectorized trials cannot train (checked by the sweep before anything runs)."""
     if c.parallel.cpu_pipeline:
         raise ConfigError("vectorized trials run on one device; set parallel.cpu_pipeline = False or drop --vectorize")
+    if c.model.impl == "cudnn":
+        raise ConfigError("vectorized trials vmap the model and cuDNN's LSTM call cannot be vmapped; "
+                          "set model.impl = 'rnnjax' or drop --vectorize")
     if c.train.early_stopping_patience:
         raise ConfigError("vectorized trials train every epoch together; set train.early_stopping_patience = 0 "
                           "or drop --vectorize")

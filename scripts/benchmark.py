@@ -1,7 +1,8 @@
 r"""Side-by-side benchmarks; writes a Markdown report and optionally JSON.
 
     python scripts/benchmark.py [--repeats=7] [--steps=10] [--e2e_epochs=500] [--fake_devices=4]
-                                [--sections=rows,pipeline,epoch,scaling,generation,end_to_end,vectorized,devices,checkpoint]
+                                [--sections=rows,pipeline,epoch,scaling,sequence,generation,end_to_end,vectorized,devices,checkpoint]
+    scripts/gpu_check.sh OUTDIR    # on a CUDA GPU: the cuDNN tests, then rows,large,end_to_end (cudnn and torch CUDA columns)
                                 [--rows=lstm:1,lstm:2,lstm:4,gru:2,rnn:2]
                                 [--json=FILE] [--out=FILE]
 
@@ -10,10 +11,11 @@ unless --out says otherwise; the committed BENCHMARKS.md is written only when as
 --out=BENCHMARKS.md. The defaults (--repeats=7 rounds of --steps=10, --e2e_epochs=500) are the
 report's standard: with fewer, the targets are "not judged" rather than met or missed.
 
-Sections (all by default):
+Sections (all but large by default):
   * rows: the training step (vocab 28, batch 32, 35 steps, hidden 256, SGD + clipping) for
     LSTM L=1,2,4, GRU L=2 and RNN L=2: rnnjax vs rnnjax-autodiff vs impl="flax" vs PyTorch
-    (if installed), with compile time and MFU against the measured fp32 matmul peak; on a
+    (if installed; on CUDA when JAX runs on a GPU), and on a CUDA GPU impl="cudnn" for the LSTM
+    rows, with compile time and MFU against the measured fp32 matmul peak; on a
     multi-core CPU also rnnjax data-parallel over one CPU device per core
     (config.parallel.cpu_devices=0) and the layer pipeline over them (config.parallel.cpu_pipeline);
   * pipeline: the 2-layer LSTM's layer pipeline at 1, 5, 7 and 35 time chunks (bubble vs speed);
@@ -22,8 +24,10 @@ Sections (all by default):
   * scaling: the 2-layer LSTM with sequence 350, hidden 1024, batch 256;
   * sequence: the 2-layer LSTM, GRU, minGRU and minLSTM (and torch nn.LSTM/GRU) at t = 35, 256
     and 1024, and minGRU's recurrence as an associative scan vs in log space;
+  * large: the 2-layer LSTM at h 1024, b 256, t 256, every implementation and torch (for a GPU);
   * generation: characters/s with 1 and 64 streams;
-  * end_to_end: the whole seed experiment (scripts/train.py, as is and with
+  * end_to_end: the whole seed experiment (scripts/train.py, as is, with --config.model.impl=cudnn
+    on a CUDA GPU, and on a multi-core CPU with
     --config.parallel.cpu_devices=0 and with --config.parallel.cpu_pipeline=True) vs
     python benchmarks/torch_baseline.py;
   * vectorized: 8 seeds one by one vs one vmapped program;
@@ -51,13 +55,15 @@ from absl import app, flags
 BENCHMARKS_DIR = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS_DIR))
 
-ALL = ["rows", "pipeline", "epoch", "scaling", "sequence", "generation", "end_to_end", "vectorized", "devices", "checkpoint"]
+ALL = ["rows", "pipeline", "epoch", "scaling", "sequence", "large", "generation", "end_to_end", "vectorized", "devices",
+       "checkpoint"]
 _FAKE = flags.DEFINE_integer("fake_devices", 4, "Fake CPU devices for the devices section (0 = real devices only).")
 # The defaults of --repeats, --steps and --e2e_epochs are the report's standard (benchmarks/benchmarking.py STANDARD_*).
 _REPEATS = flags.DEFINE_integer("repeats", 7, "Interleaved rounds; figures are medians over rounds. Targets judged from 7.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Train steps per variant per round. Targets judged from 10.")
 _E2E = flags.DEFINE_integer("e2e_epochs", 500, "Epochs of the end-to-end seed experiment (500 = the full one, judged).")
-_SECTIONS = flags.DEFINE_list("sections", ALL, f"Sections to run, from {ALL}.")
+_SECTIONS = flags.DEFINE_list("sections", [x for x in ALL if x != "large"],
+                              f"Sections to run, from {ALL}; the default is all but large (h 1024, b 256, t 256: for a GPU).")
 _ROWS = flags.DEFINE_list("rows", ["lstm:1", "lstm:2", "lstm:4", "gru:2", "rnn:2"], "Rows of the rows section, as cell:layers.")
 _JSON = flags.DEFINE_string("json", None, "Also write the results as JSON here.")
 _OUT = flags.DEFINE_string("out", None, "Markdown report path (default: runs/benchmarks/BENCHMARKS-<UTC timestamp>.md); "
@@ -109,6 +115,8 @@ def main(argv):
     if "sequence" in sections:
         results["sequence"] = bm.benchmark_sequence(max(3, r // 2), max(2, s // 5))
         results["scan_forms"] = bm.benchmark_scan_forms(max(3, r // 2))
+    if "large" in sections:  # h 1024, b 256, t 256: for accelerators (a minute a step on 2 CPU cores)
+        results["large"] = bm.benchmark_large(max(3, r // 2), max(2, s // 2), results["peak"]["peak"])
     if "generation" in sections:
         results["generation"] = bm.benchmark_generation()
     if "checkpoint" in sections:

@@ -24,6 +24,8 @@ from rnnjax.workdir import WorkdirError
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by scripts/train.py.", required=True)
 _TEXT = flags.DEFINE_string("text", None, "UTF-8 text file to score.", required=True)
 _STEP = flags.DEFINE_string("step", "best", "Checkpoint: best (lowest validation perplexity), latest, or a step number.")
+_IMPL = flags.DEFINE_enum("impl", None, ["rnnjax", "autodiff", "cudnn"],
+                          "Run the params with this model.impl instead of the run's own (e.g. rnnjax for a cudnn run on a CPU).")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Rows the text is read as (default: the run's data.batch_size).",
                               lower_bound=1)
 
@@ -45,7 +47,7 @@ def main(argv):
         cli.fail(f"unexpected argument {argv[1]!r}; give the file as --text=FILE")
     text = read_text(_TEXT.value)
     try:
-        run = load(cli.user_path(_WORKDIR.value), cli.checkpoint_step(_STEP.value))
+        run = load(cli.user_path(_WORKDIR.value), cli.checkpoint_step(_STEP.value), _IMPL.value)
         ev = run.evaluate(text, _BATCH.value)
     except (ValueError, CheckpointError, WorkdirError) as e:
         cli.fail(str(e))

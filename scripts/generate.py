@@ -21,6 +21,8 @@ from rnnjax.workdir import WorkdirError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by scripts/train.py.", required=True)
 _STEP = flags.DEFINE_string("step", "best", "Checkpoint: best (lowest validation perplexity), latest, or a step number.")
+_IMPL = flags.DEFINE_enum("impl", None, ["rnnjax", "autodiff", "cudnn"],
+                          "Run the params with this model.impl instead of the run's own (e.g. rnnjax for a cudnn run on a CPU).")
 _PREFIX = flags.DEFINE_multi_string("prefix", ["time traveller"], "Prompt; repeat the flag for several (batched).")
 _NUM_CHARS = flags.DEFINE_integer("num_chars", 100, "Tokens to generate after each prefix.", lower_bound=1)
 _TEMPERATURE = flags.DEFINE_float(
@@ -37,7 +39,7 @@ def main(argv):
     args = (_PREFIX.value, _NUM_CHARS.value, _TEMPERATURE.value, _TOP_K.value, _SEED.value)
     try:
         check_args(*args)  # NaN/inf temperature, an empty prefix: refused before the (slow) restore
-        run = load(cli.user_path(_WORKDIR.value), cli.checkpoint_step(_STEP.value))
+        run = load(cli.user_path(_WORKDIR.value), cli.checkpoint_step(_STEP.value), _IMPL.value)
         texts = run.generate(*args)  # checks again, and for prefixes empty after the run's preprocessing
     except (ValueError, CheckpointError, WorkdirError) as e:  # the user's arguments or workdir; anything else: traceback
         cli.fail(str(e))

@@ -1,11 +1,12 @@
-"""Tests run on the CPU, with float32 matmuls at full precision.
+"""Tests run on the CPU (``RNNJAX_TEST_PLATFORMS=cuda`` for the GPU checks of scripts/gpu_check.sh),
+with float32 matmuls at full precision.
 
 Below, what several test files share (imported as ``from conftest import small_config``: pytest
 puts tests/ on sys.path): the small config they train, and how they compare runs."""
 
 import os
 
-os.environ["JAX_PLATFORMS"] = "cpu"
+os.environ["JAX_PLATFORMS"] = os.environ.get("RNNJAX_TEST_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 

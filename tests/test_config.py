@@ -31,12 +31,15 @@ def test_every_config_file_builds(path):
     from rnnjax.sweep import apply_overrides, trials
 
     mod = load_module(path)
-    for arg in (None, "smoke", *(["d2l_split"] if path.endswith("books.py") else [])):
+    extra = {"books.py": ["d2l_split"], "sweep_books.py": ["stage2"]}.get(os.path.basename(path), [])
+    for arg in (None, "smoke", *extra):
         cfg = resolve(mod.get_config(arg))
         if hasattr(mod, "get_sweep"):  # a sweep: every trial of its grid resolves
             grid = mod.get_sweep(arg)
             built = [resolve(apply_overrides(mod.get_config(arg), t)) for t in trials(grid)]
-            assert {c.model.cell for c in built} == set(grid["model.cell"])
+            for field, values in grid.items():  # every value of every axis reaches a trial's config
+                group, name = field.split(".")
+                assert {getattr(getattr(c, group), name) for c in built} == set(values), field
         elif os.path.basename(path) != "books.py":  # deep_<cell>.py trains that cell
             assert cfg.model.cell in os.path.basename(path)
         else:  # the recipe for any text: raw, split 90/5/5 per file, early stopping

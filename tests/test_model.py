@@ -91,6 +91,32 @@ def test_dropout_only_between_layers_and_only_in_training():
     np.testing.assert_array_equal(a, b)
 
 
+def test_output_dropout_drops_the_top_layers_output_in_training_only_the_same_in_every_impl():
+    """model.output_dropout: the top layer's output, before the output layer; its carry is untouched,
+    evaluation ignores it, and rnnjax, autodiff and the cuDNN stack (lstm_ref standing in) draw one mask."""
+    import dataclasses
+    import functools
+
+    from rnnjax import cudnn
+
+    model = DeepRNN(vocab_size=7, hidden_size=16, num_layers=2, cell="lstm", dropout=0.25, output_dropout=0.5)
+    params = model.init(jax.random.key(0))
+    tokens = jnp.array([[0, 1, 2, 3, 4], [5, 6, 0, 1, 2]])
+    s0, key = model.initial_carry(2), jax.random.key(1)
+    plain = dataclasses.replace(model, output_dropout=0.0)
+    np.testing.assert_array_equal(model.apply(params, tokens, s0)[0], plain.apply(params, tokens, s0)[0])
+    train, carry = model.apply(params, tokens, s0, dropout_key=key)
+    train_plain, carry_plain = plain.apply(params, tokens, s0, dropout_key=key)
+    for a, b in zip(jax.tree_util.tree_leaves(carry), jax.tree_util.tree_leaves(carry_plain)):
+        np.testing.assert_array_equal(a, b)  # the top layer's h is dropped on its way out, not in its carry
+    # about half of the top layer's units are zeroed: logits = b_out + (kept h / 0.5) @ w_out
+    assert float(jnp.abs(train - train_plain).max()) > 1e-3
+    autodiff = dataclasses.replace(model, impl="autodiff").apply(params, tokens, s0, dropout_key=key)[0]
+    ref = functools.partial(cudnn.apply, kernel=cudnn.reference_kernel)(model, params, tokens, s0, key)[0]
+    np.testing.assert_allclose(autodiff, train, atol=1e-5)
+    np.testing.assert_allclose(ref, train, atol=1e-5)
+
+
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
 def test_gradients_match_finite_differences(cell):
     model = DeepRNN(vocab_size=5, hidden_size=3, num_layers=2, cell=cell)

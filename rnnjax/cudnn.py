@@ -1,0 +1,142 @@
+"""cuDNN's fused LSTM as an implementation of rnnjax's stack (``config.model.impl = "cudnn"``).
+
+``jax.experimental.rnn.lstm`` calls cuDNN's LSTM on CUDA: LSTM only, float32, PyTorch's weights
+with two biases, packed into one flat vector per call, and no CPU lowering. rnnjax's LSTM params
+already are PyTorch's arrays transposed (:mod:`rnnjax.cells`), so a layer packs with a transpose,
+a reshape and a concatenation (:func:`pack`; :func:`unpack` is its inverse), and checkpoints are
+interchangeable with ``impl="rnnjax"`` and ``"autodiff"`` (the same params pytree).
+
+Each layer is one cuDNN call (``num_layers=1``): rnnjax's own dropout runs between layers (the
+same masks as every other implementation), not cuDNN's, whose mask comes from a fixed seed. The
+first layer reads one-hot inputs [b, t, V] (cuDNN does the input projection itself); the carry is
+rnnjax's ``(c, h)`` per layer. With ``DeepRNN.data_devices`` > 1 each call runs under
+``jax.shard_map`` over the data axis (XLA cannot partition cuDNN's custom call): every device
+runs cuDNN on its own rows.
+
+TF32: cuDNN's LSTM runs TF32 matmuls on Ampere and later unless JAX's matmul precision is
+"highest" (``jax.default_matmul_precision("highest")``); the equivalence tests set it.
+
+:func:`reference_kernel` is the same call computed by ``jax.experimental.rnn.lstm_ref`` (JAX's
+pure-JAX reference of the cuDNN op, on any backend): the tests run this module's whole stack on
+the CPU with it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import rnn as jrnn
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from rnnjax.config import ConfigError
+
+Array = jax.Array
+Params = dict[str, Any]
+# kernel(x [b, t, d], h0 [1, b, h], c0 [1, b, h], weights [n], seq_lengths [b] int32, input_size, hidden_size)
+#   -> (y [b, t, h], h_n [1, b, h], c_n [1, b, h])
+Kernel = Callable[..., tuple[Array, Array, Array]]
+
+
+class CudnnUnavailable(ConfigError):
+    """``impl="cudnn"`` asked for where JAX has no CUDA GPU."""
+
+
+def available() -> bool:
+    """Whether JAX's default backend is a CUDA GPU (where cuDNN's LSTM lowers)."""
+    try:
+        return jax.default_backend() == "gpu" and "cuda" in jax.devices()[0].client.platform_version.lower()
+    except Exception:  # noqa: BLE001 -- no backend at all: not available
+        return False
+
+
+def check_available() -> None:
+    """Raise :class:`CudnnUnavailable` (one line, with the fix) unless cuDNN's LSTM can run here."""
+    if not available():
+        raise CudnnUnavailable(
+            f"config.model.impl = 'cudnn' needs an NVIDIA GPU with CUDA (JAX's backend here is "
+            f"{jax.default_backend()}, devices {jax.devices()[0].platform}); use model.impl = 'rnnjax' "
+            "(the same params: checkpoints are interchangeable)"
+        )
+
+
+def num_weights(input_size: int, hidden_size: int) -> int:
+    """Length of one layer's flat cuDNN weight vector."""
+    return jrnn.get_num_params_in_lstm(input_size, hidden_size, 1, False)
+
+
+def pack(layer: Params) -> Array:
+    """One rnnjax LSTM layer {"w_x": [d, 4h], "w_h": [h, 4h], "b_x": [4h], "b_h": [4h]} -> cuDNN's flat
+    vector: (W_ih [4h, d], W_hh [4h, h], b_ih, b_hh) row-major, gates i, f, g, o (PyTorch's order)."""
+    return jnp.concatenate([layer["w_x"].T.reshape(-1), layer["w_h"].T.reshape(-1), layer["b_x"], layer["b_h"]])
+
+
+def unpack(weights: Array, input_size: int, hidden_size: int) -> Params:
+    """The inverse of :func:`pack` (via ``jax.experimental.rnn.unpack_lstm_weights``)."""
+    w_ih, w_hh, b_ih, b_hh = jrnn.unpack_lstm_weights(weights, input_size, hidden_size, 1, False)
+    return {"w_x": w_ih[0].T, "w_h": w_hh[0].T, "b_x": b_ih[0], "b_h": b_hh[0]}
+
+
+def cudnn_kernel(x, h0, c0, weights, seq_lengths, input_size: int, hidden_size: int):
+    """One layer by cuDNN (``jax.experimental.rnn.lstm``); precision from JAX's matmul-precision config."""
+    return jrnn.lstm(x, h0, c0, weights, seq_lengths, input_size, hidden_size, 1, 0.0, False)
+
+
+def reference_kernel(x, h0, c0, weights, seq_lengths, input_size: int, hidden_size: int):
+    """The same layer by ``jax.experimental.rnn.lstm_ref`` (pure JAX, any backend)."""
+    w_ih, w_hh, b_ih, b_hh = jrnn.unpack_lstm_weights(weights, input_size, hidden_size, 1, False)
+    return jrnn.lstm_ref(x, h0, c0, w_ih, w_hh, b_ih, b_hh, seq_lengths, input_size, hidden_size, 1, 0.0, False)
+
+
+def _layer(kernel: Kernel, x_btd: Array, carry: tuple[Array, Array], weights: Array, hidden_size: int
+           ) -> tuple[Array, tuple[Array, Array]]:
+    c0, h0 = carry
+    b, t, d = x_btd.shape
+    seq_lengths = jnp.full((b,), t, jnp.int32)
+    y_bth, h_n, c_n = kernel(x_btd, h0[None], c0[None], weights, seq_lengths, d, hidden_size)
+    return y_bth, (c_n[0], h_n[0])
+
+
+def _sharded(kernel: Kernel, hidden_size: int, devices: int, batch: int):
+    """The layer, under shard_map over the first ``devices`` devices' data axis when the batch splits."""
+    layer = functools.partial(_layer, kernel, hidden_size=hidden_size)
+    if devices <= 1 or batch % devices:
+        return layer
+    mesh = Mesh(np.asarray(jax.devices()[:devices]), ("data",))
+    rows = P("data")
+    return jax.shard_map(
+        lambda x, carry, w: layer(x, carry, w),
+        mesh=mesh, in_specs=(rows, (rows, rows), P()), out_specs=(rows, (rows, rows)), check_vma=False,
+    )
+
+
+def apply(spec: Any, params: Params, tokens: Array, carry: Any, dropout_key: Array | None,
+          kernel: Kernel | None = None) -> tuple[Array, Any]:
+    """The :class:`rnnjax.model.Stack` apply: tokens [b, t] -> (logits [b, t, V], new carry).
+
+    ``kernel``: :func:`cudnn_kernel` by default (after :func:`check_available`), or
+    :func:`reference_kernel`. Dropout masks are :func:`rnnjax.model.dropout_keep`'s, as in rnnjax's stack.
+    """
+    from rnnjax.model import dropout_keep, output_dropout  # model imports this module
+
+    if kernel is None:
+        check_available()
+        kernel = cudnn_kernel
+    b, t = tokens.shape
+    layer = _sharded(kernel, spec.hidden_size, spec.data_devices, b)
+    x_btd = jax.nn.one_hot(tokens, spec.vocab_size, dtype=jnp.float32)
+    dropout = dropout_key is not None and spec.dropout > 0
+    new_carry = []
+    for l, (p, layer_carry) in enumerate(zip(params["layers"], carry)):
+        x_btd, layer_carry = layer(x_btd, layer_carry, pack(p))
+        new_carry.append(layer_carry)
+        if dropout and l < spec.num_layers - 1:
+            keep_bth = jnp.swapaxes(dropout_keep(spec, dropout_key, l, (t, b, spec.hidden_size)), 0, 1)
+            x_btd = jnp.where(keep_bth, x_btd / (1.0 - spec.dropout), 0.0)
+    x_btd = jnp.swapaxes(output_dropout(spec, dropout_key, jnp.swapaxes(x_btd, 0, 1)), 0, 1)  # masks drawn [t, b, h]
+    return x_btd @ params["w_out"] + params["b_out"], tuple(new_carry)
