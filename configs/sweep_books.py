@@ -4,6 +4,9 @@ perplexity is 6.71).
 
     python scripts/sweep.py --config=configs/sweep_books.py --workdir=runs/sweep_books
     python scripts/sweep.py --config=configs/sweep_books.py:stage2 --workdir=runs/sweep_books2   # around stage 1's best
+    python scripts/sweep.py --config=configs/sweep_books.py:stage3 --workdir=runs/sweep_books3   # width x depth
+    python scripts/sweep.py --config=configs/sweep_books.py:stage4 --workdir=runs/sweep_books4   # more dropout
+    python scripts/sweep.py --config=configs/sweep_books.py:cells --workdir=runs/sweep_books_cells
     python scripts/sweep.py --summarize=runs/sweep_books
 
 Every trial is ``configs/books.py:d2l_split`` (AdamW, warm-up + cosine, early stopping) with the
@@ -20,7 +23,7 @@ def get_config(arg: str | None = None):
     spec = importlib.util.spec_from_file_location("books_config", Path(__file__).with_name("books.py"))
     books = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(books)
-    return variant(books.get_config("d2l_split"), arg, stage2=_stage2)
+    return variant(books.get_config("d2l_split"), arg, stage2=_stage2, stage3=_stage3, cells=_stage3, stage4=_stage3)
 
 
 def _stage2(c):
@@ -29,7 +32,20 @@ def _stage2(c):
     return c
 
 
+def _stage3(c):
+    """Stage 2's best (output dropout 0.5, weight decay 0.01, lr 1e-2): stage 3 varies width and depth, "cells" the cell."""
+    c = _stage2(c)
+    c.model.output_dropout, c.train.weight_decay, c.train.learning_rate = 0.5, 0.01, 1e-2
+    return c
+
+
 def get_sweep(arg: str | None = None):
     if arg == "stage2":
         return {"model.output_dropout": [0.3, 0.5], "train.weight_decay": [0.01, 0.1], "train.learning_rate": [5e-3, 1e-2]}
+    if arg == "stage3":
+        return {"model.hidden_size": [256, 512], "model.num_layers": [2, 3]}
+    if arg == "stage4":  # more dropout, at stage 3's best (hidden 256, 2 layers)
+        return {"model.dropout": [0.5, 0.65], "model.output_dropout": [0.5, 0.65]}
+    if arg == "cells":
+        return {"model.cell": ["gru", "mingru", "minlstm"]}
     return {"model.dropout": [0.3, 0.5], "train.learning_rate": [2e-3, 5e-3], "data.batch_size": [16, 32]}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -240,7 +241,7 @@ class _Trainer:
         dc = self.cfg.data
         sums = {name: eval_sums(self.model, params, ids, dc.batch_size, dc.num_steps, self.plain_eval_step, self.dp)
                 for name, ids in parts}
-        total = EvalMetrics(sum(m.nll for m in sums.values()), sum(m.tokens for m in sums.values()))
+        total = functools.reduce(EvalMetrics.__add__, sums.values())
         return {"all": total.perplexity()} | ({k: m.perplexity() for k, m in sums.items()} if len(sums) > 1 else {})
 
     def abort_nonfinite(self, state, carry, epoch: int):

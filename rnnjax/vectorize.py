@@ -132,7 +132,7 @@ def _train(cfgs, dirs, boards, corpus, model, n, state, step, evaluate, rngs) ->
                 else:
                     ecarry, emetrics = evaluate(state.params, ecarry, emetrics, x_bt, y_bt)
             parts.append(emetrics)
-        emetrics = EvalMetrics(sum(m.nll for m in parts), sum(m.tokens for m in parts))
+        emetrics = functools.reduce(EvalMetrics.__add__, parts)
         for j, d in enumerate(dirs):
             val_ppl = EvalMetrics(emetrics.nll[j], emetrics.tokens[j]).perplexity()
             by_source = {name: EvalMetrics(m.nll[j], m.tokens[j]).perplexity()
