@@ -294,20 +294,10 @@ LARGE = Workload("lstm", 2, hidden=1024, batch=256, seq=256)
 
 
 def benchmark_large(repeats: int, steps: int, peak_gflops: float, w: Workload = LARGE) -> dict[str, Any]:
-    """The shapes where accelerators shine (2-layer LSTM, h 1024, b 256, t 256): every implementation
-    (cudnn where CUDA is), and torch, interleaved. Meant for a GPU: on 2 CPU cores a step takes a minute."""
-    variants = {impl: _jax_variant(w, impl, steps) for impl in ("rnnjax", "rnnjax-autodiff", "flax")}
-    if cudnn.available():
-        variants["cudnn"] = _jax_variant(w, "cudnn", steps)
-    if (tv := _torch_variant(w, steps)) is not None:
-        variants["torch"] = tv
-    res = _interleave(variants, repeats, steps, w.tokens_per_step)
-    for r in res.values():
-        r["mfu"] = w.train_flops_per_token() * r["tokens_per_sec"] / (peak_gflops * 1e9)
-        if "torch" in res:
-            r["vs_torch"] = res["torch"]["ms_per_step"] / r["ms_per_step"]
-    return {"workload": dataclasses.asdict(w), "label": w.label, "flops_per_token": w.train_flops_per_token(),
-            "results": res}
+    """The shapes where accelerators shine (2-layer LSTM, h 1024, b 256, t 256): a row of
+    :func:`benchmark_rows` (every implementation, cudnn where CUDA is, and torch). Meant for a GPU:
+    on 2 CPU cores a step takes a minute."""
+    return benchmark_rows(repeats, steps, peak_gflops, [w])[0]
 
 
 PIPELINE_CHUNK_COUNTS = (1, 5, 7, 35)

@@ -154,6 +154,12 @@ def load(workdir: str | os.PathLike, step: int | str = "best", impl: str | None 
             if cfg.model.impl not in SAME_PARAMS_IMPLS:
                 raise ValueError(f"{workdir} was trained with model.impl = {cfg.model.impl!r}, whose params only "
                                  f"that implementation reads; load it without impl=")
+            if impl == "cudnn" and cfg.model.cell != "lstm":
+                raise ValueError(f"impl='cudnn' is cuDNN's LSTM and {workdir} is a {cfg.model.cell} run; "
+                                 "load it without impl= (or impl='rnnjax')")
+            if impl == "cudnn" and not cudnn.available():
+                raise ValueError(f"impl='cudnn' needs a CUDA GPU (JAX's backend here is {jax.default_backend()}); "
+                                 "load it with impl='rnnjax' (the same params)")
             cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, impl=impl))
         if cfg.model.impl == "cudnn" and not cudnn.available():
             raise CheckpointError(f"{workdir} was trained with model.impl = 'cudnn', which needs a CUDA GPU; load it "

@@ -31,6 +31,7 @@ from typing import Any
 import ml_collections
 import tqdm
 
+from rnnjax import cudnn
 from rnnjax.config import ConfigError, resolve
 from rnnjax.console import Preempted
 from rnnjax.host import retain_freed_memory
@@ -238,6 +239,8 @@ def run_sweep(
         cfgs[k] = resolve(cfg)
         if vectorize:
             check_vectorizable(cfgs[k])
+        if cfgs[k].model.impl == "cudnn":
+            cudnn.check_available()  # one line, before any trial directory exists
         trial_dir(root, t)
     root.mkdir(parents=True, exist_ok=True)
     retain_freed_memory()  # one-by-one trials get it from train_and_evaluate, vmapped groups from here

@@ -3,9 +3,10 @@
 #
 #     bash scripts/gpu_check.sh OUTDIR [--quick]
 #
+# 0. Stops in one line, before writing anything, where nvidia-smi finds no GPU.
 # 1. Python: uses a JAX that already sees a CUDA GPU (and its torch, if it has CUDA); otherwise
-#    installs jax[cuda12] and torch into a fresh venv (OUTDIR/../gpu-venv), which needs the package
-#    registry. Packages rnnjax needs that are missing are installed from ./.whl/*.whl when that folder
+#    installs jax[cuda12] and a CUDA 12 torch into a fresh venv (OUTDIR/venv), which needs the
+#    package registry (and download.pytorch.org for torch; without it the torch columns are skipped). Packages rnnjax needs that are missing are installed from ./.whl/*.whl when that folder
 #    exists (wheels downloaded beforehand on a machine with a registry), else from the registry.
 # 2. nvidia-smi and the versions        -> OUTDIR/machine.txt
 # 3. the cuDNN tests on the GPU         -> OUTDIR/tests.log (tests/test_cudnn.py, RNNJAX_TEST_PLATFORMS=cuda)
@@ -18,6 +19,10 @@
 set -uo pipefail
 OUT=${1:?usage: bash scripts/gpu_check.sh OUTDIR [--quick]}
 QUICK=${2:-}
+if ! nvidia-smi -L >/dev/null 2>&1; then
+  echo "error: no NVIDIA GPU here (nvidia-smi finds none); run scripts/gpu_check.sh on a machine with one"
+  exit 2
+fi
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 cd "$(dirname "$0")/.."
@@ -25,9 +30,11 @@ export PYTHONUNBUFFERED=1
 
 PY=python3
 if ! $PY -c "import jax, sys; sys.exit(jax.default_backend() != 'gpu')" 2>/dev/null; then
-  echo "# no JAX with a CUDA GPU here: installing jax[cuda12] and torch into $OUT/../gpu-venv"
-  $PY -m venv "$OUT/../gpu-venv" && PY="$OUT/../gpu-venv/bin/python"
-  $PY -m pip install -q "jax[cuda12]" torch || { echo "error: cannot install jax[cuda12] (no registry?)"; exit 2; }
+  echo "# no JAX with a CUDA GPU here: installing jax[cuda12] (and a CUDA 12 torch) into $OUT/venv"
+  $PY -m venv "$OUT/venv" && PY="$OUT/venv/bin/python"
+  $PY -m pip install -q "jax[cuda12]" || { echo "error: cannot install jax[cuda12] (no registry?)"; exit 2; }
+  $PY -m pip install -q torch --index-url https://download.pytorch.org/whl/cu126 \
+    || echo "# no CUDA torch: the benchmark's torch columns are skipped"
 fi
 # rnnjax's own dependencies that the image may lack, without touching its jax/torch
 missing=$($PY - <<'EOF'

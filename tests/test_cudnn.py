@@ -12,6 +12,7 @@ gradients equal rnnjax's at "highest" matmul precision (no TF32), and a 3-epoch 
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -128,6 +129,24 @@ def test_cudnn_on_a_machine_without_cuda_is_one_line_before_anything_is_written(
     assert not (tmp_path / "run").exists()
 
 
+def test_a_cudnn_sweep_without_cuda_is_one_line_before_anything_is_written(tmp_path):
+    from rnnjax.sweep import run_sweep
+
+    with pytest.raises(ConfigError, match=r"^config.model.impl = 'cudnn' needs an NVIDIA GPU with CUDA"):
+        run_sweep(small_config(2, **{"model.impl": "cudnn"}), {"seed": [0, 1]}, tmp_path / "sweep")
+    assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="a GPU machine: the script would run its checks")
+def test_gpu_check_script_stops_in_one_line_on_a_machine_without_a_gpu(tmp_path):
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "out"], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2
+    assert (proc.stdout + proc.stderr).strip().splitlines() == [
+        "error: no NVIDIA GPU here (nvidia-smi finds none); run scripts/gpu_check.sh on a machine with one"]
+    assert not (tmp_path / "out").exists()
+
+
 def test_cudnn_refusals_name_the_fix():
     with pytest.raises(ConfigError, match=r"^config.model.impl = 'cudnn' is cuDNN's LSTM and has no gru cell; use model.cell"):
         resolve(small_config(**{"model.cell": "gru", "model.impl": "cudnn"}))
@@ -152,10 +171,19 @@ def test_impl_may_change_on_resume_within_one_params_layout(tmp_path):
     with pytest.raises(CheckpointError, match=r"a different config.model.impl \('rnnjax' there, 'flax' here\)"):
         train_and_evaluate(small_config(4, **{"model.impl": "flax"}), a)
 
-    with pytest.raises(CheckpointError, match=r"needs a CUDA GPU; load it with impl='rnnjax'"):
-        rnnjax.load(a, impl="cudnn")
     with pytest.raises(ValueError, match=r"impl = 'flax' is not allowed: one of 'rnnjax', 'autodiff', 'cudnn'"):
         rnnjax.load(a, impl="flax")
+    with pytest.raises(ValueError, match=r"^impl='cudnn' needs a CUDA GPU \(JAX's backend here is cpu\); load it with impl="):
+        rnnjax.load(a, step="latest", impl="cudnn")  # the user's choice, not the run's, is named
+    gru = tmp_path / "gru"
+    train_and_evaluate(small_config(1, **{"model.cell": "gru"}), gru)
+    with pytest.raises(ValueError, match=r"^impl='cudnn' is cuDNN's LSTM and .*gru is a gru run; load it without impl="):
+        rnnjax.load(gru, impl="cudnn")
+    config = json.loads((a / "config.json").read_text())
+    config["model"]["impl"] = "cudnn"  # as a run last resumed with impl=cudnn on a GPU leaves it
+    (a / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"was trained with model.impl = 'cudnn', which needs a CUDA GPU; load it with"):
+        rnnjax.load(a)
     run = rnnjax.load(a, step="latest", impl="rnnjax")
     assert run.model.impl == "rnnjax" and _max_diff(run.params, resumed["params"]) == 0.0
 
