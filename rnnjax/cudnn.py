@@ -50,7 +50,10 @@ class CudnnUnavailable(ConfigError):
 def available() -> bool:
     """Whether JAX's default backend is a CUDA GPU (where cuDNN's LSTM lowers)."""
     try:
-        return jax.default_backend() == "gpu" and "cuda" in jax.devices()[0].client.platform_version.lower()
+        if jax.default_backend() != "gpu":
+            return False
+        # "gpu" is CUDA or ROCm; only ROCm names itself in the client's version string
+        return "rocm" not in str(getattr(jax.devices()[0].client, "platform_version", "")).lower()
     except Exception:  # noqa: BLE001 -- no backend at all: not available
         return False
 
@@ -110,8 +113,7 @@ def _sharded(kernel: Kernel, hidden_size: int, devices: int, batch: int):
     mesh = Mesh(np.asarray(jax.devices()[:devices]), ("data",))
     rows = P("data")
     return jax.shard_map(
-        lambda x, carry, w: layer(x, carry, w),
-        mesh=mesh, in_specs=(rows, (rows, rows), P()), out_specs=(rows, (rows, rows)), check_vma=False,
+        layer, mesh=mesh, in_specs=(rows, (rows, rows), P()), out_specs=(rows, (rows, rows)), check_vma=False,
     )
 
 
