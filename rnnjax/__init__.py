@@ -1,20 +1,79 @@
-"""rnnjax: deep (stacked) RNN, GRU and LSTM language models in JAX."""
+"""rnnjax: deep (stacked) RNN, GRU and LSTM language models in JAX.
 
-from rnnjax import interop
-from rnnjax.cells import CELLS, Cell, gru, lstm, rnn
-from rnnjax.config import Config, ConfigError, default_config, resolve
-from rnnjax.data import Corpus, load_corpus
-from rnnjax.flax_model import from_flax, to_flax
-from rnnjax.generate import generate
-from rnnjax.inside import Inside, Timescales, inspect, timescales
-from rnnjax.model import DeepRNN, Impl, num_params
-from rnnjax.run import Run, load
-from rnnjax.steps import perplexity
-from rnnjax.train import build_model, train_and_evaluate
-from rnnjax.vocab import Vocab
+The names below load on first use (PEP 562), so that ``import rnnjax.config`` or the scripts'
+flag parsing does not wait for JAX, Flax, Orbax and TensorBoard to import: a mistyped flag is
+answered in a second. ``import rnnjax; rnnjax.load(...)`` and ``from rnnjax import load`` work
+as usual.
+"""
 
-__all__ = [
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+# public name -> the module that defines it
+_WHERE = {
+    "CELLS": "cells", "Cell": "cells", "gru": "cells", "lstm": "cells", "rnn": "cells",
+    "Config": "config", "ConfigError": "config", "default_config": "config", "resolve": "config",
+    "Corpus": "data", "load_corpus": "data",
+    "from_flax": "flax_model", "to_flax": "flax_model",
+    "generate": "generate",
+    "Inside": "inside", "Timescales": "inside", "inspect": "inside", "timescales": "inside",
+    "DeepRNN": "model", "Impl": "model", "num_params": "model",
+    "Run": "run", "load": "run",
+    "perplexity": "steps",
+    "build_model": "train", "train_and_evaluate": "train",
+    "Vocab": "vocab",
+}
+_MODULES = ("interop",)
+
+__all__ = [  # = _WHERE and _MODULES (tests/test_first_contact.py checks)
     "CELLS", "Cell", "Config", "ConfigError", "Corpus", "DeepRNN", "Impl", "Inside", "Timescales", "Vocab",
     "build_model", "default_config", "interop", "from_flax", "generate", "gru", "inspect", "load_corpus", "lstm",
     "Run", "load", "num_params", "perplexity", "resolve", "rnn", "timescales", "to_flax", "train_and_evaluate",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        return importlib.import_module(f"rnnjax.{name}")
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f"rnnjax.{_WHERE[name]}"), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'rnnjax' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """``rnnjax.generate`` is the function, as ``from rnnjax import generate`` gives, even after
+    ``import rnnjax.generate`` (which sets the package's attribute to the module); the module is
+    ``importlib.import_module("rnnjax.generate")``."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "generate" and isinstance(value, types.ModuleType):
+            value = value.generate
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see
+    from rnnjax import interop
+    from rnnjax.cells import CELLS, Cell, gru, lstm, rnn
+    from rnnjax.config import Config, ConfigError, default_config, resolve
+    from rnnjax.data import Corpus, load_corpus
+    from rnnjax.flax_model import from_flax, to_flax
+    from rnnjax.generate import generate
+    from rnnjax.inside import Inside, Timescales, inspect, timescales
+    from rnnjax.model import DeepRNN, Impl, num_params
+    from rnnjax.run import Run, load
+    from rnnjax.steps import perplexity
+    from rnnjax.train import build_model, train_and_evaluate
+    from rnnjax.vocab import Vocab

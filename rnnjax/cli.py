@@ -21,9 +21,13 @@ from typing import Any, NoReturn
 from absl import app, flags
 from ml_collections import config_flags
 
-from rnnjax.config import default_config
+from rnnjax.config import allowed, default_config
 from rnnjax.workdir import resolve as user_path
 from rnnjax.workdir import shown
+
+
+class _ListValueError(ValueError):
+    """A list flag's own message, already saying what to write."""
 
 
 class _ListParser(flags.ArgumentParser):
@@ -34,12 +38,12 @@ class _ListParser(flags.ArgumentParser):
             return list(argument)
         text = str(argument).strip()
         if not text:  # an unset shell variable, most likely: [] must be explicit
-            raise ValueError("the value is empty; give a,b or write [] for an empty list")
+            raise _ListValueError("the value is empty; give a,b or write [] for an empty list")
         if text[:1] in ("[", "("):
             try:
                 value = ast.literal_eval(text)
             except (ValueError, SyntaxError):
-                raise ValueError(f"{text!r} is not a Python list; write a,b,c or \"['a', 'b']\"") from None
+                raise _ListValueError(f"{text!r} is not a Python list; write a,b,c or \"['a', 'b']\"") from None
             return list(value) if isinstance(value, (list, tuple)) else [value]
         return [part.strip() for part in text.split(",") if part.strip()]
 
@@ -111,7 +115,13 @@ def _explain(e: Exception) -> str:
         text = str(e).splitlines()[0]
         cause = e.__cause__ or e.__context__
         if cause is not None and str(cause):
-            text = text.split(": ", 1)[0] + ": " + str(cause).splitlines()[0]
+            args = cause.args  # absl's bool parser raises ValueError(message, value)
+            said = f"{args[0]}: {args[1]!r}" if len(args) == 2 and isinstance(args[0], str) else str(cause)
+            text = text.split(": ", 1)[0] + ": " + said.splitlines()[0]
+        field = text.removeprefix("flag --config.").partition("=")[0]
+        rule = allowed(field) if text.startswith("flag --config.") and isinstance(cause, ValueError) else None
+        if rule and not isinstance(cause, _ListValueError):  # a wrong type: say what the field takes
+            text += f"; config.{field} takes {rule}"
         return text
     inner = chain[-1]
     first = (str(inner).strip().splitlines() or [""])[0]

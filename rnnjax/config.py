@@ -312,6 +312,34 @@ def resolve(cfg: ml_collections.ConfigDict | dict[str, Any]) -> Config:
     return c
 
 
+class _Unset:
+    """A value no check accepts: :func:`allowed` sets a field to it to read that field's rule."""
+
+    def __repr__(self) -> str:
+        return "?"
+
+
+def allowed(field: str) -> str | None:
+    """What ``field`` (dotted, e.g. ``"model.dropout"``) accepts, in the words of its validation
+    message (``"a number in [0, 1)"``); None for a field without a rule of its own."""
+    d = default_config().to_dict()
+    *groups, leaf = field.split(".")
+    node = d
+    for g in groups:
+        node = node.get(g) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or leaf not in node:
+        return None
+    node[leaf] = _Unset()
+    try:
+        resolve(d)
+    except ConfigError as e:
+        head, sep, rule = str(e).partition(" is not allowed: ")
+        return rule if sep and head == f"config.{field} = ?" else None
+    except Exception:  # noqa: BLE001 - a check that cannot take the stand-in: no rule to quote
+        return None
+    return None
+
+
 def _validate(c: Config) -> None:
     _check(_is_int(c.seed) and 0 <= c.seed < 2**32, "seed", c.seed, "an integer in [0, 2**32)")
     dt, m, t = c.data, c.model, c.train

@@ -48,9 +48,9 @@ from rnnjax.steps import (
     nonfinite_part,
 )
 from rnnjax.tensorboard_log import TensorBoardLog
+from rnnjax.workdir import RESUME_MODES
 
 Array = jax.Array
-RESUME_MODES = ("auto", "must", "never", "restart")
 
 
 def build_model(cfg: Config, vocab_size: int) -> DeepRNN:

@@ -22,6 +22,9 @@ from rnnjax.config import Config, ConfigError, first_difference
 from rnnjax.config import resolve as resolve_config
 from rnnjax.vocab import Vocab
 
+# train_and_evaluate's ``resume``: how a run treats a workdir that already holds checkpoints.
+RESUME_MODES = ("auto", "must", "never", "restart")
+
 
 class WorkdirError(RuntimeError):
     """A run directory cannot be used as asked; the message says why and what to do."""

@@ -16,9 +16,7 @@ import sys
 
 from absl import flags
 
-from rnnjax import cli
-from rnnjax.checkpoint import CheckpointError
-from rnnjax.run import load
+from rnnjax import cli  # light modules only up to main(): flag mistakes are answered before JAX imports
 from rnnjax.workdir import WorkdirError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by scripts/train.py.", required=True)
@@ -46,6 +44,9 @@ def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected argument {argv[1]!r}; give the file as --text=FILE")
     text = read_text(_TEXT.value)
+    from rnnjax.checkpoint import CheckpointError
+    from rnnjax.run import load
+
     try:
         run = load(cli.user_path(_WORKDIR.value), cli.checkpoint_step(_STEP.value), _IMPL.value)
         ev = run.evaluate(text, _BATCH.value)

@@ -13,10 +13,7 @@ import sys
 
 from absl import flags
 
-from rnnjax import cli
-from rnnjax.checkpoint import CheckpointError
-from rnnjax.generate import check_args
-from rnnjax.run import load
+from rnnjax import cli  # light modules only up to main(): flag mistakes are answered before JAX imports
 from rnnjax.workdir import WorkdirError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by scripts/train.py.", required=True)
@@ -36,6 +33,10 @@ _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed (same seed, same text).",
 def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected argument {argv[1]!r}; give the prompt as --prefix=...")
+    from rnnjax.checkpoint import CheckpointError
+    from rnnjax.generate import check_args
+    from rnnjax.run import load
+
     args = (_PREFIX.value, _NUM_CHARS.value, _TEMPERATURE.value, _TOP_K.value, _SEED.value)
     try:
         check_args(*args)  # NaN/inf temperature, an empty prefix: refused before the (slow) restore

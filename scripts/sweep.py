@@ -15,11 +15,8 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from rnnjax import cli
+from rnnjax import cli  # light modules only up to main(): flag mistakes are answered before JAX imports
 from rnnjax.config import ConfigError, resolve
-from rnnjax.parallel import set_cpu_devices_for
-from rnnjax.sweep import SweepInterrupted, run_sweep
-from rnnjax.sweep_summary import summarize
 from rnnjax.workdir import WorkdirError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file with get_config() and get_sweep().")
@@ -61,6 +58,10 @@ def _grid(config_path: str) -> dict:
 
 def main(argv):
     del argv
+    if not _SUMMARIZE.value and not (_CONFIG.value and _WORKDIR.value):
+        sys.exit("error: give --config and --workdir (or --summarize=DIR)")
+    from rnnjax.sweep_summary import summarize
+
     if _SUMMARIZE.value:
         root = cli.user_path(_SUMMARIZE.value)
         try:
@@ -69,12 +70,16 @@ def main(argv):
             sys.exit(f"error: {e}")
         print((root / "results.md").read_text())
         return 0
-    if not (_CONFIG.value and _WORKDIR.value):
-        sys.exit("error: give --config and --workdir (or --summarize=DIR)")
     workdir = cli.user_path(_WORKDIR.value)
     try:
-        base = resolve(_CONFIG.value)  # before any JAX call: the CPU device count is fixed when the backend starts
-        set_cpu_devices_for(base)
+        base = resolve(_CONFIG.value)
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
+    from rnnjax.parallel import set_cpu_devices_for
+    from rnnjax.sweep import SweepInterrupted, run_sweep
+
+    try:
+        set_cpu_devices_for(base)  # before any JAX call: the CPU device count is fixed when the backend starts
         grid = _grid(flags.FLAGS["config"].config_filename)
         rows = run_sweep(_CONFIG.value, grid, workdir, _SHARD.value, _VECTORIZE.value)
     except SweepInterrupted as e:  # SIGTERM/SIGINT: summarize what finished, say how to resume

@@ -10,14 +10,9 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from rnnjax import cli
-from rnnjax.checkpoint import CheckpointError
-from rnnjax.integrity import disk_full
+from rnnjax import cli  # light modules only up to main(): flag mistakes are answered before JAX imports
 from rnnjax.config import ConfigError, resolve
-from rnnjax.parallel import initialize_distributed, set_cpu_devices_for
-from rnnjax.console import Preempted
-from rnnjax.train import RESUME_MODES, train_and_evaluate
-from rnnjax.workdir import WorkdirError
+from rnnjax.workdir import RESUME_MODES, WorkdirError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file (file.py:variant).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config name>[-<variant>]).")
@@ -40,16 +35,25 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected argument {argv[1]!r}; flags look like --config=configs/deep_lstm.py")
-    try:  # before any JAX call: the CPU device count is fixed when the backend starts
+    try:
         cfg = resolve(_CONFIG.value)
+    except ConfigError as e:
+        cli.fail(str(e))
+    if _WORKDIR.value is not None and not _WORKDIR.value.strip():
+        cli.fail("--workdir is empty; give a directory, or leave the flag out for runs/<config name>")
+    workdir = cli.user_path(_WORKDIR.value) if _WORKDIR.value else cli.default_workdir()
+    from rnnjax.checkpoint import CheckpointError
+    from rnnjax.console import Preempted
+    from rnnjax.integrity import disk_full
+    from rnnjax.parallel import initialize_distributed, set_cpu_devices_for
+    from rnnjax.train import train_and_evaluate
+
+    try:  # before any JAX call: the CPU device count is fixed when the backend starts
         set_cpu_devices_for(cfg)
     except ConfigError as e:
         cli.fail(str(e))
     if _DISTRIBUTED.value or _COORDINATOR.value:
         initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    if _WORKDIR.value is not None and not _WORKDIR.value.strip():
-        cli.fail("--workdir is empty; give a directory, or leave the flag out for runs/<config name>")
-    workdir = cli.user_path(_WORKDIR.value) if _WORKDIR.value else cli.default_workdir()
     try:
         summary = train_and_evaluate(cfg, workdir, resume=_RESUME.value)
     except (ConfigError, CheckpointError, WorkdirError, FloatingPointError) as e:

@@ -1,12 +1,23 @@
 """Tests run on the CPU (``RNNJAX_TEST_PLATFORMS=cuda`` for the GPU checks of scripts/gpu_check.sh),
-with float32 matmuls at full precision.
+with float32 matmuls at full precision and one XLA compilation cache for the session.
 
 Below, what several test files share (imported as ``from conftest import small_config``: pytest
 puts tests/ on sys.path): the small config they train, and how they compare runs."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["JAX_PLATFORMS"] = os.environ.get("RNNJAX_TEST_PLATFORMS", "cpu")
+# One XLA compilation cache for the session, shared by the CLI subprocesses the tests start (they
+# inherit the environment): the same small programs are compiled once, not once per test. Results
+# are the same with or without it; a JAX_COMPILATION_CACHE_DIR of your own is used as given.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="rnnjax-tests-xla-")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
 

@@ -101,3 +101,20 @@ def test_cli_prints_one_line_and_creates_nothing(tmp_path):
         "error: config.model.num_layers = 0 is not allowed: an integer >= 1"
     )
     assert not workdir.exists()
+
+
+def test_allowed_quotes_each_fields_rule_for_the_command_line():
+    """A wrong-typed flag (``--config.model.dropout=abc``) is answered with the field's rule: every
+    scalar field of the default config has one, worded as its validation message."""
+    from rnnjax.config import allowed
+
+    assert allowed("model.dropout") == "a number in [0, 1)"
+    assert allowed("train.progress") == "True or False"
+    assert allowed("seed") == "an integer in [0, 2**32)"
+    assert allowed("model.nope") is None and allowed("nope.x") is None
+    cfg = default_config()
+    scalars = [f"{g}.{k}" for g, sub in cfg.items() if hasattr(sub, "items")
+               for k, v in sub.items() if isinstance(v, (bool, int, float))]
+    assert len(scalars) > 20
+    missing = [f for f in scalars if not allowed(f)]
+    assert not missing, missing

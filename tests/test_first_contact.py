@@ -84,6 +84,10 @@ def test_console_is_short_and_quiet(in_tmp):
                                         "--config.model.hidden_size?"),
     (["--config.modle.cell=gru"], "did you mean --config.model.cell?"),
     (["--config.model.num_layers=abc"], "error: flag --config.model.num_layers=abc: invalid literal for int()"),
+    (["--config.model.output_dropout=abc"], "could not convert string to float: 'abc'; config.model.output_dropout takes "
+                                            "a number in [0, 1)"),
+    (["--config.train.early_stopping_patience=1.5"], "; config.train.early_stopping_patience takes an integer >= 0"),
+    (["--config.train.progress=maybe"], "boolean flag: 'maybe'; config.train.progress takes True or False"),
     (["--config.seed=-1"], "error: config.seed = -1 is not allowed"),
     (["--config.seed=4294967296"], "error: config.seed = 4294967296 is not allowed"),
     (["--config.data.paths=missing.txt"], "error: config.data.paths: cannot read 'missing.txt'"),
@@ -102,6 +106,40 @@ def test_cli_mistakes_are_one_line_and_create_nothing(in_tmp, args, message):
     assert proc.stderr.strip().count("\n") == 0, proc.stderr  # one line, no traceback
     assert message in proc.stderr
     assert not (in_tmp / "runs").exists()
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("train.py", ["--config=configs/deep_lstm.py:smoke", "--config.model.num_layers=two"], "takes an integer >= 1"),
+    ("train.py", ["--config=configs/deep_lstm.py:smoke", "--config.model.cell=lstn"], "config.model.cell = 'lstn'"),
+    ("train.py", ["--config=configs/deep_lstm.py:smoke", "--workdir="], "error: --workdir is empty"),
+    ("sweep.py", ["--config=configs/sweep_depth_cell.py"], "error: give --config and --workdir"),
+    ("generate.py", ["--workdir=run", "--num_chars=0"], "error: flag --num_chars=0"),
+    ("evaluate.py", ["--workdir=run", "--text=nope.txt"], "error: --text=nope.txt: does not exist"),
+])
+def test_command_line_mistakes_are_answered_before_jax_imports(in_tmp, script, args, message):
+    """A mistyped flag is answered in well under a second: the scripts import only light modules
+    (rnnjax.cli, rnnjax.config, rnnjax.workdir) before they have checked their flags. Here an
+    importable ``jax`` that fails on import proves none of these paths imports it."""
+    (in_tmp / "fake" / "jax").mkdir(parents=True)
+    (in_tmp / "fake" / "jax" / "__init__.py").write_text("raise ImportError('jax was imported')\n")
+    env = dict(ENV, PYTHONPATH=os.pathsep.join([str(in_tmp / "fake"), str(ROOT)]))
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args], cwd=in_tmp, capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert proc.returncode != 0 and proc.stderr.strip().count("\n") == 0, proc.stderr[-2000:]
+    assert message in proc.stderr and "jax was imported" not in proc.stderr
+    assert not (in_tmp / "runs").exists()
+
+
+def test_the_package_imports_lazily_and_exports_what_it_did():
+    """``import rnnjax`` alone does not import JAX; every name in ``rnnjax.__all__`` resolves, and
+    ``rnnjax.generate`` stays the function after ``import rnnjax.generate`` (the module's name)."""
+    code = ("import sys, importlib, rnnjax, rnnjax.cli, rnnjax.config; assert 'jax' not in sys.modules; "
+            "import rnnjax.generate; assert callable(rnnjax.generate), rnnjax.generate; "
+            "assert importlib.import_module('rnnjax.generate').sample; "
+            "assert all(getattr(rnnjax, n) is not None for n in rnnjax.__all__); "
+            "assert set(rnnjax.__all__) == set(rnnjax._WHERE) | set(rnnjax._MODULES); print('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
+    assert proc.stdout.strip() == "ok", proc.stderr[-2000:]
 
 
 @pytest.mark.parametrize("config, message", [

@@ -113,7 +113,9 @@ def test_sweep_survives_sigkill_and_rerun(tmp_path):
     import signal
     import time
 
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    # without the session's compilation cache: JAX writes its entries in place, and a kill mid-write
+    # would leave one that later tests' processes warn about
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"} | {"JAX_PLATFORMS": "cpu"}
     cmd = [sys.executable, str(ROOT / "scripts" / "sweep.py"), f"--config={ROOT / 'configs' / 'sweep_depth_cell.py'}:smoke",
            f"--workdir={tmp_path}", "--config.train.num_epochs=3"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
