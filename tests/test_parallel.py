@@ -57,6 +57,7 @@ def four_device_runs(tmp_path_factory):
     return tmp, json.loads(line[len("RESULT "):])
 
 
+@pytest.mark.xdist_group("four_device_runs")  # one worker trains them, once
 def test_four_devices_train_like_one(four_device_runs):
     tmp, out = four_device_runs
     assert out["devices"] == 4 and out["params_replicated"]
@@ -71,6 +72,7 @@ def test_four_devices_train_like_one(four_device_runs):
     )
 
 
+@pytest.mark.xdist_group("four_device_runs")
 def test_checkpoint_saved_on_four_devices_restores_and_resumes_on_one(four_device_runs, tmp_path):
     tmp, _ = four_device_runs
     assert len(jax.devices()) == 1

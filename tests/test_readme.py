@@ -65,14 +65,26 @@ def run(repo, argv, *more):
     return proc
 
 
-def test_quick_start_trains_and_rerunning_resumes(repo):
+# The tests that use the quick-start run share one test worker (pytest-xdist's loadgroup): it is trained once.
+QUICK_START = pytest.mark.xdist_group("readme_quick_start")
+
+
+@pytest.fixture(scope="module")
+def quick_start(repo):
+    """The README's first command in the copy, shortened to 2 epochs, then rerun to 3: (first, again) outputs."""
     train = readme_command("pip install -e . && python scripts/train.py --config=configs/deep_lstm.py")
     first = run(repo, train, "--config.train.num_epochs=2", "--config.checkpoint.every_epochs=1")
+    again = run(repo, train, "--config.train.num_epochs=3", "--config.checkpoint.every_epochs=1")
+    return first, again
+
+
+@QUICK_START
+def test_quick_start_trains_and_rerunning_resumes(repo, quick_start):
+    first, again = quick_start
     assert "826,396 parameters" in first.stdout and "workdir runs/deep_lstm\ntraining epochs 1-2" in first.stdout
     assert "curves: runs/deep_lstm/curves.png" in first.stdout
     for name in ("config.json", "vocab.json", "metrics.jsonl", "curves.png", "samples.txt", "checkpoints"):
         assert (repo / "runs" / "deep_lstm" / name).exists(), name
-    again = run(repo, train, "--config.train.num_epochs=3", "--config.checkpoint.every_epochs=1")
     assert "resuming from epoch 3, step 16" in again.stdout  # 8 minibatches an epoch
     assert not (repo / "runs" / "deep_lstm" / "damaged").exists()
     assert len((repo / "runs" / "deep_lstm" / "metrics.jsonl").read_text().splitlines()) == 3
@@ -81,9 +93,8 @@ def test_quick_start_trains_and_rerunning_resumes(repo):
     assert "workdir runs/deep_lstm-smoke" in smoke.stdout  # its own default workdir: the full run is untouched
 
 
-def test_generate_commands(repo):
-    if not (repo / "runs" / "deep_lstm").exists():
-        pytest.skip("needs the quick-start run (test_quick_start_trains_and_rerunning_resumes)")
+@QUICK_START
+def test_generate_commands(repo, quick_start):
     greedy = run(repo, readme_command("python scripts/generate.py --workdir=runs/deep_lstm --prefix=\"time traveller\""))
     assert greedy.stdout.startswith("time traveller") and len(greedy.stdout.rstrip("\n")) == len("time traveller") + 100
     assert greedy.stderr.startswith("# step ") and "the best of the run" in greedy.stderr
@@ -92,9 +103,8 @@ def test_generate_commands(repo):
     assert "# step 24 " in sampled.stderr  # --step=latest: epoch 3
 
 
-def test_python_snippet(repo):
-    if not (repo / "runs" / "deep_lstm").exists():
-        pytest.skip("needs the quick-start run")
+@QUICK_START
+def test_python_snippet(repo, quick_start):
     [snippet] = [b for b in blocks("python") if "rnnjax.load(" in b]
     proc = run(repo, [sys.executable, "-c", snippet + "\nprint(repr(run))\nprint(run.generate('time traveller', 10))\n"])
     assert proc.stdout.splitlines()[0].startswith("Run(") and proc.stdout.splitlines()[1].startswith("time traveller")
@@ -135,12 +145,11 @@ def test_sweep_and_summarize(repo):
         assert (repo / "runs" / "sweep_smoke" / name).exists()
 
 
-def test_notebook_finds_the_run_from_notebooks(repo):
-    nbformat = pytest.importorskip("nbformat")
+@QUICK_START
+def test_notebook_finds_the_run_from_notebooks(repo, quick_start):
+    import nbformat
     from nbclient import NotebookClient
 
-    if not (repo / "runs" / "deep_lstm").exists():
-        pytest.skip("needs the quick-start run")
     assert "notebooks/restore_and_generate.ipynb" in README
     nb = nbformat.read(repo / "notebooks" / "restore_and_generate.ipynb", as_version=4)
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(repo / "notebooks")}}).execute()
