@@ -47,7 +47,7 @@ FOUR_DEVICES = textwrap.dedent("""
 """)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def four_device_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dp")
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
@@ -57,8 +57,8 @@ def four_device_runs(tmp_path_factory):
     return tmp, json.loads(line[len("RESULT "):])
 
 
-@pytest.mark.xdist_group("four_device_runs")  # one worker trains them, once
-def test_four_devices_train_like_one(four_device_runs):
+def test_four_devices_train_like_one_and_their_checkpoint_resumes_on_one(four_device_runs, tmp_path):
+    """One test for both, so the four-device runs are trained once whatever the test workers do."""
     tmp, out = four_device_runs
     assert out["devices"] == 4 and out["params_replicated"]
     assert out["batch_shard_shape"] == [3, 2, 10]  # each device holds 2 of the 8 rows
@@ -70,16 +70,11 @@ def test_four_devices_train_like_one(four_device_runs):
     assert out["indivisible"] == (
         "config.data.batch_size = 6 does not divide by the 4 devices; use a multiple of 4 or set config.parallel.num_devices"
     )
-
-
-@pytest.mark.xdist_group("four_device_runs")
-def test_checkpoint_saved_on_four_devices_restores_and_resumes_on_one(four_device_runs, tmp_path):
-    tmp, _ = four_device_runs
+    # the checkpoint saved on four devices restores on one, bit for bit, and resumes there
     assert len(jax.devices()) == 1
     run = rnnjax.load(tmp / "d4", step="latest")
-    p4 = np.load(tmp / "params4.npz")
     for k, leaf in zip(p4.files, jax.tree_util.tree_leaves(run.params)):
-        np.testing.assert_array_equal(np.asarray(leaf), p4[k])  # bit for bit
+        np.testing.assert_array_equal(np.asarray(leaf), p4[k])
     cfg = small_config(4)
     resumed = train_and_evaluate(cfg, tmp / "d4")  # resumes at epoch 4 on 1 device
     direct = train_and_evaluate(cfg, tmp_path / "direct")
