@@ -60,7 +60,8 @@ import importlib.util as u; t = u.find_spec('torch') and __import__('torch'); pr
   > "$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt"
 
-RNNJAX_TEST_PLATFORMS=cuda $PY -m pytest -q -p no:cacheprovider tests/test_cudnn.py 2>&1 | tee "$OUT/tests.log"
+# one process on the one GPU: without pyproject's test workers (pytest-xdist may be missing from the image)
+RNNJAX_TEST_PLATFORMS=cuda $PY -m pytest -q -p no:cacheprovider -p no:xdist -o addopts=-ra tests/test_cudnn.py 2>&1 | tee "$OUT/tests.log"
 status=${PIPESTATUS[0]}
 
 if [ "$QUICK" = "--quick" ]; then bench=(--repeats=3 --steps=5 --e2e_epochs=50); else bench=(); fi
