@@ -118,10 +118,11 @@ def _explain(e: Exception) -> str:
             args = cause.args  # absl's bool parser raises ValueError(message, value)
             said = f"{args[0]}: {args[1]!r}" if len(args) == 2 and isinstance(args[0], str) else str(cause)
             text = text.split(": ", 1)[0] + ": " + said.splitlines()[0]
-        field = text.removeprefix("flag --config.").partition("=")[0]
-        rule = allowed(field) if text.startswith("flag --config.") and isinstance(cause, ValueError) else None
-        if rule and not isinstance(cause, _ListValueError):  # a wrong type: say what the field takes
-            text += f"; config.{field} takes {rule}"
+        if text.startswith("flag --config.") and isinstance(cause, ValueError) and not isinstance(cause, _ListValueError):
+            field = text.removeprefix("flag --config.").partition("=")[0]
+            rule = allowed(field)  # a wrong type: say what the field takes
+            if rule:
+                text += f"; config.{field} takes {rule}"
         return text
     inner = chain[-1]
     first = (str(inner).strip().splitlines() or [""])[0]
