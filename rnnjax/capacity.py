@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import jax
 
+from rnnjax.cells import CELLS
 from rnnjax.config import Config, ConfigError
-
-_GATES = {"rnn": 1, "gru": 3, "lstm": 4, "mingru": 2, "minlstm": 3}
 
 
 def estimate_memory(cfg: Config, vocab_size: int) -> int:
     """Bytes a training step needs, roughly: parameters, gradients and optimizer state, plus the
     activations kept for the backward (float32)."""
     m, d = cfg.model, cfg.data
-    g, h = _GATES[m.cell], m.hidden_size
+    g, h = CELLS[m.cell].num_gates, m.hidden_size
     input_weights = vocab_size * g * h + (m.num_layers - 1) * h * g * h
-    recurrent = 0 if m.cell.startswith("min") else h * g * h + g * h  # minGRU/minLSTM: no w_h, b_h
+    recurrent = 0 if CELLS[m.cell].recurrence is None else h * g * h + g * h  # an upper bound
     params = input_weights + m.num_layers * (recurrent + g * h) + h * vocab_size + vocab_size
     copies = 2 + (2 if cfg.train.optimizer in ("adam", "adamw") else 0)  # params, grads (+ two moments)
     tokens = d.batch_size * d.num_steps

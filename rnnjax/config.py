@@ -14,12 +14,10 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
-CELL_NAMES = ("rnn", "gru", "lstm", "mingru", "minlstm")  # the keys of rnnjax.cells.CELLS
+from rnnjax import cells
+from rnnjax.errors import ConfigError
+
 IMPLS = ("rnnjax", "autodiff", "flax", "cudnn")  # the values of rnnjax.model.Impl (not imported here: no JAX in config)
-
-
-class ConfigError(ValueError):
-    """A config field holds a value that is not allowed; the message names the field and the fix."""
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -371,12 +369,7 @@ def _validate(c: Config) -> None:
     _check(dt.sampler in ("sequential", "random"), "data.sampler", dt.sampler, "'sequential' or 'random'")
     _check(_is_int(dt.max_file_mb) and dt.max_file_mb >= 1, "data.max_file_mb", dt.max_file_mb, "an integer >= 1 (MiB)")
     _check(m.impl in IMPLS, "model.impl", m.impl, "'rnnjax', 'autodiff', 'flax' or 'cudnn'")
-    _check(m.cell in CELL_NAMES, "model.cell", m.cell, "'rnn', 'gru', 'lstm', 'mingru' or 'minlstm'")
-    if m.impl == "flax" and m.cell in ("mingru", "minlstm"):
-        raise ConfigError(f"config.model.impl = 'flax' has no {m.cell} cell (Flax has none); use model.impl = 'rnnjax'")
-    if m.impl == "cudnn" and m.cell != "lstm":
-        raise ConfigError(f"config.model.impl = 'cudnn' is cuDNN's LSTM and has no {m.cell} cell; "
-                          "use model.cell = 'lstm' or model.impl = 'rnnjax'")
+    _check(m.cell in cells.names(), "model.cell", m.cell, "one of " + ", ".join(map(repr, cells.names())))
     _check(_is_int(m.hidden_size) and m.hidden_size >= 1, "model.hidden_size", m.hidden_size, "an integer >= 1")
     _check(_is_int(m.num_layers) and m.num_layers >= 1, "model.num_layers", m.num_layers, "an integer >= 1")
     _check(_strings(m.activation), "model.activation", m.activation, "'tanh' or 'relu', or a list with one per layer")
@@ -419,3 +412,4 @@ def _validate(c: Config) -> None:
     g = c.generate
     _check(_strings(g.prefixes), "generate.prefixes", g.prefixes, "a list of strings")
     _check(_is_int(g.num_chars) and g.num_chars >= 0, "generate.num_chars", g.num_chars, "an integer >= 0")
+    cells.check_supported(m.impl, m.cell)  # last: it imports the cell (and JAX), once every field is valid

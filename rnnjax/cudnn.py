@@ -34,6 +34,7 @@ from jax.experimental import rnn as jrnn
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from rnnjax import stack
 from rnnjax.config import ConfigError
 
 Array = jax.Array
@@ -122,23 +123,18 @@ def apply(spec: Any, params: Params, tokens: Array, carry: Any, dropout_key: Arr
     """The :class:`rnnjax.model.Stack` apply: tokens [b, t] -> (logits [b, t, V], new carry).
 
     ``kernel``: :func:`cudnn_kernel` by default (after :func:`check_available`), or
-    :func:`reference_kernel`. Dropout masks are :func:`rnnjax.model.dropout_keep`'s, as in rnnjax's stack.
+    :func:`reference_kernel`. Layers run through :func:`rnnjax.stack.run` (its dropout masks).
     """
-    from rnnjax.model import dropout_keep, output_dropout  # model imports this module
-
     if kernel is None:
         check_available()
         kernel = cudnn_kernel
     b, t = tokens.shape
-    layer = _sharded(kernel, spec.hidden_size, spec.data_devices, b)
-    x_btd = jax.nn.one_hot(tokens, spec.vocab_size, dtype=jnp.float32)
-    dropout = dropout_key is not None and spec.dropout > 0
-    new_carry = []
-    for l, (p, layer_carry) in enumerate(zip(params["layers"], carry)):
-        x_btd, layer_carry = layer(x_btd, layer_carry, pack(p))
-        new_carry.append(layer_carry)
-        if dropout and l < spec.num_layers - 1:
-            keep_bth = jnp.swapaxes(dropout_keep(spec, dropout_key, l, (t, b, spec.hidden_size)), 0, 1)
-            x_btd = jnp.where(keep_bth, x_btd / (1.0 - spec.dropout), 0.0)
-    x_btd = jnp.swapaxes(output_dropout(spec, dropout_key, jnp.swapaxes(x_btd, 0, 1)), 0, 1)  # masks drawn [t, b, h]
-    return x_btd @ params["w_out"] + params["b_out"], tuple(new_carry)
+    run_layer = _sharded(kernel, spec.hidden_size, spec.data_devices, b)
+
+    def layer(l, p, x, layer_carry):  # cuDNN reads [b, t, d]; layer 1 reads one-hot tokens
+        x_btd = jax.nn.one_hot(x.T, spec.vocab_size, dtype=jnp.float32) if l == 0 else jnp.swapaxes(x, 0, 1)
+        y_bth, layer_carry = run_layer(x_btd, layer_carry, pack(p))
+        return jnp.swapaxes(y_bth, 0, 1), layer_carry, None
+
+    h_tbh, new_carry, _ = stack.run(spec, layer, params["layers"], tokens.T, carry, dropout_key)
+    return stack.logits(params, h_tbh), new_carry

@@ -1,25 +1,11 @@
-"""One recurrent layer over a whole sequence, with a hand-written backward pass.
+"""One recurrent layer over a whole sequence, with a hand-written backward pass (``impl="rnnjax"``).
 
-``scan_layer(cell, activation, w_h, b_h, xw_tbg, carry)`` computes what
-``jax.lax.scan(cell.recur, carry, xw_tbg)`` computes, for the gates' input halves
-``xw = x W_x + b_x``, and returns (outputs h_tbh, final carry); shape suffixes as in
-:mod:`rnnjax.model`. The forward loop runs the cell's own equations
-(``cells.*.pointwise``). Its ``jax.custom_vjp`` backward does what cuDNN does rather than
-what autodiff of ``lax.scan`` does:
-
-* the forward loop saves the gate activations (and each step's incoming c), so the
-  backward loop needs no recomputation but tanh(c_t);
-* the backward loop does pointwise derivatives and one matmul, dGates @ W_h^T, per step;
-* the weight gradients dW_h = sum_t H_{t-1}^T dGates_t and db_h are single large
-  matmuls/sums over all steps after the loop (autodiff would do one small
-  matmul per step inside it); dW_x, db_x and the gradient of the layer below
-  follow by autodiff of the caller's hoisted projection, also as large matmuls.
-
-Layout matters on XLA:CPU: every array a loop reads per step is a whole [b, h]
-slab of a [t, b, h] array (xw is split per gate before the loop), because a per-step
-dynamic slice followed by a column slice inside one fusion compiles to slow code
-(measured 3-5x slower pointwise work). Tests check values and gradients against
-``jax.lax.scan`` over ``cells.*.recur`` with autodiff.
+``scan_layer(cell, activation, params, xw_tbg, carry)`` computes what ``jax.lax.scan`` over
+``Cell.recur`` computes, for the gates' input halves xw = x W_x + b_x, and returns (h_tbh, final
+carry). The forward loop runs the cell's own equations and saves what its ``backward`` step
+needs; the backward loop runs that step and the recurrence's transpose (one dGates @ W_h^T per
+step), and the recurrent weights' gradients are one large matmul over all steps after the loop.
+docs/implementation.md explains why this beats autodiff of ``lax.scan`` on CPU.
 """
 
 from __future__ import annotations
@@ -30,9 +16,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from rnnjax.cells import CELLS, split_gates
+from rnnjax.cells import CELLS, check_supported
+from rnnjax.cells.base import Cell, Params, split_gates
 
 Array = jax.Array
+
+
+def _recurrent_params(params: Params) -> Params:
+    """The layer's params without the input projection (hoisted out of the loop by the caller)."""
+    return {k: v for k, v in params.items() if k not in ("w_x", "b_x")}
 
 
 def _shift(first: Array, seq: Array) -> Array:
@@ -40,14 +32,12 @@ def _shift(first: Array, seq: Array) -> Array:
     return jnp.concatenate([first[None], seq[:-1]], axis=0)
 
 
-def _forward(cell_name, activation, w_h, b_h, xw_tbg, carry, save):
-    """The forward loop: (final carry, h_tbh) or, with ``save``, (final carry, (h_tbh, *saved)),
-    ``saved`` being what ``cells.*.pointwise`` keeps for the backward, each [t, b, h]."""
-    cell = CELLS[cell_name]
-    xw_tbh = split_gates(xw_tbg, cell.num_gates)  # G x [t, b, h]: whole slabs per step
+def _forward(cell: Cell, activation: str, rp: Params, xw_tbg: Array, carry: Any, save: bool):
+    """The forward loop: (final carry, h_tbh) or, with ``save``, (final carry, (h_tbh, *saved))."""
+    xw_tbh = split_gates(xw_tbg, cell.num_gates)  # G x [t, b, h]: whole slabs per step (fast on CPU)
 
     def step(carry, xw_bh):
-        hw_bh = split_gates(cell.hidden(carry) @ w_h + b_h, cell.num_gates)
+        hw_bh = split_gates(cell.recurrence.apply(rp, cell.hidden(carry)), cell.num_gates)
         carry, h_bh, saved = cell.pointwise(xw_bh, hw_bh, carry, activation)
         return carry, ((h_bh, *saved) if save else h_bh)
 
@@ -55,76 +45,50 @@ def _forward(cell_name, activation, w_h, b_h, xw_tbg, carry, save):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def scan_layer(cell: str, activation: str, w_h: Array, b_h: Array, xw_tbg: Array, carry: Any):
-    """One layer over time. xw_tbg: x W_x + b_x (gates fused in PyTorch order);
-    carry: h [b, h] (rnn, gru) or (c, h) (lstm). Returns (h_tbh, final carry)."""
-    carry, h_tbh = _forward(cell, activation, w_h, b_h, xw_tbg, carry, save=False)
+def _scan(name: str, activation: str, rp: Params, xw_tbg: Array, carry: Any):
+    carry, h_tbh = _forward(CELLS[name], activation, rp, xw_tbg, carry, save=False)
     return h_tbh, carry
 
 
-def _scan_layer_fwd(cell, activation, w_h, b_h, xw_tbg, carry):
-    final, saved = _forward(cell, activation, w_h, b_h, xw_tbg, carry, save=True)
-    return (saved[0], final), (w_h, carry, saved)
+def _scan_fwd(name, activation, rp, xw_tbg, carry):
+    final, saved = _forward(CELLS[name], activation, rp, xw_tbg, carry, save=True)
+    return (saved[0], final), (rp, carry, saved)
 
 
-def _scan_layer_bwd(cell, activation, res, cot):
-    w_h, carry0, saved = res
+def _scan_bwd(name, activation, res, cot):
+    cell = CELLS[name]
+    rp, carry0, (h_tbh, *saved) = res
     dh_tbh, dfinal = cot
-    w_ht = w_h.T
-    if cell == "lstm":
-        h_tbh, c_prev, i, f, g, o = saved
-        h_prev_tbh = _shift(carry0[1], h_tbh)
+    h_prev_tbh = _shift(cell.hidden(carry0), h_tbh)
+    recurrent_t = cell.recurrence.transpose(rp)  # dhw [b, G*h] -> dh [b, h]
+    hidden_t = jax.linear_transpose(cell.hidden, carry0)  # dh [b, h] -> a carry-shaped cotangent
 
-        def step(dcarry, inp):
-            dc, dh = dcarry
-            dh_t, cp, i, f, g, o = inp
-            dh = dh + dh_t
-            tc = jnp.tanh(f * cp + i * g)
-            dc = dc + dh * o * (1.0 - tc * tc)
-            di = dc * g * i * (1.0 - i)
-            df = dc * cp * f * (1.0 - f)
-            dg = dc * i * (1.0 - g * g)
-            do = dh * tc * o * (1.0 - o)
-            dgates = jnp.concatenate([di, df, dg, do], axis=-1)
-            return (dc * f, dgates @ w_ht), dgates
+    def add_h(dcarry, dh):
+        return jax.tree_util.tree_map(jnp.add, dcarry, hidden_t(dh)[0])
 
-        (dc0, dh0), dxw_tbg = jax.lax.scan(step, dfinal, (dh_tbh, c_prev, i, f, g, o), reverse=True)
-        dcarry0 = (dc0, dh0)
-        dhw_tbg = dxw_tbg
-    elif cell == "gru":
-        h_tbh, r, z, n, hn = saved
-        h_prev_tbh = _shift(carry0, h_tbh)
+    def step(dcarry, inp):
+        dh_t, h_prev, h, *saved_t = inp
+        direct, dhw, dxw = cell.backward(activation, add_h(dcarry, dh_t), h_prev, h, tuple(saved_t))
+        return add_h(direct, recurrent_t(dhw)), ((dhw,) if dxw is None else (dhw, dxw))
 
-        def step(dh, inp):
-            dh_t, hp, r, z, n, hn = inp
-            dh = dh + dh_t
-            dn = dh * (1.0 - z) * (1.0 - n * n)
-            dz = dh * (hp - n) * z * (1.0 - z)
-            dr = dn * hn * r * (1.0 - r)
-            dhn = dn * r
-            dhw = jnp.concatenate([dr, dz, dhn], axis=-1)
-            return dh * z + dhw @ w_ht, (dhw, dn)
-
-        dh0, (dhw_tbg, dn_tbh) = jax.lax.scan(step, dfinal, (dh_tbh, h_prev_tbh, r, z, n, hn), reverse=True)
-        dcarry0 = dh0
-        dxw_tbg = jnp.concatenate([dhw_tbg[..., : 2 * dn_tbh.shape[-1]], dn_tbh], axis=-1)
-    else:
-        (h_tbh,) = saved
-        h_prev_tbh = _shift(carry0, h_tbh)
-        deriv = (lambda h: 1.0 - h * h) if activation == "tanh" else (lambda h: (h > 0).astype(h.dtype))
-
-        def step(dh, inp):
-            dh_t, h = inp
-            dpre = (dh + dh_t) * deriv(h)
-            return dpre @ w_ht, dpre
-
-        dh0, dpre_tbg = jax.lax.scan(step, dfinal, (dh_tbh, h_tbh), reverse=True)
-        dcarry0 = dh0
-        dxw_tbg = dhw_tbg = dpre_tbg
-    # [t, b, G*h] -> weight gradients as one matmul / one sum over all t*b rows
-    dw_h = jnp.einsum("tbh,tbg->hg", h_prev_tbh, dhw_tbg)
-    db_h = dhw_tbg.sum(axis=(0, 1))
-    return dw_h, db_h, dxw_tbg, dcarry0
+    dcarry0, outs = jax.lax.scan(step, dfinal, (dh_tbh, h_prev_tbh, h_tbh, *saved), reverse=True)
+    dhw_tbg, dxw_tbg = outs[0], outs[-1]  # one array when the cell's dxw is its dhw
+    # the recurrent weights' gradients: one matmul / one sum over all t*b rows
+    _, vjp = jax.vjp(lambda p: cell.recurrence.apply(p, h_prev_tbh), rp)
+    (drp,) = vjp(dhw_tbg)
+    return drp, dxw_tbg, dcarry0
 
 
-scan_layer.defvjp(_scan_layer_fwd, _scan_layer_bwd)
+_scan.defvjp(_scan_fwd, _scan_bwd)
+
+
+def scan_layer(cell: str, activation: str, params: Params, xw_tbg: Array, carry: Any) -> tuple[Array, Any]:
+    """One layer over time. xw_tbg [t, b, G*h]: x W_x + b_x (gates fused, the cell's order);
+    ``params``: the layer's params (w_x and b_x are not read); carry: the cell's carry.
+    Returns (h_tbh [t, b, h], final carry). A cell with a whole-sequence form runs it (autodiff
+    through it is already cheap); one with neither that nor a backward step is refused."""
+    check_supported("rnnjax", cell)  # never a silent fallback to another cell's backward
+    c = CELLS[cell]
+    if c.sequence is not None:
+        return c.sequence(xw_tbg, carry)
+    return _scan(cell, activation, _recurrent_params(params), xw_tbg, carry)

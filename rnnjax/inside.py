@@ -1,24 +1,9 @@
-"""Inside the stack: every layer's hidden state and gates over time, and what they show.
+"""Inside the stack: a loaded run's states and gates over a text, and how fast they change.
 
 The d2l chapter argues that depth lets "data be relevant at different levels of the stack":
-slowly changing information higher up, short-term dynamics lower down. This module looks.
-
-* :func:`trace` runs the stack with the cells' own equations (``cells.*.pointwise``, or
-  ``Cell.sequence`` for minGRU/minLSTM: the forward of :mod:`rnnjax.fused`, keeping the gate
-  activations) and returns ``DeepRNN.apply``'s logits and carry plus a :class:`LayerTrace` per
-  layer. Jittable; tests check its logits equal ``apply``'s.
-* :func:`layer_stats` reduces traces to per-layer sums on the device (:class:`rnnjax.metrics.LayerStats`):
-  the validation pass computes them every epoch without a host sync per step.
-* :func:`inspect` (``rnnjax.inspect(run, text)``) and :func:`timescales` (``rnnjax.timescales``)
-  give a loaded run's states as NumPy arrays ``[layers, time, hidden]`` and how fast they change.
-
-Gates per cell (s = sigmoid; the *retain* coefficient multiplies the previous state, the
-"forget gate" of the statistics):
-LSTM i, f, o (s), g (tanh), retain f (of c); GRU r, z (s), n (tanh), retain z;
-vanilla RNN: its output h counts as a tanh "gate" (relu: none), no retain;
-minGRU z (s), retain 1 - z; minLSTM f, i (s), retain f / (f + i).
-Under ``impl="flax"`` the params are converted with :func:`rnnjax.flax_model.from_flax` and run
-through these same equations (equal to Flax's logits to float rounding, tested).
+slowly changing information higher up, short-term dynamics lower down. :func:`inspect`
+(``rnnjax.inspect(run, text)``) and :func:`timescales` (``rnnjax.timescales``) look, as NumPy
+arrays ``[layers, time, hidden]``, from :func:`rnnjax.trace.trace` (docs/inside.md).
 """
 
 from __future__ import annotations
@@ -27,100 +12,16 @@ import dataclasses
 import logging
 import math
 import warnings
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnnjax import data, flax_model
-from rnnjax.cells import CELLS, mingru_coefficients, minlstm_coefficients, project_input, split_gates
-from rnnjax.metrics import LayerStats
-from rnnjax.model import Carry, DeepRNN, Impl, Params
+from rnnjax import data
+from rnnjax.trace import trace
 
 Array = jax.Array
-SIGMOID_GATES = {"rnn": (), "gru": ("r", "z"), "lstm": ("i", "f", "o"), "mingru": ("z",), "minlstm": ("f", "i")}
-TANH_GATES = {"rnn": ("h",), "gru": ("n",), "lstm": ("g",), "mingru": (), "minlstm": ()}  # rnn: only with tanh
-HAS_RETAIN = {"rnn": False, "gru": True, "lstm": True, "mingru": True, "minlstm": True}
-
-
-class LayerTrace(NamedTuple):
-    """One layer over time: h [t, b, h]; gate activations by name, each [t, b, h]; retain [t, b, h]
-    (None for the vanilla RNN); c [t, b, h] (the LSTM's cell state, else None)."""
-
-    h: Array
-    gates: dict[str, Array]
-    retain: Array | None
-    c: Array | None
-
-
-def _scanned_layer(cell_name: str, activation: str, p: Params, xw_tbg: Array, carry: Any) -> tuple[LayerTrace, Any]:
-    """rnn/gru/lstm: the loop of :func:`rnnjax.fused._forward`, also returning the gates."""
-    cell = CELLS[cell_name]
-    xw_tbh = split_gates(xw_tbg, cell.num_gates)
-
-    def step(carry, xw_bh):
-        hw_bh = split_gates(cell.hidden(carry) @ p["w_h"] + p["b_h"], cell.num_gates)
-        carry, h_bh, saved = cell.pointwise(xw_bh, hw_bh, carry, activation)
-        return carry, (h_bh, carry, saved)
-
-    carry, (h_tbh, carries, saved) = jax.lax.scan(step, carry, xw_tbh)
-    if cell_name == "lstm":
-        _, i, f, g, o = saved
-        return LayerTrace(h_tbh, {"i": i, "f": f, "g": g, "o": o}, f, carries[0]), carry
-    if cell_name == "gru":
-        r, z, n, _ = saved
-        return LayerTrace(h_tbh, {"r": r, "z": z, "n": n}, z, None), carry
-    return LayerTrace(h_tbh, {"h": h_tbh} if activation == "tanh" else {}, None, None), carry
-
-
-def _linear_layer(cell_name: str, impl: Impl, xw_tbg: Array, carry: Array) -> tuple[LayerTrace, Array]:
-    """minGRU/minLSTM: h as ``impl`` computes it (the parallel scan, or AUTODIFF's scan of steps); the
-    gates recomputed from x W_x + b_x."""
-    cell = CELLS[cell_name]
-    if impl == Impl.AUTODIFF:
-        carry, h_tbh = jax.lax.scan(lambda k, xw_bg: cell.recur({}, k, xw_bg), carry, xw_tbg)
-    else:
-        h_tbh, carry = cell.sequence(xw_tbg, carry)
-    xw = split_gates(xw_tbg, cell.num_gates)
-    if cell_name == "mingru":
-        return LayerTrace(h_tbh, {"z": jax.nn.sigmoid(xw[0])}, mingru_coefficients(xw)[0], None), carry
-    gates = {"f": jax.nn.sigmoid(xw[0]), "i": jax.nn.sigmoid(xw[1])}
-    return LayerTrace(h_tbh, gates, minlstm_coefficients(xw)[0], None), carry
-
-
-def trace(spec: DeepRNN, params: Params, tokens: Array, carry: Carry) -> tuple[Array, Carry, list[LayerTrace]]:
-    """tokens [b, t] -> (logits [b, t, V], new carry, one :class:`LayerTrace` per layer); no dropout."""
-    if spec.impl == Impl.FLAX:
-        params = flax_model.from_flax(params, spec)
-    tokens_tb = tokens.T
-    traces, new_carry, h_tbh = [], [], None
-    for l, (p, layer_carry) in enumerate(zip(params["layers"], carry)):
-        xw_tbg = p["w_x"][tokens_tb] + p["b_x"] if l == 0 else project_input(p, h_tbh)
-        if CELLS[spec.cell].sequence is not None:
-            layer, layer_carry = _linear_layer(spec.cell, spec.impl, xw_tbg, layer_carry)
-        else:
-            layer, layer_carry = _scanned_layer(spec.cell, spec.layer_activation(l), p, xw_tbg, layer_carry)
-        traces.append(layer)
-        new_carry.append(layer_carry)
-        h_tbh = layer.h
-    logits_tbv = h_tbh @ params["w_out"] + params["b_out"]
-    return jnp.swapaxes(logits_tbv, 0, 1), tuple(new_carry), traces
-
-
-def layer_stats(spec: DeepRNN, traces: list[LayerTrace]) -> LayerStats:
-    """Per-layer sums of one window (each [L]): sum h^2, saturated gate count (sigmoid < 0.01 or
-    > 0.99; tanh beyond +-0.99), gates looked at, sum of the retain coefficient, positions x units."""
-    rows = []
-    for t in traces:
-        sig = [t.gates[k] for k in SIGMOID_GATES[spec.cell]]
-        tanh = [t.gates[k] for k in TANH_GATES[spec.cell] if k in t.gates]
-        saturated = sum((((a < 0.01) | (a > 0.99)).sum() for a in sig), jnp.float32(0.0))
-        saturated = saturated + sum(((jnp.abs(a) > 0.99).sum() for a in tanh), jnp.float32(0.0))
-        n = t.h.size
-        retain = t.retain.sum() if t.retain is not None else jnp.float32(0.0)
-        rows.append((jnp.sum(t.h * t.h), saturated, float(n * (len(sig) + len(tanh))), retain, float(n)))
-    return LayerStats(*(jnp.stack([jnp.asarray(r[i], jnp.float32) for r in rows]) for i in range(5)))
 
 
 @dataclasses.dataclass

@@ -65,7 +65,7 @@ class TrainMetrics(NamedTuple):
 
 class LayerStats(NamedTuple):
     """Per-layer sums over every position (batch x time) of an evaluation pass, each [..., L]
-    (:func:`rnnjax.inside.layer_stats` computes one window's on the device)."""
+    (:func:`rnnjax.trace.layer_stats` computes one window's on the device)."""
 
     h2: Array  # sum over positions and units of h^2
     saturated: Array  # saturated gate activations: sigmoid < 0.01 or > 0.99, tanh beyond +-0.99

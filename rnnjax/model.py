@@ -24,15 +24,14 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
-import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 
-from rnnjax import cudnn, flax_model, pipeline
-from rnnjax.cells import CELLS, project_input
+from rnnjax import cudnn, flax_model, pipeline, stack
+from rnnjax.cells import CELLS, check_supported
+from rnnjax.cells.base import uniform
 from rnnjax.fused import scan_layer
 
 Array = jax.Array
@@ -82,6 +81,7 @@ class DeepRNN:
         if isinstance(self.activation, str):
             object.__setattr__(self, "activation", (self.activation,))
         object.__setattr__(self, "impl", Impl(self.impl))
+        check_supported(self.impl.value, self.cell)
 
     def layer_activation(self, layer: int) -> str:
         """phi_l of layer ``layer`` (0-based)."""
@@ -118,19 +118,15 @@ class Stack(NamedTuple):
 def implementation(impl: Impl | str) -> Stack:
     """The one place an :class:`Impl` is dispatched.
 
-    FUSED and AUTODIFF share rnnjax's stack (:func:`_init`, :func:`_apply`) and differ only in the
-    function that runs one layer over time; FLAX and CUDNN (:mod:`rnnjax.cudnn`, which reads rnnjax's
-    params and needs the raw layer inputs) are whole stacks of their own. A new cell is a
-    ``cells.Cell`` in ``cells.CELLS`` and runs under FUSED and AUTODIFF; a cell with its own
-    whole-sequence form (``Cell.sequence``: minGRU/minLSTM's parallel scan) uses it under FUSED,
-    while AUTODIFF scans its step (the sequential witness). A new implementation is a
-    new :class:`Impl` member and one case here:
-    a layer function ``(cell, activation, layer params, xw_tbg, carry) -> (h_tbh, carry)`` for
-    rnnjax's stack, or a :class:`Stack` of its own.
+    FUSED and AUTODIFF share rnnjax's params and stack and differ only in the function that runs one
+    layer over time (:mod:`rnnjax.fused`'s hand-written backward, or ``lax.scan`` of ``Cell.recur``
+    differentiated by JAX); FLAX (:mod:`rnnjax.flax_model`) and CUDNN (:mod:`rnnjax.cudnn`) run
+    their own layers through the same stack loop (:func:`rnnjax.stack.run`). A new cell is a file in
+    :mod:`rnnjax.cells` and needs nothing here.
     """
     match Impl(impl):
         case Impl.FUSED:
-            return Stack(_init, functools.partial(_apply, _fused_layer))
+            return Stack(_init, functools.partial(_apply, scan_layer))
         case Impl.AUTODIFF:
             return Stack(_init, functools.partial(_apply, _autodiff_layer))
         case Impl.FLAX:  # rnnjax's initial weights, converted: both start identical for a seed
@@ -139,14 +135,8 @@ def implementation(impl: Impl | str) -> Stack:
             return Stack(_init, cudnn.apply)
 
 
-def _fused_layer(cell: str, activation: str, p: Params, xw_tbg: Array, carry: Any) -> tuple[Array, Any]:
-    sequence = CELLS[cell].sequence
-    if sequence is not None:  # minGRU/minLSTM: their own parallel scan (autodiff is already cheap there)
-        return sequence(xw_tbg, carry)
-    return scan_layer(cell, activation, p["w_h"], p["b_h"], xw_tbg, carry)
-
-
 def _autodiff_layer(cell: str, activation: str, p: Params, xw_tbg: Array, carry: Any) -> tuple[Array, Any]:
+    """``jax.lax.scan`` of the cell's step, differentiated by JAX (the sequential witness)."""
     c = CELLS[cell]
     carry, h_tbh = jax.lax.scan(lambda k, xw_bg: c.recur(p, k, xw_bg, activation), carry, xw_tbg)
     return h_tbh, carry
@@ -159,63 +149,26 @@ def _init(spec: DeepRNN, key: Array) -> Params:
         cell.init(keys[l], spec.vocab_size if l == 0 else spec.hidden_size, spec.hidden_size)
         for l in range(spec.num_layers)
     ]
-    bound = 1.0 / math.sqrt(spec.hidden_size)  # nn.Linear's init
-    u = lambda k, shape: jax.random.uniform(k, shape, jnp.float32, -bound, bound)  # noqa: E731
-    return {
-        "layers": layers,
-        "w_out": u(keys[-2], (spec.hidden_size, spec.vocab_size)),
-        "b_out": u(keys[-1], (spec.vocab_size,)),
-    }
-
-
-def dropout_keep(spec: DeepRNN, dropout_key: Array, layer: int, shape: tuple[int, ...]) -> Array:
-    """Which of layer ``layer``'s outputs [t, b, h] dropout keeps (the same mask in every implementation)."""
-    return jax.random.bernoulli(jax.random.fold_in(dropout_key, layer), 1.0 - spec.dropout, shape)
-
-
-def output_dropout(spec: DeepRNN, dropout_key: Array | None, h_tbh: Array) -> Array:
-    """The top layer's output [t, b, h] with ``spec.output_dropout`` applied (training: ``dropout_key`` set)."""
-    if dropout_key is None or spec.output_dropout == 0:
-        return h_tbh
-    keep = jax.random.bernoulli(jax.random.fold_in(dropout_key, spec.num_layers - 1), 1.0 - spec.output_dropout,
-                                h_tbh.shape)
-    return jnp.where(keep, h_tbh / (1.0 - spec.output_dropout), 0.0)
+    h, v = spec.hidden_size, spec.vocab_size  # nn.Linear's init
+    return {"layers": layers, "w_out": uniform(keys[-2], (h, v), h), "b_out": uniform(keys[-1], (v,), h)}
 
 
 def _apply(layer_fn, spec: DeepRNN, params: Params, tokens: Array, carry: Carry, dropout_key: Array | None
            ) -> tuple[Array, Carry]:
     tokens_tb = tokens.T
-    dropout = dropout_key is not None and spec.dropout > 0
     # the pipeline needs time to overlap: a single step (generation) runs the plain stack
     if spec.pipeline_stages > 1 and tokens_tb.shape[0] > 1 and (stages := pipeline.stages_for(spec)) > 1:
-        p0 = params["layers"][0]
-        t, b = tokens_tb.shape
-        keep_ltbh = (
-            jnp.stack([dropout_keep(spec, dropout_key, l, (t, b, spec.hidden_size)) for l in range(spec.num_layers - 1)])
-            if dropout else None
-        )
-        h_tbh, new_carry = pipeline.pipelined_layers(
-            layer_fn, spec.cell, tuple(map(spec.layer_activation, range(spec.num_layers))), params["layers"],
-            p0["w_x"][tokens_tb] + p0["b_x"], carry, keep_ltbh, spec.dropout, stages,
-            spec.pipeline_chunks,
-        )
-        h_tbh = output_dropout(spec, dropout_key, h_tbh)
-        logits_tbv = h_tbh @ params["w_out"] + params["b_out"]
-        return jnp.swapaxes(logits_tbv, 0, 1), new_carry
-    new_carry = []
-    h_tbh = None
-    for l, (p, layer_carry) in enumerate(zip(params["layers"], carry)):
-        if l == 0:
-            xw_tbg = p["w_x"][tokens_tb] + p["b_x"]  # == one_hot(tokens) @ w_x + b_x
-        else:
-            xw_tbg = project_input(p, h_tbh)
-        h_tbh, layer_carry = layer_fn(spec.cell, spec.layer_activation(l), p, xw_tbg, layer_carry)
-        new_carry.append(layer_carry)
-        if dropout and l < spec.num_layers - 1:
-            h_tbh = jnp.where(dropout_keep(spec, dropout_key, l, h_tbh.shape), h_tbh / (1.0 - spec.dropout), 0.0)
-    h_tbh = output_dropout(spec, dropout_key, h_tbh)
-    logits_tbv = h_tbh @ params["w_out"] + params["b_out"]
-    return jnp.swapaxes(logits_tbv, 0, 1), tuple(new_carry)
+        h_tbh, new_carry = pipeline.pipelined_layers(spec, layer_fn, params["layers"], tokens_tb, carry,
+                                                     dropout_key, stages)
+        return stack.logits(params, stack.output_dropout(spec, dropout_key, h_tbh)), new_carry
+
+    def layer(l, p, x, layer_carry):
+        h_tbh, layer_carry = layer_fn(spec.cell, spec.layer_activation(l), p, stack.input_projection(l, p, x),
+                                      layer_carry)
+        return h_tbh, layer_carry, None
+
+    h_tbh, new_carry, _ = stack.run(spec, layer, params["layers"], tokens_tb, carry, dropout_key)
+    return stack.logits(params, h_tbh), new_carry
 
 
 def num_params(params: Params) -> int:

@@ -33,7 +33,7 @@ import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from rnnjax.cells import project_input
+from rnnjax import stack
 
 Array = jax.Array
 AXIS = "stage"
@@ -89,18 +89,22 @@ def _unstack(tree: Any, n: int) -> list[Any]:
     return [jax.tree_util.tree_map(lambda x: x[i], tree) for i in range(n)]
 
 
-def pipelined_layers(
-    layer_fn: Callable, cell: str, activations: tuple[str, ...], layers: list[dict], xw0_tbg: Array,
-    carry: tuple, keep_ltbh: Array | None, rate: float, num_devices: int, num_chunks: int,
-) -> tuple[Array, tuple]:
-    """The stack's L layers over time, pipelined; the same values as running them one after another.
+def pipelined_layers(spec: Any, layer_fn: Callable, layers: list[dict], tokens_tb: Array, carry: tuple,
+                     dropout_key: Array | None, num_devices: int) -> tuple[Array, tuple]:
+    """The stack's L layers over time, pipelined; the same values as :func:`rnnjax.stack.run`.
 
     ``layer_fn(cell, activation, p, xw_tbg, carry) -> (h_tbh, carry)`` runs one layer (the plain
-    stack's); ``xw0_tbg`` [t, b, G] is layer 1's input projection; ``carry`` one carry per layer;
-    ``keep_ltbh`` [L - 1, t, b, h] the dropout masks of every layer's output but the last (None =
-    no dropout), kept values divided by ``1 - rate``. Runs on the first S of ``num_devices``
-    devices (:func:`plan`). Returns the top layer's outputs [t, b, h] and the new carry.
+    stack's); ``tokens_tb`` [t, b]; ``carry`` one carry per layer; dropout between layers with
+    :func:`rnnjax.stack.dropout_keep`'s masks (``dropout_key`` None: none). Runs on the first S of
+    ``num_devices`` devices (:func:`plan`). Returns the top layer's outputs [t, b, h] (before
+    output dropout) and the new carry.
     """
+    activations = tuple(map(spec.layer_activation, range(spec.num_layers)))
+    cell, rate, num_chunks = spec.cell, spec.dropout, spec.pipeline_chunks
+    xw0_tbg = stack.input_projection(0, layers[0], tokens_tb)
+    t, b = tokens_tb.shape
+    keep_ltbh = jnp.stack([stack.dropout_keep(dropout_key, l, rate, (t, b, spec.hidden_size))
+                           for l in range(spec.num_layers - 1)]) if dropout_key is not None and rate > 0 else None
     L = len(layers)
     t, b, _ = xw0_tbg.shape
     pl = plan(L, num_devices, t, num_chunks)
@@ -134,10 +138,10 @@ def pipelined_layers(
             return lambda p, h_in, xw0, c, keep: (h_in, c)
 
         def run(p, h_in, xw0, c, keep):
-            xw = xw0 if l == 0 else project_input(p, h_in)
+            xw = xw0 if l == 0 else stack.input_projection(l, p, h_in)
             h, c = layer_fn(cell, activations[l], p, xw, c)
             if dropout and l < L - 1:
-                h = jnp.where(keep, h / (1.0 - rate), 0.0)
+                h = stack.apply_dropout(h, keep, rate)
             return h, c
 
         return run

@@ -17,8 +17,9 @@ import jax
 import numpy as np
 
 from rnnjax import cudnn, data
+from rnnjax.cells import check_supported
 from rnnjax.checkpoint import Checkpointer, CheckpointError
-from rnnjax.config import SAME_PARAMS_IMPLS, Config, resolve
+from rnnjax.config import SAME_PARAMS_IMPLS, Config, ConfigError, resolve
 from rnnjax.generate import generate
 from rnnjax.metrics import best_record, bpc
 from rnnjax.model import DeepRNN, Params
@@ -154,9 +155,11 @@ def load(workdir: str | os.PathLike, step: int | str = "best", impl: str | None 
             if cfg.model.impl not in SAME_PARAMS_IMPLS:
                 raise ValueError(f"{workdir} was trained with model.impl = {cfg.model.impl!r}, whose params only "
                                  f"that implementation reads; load it without impl=")
-            if impl == "cudnn" and cfg.model.cell != "lstm":
-                raise ValueError(f"impl='cudnn' is cuDNN's LSTM and {workdir} is a {cfg.model.cell} run; "
-                                 "load it without impl= (or impl='rnnjax')")
+            try:
+                check_supported(impl, cfg.model.cell)
+            except ConfigError as e:
+                raise ValueError(f"impl={impl!r} cannot load {workdir}, a {cfg.model.cell} run ({e}); "
+                                 "load it without impl=") from None
             if impl == "cudnn" and not cudnn.available():
                 raise ValueError(f"impl='cudnn' needs a CUDA GPU (JAX's backend here is {jax.default_backend()}); "
                                  "load it with impl='rnnjax' (the same params)")

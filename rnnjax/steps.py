@@ -15,10 +15,10 @@ import numpy as np
 import optax
 
 from rnnjax import data
-from rnnjax.inside import layer_stats, trace
 from rnnjax.metrics import EvalMetrics, LayerStats
 from rnnjax.model import Carry, DeepRNN, Impl, Params
 from rnnjax.parallel import DataParallel
+from rnnjax.trace import layer_stats, trace
 
 Array = jax.Array
 
@@ -104,7 +104,7 @@ def make_eval_step(model: DeepRNN):
 def make_stats_eval_step(model: DeepRNN):
     """Returns ``eval_step(params, carry, metrics, stats, x_bt, y_bt) -> (carry, metrics, stats)``: as
     :func:`make_eval_step`, also summing each layer's :class:`LayerStats` on the device. The logits
-    come from :func:`rnnjax.inside.trace` (the same equations); under ``impl="flax"`` and ``"cudnn"``
+    come from :func:`rnnjax.trace.trace` (the same equations); under ``impl="flax"`` and ``"cudnn"``
     from the implementation's own apply, the statistics from the trace (two forwards there)."""
 
     @jax.jit

@@ -26,12 +26,12 @@ import tqdm
 from rnnjax import cudnn, data, pipeline
 from rnnjax import workdir as rundir
 from rnnjax.capacity import check_fits
+from rnnjax.cells import CELLS
 from rnnjax.checkpoint import Checkpointer, CheckpointError
 from rnnjax.config import Config, ConfigError, resolve
 from rnnjax.console import PipeSafe, Preempted, StopFlag
 from rnnjax.generate import generate
 from rnnjax.host import retain_freed_memory
-from rnnjax.inside import HAS_RETAIN
 from rnnjax.metrics import EvalMetrics, LayerStats, TrainMetrics, best_record, bpc, epoch_record
 from rnnjax.model import Carry, DeepRNN, Impl, Params, num_params
 from rnnjax.optim import make_optimizer
@@ -337,7 +337,7 @@ class _Trainer:
     def make_record(self, p: _EpochResult, start: float) -> dict[str, Any]:
         """Read an epoch's validation and build its record; write it to TensorBoard (first of its files:
         a resume purges any event a kill left past the last checkpoint)."""
-        layers = p.stats.summary(HAS_RETAIN[self.cfg.model.cell]) if p.stats is not None else None
+        layers = p.stats.summary(CELLS[self.cfg.model.cell].retains) if p.stats is not None else None
         by_source = {name: m.perplexity() for (name, _), m in zip(self.corpus.val_parts, p.parts)} if p.parts else None
         record = epoch_record(p.epoch, p.step, p.sums, p.val.perplexity(), p.tokens_per_sec, p.lr,
                               time.perf_counter() - start, layers, self.cfg.data.tokenizer == "char", by_source)

@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnnjax import data
+from rnnjax.cells import CELLS
 from rnnjax.checkpoint import Checkpointer
 from rnnjax.config import Config, ConfigError
-from rnnjax.inside import HAS_RETAIN
 from rnnjax.metrics import EvalMetrics, LayerStats, TrainMetrics, best_record, epoch_record
 from rnnjax.model import num_params
 from rnnjax.optim import make_optimizer
@@ -137,7 +137,7 @@ def _train(cfgs, dirs, boards, corpus, model, n, state, step, evaluate, rngs) ->
             val_ppl = EvalMetrics(emetrics.nll[j], emetrics.tokens[j]).perplexity()
             by_source = {name: EvalMetrics(m.nll[j], m.tokens[j]).perplexity()
                          for (name, _), m in zip(corpus.val_parts, parts)} if len(parts) > 1 else None
-            layers = LayerStats(*(x[j] for x in estats)).summary(HAS_RETAIN[c0.model.cell]) if tc.layer_stats else None
+            layers = LayerStats(*(x[j] for x in estats)).summary(CELLS[c0.model.cell].retains) if tc.layer_stats else None
             record = epoch_record(  # tokens/s per trial; the group does k x more
                 epoch, epoch * n, TrainMetrics(*(x[j] for x in sums)), val_ppl, n * dc.batch_size * dc.num_steps / train_time,
                 cfgs[j].train.learning_rate, time.perf_counter() - start, layers, dc.tokenizer == "char", by_source)

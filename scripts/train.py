@@ -35,12 +35,12 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected argument {argv[1]!r}; flags look like --config=configs/deep_lstm.py")
+    if _WORKDIR.value is not None and not _WORKDIR.value.strip():
+        cli.fail("--workdir is empty; give a directory, or leave the flag out for runs/<config name>")
     try:
         cfg = resolve(_CONFIG.value)
     except ConfigError as e:
         cli.fail(str(e))
-    if _WORKDIR.value is not None and not _WORKDIR.value.strip():
-        cli.fail("--workdir is empty; give a directory, or leave the flag out for runs/<config name>")
     workdir = cli.user_path(_WORKDIR.value) if _WORKDIR.value else cli.default_workdir()
     from rnnjax.checkpoint import CheckpointError
     from rnnjax.console import Preempted

@@ -1,10 +1,20 @@
 """Each cell against a NumPy transcription of its equations."""
 
+import dataclasses
+import json
+import subprocess
+import sys
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import ROOT, small_config, train_cli
 
 from rnnjax import cells
+from rnnjax.model import DeepRNN, Impl
+from rnnjax.steps import cross_entropy
+from rnnjax.train import train_and_evaluate
 
 
 def sigmoid(x):
@@ -35,7 +45,7 @@ def np_lstm(p, c, h, x):
     return c, o * np.tanh(c)
 
 
-@pytest.mark.parametrize("name", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("name", ["rnn", "gru", "lstm"])  # their NumPy transcriptions above
 def test_cell_step_matches_numpy_equations(name):
     cell = cells.CELLS[name]
     d, h, b = 3, 4, 2
@@ -60,3 +70,79 @@ def test_cell_step_matches_numpy_equations(name):
             np.testing.assert_allclose(h1, h_ref, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(h1, h_ref, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(y, h1)
+
+
+def test_indrnn_step_matches_its_equation():
+    """IndRNN (Li et al., 2018): h' = phi(x W_x + b_x + u * h), u element-wise."""
+    cell = cells.CELLS["indrnn"]
+    d, h, b = 3, 4, 2
+    params = cell.init(jax.random.key(0), d, h)
+    assert set(params) == {"w_x", "b_x", "u"} and params["u"].shape == (h,)
+    rng = np.random.default_rng(1)
+    x, h0 = rng.normal(size=(b, d)).astype(np.float32), rng.normal(size=(b, h)).astype(np.float32)
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    for act, phi in (("tanh", np.tanh), ("relu", lambda z: np.maximum(z, 0.0))):
+        h1, y = cell.step(params, h0, x, act)
+        np.testing.assert_allclose(h1, phi(x @ p["w_x"] + p["b_x"] + p["u"] * h0), rtol=1e-5, atol=1e-6)
+
+
+def test_every_registered_cell_is_complete_and_named_by_its_entry():
+    """The registry is the one list of cells: each entry's module defines CELL under that name,
+    with as many gate slabs as its input projection has."""
+    for name, cell in cells.CELLS.items():
+        assert cell.name == name
+        params = cell.init(jax.random.key(0), 3, 4)
+        assert params["w_x"].shape == (3, cell.num_gates * 4)
+        assert set(cell.sigmoid_gates) | set(cell.tanh_gates) <= set(cell.gates)
+
+
+def _documented_example() -> str:
+    text = (ROOT / "docs" / "cells.md").read_text()
+    block = text.split("<!-- example: janet_cell.py -->", 1)[1]
+    return block.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_documented_example_cell_trains_with_exact_gradients(tmp_path, monkeypatch):
+    """docs/cells.md's complete example, as a user adds it: a file of their own and one registry
+    line. Its fused gradients equal autodiff's, and it trains and generates through the CLI's code."""
+    (tmp_path / "janet_cell.py").write_text(_documented_example())
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(cells.REGISTRY, "janet", "janet_cell")
+    fused = DeepRNN(vocab_size=9, hidden_size=8, num_layers=2, cell="janet")
+    auto = dataclasses.replace(fused, impl=Impl.AUTODIFF)
+    params = fused.init(jax.random.key(0))
+    tokens = jax.random.randint(jax.random.key(1), (3, 7), 0, 9)
+    carry = jax.tree_util.tree_map(lambda a: a + 0.5, fused.initial_carry(3))
+
+    def loss(model):
+        def f(p, c):
+            logits, new = model.apply(p, tokens[:, :-1], c)
+            return cross_entropy(logits, tokens[:, 1:]).mean() + jnp.sum(jnp.sin(new[-1]))
+        return f
+
+    gf = jax.grad(loss(fused), argnums=(0, 1))(params, carry)
+    ga = jax.grad(loss(auto), argnums=(0, 1))(params, carry)
+    for a, b in zip(jax.tree_util.tree_leaves(gf), jax.tree_util.tree_leaves(ga)):
+        assert float(jnp.abs(b).max()) > 0
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    summary = train_and_evaluate(small_config(2, **{"model.cell": "janet"}), tmp_path / "run")
+    assert summary["train_ppl"] < summary["metrics"][0]["train_ppl"] * 1.5 and np.isfinite(summary["val_ppl"])
+    assert summary["samples"] and summary["samples"][0].startswith("time traveller")
+
+
+@pytest.mark.slow
+def test_indrnn_trains_from_the_cli_and_generates(tmp_path):
+    """--config.model.cell=indrnn from the command line, then scripts/generate.py on its run."""
+    run = tmp_path / "run"
+    cmd = train_cli(run, "--config.model.cell=indrnn", "--config.model.activation=relu",
+                    "--config.train.num_epochs=2", "--config.train.learning_rate=1.0")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2] and records[-1]["train_ppl"] < records[0]["train_ppl"]
+    assert json.loads((run / "config.json").read_text())["model"]["cell"] == "indrnn"
+    gen = subprocess.run([sys.executable, str(ROOT / "scripts" / "generate.py"), f"--workdir={run}",
+                          "--prefix=the time", "--num_chars=20"], capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path)
+    assert gen.returncode == 0, gen.stderr[-2000:]
+    assert gen.stdout.strip().startswith("the time") and len(gen.stdout.strip()) >= len("the time") + 20

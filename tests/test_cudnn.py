@@ -177,7 +177,8 @@ def test_impl_may_change_on_resume_within_one_params_layout(tmp_path):
         rnnjax.load(a, step="latest", impl="cudnn")  # the user's choice, not the run's, is named
     gru = tmp_path / "gru"
     train_and_evaluate(small_config(1, **{"model.cell": "gru"}), gru)
-    with pytest.raises(ValueError, match=r"^impl='cudnn' is cuDNN's LSTM and .*gru is a gru run; load it without impl="):
+    with pytest.raises(ValueError, match=r"^impl='cudnn' cannot load .*gru, a gru run \(config.model.impl = "
+                       r"'cudnn' is cuDNN's LSTM and has no gru cell.*; load it without impl="):
         rnnjax.load(gru, impl="cudnn")
     config = json.loads((a / "config.json").read_text())
     config["model"]["impl"] = "cudnn"  # as a run last resumed with impl=cudnn on a GPU leaves it

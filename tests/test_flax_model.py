@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from conftest import small_config
 
+from rnnjax.cells import CELLS
 from rnnjax.flax_model import from_flax, to_flax
 from rnnjax.model import DeepRNN, Impl
 from rnnjax.train import train_and_evaluate
@@ -17,11 +18,11 @@ V, H, B, T = 11, 16, 3, 7
 
 
 def make(cell, num_layers):
-    acts = ("relu",) if cell == "rnn" else ("tanh",)
+    acts = ("relu",) if CELLS[cell].uses_activation else ("tanh",)
     return DeepRNN(vocab_size=V, hidden_size=H, num_layers=num_layers, cell=cell, activation=acts)
 
 
-@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("cell", [c for c in CELLS if CELLS[c].flax])
 @pytest.mark.parametrize("num_layers", [1, 2, 3])
 def test_flax_reference_gives_equal_logits(cell, num_layers):
     model = make(cell, num_layers)

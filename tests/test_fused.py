@@ -9,14 +9,17 @@ import numpy as np
 import optax
 import pytest
 
-from rnnjax.config import default_config, resolve
+from rnnjax.cells import CELLS
+from rnnjax.config import ConfigError, default_config, resolve
 from rnnjax.fused import scan_layer
 from rnnjax.metrics import TrainMetrics
 from rnnjax.model import DeepRNN, Impl
 from rnnjax.optim import make_optimizer
 from rnnjax.steps import init_train_state, make_train_step
 
-CASES = [("lstm", ("tanh",)), ("gru", ("tanh",)), ("rnn", ("tanh",)), ("rnn", ("relu",)), ("rnn", ("relu", "tanh", "relu"))]
+# every registered cell the fused layer runs with its own backward step; phi-reading cells with each phi
+CASES = [(c, acts) for c in CELLS if CELLS[c].backward
+         for acts in ([("tanh",), ("relu",), ("relu", "tanh", "relu")] if CELLS[c].uses_activation else [("tanh",)])]
 
 
 def _loss(model, tokens):
@@ -62,7 +65,7 @@ def test_fused_layer_under_vmap_and_jit():
     c0 = (jnp.zeros((2, b, h)), jnp.zeros((2, b, h)))
 
     def loss(w, bb, x, c):
-        hs, (cT, hT) = scan_layer("lstm", "tanh", w, bb, x, c)
+        hs, (cT, hT) = scan_layer("lstm", "tanh", {"w_h": w, "b_h": bb}, x, c)
         return jnp.sum(hs ** 2) + jnp.sum(cT)
 
     batched = jax.jit(jax.vmap(jax.grad(loss, argnums=(0, 1, 2))))(w_h, b_h, xw, c0)
@@ -90,3 +93,29 @@ def test_train_steps_with_fused_and_plain_layers_agree():
         results.append(state.params)
     for a, b in zip(jax.tree_util.tree_leaves(results[0]), jax.tree_util.tree_leaves(results[1])):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_cell_without_a_backward_step_is_refused_in_one_line(monkeypatch):
+    """The fused layer never falls through to another cell's backward: a registered cell without
+    ``Cell.backward`` is refused (config and model), and trains under impl="autodiff"."""
+    import dataclasses as dc
+    import sys
+    import types
+
+    from rnnjax import cells
+
+    module = types.ModuleType("no_backward_cell")
+    module.CELL = dc.replace(CELLS["gru"], name="nobwd", backward=None)
+    monkeypatch.setitem(sys.modules, "no_backward_cell", module)
+    monkeypatch.setitem(cells.REGISTRY, "nobwd", "no_backward_cell")
+    cfg = default_config()
+    cfg.model.cell = "nobwd"
+    with pytest.raises(ConfigError, match=r"^config.model.impl = 'rnnjax' has no fused backward for the nobwd cell "
+                                          r"\(Cell.backward\); use model.impl = 'autodiff'$") as e:
+        resolve(cfg)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="has no fused backward"):
+        DeepRNN(5, 4, 1, "nobwd")
+    model = DeepRNN(5, 4, 1, "nobwd", impl=Impl.AUTODIFF)
+    logits, _ = model.apply(model.init(jax.random.key(0)), jnp.zeros((2, 3), jnp.int32), model.initial_carry(2))
+    assert logits.shape == (2, 3, 5)

@@ -13,13 +13,13 @@ from conftest import run_notebook, small_config
 import rnnjax
 from rnnjax import data
 from rnnjax.cells import CELLS
-from rnnjax.inside import autocorrelation_times, layer_stats, trace
+from rnnjax.inside import autocorrelation_times
 from rnnjax.model import DeepRNN
+from rnnjax.trace import layer_stats, trace
 from rnnjax.train import train_and_evaluate
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CASES = [(c, i) for c in ("lstm", "gru", "rnn") for i in ("rnnjax", "autodiff", "flax")] + [
-    (c, i) for c in ("mingru", "minlstm") for i in ("rnnjax", "autodiff")]
+CASES = [(c, i) for c in CELLS for i in ("rnnjax", "autodiff", "flax") if i != "flax" or CELLS[c].flax]
 
 
 @pytest.mark.parametrize("cell,impl", CASES)

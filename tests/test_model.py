@@ -21,16 +21,15 @@ def loop_reference(model: DeepRNN, params, tokens, carry):
     for t in range(tokens.shape[1]):
         x = jax.nn.one_hot(tokens[:, t], model.vocab_size)  # H^(0)_t = X_t
         for l, p in enumerate(params["layers"]):
-            kw = {"activation": model.layer_activation(l)} if model.cell == "rnn" else {}
-            carry[l], x = cell.step(p, carry[l], x, **kw)  # layer l reads layer l-1 at time t
+            carry[l], x = cell.step(p, carry[l], x, model.layer_activation(l))  # layer l reads layer l-1 at time t
         outs.append(x @ params["w_out"] + params["b_out"])  # only the top layer feeds the output
     return jnp.stack(outs, 1), tuple(carry)
 
 
-@pytest.mark.parametrize("name", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("name", list(cells.CELLS))
 @pytest.mark.parametrize("num_layers", [1, 3, 4])
 def test_scanned_stack_equals_time_loop(name, num_layers):
-    acts = ("tanh", "relu", "tanh", "relu")[:num_layers] if name == "rnn" else ("tanh",)
+    acts = ("tanh", "relu", "tanh", "relu")[:num_layers] if cells.CELLS[name].uses_activation else ("tanh",)
     model = DeepRNN(vocab_size=7, hidden_size=5, num_layers=num_layers, cell=name, activation=acts)
     params = model.init(jax.random.key(1))
     tokens = jax.random.randint(jax.random.key(2), (3, 6), 0, 7)
@@ -117,7 +116,7 @@ def test_output_dropout_drops_the_top_layers_output_in_training_only_the_same_in
     np.testing.assert_allclose(ref, train, atol=1e-5)
 
 
-@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("cell", list(cells.CELLS))
 def test_gradients_match_finite_differences(cell):
     model = DeepRNN(vocab_size=5, hidden_size=3, num_layers=2, cell=cell)
     tokens = jnp.array([[0, 1, 2, 3], [4, 3, 2, 1]])

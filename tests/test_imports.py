@@ -1,0 +1,70 @@
+"""Imports run one way: cells, then the config and data, then layers, then the model and its
+implementations, then steps (and what reads a trained run), then train, then sweep. Read from the
+source (every ``import``, also inside functions), so a cycle or an upward import fails here."""
+
+import ast
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# Each module may import modules of its own level or below. A new module gets a level here.
+LEVELS = [
+    ["errors", "console", "host", "integrity", "metrics", "plotting", "profiling", "tensorboard_log", "vocab"],
+    ["cells"],  # the package and every cell file
+    ["config", "cli", "workdir", "data", "optim", "checkpoint"],
+    ["stack", "fused"],  # layers
+    ["model", "cudnn", "flax_model", "pipeline", "parallel", "trace", "interop", "capacity"],
+    ["steps", "generate", "inside", "run"],
+    ["train", "vectorize"],
+    ["sweep", "sweep_summary"],
+]
+LEVEL = {name: i for i, names in enumerate(LEVELS) for name in names}
+
+
+def _name(path: pathlib.Path) -> str:
+    parts = path.relative_to(ROOT / "rnnjax").with_suffix("").parts
+    return parts[0] if parts[0] != "__init__" else ""
+
+
+def _imports(path: pathlib.Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "rnnjax":
+            mods = [f"rnnjax.{a.name}" for a in node.names] if node.module == "rnnjax" else [node.module]
+        elif isinstance(node, ast.Import):
+            mods = [a.name for a in node.names if a.name.split(".")[0] == "rnnjax"]
+        else:
+            continue
+        found |= {m.split(".")[1] for m in mods if m.count(".") >= 1}
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for path in sorted((ROOT / "rnnjax").rglob("*.py")):
+        name = _name(path)
+        if name:  # the package's lazy __init__ re-exports the public API: above every level
+            graph.setdefault(name, set()).update(_imports(path) - {name})
+    return graph
+
+
+def test_every_module_has_a_level_and_imports_only_its_level_or_below():
+    graph = _graph()
+    assert set(graph) == set(LEVEL), f"modules without a level (or levels without a module): {set(graph) ^ set(LEVEL)}"
+    upward = [(m, d) for m, deps in graph.items() for d in deps if LEVEL[d] > LEVEL[m]]
+    assert not upward, f"imports against the direction (module -> what it imports): {upward}"
+
+
+def test_loading_a_run_and_inspecting_it_never_import_the_trainer():
+    graph = _graph()
+
+    def closure(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for d in graph[todo.pop()] - seen:
+                seen.add(d)
+                todo.append(d)
+        return seen
+
+    for reader in ("run", "inside", "generate", "model", "steps"):
+        assert not closure(reader) & {"train", "vectorize", "sweep"}, reader
