@@ -91,3 +91,12 @@ def run_notebook(name: str, cwd, **env: str) -> tuple[str, int]:
                 os.environ[k] = v
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     return "".join(o.get("text", "") for o in outputs), sum("image/png" in o.get("data", {}) for o in outputs)
+
+
+def tiered(cases: list, representative) -> list:
+    """A test matrix's cases: those for which ``representative(case)`` holds run by default; the rest
+    are marked ``exhaustive`` (``python -m pytest -m exhaustive``; .ci/run runs both tiers)."""
+    import pytest
+
+    return [c if representative(c) else pytest.param(*(c if isinstance(c, tuple) else (c,)),
+                                                     marks=pytest.mark.exhaustive) for c in cases]

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rnnjax.cells import CELLS
 from rnnjax.interop import from_torch, to_torch
 from rnnjax.model import DeepRNN
 
@@ -19,13 +20,13 @@ def _torch_or_skip():
     return pytest.importorskip("torch")
 
 
-@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("cell", [c for c in CELLS if CELLS[c].torch])
 @pytest.mark.parametrize("num_layers", [1, 3])
 def test_torch_weights_give_equal_logits(cell, num_layers):
     torch = _torch_or_skip()
     torch.manual_seed(0)
-    cls = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[cell]
-    kw = {"nonlinearity": "relu"} if cell == "rnn" else {}
+    cls = getattr(torch.nn, CELLS[cell].torch)
+    kw = {"nonlinearity": "relu"} if CELLS[cell].uses_activation else {}
     rnn = cls(V, H, num_layers=num_layers, batch_first=True, **kw)
     out = torch.nn.Linear(H, V)
     tokens = np.random.default_rng(0).integers(0, V, (B, T))

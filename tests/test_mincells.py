@@ -16,7 +16,7 @@ from rnnjax.config import ConfigError, resolve
 from rnnjax.model import DeepRNN
 from rnnjax.train import train_and_evaluate
 
-MIN_CELLS = ("mingru", "minlstm")
+MIN_CELLS = tuple(c for c in CELLS if CELLS[c].sequence)  # the cells with a parallel form
 
 
 def numpy_layer(cell, xw, h0):

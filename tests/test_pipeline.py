@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from conftest import small_config
 
+from rnnjax.cells import CELLS
 from rnnjax.config import ConfigError, resolve
 from rnnjax.parallel import pipeline_device_count
 from rnnjax.pipeline import plan
@@ -78,20 +79,18 @@ EXACT = textwrap.dedent("""
     print("RESULT " + json.dumps(out))
 """)
 
-CASES = (
-    [[cell, L, 2, 0.0] for cell in ("rnn", "gru", "lstm", "mingru", "minlstm") for L in (2, 3, 4)]
-    + [["lstm", 3, 2, 0.3], ["lstm", 3, 4, 0.0], ["gru", 4, 3, 0.0]]  # dropout; 3 stages of 1; 2 stages of 2
-)
+EVERY_CELL = [[cell, L, 2, 0.0] for cell in CELLS for L in (2, 3, 4)]
+EXTRAS = [["lstm", 3, 2, 0.3], ["lstm", 3, 4, 0.0], ["gru", 4, 3, 0.0]]  # dropout; 3 stages of 1; 2 stages of 2
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("first", ["rnn", "gru", "lstm", "mingru", "minlstm", "extras"])
+@pytest.mark.parametrize("first", [*CELLS, "extras"])
 def test_pipeline_trains_like_the_plain_stack_for_every_cell_and_depth(first):
     """Same params and carry after 10 steps (<= 1e-5) for L in 2..4 and every cell, on fake CPU devices
     (L = 1 has one stage: the plain stack itself, see test_plan_blocks_chunks_and_bubble); L = 3 on 2
     devices runs blocks [2, 1] (an empty slot). One process per cell (and one for the extra cases),
     so that the test workers share them."""
-    cases = CASES[15:] if first == "extras" else [c for c in CASES[:15] if c[0] == first]
+    cases = EXTRAS if first == "extras" else [c for c in EVERY_CELL if c[0] == first]
     assert len(cases) == 3
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     proc = subprocess.run([sys.executable, "-c", EXACT, json.dumps(cases)], capture_output=True, text=True,
