@@ -94,8 +94,8 @@ GROUPS: dict[str, tuple[str, list[Field | Rule]]] = {
         Field("min_freq", 0, "Tokens seen fewer times than this in the training split map to <unk>.",
               **at_least(0)),
         Field("reserved_tokens", [], "Extra tokens always in the vocabulary (e.g. ['<pad>']).", **strings()),
-        Field("batch_size", 32, "Minibatch: this many streams ...", **at_least(1)),
-        Field("num_steps", 35, "... of this many time steps.", **at_least(1)),
+        Field("batch_size", 32, "Streams per minibatch: [batch, time] rows.", **at_least(1)),
+        Field("num_steps", 35, "Time steps per minibatch: [batch, time] columns.", **at_least(1)),
         Field("max_tokens", 10_000, "Splits by count (d2l's): the first max_tokens tokens train "
               "(0: every token before the held-out ones).", "an integer >= 2, or 0 for every training token",
               lambda v, c: is_int(v) and (v >= 2 or v == 0)),
