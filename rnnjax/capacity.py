@@ -25,7 +25,8 @@ def estimate_memory(cfg: Config, vocab_size: int) -> int:
     opt_state = jax.eval_shape(make_optimizer(cfg.train, 1)[0].init, params)
     # Per layer the step keeps its gate pre-activations (the widest parameter, [G * h]) twice and a
     # few [h] vectors; the output layer keeps [V] logits, softmax and gradient.
-    widths = [max(x.shape[-1] for x in jax.tree_util.tree_leaves(layer)) for layer in params["layers"]]
+    leaves = jax.tree_util.tree_leaves
+    widths = [max(x.shape[-1] for x in leaves(layer)) for layer in params["layers"]]
     tokens = d.batch_size * d.num_steps
     activations = 4 * tokens * (sum(2 * w + 4 * m.hidden_size for w in widths) + 3 * vocab_size)
     return 2 * _bytes(params) + _bytes(opt_state) + activations

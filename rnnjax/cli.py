@@ -64,8 +64,8 @@ _PARSERS = {bool: flags.BooleanParser(), int: flags.IntegerParser(), float: flag
 
 
 def _value_problem(field: str, text: str) -> str | None:
-    """Why ``--config.FIELD=text`` cannot be read as the field's type (parsed as ml_collections will),
-    with the field's rule; None when it can (its range is :func:`rnnjax.config.resolve`'s to check)."""
+    """Why ``--config.FIELD=text`` cannot be read as the field's type (parsed as ml_collections
+    will), with the field's rule; None when it can (``resolve`` checks the rest)."""
     f = FIELDS[field]
     takes = f"; config.{field} takes {allowed(field)}"
     if isinstance(f.default, dict):
@@ -82,7 +82,8 @@ def _value_problem(field: str, text: str) -> str | None:
     try:
         parser.parse(text)
     except ValueError as e:
-        said = f"{e.args[0]}: {e.args[1]!r}" if len(e.args) == 2 and isinstance(e.args[0], str) else str(e)
+        pair = len(e.args) == 2 and isinstance(e.args[0], str)  # absl's bool parser: (text, value)
+        said = f"{e.args[0]}: {e.args[1]!r}" if pair else str(e)
         return f"flag --config.{field}={text}: {said}{takes}"
     return None
 
@@ -105,7 +106,8 @@ def check_overrides(argv: Sequence[str], flag: str = "config") -> None:
     for value in given:
         path = value.partition(":")[0]
         if not os.path.isfile(path):
-            fail(f"config file {path} does not exist; give a file such as --{flag}=configs/deep_lstm.py")
+            fail(f"config file {path} does not exist; "
+                 f"give a file such as --{flag}=configs/deep_lstm.py")
     known = list(FIELDS)
     for arg in argv[1:]:
         if not arg.startswith(f"--{flag}."):
@@ -118,14 +120,17 @@ def check_overrides(argv: Sequence[str], flag: str = "config") -> None:
             continue
         if field in GROUPS:
             continue
-        parent = next((f for f in FIELDS if field.startswith(f + ".") and isinstance(FIELDS[f].default, dict)), None)
+        dicts = [f for f in FIELDS if isinstance(FIELDS[f].default, dict)]
+        parent = next((f for f in dicts if field.startswith(f + ".")), None)
         if parent:
-            fail(f"--{flag}.{field}: set the whole dict, e.g. --{flag}.{parent}=\"{{'{field[len(parent) + 1:]}': ...}}\"")
+            key = field[len(parent) + 1 :]
+            example = f"--{flag}.{parent}=\"{{'{key}': ...}}\""
+            fail(f"--{flag}.{field}: set the whole dict, e.g. {example}")
         group, _, leaf = field.rpartition(".")
         same = {f.rpartition(".")[2]: f for f in known if f.rpartition(".")[0] == group}
         close = difflib.get_close_matches(leaf, list(same), n=1, cutoff=0.7) if same else []
         close = [same[c] for c in close] or difflib.get_close_matches(field, known, n=1, cutoff=0.8)
-        hint = f"did you mean --{flag}.{close[0]}?" if close else "every field is listed in docs/config.md"
+        hint = f"did you mean --{flag}.{close[0]}?" if close else "docs/config.md lists every field"
         fail(f"--{flag}.{field} is not a config field; {hint}")
 
 

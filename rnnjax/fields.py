@@ -19,7 +19,7 @@ class FrozenDict(dict):
     def _refuse(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError("a frozen config field cannot change; use dataclasses.replace")
 
-    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _refuse  # type: ignore[assignment]
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _refuse
 
     def __hash__(self) -> int:  # type: ignore[override]
         return hash(tuple(sorted((k, repr(v)) for k, v in self.items())))
@@ -49,14 +49,16 @@ def thaw(value: Any) -> Any:
 @dataclasses.dataclass(frozen=True)
 class Field:
     """One config field. ``rule`` says what it accepts, in the words of its error message (a
-    function of the resolved config when it names another field); ``ok(value, config)`` checks it."""
+    function of the resolved config when it names another field); ``ok(value, config)``
+    checks it."""
 
     name: str
     default: Any
     doc: str
     rule: str | Callable[[Any], str]
     ok: Callable[[Any, Any], bool]
-    resumable: bool | Callable[[Any, Any], bool] = False  # may differ from the run's config.json on resume
+    # May differ on resume from the run's config.json (a function: for these (saved, new) values).
+    resumable: bool | Callable[[Any, Any], bool] = False
     added: bool = False  # added after runs were saved: a saved config without it takes the default
     convert: Callable[[Any], Any] = freeze  # the value in the frozen form
     show: Callable[[Any], Any] = lambda v: v  # the value as an error message quotes it
@@ -96,7 +98,8 @@ def is_num(v: Any) -> bool:
 
 def at_least(lo: int, note: str = "") -> dict[str, Any]:
     """An integer >= lo; ``note`` explains a special value, e.g. ``"0 = off"``."""
-    return {"rule": f"an integer >= {lo}" + (f" ({note})" if note else ""), "ok": lambda v, c: is_int(v) and v >= lo}
+    rule = f"an integer >= {lo}" + (f" ({note})" if note else "")
+    return {"rule": rule, "ok": lambda v, c: is_int(v) and v >= lo}
 
 
 def one_of(*values: str) -> dict[str, Any]:

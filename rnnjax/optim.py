@@ -1,4 +1,4 @@
-"""The optimizer: optax ``chain(clip_by_global_norm(grad_clip), <any optax optimizer>(schedule, **kwargs))``.
+"""The optimizer: ``chain(clip_by_global_norm(grad_clip), <optax optimizer>(schedule, **kwargs))``.
 
 ``train.optimizer`` names any function in optax that takes ``learning_rate`` (``sgd``, ``adam``,
 ``adamw``, ``lion``, ...); ``train.optimizer_kwargs`` gives its other arguments, and
@@ -28,33 +28,43 @@ def _takes_learning_rate(fn: object) -> bool:
         return False
 
 
-def optimizer_factory(cfg: TrainConfig) -> tuple[Callable[..., optax.GradientTransformation], inspect.Signature]:
-    """optax's function named ``cfg.optimizer`` and its signature; :class:`ConfigError` (one line) for a
-    name optax lacks, an argument it does not take or lacks, or a ``weight_decay`` it would ignore."""
+Factory = Callable[..., optax.GradientTransformation]
+
+
+def optimizer_factory(cfg: TrainConfig) -> tuple[Factory, inspect.Signature]:
+    """optax's function named ``cfg.optimizer`` and its signature; :class:`ConfigError` (one line)
+    for a name optax lacks, an argument it does not take or lacks, or a ``weight_decay`` it would
+    ignore."""
     name, kwargs = cfg.optimizer, dict(cfg.optimizer_kwargs)
     factory = getattr(optax, name, None) if not name.startswith("_") else None
     if not _takes_learning_rate(factory):
-        names = [n for n in dir(optax) if not n.startswith("_") and _takes_learning_rate(getattr(optax, n))]
+        names = [n for n in dir(optax)
+                 if not n.startswith("_") and _takes_learning_rate(getattr(optax, n))]
         close = difflib.get_close_matches(name, names, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ConfigError(f"config.train.optimizer = {name!r} is not an optax optimizer; {hint}give {_FIND}")
+        raise ConfigError(f"config.train.optimizer = {name!r} is not an optax optimizer; "
+                          f"{hint}give {_FIND}")
     sig = inspect.signature(factory)
     params = sig.parameters
     open_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     unknown = sorted(set(kwargs) - set(params)) if not open_kwargs else []
     if unknown:
-        takes = ", ".join(n for n in params if n not in ("learning_rate", "weight_decay")) or "nothing else"
-        raise ConfigError(f"config.train.optimizer_kwargs: optax.{name} takes no argument {unknown[0]!r}; "
-                          f"it takes {takes}")
-    given = set(kwargs) | {"learning_rate"} | ({"weight_decay"} if "weight_decay" in params else set())
-    missing = [n for n, p in params.items() if p.default is inspect.Parameter.empty and n not in given
-               and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
+        takes = ", ".join(n for n in params if n not in ("learning_rate", "weight_decay"))
+        raise ConfigError(f"config.train.optimizer_kwargs: optax.{name} takes no argument "
+                          f"{unknown[0]!r}; it takes {takes or 'nothing else'}")
+    given = set(kwargs) | {"learning_rate", "weight_decay"}
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    missing = [n for n, p in params.items()
+               if p.default is inspect.Parameter.empty and n not in given
+               and p.kind not in variadic]
     if missing:
-        raise ConfigError(f"config.train.optimizer_kwargs: optax.{name} needs {missing[0]!r}; add it, e.g. "
-                          f"--config.train.optimizer_kwargs=\"{{'{missing[0]}': ...}}\"")
+        example = f"--config.train.optimizer_kwargs=\"{{'{missing[0]}': ...}}\""
+        raise ConfigError(f"config.train.optimizer_kwargs: optax.{name} needs {missing[0]!r}; "
+                          f"add it, e.g. {example}")
     if cfg.weight_decay > 0 and "weight_decay" not in params:
-        raise ConfigError(f"config.train.weight_decay = {cfg.weight_decay} but optax.{name} takes no weight_decay; "
-                          "set it to 0 or use an optimizer that takes it (adamw, lion, ...)")
+        raise ConfigError(f"config.train.weight_decay = {cfg.weight_decay} but optax.{name} takes "
+                          "no weight_decay; set it to 0 or use an optimizer that takes it "
+                          "(adamw, lion, ...)")
     return factory, sig
 
 

@@ -165,7 +165,8 @@ def test_a_config_saved_before_new_fields_still_resolves():
 
     from rnnjax.config import first_difference
 
-    saved = json.loads(open(os.path.join(ROOT, "tests", "fixtures", "run_v1", "config.json")).read())
+    path = os.path.join(ROOT, "tests", "fixtures", "run_v1", "config.json")
+    saved = json.loads(open(path).read())
     cfg = resolve(saved)
     assert cfg.train.optimizer_kwargs == {} and cfg.model.output_dropout == 0.0
     assert first_difference(cfg.to_dict(), cfg.to_dict()) is None
@@ -195,13 +196,15 @@ def test_generate_num_chars_one_rule_for_config_and_sampler():
     Both now read the field's one rule."""
     from rnnjax.generate import check_args
 
-    with pytest.raises(ConfigError, match=r"^config.generate.num_chars = 0 is not allowed: an integer >= 1$"):
+    rule = r"^config.generate.num_chars = 0 is not allowed: an integer >= 1$"
+    with pytest.raises(ConfigError, match=rule):
         resolve(with_fields(default_config(), **{"generate.num_chars": 0}))
     with pytest.raises(ValueError, match=r"^num_chars must be an integer >= 1, got 0$"):
         check_args("time", 0)
     check_args("time", 1)
     resolve(with_fields(default_config(), **{"generate.num_chars": 1}))
-    with pytest.raises(ConfigError, match=r"generate.prefixes = \('time', ''\) is not allowed: a list of non-empty"):
+    rule = r"generate.prefixes = \('time', ''\) is not allowed: a list of non-empty"
+    with pytest.raises(ConfigError, match=rule):
         resolve(with_fields(default_config(), **{"generate.prefixes": ["time", ""]}))
 
 
@@ -209,5 +212,6 @@ def test_optimizer_kwargs_cannot_hold_the_learning_rate():
     with pytest.raises(ConfigError, match=r"^config.train.optimizer_kwargs sets learning_rate; set "
                                           r"config.train.learning_rate instead"):
         resolve(with_fields(default_config(), **{"train.optimizer_kwargs": {"learning_rate": 0.1}}))
-    with pytest.raises(ConfigError, match=r"config.train.optimizer_kwargs = \{1: 2\} is not allowed: a dict"):
+    rule = r"config.train.optimizer_kwargs = \{1: 2\} is not allowed: a dict"
+    with pytest.raises(ConfigError, match=rule):
         resolve(with_fields(default_config(), **{"train.optimizer_kwargs": {1: 2}}))
