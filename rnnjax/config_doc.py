@@ -76,7 +76,7 @@ def render() -> str:
         out += [_row(f"{group}.{f.name}", f) for f in items if isinstance(f, Field)]
         rules = [r.doc for r in items if isinstance(r, Rule)]
         if rules:
-            out += ["", "Across fields: " + " ".join(rules)]
+            out += ["", "Across fields:", *(f"- {r}" for r in rules)]
     out.append(f"\n{len(FIELDS)} fields.\n")
     return "\n".join(out)
 
