@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 from absl import app, flags
 from ml_collections import config_flags
 
-from rnnjax.config import FIELDS, GROUPS, allowed
+from rnnjax.config import FIELDS, GROUPS, ConfigError, allowed
 from rnnjax.workdir import resolve as user_path
 from rnnjax.workdir import shown
 
@@ -136,20 +136,17 @@ def check_overrides(argv: Sequence[str], flag: str = "config") -> None:
 
 def _explain(e: Exception) -> str:
     """One line for an exception raised while parsing flags (loading the config file, overrides)."""
-    from rnnjax.config import ConfigError
-
     chain, x = [], e
     while x is not None and len(chain) < 10:
         chain.append(x)
         x = x.__cause__ or x.__context__
-    text = str(e)
-    if "Error whilst parsing config file" in text:  # ml_collections puts get_config()'s traceback in the message
-        last = [line for line in text.strip().splitlines() if line.strip()][-1]
-        kind, _, message = last.partition(": ")
-        return message if kind == "rnnjax.config.ConfigError" else f"the config file raised {kind.rsplit('.', 1)[-1]}: {message}"
-    for x in chain:
-        if isinstance(x, ConfigError):
-            return str(x)
+    raised = [x for x in chain if isinstance(x, ConfigError)]
+    if raised:  # the deepest: ml_collections re-raises get_config()'s error with a traceback as its text
+        return str(raised[-1])
+    if "Error whilst parsing config file" in str(e):  # that re-raise, of a TypeError or ValueError
+        inner = chain[-1]
+        first = (str(inner).strip().splitlines() or [""])[0]
+        return f"the config file raised {type(inner).__name__}: {first}"
     if isinstance(e, flags.Error):
         text = str(e).splitlines()[0]
         cause = e.__cause__ or e.__context__
