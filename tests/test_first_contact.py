@@ -112,6 +112,14 @@ def test_cli_mistakes_are_one_line_and_create_nothing(in_tmp, args, message):
     assert not (in_tmp / "runs").exists()
 
 
+def test_a_sweep_refuses_an_unknown_optimizer_before_any_trial(in_tmp):
+    proc = run_cli(in_tmp, str(ROOT / "scripts" / "sweep.py"), "--config=configs/sweep_depth_cell.py:smoke",
+                   "--workdir=sw", "--config.train.optimizer=lino")
+    assert proc.returncode != 0 and proc.stderr.strip().count("\n") == 0, proc.stderr[-2000:]
+    assert "error: config.train.optimizer = 'lino' is not an optax optimizer" in proc.stderr
+    assert not (in_tmp / "sw").exists()
+
+
 @pytest.mark.parametrize("script, args, message", [
     ("train.py", ["--config=configs/deep_lstm.py:smoke", "--config.model.num_layers=two"], "takes an integer >= 1"),
     ("train.py", ["--config=configs/deep_lstm.py:smoke", "--config.model.cell=lstn"], "config.model.cell = 'lstn'"),
