@@ -5,22 +5,31 @@ from __future__ import annotations
 
 import jax
 
-from rnnjax.cells import CELLS
 from rnnjax.config import Config, ConfigError
 
 
+def _bytes(tree) -> int:
+    return sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(tree))
+
+
 def estimate_memory(cfg: Config, vocab_size: int) -> int:
-    """Bytes a training step needs, roughly: parameters, gradients and optimizer state, plus the
-    activations kept for the backward (float32)."""
+    """Bytes a training step needs, roughly: parameters and gradients, the optimizer's state, plus
+    the activations kept for the backward (float32). Parameters and optimizer state are the shapes
+    of the real model's and the real optimizer's init (``jax.eval_shape``: nothing is allocated)."""
+    from rnnjax.model import DeepRNN
+    from rnnjax.optim import make_optimizer
+
     m, d = cfg.model, cfg.data
-    g, h = CELLS[m.cell].num_gates, m.hidden_size
-    input_weights = vocab_size * g * h + (m.num_layers - 1) * h * g * h
-    recurrent = 0 if CELLS[m.cell].recurrence is None else h * g * h + g * h  # an upper bound
-    params = input_weights + m.num_layers * (recurrent + g * h) + h * vocab_size + vocab_size
-    copies = 2 + (2 if cfg.train.optimizer in ("adam", "adamw") else 0)  # params, grads (+ two moments)
+    model = DeepRNN(vocab_size, m.hidden_size, m.num_layers, m.cell, tuple(m.activation), m.dropout)
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0)))
+    opt_state = jax.eval_shape(make_optimizer(cfg.train, 1)[0].init, params)
+    # Per layer the step keeps its gate pre-activations (the widest parameter, [G * h]) twice and a
+    # few [h] vectors; the output layer keeps [V] logits, softmax and gradient.
+    leaves = jax.tree_util.tree_leaves
+    widths = [max(x.shape[-1] for x in leaves(layer)) for layer in params["layers"]]
     tokens = d.batch_size * d.num_steps
-    activations = tokens * m.num_layers * h * (2 * g + 4) + 3 * tokens * vocab_size
-    return 4 * (copies * params + activations)
+    activations = 4 * tokens * (sum(2 * w + 4 * m.hidden_size for w in widths) + 3 * vocab_size)
+    return 2 * _bytes(params) + _bytes(opt_state) + activations
 
 
 def available_memory() -> int | None:

@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 from absl import app, flags
 from ml_collections import config_flags
 
-from rnnjax.config import allowed, default_config
+from rnnjax.config import FIELDS, GROUPS, ConfigError, allowed
 from rnnjax.workdir import resolve as user_path
 from rnnjax.workdir import shown
 
@@ -60,57 +60,93 @@ def fail(message: str) -> NoReturn:
     sys.exit(f"error: {message}")
 
 
-def _fields(node: Any, prefix: str = "") -> list[str]:
-    out = []
-    for key, value in node.items():
-        name = f"{prefix}{key}"
-        out += _fields(value, name + ".") if hasattr(value, "items") else [name]
-    return out
+_PARSERS = {bool: flags.BooleanParser(), int: flags.IntegerParser(), float: flags.FloatParser()}
+
+
+def _value_problem(field: str, text: str) -> str | None:
+    """Why ``--config.FIELD=text`` cannot be read as the field's type (parsed as ml_collections
+    will), with the field's rule; None when it can (``resolve`` checks the rest)."""
+    f = FIELDS[field]
+    takes = f"; config.{field} takes {allowed(field)}"
+    if isinstance(f.default, dict):
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = None
+        if not isinstance(value, dict):
+            return f"flag --config.{field}={text}: not a Python dict{takes}"
+        return None
+    parser = None if f.literal else _PARSERS.get(type(f.default))
+    if parser is None:
+        return None
+    try:
+        parser.parse(text)
+    except ValueError as e:
+        pair = len(e.args) == 2 and isinstance(e.args[0], str)  # absl's bool parser: (text, value)
+        said = f"{e.args[0]}: {e.args[1]!r}" if pair else str(e)
+        return f"flag --config.{field}={text}: {said}{takes}"
+    return None
 
 
 def check_overrides(argv: Sequence[str], flag: str = "config") -> None:
-    """Refuse a missing config file, and ``--config.FIELD=...`` for a FIELD that no config has
-    (naming the closest field), before the config file runs."""
+    """Refuse, before the config file runs: ``--config`` given twice, a missing config file,
+    ``--config.FIELD=...`` for a FIELD that no config has (naming the closest field), and a value
+    that cannot be read as FIELD's type (naming FIELD's rule)."""
+    given = []
     for i, arg in enumerate(argv[1:], 1):
-        value = arg.split("=", 1)[1] if arg.startswith(f"--{flag}=") else None
-        if arg == f"--{flag}" and i + 1 < len(argv):
+        value = arg.split("=", 1)[1] if arg.startswith((f"--{flag}=", f"-{flag}=")) else None
+        if arg in (f"--{flag}", f"-{flag}") and i + 1 < len(argv):
             value = argv[i + 1]
         if value is not None:
-            path = value.partition(":")[0]
-            if not os.path.isfile(path):
-                fail(f"config file {path} does not exist; give a file such as --{flag}=configs/deep_lstm.py")
-    known = _fields(default_config())
-    groups = {f.split(".")[0] for f in known}
+            given.append(value)
+    if len(given) > 1 and flag in flags.FLAGS:
+        times = "twice" if len(given) == 2 else f"{len(given)} times"
+        fail(f"--{flag} was given {times} ({', '.join(given)}); give it once, and change fields "
+             f"with --{flag}.FIELD=VALUE")
+    for value in given:
+        path = value.partition(":")[0]
+        if not os.path.isfile(path):
+            fail(f"config file {path} does not exist; "
+                 f"give a file such as --{flag}=configs/deep_lstm.py")
+    known = list(FIELDS)
     for arg in argv[1:]:
         if not arg.startswith(f"--{flag}."):
             continue
-        field = arg[len(flag) + 3 :].split("=", 1)[0]
-        if field in known or field in groups:
+        field, eq, text = arg[len(flag) + 3 :].partition("=")
+        if field in FIELDS:
+            problem = _value_problem(field, text) if eq else None
+            if problem:
+                fail(problem)
             continue
+        if field in GROUPS:
+            continue
+        dicts = [f for f in FIELDS if isinstance(FIELDS[f].default, dict)]
+        parent = next((f for f in dicts if field.startswith(f + ".")), None)
+        if parent:
+            key = field[len(parent) + 1 :]
+            example = f"--{flag}.{parent}=\"{{'{key}': ...}}\""
+            fail(f"--{flag}.{field}: set the whole dict, e.g. {example}")
         group, _, leaf = field.rpartition(".")
         same = {f.rpartition(".")[2]: f for f in known if f.rpartition(".")[0] == group}
         close = difflib.get_close_matches(leaf, list(same), n=1, cutoff=0.7) if same else []
         close = [same[c] for c in close] or difflib.get_close_matches(field, known, n=1, cutoff=0.8)
-        hint = f"did you mean --{flag}.{close[0]}?" if close else "every field is listed in rnnjax/config.py"
+        hint = f"did you mean --{flag}.{close[0]}?" if close else "docs/config.md lists every field"
         fail(f"--{flag}.{field} is not a config field; {hint}")
 
 
 def _explain(e: Exception) -> str:
     """One line for an exception raised while parsing flags (loading the config file, overrides)."""
-    from rnnjax.config import ConfigError
-
     chain, x = [], e
     while x is not None and len(chain) < 10:
         chain.append(x)
         x = x.__cause__ or x.__context__
-    text = str(e)
-    if "Error whilst parsing config file" in text:  # ml_collections puts get_config()'s traceback in the message
-        last = [line for line in text.strip().splitlines() if line.strip()][-1]
-        kind, _, message = last.partition(": ")
-        return message if kind == "rnnjax.config.ConfigError" else f"the config file raised {kind.rsplit('.', 1)[-1]}: {message}"
-    for x in chain:
-        if isinstance(x, ConfigError):
-            return str(x)
+    raised = [x for x in chain if isinstance(x, ConfigError)]
+    if raised:  # the deepest: ml_collections re-raises get_config()'s error with a traceback as its text
+        return str(raised[-1])
+    if "Error whilst parsing config file" in str(e):  # that re-raise, of a TypeError or ValueError
+        inner = chain[-1]
+        first = (str(inner).strip().splitlines() or [""])[0]
+        return f"the config file raised {type(inner).__name__}: {first}"
     if isinstance(e, flags.Error):
         text = str(e).splitlines()[0]
         cause = e.__cause__ or e.__context__
@@ -118,11 +154,6 @@ def _explain(e: Exception) -> str:
             args = cause.args  # absl's bool parser raises ValueError(message, value)
             said = f"{args[0]}: {args[1]!r}" if len(args) == 2 and isinstance(args[0], str) else str(cause)
             text = text.split(": ", 1)[0] + ": " + said.splitlines()[0]
-        if text.startswith("flag --config.") and isinstance(cause, ValueError) and not isinstance(cause, _ListValueError):
-            field = text.removeprefix("flag --config.").partition("=")[0]
-            rule = allowed(field)  # a wrong type: say what the field takes
-            if rule:
-                text += f"; config.{field} takes {rule}"
         return text
     inner = chain[-1]
     first = (str(inner).strip().splitlines() or [""])[0]

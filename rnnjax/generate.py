@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnnjax import data
+from rnnjax.config import FIELDS
 from rnnjax.data import detokenize, tokenize
 from rnnjax.model import DeepRNN, Params
 from rnnjax.vocab import Vocab
@@ -77,8 +78,9 @@ def check_args(
     for i, p in enumerate(items):
         if not isinstance(p, str) or not p:
             raise ValueError(f"prefix {i} must be a non-empty string, got {p!r}")
-    if not _is_int(num_chars) or num_chars < 1:
-        raise ValueError(f"num_chars must be an integer >= 1, got {num_chars!r}")
+    rule = FIELDS["generate.num_chars"]  # one rule for config.generate.num_chars and the sampler
+    if not rule.accepts(num_chars if not isinstance(num_chars, np.integer) else int(num_chars)):
+        raise ValueError(f"num_chars must be {rule.rule}, got {num_chars!r}")
     if (not isinstance(temperature, numbers.Real) or isinstance(temperature, (bool, np.bool_))
             or not math.isfinite(temperature) or temperature < 0):
         raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")

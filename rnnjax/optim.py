@@ -1,10 +1,71 @@
-"""The optimizer: optax ``chain(clip_by_global_norm(grad_clip), sgd|adam|adamw(schedule))``."""
+"""The optimizer: ``chain(clip_by_global_norm(grad_clip), <optax optimizer>(schedule, **kwargs))``.
+
+``train.optimizer`` names any function in optax that takes ``learning_rate`` (``sgd``, ``adam``,
+``adamw``, ``lion``, ...); ``train.optimizer_kwargs`` gives its other arguments, and
+``train.weight_decay`` goes to the ones that take ``weight_decay``. :func:`optimizer_factory`
+checks all of it (one line, before training).
+"""
 
 from __future__ import annotations
 
+import difflib
+import inspect
+from collections.abc import Callable
+
 import optax
 
-from rnnjax.config import TrainConfig
+from rnnjax.config import ConfigError, TrainConfig
+
+_FIND = ("the name of a function in optax that takes learning_rate (the list: "
+         "https://optax.readthedocs.io/en/latest/api/optimizers.html, or "
+         "python -c \"import optax; help(optax)\")")
+
+
+def _takes_learning_rate(fn: object) -> bool:
+    try:
+        return callable(fn) and "learning_rate" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+Factory = Callable[..., optax.GradientTransformation]
+
+
+def optimizer_factory(cfg: TrainConfig) -> tuple[Factory, inspect.Signature]:
+    """optax's function named ``cfg.optimizer`` and its signature; :class:`ConfigError` (one line)
+    for a name optax lacks, an argument it does not take or lacks, or a ``weight_decay`` it would
+    ignore."""
+    name, kwargs = cfg.optimizer, dict(cfg.optimizer_kwargs)
+    factory = getattr(optax, name, None) if not name.startswith("_") else None
+    if not _takes_learning_rate(factory):
+        names = [n for n in dir(optax)
+                 if not n.startswith("_") and _takes_learning_rate(getattr(optax, n))]
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"config.train.optimizer = {name!r} is not an optax optimizer; "
+                          f"{hint}give {_FIND}")
+    sig = inspect.signature(factory)
+    params = sig.parameters
+    open_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    unknown = sorted(set(kwargs) - set(params)) if not open_kwargs else []
+    if unknown:
+        takes = ", ".join(n for n in params if n not in ("learning_rate", "weight_decay"))
+        raise ConfigError(f"config.train.optimizer_kwargs: optax.{name} takes no argument "
+                          f"{unknown[0]!r}; it takes {takes or 'nothing else'}")
+    given = set(kwargs) | {"learning_rate", "weight_decay"}
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    missing = [n for n, p in params.items()
+               if p.default is inspect.Parameter.empty and n not in given
+               and p.kind not in variadic]
+    if missing:
+        example = f"--config.train.optimizer_kwargs=\"{{'{missing[0]}': ...}}\""
+        raise ConfigError(f"config.train.optimizer_kwargs: optax.{name} needs {missing[0]!r}; "
+                          f"add it, e.g. {example}")
+    if cfg.weight_decay > 0 and "weight_decay" not in params:
+        raise ConfigError(f"config.train.weight_decay = {cfg.weight_decay} but optax.{name} takes "
+                          "no weight_decay; set it to 0 or use an optimizer that takes it "
+                          "(adamw, lion, ...)")
+    return factory, sig
 
 
 def make_schedule(cfg: TrainConfig, total_steps: int) -> optax.Schedule:
@@ -22,16 +83,19 @@ def make_schedule(cfg: TrainConfig, total_steps: int) -> optax.Schedule:
 def make_optimizer(cfg: TrainConfig, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Returns (optimizer, learning-rate schedule). Clipping (when grad_clip > 0) comes first.
 
-    The learning rate (a constant, or the schedule's value at each step) and weight decay sit
-    in the optimizer state (``optax.inject_hyperparams``): trials that differ only in them
-    share one compiled program and one state layout (``rnnjax.vectorize``).
+    The learning rate (a constant, or the schedule's value at each step), weight decay and every
+    float in ``optimizer_kwargs`` sit in the optimizer state (``optax.inject_hyperparams``): trials
+    that differ only in them share one compiled program and one state layout (``rnnjax.vectorize``).
+    Other kwargs (bools, ints, strings) are static.
     """
+    factory, sig = optimizer_factory(cfg)
     schedule = make_schedule(cfg, total_steps)
-    factory = {"sgd": optax.sgd, "adam": optax.adam, "adamw": optax.adamw}[cfg.optimizer]
-    kwargs = {"learning_rate": cfg.learning_rate if cfg.schedule == "constant" else schedule}
-    if cfg.optimizer == "adamw":
+    kwargs = dict(cfg.optimizer_kwargs)
+    kwargs["learning_rate"] = cfg.learning_rate if cfg.schedule == "constant" else schedule
+    if "weight_decay" in sig.parameters:
         kwargs["weight_decay"] = cfg.weight_decay
-    opt = optax.inject_hyperparams(factory)(**kwargs)
+    static = tuple(k for k, v in cfg.optimizer_kwargs.items() if not isinstance(v, float))
+    opt = optax.inject_hyperparams(factory, static_args=static)(**kwargs)
     if cfg.grad_clip > 0:
         opt = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), opt)
     return opt, schedule

@@ -75,10 +75,12 @@ def main(argv):
         base = resolve(_CONFIG.value)
     except ConfigError as e:
         sys.exit(f"error: {e}")
+    from rnnjax.optim import optimizer_factory
     from rnnjax.parallel import set_cpu_devices_for
     from rnnjax.sweep import SweepInterrupted, run_sweep
 
     try:
+        optimizer_factory(base.train)  # an optax name or argument mistake: one line, no trial directory
         set_cpu_devices_for(base)  # before any JAX call: the CPU device count is fixed when the backend starts
         grid = _grid(flags.FLAGS["config"].config_filename)
         rows = run_sweep(_CONFIG.value, grid, workdir, _SHARD.value, _VECTORIZE.value)

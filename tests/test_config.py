@@ -118,3 +118,100 @@ def test_allowed_quotes_each_fields_rule_for_the_command_line():
     assert len(scalars) > 20
     missing = [f for f in scalars if not allowed(f)]
     assert not missing, missing
+
+
+def test_docs_config_md_is_generated_from_the_declarations():
+    """docs/config.md is what ``python -m rnnjax.config_doc`` writes; it lists every field."""
+    from rnnjax.config import FIELDS
+    from rnnjax.config_doc import COMMAND, PAGE, render
+
+    assert PAGE.read_text() == render(), f"docs/config.md is stale: run {COMMAND}"
+    assert all(f"| `{name}` |" in render() for name in FIELDS)
+
+
+def test_every_form_derives_from_one_declaration_per_field():
+    """default_config(), the frozen Config and to_dict() hold exactly the declared fields, with
+    the declared defaults; a field added to a group's list appears in every form."""
+    import dataclasses
+
+    from rnnjax.config import FIELDS, GROUPS, Config
+
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            if f"{prefix}{k}" not in FIELDS and isinstance(v, dict):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    cfg = default_config()
+    assert set(flat(cfg.to_dict())) == set(FIELDS)
+    frozen = resolve(cfg)
+    assert set(flat(frozen.to_dict())) == set(FIELDS)
+    assert [f.name for f in dataclasses.fields(Config)] == ["seed", *GROUPS]
+    for name, value in flat(frozen.to_dict()).items():
+        default = FIELDS[name].convert(FIELDS[name].default)
+        assert value == default, name
+    assert frozen.model.activation == ("tanh",) and frozen.train.optimizer_kwargs == {}
+    with pytest.raises(TypeError):
+        frozen.train.optimizer_kwargs["b1"] = 0.9  # the frozen form is frozen all the way down
+
+
+def test_a_config_saved_before_new_fields_still_resolves():
+    """The layout-1 run's config.json (no optimizer_kwargs, no output_dropout, ...) resolves, the
+    missing fields taking their defaults, and compares equal to today's default for them."""
+    import json
+
+    from rnnjax.config import first_difference
+
+    path = os.path.join(ROOT, "tests", "fixtures", "run_v1", "config.json")
+    saved = json.loads(open(path).read())
+    cfg = resolve(saved)
+    assert cfg.train.optimizer_kwargs == {} and cfg.model.output_dropout == 0.0
+    assert first_difference(cfg.to_dict(), cfg.to_dict()) is None
+
+
+@pytest.mark.parametrize("field, saved, now, refused", [
+    ("train.num_epochs", 3, 5, False),
+    ("checkpoint.every_epochs", 10, 1, False),
+    ("generate.num_chars", 50, 5, False),
+    ("model.impl", "rnnjax", "autodiff", False),
+    ("model.impl", "rnnjax", "flax", True),
+    ("model.hidden_size", 32, 64, True),
+    ("train.optimizer_kwargs", {}, {"b1": 0.95}, True),
+    ("train.optimizer", "sgd", "lion", True),
+])
+def test_what_a_resume_may_change_is_declared_per_field(field, saved, now, refused):
+    from rnnjax.config import first_difference
+
+    a, b = resolve(default_config()).to_dict(), resolve(default_config()).to_dict()
+    group, leaf = field.split(".")
+    a[group][leaf], b[group][leaf] = saved, now
+    assert first_difference(a, b) == (field if refused else None)
+
+
+def test_generate_num_chars_one_rule_for_config_and_sampler():
+    """Issue 25 item 6: num_chars = 0 passed validation and failed in the sampler after epoch 1.
+    Both now read the field's one rule."""
+    from rnnjax.generate import check_args
+
+    rule = r"^config.generate.num_chars = 0 is not allowed: an integer >= 1$"
+    with pytest.raises(ConfigError, match=rule):
+        resolve(with_fields(default_config(), **{"generate.num_chars": 0}))
+    with pytest.raises(ValueError, match=r"^num_chars must be an integer >= 1, got 0$"):
+        check_args("time", 0)
+    check_args("time", 1)
+    resolve(with_fields(default_config(), **{"generate.num_chars": 1}))
+    rule = r"generate.prefixes = \('time', ''\) is not allowed: a list of non-empty"
+    with pytest.raises(ConfigError, match=rule):
+        resolve(with_fields(default_config(), **{"generate.prefixes": ["time", ""]}))
+
+
+def test_optimizer_kwargs_cannot_hold_the_learning_rate():
+    with pytest.raises(ConfigError, match=r"^config.train.optimizer_kwargs sets learning_rate; set "
+                                          r"config.train.learning_rate instead"):
+        resolve(with_fields(default_config(), **{"train.optimizer_kwargs": {"learning_rate": 0.1}}))
+    rule = r"config.train.optimizer_kwargs = \{1: 2\} is not allowed: a dict"
+    with pytest.raises(ConfigError, match=rule):
+        resolve(with_fields(default_config(), **{"train.optimizer_kwargs": {1: 2}}))

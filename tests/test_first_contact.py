@@ -99,6 +99,10 @@ def test_console_is_short_and_quiet(in_tmp):
     (["extra"], "error: unexpected argument 'extra'"),
     (["--config.data.paths="], "error: flag --config.data.paths=: the value is empty; give a,b or write [] for an empty list"),
     (["--workdir="], "error: --workdir is empty; give a directory"),
+    (["--config.train.optimizer=lino"],
+     "error: config.train.optimizer = 'lino' is not an optax optimizer; did you mean 'lion'?"),
+    (["--config.train.optimizer_kwargs={'b3': 1.0}"],
+     "error: config.train.optimizer_kwargs: optax.sgd takes no argument 'b3'; it takes momentum"),
 ])
 def test_cli_mistakes_are_one_line_and_create_nothing(in_tmp, args, message):
     proc = run_cli(in_tmp, TRAIN, "--config=configs/deep_lstm.py:smoke", *args)
@@ -108,10 +112,34 @@ def test_cli_mistakes_are_one_line_and_create_nothing(in_tmp, args, message):
     assert not (in_tmp / "runs").exists()
 
 
+def test_a_sweep_refuses_an_unknown_optimizer_before_any_trial(in_tmp):
+    proc = run_cli(in_tmp, str(ROOT / "scripts" / "sweep.py"), "--config=configs/sweep_depth_cell.py:smoke",
+                   "--workdir=sw", "--config.train.optimizer=lino")
+    assert proc.returncode != 0 and proc.stderr.strip().count("\n") == 0, proc.stderr[-2000:]
+    assert "error: config.train.optimizer = 'lino' is not an optax optimizer" in proc.stderr
+    assert not (in_tmp / "sw").exists()
+
+
 @pytest.mark.parametrize("script, args, message", [
     ("train.py", ["--config=configs/deep_lstm.py:smoke", "--config.model.num_layers=two"], "takes an integer >= 1"),
     ("train.py", ["--config=configs/deep_lstm.py:smoke", "--config.model.cell=lstn"], "config.model.cell = 'lstn'"),
     ("train.py", ["--config=configs/deep_lstm.py:smoke", "--workdir="], "error: --workdir is empty"),
+    # issue 25 item 10: absl said "The flag 'config.train.num_epochs' is defined twice. First ..."
+    ("train.py", ["--config=configs/deep_lstm.py:smoke", "--config=configs/deep_lstm.py",
+                  "--config.train.num_epochs=1"],
+     "error: --config was given twice (configs/deep_lstm.py:smoke, configs/deep_lstm.py); give it"),
+    ("sweep.py", ["--config=configs/sweep_depth_cell.py", "--config",
+                  "configs/sweep_depth_cell.py:smoke", "--workdir=s", "--config.train.num_epochs=1"],
+     "error: --config was given twice"),
+    # issue 25 item 6: passed validation, trained epoch 1, then a 31-line traceback in the sampler
+    ("train.py", ["--config=configs/deep_lstm.py:smoke", "--config.generate.num_chars=0"],
+     "error: config.generate.num_chars = 0 is not allowed: an integer >= 1"),
+    ("train.py", ["--config=configs/deep_lstm.py:smoke", "--config.train.optimizer_kwargs=b1"],
+     "error: flag --config.train.optimizer_kwargs=b1: not a Python dict; "
+     "config.train.optimizer_kwargs takes a dict"),
+    ("train.py", ["--config=configs/deep_lstm.py:smoke", "--config.train.optimizer_kwargs.b1=0.9"],
+     "error: --config.train.optimizer_kwargs.b1: set the whole dict, e.g. "
+     "--config.train.optimizer_kwargs="),
     ("sweep.py", ["--config=configs/sweep_depth_cell.py"], "error: give --config and --workdir"),
     ("generate.py", ["--workdir=run", "--num_chars=0"], "error: flag --num_chars=0"),
     ("evaluate.py", ["--workdir=run", "--text=nope.txt"], "error: --text=nope.txt: does not exist"),

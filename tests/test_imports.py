@@ -9,9 +9,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # Each module may import modules of its own level or below. A new module gets a level here.
 LEVELS = [
-    ["errors", "console", "host", "integrity", "metrics", "plotting", "profiling", "tensorboard_log", "vocab"],
+    ["errors", "fields", "console", "host", "integrity", "metrics", "plotting", "profiling", "tensorboard_log", "vocab"],
     ["cells"],  # the package and every cell file
-    ["config", "cli", "workdir", "data", "optim", "checkpoint"],
+    ["config", "config_doc", "cli", "workdir", "data", "optim", "checkpoint"],
     ["stack", "fused"],  # layers
     ["model", "cudnn", "flax_model", "pipeline", "parallel", "trace", "interop", "capacity"],
     ["steps", "generate", "inside", "run"],

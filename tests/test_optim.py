@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 import pytest
-from conftest import small_config
+from conftest import param_bytes, small_config
 
 from rnnjax.config import resolve
 from rnnjax.metrics import TrainMetrics
@@ -37,3 +37,89 @@ def test_clipping_is_applied():
     assert gnorm > 0.01 and gnorm == pytest.approx(gnorm2)
     assert clipped == pytest.approx(2.0 * 0.01, rel=1e-4)
     assert unclipped == pytest.approx(2.0 * gnorm, rel=1e-4)
+
+
+def _old_optimizer(tc, total_steps):
+    """The optimizer as main 4059f9e built it (a closed list of sgd, adam, adamw)."""
+    from rnnjax.optim import make_schedule
+
+    schedule = make_schedule(tc, total_steps)
+    factory = {"sgd": optax.sgd, "adam": optax.adam, "adamw": optax.adamw}[tc.optimizer]
+    kwargs = {"learning_rate": tc.learning_rate if tc.schedule == "constant" else schedule}
+    if tc.optimizer == "adamw":
+        kwargs["weight_decay"] = tc.weight_decay
+    opt = optax.inject_hyperparams(factory)(**kwargs)
+    return optax.chain(optax.clip_by_global_norm(tc.grad_clip), opt) if tc.grad_clip > 0 else opt
+
+
+@pytest.mark.parametrize("name, schedule, wd", [
+    ("sgd", "constant", 0.0), ("adam", "constant", 0.0),
+    ("adamw", "constant", 0.1), ("adamw", "warmup_cosine", 0.01),
+])
+def test_sgd_adam_adamw_are_bitwise_what_they_were(name, schedule, wd):
+    """Any optax name now, but the three old ones give the same state tree and bitwise the same
+    updates."""
+    tc = dataclasses.replace(resolve(small_config()).train, optimizer=name, schedule=schedule,
+                             weight_decay=wd, warmup_steps=2, learning_rate=0.01)
+    params = {"w": jax.random.normal(jax.random.key(0), (4, 3)), "b": jnp.ones(3)}
+    grads = jax.tree_util.tree_map(lambda x: jnp.sin(x) * 3.0, params)
+    outs = []
+    for tx in (make_optimizer(tc, 10)[0], _old_optimizer(tc, 10)):
+        state, p = tx.init(params), params
+        for _ in range(3):
+            updates, state = tx.update(grads, state, p)
+            p = optax.apply_updates(p, updates)
+        outs.append((jax.tree_util.tree_structure(state), param_bytes(p), param_bytes(state)))
+    assert outs[0] == outs[1]
+
+
+def test_any_optax_optimizer_trains_by_name(tmp_path):
+    """``train.optimizer = 'lion'`` (never named in rnnjax) trains, with optimizer_kwargs and
+    weight_decay passed on; its hyperparameters sit in the state (vectorized sweeps)."""
+    from rnnjax.train import train_and_evaluate
+
+    cfg = small_config(1, **{"train.optimizer": "lion", "train.learning_rate": 1e-3,
+                             "train.weight_decay": 0.01,
+                             "train.optimizer_kwargs": {"b1": 0.95, "mu_dtype": "float32"}})
+    out = train_and_evaluate(cfg, tmp_path / "run")
+    assert out["metrics"][0]["val_ppl"] < 27  # learned: below a uniform guess over the vocabulary
+    tx, _ = make_optimizer(resolve(cfg).train, 10)
+    state = tx.init({"w": jnp.ones(3)})
+    hp = state[1].hyperparams
+    assert float(hp["weight_decay"]) == pytest.approx(0.01)
+    assert float(hp["b1"]) == pytest.approx(0.95)
+    assert "mu_dtype" not in hp  # a string: static, not a traced hyperparameter
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"train.optimizer": "lino"},
+     r"^config.train.optimizer = 'lino' is not an optax optimizer; did you mean 'lion'\? give the "
+     r"name of a function in optax that takes learning_rate"),
+    ({"train.optimizer": "tree"}, r"'tree' is not an optax optimizer"),  # a module of optax
+    ({"train.optimizer": "adam", "train.optimizer_kwargs": {"b3": 0.9}},
+     r"^config.train.optimizer_kwargs: optax.adam takes no argument 'b3'; it takes b1, b2, eps"),
+    ({"train.optimizer": "sgd", "train.weight_decay": 0.1},
+     r"^config.train.weight_decay = 0.1 but optax.sgd takes no weight_decay"),
+])
+def test_bad_optimizer_is_one_line_before_training(fields, message, tmp_path):
+    from rnnjax.config import ConfigError
+    from rnnjax.train import train_and_evaluate
+
+    with pytest.raises(ConfigError, match=message) as e:
+        train_and_evaluate(small_config(1, **fields), tmp_path / "run")
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_memory_estimate_sizes_the_real_optimizer_state():
+    """capacity sizes optimizer state with jax.eval_shape of the real optimizer: adam keeps two
+    moments per parameter, lion one, sgd none (no table of names)."""
+    from rnnjax.capacity import estimate_memory
+
+    est = {name: estimate_memory(resolve(small_config(**{"train.optimizer": name})), 28)
+           for name in ("sgd", "lion", "adam")}
+    model = build_model(resolve(small_config()), 28)
+    shapes = jax.eval_shape(model.init, jax.random.key(0))
+    nbytes = sum(x.size * 4 for x in jax.tree_util.tree_leaves(shapes))
+    assert est["adam"] - est["sgd"] == pytest.approx(2 * nbytes, abs=64)
+    assert est["lion"] - est["sgd"] == pytest.approx(nbytes, abs=64)
