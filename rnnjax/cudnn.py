@@ -9,7 +9,7 @@ interchangeable with ``impl="rnnjax"`` and ``"autodiff"`` (the same params pytre
 Each layer is one cuDNN call (``num_layers=1``): rnnjax's own dropout runs between layers (the
 same masks as every other implementation), not cuDNN's, whose mask comes from a fixed seed. The
 first layer reads one-hot inputs [b, t, V] (cuDNN does the input projection itself); the carry is
-rnnjax's ``(c, h)`` per layer. With ``DeepRNN.data_devices`` > 1 each call runs under
+rnnjax's ``(c, h)`` per layer. With ``Placement.data_devices`` > 1 each call runs under
 ``jax.shard_map`` over the data axis (XLA cannot partition cuDNN's custom call): every device
 runs cuDNN on its own rows.
 
@@ -119,17 +119,18 @@ def _sharded(kernel: Kernel, hidden_size: int, devices: int, batch: int):
 
 
 def apply(spec: Any, params: Params, tokens: Array, carry: Any, dropout_key: Array | None,
-          kernel: Kernel | None = None) -> tuple[Array, Any]:
+          placement: Any = None, kernel: Kernel | None = None) -> tuple[Array, Any]:
     """The :class:`rnnjax.model.Stack` apply: tokens [b, t] -> (logits [b, t, V], new carry).
 
     ``kernel``: :func:`cudnn_kernel` by default (after :func:`check_available`), or
-    :func:`reference_kernel`. Layers run through :func:`rnnjax.stack.run` (its dropout masks).
+    :func:`reference_kernel`. Layers run through :func:`rnnjax.stack.run` (its dropout masks);
+    ``placement.data_devices`` > 1 (:class:`rnnjax.model.Placement`) splits the batch over devices.
     """
     if kernel is None:
         check_available()
         kernel = cudnn_kernel
     b, t = tokens.shape
-    run_layer = _sharded(kernel, spec.hidden_size, spec.data_devices, b)
+    run_layer = _sharded(kernel, spec.hidden_size, placement.data_devices if placement else 1, b)
 
     def layer(l, p, x, layer_carry):  # cuDNN reads [b, t, d]; layer 1 reads one-hot tokens
         x_btd = jax.nn.one_hot(x.T, spec.vocab_size, dtype=jnp.float32) if l == 0 else jnp.swapaxes(x, 0, 1)

@@ -36,9 +36,10 @@ class Spec(Protocol):
     def layer_activation(self, layer: int) -> str: ...
 
 
-def apply(spec: Spec, params: Params, tokens: Array, carry: Carry, dropout_key: Array | None = None
-          ) -> tuple[Array, Carry]:
-    """As ``DeepRNN.apply`` over Flax params: tokens [b, t] -> (logits [b, t, V], new carry)."""
+def apply(spec: Spec, params: Params, tokens: Array, carry: Carry, dropout_key: Array | None = None,
+          placement: Any = None) -> tuple[Array, Carry]:
+    """As ``DeepRNN.apply`` over Flax params: tokens [b, t] -> (logits [b, t, V], new carry); one
+    device (``placement`` is not read)."""
     mapping = CELLS[spec.cell].flax
 
     def layer(l, p, x, layer_carry):

@@ -67,15 +67,8 @@ class DeepRNN:
     activation: tuple[str, ...] = ("tanh",)
     dropout: float = 0.0
     impl: Impl = Impl.FUSED
-    # Layer pipeline over CPU devices (rnnjax.pipeline): up to this many stages (1 = off), the
-    # sequence in (the divisor of t nearest) this many chunks. Same math, same params.
-    pipeline_stages: int = 1
-    pipeline_chunks: int = 5
     # Dropout on the top layer's output, before the output layer (training only; 0 = off).
     output_dropout: float = 0.0
-    # impl CUDNN only: the devices the batch is split over (rnnjax.parallel's data axis); cuDNN's call
-    # then runs under shard_map over them, one call per device on its rows.
-    data_devices: int = 1
 
     def __post_init__(self):
         if isinstance(self.activation, str):
@@ -108,11 +101,48 @@ class DeepRNN:
         return implementation(self.impl).apply(self, params, tokens, carry, dropout_key)
 
 
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where a model runs, not what it computes: every placement gives the same numbers and reads
+    the same params. ``pipeline_stages`` > 1: the layers pipelined over that many CPU devices
+    (:mod:`rnnjax.pipeline`), the sequence in about ``pipeline_chunks`` chunks; ``data_devices``:
+    the devices cuDNN's call is split over (``impl="cudnn"``, under ``shard_map``)."""
+
+    pipeline_stages: int = 1
+    pipeline_chunks: int = 5
+    data_devices: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Placed:
+    """A :class:`DeepRNN` and its :class:`Placement`: what a training step applies. It reads like
+    the spec (``placed.cell``, ``placed.num_layers``, ...); ``apply`` runs it where placed."""
+
+    spec: DeepRNN
+    placement: Placement
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("spec", "placement"):  # not set yet (copy, unpickling)
+            raise AttributeError(name)
+        return getattr(self.spec, name)
+
+    def init(self, key: Array) -> Params:
+        return self.spec.init(key)
+
+    def initial_carry(self, batch_size: int) -> Carry:
+        return self.spec.initial_carry(batch_size)
+
+    def apply(self, params: Params, tokens: Array, carry: Carry, *, dropout_key: Array | None = None
+              ) -> tuple[Array, Carry]:
+        return implementation(self.spec.impl).apply(self.spec, params, tokens, carry, dropout_key, self.placement)
+
+
 class Stack(NamedTuple):
-    """One implementation of the whole model: ``init(spec, key)``, ``apply(spec, params, tokens, carry, dropout_key)``."""
+    """One implementation of the whole model: ``init(spec, key)`` and
+    ``apply(spec, params, tokens, carry, dropout_key, placement=Placement())``."""
 
     init: Callable[[DeepRNN, Array], Params]
-    apply: Callable[[DeepRNN, Params, Array, Carry, Array | None], tuple[Array, Carry]]
+    apply: Callable[..., tuple[Array, Carry]]
 
 
 def implementation(impl: Impl | str) -> Stack:
@@ -153,13 +183,14 @@ def _init(spec: DeepRNN, key: Array) -> Params:
     return {"layers": layers, "w_out": uniform(keys[-2], (h, v), h), "b_out": uniform(keys[-1], (v,), h)}
 
 
-def _apply(layer_fn, spec: DeepRNN, params: Params, tokens: Array, carry: Carry, dropout_key: Array | None
-           ) -> tuple[Array, Carry]:
+def _apply(layer_fn, spec: DeepRNN, params: Params, tokens: Array, carry: Carry, dropout_key: Array | None,
+           placement: Placement = Placement()) -> tuple[Array, Carry]:
     tokens_tb = tokens.T
     # the pipeline needs time to overlap: a single step (generation) runs the plain stack
-    if spec.pipeline_stages > 1 and tokens_tb.shape[0] > 1 and (stages := pipeline.stages_for(spec)) > 1:
+    stages = pipeline.stages_for(spec.num_layers, placement.pipeline_stages)
+    if stages > 1 and tokens_tb.shape[0] > 1:
         h_tbh, new_carry = pipeline.pipelined_layers(spec, layer_fn, params["layers"], tokens_tb, carry,
-                                                     dropout_key, stages)
+                                                     dropout_key, stages, placement.pipeline_chunks)
         return stack.logits(params, stack.output_dropout(spec, dropout_key, h_tbh)), new_carry
 
     def layer(l, p, x, layer_carry):

@@ -70,10 +70,12 @@ def plan(num_layers: int, num_devices: int, seq_len: int, num_chunks: int) -> Pl
     return Plan(num_layers, stages, k, chunks)
 
 
-def stages_for(spec: Any) -> int:
-    """The stages a :class:`rnnjax.model.DeepRNN` runs here: its ``pipeline_stages`` as far as this
-    process's devices and its layers allow (1 = the plain stack, e.g. on a single device)."""
-    return plan(spec.num_layers, min(spec.pipeline_stages, jax.local_device_count()), 1, 1).stages
+def stages_for(num_layers: int, pipeline_stages: int) -> int:
+    """The stages a stack of ``num_layers`` runs here with ``Placement.pipeline_stages``: as many as
+    this process's devices and its layers allow (1 = the plain stack, e.g. on a single device)."""
+    if pipeline_stages <= 1:
+        return 1
+    return plan(num_layers, min(pipeline_stages, jax.local_device_count()), 1, 1).stages
 
 
 def mesh(stages: int) -> Mesh:
@@ -90,17 +92,18 @@ def _unstack(tree: Any, n: int) -> list[Any]:
 
 
 def pipelined_layers(spec: Any, layer_fn: Callable, layers: list[dict], tokens_tb: Array, carry: tuple,
-                     dropout_key: Array | None, num_devices: int) -> tuple[Array, tuple]:
+                     dropout_key: Array | None, num_devices: int, num_chunks: int) -> tuple[Array, tuple]:
     """The stack's L layers over time, pipelined; the same values as :func:`rnnjax.stack.run`.
 
     ``layer_fn(cell, activation, p, xw_tbg, carry) -> (h_tbh, carry)`` runs one layer (the plain
     stack's); ``tokens_tb`` [t, b]; ``carry`` one carry per layer; dropout between layers with
     :func:`rnnjax.stack.dropout_keep`'s masks (``dropout_key`` None: none). Runs on the first S of
-    ``num_devices`` devices (:func:`plan`). Returns the top layer's outputs [t, b, h] (before
+    ``num_devices`` devices, the sequence in about ``num_chunks`` chunks (:func:`plan`).
+    Returns the top layer's outputs [t, b, h] (before
     output dropout) and the new carry.
     """
     activations = tuple(map(spec.layer_activation, range(spec.num_layers)))
-    cell, rate, num_chunks = spec.cell, spec.dropout, spec.pipeline_chunks
+    cell, rate = spec.cell, spec.dropout
     xw0_tbg = stack.input_projection(0, layers[0], tokens_tb)
     t, b = tokens_tb.shape
     keep_ltbh = jnp.stack([stack.dropout_keep(dropout_key, l, rate, (t, b, spec.hidden_size))

@@ -33,7 +33,7 @@ from rnnjax.console import PipeSafe, Preempted, StopFlag
 from rnnjax.generate import generate
 from rnnjax.host import retain_freed_memory
 from rnnjax.metrics import EvalMetrics, LayerStats, TrainMetrics, best_record, bpc, epoch_record
-from rnnjax.model import Carry, DeepRNN, Impl, Params, num_params
+from rnnjax.model import Carry, DeepRNN, Impl, Params, Placed, Placement, num_params
 from rnnjax.optim import make_optimizer
 from rnnjax.parallel import DataParallel, pipeline_device_count, set_cpu_devices_for
 from rnnjax.plotting import plot_curves
@@ -53,17 +53,18 @@ from rnnjax.workdir import RESUME_MODES
 Array = jax.Array
 
 
-def build_model(cfg: Config, vocab_size: int) -> DeepRNN:
-    """The model the config asks for (``model.impl``: an :class:`Impl` value; ``parallel.cpu_pipeline``:
-    its layers pipelined over the CPU devices, falling back to the plain stack where there is one)."""
-    m = cfg.model
-    p = cfg.parallel
+def build_model(cfg: Config, vocab_size: int) -> DeepRNN | Placed:
+    """The model the config asks for (``model.impl``: an :class:`Impl` value) and, where it runs other
+    than on one device, its :class:`Placement` (``parallel.cpu_pipeline``: its layers pipelined over
+    the CPU devices; ``impl="cudnn"``: cuDNN's call split over the data-parallel devices)."""
+    m, p = cfg.model, cfg.parallel
+    spec = DeepRNN(vocab_size, m.hidden_size, m.num_layers, m.cell, tuple(m.activation), m.dropout, Impl(m.impl),
+                   output_dropout=m.output_dropout)
     stages = pipeline_device_count(p.cpu_devices, m.num_layers) if p.cpu_pipeline else 1
     # cuDNN's call runs under shard_map over the data-parallel devices (XLA cannot partition it)
     data_devices = (p.num_devices or len(jax.devices())) if m.impl == "cudnn" else 1
-    return DeepRNN(vocab_size, m.hidden_size, m.num_layers, m.cell, tuple(m.activation), m.dropout, Impl(m.impl),
-                   pipeline_stages=stages, pipeline_chunks=p.pipeline_chunks, data_devices=data_devices,
-                   output_dropout=m.output_dropout)
+    placement = Placement(stages, p.pipeline_chunks, data_devices)
+    return spec if placement == Placement(pipeline_chunks=p.pipeline_chunks) else Placed(spec, placement)
 
 
 def make_placement(cfg: Config) -> DataParallel:
@@ -72,7 +73,8 @@ def make_placement(cfg: Config) -> DataParallel:
     if cfg.parallel.cpu_pipeline:
         if jax.process_count() > 1:
             raise ConfigError("config.parallel.cpu_pipeline runs in one process; set it to False for multi-process runs")
-        return DataParallel.replicated_over(pipeline.stages_for(build_model(cfg, 2)))
+        return DataParallel.replicated_over(pipeline.stages_for(cfg.model.num_layers, pipeline_device_count(
+            cfg.parallel.cpu_devices, cfg.model.num_layers)))
     return DataParallel.create(cfg.parallel.num_devices, cfg.data.batch_size)
 
 
@@ -356,7 +358,7 @@ class _Trainer:
         what = f"{m.num_layers}-layer {m.cell} (hidden {m.hidden_size}, impl {m.impl}), {num_params(params):,} parameters"
         where = f"{self.dp.num_devices} {jax.default_backend()} device(s)"
         if not self.dp.split_batch:
-            where += f" (layer pipeline: {self.dp.num_devices} stages, {self.model.pipeline_chunks} time chunks)"
+            where += f" (layer pipeline: {self.dp.num_devices} stages, {self.cfg.parallel.pipeline_chunks} time chunks)"
         where += f"; workdir {rundir.shown(self.workdir)}"
         if step is None:
             todo = f"training epochs 1-{epochs}"

@@ -82,8 +82,9 @@ SHARDED = textwrap.dedent("""
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     import numpy as np
     from rnnjax import DeepRNN, cudnn
+    from rnnjax.model import Placement
     spec = DeepRNN(11, 16, 2, "lstm", dropout=0.2)
-    sharded = dataclasses.replace(spec, data_devices=4)
+    four = Placement(data_devices=4)
     params = spec.init(jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(1), (8, 7), 0, 11)
     carry = jax.tree_util.tree_map(lambda x: x + 0.25, spec.initial_carry(8))
@@ -95,11 +96,11 @@ SHARDED = textwrap.dedent("""
         logits, new_carry = apply(p, tok, c)
         return jnp.mean(logits ** 2) + sum(jnp.mean(x) for x in jax.tree_util.tree_leaves(new_carry))
     plain = lambda p, tok, c: spec.apply(p, tok, c, dropout_key=key)
-    ref = lambda p, tok, c: cudnn.apply(sharded, p, tok, c, key, kernel=cudnn.reference_kernel)
+    ref = lambda p, tok, c: cudnn.apply(spec, p, tok, c, key, four, kernel=cudnn.reference_kernel)
     want = jax.jit(jax.value_and_grad(functools.partial(loss, plain)))(params, tokens, carry)
     got = jax.jit(jax.value_and_grad(functools.partial(loss, ref)))(params, s_tokens, s_carry)
     diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree_util.tree_leaves(want), jax.tree_util.tree_leaves(got)))
-    text = jax.jit(lambda p, tok, c: cudnn.apply(sharded, p, tok, c, None, kernel=cudnn.reference_kernel)).lower(
+    text = jax.jit(lambda p, tok, c: cudnn.apply(spec, p, tok, c, None, four, kernel=cudnn.reference_kernel)).lower(
         params, s_tokens, s_carry).as_text()
     print("RESULT " + json.dumps({"devices": len(jax.devices()), "diff": diff, "shard_map": "shard_map" in text
                                   or "sdy.manual_computation" in text}))
@@ -107,7 +108,7 @@ SHARDED = textwrap.dedent("""
 
 
 def test_data_parallel_wraps_the_call_in_shard_map_on_four_devices():
-    """The cuDNN stack under ``data_devices=4`` (each device its own rows, lstm_ref standing in for
+    """The cuDNN stack under ``Placement(data_devices=4)`` (each device its own rows, lstm_ref standing in for
     cuDNN's call) gives the single-device rnnjax loss and gradients."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     proc = subprocess.run([sys.executable, "-c", SHARDED], capture_output=True, text=True,

@@ -68,3 +68,15 @@ def test_loading_a_run_and_inspecting_it_never_import_the_trainer():
 
     for reader in ("run", "inside", "generate", "model", "steps"):
         assert not closure(reader) & {"train", "vectorize", "sweep"}, reader
+
+
+def test_the_model_spec_holds_no_device_placement():
+    """DeepRNN is the math; where it runs (pipeline stages, cuDNN's data devices) is a Placement."""
+    import dataclasses
+
+    from rnnjax.model import DeepRNN, Placed, Placement
+
+    assert {f.name for f in dataclasses.fields(DeepRNN)} == {
+        "vocab_size", "hidden_size", "num_layers", "cell", "activation", "dropout", "output_dropout", "impl"}
+    placed = Placed(DeepRNN(5, 4, 2, "gru"), Placement(pipeline_stages=2))
+    assert placed.cell == "gru" and placed.num_layers == 2 and hash(placed) == hash(placed)

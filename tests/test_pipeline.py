@@ -43,7 +43,7 @@ def test_bad_pipeline_settings_are_one_line_errors():
 
 
 EXACT = textwrap.dedent("""
-    import dataclasses, json, sys
+    import json, sys
     import jax
     jax.config.update("jax_num_cpu_devices", 4)
     jax.config.update("jax_default_matmul_precision", "highest")
@@ -51,7 +51,7 @@ EXACT = textwrap.dedent("""
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     from rnnjax import pipeline
     from rnnjax.metrics import TrainMetrics
-    from rnnjax.model import DeepRNN
+    from rnnjax.model import DeepRNN, Placed, Placement
     from rnnjax.steps import init_train_state, make_train_step
 
     V, b, t = 11, 4, 12
@@ -60,7 +60,8 @@ EXACT = textwrap.dedent("""
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(1.0))
 
     def train(model):  # 10 steps of the real train step, everything replicated on the pipeline's devices
-        rep = NamedSharding(Mesh(np.asarray(jax.devices()[:pipeline.stages_for(model)]), ("d",)), P())
+        stages = pipeline.stages_for(model.num_layers, model.placement.pipeline_stages) if isinstance(model, Placed) else 1
+        rep = NamedSharding(Mesh(np.asarray(jax.devices()[:stages]), ("d",)), P())
         state = init_train_state(model, tx, jax.random.PRNGKey(0))
         state, carry, metrics = jax.device_put((state, model.initial_carry(b), TrainMetrics.zeros()), rep)
         step = make_train_step(model, tx, reset_carry=False)
@@ -71,10 +72,10 @@ EXACT = textwrap.dedent("""
     out = []
     for cell, L, D, dropout in json.loads(sys.argv[1]):
         m = DeepRNN(V, 8, L, cell, ("tanh",), dropout)
-        piped = dataclasses.replace(m, pipeline_stages=D, pipeline_chunks=3)
+        piped = Placed(m, Placement(pipeline_stages=D, pipeline_chunks=3))
         (a, la), (p, lp) = train(m), train(piped)
         diff = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(a, p))
-        out.append({"case": [cell, L, D, dropout], "stages": pipeline.stages_for(piped), "diff": diff,
+        out.append({"case": [cell, L, D, dropout], "stages": pipeline.stages_for(L, D), "diff": diff,
                     "loss": [la, lp]})
     print("RESULT " + json.dumps(out))
 """)
