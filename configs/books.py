@@ -5,7 +5,7 @@ test perplexity and bits per character per file at the end.
     python scripts/train.py --config=configs/books.py --config.data.paths=a.txt,b.txt
 
 The defaults were chosen by the sweep in ``configs/sweep_books.py`` (five stages, 27 trials on d2l's
-split; README "Results: more books"): a 2-layer LSTM of width 256 with dropout 0.5 between the
+split; docs/results.md, "More books"): a 2-layer LSTM of width 256 with dropout 0.5 between the
 layers and 0.5 on the top layer's output, AdamW (lr 1e-2, weight decay 0.01) with 200 warm-up steps
 and a cosine decay, batch 16, 64 steps (not varied). Wider (512) or deeper (3) stacks, more dropout, a lower
 learning rate or batch 32 were each worse on that split.

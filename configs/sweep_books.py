@@ -10,7 +10,7 @@ perplexity is 6.71).
     python scripts/sweep.py --summarize=runs/sweep_books
 
 Every trial is ``configs/books.py:d2l_split`` (AdamW, warm-up + cosine, early stopping) with the
-grid's fields changed; the results and what was chosen are in the README, "More books".
+grid's fields changed; the results and what was chosen are in docs/results.md, "More books".
 """
 
 import importlib.util

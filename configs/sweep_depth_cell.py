@@ -13,7 +13,7 @@ from rnnjax.config import default_config, variant
 
 
 def get_config(arg: str | None = None):
-    def quick(config):  # the README's table: the full model, a 40-epoch budget
+    def quick(config):  # docs/results.md's table: the full model, a 40-epoch budget
         config.train.num_epochs = 40
         return config
 

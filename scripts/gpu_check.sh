@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks of rnnjax, in one command, on a machine with an NVIDIA GPU (README: "On a GPU").
+# The GPU checks of rnnjax, in one command, on a machine with an NVIDIA GPU (docs/devices.md, "On a GPU").
 #
 #     bash scripts/gpu_check.sh OUTDIR [--quick]
 #
