@@ -171,6 +171,8 @@ def write_report(results: dict, path: str | Path, json_path: str | Path | None,
     for section in SECTIONS:
         if results.get(section):
             lines += ["", *tables.TABLES[section](results)]
+    for section, error in results.get("failed", {}).items():
+        lines += ["", f"## {section}: failed", "", f"This section raised `{error}`."]
     Path(path).write_text("\n".join(lines) + "\n")
     if json_path:
         Path(json_path).write_text(json.dumps(results, indent=2))

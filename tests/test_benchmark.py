@@ -476,3 +476,20 @@ def test_sequence_section_measures_every_cell_and_both_scan_forms(tmp_path):
     assert re.search(r"^\| 2 \| [0-9,]+ \(", text, re.M) and re.search(
         r"^\| 2 \| [0-9.]+ \| [0-9.]+ \| ", text, re.M
     )
+
+
+def test_epoch_and_vectorized_sections_measure_and_render(tmp_path):
+    s = sections.Settings(repeats=1, steps=1, base=TINY)
+    ep = runs.epoch(s)
+    assert list(ep) == ["train", "validation", "train + validation, one after the other",
+                        "train + validation, overlapped", "record"]
+    assert all(v > 0 for v in ep.values())
+    vec = sections.vectorized(s, k=2)
+    assert list(vec) == ["2 seeds one by one", "2 seeds vmapped"]
+    if harness.pipeline_name() is None:  # one device in this process: no pipeline to measure
+        assert sections.pipeline(s) is None
+    results = synthetic(7, 10)
+    results.update(epoch=ep, vectorized=vec, failed={"devices": "CalledProcessError: boom"})
+    text = write(tmp_path, results)
+    assert "## Per-epoch overhead" in text and "| 2 seeds vmapped |" in text
+    assert "## devices: failed\n\nThis section raised `CalledProcessError: boom`." in text
