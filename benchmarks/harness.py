@@ -19,8 +19,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from workload import V, Workload
 
-from rnnjax.cells import CELLS
 from rnnjax.config import ConfigError, default_config, resolve
 from rnnjax.metrics import TrainMetrics
 from rnnjax.optim import make_optimizer
@@ -32,10 +32,6 @@ from rnnjax.train import build_model
 BENCHMARKS_DIR = Path(__file__).resolve().parent  # benchmarks/: the harness, sections, report
 REPO_ROOT = BENCHMARKS_DIR.parent  # the repository holding benchmarks/, scripts/ and configs/
 
-# The reference experiment's vocabulary: the bundled Time Machine's characters under the default
-# data config (26 letters, space, <unk>). A fixed workload parameter, so no benchmark reads the
-# corpus; tests/test_benchmark.py checks it against len(data.load_corpus(...).vocab).
-V = 28
 PIPELINE_CHUNKS = 5  # config.parallel.pipeline_chunks's default
 
 
@@ -48,38 +44,6 @@ def repo_path(*parts: str) -> Path:
                                 "(benchmarks/ next to scripts/ and configs/); "
                                 "run them from a checkout")
     return path
-
-
-@dataclasses.dataclass(frozen=True)
-class Workload:
-    """One benchmark row: the reference training step with some fields changed."""
-
-    cell: str = "lstm"
-    num_layers: int = 2
-    hidden: int = 256
-    batch: int = 32
-    seq: int = 35
-
-    @property
-    def label(self) -> str:
-        w = self
-        return f"{w.cell.upper()} L={w.num_layers} h={w.hidden} b={w.batch} t={w.seq}"
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.batch * self.seq
-
-    def train_flops_per_token(self) -> float:
-        """Analytic model FLOPs per token of one training step: 3 x the forward matmuls
-        (forward + backward w.r.t. activations + backward w.r.t. weights). Layer 1's input
-        is counted as the one-hot matmul X W_x (V x G*h) of the model's definition."""
-        g, h = CELLS[self.cell].num_gates, self.hidden
-        rec = 0 if CELLS[self.cell].sequence is not None else h  # minGRU/minLSTM: no h W_h
-        layers = sum(2 * g * h * ((V if i == 0 else h) + rec) for i in range(self.num_layers))
-        return 3.0 * (layers + 2 * h * V)
-
-
-REFERENCE = Workload()  # the 2-layer LSTM of the reference experiment: the targets are judged on it
 
 
 @dataclasses.dataclass

@@ -15,8 +15,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from harness import REPO_ROOT, V, config, median_ms, repo_path, torch
+from harness import REPO_ROOT, config, median_ms, repo_path, torch
 from sections import Settings
+from workload import V
 
 from rnnjax import cudnn
 from rnnjax import data as rdata

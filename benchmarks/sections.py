@@ -18,10 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from harness import (
     PIPELINE_CHUNKS,
-    REFERENCE,
-    V,
     Variant,
-    Workload,
     build,
     config,
     cpu_mesh_name,
@@ -34,6 +31,7 @@ from harness import (
     stepper,
     torch_variant,
 )
+from workload import REFERENCE, V, Workload
 
 from rnnjax import cudnn
 from rnnjax.cells import CELLS, linear_scan, mingru_coefficients, split_gates

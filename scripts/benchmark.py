@@ -72,9 +72,9 @@ def check_flags() -> list[tuple[str, int]]:
     if unknown or "rows" not in _SECTIONS.value:
         cli.fail(f"--sections={','.join(_SECTIONS.value)}: " + (f"unknown {unknown}" if unknown
                  else "'rows' missing") + f"; choose from {list(report.SECTIONS)} and include rows")
-    from harness import REFERENCE  # imports JAX (does not start it): the registry of cells
+    from workload import REFERENCE
 
-    from rnnjax.cells import CELLS
+    from rnnjax.cells import CELLS  # imports JAX (does not start it)
 
     items = _ROWS.value if _ROWS.value is not None else (
         [f"{REFERENCE.cell}:1"] + [f"{c}:2" for c in CELLS] + [f"{REFERENCE.cell}:4"])
@@ -94,13 +94,13 @@ def check_flags() -> list[tuple[str, int]]:
 def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected argument {argv[1]!r}; flags look like --sections=rows,epoch")
-    rows = check_flags()
     if not _DEVICES_ONLY.value:
         out = _writable("out", _OUT.value or str(report.default_report_path()))
         json_path = _writable("json", _JSON.value) if _JSON.value else None
+    rows = check_flags()
     import dataclasses
 
-    from harness import REFERENCE
+    from workload import REFERENCE, V
 
     from rnnjax.host import retain_freed_memory
     from rnnjax.parallel import set_cpu_devices
@@ -119,7 +119,7 @@ def main(argv):
         print("RESULT " + json.dumps(sections.devices_here(s)))
         return
     t0, started = time.time(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    results = {"machine": harness.machine(), "vocab": harness.V, "peak": harness.matmul_peak()}
+    results = {"machine": harness.machine(), "vocab": V, "peak": harness.matmul_peak()}
     s = dataclasses.replace(s, peak_gflops=results["peak"]["peak"])
     failed = results["failed"] = {}
     for name in (x for x in report.SECTIONS if x in _SECTIONS.value):
