@@ -123,7 +123,23 @@ def _title(t: Target, results: dict) -> str:
     return t.text
 
 
-def header(results: dict, command: str) -> list[str]:
+def command(results: dict) -> str:
+    """The command line that measures what ``results`` holds: the report's Reproduce line."""
+    st = results["settings"]
+    workloads = [r["workload"] for r in results["rows"]]
+    rows = ",".join(f"{w['cell']}:{w['num_layers']}" for w in workloads)
+    flags = [f"--sections={','.join(st['sections'])}", f"--rows={rows}"]
+    for flag, value, standard in (("repeats", st["repeats"], STANDARD_REPEATS),
+                                  ("steps", st["steps_per_round"], STANDARD_STEPS)):
+        flags += [f"--{flag}={value}"] if value != standard else []
+    if "end_to_end" in st["sections"] and st["e2e_epochs"] != STANDARD_E2E_EPOCHS:
+        flags.append(f"--e2e_epochs={st['e2e_epochs']}")
+    w, ref = st["workload"], st["reference"]
+    flags += [f"--{k}={w[k]}" for k in ("hidden", "batch", "seq") if w[k] != ref[k]]
+    return "python scripts/benchmark.py " + " ".join(flags)
+
+
+def header(results: dict) -> list[str]:
     """What this file is (one run, one host), how to rerun it, the host and how loaded it was."""
     m, st, peak = results["machine"], results["settings"], results["peak"]
     ran, skipped = st["sections"], [s for s in DEFAULT_SECTIONS if s not in st["sections"]]
@@ -135,7 +151,7 @@ def header(results: dict, command: str) -> list[str]:
         f"One run of `scripts/benchmark.py` on one host, {st['started']} "
         f"({st['minutes']:.0f} min); a rerun replaces this file whole. Measurements from other "
         f"runs and hosts, and what they show: [{PERFORMANCE_PAGE}]({PERFORMANCE_PAGE}).", "",
-        f"Reproduce: `{command}`.", "",
+        f"Reproduce: `{command(results)}`.", "",
         f"Host: {m['backend']}, {m['devices']} device(s) of kind `{m['device_kind']}`, "
         f"{cores} cores, JAX {m['jax']}, torch {m['torch']}, {m['processor']}, "
         f"{m['platform']}.", "",
@@ -145,9 +161,11 @@ def header(results: dict, command: str) -> list[str]:
         + ". Compare only ratios of variants "
         "measured side by side in this run (interleaved, round after round), not absolute "
         "times across runs or hosts.", "",
-        f"Sections: {', '.join(ran)}" + (f"; not run: {', '.join(skipped)}" if skipped else "")
-        + (" (`large`, h 1024 b 256 t 256, is for accelerators)" if "large" not in ran else "")
-        + ".", "",
+        f"Sections: {', '.join(ran)}." + (
+            f" **A reduced run**: {', '.join(skipped)} not run (the default `--sections` runs "
+            "them)." if skipped else "") + (
+            " `large` (h 1024, b 256, t 256) is for accelerators: not by default."
+            if "large" not in ran else ""), "",
         f"Each figure is the median over {st['repeats']} interleaved rounds of "
         f"{st['steps_per_round']} steps (min-max in the JSON) unless a section says otherwise. "
         "Training step = forward + backward + global-norm clipping + SGD update, vocabulary "
@@ -160,11 +178,10 @@ def header(results: dict, command: str) -> list[str]:
     return lines
 
 
-def write_report(results: dict, path: str | Path, json_path: str | Path | None,
-                 command: str) -> None:
+def write_report(results: dict, path: str | Path, json_path: str | Path | None = None) -> None:
     """The Markdown report of ``results`` (scripts/benchmark.py's dict) at ``path``; the
     results as JSON at ``json_path`` if given."""
-    lines = header(results, command) + targets(results)
+    lines = header(results) + targets(results)
     for name in _ours(results):
         if note := tables.variant_note(name):
             lines += ["", note]

@@ -43,6 +43,8 @@ _FAKE = flags.DEFINE_integer("fake_devices", 4, "Devices of the devices section 
 _JSON = flags.DEFINE_string("json", None, "Also write the results as JSON here.")
 _OUT = flags.DEFINE_string("out", None, "Markdown report path (default: "
                            "runs/benchmarks/BENCHMARKS-<UTC timestamp>.md).")
+_FROM_JSON = flags.DEFINE_string("from_json", None, "Measure nothing: write the report of the "
+                                 "results a previous run saved with --json.")
 _DEVICES_ONLY = flags.DEFINE_bool("devices_only", False, "Internal: the devices section's child.")
 
 
@@ -91,12 +93,38 @@ def check_flags() -> list[tuple[str, int]]:
     return rows
 
 
+def _read(value: str) -> str:
+    try:
+        return resolve(value).read_text()
+    except OSError as e:
+        cli.fail(f"--from_json={value}: {e.strerror}; give the file a run wrote with --json")
+
+
+def write(results: dict, out: pathlib.Path, json_path: pathlib.Path | None) -> None:
+    """The report (and JSON) of ``results``; prints the report and where it went."""
+    for p in filter(None, (out, json_path)):
+        p.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        report.write_report(results, out, json_path)
+    except (KeyError, TypeError, StopIteration) as e:
+        cli.fail(f"--from_json={_FROM_JSON.value}: not the results of a run ({e!r} missing)")
+    print(out.read_text())
+    print(f"wrote {out}" + (f" and {json_path}" if json_path else ""))
+
+
 def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected argument {argv[1]!r}; flags look like --sections=rows,epoch")
     if not _DEVICES_ONLY.value:
         out = _writable("out", _OUT.value or str(report.default_report_path()))
         json_path = _writable("json", _JSON.value) if _JSON.value else None
+    if _FROM_JSON.value:
+        try:
+            results = json.loads(_read(_FROM_JSON.value))
+        except ValueError as e:
+            cli.fail(f"--from_json={_FROM_JSON.value}: not the results of a run (not JSON: {e})")
+        write(results, out, json_path)
+        return
     rows = check_flags()
     import dataclasses
 
@@ -135,13 +163,9 @@ def main(argv):
         "repeats": s.repeats, "steps_per_round": s.steps, "e2e_epochs": s.e2e_epochs,
         "workload": dataclasses.asdict(base), "reference": dataclasses.asdict(REFERENCE),
         "sections": [x for x in report.SECTIONS if x in _SECTIONS.value],
+        "fake_devices": s.fake_devices,
         "started": started, "minutes": (time.time() - t0) / 60}
-    shown = [a for a in sys.argv if not a.startswith(("--json", "--out"))]  # paths: not figures
-    for p in filter(None, (out, json_path)):
-        p.parent.mkdir(parents=True, exist_ok=True)
-    report.write_report(results, out, json_path, command=" ".join(["python", *shown]))
-    print(out.read_text())
-    print(f"wrote {out}" + (f" and {json_path}" if json_path else ""))
+    write(results, out, json_path)
     if failed:
         cli.fail(f"sections {', '.join(failed)} failed (named in the report); the others are in it")
 

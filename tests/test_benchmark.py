@@ -24,7 +24,8 @@ import report  # noqa: E402
 import runs  # noqa: E402
 import sections  # noqa: E402
 import tables  # noqa: E402
-from harness import Workload  # noqa: E402
+import workload  # noqa: E402
+from workload import Workload  # noqa: E402
 
 from rnnjax.cells import CELLS  # noqa: E402
 
@@ -62,7 +63,7 @@ def test_vocabulary_is_the_bundled_corpus_vocabulary():
     from rnnjax import data
     from rnnjax.config import default_config, resolve
 
-    assert harness.V == len(data.load_corpus(resolve(default_config()).data).vocab) == 28
+    assert workload.V == len(data.load_corpus(resolve(default_config()).data).vocab) == 28
 
 
 def test_benchmarks_live_outside_the_package_and_find_the_repository():
@@ -189,7 +190,13 @@ def test_benchmark_script_writes_the_report_of_one_run(tmp_path):
     text = out.read_text()
     assert text.startswith("# Benchmarks\n\nOne run of `scripts/benchmark.py` on one host")
     assert "[docs/performance.md](docs/performance.md)" in text and "Compare only ratios" in text
-    assert "Sections: rows, generation; not run: pipeline," in text
+    assert "Sections: rows, generation. **A reduced run**: pipeline," in text
+    reproduce = " ".join(["python scripts/benchmark.py --sections=rows,generation --rows=lstm:2",
+                          "--repeats=1 --steps=1", *TINY_FLAGS])
+    assert f"Reproduce: `{reproduce}`." in text
+    again = subprocess.run([sys.executable, SCRIPT, "--from_json=j/b.json", "--out=again.md"],
+                           capture_output=True, text=True, cwd=tmp_path, env=ENV)
+    assert again.returncode == 0 and (tmp_path / "again.md").read_text() == text
     assert (
         "## Targets" in text
         and "## Generation" in text
@@ -230,6 +237,8 @@ def test_seed_experiment_end_to_end_runs_both_scripts():
         (["--out=blocker/B.md"], "--out=blocker/B.md: cannot write there"),
         (["--json=."], "--json=. is a directory"),
         (["stray"], "unexpected argument 'stray'"),
+    (["--from_json=missing.json"], "--from_json=missing.json: No such file or directory"),
+    (["--from_json=blocker"], "--from_json=blocker: not the results of a run"),
     ],
 )
 def test_benchmark_rejects_bad_flags_in_one_line(tmp_path, args, message):
@@ -265,7 +274,7 @@ def test_unwritable_out_is_refused_before_measuring(tmp_path):
 
 
 def synthetic(
-    repeats: int, steps: int, e2e_epochs: int | None = None, workload: Workload = harness.REFERENCE
+    repeats: int, steps: int, e2e_epochs: int | None = None, base: Workload = workload.REFERENCE
 ) -> dict:
     """Results shaped as scripts/benchmark.py makes them, with made-up figures: rnnjax beats every
     target (1.5x torch, 70% MFU, faster than flax, compiles in 1 s)."""
@@ -320,7 +329,7 @@ def synthetic(
             "repeats": repeats,
             "steps_per_round": steps,
             "e2e_epochs": 500,
-            "workload": dataclasses.asdict(workload),
+            "workload": dataclasses.asdict(base),
             "reference": dataclasses.asdict(Workload()),
             "sections": ["rows"],
             "started": "2026-12-02 03:00 UTC",
@@ -353,7 +362,7 @@ def verdicts(text: str) -> list[str]:
 
 
 def write(tmp_path, results: dict) -> str:
-    report.write_report(results, tmp_path / "B.md", tmp_path / "b.json", command="python x")
+    report.write_report(results, tmp_path / "B.md", tmp_path / "b.json")
     return (tmp_path / "B.md").read_text()
 
 
@@ -367,7 +376,7 @@ def test_targets_are_not_judged_below_the_standard(tmp_path, repeats, steps):
 
 
 def test_targets_are_not_judged_on_a_smaller_workload(tmp_path):
-    text = write(tmp_path, synthetic(7, 10, e2e_epochs=500, workload=TINY))
+    text = write(tmp_path, synthetic(7, 10, e2e_epochs=500, base=TINY))
     assert "not judged: workload h=8 b=4 t=6, not the reference h=256 b=32 t=35" in text
     assert verdicts(text) == ["not judged"] * len(report.TARGETS)
 
@@ -406,11 +415,10 @@ def test_header_names_the_run_the_host_and_shared_cores(tmp_path):
     text = write(tmp_path, results)
     head = text.split("## Targets")[0]
     assert "2026-12-02 03:00 UTC (20 min); a rerun replaces this file whole" in head
-    assert (
-        "Reproduce: `python x`." in head
-        and "Compare only ratios of variants measured side by side" in head
-    )
-    assert "shared" not in head and "not run: pipeline, epoch" in head
+    rows = "--rows=lstm:2,gru:1,mingru:2"
+    assert f"Reproduce: `python scripts/benchmark.py --sections=rows {rows}`." in head
+    assert "Compare only ratios of variants measured side by side" in head
+    assert "shared" not in head and "**A reduced run**: pipeline, epoch," in head
     results["load_end"] = 9.0  # more runnable threads than cores
     assert "**the cores were shared with other processes**" in write(tmp_path, results)
 
