@@ -2,14 +2,9 @@
 
     python benchmarks/corpus_scale.py [--chars=100000000] [--train_seconds=120]
 
-Generates the corpus in a temporary directory (the bundled book repeated, once as it is (ASCII)
-and once with a non-ASCII character in every line), then, each in a fresh process:
-  * load: ``rnnjax.data.load_corpus`` with ``configs/books.py``'s data fields (raw text, the whole
-    corpus, 90/5/5 by fraction): seconds and the process's peak RSS;
-  * train: ``scripts/train.py --config=configs/books.py`` on it, stopped with SIGTERM after
-    ``--train_seconds`` (it saves a checkpoint and exits, as a preempted run does): the process's
-    peak RSS (``ru_maxrss``) and the optimizer steps done.
-Prints a Markdown table.
+The bundled book repeated (ASCII, and with a non-ASCII character in every line); each in a fresh
+process: ``load_corpus`` with configs/books.py's data fields, then ``scripts/train.py`` on it until
+SIGTERM. Prints a Markdown table (peak RSS, seconds, steps).
 """
 
 import argparse

@@ -2,13 +2,9 @@ r"""The seed experiment written the way a PyTorch user would: ``nn.LSTM/GRU/RNN`
 
     python benchmarks/torch_baseline.py [--epochs=500] [--cell=lstm] [--num_layers=2] [--json=FILE]
 
-The benchmark's end-to-end baseline (``scripts/benchmark.py``); a script of the repository's
-``benchmarks/`` directory, not part of the installed package (it uses whichever ``rnnjax`` is
-importable). It reads the same minibatches as ``scripts/train.py --config=configs/deep_lstm.py``
-(rnnjax.data, same seed), feeds one-hot inputs like d2l, trains with ``torch.optim.SGD`` (lr 2)
-after ``clip_grad_norm_`` (1.0), carries the state across minibatches (detached), and measures
-validation perplexity after every epoch, as the rnnjax run does.
-Needs torch (the optional ``[bench]`` extra).
+The end-to-end baseline of ``scripts/benchmark.py``: the minibatches of configs/deep_lstm.py
+(rnnjax.data, same seed), one-hot inputs, SGD after ``clip_grad_norm_``, the state carried across
+minibatches, validation after every epoch. Needs torch (the ``[bench]`` extra).
 """
 
 from __future__ import annotations
