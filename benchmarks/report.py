@@ -67,6 +67,12 @@ def not_judged(settings: dict[str, Any]) -> str | None:
     return None
 
 
+def shared(results: dict) -> bool:
+    """More runnable threads than cores at the start or the end of the run: others ran too."""
+    m = results["machine"]
+    return max(m["load"], results.get("load_end", m["load"])) > m["cores"] + 0.5
+
+
 def _ours(results: dict) -> list[str]:
     """The rnnjax variants of the reference row: the default, cuDNN, over the CPU devices."""
     ref = reference_row(results)["results"]
@@ -106,11 +112,15 @@ def targets(results: dict) -> list[str]:
     """The Targets section: a table of target, measured, verdict ("not judged" below standard)."""
     judged = [(t, j) for t in TARGETS if (j := judge(t, results)) is not None]
     note = not_judged(results["settings"])
+    if note:
+        note = (f"**{note}** (the defaults, `--repeats={STANDARD_REPEATS} "
+                f"--steps={STANDARD_STEPS}` on the reference workload).")
+    elif shared(results):  # a starved variant (torch's threads) makes its ratios meaningless
+        note = ("**not judged: the cores were shared with other processes during the run** "
+                "(run on an otherwise idle host to judge them).")
     lines = ["## Targets", ""]
-    if note:  # a smoke run: no target is declared met or missed
-        lines += [f"**{note}** (the defaults, `--repeats={STANDARD_REPEATS} "
-                  f"--steps={STANDARD_STEPS}` on the reference workload).", "",
-                  "| target | measured | verdict |", "|---|---|---|"]
+    if note:  # no target is declared met or missed
+        lines += [note, "", "| target | measured | verdict |", "|---|---|---|"]
         return lines + [f"| {_title(t, results)} | {v} | not judged |" for t, (v, _) in judged]
     lines += ["| target | measured | met |", "|---|---|---|"]
     verdict = lambda ok: ok if isinstance(ok, str) else "yes" if ok else "**no**"  # noqa: E731
@@ -144,7 +154,6 @@ def header(results: dict) -> list[str]:
     m, st, peak = results["machine"], results["settings"], results["peak"]
     ran, skipped = st["sections"], [s for s in DEFAULT_SECTIONS if s not in st["sections"]]
     start, end, cores = m["load"], results.get("load_end", m["load"]), m["cores"]
-    shared = max(start, end) > cores + 0.5  # more runnable threads than cores: others ran too
     w = st["workload"]
     lines = [
         "# Benchmarks", "",
@@ -157,7 +166,7 @@ def header(results: dict) -> list[str]:
         f"{m['platform']}.", "",
         f"Load: 1-minute load average {start:.1f} at the start and {end:.1f} at the end, on "
         f"{cores} cores" + (": **the cores were shared with other processes**, so absolute "
-                            "times are inflated and noisy" if shared else "")
+                            "times are inflated and noisy" if shared(results) else "")
         + ". Compare only ratios of variants "
         "measured side by side in this run (interleaved, round after round), not absolute "
         "times across runs or hosts.", "",

@@ -21,12 +21,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import harness  # noqa: E402  (benchmarks/harness.py)
 import report  # noqa: E402
-import runs  # noqa: E402
 import sections  # noqa: E402
 import tables  # noqa: E402
 import workload  # noqa: E402
 from workload import Workload  # noqa: E402
 
+import runs  # noqa: E402
 from rnnjax.cells import CELLS  # noqa: E402
 
 ENV = dict(
@@ -420,7 +420,10 @@ def test_header_names_the_run_the_host_and_shared_cores(tmp_path):
     assert "Compare only ratios of variants measured side by side" in head
     assert "shared" not in head and "**A reduced run**: pipeline, epoch," in head
     results["load_end"] = 9.0  # more runnable threads than cores
-    assert "**the cores were shared with other processes**" in write(tmp_path, results)
+    text = write(tmp_path, results)
+    assert "**the cores were shared with other processes**" in text
+    assert "not judged: the cores were shared with other processes during the run" in text
+    assert verdicts(text) == ["not judged"] * (len(report.TARGETS) - 1)  # no end_to_end here
 
 
 def test_default_report_path_is_a_new_file_under_runs():
