@@ -3,7 +3,7 @@
     python benchmarks/recipe_throughput.py [--repeats=5] [--steps=5]
 
 The recipe's shape (2 layers, hidden 256, 64 steps) at batch 16 (the recipe), 32, 64 and 128, and
-at batch 16 the GRU and minGRU, interleaved round after round (medians; ``benchmarking.py``'s
+at batch 16 the GRU and minGRU, interleaved round after round (medians; ``harness.py``'s
 training step: forward, backward, clipping, SGD update; vocabulary 28). Prints a Markdown table:
 tokens/s, ms per step and per time step, and MFU against the measured fp32 matmul peak. On the
 project's 2-core machine the LSTM's tokens/s is flat in the batch at 51-55% MFU: the step is bound
@@ -12,7 +12,7 @@ by its matmuls' FLOPs, not by per-time-step overhead (README, "Results: more boo
 
 import argparse
 
-import benchmarking as bm  # benchmarks/ is this script's directory: on sys.path
+import harness  # benchmarks/ is this script's directory: on sys.path
 
 ROWS = [("lstm", 16), ("lstm", 32), ("lstm", 64), ("lstm", 128), ("gru", 16), ("mingru", 16)]
 
@@ -22,10 +22,10 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--steps", type=int, default=5)
     a = p.parse_args()
-    peak = bm.matmul_peak()["peak"]
-    work = {f"{c} b={b}": bm.Workload(c, 2, hidden=256, batch=b, seq=64) for c, b in ROWS}
-    variants = {name: bm._jax_variant(w, "rnnjax", a.steps) for name, w in work.items()}
-    res = bm._interleave(variants, a.repeats, a.steps, tokens_per_step=1)  # tokens/s scaled per row below
+    peak = harness.matmul_peak()["peak"]
+    work = {f"{c} b={b}": harness.Workload(c, 2, hidden=256, batch=b, seq=64) for c, b in ROWS}
+    variants = {name: harness.jax_variant(w, "rnnjax", a.steps) for name, w in work.items()}
+    res = harness.interleave(variants, a.repeats, a.steps, tokens_per_step=1)  # tokens/s: below
     print(f"fp32 matmul peak {peak:.0f} GFLOP/s; {a.repeats} rounds of {a.steps} steps")
     print("| cell, batch | tokens/s | ms/step | ms per time step | MFU |")
     print("|---|---|---|---|---|")

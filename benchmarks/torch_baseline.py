@@ -2,13 +2,9 @@ r"""The seed experiment written the way a PyTorch user would: ``nn.LSTM/GRU/RNN`
 
     python benchmarks/torch_baseline.py [--epochs=500] [--cell=lstm] [--num_layers=2] [--json=FILE]
 
-The benchmark's end-to-end baseline (``scripts/benchmark.py``); a script of the repository's
-``benchmarks/`` directory, not part of the installed package (it uses whichever ``rnnjax`` is
-importable). It reads the same minibatches as ``scripts/train.py --config=configs/deep_lstm.py``
-(rnnjax.data, same seed), feeds one-hot inputs like d2l, trains with ``torch.optim.SGD`` (lr 2)
-after ``clip_grad_norm_`` (1.0), carries the state across minibatches (detached), and measures
-validation perplexity after every epoch, as the rnnjax run does.
-Needs torch (the optional ``[bench]`` extra).
+The end-to-end baseline of ``scripts/benchmark.py``: the minibatches of configs/deep_lstm.py
+(rnnjax.data, same seed), one-hot inputs, SGD after ``clip_grad_norm_``, the state carried across
+minibatches, validation after every epoch. Needs torch (the ``[bench]`` extra).
 """
 
 from __future__ import annotations
@@ -20,16 +16,34 @@ import os
 import time
 
 from rnnjax import data
+from rnnjax.cells import CELLS
 from rnnjax.config import default_config, resolve
 from rnnjax.host import retain_freed_memory
+
+
+def torch_class(cell: str):
+    """torch.nn's recurrent module named like an rnnjax cell (``nn.LSTM`` for "lstm"), or None
+    when torch has none (minGRU, minLSTM)."""
+    import torch
+
+    cls = getattr(torch.nn, cell.upper(), None)
+    return cls if isinstance(cls, type) and issubclass(cls, torch.nn.RNNBase) else None
+
+
+def no_torch_module(cell: str) -> str:
+    """Why torch cannot run ``cell``: the one line the benchmark report and this script print."""
+    return f"torch.nn has no {cell.upper()} module (rnnjax's {cell} has no PyTorch counterpart)"
 
 
 def torch_modules(cell: str, vocab_size: int, hidden_size: int, num_layers: int):
     """(recurrent module, output nn.Linear) with batch_first inputs [b, t, V]."""
     import torch
 
-    cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell]
-    return cls(vocab_size, hidden_size, num_layers=num_layers, batch_first=True), torch.nn.Linear(hidden_size, vocab_size)
+    cls = torch_class(cell)
+    if cls is None:
+        raise ValueError(no_torch_module(cell))
+    rnn = cls(vocab_size, hidden_size, num_layers=num_layers, batch_first=True)
+    return rnn, torch.nn.Linear(hidden_size, vocab_size)
 
 
 def forward(rnn, out, x, state):
@@ -56,7 +70,8 @@ def train_step(rnn, out, opt, params, x, y, state, clip: float):
     return loss, state
 
 
-def run(epochs: int, cell: str = "lstm", num_layers: int = 2, seed: int = 0) -> dict:
+def run(epochs: int, cell: str = "lstm", num_layers: int = 2, seed: int = 0,
+        hidden_size: int | None = None) -> dict:
     """Train the seed experiment for ``epochs``; returns perplexities and the wall time (s)."""
     import torch
 
@@ -65,6 +80,7 @@ def run(epochs: int, cell: str = "lstm", num_layers: int = 2, seed: int = 0) -> 
     torch.manual_seed(seed)
     cfg = default_config()
     cfg.model.cell, cfg.model.num_layers, cfg.seed = cell, num_layers, seed
+    cfg.model.hidden_size = hidden_size or cfg.model.hidden_size
     cfg = resolve(cfg)
     dc = cfg.data
     corpus = data.load_corpus(dc)
@@ -79,29 +95,36 @@ def run(epochs: int, cell: str = "lstm", num_layers: int = 2, seed: int = 0) -> 
         xs, ys = data.epoch_batches(corpus.train, dc, cfg.seed, epoch)
         state, nll, n = None, 0.0, 0
         for x, y in zip(xs, ys):
-            loss, state = train_step(rnn, out, opt, params, as_long(x), as_long(y), state, cfg.train.grad_clip)
+            loss, state = train_step(rnn, out, opt, params, as_long(x), as_long(y), state,
+                                     cfg.train.grad_clip)
             nll, n = nll + float(loss.detach()) * y.size, n + y.size
         train_ppl = math.exp(nll / n)
         with torch.no_grad():
             state, vnll, vn = None, 0.0, 0
             for x, y in data.eval_windows(corpus.val, dc.batch_size, dc.num_steps):
                 logits, state = forward(rnn, out, as_long(x), state)
-                vnll += float(torch.nn.functional.cross_entropy(logits.reshape(-1, V), as_long(y).reshape(-1), reduction="sum"))
+                nll_sum = torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, V), as_long(y).reshape(-1), reduction="sum")
+                vnll += float(nll_sum)
                 vn += y.size
             val_ppl = math.exp(vnll / vn)
-    return {"epochs": epochs, "cell": cell, "num_layers": num_layers, "train_ppl": train_ppl, "val_ppl": val_ppl,
-            "seconds": time.perf_counter() - t_start}
+    return {"epochs": epochs, "cell": cell, "num_layers": num_layers, "train_ppl": train_ppl,
+            "val_ppl": val_ppl, "seconds": time.perf_counter() - t_start}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=500, help="epochs (the seed experiment: 500)")
-    parser.add_argument("--cell", choices=["lstm", "gru", "rnn"], default="lstm")
+    parser.add_argument("--cell", choices=list(CELLS), default="lstm",
+                        help="a cell with a torch.nn module")
     parser.add_argument("--num_layers", type=int, default=2)
+    parser.add_argument("--hidden_size", type=int, default=None, help="default: the config's")
     parser.add_argument("--json", default=None, help="also write the result here as JSON")
     args = parser.parse_args(argv)
-    retain_freed_memory()  # the same allocator setting as scripts/train.py, for a like-for-like comparison
-    result = run(args.epochs, args.cell, args.num_layers)
+    if torch_class(args.cell) is None:
+        parser.error(no_torch_module(args.cell))
+    retain_freed_memory()  # the allocator setting of scripts/train.py: like for like
+    result = run(args.epochs, args.cell, args.num_layers, hidden_size=args.hidden_size)
     print(json.dumps(result))
     if args.json:
         with open(args.json, "w") as f:

@@ -1,142 +1,174 @@
-r"""Side-by-side benchmarks; writes a Markdown report and optionally JSON.
+r"""Side-by-side benchmarks of rnnjax; writes one Markdown report (and optionally JSON).
 
-    python scripts/benchmark.py [--repeats=7] [--steps=10] [--e2e_epochs=500] [--fake_devices=4]
-                                [--sections=rows,pipeline,epoch,scaling,sequence,generation,end_to_end,vectorized,devices,checkpoint]
-    scripts/gpu_check.sh OUTDIR    # on a CUDA GPU: the cuDNN tests, then rows,large,end_to_end (cudnn and torch CUDA columns)
-                                [--rows=lstm:1,lstm:2,lstm:4,gru:2,rnn:2]
-                                [--json=FILE] [--out=FILE]
+    python scripts/benchmark.py [--sections=rows,epoch,...] [--rows=lstm:2,mingru:2,...]
+        [--repeats=7] [--steps=10] [--e2e_epochs=500] [--out=FILE] [--json=FILE]
+        [--hidden=8 --batch=4 --seq=8]   # a smoke run on a small workload (targets not judged)
 
-The report goes to runs/benchmarks/BENCHMARKS-<UTC timestamp>.md (under the current directory)
-unless --out says otherwise; the committed BENCHMARKS.md is written only when asked:
---out=BENCHMARKS.md. The defaults (--repeats=7 rounds of --steps=10, --e2e_epochs=500) are the
-report's standard: with fewer, the targets are "not judged" rather than met or missed.
-
-Sections (all but large by default):
-  * rows: the training step (vocab 28, batch 32, 35 steps, hidden 256, SGD + clipping) for
-    LSTM L=1,2,4, GRU L=2 and RNN L=2: rnnjax vs rnnjax-autodiff vs impl="flax" vs PyTorch
-    (if installed; on CUDA when JAX runs on a GPU), and on a CUDA GPU impl="cudnn" for the LSTM
-    rows, with compile time and MFU against the measured fp32 matmul peak; on a
-    multi-core CPU also rnnjax data-parallel over one CPU device per core
-    (config.parallel.cpu_devices=0) and the layer pipeline over them (config.parallel.cpu_pipeline);
-  * pipeline: the 2-layer LSTM's layer pipeline at 1, 5, 7 and 35 time chunks (bubble vs speed);
-  * epoch: where a reference-experiment epoch's time goes outside the training steps (validation,
-    overlapped with the next epoch's steps or not; the record);
-  * scaling: the 2-layer LSTM with sequence 350, hidden 1024, batch 256;
-  * sequence: the 2-layer LSTM, GRU, minGRU and minLSTM (and torch nn.LSTM/GRU) at t = 35, 256
-    and 1024, and minGRU's recurrence as an associative scan vs in log space;
-  * large: the 2-layer LSTM at h 1024, b 256, t 256, every implementation and torch (for a GPU);
-  * generation: characters/s with 1 and 64 streams;
-  * end_to_end: the whole seed experiment (scripts/train.py, as is, with --config.model.impl=cudnn
-    on a CUDA GPU, and on a multi-core CPU with
-    --config.parallel.cpu_devices=0 and with --config.parallel.cpu_pipeline=True) vs
-    python benchmarks/torch_baseline.py;
-  * vectorized: 8 seeds one by one vs one vmapped program;
-  * devices: the data-parallel step on 1, 2, 4 (fake) devices vs the plain step.
-Variants run interleaved, round after round, and each figure is the median over rounds.
-
-The measuring code is the repository's benchmarks/ directory (benchmarking.py, torch_baseline.py,
-notes.md), not part of the installed package: this script puts that directory on sys.path, so it
-runs from a checkout whichever way rnnjax is installed (editable or not).
+The report goes to runs/benchmarks/BENCHMARKS-<UTC timestamp>.md unless --out says otherwise;
+the committed BENCHMARKS.md is one run of this script (--out=BENCHMARKS.md), replaced whole.
+The measuring code is benchmarks/ (harness.py, sections.py, runs.py, report.py, tables.py),
+outside the installed package: this script puts that directory on sys.path.
 """
 
-from __future__ import annotations
-
+import _startup  # noqa: F401, I001  (first: Ctrl-C while JAX imports is one line)
 import json
 import os
 import pathlib
-import subprocess
 import sys
+import time
 
-from absl import app, flags
+from absl import flags
 
-# benchmarks/ of this repository (scripts/../benchmarks): importable as top-level modules
-# (benchmarking, torch_baseline). Only that directory, not the repository root, so `rnnjax` stays
-# whichever one is installed.
-BENCHMARKS_DIR = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS_DIR))
+# benchmarks/ of this repository: its modules import as top-level modules (harness, report, ...)
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
 
-ALL = ["rows", "pipeline", "epoch", "scaling", "sequence", "large", "generation", "end_to_end", "vectorized", "devices",
-       "checkpoint"]
-_FAKE = flags.DEFINE_integer("fake_devices", 4, "Fake CPU devices for the devices section (0 = real devices only).")
-# The defaults of --repeats, --steps and --e2e_epochs are the report's standard (benchmarks/benchmarking.py STANDARD_*).
-_REPEATS = flags.DEFINE_integer("repeats", 7, "Interleaved rounds; figures are medians over rounds. Targets judged from 7.")
-_STEPS = flags.DEFINE_integer("steps", 10, "Train steps per variant per round. Targets judged from 10.")
-_E2E = flags.DEFINE_integer("e2e_epochs", 500, "Epochs of the end-to-end seed experiment (500 = the full one, judged).")
-_SECTIONS = flags.DEFINE_list("sections", [x for x in ALL if x != "large"],
-                              f"Sections to run, from {ALL}; the default is all but large (h 1024, b 256, t 256: for a GPU).")
-_ROWS = flags.DEFINE_list("rows", ["lstm:1", "lstm:2", "lstm:4", "gru:2", "rnn:2"], "Rows of the rows section, as cell:layers.")
+import report  # noqa: E402  (no JAX: flags are checked before JAX imports)
+
+from rnnjax import cli  # noqa: E402
+from rnnjax.workdir import resolve  # noqa: E402
+
+_SECTIONS = flags.DEFINE_list("sections", list(report.DEFAULT_SECTIONS),
+                              f"Sections to run, from {list(report.SECTIONS)}; rows is required.")
+_ROWS = flags.DEFINE_list("rows", None, "Rows of the rows section as cell:layers (cells of "
+                          "rnnjax.cells.CELLS); default: lstm at 1 and 4 layers, every cell at 2.")
+_REPEATS = flags.DEFINE_integer("repeats", report.STANDARD_REPEATS,
+                                "Interleaved rounds; figures are medians over rounds.")
+_STEPS = flags.DEFINE_integer("steps", report.STANDARD_STEPS, "Train steps per variant per round.")
+_E2E = flags.DEFINE_integer("e2e_epochs", report.STANDARD_E2E_EPOCHS,
+                            "Epochs of the end-to-end seed experiment (0: skip it).")
+_HIDDEN = flags.DEFINE_integer("hidden", None, "Hidden size of every workload (default: 256).")
+_BATCH = flags.DEFINE_integer("batch", None, "Batch of every workload (default: 32).")
+_SEQ = flags.DEFINE_integer("seq", None, "Sequence length of every workload (default: 35).")
+_FAKE = flags.DEFINE_integer("fake_devices", 4, "Devices of the devices section (0: real).")
 _JSON = flags.DEFINE_string("json", None, "Also write the results as JSON here.")
-_OUT = flags.DEFINE_string("out", None, "Markdown report path (default: runs/benchmarks/BENCHMARKS-<UTC timestamp>.md); "
-                           "--out=BENCHMARKS.md updates the committed report.")
-_DEVICES_ONLY = flags.DEFINE_bool("devices_only", False, "Internal: run only the devices section and print JSON.")
+_OUT = flags.DEFINE_string("out", None, "Markdown report path (default: "
+                           "runs/benchmarks/BENCHMARKS-<UTC timestamp>.md).")
+_FROM_JSON = flags.DEFINE_string("from_json", None, "Measure nothing: write the report of the "
+                                 "results a previous run saved with --json.")
+_DEVICES_ONLY = flags.DEFINE_bool("devices_only", False, "Internal: the devices section's child.")
 
 
-def main(argv):
-    del argv
-    unknown = sorted(set(_SECTIONS.value) - set(ALL))
-    if unknown or "rows" not in _SECTIONS.value and not _DEVICES_ONLY.value:
-        sys.exit(f"--sections: unknown {unknown} or 'rows' missing; choose from {ALL} and include rows")
-    rows = [r.partition(":") for r in _ROWS.value]
-    if not rows or any(c not in ("rnn", "gru", "lstm") or not n.isdigit() or int(n) < 1 for c, _, n in rows):
-        sys.exit(f"--rows={','.join(_ROWS.value)}: give cell:layers items, e.g. --rows=lstm:2,gru:2")
-    if ("lstm", ":", "2") not in rows:
-        sys.exit(f"--rows={','.join(_ROWS.value)}: include lstm:2, the reference row the targets are checked on")
-    from rnnjax.host import retain_freed_memory
+def _writable(flag: str, value: str) -> pathlib.Path:
+    """``value`` resolved against the current directory; one line when it cannot be written
+    (checked before the measurements: a long run never ends without its report)."""
+    path = resolve(value)
+    if path.is_dir():
+        cli.fail(f"--{flag}={value} is a directory; give a file path")
+    parent = path.parent
+    while not parent.exists():  # the directories still to be made
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK) or (
+            path.exists() and not os.access(path, os.W_OK)):
+        cli.fail(f"--{flag}={value}: cannot write there ({parent} is not a writable directory); "
+                 "give another path")
+    return path
 
-    retain_freed_memory()  # for every implementation in this process, torch included (rnnjax/host.py)
-    if not _DEVICES_ONLY.value:  # before JAX starts: one CPU device per core for the "rnnjax, N CPU devices" column
-        from rnnjax.parallel import set_cpu_devices
 
-        set_cpu_devices(0, 32)
-    import benchmarking as bm  # benchmarks/benchmarking.py (BENCHMARKS_DIR is on sys.path)
+def check_flags() -> list[tuple[str, int]]:
+    """Every flag checked before any measurement; returns the rows as (cell, layers)."""
+    for flag, least in ((_REPEATS, 1), (_STEPS, 1), (_E2E, 0), (_FAKE, 0), (_HIDDEN, 1),
+                        (_BATCH, 1), (_SEQ, 1)):
+        if flag.value is not None and flag.value < least:
+            cli.fail(f"--{flag.name}={flag.value}: must be >= {least}")
+    unknown = [s for s in _SECTIONS.value if s not in report.SECTIONS]
+    if unknown or "rows" not in _SECTIONS.value:
+        cli.fail(f"--sections={','.join(_SECTIONS.value)}: " + (f"unknown {unknown}" if unknown
+                 else "'rows' missing") + f"; choose from {list(report.SECTIONS)} and include rows")
+    from workload import REFERENCE
 
-    r, s = _REPEATS.value, _STEPS.value
-    if _DEVICES_ONLY.value:
-        import jax
+    from rnnjax.cells import CELLS  # imports JAX (does not start it)
 
-        print("RESULT " + json.dumps({"devices": bm.benchmark_devices(r, s), "devices_visible": len(jax.devices())}))
-        return
-    # output paths: resolved from the current directory once, before the (long) measurements
-    out = os.path.abspath(_OUT.value or bm.default_report_path())
-    json_path = os.path.abspath(_JSON.value) if _JSON.value else None
+    items = _ROWS.value if _ROWS.value is not None else (
+        [f"{REFERENCE.cell}:1"] + [f"{c}:2" for c in CELLS] + [f"{REFERENCE.cell}:4"])
+    rows = []
+    for item in items:
+        cell, _, layers = item.partition(":")
+        if cell not in CELLS or not layers.isdigit() or int(layers) < 1:
+            cli.fail(f"--rows={','.join(items)}: {item!r} is not cell:layers; give cell:layers "
+                     f"items with a cell from {list(CELLS)}, e.g. --rows=lstm:2,gru:2")
+        rows.append((cell, int(layers)))
+    if (REFERENCE.cell, REFERENCE.num_layers) not in rows:
+        cli.fail(f"--rows={','.join(items)}: include {REFERENCE.cell}:{REFERENCE.num_layers}, "
+                 "the reference row the targets are checked on")
+    return rows
+
+
+def _read(value: str) -> str:
+    try:
+        return resolve(value).read_text()
+    except OSError as e:
+        cli.fail(f"--from_json={value}: {e.strerror}; give the file a run wrote with --json")
+
+
+def write(results: dict, out: pathlib.Path, json_path: pathlib.Path | None) -> None:
+    """The report (and JSON) of ``results``; prints the report and where it went."""
     for p in filter(None, (out, json_path)):
-        os.makedirs(os.path.dirname(p), exist_ok=True)
-    sections = _SECTIONS.value
-    results = bm.machine(r, s)
-    results["peak"] = bm.matmul_peak()
-    workloads = [bm.Workload(c, int(n)) for c, _, n in rows]
-    results["rows"] = bm.benchmark_rows(r, s, results["peak"]["peak"], workloads)
-    if "pipeline" in sections:
-        results["pipeline"] = bm.benchmark_pipeline(r, s)
-    if "epoch" in sections:
-        results["epoch"] = bm.benchmark_epoch(r)
-    if "scaling" in sections:
-        results["scaling"] = bm.benchmark_scaling(max(3, r // 2), max(2, s // 4))
-    if "sequence" in sections:
-        results["sequence"] = bm.benchmark_sequence(max(3, r // 2), max(2, s // 5))
-        results["scan_forms"] = bm.benchmark_scan_forms(max(3, r // 2))
-    if "large" in sections:  # h 1024, b 256, t 256: for accelerators (a minute a step on 2 CPU cores)
-        results["large"] = bm.benchmark_large(max(3, r // 2), max(2, s // 2), results["peak"]["peak"])
-    if "generation" in sections:
-        results["generation"] = bm.benchmark_generation()
-    if "checkpoint" in sections:
-        results["checkpoint"] = bm.benchmark_checkpoint(r)
-    if "vectorized" in sections:
-        results["vectorized"] = bm.benchmark_vectorized(max(3, r // 2), s)
-    if "devices" in sections:
-        env = dict(os.environ)
-        if _FAKE.value:  # the device count is fixed when JAX starts: measure it in a child process
-            env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={_FAKE.value}"
-        child = subprocess.run([sys.executable, __file__, "--devices_only", f"--repeats={r}", f"--steps={s}"],
-                               capture_output=True, text=True, env=env, check=True)
-        results.update(json.loads([x for x in child.stdout.splitlines() if x.startswith("RESULT ")][-1][7:]))
-    if "end_to_end" in sections and _E2E.value > 0:
-        results["end_to_end"] = bm.benchmark_end_to_end(_E2E.value)
-    figure_flags = [a for a in sys.argv if not a.startswith(("--json", "--out"))]  # output paths are not part of it
-    bm.write_report(results, out, json_path, command=" ".join(["python", *figure_flags]))
-    print(open(out).read())  # says once, under Targets, when the figures are below the standard
+        p.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        report.write_report(results, out, json_path)
+    except (KeyError, TypeError, StopIteration) as e:
+        cli.fail(f"--from_json={_FROM_JSON.value}: not the results of a run ({e!r} missing)")
+    print(out.read_text())
     print(f"wrote {out}" + (f" and {json_path}" if json_path else ""))
 
 
+def main(argv):
+    if len(argv) > 1:
+        cli.fail(f"unexpected argument {argv[1]!r}; flags look like --sections=rows,epoch")
+    if not _DEVICES_ONLY.value:
+        out = _writable("out", _OUT.value or str(report.default_report_path()))
+        json_path = _writable("json", _JSON.value) if _JSON.value else None
+    if _FROM_JSON.value:
+        try:
+            results = json.loads(_read(_FROM_JSON.value))
+        except ValueError as e:
+            cli.fail(f"--from_json={_FROM_JSON.value}: not the results of a run (not JSON: {e})")
+        write(results, out, json_path)
+        return
+    rows = check_flags()
+    import dataclasses
+
+    from workload import REFERENCE, V
+
+    from rnnjax.host import retain_freed_memory
+    from rnnjax.parallel import set_cpu_devices
+
+    retain_freed_memory()  # for every implementation in this process, torch included
+    base = dataclasses.replace(REFERENCE, **{k: f.value for k, f in (
+        ("hidden", _HIDDEN), ("batch", _BATCH), ("seq", _SEQ)) if f.value is not None})
+    if not _DEVICES_ONLY.value:  # before JAX starts: one CPU device per core (dividing the batch)
+        set_cpu_devices(0, base.batch)
+    import harness
+    import runs
+    import sections
+
+    s = sections.Settings(_REPEATS.value, _STEPS.value, _E2E.value, base, tuple(rows), _FAKE.value)
+    if _DEVICES_ONLY.value:
+        print("RESULT " + json.dumps(sections.devices_here(s)))
+        return
+    t0, started = time.time(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    results = {"machine": harness.machine(), "vocab": V, "peak": harness.matmul_peak()}
+    s = dataclasses.replace(s, peak_gflops=results["peak"]["peak"])
+    failed = results["failed"] = {}
+    for name in (x for x in report.SECTIONS if x in _SECTIONS.value):
+        try:  # a section that fails is named in the report; the others' figures are kept
+            results[name] = (getattr(sections, name, None) or getattr(runs, name))(s)
+        except Exception as e:  # noqa: BLE001 - reported, and the exit status says so
+            if name == "rows":
+                raise
+            said = (getattr(e, "stderr", None) or str(e)).strip().splitlines()  # a child's too
+            failed[name] = f"{type(e).__name__}: {said[-1] if said else ''}"
+    results["load_end"] = os.getloadavg()[0]
+    results["settings"] = {
+        "repeats": s.repeats, "steps_per_round": s.steps, "e2e_epochs": s.e2e_epochs,
+        "workload": dataclasses.asdict(base), "reference": dataclasses.asdict(REFERENCE),
+        "sections": [x for x in report.SECTIONS if x in _SECTIONS.value],
+        "fake_devices": s.fake_devices,
+        "started": started, "minutes": (time.time() - t0) / 60}
+    write(results, out, json_path)
+    if failed:
+        cli.fail(f"sections {', '.join(failed)} failed (named in the report); the others are in it")
+
+
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -1,0 +1,199 @@
+"""The whole-run sections of the benchmark report: generation, an epoch's overhead, checkpoints,
+and the seed experiment end to end. One function per section, as in ``sections.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from harness import REPO_ROOT, config, median_ms, repo_path, torch
+from sections import Settings
+from workload import V
+
+from rnnjax import cudnn
+from rnnjax import data as rdata
+from rnnjax.checkpoint import Checkpointer
+from rnnjax.config import default_config, resolve
+from rnnjax.generate import sample
+from rnnjax.integrity import checksums
+from rnnjax.metrics import TrainMetrics, epoch_record
+from rnnjax.optim import make_optimizer
+from rnnjax.steps import eval_sums, init_train_state, make_eval_step, make_train_step
+from rnnjax.train import build_model, checkpoint_items
+from rnnjax.workdir import append_metrics
+
+
+def generation(s: Settings, num_chars: int = 200, streams: tuple[int, ...] = (1, 64)
+               ) -> dict[str, dict[str, float]]:
+    """Characters/s of the base 2-layer LSTM sampling at temperature 1: rnnjax's compiled
+    ``lax.scan`` sampler vs a PyTorch loop calling the same-shaped nn.LSTM one step at a time."""
+    w = s.base
+    model = build_model(config(w), V)
+    params = model.init(jax.random.key(0))
+    t = torch()
+    out: dict[str, dict[str, float]] = {}
+    for b in streams:
+        prefix = jnp.zeros((b, 10), jnp.int32)
+
+        def jax_run(prefix=prefix) -> None:
+            sample(model, params, prefix, jax.random.key(0), jnp.float32(1.0), num_chars=num_chars,
+                   greedy=False).block_until_ready()
+
+        fns = {"rnnjax": jax_run}
+        if t is not None:
+            from torch_baseline import torch_modules
+
+            rnn, lin = torch_modules(w.cell, V, w.hidden, w.num_layers)
+            one_hot = t.nn.functional.one_hot
+
+            def torch_run(b=b, rnn=rnn, lin=lin) -> None:
+                with t.no_grad():
+                    y, state = rnn(one_hot(t.zeros(b, 10, dtype=t.long), V).float())
+                    tok = t.multinomial(t.softmax(lin(y[:, -1]), -1), 1)
+                    for _ in range(num_chars - 1):
+                        y, state = rnn(one_hot(tok, V).float(), state)
+                        tok = t.multinomial(t.softmax(lin(y[:, -1]), -1), 1)
+
+            fns["torch"] = torch_run
+        ms = median_ms(fns, max(3, s.repeats // 2))
+        out[str(b)] = {k: b * num_chars / v * 1e3 for k, v in ms.items()}
+    return out
+
+
+def epoch(s: Settings) -> dict[str, float]:
+    """Where a reference-experiment epoch goes (the bundled book: 8 training steps, validation over
+    5,000 tokens), ms per epoch, interleaved: the steps then one read of the metric sums; the
+    validation pass alone; both one after the other (what ``rnnjax.train`` does); both overlapped
+    (the validation read after the next epoch's steps are dispatched: measured, dropped); and
+    building and appending the epoch record (fsynced)."""
+    cfg = default_config()
+    cfg.model.hidden_size = s.base.hidden
+    cfg = resolve(cfg)
+    corpus = rdata.load_corpus(cfg.data)
+    model = build_model(cfg, len(corpus.vocab))
+    tx, _ = make_optimizer(cfg.train, 1000)
+    dc = cfg.data
+    xs, ys = (jax.device_put(a) for a in rdata.epoch_batches(corpus.train, dc, cfg.seed, 1))
+    step, eval_step = make_train_step(model, tx, reset_carry=False), make_eval_step(model)
+    key, n = jax.random.key(1), rdata.batches_per_epoch(dc, len(corpus.train))
+    box = {"state": init_train_state(model, tx, jax.random.key(0))}
+
+    def steps() -> Any:
+        carry, m = model.initial_carry(dc.batch_size), TrainMetrics.zeros()
+        st = box["state"]
+        for i in range(n):
+            st, carry, m = step(st, carry, m, xs, ys, i, key)
+        box["state"] = st
+        return m
+
+    def val() -> Any:
+        return eval_sums(model, box["state"].params, corpus.val, dc.batch_size, dc.num_steps,
+                         eval_step)
+
+    def overlapped() -> None:
+        v = val()
+        np.asarray(steps().to_array())
+        v.perplexity()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "metrics.jsonl"
+
+        def record() -> None:
+            sums = TrainMetrics(*(1.0 for _ in TrainMetrics._fields))
+            append_metrics(path, epoch_record(1, n, sums, 5.0, 1.0, 1.0, 1.0))
+
+        return median_ms({
+            "train": lambda: np.asarray(steps().to_array()),
+            "validation": lambda: val().perplexity(),
+            "train + validation, one after the other":
+                lambda: (np.asarray(steps().to_array()), val().perplexity()),
+            "train + validation, overlapped": overlapped,
+            "record": record,
+        }, s.repeats)
+
+
+def checkpoint(s: Settings) -> dict[str, float]:
+    """What the sha256 of every array (recorded with each save, verified on restore) costs on the
+    reference run's full checkpoint tree: checksums alone vs a whole synchronous save (which
+    includes them) and a whole restore (which verifies them), interleaved, ms."""
+    cfg = config(s.base)
+    model = build_model(cfg, V)
+    tx, _ = make_optimizer(cfg.train, 1000)
+    key = jax.random.key(0)
+    items = checkpoint_items(init_train_state(model, tx, key), jax.random.key_data(key),
+                             model.initial_carry(cfg.data.batch_size), TrainMetrics.zeros())
+    abstract = jax.eval_shape(lambda: items)
+    times: dict[str, list[float]] = {"checksums": [], "save": [], "restore": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Checkpointer(tmp, max_to_keep=2)
+        for r in range(s.repeats + 1):  # the first round warms up
+            t0 = time.perf_counter()
+            checksums(items)
+            t1 = time.perf_counter()
+            ckpt.save(r + 1, *items, {"epoch": r, "batch": 0, "val_ppl": None})
+            t2 = time.perf_counter()
+            ckpt.restore(lambda meta: abstract, step=r + 1)
+            t3 = time.perf_counter()
+            if r:
+                for name, dt in (("checksums", t1 - t0), ("save", t2 - t1), ("restore", t3 - t2)):
+                    times[name].append(dt * 1e3)
+        ckpt.close()
+    out = {name: float(np.median(v)) for name, v in times.items()}
+    out["bytes"] = int(sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(items)))
+    return out
+
+
+def _train_command(tmp: str, name: str, s: Settings, *extra: str) -> list[str]:
+    train, cfg = repo_path("scripts", "train.py"), repo_path("configs", "deep_lstm.py")
+    return [sys.executable, str(train), f"--config={cfg}", f"--workdir={tmp}/{name}",
+            f"--config.train.num_epochs={s.e2e_epochs}", "--config.train.progress=False",
+            f"--config.model.hidden_size={s.base.hidden}", *extra]
+
+
+def end_to_end(s: Settings) -> dict[str, Any] | None:
+    """Wall time of the whole seed experiment, process start to exit: ``scripts/train.py
+    --config=configs/deep_lstm.py`` (as is; with impl=cudnn on CUDA; over one CPU device per core;
+    with the layer pipeline) vs ``benchmarks/torch_baseline.py`` (same data, epochs, optimizer,
+    per-epoch validation), one after the other; None when ``e2e_epochs`` is 0."""
+    if s.e2e_epochs <= 0:
+        return None
+    out: dict[str, Any] = {"epochs": s.e2e_epochs}
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = {"rnnjax": _train_command(tmp, "run", s)}
+        if cudnn.available():
+            runs["rnnjax, impl=cudnn"] = _train_command(tmp, "cudnn", s,
+                                                        "--config.model.impl=cudnn")
+        if jax.default_backend() == "cpu" and len(jax.devices()) > 1:
+            runs["rnnjax, cpu_devices=0"] = _train_command(tmp, "cpu", s,
+                                                           "--config.parallel.cpu_devices=0")
+            runs["rnnjax, cpu_pipeline"] = _train_command(tmp, "pipe", s,
+                                                          "--config.parallel.cpu_pipeline=True")
+        for name, cmd in runs.items():
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True, text=True)
+            seconds = time.perf_counter() - t0
+            workdir = cmd[3].split("=", 1)[1]
+            last = [json.loads(line) for line in open(f"{workdir}/metrics.jsonl")][-1]
+            out[name] = {"seconds": seconds, "train_ppl": last["train_ppl"],
+                         "val_ppl": last["val_ppl"]}
+        if torch() is not None:
+            cmd = [sys.executable, str(repo_path("benchmarks", "torch_baseline.py")),
+                   f"--epochs={s.e2e_epochs}", f"--hidden_size={s.base.hidden}",
+                   f"--json={tmp}/torch.json"]
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO_ROOT)
+            seconds = time.perf_counter() - t0
+            res = json.load(open(f"{tmp}/torch.json"))
+            out["torch"] = {"seconds": seconds, "train_ppl": res["train_ppl"],
+                            "val_ppl": res["val_ppl"]}
+            out["speedup"] = {k: out["torch"]["seconds"] / out[k]["seconds"] for k in runs}
+    return out
