@@ -207,12 +207,14 @@ def parse_shard(shard: str) -> tuple[int, int]:
     return int(m[1]), int(m[2])
 
 
-def _resume_mode(d: pathlib.Path) -> str:
-    """A trial that failed before its first checkpoint starts over (its old files kept in discarded/);
-    every other trial resumes from its checkpoint if it has one."""
+def _resume_mode(d: pathlib.Path, vectorized: bool = False) -> str:
+    """A trial that failed before its first checkpoint starts over (its old files kept in discarded/),
+    and so does a vectorized trial interrupted before its checkpoint; every other trial resumes from
+    its checkpoint if it has one."""
     result = d / "result.json"
-    failed = result.exists() and json.loads(result.read_text()).get("status") == "failed"
-    return "restart" if failed and not has_checkpoint(d) else "auto"
+    status = json.loads(result.read_text()).get("status") if result.exists() else None
+    restart = status == "failed" or (vectorized and status == "interrupted")
+    return "restart" if restart and not has_checkpoint(d) else "auto"
 
 
 def run_sweep(
@@ -264,7 +266,8 @@ def run_sweep(
                     if len(group) == 1:
                         summaries = [train_and_evaluate(cfgs[group[0]], dirs[0], resume=_resume_mode(dirs[0]))]
                     else:
-                        summaries = train_vectorized([cfgs[k] for k in group], dirs)
+                        resume = [_resume_mode(d, vectorized=True) for d in dirs]
+                        summaries = train_vectorized([cfgs[k] for k in group], dirs, resume)
                     errors = [None] * len(group)
                     if (received := stop.received()) is not None:  # taken by train_and_evaluate's handler, not raised
                         stop.stopping, signum = True, received

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnnjax import data
+from rnnjax import workdir as rundir
 from rnnjax.checkpoint import Checkpointer
 from rnnjax.config import Config, ConfigError
 from rnnjax.inside import HAS_RETAIN
@@ -33,7 +34,7 @@ from rnnjax.plotting import plot_curves
 from rnnjax.steps import TrainState, make_eval_step, make_stats_eval_step, make_train_step
 from rnnjax.tensorboard_log import TensorBoardLog
 from rnnjax.train import build_model, checkpoint_items
-from rnnjax.workdir import MetricsWriter, finite, write_atomic, write_run
+from rnnjax.workdir import MetricsWriter, WorkdirError, finite, write_run
 
 # Fields that may differ between the trials of one vectorized group (they live in the optimizer state).
 VECTORIZABLE = ("seed", "train.learning_rate", "train.weight_decay")
@@ -67,8 +68,14 @@ def check_vectorizable(c: Config) -> None:
                           "or drop --vectorize")
 
 
-def train_vectorized(cfgs: Sequence[Config], workdirs: Sequence[str | pathlib.Path]) -> list[dict[str, Any]]:
-    """Train every config of one group together; returns one summary per trial (as train_and_evaluate)."""
+def train_vectorized(
+    cfgs: Sequence[Config], workdirs: Sequence[str | pathlib.Path], resume: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """Train every config of one group together; returns one summary per trial (as train_and_evaluate).
+
+    Each trial's workdir is locked (a busy one refuses the group in one line) and checked as a single
+    run's is (:func:`rnnjax.workdir.check_resumable`, ``resume`` per trial: "auto" or "restart").
+    """
     if len({shape_key(c) for c in cfgs}) != 1:
         raise ConfigError(f"vectorized trials may differ only in {', '.join(VECTORIZABLE)}; run the others one by one")
     c0 = cfgs[0]
@@ -77,6 +84,34 @@ def train_vectorized(cfgs: Sequence[Config], workdirs: Sequence[str | pathlib.Pa
     check_vectorizable(c0)
     dc, tc = c0.data, c0.train
     corpus = data.load_corpus(dc)
+    dirs = [rundir.resolve(w) for w in workdirs]
+    modes = list(resume) if resume is not None else ["auto"] * len(dirs)
+    locks: list[rundir.WorkdirLock] = []
+    try:
+        for d in dirs:
+            rundir.check_writable(d)
+            d.mkdir(parents=True, exist_ok=True)
+            lock = rundir.WorkdirLock(d)
+            lock.acquire()  # a busy trial: one line, and no trial of the group is touched
+            locks.append(lock)
+        for d, c, mode in zip(dirs, cfgs, modes):
+            rundir.check_resumable(d, c, corpus.vocab, mode)
+            if rundir.has_checkpoint(d):
+                raise WorkdirError(f"{d} holds checkpoints of an earlier run, which a vectorized group cannot resume; "
+                                   "rerun the sweep without --vectorize")
+        for d, c, mode in zip(dirs, cfgs, modes):
+            if mode == "restart":
+                rundir.set_aside(d)  # kept in discarded/, never deleted
+            write_run(d, c, corpus.vocab)
+        return _start(cfgs, dirs, corpus)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _start(cfgs: Sequence[Config], dirs: list[pathlib.Path], corpus: data.Corpus) -> list[dict[str, Any]]:
+    c0 = cfgs[0]
+    dc, tc = c0.data, c0.train
     model = build_model(c0, len(corpus.vocab))
     n = data.batches_per_epoch(dc, len(corpus.train))
     keys = [jax.random.split(jax.random.key(c.seed)) for c in cfgs]
@@ -93,11 +128,6 @@ def train_vectorized(cfgs: Sequence[Config], workdirs: Sequence[str | pathlib.Pa
                    donate_argnums=(0, 1, 2))
     eval_step = make_stats_eval_step(model) if tc.layer_stats else make_eval_step(model)
     evaluate = jax.jit(jax.vmap(eval_step, in_axes=(0, 0, 0, *([0] if tc.layer_stats else []), None, None)))
-    dirs = [pathlib.Path(w) for w in workdirs]
-    for d, c in zip(dirs, cfgs):
-        d.mkdir(parents=True, exist_ok=True)
-        write_run(d, c, corpus.vocab)
-        write_atomic(d / "metrics.jsonl", "")
     boards = [TensorBoardLog(d, 1) for d in dirs]  # an interrupted group restarts: earlier points are dropped
     try:
         return _train(cfgs, dirs, boards, corpus, model, n, state, step, evaluate, rngs)
