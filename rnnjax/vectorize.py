@@ -82,7 +82,7 @@ def train_vectorized(
     if c0.train.schedule != "constant":
         raise ConfigError("vectorized trials need train.schedule = 'constant'; run scheduled trials one by one")
     check_vectorizable(c0)
-    dc, tc = c0.data, c0.train
+    dc = c0.data
     corpus = data.load_corpus(dc)
     dirs = [rundir.resolve(w) for w in workdirs]
     modes = list(resume) if resume is not None else ["auto"] * len(dirs)
