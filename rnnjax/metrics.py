@@ -112,7 +112,15 @@ class EvalMetrics(NamedTuple):
 
     def perplexity(self) -> float:
         nll, n = np.asarray(self.nll, np.float64), np.asarray(self.tokens, np.float64)
-        return math.exp(nll / n)
+        return perplexity_of(float(nll / n))
+
+
+def perplexity_of(mean_nll: float) -> float:
+    """exp(mean next-token negative log-likelihood); ``inf`` where that overflows (a diverged run)."""
+    try:
+        return math.exp(mean_nll)
+    except OverflowError:
+        return math.inf
 
 
 def bpc(ppl: float) -> float:
@@ -129,7 +137,7 @@ def epoch_record(
     ``layers``: :meth:`LayerStats.summary` of the validation pass, None when not computed). ``char_level``
     adds bits per character (``train_bpc``, ``val_bpc``); ``val_by_source``: each file's validation perplexity."""
     loss, grad_norm, steps, skipped = (float(x) for x in train[:4])
-    train_ppl = math.exp(loss / steps) if steps else float("nan")
+    train_ppl = perplexity_of(loss / steps) if steps else float("nan")
     record = {
         "epoch": epoch,
         "step": step,

@@ -17,13 +17,13 @@ import jax
 import numpy as np
 
 from rnnjax import cudnn, data
+from rnnjax.build import build_model
 from rnnjax.checkpoint import Checkpointer, CheckpointError
 from rnnjax.config import SAME_PARAMS_IMPLS, Config, resolve
 from rnnjax.generate import generate
 from rnnjax.metrics import best_record, bpc
 from rnnjax.model import DeepRNN, Params
 from rnnjax.steps import perplexity
-from rnnjax.train import build_model
 from rnnjax.vocab import UNK, Vocab
 from rnnjax.workdir import read_config, read_metrics, read_vocab
 from rnnjax.workdir import resolve as resolve_path

@@ -207,14 +207,12 @@ def parse_shard(shard: str) -> tuple[int, int]:
     return int(m[1]), int(m[2])
 
 
-def _resume_mode(d: pathlib.Path, vectorized: bool = False) -> str:
-    """A trial that failed before its first checkpoint starts over (its old files kept in discarded/),
-    and so does a vectorized trial interrupted before its checkpoint; every other trial resumes from
-    its checkpoint if it has one."""
+def _resume_mode(d: pathlib.Path) -> str:
+    """A trial that failed before its first checkpoint starts over (its old files kept in discarded/);
+    every other trial resumes from its checkpoint if it has one."""
     result = d / "result.json"
-    status = json.loads(result.read_text()).get("status") if result.exists() else None
-    restart = status == "failed" or (vectorized and status == "interrupted")
-    return "restart" if restart and not has_checkpoint(d) else "auto"
+    failed = result.exists() and json.loads(result.read_text()).get("status") == "failed"
+    return "restart" if failed and not has_checkpoint(d) else "auto"
 
 
 def run_sweep(
@@ -265,10 +263,10 @@ def run_sweep(
                 try:
                     if len(group) == 1:
                         summaries = [train_and_evaluate(cfgs[group[0]], dirs[0], resume=_resume_mode(dirs[0]))]
-                    else:
-                        resume = [_resume_mode(d, vectorized=True) for d in dirs]
-                        summaries = train_vectorized([cfgs[k] for k in group], dirs, resume)
-                    errors = [None] * len(group)
+                    else:  # a trial whose steps stayed non-finite comes back as its error
+                        summaries = train_vectorized([cfgs[k] for k in group], dirs, [_resume_mode(d) for d in dirs])
+                    errors = [s if isinstance(s, Exception) else None for s in summaries]
+                    summaries = [None if isinstance(s, Exception) else s for s in summaries]
                     if (received := stop.received()) is not None:  # taken by train_and_evaluate's handler, not raised
                         stop.stopping, signum = True, received
                 except (Preempted, _Signal) as e:  # recorded "interrupted"; the sweep stops

@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from conftest import small_config, train_cli
+from conftest import param_bytes, small_config, train_cli
 
 from rnnjax.sweep import run_sweep
 
@@ -100,9 +100,9 @@ def test_the_same_vectorized_sweep_twice_at_once_loses_no_record(tmp_path):
         assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) >= seen
 
 
-def test_a_vectorized_group_refuses_history_and_sets_aside_an_interrupted_one(tmp_path):
-    """A trial directory holding another run's records is refused as a single run refuses it; the
-    records of an interrupted vectorized trial are kept in discarded/, never deleted."""
+def test_a_vectorized_group_refuses_history_as_a_single_run_does(tmp_path):
+    """A trial directory holding records of no known run is refused as a single run refuses it; the
+    sweep's rerun of the failed trial restarts it, its records kept in discarded/, never deleted."""
     grid = {"seed": [0, 1]}
     trial = tmp_path / "s" / "seed=0"
     trial.mkdir(parents=True)
@@ -111,8 +111,41 @@ def test_a_vectorized_group_refuses_history_and_sets_aside_an_interrupted_one(tm
     assert [r["status"] for r in rows] == ["failed", "failed"]
     assert "holds 1 epoch record(s) in metrics.jsonl but no checkpoint" in rows[0]["error"]
     assert _epochs(trial / "metrics.jsonl") == [1]
-    (trial / "result.json").write_text(json.dumps({"status": "interrupted"}))  # as a stopped sweep leaves it
     rows = run_sweep(small_config(2), grid, tmp_path / "s", vectorize=True)
     assert [r["status"] for r in rows] == ["done", "done"]
     assert _epochs(trial / "metrics.jsonl") == [1, 2]
     assert [_epochs(p) for p in (trial / "discarded").glob("*/metrics.jsonl")] == [[1]]
+
+
+@pytest.mark.slow
+def test_an_interrupted_vectorized_group_resumes_with_every_record_once(tmp_path):
+    """Issue 24.3: SIGTERM mid-epoch, then SIGKILL between checkpoints; the same command resumes each
+    time, and the trials end as an uninterrupted group: every epoch's record once, bitwise equal."""
+    import rnnjax
+
+    def cmd(root):
+        return [*SWEEP, "--axis=seed=0,1", f"--workdir={root}", "--config.train.num_epochs=6",
+                "--config.checkpoint.every_epochs=2"]
+
+    names = [f"cell=lstm,num_layers=1,seed={seed}" for seed in (0, 1)]
+    root = tmp_path / "S"
+    proc = subprocess.Popen(cmd(root), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    _wait_for_records(root / names[1] / "metrics.jsonl", proc, 1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM and "rerun the same command" in err, err[-3000:]
+    proc = subprocess.Popen(cmd(root), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    _wait_for_records(root / names[1] / "metrics.jsonl", proc, 5)
+    proc.kill()  # after epoch 5's record, past the checkpoint of epoch 4
+    proc.communicate(timeout=60)
+    p = subprocess.run(cmd(root), capture_output=True, text=True, env=ENV, timeout=600)
+    assert p.returncode == 0 and p.stdout.count("| done |") == 2, p.stderr[-3000:]
+    ref = subprocess.run(cmd(tmp_path / "ref"), capture_output=True, text=True, env=ENV, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    for name in names:
+        got = [json.loads(x) for x in (root / name / "metrics.jsonl").read_text().splitlines()]
+        want = [json.loads(x) for x in (tmp_path / "ref" / name / "metrics.jsonl").read_text().splitlines()]
+        assert [r["epoch"] for r in got] == list(range(1, 7))
+        assert [(r["train_ppl"], r["val_ppl"]) for r in got] == [(r["train_ppl"], r["val_ppl"]) for r in want]
+        a, b = (rnnjax.load(d / name, step="latest").params for d in (root, tmp_path / "ref"))
+        assert param_bytes(a) == param_bytes(b)
