@@ -33,15 +33,23 @@ from rnnjax.console import PipeSafe, Preempted, StopFlag, start_block
 from rnnjax.evaluation import evaluation, part_perplexities, write_evaluation
 from rnnjax.generate import generate
 from rnnjax.inside import HAS_RETAIN
-from rnnjax.layout import checkpoint_items, from_checkpoint_items, saved_meta
-from rnnjax.metrics import EvalMetrics, LayerStats, TrainMetrics, best_record, epoch_record
+from rnnjax.layout import checkpoint_items, fit_sums, from_checkpoint_items, saved_meta, target_items
+from rnnjax.metrics import EvalMetrics, LayerStats, TrainSums, best_record, epoch_record, to_host
 from rnnjax.model import num_params
 from rnnjax.optim import make_optimizer
 from rnnjax.parallel import DataParallel
 from rnnjax.plotting import plot_curves
 from rnnjax.preflight import set_aside_records
 from rnnjax.profiling import Profiler
-from rnnjax.steps import eval_sums, init_train_state, make_eval_step, make_stats_eval_step, make_train_step, nonfinite_part
+from rnnjax.steps import (
+    eval_sums,
+    init_train_state,
+    make_eval_step,
+    make_stats_eval_step,
+    make_train_step,
+    nonfinite_part,
+    train_sums,
+)
 from rnnjax.tensorboard_log import TensorBoardLog
 
 
@@ -64,6 +72,7 @@ class Group:
             step = jax.jit(jax.vmap(step, in_axes=(0, 0, 0, 0, 0, None, 0)), donate_argnums=(0, 1, 2))
             evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, 0, 0, *([0] if tc.layer_stats else []), None, None)))
         self.train_step, self.eval_step = step, evaluate
+        self.zero_sums = train_sums(self.model, jax.eval_shape(self.model.init, jax.random.key(0)), tc.layer_stats)
 
     def take(self, tree: Any, j: int) -> Any:
         """Trial j's part of a group's pytree."""
@@ -83,12 +92,10 @@ class Group:
             rngs.append(self.dp.replicate(np.asarray(jax.random.key_data(rng))))
         return self.stack(states), self.stack(rngs)
 
-    def fresh(self) -> tuple[Any, TrainMetrics]:
+    def fresh(self) -> tuple[Any, TrainSums]:
         """A zero carry and zero metric sums for the start of an epoch, placed on the mesh."""
-        c = self.cfgs[0]
-        carry = self.dp.shard_carry(self.model.initial_carry(c.data.batch_size))
-        zeros = TrainMetrics.zeros(num_layers=c.model.num_layers if c.train.layer_stats else 0)
-        metrics = jax.tree_util.tree_map(lambda x: self.dp.replicate(np.asarray(x)), zeros)
+        carry = self.dp.shard_carry(self.model.initial_carry(self.cfgs[0].data.batch_size))
+        metrics = jax.tree_util.tree_map(lambda x: self.dp.replicate(np.asarray(x)), self.zero_sums)
         return self.stack([carry] * len(self.cfgs)), self.stack([metrics] * len(self.cfgs))
 
     def batches(self, epoch: int) -> tuple[jax.Array, jax.Array]:
@@ -164,7 +171,7 @@ def train_group(group: Group, workdirs: Sequence[pathlib.Path], stop: StopFlag, 
             t0 = time.perf_counter()
             state, carry, metrics = train_epoch(group, ckpts, profiler, stop, state, rng_data, carry, metrics,
                                                 epoch, first, failed)
-            sums = metrics.to_host()  # the one host sync of the training steps
+            sums = to_host(metrics)  # the one host sync of the training steps
             tokens_per_sec = (group.n - first) * cfg.data.batch_size * cfg.data.num_steps / (time.perf_counter() - t0)
             val, stats, parts = group.evaluate(state.params)
             active = [j for j in range(k) if j not in failed]
@@ -212,11 +219,9 @@ def restore(group: Group, ckpts: list[Checkpointer]):
     k = len(ckpts)
 
     def target(j: int):
-        def of(meta):  # acc_layers as saved: absent before it existed and when layer_stats was off
-            m = group.take(metrics, j)
-            sums = TrainMetrics(*m[:4], group.dp.replicate(np.zeros((meta.get("acc_layers", 0),), np.float32)))
-            items = checkpoint_items(group.take(state, j), group.take(rng_data, j), group.take(carry, j), sums)
-            return group.dp.abstract(items)
+        def of(meta):  # the metric sums as saved (their names and shapes, or an earlier layout's arrays)
+            one = (group.take(x, j) for x in (state, rng_data, carry, metrics))
+            return group.dp.abstract(target_items(*one, meta, group.dp.replicate))
         return of
 
     found = [ckpt.restore(target(j)) for j, ckpt in enumerate(ckpts)]
@@ -232,11 +237,8 @@ def restore(group: Group, ckpts: list[Checkpointer]):
     trials = []
     for j, (_, params, item, meta) in enumerate(found):
         s, r, c, sums = from_checkpoint_items(params, item)
-        want = group.take(metrics, j).layer_grad_norm
-        if sums.layer_grad_norm.shape != want.shape:  # layer_stats changed, or an older checkpoint:
-            fill = np.nan if meta["batch"] else 0.0  # this epoch's per-layer norms are unknown mid-epoch
-            sums = sums._replace(layer_grad_norm=group.dp.replicate(np.full(want.shape, fill, np.float32)))
-        trials.append((s, r, c, sums))
+        # metrics added since (or layer_stats changed): 0 from an epoch's start, unknown mid-epoch
+        trials.append((s, r, c, fit_sums(sums, group.take(metrics, j), meta["batch"] != 0, group.dp.replicate)))
     state, rng_data, carry, metrics = (group.stack([t[i] for t in trials]) for i in range(4))
     meta = found[0][3]
     return state, rng_data, carry, metrics, meta["epoch"] + 1, meta["batch"], found[0][0], [f[3].get("record")
@@ -288,7 +290,7 @@ def save(group: Group, ckpt: Checkpointer, j: int, state, rng_data, carry, metri
     ckpt.save(int(one[0].step), *checkpoint_items(*one), saved_meta(one[3], epoch, batch, record))
 
 
-def make_record(group: Group, j: int, epoch: int, state, sums: TrainMetrics, val: EvalMetrics,
+def make_record(group: Group, j: int, epoch: int, state, sums: dict[str, np.ndarray], val: EvalMetrics,
                 stats: LayerStats | None, parts: tuple[EvalMetrics, ...], tokens_per_sec: float, start: float
                 ) -> dict[str, Any]:
     """Trial j's record of ``epoch`` (reads its validation sums)."""

@@ -305,6 +305,8 @@ def _row(d: pathlib.Path, overrides: Mapping[str, Any], cfg: Any, summary: dict 
             best_epoch=best["epoch"] if best else None, test_ppl=summary.get("test_ppl"), test_bpc=summary.get("test_bpc"),
             tokens_per_sec=statistics.median(r["tokens_per_sec"] for r in summary["metrics"]),
             wall_time=summary["metrics"][-1]["wall_time"], status="done", error="",
+            metrics={k: v for k, v in (best or {}).items()  # every metric of the best epoch, by name
+                     if k not in ("epoch", "step", "wall_time") and isinstance(v, (int, float, list))},
         )
     else:
         row.update(status="failed", error=f"{type(error).__name__}: {error}".splitlines()[0])
