@@ -19,9 +19,19 @@ def build_model(cfg: Config, vocab_size: int) -> DeepRNN:
     stages = pipeline_device_count(p.cpu_devices, m.num_layers) if p.cpu_pipeline else 1
     # cuDNN's call runs under shard_map over the data-parallel devices (XLA cannot partition it)
     data_devices = (p.num_devices or len(jax.devices())) if m.impl == "cudnn" else 1
-    return DeepRNN(vocab_size, m.hidden_size, m.num_layers, m.cell, tuple(m.activation), m.dropout, Impl(m.impl),
-                   pipeline_stages=stages, pipeline_chunks=p.pipeline_chunks, data_devices=data_devices,
-                   output_dropout=m.output_dropout)
+    return DeepRNN(
+        vocab_size,
+        m.hidden_size,
+        m.num_layers,
+        m.cell,
+        tuple(m.activation),
+        m.dropout,
+        Impl(m.impl),
+        pipeline_stages=stages,
+        pipeline_chunks=p.pipeline_chunks,
+        data_devices=data_devices,
+        output_dropout=m.output_dropout,
+    )
 
 
 def make_placement(cfg: Config) -> DataParallel:
@@ -29,6 +39,8 @@ def make_placement(cfg: Config) -> DataParallel:
     replicated over the layer pipeline's stages (``parallel.cpu_pipeline``)."""
     if cfg.parallel.cpu_pipeline:
         if jax.process_count() > 1:
-            raise ConfigError("config.parallel.cpu_pipeline runs in one process; set it to False for multi-process runs")
+            raise ConfigError(
+                "config.parallel.cpu_pipeline runs in one process; set it to False for multi-process runs"
+            )
         return DataParallel.replicated_over(pipeline.stages_for(build_model(cfg, 2)))
     return DataParallel.create(cfg.parallel.num_devices, cfg.data.batch_size)

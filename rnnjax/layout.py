@@ -24,16 +24,18 @@ Array = jax.Array
 ACC = ("loss", "grad_norm", "steps", "skipped")  # the order of layouts 1 and 2's ``acc`` array
 
 
-def checkpoint_items(state: TrainState, rng_data: Array, carry: Carry, sums: TrainSums
-                     ) -> tuple[Params, dict]:
+def checkpoint_items(
+    state: TrainState, rng_data: Array, carry: Carry, sums: TrainSums
+) -> tuple[Params, dict]:
     """A checkpoint's ``params`` and ``state`` items (layout 3); ``rng_data`` is
     ``jax.random.key_data(key)``."""
     train = {"step": state.step, "opt_state": state.opt_state, "nonfinite": state.nonfinite}
     return state.params, {"train": train, "rng": rng_data, "carry": carry, "metrics": dict(sums)}
 
 
-def target_items(state: TrainState, rng_data: Array, carry: Carry, sums: TrainSums,
-                 meta: dict[str, Any], place) -> tuple[Params, dict]:
+def target_items(
+    state: TrainState, rng_data: Array, carry: Carry, sums: TrainSums, meta: dict[str, Any], place
+) -> tuple[Params, dict]:
     """The items a checkpoint with ``meta`` holds, shaped and placed like the given ones (``place``:
     a NumPy array -> a placed array): the restore target of any layout."""
     params, item = checkpoint_items(state, rng_data, carry, sums)
@@ -48,8 +50,9 @@ def target_items(state: TrainState, rng_data: Array, carry: Carry, sums: TrainSu
     return params, item
 
 
-def from_checkpoint_items(params: Params, item: dict[str, Any]
-                          ) -> tuple[TrainState, Array, Carry, TrainSums]:
+def from_checkpoint_items(
+    params: Params, item: dict[str, Any]
+) -> tuple[TrainState, Array, Carry, TrainSums]:
     """Inverse of :func:`checkpoint_items`, for any layout: (train state, rng_data, carry, sums)."""
     train = item["train"]
     state = TrainState(train["step"], params, train["opt_state"], train["nonfinite"])
@@ -67,16 +70,25 @@ def fit_sums(saved: TrainSums, want: TrainSums, mid_epoch: bool, place) -> Train
     holds with another shape) starts at 0 at an epoch's start and is unknown (NaN) for the rest of
     an epoch begun before it; one this run no longer computes is dropped."""
     fill = np.nan if mid_epoch else 0.0
-    return {n: saved[n] if n in saved and saved[n].shape == w.shape
-            else place(np.full(w.shape, fill, np.float32)) for n, w in want.items()}
+    return {
+        n: saved[n]
+        if n in saved and saved[n].shape == w.shape
+        else place(np.full(w.shape, fill, np.float32))
+        for n, w in want.items()
+    }
 
 
-def saved_meta(sums: TrainSums, epoch: int, batch: int, record: dict[str, Any] | None
-               ) -> dict[str, Any]:
+def saved_meta(
+    sums: TrainSums, epoch: int, batch: int, record: dict[str, Any] | None
+) -> dict[str, Any]:
     """A checkpoint's meta: its position, (at an epoch end) the epoch's record, so a damaged
     ``metrics.jsonl`` can get it back, and the shape of each metric sum."""
     from rnnjax.workdir import finite
 
-    return {"epoch": epoch, "batch": batch, "val_ppl": record["val_ppl"] if record else None,
-            "record": finite(record) if record else None,
-            "metrics": {n: list(jnp.shape(x)) for n, x in sums.items()}}
+    return {
+        "epoch": epoch,
+        "batch": batch,
+        "val_ppl": record["val_ppl"] if record else None,
+        "record": finite(record) if record else None,
+        "metrics": {n: list(jnp.shape(x)) for n, x in sums.items()},
+    }

@@ -18,8 +18,13 @@ from rnnjax.vocab import Vocab
 
 
 @contextlib.contextmanager
-def claimed(workdirs: Sequence[pathlib.Path], cfgs: Sequence[Config], vocab: Vocab, modes: Sequence[str],
-            primary: bool = True) -> Iterator[list[list[str]]]:
+def claimed(
+    workdirs: Sequence[pathlib.Path],
+    cfgs: Sequence[Config],
+    vocab: Vocab,
+    modes: Sequence[str],
+    primary: bool = True,
+) -> Iterator[list[list[str]]]:
     """Hold every workdir's lock while the block runs; a busy or foreign workdir refuses all of them in one
     line, before any is changed. ``modes``: each workdir's ``resume`` (:data:`rnnjax.workdir.RESUME_MODES`).
     Yields each workdir's notes for the start block (what was set aside)."""
@@ -40,8 +45,10 @@ def claimed(workdirs: Sequence[pathlib.Path], cfgs: Sequence[Config], vocab: Voc
                 if mode == "restart":
                     logging.warning("--resume=restart: moved the old run to %s", moved)
                 else:
-                    note.append(f"no checkpoint covers the records there: set aside in {rundir.shown(moved)}, "
-                                "training from scratch")
+                    note.append(
+                        f"no checkpoint covers the records there: set aside in {rundir.shown(moved)}, "
+                        "training from scratch"
+                    )
         yield notes
     finally:
         for lock in locks:
@@ -58,9 +65,13 @@ def set_aside_records(workdir: pathlib.Path, records: list[dict]) -> pathlib.Pat
 
 
 def _own_history(workdir: pathlib.Path, mode: str) -> str:
-    """"auto-restart" for a workdir that ``resume="auto"`` finds holding its own run's records (beside a
+    """ "auto-restart" for a workdir that ``resume="auto"`` finds holding its own run's records (beside a
     config.json, compared by :func:`rnnjax.workdir.check_resumable`) but no checkpoint, nor damaged ones:
     a run killed before its first save. Else ``mode``."""
-    killed_early = ((workdir / "config.json").exists() and not rundir.has_checkpoint(workdir)
-                    and not (workdir / "damaged").is_dir() and rundir.history(workdir))
+    killed_early = (
+        (workdir / "config.json").exists()
+        and not rundir.has_checkpoint(workdir)
+        and not (workdir / "damaged").is_dir()
+        and rundir.history(workdir)
+    )
     return "auto-restart" if mode == "auto" and killed_early else mode
