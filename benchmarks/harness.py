@@ -21,13 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 from workload import V, Workload
 
+from rnnjax.build import build_model, make_placement
 from rnnjax.config import ConfigError, default_config, resolve
-from rnnjax.metrics import TrainMetrics
 from rnnjax.optim import make_optimizer
 from rnnjax.parallel import DataParallel
-from rnnjax.pipeline import stages_for
-from rnnjax.steps import init_train_state, make_train_step
-from rnnjax.train import build_model
+from rnnjax.steps import init_train_state, make_train_step, train_sums
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent  # benchmarks/: the harness, sections, report
 REPO_ROOT = BENCHMARKS_DIR.parent  # the repository holding benchmarks/, scripts/ and configs/
@@ -85,11 +83,11 @@ def jax_variant(w: Workload, impl: str, steps: int, dp: DataParallel | None = No
     cfg = config(w, impl, pipeline_chunks)
     model = build_model(cfg, V)
     if pipeline_chunks:
-        dp = DataParallel.replicated_over(stages_for(model.num_layers, model.placement.pipeline_stages))
+        dp = make_placement(cfg)
     tx, _ = make_optimizer(cfg.train, 1000)
     state = init_train_state(model, tx, jax.random.key(0))
     xs, ys = data(w, steps)
-    carry, acc = model.initial_carry(w.batch), TrainMetrics.zeros()
+    carry, acc = model.initial_carry(w.batch), train_sums(model, state.params, False)
     if dp is not None:
         state = jax.device_put(state, dp.replicated)
         xs, ys = dp.shard(xs, 1), dp.shard(ys, 1)

@@ -34,16 +34,15 @@ from harness import (
 from workload import REFERENCE, V, Workload
 
 from rnnjax import cudnn
+from rnnjax.build import build_model
 from rnnjax.cells import CELLS
 from rnnjax.cells.base import split_gates
 from rnnjax.cells.linear import linear_scan
 from rnnjax.cells.mingru import coefficients as mingru_coefficients
-from rnnjax.metrics import TrainMetrics
 from rnnjax.optim import make_optimizer
 from rnnjax.parallel import DataParallel
 from rnnjax.pipeline import plan
-from rnnjax.steps import init_train_state, make_train_step
-from rnnjax.train import build_model
+from rnnjax.steps import init_train_state, make_train_step, train_sums
 from rnnjax.vectorize import stack_trials
 
 JAX_IMPLS = {"rnnjax": "rnnjax", "rnnjax-autodiff": "autodiff", "flax": "flax"}  # column -> impl
@@ -221,7 +220,7 @@ def _vmapped_variant(w: Workload, k: int, steps: int) -> Variant:
                    donate_argnums=(0, 1, 2))
     carry = stack_trials(model.initial_carry(w.batch), k)
     keys = jax.random.split(jax.random.key(1), k)
-    acc = TrainMetrics.zeros((k,))
+    acc = stack_trials(train_sums(model, model.init(jax.random.key(0)), False), k)
     return Variant(stepper(step, state, carry, acc, xs, ys, keys, steps), float("nan"))
 
 

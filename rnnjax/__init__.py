@@ -24,7 +24,7 @@ _WHERE = {
     "DeepRNN": "model", "Impl": "model", "num_params": "model",
     "Run": "run", "load": "run",
     "perplexity": "steps",
-    "build_model": "train", "train_and_evaluate": "train",
+    "build_model": "build", "train_and_evaluate": "train",
     "Vocab": "vocab",
 }
 _MODULES = ("interop",)
@@ -66,6 +66,7 @@ sys.modules[__name__].__class__ = _Package
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
     from rnnjax import interop
+    from rnnjax.build import build_model
     from rnnjax.cells import CELLS, Cell, gru, lstm, rnn
     from rnnjax.config import Config, ConfigError, default_config, resolve
     from rnnjax.data import Corpus, load_corpus
@@ -75,5 +76,5 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from rnnjax.model import DeepRNN, Impl, num_params
     from rnnjax.run import Run, load
     from rnnjax.steps import perplexity
-    from rnnjax.train import build_model, train_and_evaluate
+    from rnnjax.train import train_and_evaluate
     from rnnjax.vocab import Vocab

@@ -1,14 +1,18 @@
 """Checkpoints with orbax: the public layout, save (with array checksums), restore the best,
 latest or a given step, skipping (and keeping aside) damaged ones.
 
-Layout of ``WORKDIR/checkpoints/<step>/`` (``LAYOUT`` = 2), three orbax items:
+Layout of ``WORKDIR/checkpoints/<step>/`` (``LAYOUT`` = 3), three orbax items:
 
 * ``params`` -- the model's parameters alone (what :func:`rnnjax.load` restores);
 * ``state``  -- the rest of what resuming needs: ``{"train": {"step", "opt_state", "nonfinite"},
-  "rng", "carry", "acc"}`` (optimizer state, RNG key data, carried hidden state, metric sums);
+  "rng", "carry", "metrics"}`` (optimizer state, RNG key data, carried hidden state, the training
+  metric sums by name; :mod:`rnnjax.layout`);
 * ``meta``   -- JSON: ``layout``, ``epoch`` and ``batch`` (the position), ``val_ppl``, the epoch's
-  metrics ``record`` and a sha256 of every array (``checksums``).
+  metrics ``record``, the shape of each metric sum (``metrics``) and a sha256 of every array
+  (``checksums``).
 
+Layout 2 (main until 2026-12) stored the metric sums as the arrays ``acc`` and ``acc_layers``;
+it restores into the same mapping (:mod:`rnnjax.layout`).
 The run's config and vocabulary live once per run, in ``WORKDIR/config.json`` and
 ``WORKDIR/vocab.json`` (:mod:`rnnjax.workdir`). Layout 1 (before 2026-11-29: no ``layout``
 key) kept the params inside ``state/train/params`` and a copy of config and vocabulary in
@@ -34,7 +38,7 @@ from orbax.checkpoint import checkpoint_managers as cm
 
 from rnnjax.integrity import checksums, disk_full, find_damage, leaves, orbax_errors_quiet, size, storage_damage, verify_checksums
 
-LAYOUT = 2
+LAYOUT = 3
 
 
 class CheckpointError(RuntimeError):

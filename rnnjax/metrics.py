@@ -1,8 +1,9 @@
 """Named metrics: what a training or evaluation step sums on the device, and the epoch record
 built from those sums on the host (one builder for single runs and vectorized trials).
 
-A new statistic is added here: a field of :class:`TrainMetrics` (summed by
-:meth:`TrainMetrics.add`) and a key of :func:`epoch_record`. :class:`LayerStats` are the
+A new training metric is one entry of :data:`rnnjax.steps.TRAIN_METRICS` (where it is computed):
+its sums travel as a mapping name -> array (:data:`TrainSums`), and the epoch record, ``metrics.jsonl``,
+TensorBoard, checkpoints and the sweep's CSV take every name. :class:`LayerStats` are the
 per-layer sums of the validation pass (hidden-state RMS, gate saturation, forget gate).
 """
 
@@ -18,49 +19,52 @@ import numpy as np
 Array = jax.Array
 
 
-class TrainMetrics(NamedTuple):
-    """Sums over an epoch's training steps, kept on the device (float32 scalars, or [k] when vmapped)."""
+# The training sums of an epoch: a mapping name -> on-device sum over the applied steps (float32,
+# scalars or vectors; [k, ...] when vmapped), one entry per metric the train step computes
+# (rnnjax.steps.TRAIN_METRICS), plus the two counters below.
+TrainSums = dict[str, Array]
+COUNTERS = ("steps", "skipped")  # applied steps; non-finite steps (not applied)
 
-    loss: Array  # mean minibatch loss, summed over applied steps
-    grad_norm: Array  # pre-clip global gradient norm, summed over applied steps
-    steps: Array  # applied steps
-    skipped: Array  # non-finite steps (not applied)
-    # Pre-clip gradient norm of each layer's params, then of the output layer's, summed over applied
-    # steps: [..., L + 1]; [..., 0] when not tracked (then the train step does not compute them).
-    layer_grad_norm: Array = np.zeros((0,), np.float32)  # NumPy: no JAX backend at import
 
-    @classmethod
-    def zeros(cls, lead: tuple[int, ...] = (), num_layers: int = 0) -> TrainMetrics:
-        """Zero sums; ``num_layers`` > 0 tracks per-layer gradient norms (L + 1 of them: the output layer last)."""
-        scalars = (jnp.zeros(lead, jnp.float32) for _ in range(4))
-        return cls(*scalars, jnp.zeros((*lead, num_layers + 1 if num_layers else 0), jnp.float32))
+def train_zeros(shapes: dict[str, tuple[int, ...]], lead: tuple[int, ...] = ()) -> TrainSums:
+    """Zero sums for metrics of these shapes (name -> per-step shape), and the counters."""
+    shapes = {**shapes, **dict.fromkeys(COUNTERS, ())}
+    return {name: jnp.zeros((*lead, *shape), jnp.float32) for name, shape in shapes.items()}
 
-    def add(self, loss: Array, grad_norm: Array, ok: Array, layer_grad_norm: Array | None = None) -> TrainMetrics:
-        """One step: its loss and gradient norms count only if ``ok`` (finite and applied)."""
-        okf = ok.astype(jnp.float32)
-        layers = self.layer_grad_norm
-        if layer_grad_norm is not None and layers.shape[-1]:
-            layers = layers + jnp.where(ok, layer_grad_norm, 0.0)
-        return TrainMetrics(self.loss + jnp.where(ok, loss, 0.0), self.grad_norm + jnp.where(ok, grad_norm, 0.0),
-                            self.steps + okf, self.skipped + 1.0 - okf, layers)
 
-    @property
-    def tracks_layers(self) -> bool:
-        return self.layer_grad_norm.shape[-1] > 0
+def add_step(sums: TrainSums, values: dict[str, Array], ok: Array) -> TrainSums:
+    """One step: its metric ``values`` count only if ``ok`` (finite and applied)."""
+    okf = ok.astype(jnp.float32)
+    out = {name: sums[name] + jnp.where(ok, values[name], 0.0) for name in sums if name not in COUNTERS}
+    return out | {"steps": sums["steps"] + okf, "skipped": sums["skipped"] + 1.0 - okf}
 
-    def to_array(self) -> Array:
-        """The checkpoint layout of the four scalar sums ([..., 4] float32, as written since the first
-        release); ``layer_grad_norm`` is stored beside it (``acc_layers``)."""
-        return jnp.stack(self[:4], axis=-1)
 
-    @classmethod
-    def from_array(cls, a: Array, layer_grad_norm: Array | None = None) -> TrainMetrics:
-        layers = jnp.zeros((*a.shape[:-1], 0), jnp.float32) if layer_grad_norm is None else layer_grad_norm
-        return cls(*(a[..., i] for i in range(4)), layers)
+def to_host(sums: TrainSums) -> dict[str, np.ndarray]:
+    """The sums as float64 NumPy arrays (one device-to-host transfer each): what :func:`epoch_record` reads."""
+    return {name: np.asarray(x, np.float64) for name, x in sums.items()}
 
-    def to_host(self) -> TrainMetrics:
-        """The sums as float64 NumPy arrays (one device-to-host transfer each): what :func:`epoch_record` reads."""
-        return TrainMetrics(*(np.asarray(x, np.float64) for x in self))
+
+# How a training metric's mean over the epoch's applied steps appears in the epoch record; any other
+# metric is recorded under its own name (a number, or a list for a vector).
+RECORD_FORMS: dict[str, Any] = {
+    "loss": lambda mean: {"train_ppl": perplexity_of(float(mean))},
+    "grad_norm_layers": lambda mean: {"grad_norm_layers": [float(x) for x in mean[:-1]],
+                                      "grad_norm_output": float(mean[-1])},
+}
+
+
+def train_record(sums: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Each training metric's mean over the applied steps (NaN when none was applied), as :data:`RECORD_FORMS`
+    says, and ``skipped_steps``."""
+    steps = float(sums["steps"])
+    out: dict[str, Any] = {}
+    for name, total in sums.items():
+        if name in COUNTERS:
+            continue
+        mean = np.asarray(total, np.float64) / steps if steps else np.full(np.shape(total), math.nan)
+        form = RECORD_FORMS.get(name)
+        out |= form(mean) if form else {name: float(mean) if mean.ndim == 0 else [float(x) for x in mean]}
+    return out | {"skipped_steps": int(sums["skipped"])}
 
 
 class LayerStats(NamedTuple):
@@ -112,7 +116,15 @@ class EvalMetrics(NamedTuple):
 
     def perplexity(self) -> float:
         nll, n = np.asarray(self.nll, np.float64), np.asarray(self.tokens, np.float64)
-        return math.exp(nll / n)
+        return perplexity_of(float(nll / n))
+
+
+def perplexity_of(mean_nll: float) -> float:
+    """exp(mean next-token negative log-likelihood); ``inf`` where that overflows (a diverged run)."""
+    try:
+        return math.exp(mean_nll)
+    except OverflowError:
+        return math.inf
 
 
 def bpc(ppl: float) -> float:
@@ -121,15 +133,16 @@ def bpc(ppl: float) -> float:
 
 
 def epoch_record(
-    epoch: int, step: int, train: TrainMetrics, val_ppl: float, tokens_per_sec: float, lr: float, wall_time: float,
-    layers: dict[str, list[float]] | None = None, char_level: bool = True,
+    epoch: int, step: int, train: dict[str, np.ndarray], val_ppl: float, tokens_per_sec: float, lr: float,
+    wall_time: float, layers: dict[str, list[float]] | None = None, char_level: bool = True,
     val_by_source: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """One line of ``metrics.jsonl`` from an epoch's host-side sums (``train`` holds Python/NumPy scalars;
-    ``layers``: :meth:`LayerStats.summary` of the validation pass, None when not computed). ``char_level``
-    adds bits per character (``train_bpc``, ``val_bpc``); ``val_by_source``: each file's validation perplexity."""
-    loss, grad_norm, steps, skipped = (float(x) for x in train[:4])
-    train_ppl = math.exp(loss / steps) if steps else float("nan")
+    """One line of ``metrics.jsonl`` from an epoch's host-side training sums (``train``: :func:`to_host`,
+    every metric recorded by :func:`train_record`); ``layers``: :meth:`LayerStats.summary` of the validation
+    pass, None when not computed. ``char_level`` adds bits per character (``train_bpc``, ``val_bpc``);
+    ``val_by_source``: each file's validation perplexity."""
+    metrics = train_record(train)
+    train_ppl = metrics.pop("train_ppl", math.nan)
     record = {
         "epoch": epoch,
         "step": step,
@@ -137,20 +150,16 @@ def epoch_record(
         "val_ppl": val_ppl,
         **({"train_bpc": bpc(train_ppl), "val_bpc": bpc(val_ppl)} if char_level else {}),
         "tokens_per_sec": tokens_per_sec,
-        "grad_norm": grad_norm / steps if steps else float("nan"),
+        "grad_norm": metrics.pop("grad_norm", math.nan),
         "lr": lr,
-        "skipped_steps": int(skipped),
+        "skipped_steps": metrics.pop("skipped_steps"),
         "wall_time": wall_time,
     }
     if val_by_source:
         record["val_ppl_by_source"] = dict(val_by_source)
         if char_level:
             record["val_bpc_by_source"] = {k: bpc(v) for k, v in val_by_source.items()}
-    per_layer = np.asarray(train.layer_grad_norm, np.float64).reshape(-1)
-    if per_layer.size:
-        means = [float(x) / steps if steps else float("nan") for x in per_layer]
-        record |= {"grad_norm_layers": means[:-1], "grad_norm_output": means[-1]}
-    return record | (layers or {})
+    return record | metrics | (layers or {})
 
 
 def best_record(records: list[dict[str, Any]]) -> dict[str, Any] | None:

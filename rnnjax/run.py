@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from rnnjax import cudnn, data
+from rnnjax.build import build_model
 from rnnjax.cells import check_supported
 from rnnjax.checkpoint import Checkpointer, CheckpointError
 from rnnjax.config import SAME_PARAMS_IMPLS, Config, ConfigError, resolve
@@ -24,7 +25,6 @@ from rnnjax.generate import generate
 from rnnjax.metrics import best_record, bpc
 from rnnjax.model import DeepRNN, Params
 from rnnjax.steps import perplexity
-from rnnjax.train import build_model
 from rnnjax.vocab import UNK, Vocab
 from rnnjax.workdir import read_config, read_metrics, read_vocab
 from rnnjax.workdir import resolve as resolve_path

@@ -7,6 +7,7 @@ Shape suffixes as in :mod:`rnnjax.model` (n = minibatches per epoch, b = batch, 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -15,7 +16,7 @@ import numpy as np
 import optax
 
 from rnnjax import data
-from rnnjax.metrics import EvalMetrics, LayerStats
+from rnnjax.metrics import EvalMetrics, LayerStats, TrainSums, add_step, train_zeros
 from rnnjax.model import Carry, DeepRNN, Impl, Params
 from rnnjax.parallel import DataParallel
 from rnnjax.trace import layer_stats, trace
@@ -36,6 +37,42 @@ def init_train_state(model: DeepRNN, tx: optax.GradientTransformation, key: Arra
     return TrainState(jnp.int32(0), params, tx.init(params), jnp.int32(0))
 
 
+class Step(NamedTuple):
+    """What one training step's metrics are computed from."""
+
+    model: DeepRNN
+    loss: Array  # mean minibatch cross-entropy
+    params: Params  # before the update
+    grads: Params
+    updates: Params
+
+
+class Metric(NamedTuple):
+    """A training metric: its value for one step (summed over the epoch's applied steps, recorded as the
+    mean), and whether it is computed only with ``train.layer_stats``."""
+
+    fn: Callable[[Step], Array]
+    layer_stats: bool = False
+
+
+# Every training metric, by name, where it is computed: a new one is one entry here.
+TRAIN_METRICS: dict[str, Metric] = {
+    "loss": Metric(lambda s: s.loss),
+    "grad_norm": Metric(lambda s: optax.tree.norm(s.grads)),  # pre-clip global norm
+    # pre-clip norm of each layer's gradient, then of the output layer's: [L + 1]
+    "grad_norm_layers": Metric(lambda s: layer_grad_norms(s.model, s.grads), layer_stats=True),
+}
+
+
+def train_sums(model: DeepRNN, params: Params, layer_stats: bool) -> TrainSums:
+    """Zero sums of every training metric this run computes (:data:`TRAIN_METRICS`), and the counters."""
+    names = [n for n, m in TRAIN_METRICS.items() if layer_stats or not m.layer_stats]
+    loss = jax.ShapeDtypeStruct((), jnp.float32)
+    shapes = jax.eval_shape(lambda loss, p: {n: TRAIN_METRICS[n].fn(Step(model, loss, p, p, p)) for n in names},
+                            loss, params)
+    return train_zeros({n: x.shape for n, x in shapes.items()})
+
+
 def cross_entropy(logits_btv: Array, targets_bt: Array) -> Array:
     """Per-token cross-entropy: logits [b, t, V], targets [b, t] -> [b, t]."""
     return optax.softmax_cross_entropy_with_integer_labels(logits_btv, targets_bt)
@@ -46,8 +83,8 @@ def make_train_step(model: DeepRNN, tx: optax.GradientTransformation, reset_carr
 
     Trains on minibatch i. The carry (every layer's recurrent state) comes in as data, so no
     gradient flows into earlier minibatches (truncated BPTT); ``reset_carry`` zeroes it
-    first (random sampling). ``metrics`` (:class:`TrainMetrics`) sums loss, pre-clip gradient
-    norm, applied and skipped steps, and each layer's gradient norm when it tracks them. A step
+    first (random sampling). ``metrics`` (:func:`train_sums`) sums each metric of
+    :data:`TRAIN_METRICS` it holds, and counts applied and skipped steps. A step
     whose loss, gradient or update is not finite changes nothing but the counters: params,
     optimizer state and carry stay as they were.
     """
@@ -65,8 +102,9 @@ def make_train_step(model: DeepRNN, tx: optax.GradientTransformation, reset_carr
 
         (loss, new_carry), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         gnorm = optax.tree.norm(grads)
-        per_layer = layer_grad_norms(model, grads) if metrics.tracks_layers else None
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        step = Step(model, loss, state.params, grads, updates)
+        values = {name: TRAIN_METRICS[name].fn(step) for name in metrics if name in TRAIN_METRICS}
         params = optax.apply_updates(state.params, updates)
         ok = jnp.isfinite(loss) & jnp.isfinite(gnorm) & jnp.isfinite(optax.tree.norm(updates))
 
@@ -75,7 +113,7 @@ def make_train_step(model: DeepRNN, tx: optax.GradientTransformation, reset_carr
 
         nonfinite = jnp.where(ok, 0, state.nonfinite + 1)
         new_state = TrainState(state.step + 1, keep(params, state.params), keep(opt_state, state.opt_state), nonfinite)
-        return new_state, keep(new_carry, carry), metrics.add(loss, gnorm, ok, per_layer)
+        return new_state, keep(new_carry, carry), add_step(metrics, values, ok)
 
     return train_step
 

@@ -263,9 +263,10 @@ def run_sweep(
                 try:
                     if len(group) == 1:
                         summaries = [train_and_evaluate(cfgs[group[0]], dirs[0], resume=_resume_mode(dirs[0]))]
-                    else:
-                        summaries = train_vectorized([cfgs[k] for k in group], dirs)
-                    errors = [None] * len(group)
+                    else:  # a trial whose steps stayed non-finite comes back as its error
+                        summaries = train_vectorized([cfgs[k] for k in group], dirs, [_resume_mode(d) for d in dirs])
+                    errors = [s if isinstance(s, Exception) else None for s in summaries]
+                    summaries = [None if isinstance(s, Exception) else s for s in summaries]
                     if (received := stop.received()) is not None:  # taken by train_and_evaluate's handler, not raised
                         stop.stopping, signum = True, received
                 except (Preempted, _Signal) as e:  # recorded "interrupted"; the sweep stops
@@ -304,6 +305,8 @@ def _row(d: pathlib.Path, overrides: Mapping[str, Any], cfg: Any, summary: dict 
             best_epoch=best["epoch"] if best else None, test_ppl=summary.get("test_ppl"), test_bpc=summary.get("test_bpc"),
             tokens_per_sec=statistics.median(r["tokens_per_sec"] for r in summary["metrics"]),
             wall_time=summary["metrics"][-1]["wall_time"], status="done", error="",
+            metrics={k: v for k, v in (best or {}).items()  # every metric of the best epoch, by name
+                     if k not in ("epoch", "step", "wall_time") and isinstance(v, (int, float, list))},
         )
     else:
         row.update(status="failed", error=f"{type(error).__name__}: {error}".splitlines()[0])

@@ -42,7 +42,7 @@ def trial_overrides(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         if isinstance(r.get("overrides"), dict):
             out.append(dict(r["overrides"]))
         else:
-            legacy = {k: v for k, v in r.items() if k not in COLUMNS and k != "overrides"}
+            legacy = {k: v for k, v in r.items() if k not in COLUMNS and k not in ("overrides", "metrics")}
             out.append({(min(full[k]) if len(full.get(k, ())) == 1 else k): v for k, v in legacy.items()})
     return out
 
@@ -74,8 +74,12 @@ def summarize(workdir: str | os.PathLike) -> list[dict[str, Any]]:
     k = COLUMNS.index("hidden_size") + 1  # the grid's other axes go after the model's shape
     header = [*COLUMNS[:k], *axes.values(), *COLUMNS[k:]]
     table = [{**{c: r.get(c) for c in COLUMNS}, **{c: o.get(f) for f, c in axes.items()}} for r, o in zip(rows, overrides)]
+    # Every metric of each trial's best epoch (result.json "metrics"), as "best_epoch.<name>" in the CSV.
+    metrics = list(dict.fromkeys(k for r in rows for k in (r.get("metrics") or {})))
+    for t, r in zip(table, rows):
+        t |= {f"best_epoch.{k}": (r.get("metrics") or {}).get(k) for k in metrics}
     with open(root / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=header)
+        w = csv.DictWriter(f, fieldnames=[*header, *(f"best_epoch.{k}" for k in metrics)])
         w.writeheader()
         w.writerows(table)
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731

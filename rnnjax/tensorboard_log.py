@@ -8,6 +8,7 @@ The step of every point is the **epoch**, and every scalar is a value of that ep
     perplexity/val/<file>  bpc/val/<file>  (with several files split by fraction)
     grad_norm/global  grad_norm/layer_1..L  grad_norm/output
     h_rms/layer_l  gate_saturation/layer_l  forget_gate/layer_l  memory_length/layer_l
+    <name> (or <name>/layer_l for a list) for any other metric of the record
 
 plus the greedy samples as text (``samples``) every ``checkpoint.every_epochs`` and, when a run
 finishes, the resolved config as hparams with ``hparams/final_val_ppl`` and ``hparams/best_val_ppl``.
@@ -29,6 +30,10 @@ from tensorboardX import SummaryWriter
 from tensorboardX.summary import hparams
 
 PER_LAYER = ("h_rms", "gate_saturation", "forget_gate", "memory_length")
+# The record keys scalars() writes under tags of their own (or not at all: epoch, step, wall_time).
+_SHOWN_ABOVE = ("epoch", "step", "wall_time", "train_ppl", "val_ppl", "train_bpc", "val_bpc", "val_ppl_by_source",
+                "val_bpc_by_source", "lr", "tokens_per_sec", "skipped_steps", "grad_norm", "grad_norm_layers",
+                "grad_norm_output")
 
 
 def event_files(workdir: pathlib.Path) -> list[pathlib.Path]:
@@ -54,7 +59,11 @@ def scalars(record: dict[str, Any]) -> dict[str, float]:
     for key in PER_LAYER:
         for l, v in enumerate(record.get(key) or []):
             out[f"{key}/layer_{l + 1}"] = v
-    return {k: float(v) for k, v in out.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+    for key, v in record.items():  # any other metric under its own name (a list: one value per layer)
+        if key not in _SHOWN_ABOVE and key not in PER_LAYER:
+            out |= {f"{key}/layer_{l + 1}": x for l, x in enumerate(v)} if isinstance(v, list) else {key: v}
+    return {k: float(v) for k, v in out.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
 
 def flat_config(d: dict[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:

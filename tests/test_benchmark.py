@@ -21,12 +21,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import harness  # noqa: E402  (benchmarks/harness.py)
 import report  # noqa: E402
+import runs  # noqa: E402
 import sections  # noqa: E402
 import tables  # noqa: E402
 import workload  # noqa: E402
 from workload import Workload  # noqa: E402
 
-import runs  # noqa: E402
 from rnnjax.cells import CELLS  # noqa: E402
 
 ENV = dict(

@@ -168,7 +168,7 @@ def test_layout_params_are_their_own_item_and_load_reads_only_them(tmp_path):
     step_dir = tmp_path / "checkpoints" / "24"
     assert {p.name for p in step_dir.iterdir() if p.is_dir()} == {"params", "state", "meta"}
     meta = json.loads((step_dir / "meta" / "metadata").read_text())
-    assert meta["layout"] == 2 and "config" not in meta and "vocab" not in meta  # config.json/vocab.json hold them
+    assert meta["layout"] == 3 and "config" not in meta and "vocab" not in meta  # config.json/vocab.json hold them
     assert any(k.startswith("['params']") for k in meta["checksums"])
     for f in (step_dir / "state").rglob("*"):  # the resume-only arrays gone: load never reads them
         if f.is_file() and "/d/" in str(f):
@@ -206,3 +206,28 @@ def test_old_checkpoint_resumes_training(tmp_path, monkeypatch):
     assert [r["epoch"] for r in out["metrics"]] == [1, 2, 3]
     assert out["metrics"][-1]["step"] == 57
     assert rnnjax.load("run_v1", step="latest").step == 57
+
+
+@pytest.mark.parametrize("name", ["run_v2", "run_v3"])
+def test_a_run_saved_by_an_earlier_layout_loads_and_resumes_bitwise(tmp_path, monkeypatch, name):
+    """tests/fixtures/<name> was written by tests/fixtures/make_run.py with the code of its expected.json's
+    commit (run_v2: main 4059f9e, layout 2 with per-layer sums; run_v3: layout 3, the sums by name); loading
+    it gives what that code loaded, and resuming it to epoch 3 gives that code's records and params bit for
+    bit (the same for both: the layout changed, not the numbers)."""
+    fixture = pathlib.Path(__file__).parent / "fixtures" / name
+    expected = json.loads((fixture / "expected.json").read_text())
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(fixture, name)
+    run = rnnjax.load(name)
+    assert run.step == expected["step"] and _sums(run.params) == expected["param_sums"]
+    assert run.generate("time traveller", 20) == expected["greedy"]
+    c = default_config()
+    c.model.hidden_size, c.model.num_layers = 8, 2
+    c.data.max_tokens, c.data.num_val, c.data.batch_size, c.data.num_steps = 400, 200, 4, 5
+    c.train.num_epochs, c.train.progress, c.train.layer_stats = 3, False, True
+    c.checkpoint.every_epochs, c.generate.prefixes = 1, []
+    out = train_and_evaluate(c, name)
+    resumed = expected["resumed"]
+    assert _sums(out["params"]) == resumed["param_sums"] and out["metrics"][-1]["step"] == resumed["step"]
+    assert [{k: r[k] for k in ("epoch", "step", "train_ppl", "val_ppl", "grad_norm")} for r in out["metrics"]] == (
+        resumed["records"])

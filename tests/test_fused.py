@@ -12,10 +12,9 @@ import pytest
 from rnnjax.cells import CELLS
 from rnnjax.config import ConfigError, default_config, resolve
 from rnnjax.fused import scan_layer
-from rnnjax.metrics import TrainMetrics
 from rnnjax.model import DeepRNN, Impl
 from rnnjax.optim import make_optimizer
-from rnnjax.steps import init_train_state, make_train_step
+from rnnjax.steps import init_train_state, make_train_step, train_sums
 
 # every registered cell the fused layer runs with its own backward step; phi-reading cells with each phi
 CASES = [(c, acts) for c in CELLS if CELLS[c].backward
@@ -87,7 +86,7 @@ def test_train_steps_with_fused_and_plain_layers_agree():
         step = make_train_step(model, tx, reset_carry=False)
         state = init_train_state(model, tx, jax.random.key(0))
         xs = jax.random.randint(jax.random.key(3), (10, 4, 11), 0, 28)
-        carry, acc = model.initial_carry(4), TrainMetrics.zeros()
+        carry, acc = model.initial_carry(4), train_sums(model, state.params, False)
         for i in range(10):
             state, carry, acc = step(state, carry, acc, xs[..., :-1], xs[..., 1:], i, jax.random.key(1))
         results.append(state.params)

@@ -11,11 +11,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 LEVELS = [
     ["errors", "fields", "console", "host", "integrity", "metrics", "plotting", "profiling", "tensorboard_log", "vocab"],
     ["cells"],  # the package and every cell file
-    ["config", "config_doc", "cli", "workdir", "data", "optim", "checkpoint"],
+    ["config", "config_doc", "cli", "workdir", "preflight", "data", "optim", "checkpoint"],
     ["stack", "fused"],  # layers
-    ["model", "cudnn", "flax_model", "pipeline", "parallel", "trace", "interop", "capacity"],
-    ["steps", "generate", "inside", "run"],
-    ["train", "vectorize"],
+    ["model", "cudnn", "flax_model", "pipeline", "parallel", "trace", "interop", "capacity", "build"],
+    ["steps", "layout", "evaluation", "generate", "inside", "run"],
+    ["loop", "train", "vectorize"],
     ["sweep", "sweep_summary"],
 ]
 LEVEL = {name: i for i, names in enumerate(LEVELS) for name in names}

@@ -42,3 +42,11 @@ def test_notebook_runs_against_a_tiny_run(tmp_path):
     text, images = run_notebook("restore_and_generate.ipynb", tmp_path, RNNJAX_WORKDIR=str(tmp_path / "run"))
     assert "2-layer lstm, hidden 32" in text and "using step " in text and "T=0.0: 'time traveller" in text
     assert images >= 1
+
+
+def test_load_never_imports_the_trainer():
+    """rnnjax.load (rnnjax/run.py) builds the model from rnnjax.build: the training loop is not imported."""
+    code = "import sys, rnnjax.run; print(sorted(m for m in sys.modules if m in ('rnnjax.train', 'rnnjax.loop', " \
+           "'rnnjax.vectorize', 'rnnjax.sweep', 'rnnjax.preflight')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr[-2000:]

@@ -10,8 +10,7 @@ from conftest import param_bytes, small_config
 
 import rnnjax
 from rnnjax.config import resolve
-from rnnjax.metrics import TrainMetrics
-from rnnjax.steps import init_train_state, make_train_step
+from rnnjax.steps import init_train_state, make_train_step, train_sums
 from rnnjax.train import train_and_evaluate
 
 
@@ -23,8 +22,9 @@ def test_nonfinite_step_is_skipped_and_run_aborts(tmp_path):
     before = param_bytes(state.params)
     xs = jax.random.randint(jax.random.key(1), (1, 8, 10), 0, 28)
     step = make_train_step(model, tx, reset_carry=False)
-    new, _, acc = step(state, model.initial_carry(8), TrainMetrics.zeros(), xs, jnp.roll(xs, -1, -1), 0, jax.random.key(0))
-    assert param_bytes(new.params) == before and int(new.nonfinite) == 1 and float(acc.skipped) == 1.0
+    sums = train_sums(model, state.params, False)
+    new, _, acc = step(state, model.initial_carry(8), sums, xs, jnp.roll(xs, -1, -1), 0, jax.random.key(0))
+    assert param_bytes(new.params) == before and int(new.nonfinite) == 1 and float(acc["skipped"]) == 1.0
     bad = small_config(3)
     bad.train.learning_rate, bad.train.grad_clip = 1e38, 0.0
     with pytest.raises(FloatingPointError, match=r"consecutive non-finite training steps \(train.max_nonfinite = 10\)"):

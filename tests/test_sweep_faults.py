@@ -172,7 +172,7 @@ def test_signal_during_a_vectorized_group_stops_the_sweep(tmp_path, monkeypatch)
 
     groups, finished = [], []
 
-    def fake_vectorized(cfgs, dirs):
+    def fake_vectorized(cfgs, dirs, resume=None):
         groups.append([d.name for d in dirs])
         assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)  # else the signal would kill pytest
         os.kill(os.getpid(), signal.SIGTERM)

@@ -141,3 +141,24 @@ def tensorboardX_file():
     import tensorboardX
 
     return tensorboardX.__file__
+
+
+def test_a_metric_added_in_one_line_reaches_metrics_jsonl_tensorboard_and_checkpoints(tmp_path, monkeypatch):
+    """Issue 24.5: a new training metric is one entry where it is computed."""
+    import optax
+
+    import rnnjax
+    from rnnjax.steps import TRAIN_METRICS, Metric
+
+    monkeypatch.setitem(TRAIN_METRICS, "param_norm", Metric(lambda s: optax.tree.norm(s.params)))
+    train_and_evaluate(small_config(2, **{"train.layer_stats": False}), tmp_path)
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert all(r["param_norm"] > 0 for r in records) and records[0]["param_norm"] != records[1]["param_norm"]
+    assert scalar(read_events(tmp_path), "param_norm") == expected(records, "param_norm")
+    meta = rnnjax.load(tmp_path, step="latest")  # its sums are saved by name beside the others
+    import json
+    saved = json.loads((tmp_path / "checkpoints" / str(meta.step) / "meta" / "metadata").read_text())
+    assert saved["layout"] == 3 and saved["metrics"]["param_norm"] == [] and "grad_norm_layers" not in saved["metrics"]
+    monkeypatch.delitem(TRAIN_METRICS, "param_norm")  # a run resumed without it drops it
+    out = train_and_evaluate(small_config(3, **{"train.layer_stats": False}), tmp_path)
+    assert "param_norm" not in out["metrics"][-1] and [r["epoch"] for r in out["metrics"]] == [1, 2, 3]

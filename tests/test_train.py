@@ -120,3 +120,64 @@ def test_a_kill_around_the_first_record_resumes_with_every_record(tmp_path, monk
     strip = lambda rs: [{k: v for k, v in r.items() if k not in timing} for r in rs]  # noqa: E731
     on_disk = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert strip(on_disk) == strip(out["metrics"]) == strip(ref["metrics"])
+
+
+def test_a_loss_too_large_for_exp_has_perplexity_inf():
+    from rnnjax.metrics import EvalMetrics, epoch_record, perplexity_of
+
+    assert perplexity_of(1e6) == float("inf") and perplexity_of(1.0) == pytest.approx(np.e)
+    assert EvalMetrics(np.float32(1e9), np.float32(10.0)).perplexity() == float("inf")
+    sums = {"loss": np.float64(1e7), "grad_norm": np.float64(1.0), "steps": np.float64(2.0), "skipped": np.float64(0.0)}
+    record = epoch_record(1, 2, sums, float("inf"), 1.0, 1.0, 1.0)
+    assert record["train_ppl"] == record["val_ppl"] == float("inf") and record["train_bpc"] == float("inf")
+
+
+@pytest.mark.parametrize("grad_clip", [1.0, 0.0])
+def test_a_learning_rate_that_overflows_the_loss_aborts_in_one_line(tmp_path, grad_clip):
+    """Issue 25.5: --config.train.learning_rate=1e6 made math.exp overflow; now the run stops after the
+    epoch with the one-line abort naming the perplexity, its record written with null."""
+    cmd = [sys.executable, os.path.join(ROOT, "scripts", "train.py"),
+           f"--config={os.path.join(ROOT, 'configs', 'deep_lstm.py')}:smoke", f"--workdir={tmp_path}",
+           "--config.train.progress=False", "--config.train.learning_rate=1e6", f"--config.train.grad_clip={grad_clip}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: aborting at epoch 1") and "perplexity" in last and "are inf" in last, last
+    assert "lower train.learning_rate" in last
+    (record,) = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert record["train_ppl"] is None and record["val_ppl"] is None and record["skipped_steps"] == 0
+
+
+def _lines(path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+@pytest.mark.slow
+def test_the_same_command_after_sigkill_restarts_or_resumes_by_itself(tmp_path):
+    """Issue 25.11: killed before its first checkpoint, then past one; the same command each time goes on
+    by itself, sets aside (never deletes) the records no checkpoint covers and says so."""
+    import time
+
+    from conftest import train_cli
+
+    run = tmp_path / "run"
+    cmd = train_cli(run, "--config.train.num_epochs=4", "--config.checkpoint.every_epochs=2",
+                    "--config.train.progress=True")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+    outs = []
+    for records in (1, 3):  # SIGKILL after epoch 1 (no checkpoint yet), then after epoch 3 (past epoch 2's)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        deadline = time.time() + 300
+        while _lines(run / "metrics.jsonl") < records:
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+            time.sleep(0.05)
+        proc.kill()
+        outs.append(proc.communicate(timeout=60)[0])
+    assert "no checkpoint covers the records there: set aside in" in outs[1] and "training from scratch" in outs[1]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "resuming from epoch 3" in p.stdout and "no checkpoint covers the record(s) of epoch 3" in p.stdout
+    assert len(p.stdout.splitlines()) <= 10  # still a short console
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    kept = sorted((run / "discarded").glob("*/metrics.jsonl"))
+    assert [[json.loads(x)["epoch"] for x in p.read_text().splitlines()] for p in kept] == [[1], [3]]

@@ -1,0 +1,75 @@
+"""``evaluation.json``: what a finished run reports beside its curves -- the best epoch's validation
+figures and, with a test split, the test perplexity of the best saved checkpoint."""
+
+from __future__ import annotations
+
+import functools
+import json
+import pathlib
+from typing import Any
+
+import numpy as np
+
+from rnnjax.config import DataConfig
+from rnnjax.metrics import EvalMetrics, best_record, bpc
+from rnnjax.model import DeepRNN, Params
+from rnnjax.parallel import DataParallel
+from rnnjax.steps import eval_sums
+from rnnjax.workdir import finite, write_atomic
+
+
+def part_perplexities(
+    model: DeepRNN,
+    params: Params,
+    parts: tuple[tuple[str, np.ndarray], ...],
+    dc: DataConfig,
+    eval_step=None,
+    dp: DataParallel | None = None,
+) -> dict[str, float]:
+    """Perplexity of each held-out part and of all of them together (key "all"), read back now."""
+    sums = {
+        name: eval_sums(model, params, ids, dc.batch_size, dc.num_steps, eval_step, dp)
+        for name, ids in parts
+    }
+    total = functools.reduce(EvalMetrics.__add__, sums.values())
+    return {"all": total.perplexity()} | (
+        {k: m.perplexity() for k, m in sums.items()} if len(sums) > 1 else {}
+    )
+
+
+def evaluation(
+    records: list[dict[str, Any]],
+    best_saved: int | None,
+    stopped: int | None,
+    char_level: bool,
+    test: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """The content of ``evaluation.json``: ``test`` is :func:`part_perplexities` of the test split (None:
+    there is none); ``char_level`` adds bits per character beside every perplexity."""
+    best = best_record(records)
+    out: dict[str, Any] = {
+        "best_epoch": best["epoch"] if best else None,
+        "best_saved_epoch": best_saved,
+        "stopped_early_at": stopped,
+        "best_val_ppl": best["val_ppl"] if best else None,
+    }
+    if best and "val_ppl_by_source" in best:
+        out["best_val_ppl_by_source"] = best["val_ppl_by_source"]
+    if test:
+        test = dict(test)
+        out["test_ppl"] = test.pop("all")
+        if test:
+            out["test_ppl_by_source"] = test
+    if char_level:
+        for key in [k for k in out if "_ppl" in k]:
+            v = out[key]
+            out[key.replace("_ppl", "_bpc")] = (
+                {k: bpc(x) for k, x in v.items()}
+                if isinstance(v, dict)
+                else (bpc(v) if v is not None else None)
+            )
+    return out
+
+
+def write_evaluation(workdir: pathlib.Path, out: dict[str, Any]) -> None:
+    write_atomic(workdir / "evaluation.json", json.dumps(finite(out), indent=1) + "\n")

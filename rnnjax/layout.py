@@ -1,0 +1,94 @@
+"""What a training checkpoint holds, as arrays: a run's train state, RNG, carry and metric sums <->
+the ``params`` and ``state`` items of :mod:`rnnjax.checkpoint` (which owns the files).
+
+Layout 3 (``meta["layout"]``) stores the training sums by name,
+``state["metrics"] = {name: array}``, and their shapes in ``meta["metrics"]``. Layouts 1 and 2
+stored the four scalar sums as the array ``acc`` [4] (loss, grad_norm, steps, skipped) and,
+from 2026-11, the per-layer gradient norm sums as ``acc_layers`` [L + 1] (``meta["acc_layers"]``:
+its length); they restore into the same mapping.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rnnjax.metrics import TrainSums
+from rnnjax.model import Carry, Params
+from rnnjax.steps import TrainState
+
+Array = jax.Array
+ACC = ("loss", "grad_norm", "steps", "skipped")  # the order of layouts 1 and 2's ``acc`` array
+
+
+def checkpoint_items(
+    state: TrainState, rng_data: Array, carry: Carry, sums: TrainSums
+) -> tuple[Params, dict]:
+    """A checkpoint's ``params`` and ``state`` items (layout 3); ``rng_data`` is
+    ``jax.random.key_data(key)``."""
+    train = {"step": state.step, "opt_state": state.opt_state, "nonfinite": state.nonfinite}
+    return state.params, {"train": train, "rng": rng_data, "carry": carry, "metrics": dict(sums)}
+
+
+def target_items(
+    state: TrainState, rng_data: Array, carry: Carry, sums: TrainSums, meta: dict[str, Any], place
+) -> tuple[Params, dict]:
+    """The items a checkpoint with ``meta`` holds, shaped and placed like the given ones (``place``:
+    a NumPy array -> a placed array): the restore target of any layout."""
+    params, item = checkpoint_items(state, rng_data, carry, sums)
+    if meta.get("layout", 1) >= 3:
+        shapes = meta["metrics"]
+        item["metrics"] = {n: place(np.zeros(shape, np.float32)) for n, shape in shapes.items()}
+    else:
+        del item["metrics"]
+        item["acc"] = place(np.zeros((len(ACC),), np.float32))
+        if meta.get("acc_layers", 0):
+            item["acc_layers"] = place(np.zeros((meta["acc_layers"],), np.float32))
+    return params, item
+
+
+def from_checkpoint_items(
+    params: Params, item: dict[str, Any]
+) -> tuple[TrainState, Array, Carry, TrainSums]:
+    """Inverse of :func:`checkpoint_items`, for any layout: (train state, rng_data, carry, sums)."""
+    train = item["train"]
+    state = TrainState(train["step"], params, train["opt_state"], train["nonfinite"])
+    if "metrics" in item:
+        sums = dict(item["metrics"])
+    else:
+        sums = {name: item["acc"][..., i] for i, name in enumerate(ACC)}
+        if "acc_layers" in item:
+            sums["grad_norm_layers"] = item["acc_layers"]
+    return state, item["rng"], item["carry"], sums
+
+
+def fit_sums(saved: TrainSums, want: TrainSums, mid_epoch: bool, place) -> TrainSums:
+    """The restored sums of the metrics this run computes (``want``): one the checkpoint lacks (or
+    holds with another shape) starts at 0 at an epoch's start and is unknown (NaN) for the rest of
+    an epoch begun before it; one this run no longer computes is dropped."""
+    fill = np.nan if mid_epoch else 0.0
+    return {
+        n: saved[n]
+        if n in saved and saved[n].shape == w.shape
+        else place(np.full(w.shape, fill, np.float32))
+        for n, w in want.items()
+    }
+
+
+def saved_meta(
+    sums: TrainSums, epoch: int, batch: int, record: dict[str, Any] | None
+) -> dict[str, Any]:
+    """A checkpoint's meta: its position, (at an epoch end) the epoch's record, so a damaged
+    ``metrics.jsonl`` can get it back, and the shape of each metric sum."""
+    from rnnjax.workdir import finite
+
+    return {
+        "epoch": epoch,
+        "batch": batch,
+        "val_ppl": record["val_ppl"] if record else None,
+        "record": finite(record) if record else None,
+        "metrics": {n: list(jnp.shape(x)) for n, x in sums.items()},
+    }
