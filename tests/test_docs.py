@@ -154,7 +154,8 @@ def test_the_readmes_test_command_is_the_one_ci_runs():
     tests = [c for c in page_commands(README) if "pytest" in c.text]
     assert len(tests) == 1 and tests[0].untested, tests
     install, _, run = tests[0].text.partition(" && ")
-    assert ci[-1] == run == "python -m pytest"
+    # the README's command, then the exhaustive tier (tests marked exhaustive, left out of it)
+    assert ci[-2:] == [run, "python -m pytest -m exhaustive"] and run == "python -m pytest"
     assert f"python -m {install}" in ci, f"CI does not install as the README says: {install}"
 
 
