@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 # public name -> the module that defines it
 _WHERE = {
-    "CELLS": "cells", "Cell": "cells", "gru": "cells", "lstm": "cells", "rnn": "cells",
+    "CELLS": "cells", "Cell": "cells",
     "Config": "config", "ConfigError": "config", "default_config": "config", "resolve": "config",
     "Corpus": "data", "load_corpus": "data",
     "from_flax": "flax_model", "to_flax": "flax_model",
     "generate": "generate",
     "Inside": "inside", "Timescales": "inside", "inspect": "inside", "timescales": "inside",
-    "DeepRNN": "model", "Impl": "model", "num_params": "model",
+    "DeepRNN": "model", "Impl": "model", "Placed": "model", "Placement": "model", "num_params": "model",
     "Run": "run", "load": "run",
     "perplexity": "steps",
     "build_model": "build", "train_and_evaluate": "train",
@@ -30,9 +30,10 @@ _WHERE = {
 _MODULES = ("interop",)
 
 __all__ = [  # = _WHERE and _MODULES (tests/test_first_contact.py checks)
-    "CELLS", "Cell", "Config", "ConfigError", "Corpus", "DeepRNN", "Impl", "Inside", "Timescales", "Vocab",
-    "build_model", "default_config", "interop", "from_flax", "generate", "gru", "inspect", "load_corpus", "lstm",
-    "Run", "load", "num_params", "perplexity", "resolve", "rnn", "timescales", "to_flax", "train_and_evaluate",
+    "CELLS", "Cell", "Config", "ConfigError", "Corpus", "DeepRNN", "Impl", "Inside", "Placed", "Placement",
+    "Timescales", "Vocab", "build_model", "default_config", "interop", "from_flax", "generate", "inspect",
+    "load_corpus", "Run", "load", "num_params", "perplexity", "resolve", "timescales", "to_flax",
+    "train_and_evaluate",
 ]
 
 
@@ -67,13 +68,13 @@ sys.modules[__name__].__class__ = _Package
 if TYPE_CHECKING:  # what type checkers and IDEs see
     from rnnjax import interop
     from rnnjax.build import build_model
-    from rnnjax.cells import CELLS, Cell, gru, lstm, rnn
+    from rnnjax.cells import CELLS, Cell
     from rnnjax.config import Config, ConfigError, default_config, resolve
     from rnnjax.data import Corpus, load_corpus
     from rnnjax.flax_model import from_flax, to_flax
     from rnnjax.generate import generate
     from rnnjax.inside import Inside, Timescales, inspect, timescales
-    from rnnjax.model import DeepRNN, Impl, num_params
+    from rnnjax.model import DeepRNN, Impl, Placed, Placement, num_params
     from rnnjax.run import Run, load
     from rnnjax.steps import perplexity
     from rnnjax.train import train_and_evaluate
