@@ -44,3 +44,36 @@ def test_second_trainer_on_a_workdir_exits_at_once(tmp_path):
         assert snapshot(tmp_path) == before
     finally:
         holder.kill()
+
+
+@pytest.mark.slow
+def test_deleting_the_lock_file_does_not_let_a_second_trainer_in(tmp_path):
+    """The lock is held on the workdir directory itself: ``rm WORKDIR/.lock`` while a trainer runs
+    changes nothing; a second trainer is refused in one line and the first keeps every record."""
+    import signal
+    import time
+
+    from rnnjax.workdir import read_metrics
+
+    run = tmp_path / "run"
+    first = subprocess.Popen(train_cli(run, "--config.train.num_epochs=500"), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        deadline = time.monotonic() + 240
+        while not ((run / "metrics.jsonl").exists() and read_metrics(run / "metrics.jsonl")):
+            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()[-2000:]
+            time.sleep(0.2)
+        (run / ".lock").unlink()
+        second = subprocess.run(train_cli(run, "--config.train.num_epochs=500"), capture_output=True, text=True,
+                                env=ENV, timeout=240)
+        assert second.returncode == 1
+        assert second.stderr.strip().splitlines() == [
+            f"error: {run} is in use by another trainer (it holds the workdir's lock); wait for it or use another "
+            "--workdir"], second.stderr[-2000:]
+        assert first.poll() is None  # the first trainer is untouched by the attempt
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=120)
+    epochs = [r["epoch"] for r in read_metrics(run / "metrics.jsonl")]
+    assert epochs == list(range(1, len(epochs) + 1))
+    assert not (run / "checkpoints").exists() or not [p for p in (run / "checkpoints").iterdir() if "tmp" in p.name]
