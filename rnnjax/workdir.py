@@ -31,8 +31,13 @@ class WorkdirError(RuntimeError):
 
 
 def resolve(path: str | os.PathLike) -> pathlib.Path:
-    """A user's path made absolute against the current directory (``~`` expanded, symlinks resolved)."""
-    return pathlib.Path(path).expanduser().resolve()
+    """A user's path made absolute against the current directory (``~`` expanded, symlinks
+    resolved); a symbolic link loop is a one-line :class:`WorkdirError`."""
+    try:
+        return pathlib.Path(path).expanduser().resolve()
+    except (RuntimeError, OSError) as e:  # a symlink loop: RuntimeError before Python 3.13
+        raise WorkdirError(f"{path} is a loop of symbolic links ({e}); give a path that leads to a "
+                           "file or directory") from None
 
 
 def shown(path: str | os.PathLike) -> str:

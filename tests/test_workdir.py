@@ -77,3 +77,25 @@ def test_deleting_the_lock_file_does_not_let_a_second_trainer_in(tmp_path):
     epochs = [r["epoch"] for r in read_metrics(run / "metrics.jsonl")]
     assert epochs == list(range(1, len(epochs) + 1))
     assert not (run / "checkpoints").exists() or not [p for p in (run / "checkpoints").iterdir() if "tmp" in p.name]
+
+
+def test_a_symlink_loop_is_one_line_for_text_workdir_and_load(tmp_path):
+    import pathlib
+
+    import rnnjax
+    from rnnjax.workdir import WorkdirError, resolve
+
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    loop = str(tmp_path / "a")
+    with pytest.raises(WorkdirError, match=r"/a is a loop of symbolic links \(.*\); give a path"):
+        resolve(loop)
+    with pytest.raises(WorkdirError, match="is a loop of symbolic links"):
+        rnnjax.load(loop)
+    root = pathlib.Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "scripts" / "evaluate.py"),
+                           f"--workdir={tmp_path}", f"--text={loop}"],
+                          capture_output=True, text=True, env=ENV, timeout=120)
+    assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1, proc.stderr[-2000:]
+    assert proc.stderr.startswith(f"error: --text={loop} is a loop of symbolic links ("), \
+        proc.stderr
