@@ -129,6 +129,8 @@ def check_resumable(workdir: pathlib.Path, cfg: Config, vocab: Vocab, resume: st
             f"{workdir} holds {' and '.join(found)} but no checkpoint to resume from; "
             "use a new --workdir, or --resume=restart to keep them in discarded/ and start over"
         )
+    if resume == "restart":
+        return  # the old run (config, vocabulary, history) is set aside whole: any config may start
     saved = read_config(workdir)
     if saved is not None:
         try:  # fields added since the run was saved take their defaults (what the run trained with)

@@ -99,3 +99,15 @@ def test_a_symlink_loop_is_one_line_for_text_workdir_and_load(tmp_path):
     assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1, proc.stderr[-2000:]
     assert proc.stderr.startswith(f"error: --text={loop} is a loop of symbolic links ("), \
         proc.stderr
+
+
+def test_resume_restart_sets_aside_a_run_of_another_config(tmp_path):
+    """--resume=restart moves the old run to discarded/ whole: another config is not a reason to
+    refuse (it is what a restart is for)."""
+    train_and_evaluate(small_config(1), tmp_path)
+    other = small_config(1, **{"model.hidden_size": 16})
+    out = train_and_evaluate(other, tmp_path, resume="restart")
+    assert [r["epoch"] for r in out["metrics"]] == [1]
+    (kept,) = (tmp_path / "discarded").iterdir()
+    assert '"hidden_size": 32' in (kept / "config.json").read_text()
+    assert '"hidden_size": 16' in (tmp_path / "config.json").read_text()
