@@ -174,7 +174,7 @@ class Checkpointer:
             if step not in steps:
                 raise CheckpointError(f"no checkpoint at step {step} in {self.directory}; have {steps}")
             order = [step]
-        damaged = []
+        damaged, problems = [], {}
         for s in order:
             problem = find_damage(self.directory / str(s))
             if problem is None:
@@ -190,16 +190,19 @@ class Checkpointer:
                 if problem is None:
                     self._quarantine(damaged)  # newer steps that were damaged: moved aside, kept
                     return (s, *restored, meta)
+            if step is not None:  # an explicit step never falls back: no "trying an earlier step"
+                raise CheckpointError(
+                    f"checkpoint step {s} in {self.directory} is damaged: {problem}")
             logging.warning("checkpoint step %d in %s is damaged (%s); trying an earlier step", s, self.directory, problem)
             damaged.append(s)
-            if step is not None:
-                raise CheckpointError(f"checkpoint step {s} in {self.directory} is damaged: {problem}")
+            problems[s] = problem
         if damaged:
             self._quarantine(damaged)
             where = f"moved to {self.workdir / 'damaged'}" if not self.read_only else "left in place"
+            latest = max(damaged)
             raise CheckpointError(
-                f"every checkpoint in {self.directory} is damaged (steps {sorted(damaged)}, {where}); "
-                "start over with a new --workdir"
+                f"every checkpoint in {self.directory} is damaged (steps {sorted(damaged)}, "
+                f"{where}; step {latest}: {problems[latest]}); start over with a new --workdir"
             )
         return None
 

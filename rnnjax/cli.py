@@ -22,8 +22,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from rnnjax.config import FIELDS, GROUPS, ConfigError, allowed
-from rnnjax.workdir import resolve as user_path
-from rnnjax.workdir import shown
+from rnnjax.workdir import WorkdirError, resolve_path, shown
 
 
 class _ListValueError(ValueError):
@@ -58,6 +57,15 @@ config_flags.register_flag_parser_for_type(list, _ListParser())
 def fail(message: str) -> NoReturn:
     """Exit with status 1 and one line ``error: message`` on stderr."""
     sys.exit(f"error: {message}")
+
+
+def user_path(path: str | os.PathLike) -> pathlib.Path:
+    """A path from the command line made absolute (:func:`rnnjax.workdir.resolve_path`); a symbolic
+    link loop ends the script with one line."""
+    try:
+        return resolve_path(path)
+    except WorkdirError as e:
+        fail(str(e))
 
 
 _PARSERS = {bool: flags.BooleanParser(), int: flags.IntegerParser(), float: flags.FloatParser()}

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from rnnjax.config import ConfigError, DataConfig
-from rnnjax.vocab import Vocab
+from rnnjax.vocab import UNK, Vocab
 
 BUNDLED = "timemachine.txt"
 
@@ -149,7 +149,12 @@ def load_corpus(cfg: DataConfig, vocab: Vocab | None = None) -> Corpus:
     the training parts are concatenated and capped at ``max_tokens`` (0: no cap)."""
     if cfg.by_fraction:
         return _load_by_fraction(cfg, vocab)
-    tokens = Tokens(preprocess(read_texts(cfg.paths, cfg.max_file_mb), cfg.preprocess), cfg.tokenizer)
+    raw = read_texts(cfg.paths, cfg.max_file_mb)
+    text = preprocess(raw, cfg.preprocess)
+    emptied = _emptied_by_preprocessing(cfg, raw, text)
+    del raw
+    tokens = Tokens(text, cfg.tokenizer)
+    del text
     held_out = cfg.num_val + cfg.num_test
     train_len = cfg.max_tokens or len(tokens) - held_out
     need = train_len + held_out
@@ -157,15 +162,15 @@ def load_corpus(cfg: DataConfig, vocab: Vocab | None = None) -> Corpus:
     if cfg.max_tokens and len(tokens) < need:
         raise ConfigError(
             f"config.data.max_tokens + config.data.num_val{test} = {need} but the corpus has {len(tokens)} "
-            f"{cfg.tokenizer} tokens; lower them or add text"
+            f"{cfg.tokenizer} tokens{emptied}; lower them or add text"
         )
     if train_len < 2:
         raise ConfigError(
             f"config.data.num_val{test} = {held_out} leaves {max(train_len, 0)} of the corpus's {len(tokens)} "
-            f"{cfg.tokenizer} tokens to train; lower them or add text"
+            f"{cfg.tokenizer} tokens to train{emptied}; lower them or add text"
         )
     if vocab is None:
-        vocab = Vocab.from_counts(tokens.counts(0, train_len), cfg.min_freq, cfg.reserved_tokens)
+        vocab = _build_vocab(cfg, tokens.counts(0, train_len))
     ids = tokens.encode(vocab, 0, need)
     del tokens
     _check_trainable(cfg, train_len)
@@ -173,30 +178,41 @@ def load_corpus(cfg: DataConfig, vocab: Vocab | None = None) -> Corpus:
                   test=ids[train_len + cfg.num_val : need])
 
 
+def _resolve(path: str) -> pathlib.Path:
+    try:
+        return pathlib.Path(path).expanduser().resolve()
+    except (RuntimeError, OSError) as e:  # a symlink loop: RuntimeError before Python 3.13
+        raise ConfigError(f"config.data.paths: {path!r} is a loop of symbolic links ({e}); "
+                          "give text files") from None
+
+
 def _load_by_fraction(cfg: DataConfig, vocab: Vocab | None) -> Corpus:
-    resolved = [pathlib.Path(p).expanduser().resolve() for p in cfg.paths]
+    resolved = [_resolve(p) for p in cfg.paths]
     if len(set(resolved)) < len(resolved):
         twice = next(p for p, r in zip(cfg.paths, resolved) if resolved.count(r) > 1)
         raise ConfigError(f"config.data.paths lists {twice!r} twice; with data.val_fraction each file is split and "
                           "scored on its own: give each file once")
     parts = []  # (name, tokens, train end, val end)
-    for name, text in read_files(cfg.paths, cfg.max_file_mb):
-        tokens = Tokens(preprocess(text, cfg.preprocess), cfg.tokenizer)
-        del text
+    for name, raw in read_files(cfg.paths, cfg.max_file_mb):
+        text = preprocess(raw, cfg.preprocess)
+        emptied = _emptied_by_preprocessing(cfg, raw, text)
+        tokens = Tokens(text, cfg.tokenizer)
+        del raw, text
         n = len(tokens)
         num_test, num_val = round(n * cfg.test_fraction), round(n * cfg.val_fraction)
         for split, count, field in (("validation", num_val, "val_fraction"), ("test", num_test, "test_fraction")):
             if count and count < cfg.batch_size + 1 or (split == "validation" and not count):
                 raise ConfigError(
                     f"config.data.{field} = {getattr(cfg, field)} leaves {name} {count} {split} tokens, fewer than "
-                    f"data.batch_size + 1 = {cfg.batch_size + 1}; raise data.{field} or give a longer file"
+                    f"data.batch_size + 1 = {cfg.batch_size + 1}{emptied}; raise data.{field} or "
+                    "give a longer file"
                 )
         parts.append((name, tokens, n - num_val - num_test, n - num_test))
     if vocab is None:
         counts: collections.Counter = collections.Counter()
         for _, tokens, train_end, _ in parts:
             counts.update(tokens.counts(0, train_end))
-        vocab = Vocab.from_counts(counts, cfg.min_freq, cfg.reserved_tokens)
+        vocab = _build_vocab(cfg, counts)
     train = np.concatenate([tokens.encode(vocab, 0, train_end) for _, tokens, train_end, _ in parts])
     if cfg.max_tokens:
         train = train[: cfg.max_tokens].copy()
@@ -207,6 +223,29 @@ def _load_by_fraction(cfg: DataConfig, vocab: Vocab | None) -> Corpus:
     concat = lambda ps: np.concatenate([ids for _, ids in ps]) if ps else np.zeros(0, vocab.id_dtype)  # noqa: E731
     return Corpus(vocab=vocab, train=train, val=concat(val_parts), test=concat(test_parts),
                   val_parts=val_parts, test_parts=test_parts)
+
+
+def _emptied_by_preprocessing(cfg: DataConfig, raw: str, text: str) -> str:
+    """A note for a too-short corpus when d2l preprocessing removed most of it ("" otherwise)."""
+    if cfg.preprocess != "d2l" or len(text.strip()) * 2 >= len(raw.strip()):
+        return ""
+    return (f" (d2l preprocessing keeps only the ASCII letters a-z, A-Z: {len(raw):,} characters "
+            f"became {len(text.strip()):,}; for text in other scripts use "
+            "--config.data.preprocess=none)")
+
+
+def _build_vocab(cfg: DataConfig, counts: collections.Counter) -> Vocab:
+    """The vocabulary of the training tokens' ``counts``; one that would hold no token but ``<unk>``
+    (and the reserved ones) is refused: every id would be ``<unk>``, a perplexity of 1."""
+    vocab = Vocab.from_counts(counts, cfg.min_freq, cfg.reserved_tokens)
+    if len(vocab) > len(set(cfg.reserved_tokens) | {UNK}):
+        return vocab
+    top, n = counts.most_common(1)[0] if counts else ("", 0)
+    raise ConfigError(
+        f"config.data.min_freq = {cfg.min_freq} leaves no {cfg.tokenizer} token in the vocabulary: "
+        f"0 of the {len(counts):,} distinct training tokens occur that often (the most frequent, "
+        f"{top!r}, occurs {n:,} times); lower config.data.min_freq"
+    )
 
 
 def _check_trainable(cfg: DataConfig, num_train: int) -> None:

@@ -25,6 +25,35 @@ _STORAGE_DAMAGE = re.compile(
 )
 
 
+def _is_array_data(rel: pathlib.PurePath) -> bool:
+    """Tensorstore's binary files (OCDBT: ``manifest.ocdbt``, data under ``d/``)."""
+    return rel.name == "manifest.ocdbt" or "d" in rel.parts[:-1]
+
+
+def damaged_text_file(step_dir: pathlib.Path) -> str | None:
+    """The first file of a step that is empty (orbax writes none), or that orbax wrote as text (JSON
+    metadata, sharding, commit notes: every file but tensorstore's binary array data) and cannot be
+    read, is not UTF-8, or starts as JSON and does not parse; None if there is none. Every file is
+    checked, whatever orbax names it; array data is checked by tensorstore and the checksums."""
+    for path in sorted(p for p in step_dir.rglob("*") if p.is_file()):
+        rel = path.relative_to(step_dir)
+        try:
+            if path.stat().st_size == 0:
+                return f"{rel} is empty"
+            if _is_array_data(rel):
+                continue
+            text = path.read_bytes().decode("utf-8")
+            if text.lstrip()[:1] in ("{", "["):
+                json.loads(text)
+        except OSError as e:
+            return f"{rel} cannot be read ({e.strerror})"
+        except UnicodeDecodeError as e:
+            return f"{rel} is not UTF-8 text (byte {e.start})"
+        except ValueError as e:
+            return f"{rel} is not valid JSON ({type(e).__name__})"
+    return None
+
+
 def find_damage(step_dir: pathlib.Path) -> str | None:
     """What is missing or unreadable in a step directory, checked before orbax reads it (None: looks whole)."""
     if not step_dir.is_dir() or not any(step_dir.iterdir()):
@@ -47,14 +76,15 @@ def find_damage(step_dir: pathlib.Path) -> str | None:
             json.loads((step_dir / item / "_METADATA").read_text())
         except (OSError, ValueError) as e:
             return f"unreadable array metadata ({item}/_METADATA, {type(e).__name__})"
-    return None
+    return damaged_text_file(step_dir)
 
 
 def storage_damage(error: BaseException) -> str | None:
     """A one-line reason if ``error`` (raised while reading arrays) means damaged files; None otherwise."""
     while error is not None:
         text = str(error)
-        if isinstance(error, (FileNotFoundError, EOFError, json.JSONDecodeError)) or _STORAGE_DAMAGE.search(text):
+        damage = (FileNotFoundError, EOFError, json.JSONDecodeError, UnicodeDecodeError)
+        if isinstance(error, damage) or _STORAGE_DAMAGE.search(text):  # decoding orbax's files
             first = (text.strip().splitlines() or [type(error).__name__])[0]
             return first.split(" See full TensorStore details")[0][:200]
         error = error.__cause__ or error.__context__

@@ -26,8 +26,7 @@ from rnnjax.metrics import best_record, bpc
 from rnnjax.model import DeepRNN, Params
 from rnnjax.steps import perplexity
 from rnnjax.vocab import UNK, Vocab
-from rnnjax.workdir import read_config, read_metrics, read_vocab
-from rnnjax.workdir import resolve as resolve_path
+from rnnjax.workdir import read_config, read_metrics, read_vocab, resolve_path
 
 
 @dataclasses.dataclass

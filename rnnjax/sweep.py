@@ -37,8 +37,7 @@ from rnnjax.console import Preempted
 from rnnjax.host import retain_freed_memory
 from rnnjax.metrics import best_record, bpc
 from rnnjax.train import train_and_evaluate
-from rnnjax.workdir import check_writable, has_checkpoint, write_atomic
-from rnnjax.workdir import resolve as user_path
+from rnnjax.workdir import check_writable, has_checkpoint, resolve_path, write_atomic
 
 
 class SweepError(ValueError):
@@ -226,7 +225,7 @@ def run_sweep(
     """
     from rnnjax.vectorize import check_vectorizable, shape_key, train_vectorized
 
-    root = user_path(workdir)
+    root = resolve_path(workdir)
     check_writable(root)  # a file, or under a file, or read-only: one line, nothing created
     i, n = parse_shard(shard)
     check_grid(grid)

@@ -14,8 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rnnjax.sweep import SweepError
-from rnnjax.workdir import WorkdirError, read_metrics
-from rnnjax.workdir import resolve as user_path
+from rnnjax.workdir import WorkdirError, read_metrics, resolve_path
 
 COLUMNS = ["name", "cell", "num_layers", "hidden_size", "num_params", "train_ppl", "best_val_ppl", "best_val_bpc",
            "best_epoch", "test_ppl", "test_bpc", "tokens_per_sec",
@@ -57,7 +56,7 @@ def axis_columns(overrides: Sequence[Mapping[str, Any]]) -> dict[str, str]:
 
 def summarize(workdir: str | os.PathLike) -> list[dict[str, Any]]:
     """Merge every trial's result.json under ``workdir`` into results.csv, results.md and sweep.png."""
-    root = user_path(workdir)
+    root = resolve_path(workdir)
     hint = "give the directory a sweep wrote (its --workdir)"
     if not root.exists():
         raise SweepError(f"sweep directory {root} does not exist; {hint}")

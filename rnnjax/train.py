@@ -48,7 +48,7 @@ def train_and_evaluate(
     cfg = config if isinstance(config, Config) else resolve(config)
     if resume not in RESUME_MODES:
         raise ConfigError(f"resume = {resume!r} is not allowed: one of {', '.join(map(repr, RESUME_MODES))}")
-    workdir = rundir.resolve(workdir)
+    workdir = rundir.resolve_path(workdir)
     rundir.check_writable(workdir)
     if resume == "must" and not rundir.has_checkpoint(workdir):
         raise CheckpointError(f"--resume=must but {workdir} has no checkpoint to resume from")

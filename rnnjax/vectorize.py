@@ -72,7 +72,7 @@ def train_vectorized(
     if c0.train.schedule != "constant":
         raise ConfigError("vectorized trials need train.schedule = 'constant'; run scheduled trials one by one")
     check_vectorizable(c0)
-    dirs = [rundir.resolve(w) for w in workdirs]
+    dirs = [rundir.resolve_path(w) for w in workdirs]
     for d in dirs:
         rundir.check_writable(d)
     with StopFlag() as stop:  # SIGTERM/SIGINT: every trial saves its step, then Preempted

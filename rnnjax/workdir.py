@@ -3,7 +3,7 @@
 ``config.json`` and ``vocab.json`` (the run's config and vocabulary: their one home),
 ``metrics.jsonl`` (read, append, truncate), atomic writes, the one-trainer lock, and what
 counts as a run's history (and so whether a workdir may be resumed). Paths are absolute from here on:
-:func:`resolve` is called once, where a user's path enters.
+:func:`resolve_path` is called once, where a user's path enters.
 """
 
 from __future__ import annotations
@@ -30,9 +30,14 @@ class WorkdirError(RuntimeError):
     """A run directory cannot be used as asked; the message says why and what to do."""
 
 
-def resolve(path: str | os.PathLike) -> pathlib.Path:
-    """A user's path made absolute against the current directory (``~`` expanded, symlinks resolved)."""
-    return pathlib.Path(path).expanduser().resolve()
+def resolve_path(path: str | os.PathLike) -> pathlib.Path:
+    """A user's path made absolute against the current directory (``~`` expanded, symlinks
+    resolved); a symbolic link loop is a one-line :class:`WorkdirError`."""
+    try:
+        return pathlib.Path(path).expanduser().resolve()
+    except (RuntimeError, OSError) as e:  # a symlink loop: RuntimeError before Python 3.13
+        raise WorkdirError(f"{path} is a loop of symbolic links ({e}); give a path that leads to a "
+                           "file or directory") from None
 
 
 def shown(path: str | os.PathLike) -> str:
@@ -124,6 +129,8 @@ def check_resumable(workdir: pathlib.Path, cfg: Config, vocab: Vocab, resume: st
             f"{workdir} holds {' and '.join(found)} but no checkpoint to resume from; "
             "use a new --workdir, or --resume=restart to keep them in discarded/ and start over"
         )
+    if resume == "restart":
+        return  # the old run (config, vocabulary, history) is set aside whole: any config may start
     saved = read_config(workdir)
     if saved is not None:
         try:  # fields added since the run was saved take their defaults (what the run trained with)
@@ -224,28 +231,56 @@ def set_aside(workdir: pathlib.Path) -> pathlib.Path | None:
 
 
 class WorkdirLock:
-    """An exclusive, non-blocking ``flock`` on ``WORKDIR/.lock``: one trainer per workdir.
+    """One trainer per workdir: an exclusive, non-blocking ``flock`` held on the workdir directory
+    itself for the trainer's lifetime, and (for trainers of earlier versions, which lock only that
+    file) on ``WORKDIR/.lock``.
 
-    The lock is released by the kernel when the process dies, even on SIGKILL.
+    The lock belongs to the open directory, not to a path: deleting or replacing ``.lock`` does not
+    release it, and the kernel releases it when the process ends, even on SIGKILL. Each
+    ``WorkdirLock`` is its own open file, so two in one process exclude each other too (a sweep
+    locking its trials). What it does not cover: a workdir deleted and created again (a new
+    directory), and filesystems without ``flock`` (see docs/reliability.md).
     """
 
     def __init__(self, workdir: pathlib.Path):
-        self.path = workdir / ".lock"
-        self._fd: int | None = None
+        self.workdir = pathlib.Path(workdir)
+        self.path = self.workdir / ".lock"
+        self._fds: list[int] = []
 
-    def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    def _lock(self, path: pathlib.Path, flags: int) -> None:
+        fd = os.open(path, flags, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
+            self.release()
             raise WorkdirError(
-                f"{self.path.parent} is in use by another trainer (locked {self.path}); wait for it or use another --workdir"
+                f"{self.workdir} is in use by another trainer (it holds the workdir's lock); "
+                "wait for it or use another --workdir"
             ) from None
-        self._fd = fd
+        except OSError as e:  # e.g. ENOLCK, EOPNOTSUPP: a filesystem that cannot lock
+            os.close(fd)
+            self.release()
+            raise WorkdirError(
+                f"cannot lock {path} ({e.strerror}): this filesystem does not support flock, so a second "
+                "trainer could not be kept out; use a --workdir on a local disk"
+            ) from None
+        self._fds.append(fd)
+
+    def acquire(self) -> None:
+        """Take the lock, or raise :class:`WorkdirError` (one line) if another process holds it."""
+        if self._fds:
+            return
+        self._lock(self.workdir, os.O_RDONLY | os.O_DIRECTORY)
+        self._lock(self.path, os.O_RDWR | os.O_CREAT)
+
+    @property
+    def held(self) -> bool:
+        return bool(self._fds)
 
     def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+        """Let go of the lock (a no-op if not held); ``.lock`` stays, as an earlier version expects."""
+        while self._fds:
+            fd = self._fds.pop()
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)

@@ -25,7 +25,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks
 import report  # noqa: E402  (no JAX: flags are checked before JAX imports)
 
 from rnnjax import cli  # noqa: E402
-from rnnjax.workdir import resolve  # noqa: E402
+from rnnjax.cli import user_path  # noqa: E402
 
 _SECTIONS = flags.DEFINE_list("sections", list(report.DEFAULT_SECTIONS),
                               f"Sections to run, from {list(report.SECTIONS)}; rows is required.")
@@ -51,7 +51,7 @@ _DEVICES_ONLY = flags.DEFINE_bool("devices_only", False, "Internal: the devices 
 def _writable(flag: str, value: str) -> pathlib.Path:
     """``value`` resolved against the current directory; one line when it cannot be written
     (checked before the measurements: a long run never ends without its report)."""
-    path = resolve(value)
+    path = user_path(value)
     if path.is_dir():
         cli.fail(f"--{flag}={value} is a directory; give a file path")
     parent = path.parent
@@ -95,7 +95,7 @@ def check_flags() -> list[tuple[str, int]]:
 
 def _read(value: str) -> str:
     try:
-        return resolve(value).read_text()
+        return user_path(value).read_text()
     except OSError as e:
         cli.fail(f"--from_json={value}: {e.strerror}; give the file a run wrote with --json")
 

@@ -29,7 +29,10 @@ _BATCH = flags.DEFINE_integer("batch_size", None, "Rows the text is read as (def
 
 
 def read_text(path: str) -> str:
-    p = cli.user_path(path)
+    try:
+        p = cli.user_path(path)
+    except WorkdirError as e:  # a symbolic link loop
+        cli.fail(f"--text={e}")
     if not p.is_file():
         cli.fail(f"--text={path}: {'is not a regular file' if p.exists() else 'does not exist'}; give a text file")
     try:

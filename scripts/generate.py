@@ -4,11 +4,17 @@ r"""Sample text from a trained run.
         [--step=best|latest|N] [--temperature=0.8] [--top_k=5] [--seed=0]
 
 Uses the best checkpoint (lowest validation perplexity) unless ``--step`` says otherwise, and
-says which on stderr. Greedy (temperature 0) by default, as ``rnnjax.generate.generate``. A
-bad flag or argument exits non-zero with one line, ``error: <message>``.
+says which on stderr before generating. Greedy (temperature 0) by default, as
+``rnnjax.generate.generate``. A bad flag or argument exits non-zero with one line,
+``error: <message>``. ``--num_chars`` x prefixes is at most ``rnnjax.generate.MAX_TOKENS``
+(10,000,000). Ctrl-C or SIGTERM stops it within one chunk of generation (about a thousand
+tokens) with one line saying what was printed; it writes no file.
 """
 
 import _startup  # noqa: F401, I001  (first: Ctrl-C while JAX imports is one line)
+import contextlib
+import os
+import signal
 import sys
 
 from absl import flags
@@ -41,12 +47,43 @@ def main(argv):
     try:
         check_args(*args)  # NaN/inf temperature, an empty prefix: refused before the (slow) restore
         run = load(cli.user_path(_WORKDIR.value), cli.checkpoint_step(_STEP.value), _IMPL.value)
-        texts = run.generate(*args)  # checks again, and for prefixes empty after the run's preprocessing
     except (ValueError, CheckpointError, WorkdirError) as e:  # the user's arguments or workdir; anything else: traceback
         cli.fail(str(e))
-    print(f"# {run.describe_step()}", file=sys.stderr)
-    for text in texts:
-        print(text)
+    print(f"# {run.describe_step()}", file=sys.stderr, flush=True)
+    stop = _StopRequest()
+    try:
+        try:
+            texts = run.generate(*args)  # checks again, and for prefixes empty after preprocessing
+        except ValueError as e:
+            cli.fail(str(e))
+        stop.doing = "printing: the text above is incomplete"
+        for text in texts:
+            print(text)
+        sys.stdout.flush()
+    except BaseException:
+        if stop.signum is None:
+            raise
+        print(f"stopped by signal {stop.signum} while {stop.doing}", file=sys.stderr)
+        with contextlib.suppress(OSError):
+            sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + stop.signum)  # no file to close; JAX's teardown would take seconds
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM end generation between two compiled chunks (the handler raises there), and the
+    exit line says what had been printed by then."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.doing = "generating: no text was printed"
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.signum is None:
+            self.signum = signum
+            raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

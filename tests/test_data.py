@@ -99,3 +99,38 @@ def test_window_longer_than_corpus_is_refused(tmp_path):
         train_and_evaluate(cfg, tmp_path / "run")
     with pytest.raises(ConfigError, match=r"config\.data\.max_tokens \+ config\.data\.num_val"):
         train_and_evaluate(with_fields(default_config(), **{"data.max_tokens": 10_000_000}), tmp_path / "run")
+
+
+def test_a_vocabulary_of_only_unk_is_refused_naming_min_freq():
+    """Every id would be <unk>: "validation perplexity 1.000" that means nothing."""
+    with pytest.raises(ConfigError) as e:
+        data.load_corpus(data_cfg(tokenizer="word", min_freq=100_000))
+    assert str(e.value) == (
+        "config.data.min_freq = 100000 leaves no word token in the vocabulary: 0 of the 2,187 "
+        "distinct training tokens occur that often (the most frequent, 'the', occurs 679 times); "
+        "lower config.data.min_freq")
+    kept = data.load_corpus(data_cfg(tokenizer="word", min_freq=679)).vocab
+    assert len(kept) == 2  # 'the' and <unk>
+
+
+@pytest.mark.parametrize("by_fraction", [False, True])
+def test_a_corpus_that_d2l_preprocessing_empties_points_to_preprocess_none(tmp_path, by_fraction):
+    path = tmp_path / "cjk.txt"
+    path.write_text("时间旅行者" * 4_000, encoding="utf-8")  # 20,000 characters, no ASCII
+    cfg = data_cfg(paths=(str(path),), val_fraction=0.1 if by_fraction else 0.0)
+    with pytest.raises(ConfigError, match=r"\(d2l preprocessing keeps only the ASCII letters a-z, "
+                                          r"A-Z: 20,000 characters became 0; for text in other "
+                                          r"scripts use --config.data.preprocess=none\)"):
+        data.load_corpus(cfg)
+    raw = dataclasses.replace(cfg, preprocess="none", max_tokens=2000, num_val=500)
+    corpus = data.load_corpus(raw)
+    assert len(corpus.vocab) == 6  # the five characters and <unk>
+
+
+def test_a_data_path_that_is_a_symlink_loop_is_one_line(tmp_path):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    for by_fraction in (0.0, 0.1):
+        with pytest.raises(ConfigError,
+                           match=r"^config.data.paths: .*a'.* (symbolic links|Too many levels)"):
+            data.load_corpus(data_cfg(paths=(str(tmp_path / "a"),), val_fraction=by_fraction))

@@ -101,7 +101,8 @@ def test_an_unrelated_restore_error_moves_nothing(run_copy, monkeypatch, error):
 
 
 @pytest.mark.parametrize("damage", ["truncated_array", "deleted_array_metadata", "deleted_manifest", "garbled_meta",
-                                    "empty_step_dir"])
+                                    "empty_step_dir", "non_utf8_params_array_metadatas",
+                                    "random_state_array_metadatas"])
 def test_each_damage_kind_is_quarantined_and_the_previous_step_used(run_copy, damage):
     run, out = run_copy
     latest = run / "checkpoints" / "72"
@@ -114,6 +115,12 @@ def test_each_damage_kind_is_quarantined_and_the_previous_step_used(run_copy, da
         (latest / "state" / "manifest.ocdbt").unlink()
     elif damage == "garbled_meta":
         (latest / "meta" / "metadata").write_text('{"epoch": 3, "ba')
+    elif damage == "non_utf8_params_array_metadatas":
+        f = latest / "params" / "array_metadatas" / "process_0"
+        f.write_bytes(b"\xff" * f.stat().st_size)
+    elif damage == "random_state_array_metadatas":
+        f = latest / "state" / "array_metadatas" / "process_0"
+        f.write_bytes(np.random.default_rng(0).bytes(f.stat().st_size))
     else:
         (run / "checkpoints" / "96").mkdir()
     assert integrity.find_damage(latest) is not None or damage in ("truncated_array", "empty_step_dir")
@@ -271,3 +278,26 @@ def test_a_sweep_dir_that_is_a_file_is_refused(tmp_path):
         run_sweep(small_config(1), {"model.cell": ["gru"]}, tmp_path / "afile")
     with pytest.raises(WorkdirError, match="which is a file"):
         run_sweep(small_config(1), {"model.cell": ["gru"]}, tmp_path / "afile" / "s")
+
+
+def test_generate_names_the_damaged_file_when_it_cannot_fall_back(run_copy):
+    """An explicit --step never falls back; with every step damaged there is nothing to fall back
+    to: either way the one line names the file."""
+    run, _ = run_copy
+    for s in steps(run):
+        f = run / "checkpoints" / str(s) / "params" / "array_metadatas" / "process_0"
+        f.write_bytes(b"\xff" + f.read_bytes()[1:])
+    cmd = [sys.executable, str(ROOT / "scripts" / "generate.py"), f"--workdir={run}",
+           "--num_chars=5"]
+    bad = "params/array_metadatas/process_0 is not UTF-8 text (byte 0)"
+    explicit = subprocess.run([*cmd, "--step=48"], capture_output=True, text=True, env=ENV,
+                              timeout=300)
+    assert explicit.returncode == 1 and explicit.stderr.strip().splitlines() == [
+        f"error: checkpoint step 48 in {run / 'checkpoints'} is damaged: {bad}"
+    ], explicit.stderr[-3000:]
+    every = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
+    assert every.returncode == 1 and every.stderr.strip().splitlines()[-1] == (
+        f"error: every checkpoint in {run / 'checkpoints'} is damaged (steps [24, 48, 72], left "
+        f"in place; step 72: {bad}); start over with a new --workdir"
+    ), every.stderr[-3000:]
+    assert steps(run) == [24, 48, 72] and not (run / "damaged").exists()  # read-only: nothing moved

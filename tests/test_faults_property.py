@@ -10,6 +10,7 @@ tenth of it: each case is a process).
 import math
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 
 from rnnjax.config import ConfigError, default_config, resolve
 from rnnjax.data import load_corpus
+from rnnjax.integrity import damaged_text_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
@@ -122,3 +124,119 @@ def test_any_command_line_succeeds_or_is_one_line_creating_nothing(tmp_path_fact
         return
     assert proc.stderr.startswith("error: ") and one_line(proc.stderr), (args, proc.stderr[-3000:])
     assert sorted(p.name for p in cwd.iterdir()) == ["corpus.txt"], (args, sorted(cwd.iterdir()))
+
+
+# --- Damage to any file orbax wrote in a checkpoint step ------------------------------------
+
+DAMAGE_KINDS = ("random_bytes", "flipped_byte", "non_utf8", "truncated")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished 3-epoch smoke run (steps 24, 48, 72), the abstract trees of its two array items
+    (from orbax's own metadata: whatever the items hold) and each step's arrays as restored."""
+    import jax
+    import orbax.checkpoint as ocp
+    from conftest import small_config
+
+    from rnnjax.train import train_and_evaluate
+
+    run = tmp_path_factory.mktemp("damage") / "run"
+    train_and_evaluate(small_config(3), run)
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+    def abstract(item):
+        item_dir = run / "checkpoints" / "72" / item
+        tree = ocp.StandardCheckpointer().metadata(item_dir).item_metadata.tree
+        return jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), tree)
+
+    target = (abstract("params"), abstract("state"))
+    clean = {s: _arrays(_restore(run, target, step=s)[1:3]) for s in (48, 72)}
+    return run, target, clean
+
+
+def _arrays(tree) -> list[bytes]:
+    import jax
+    import numpy as np
+
+    return [np.asarray(x).tobytes() for x in jax.tree_util.tree_leaves(tree)]
+
+
+def _restore(run, target, step=None):
+    from rnnjax.checkpoint import Checkpointer
+
+    ckpt = Checkpointer(run)  # writable, as the trainer's: a damaged step is moved to damaged/
+    try:
+        return ckpt.restore(lambda meta: target, step)
+    finally:
+        ckpt.close()
+
+
+def _damage(path: pathlib.Path, kind: str, where: float, value: int) -> None:
+    data = bytearray(path.read_bytes())
+    at = min(int(where * len(data)), max(len(data) - 1, 0))
+    if kind == "random_bytes":
+        data = bytearray(__import__("random").Random(value).randbytes(max(len(data), 1)))
+    elif kind == "flipped_byte" and data:
+        data[at] ^= 0xFF
+    elif kind == "non_utf8":
+        data[at : at + 1] = b"\xff"
+    else:
+        data = data[:at]
+    path.write_bytes(bytes(data))
+
+
+def _check_damaged_run(run, target, clean, rel: str, kind: str) -> None:
+    """The latest step either still restores bit for bit (a file the restore does not need) or is
+    moved to damaged/ and the previous step (48) is used: never an exception, never other arrays."""
+    import rnnjax
+
+    step_dir = run / "checkpoints" / "72"
+    text_damage = damaged_text_file(step_dir)
+    loaded = rnnjax.load(run, step="latest")  # read-only: falls back, moves nothing
+    assert loaded.step in (48, 72) and step_dir.is_dir(), (rel, kind)
+    step, params, state, _ = _restore(run, target)
+    assert _arrays((params, state)) == clean[step], (rel, kind, step)
+    if step == 48:
+        moved = [p.name for p in (run / "damaged").iterdir()]
+        assert len(moved) == 1 and moved[0].startswith("72.") and not step_dir.exists(), (rel, kind)
+    if text_damage is not None:  # orbax's text files (metadata, sharding): damage, the file named
+        assert step == 48 and loaded.step == 48, (rel, kind, text_damage)
+        assert text_damage.startswith(rel), (rel, kind, text_damage)
+
+
+def _orbax_files(run) -> list[str]:
+    step_dir = run / "checkpoints" / "72"
+    return sorted(str(p.relative_to(step_dir)) for p in step_dir.rglob("*") if p.is_file())
+
+
+def test_non_utf8_garbage_in_each_file_orbax_wrote_is_caught(finished_run, tmp_path):
+    """Walk the step directory: each file orbax wrote gets a non-UTF-8 first byte, one at a time."""
+    src, target, clean = finished_run
+    files = _orbax_files(src)
+    assert any("array_metadatas" in f for f in files) and len(files) >= 10
+    for rel in files:
+        run = tmp_path / "run"
+        shutil.rmtree(run, ignore_errors=True)
+        shutil.copytree(src, run)
+        path = run / "checkpoints" / "72" / rel
+        path.write_bytes(b"\xff" + path.read_bytes()[1:])
+        _check_damaged_run(run, target, clean, rel, "non_utf8")
+
+
+@settings(max_examples=max(10, EXAMPLES // 2), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_any_damage_to_any_checkpoint_file_falls_back_or_restores_intact(finished_run, tmp_path,
+                                                                         data):
+    src, target, clean = finished_run
+    rel = data.draw(st.sampled_from(_orbax_files(src)), label="file")
+    kind = data.draw(st.sampled_from(DAMAGE_KINDS), label="damage")
+    where = data.draw(st.floats(0, 1), label="where")
+    value = data.draw(st.integers(0, 2**32 - 1), label="seed")
+    run = tmp_path / "run"
+    shutil.rmtree(run, ignore_errors=True)
+    shutil.copytree(src, run)
+    _damage(run / "checkpoints" / "72" / rel, kind, where, value)
+    _check_damaged_run(run, target, clean, rel, kind)

@@ -143,3 +143,58 @@ def test_cli_checks_arguments_before_the_restore(tmp_path):
     proc = cli(f"--workdir={tmp_path}")
     assert proc.returncode != 0 and proc.stderr.splitlines() == [
         f"error: {tmp_path} has no checkpoints/ directory: it is not a finished or resumable run"]
+
+
+@pytest.mark.parametrize("greedy,top_k", [(True, None), (False, None), (False, 3)])
+def test_chunked_generation_is_the_one_program_sample(tiny, monkeypatch, greedy, top_k):
+    """generate runs in compiled chunks (a stop request acts between them); the tokens are those of
+    the one-program ``sample``, whatever the chunk size (also one not dividing num_chars)."""
+    import jax.numpy as jnp
+
+    model, params, _ = tiny
+    prefix = jnp.asarray([[1, 2, 3], [4, 5, 6]])
+    args = (model, params, prefix, jax.random.key(3), jnp.float32(0.9))
+    one = np.asarray(gen.sample(*args, num_chars=50, greedy=greedy, top_k=top_k))
+    for chunk in (7, 50, 1024):
+        monkeypatch.setattr(gen, "CHUNK", chunk)
+        chunked = gen.sample_chunked(*args, num_chars=50, greedy=greedy, top_k=top_k)
+        np.testing.assert_array_equal(chunked, one)
+
+
+def test_num_chars_has_a_documented_bound(tiny):
+    model, params, vocab = tiny
+    with pytest.raises(ValueError, match=r"^num_chars = 10000001 is above the bound of 10,000,000"):
+        gen.generate(model, params, vocab, "x", gen.MAX_TOKENS + 1)
+    with pytest.raises(ValueError, match=r"^num_chars = 5000000 for each of 3 prefixes is above"):
+        gen.generate(model, params, vocab, ["a", "b", "c"], 5_000_000)
+
+
+@pytest.mark.slow
+def test_cli_refuses_an_unbounded_length_and_stops_at_once_on_sigterm(trained):
+    """--num_chars=100000000 is refused before the restore; a long generation stops within a chunk
+    of SIGTERM and says truthfully that no text was printed."""
+    import signal
+    import time
+
+    workdir, _ = trained
+    proc = cli(f"--workdir={workdir}", "--num_chars=100000000")
+    assert proc.returncode == 1 and proc.stderr.splitlines() == [
+        "error: num_chars = 100000000 is above the bound of 10,000,000 tokens per call (num_chars "
+        "x prefixes: the text is held in memory); ask for fewer"]
+    long = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "generate.py"),
+                             f"--workdir={workdir}", "--num_chars=10000000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        first = long.stderr.readline()
+        assert first.startswith("# step 24 "), first + long.stderr.read()[-2000:]
+        time.sleep(3)  # generating (or compiling its first chunk)
+        assert long.poll() is None
+        sent = time.monotonic()
+        long.send_signal(signal.SIGTERM)
+        out, err = long.communicate(timeout=60)
+        took = time.monotonic() - sent
+    finally:
+        long.kill()
+    assert long.returncode == 128 + signal.SIGTERM and out == ""
+    assert err.splitlines() == ["stopped by signal 15 while generating: no text was printed"], err
+    assert took < 20, took  # the whole 10M-token generation would take minutes

@@ -44,3 +44,70 @@ def test_second_trainer_on_a_workdir_exits_at_once(tmp_path):
         assert snapshot(tmp_path) == before
     finally:
         holder.kill()
+
+
+@pytest.mark.slow
+def test_deleting_the_lock_file_does_not_let_a_second_trainer_in(tmp_path):
+    """The lock is held on the workdir directory itself: ``rm WORKDIR/.lock`` while a trainer runs
+    changes nothing; a second trainer is refused in one line and the first keeps every record."""
+    import signal
+    import time
+
+    from rnnjax.workdir import read_metrics
+
+    run = tmp_path / "run"
+    first = subprocess.Popen(train_cli(run, "--config.train.num_epochs=500"), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        deadline = time.monotonic() + 240
+        while not ((run / "metrics.jsonl").exists() and read_metrics(run / "metrics.jsonl")):
+            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()[-2000:]
+            time.sleep(0.2)
+        (run / ".lock").unlink()
+        second = subprocess.run(train_cli(run, "--config.train.num_epochs=500"), capture_output=True, text=True,
+                                env=ENV, timeout=240)
+        assert second.returncode == 1
+        assert second.stderr.strip().splitlines() == [
+            f"error: {run} is in use by another trainer (it holds the workdir's lock); wait for it or use another "
+            "--workdir"], second.stderr[-2000:]
+        assert first.poll() is None  # the first trainer is untouched by the attempt
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=120)
+    epochs = [r["epoch"] for r in read_metrics(run / "metrics.jsonl")]
+    assert epochs == list(range(1, len(epochs) + 1))
+    assert not (run / "checkpoints").exists() or not [p for p in (run / "checkpoints").iterdir() if "tmp" in p.name]
+
+
+def test_a_symlink_loop_is_one_line_for_text_workdir_and_load(tmp_path):
+    import pathlib
+
+    import rnnjax
+    from rnnjax.workdir import WorkdirError, resolve_path
+
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    loop = str(tmp_path / "a")
+    with pytest.raises(WorkdirError, match=r"/a is a loop of symbolic links \(.*\); give a path"):
+        resolve_path(loop)
+    with pytest.raises(WorkdirError, match="is a loop of symbolic links"):
+        rnnjax.load(loop)
+    root = pathlib.Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "scripts" / "evaluate.py"),
+                           f"--workdir={tmp_path}", f"--text={loop}"],
+                          capture_output=True, text=True, env=ENV, timeout=120)
+    assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1, proc.stderr[-2000:]
+    assert proc.stderr.startswith(f"error: --text={loop} is a loop of symbolic links ("), \
+        proc.stderr
+
+
+def test_resume_restart_sets_aside_a_run_of_another_config(tmp_path):
+    """--resume=restart moves the old run to discarded/ whole: another config is not a reason to
+    refuse (it is what a restart is for)."""
+    train_and_evaluate(small_config(1), tmp_path)
+    other = small_config(1, **{"model.hidden_size": 16})
+    out = train_and_evaluate(other, tmp_path, resume="restart")
+    assert [r["epoch"] for r in out["metrics"]] == [1]
+    (kept,) = (tmp_path / "discarded").iterdir()
+    assert '"hidden_size": 32' in (kept / "config.json").read_text()
+    assert '"hidden_size": 16' in (tmp_path / "config.json").read_text()
