@@ -264,6 +264,10 @@ GROUPS: dict[str, tuple[str, list[Field | Rule]]] = {
               "Keep this many latest checkpoints, plus the one with the best validation "
               "perplexity.",
               **at_least(1), resumable=True),
+        Field("every_minutes", 0.0,
+              "Also save mid-epoch once this many minutes have passed since the last save, so a "
+              "kill during a long epoch loses at most that much (0 = off).",
+              **real("a number >= 0 (0 = off)", lambda v: v >= 0), resumable=True, added=True),
     ]),
     "parallel": ("Devices (rnnjax/parallel.py, rnnjax/pipeline.py; BENCHMARKS.md).", [
         Field("num_devices", 0,

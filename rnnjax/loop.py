@@ -224,6 +224,7 @@ def train_group(
             disable=not tc.progress or start_epoch > last_epoch,
             file=PipeSafe(sys.stderr),
         )
+        clock = {"every_s": 60.0 * cfg.checkpoint.every_minutes, "saved": time.monotonic()}
         # Each epoch: its steps, one read of their metric sums, its validation pass, its records.
         for epoch in bar:
             first = start_batch if epoch == start_epoch else 0
@@ -231,7 +232,8 @@ def train_group(
                 carry, metrics = group.fresh()
             t0 = time.perf_counter()
             state, carry, metrics = train_epoch(
-                group, ckpts, profiler, stop, state, rng_data, carry, metrics, epoch, first, failed
+                group, ckpts, profiler, stop, state, rng_data, carry, metrics, epoch, first, failed,
+                clock,
             )
             sums = to_host(metrics)  # the one host sync of the training steps
             tokens_per_sec = (
@@ -260,13 +262,15 @@ def train_group(
                         raise error
                     failed[j] = error
             active = [j for j in active if j not in failed]
-            saving = epoch % cfg.checkpoint.every_epochs == 0 or epoch == tc.num_epochs
+            saving = (epoch % cfg.checkpoint.every_epochs == 0 or epoch == tc.num_epochs
+                      or 0 < clock["every_s"] <= time.monotonic() - clock["saved"])
             stopped = stopped_early(tc.early_stopping_patience, [records[j] for j in active])
             for j in active:
                 new_best = (
                     tc.early_stopping_patience > 0 and best_record(records[j]) is records[j][-1]
                 )
                 if saving or new_best or stopped:
+                    clock["saved"] = time.monotonic()
                     try:
                         save(
                             group,
@@ -421,17 +425,23 @@ def train_epoch(
     epoch: int,
     first: int,
     failed: dict[int, Exception],
+    clock: dict[str, float],
 ):
-    """Minibatches ``first`` .. n-1 of ``epoch``; on SIGTERM/SIGINT, save this step and raise :class:`Preempted`."""
+    """Minibatches ``first`` .. n-1 of ``epoch``; on SIGTERM/SIGINT, save this step and raise
+    :class:`Preempted`; with ``checkpoint.every_minutes`` (``clock["every_s"]``), also save this step
+    once that long has passed since the last save (a kill then loses at most that much)."""
     xs_nbt, ys_nbt = group.batches(epoch)
     rng = jax.random.wrap_key_data(rng_data)
     for i in range(first, group.n):
         state, carry, metrics = group.train_step(state, carry, metrics, xs_nbt, ys_nbt, i, rng)
         profiler.after_step(state)
-        if stop.signum is not None:
+        timed = clock["every_s"] > 0 and time.monotonic() - clock["saved"] >= clock["every_s"]
+        if stop.signum is not None or (timed and i + 1 < group.n):
             for j, ckpt in enumerate(ckpts):
                 if j not in failed:
                     save(group, ckpt, j, state, rng_data, carry, metrics, epoch - 1, i + 1)
+            clock["saved"] = time.monotonic()
+        if stop.signum is not None:
             raise Preempted(stop.signum, int(group.take(state.step, 0)))
     return state, carry, metrics
 

@@ -181,3 +181,25 @@ def test_the_same_command_after_sigkill_restarts_or_resumes_by_itself(tmp_path):
     assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
     kept = sorted((run / "discarded").glob("*/metrics.jsonl"))
     assert [[json.loads(x)["epoch"] for x in p.read_text().splitlines()] for p in kept] == [[1], [3]]
+
+
+def test_every_minutes_saves_mid_epoch_and_a_kill_there_resumes_bitwise(tmp_path):
+    """checkpoint.every_minutes: a save once that long has passed, mid-epoch too; a run cut back to
+    such a save (as a kill there leaves it) resumes to the uninterrupted run's params, bit for bit."""
+    import shutil
+
+    cfg = small_config(2, **{"checkpoint.every_minutes": 1e-9, "checkpoint.max_to_keep": 1000,
+                             "checkpoint.every_epochs": 100})
+    run = tmp_path / "run"
+    straight = train_and_evaluate(cfg, run)
+    steps = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
+    assert len(steps) >= 10 and steps == list(range(1, steps[-1] + 1))  # every step saved
+    cut = steps[len(steps) // 2 + 3]  # inside epoch 2
+    meta = json.loads((run / "checkpoints" / str(cut) / "meta" / "metadata").read_text())
+    assert meta["epoch"] == 1 and meta["batch"] > 0, meta  # a mid-epoch position
+    for s in steps:
+        if s > cut:
+            shutil.rmtree(run / "checkpoints" / str(s))
+    resumed = train_and_evaluate(cfg, run)
+    assert tree_equal(resumed["params"], straight["params"])
+    assert [r["epoch"] for r in resumed["metrics"]] == [1, 2]
