@@ -24,11 +24,11 @@ from rnnjax import data as rdata
 from rnnjax.build import build_model
 from rnnjax.checkpoint import Checkpointer
 from rnnjax.config import default_config, resolve
-from rnnjax.generate import sample
 from rnnjax.integrity import checksums
 from rnnjax.layout import checkpoint_items
 from rnnjax.metrics import epoch_record, to_host
 from rnnjax.optim import make_optimizer
+from rnnjax.sampling import sample
 from rnnjax.steps import eval_sums, init_train_state, make_eval_step, make_train_step, train_sums
 from rnnjax.workdir import append_metrics
 

@@ -134,7 +134,7 @@ def sequence(results: dict) -> list[str]:
 
 def generation(results: dict) -> list[str]:
     return ["## Generation (2-layer LSTM, sampling at temperature 1)", "",
-            "rnnjax: `rnnjax.generate.sample` (one compiled `lax.scan`); torch: a Python loop over "
+            "rnnjax: `rnnjax.sampling.sample` (one compiled `lax.scan`); torch: a Python loop over "
             "`nn.LSTM` steps.", "", "| streams | implementation | characters/s |", "|---|---|---|"
             ] + [f"| {b} | {name} | {v:.0f} |"
                  for b, r in results["generation"].items() for name, v in r.items()]

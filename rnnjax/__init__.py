@@ -9,8 +9,6 @@ as usual.
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 # public name -> the module that defines it
@@ -19,7 +17,7 @@ _WHERE = {
     "Config": "config", "ConfigError": "config", "default_config": "config", "resolve": "config",
     "Corpus": "data", "load_corpus": "data",
     "from_flax": "flax_model", "to_flax": "flax_model",
-    "generate": "generate",
+    "generate": "sampling",
     "Inside": "inside", "Timescales": "inside", "inspect": "inside", "timescales": "inside",
     "DeepRNN": "model", "Impl": "model", "Placed": "model", "Placement": "model", "num_params": "model",
     "Run": "run", "load": "run",
@@ -51,20 +49,6 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-class _Package(types.ModuleType):
-    """``rnnjax.generate`` is the function, as ``from rnnjax import generate`` gives, even after
-    ``import rnnjax.generate`` (which sets the package's attribute to the module); the module is
-    ``importlib.import_module("rnnjax.generate")``."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "generate" and isinstance(value, types.ModuleType):
-            value = value.generate
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
-
-
 if TYPE_CHECKING:  # what type checkers and IDEs see
     from rnnjax import interop
     from rnnjax.build import build_model
@@ -72,10 +56,10 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from rnnjax.config import Config, ConfigError, default_config, resolve
     from rnnjax.data import Corpus, load_corpus
     from rnnjax.flax_model import from_flax, to_flax
-    from rnnjax.generate import generate
     from rnnjax.inside import Inside, Timescales, inspect, timescales
     from rnnjax.model import DeepRNN, Impl, Placed, Placement, num_params
     from rnnjax.run import Run, load
+    from rnnjax.sampling import generate
     from rnnjax.steps import perplexity
     from rnnjax.train import train_and_evaluate
     from rnnjax.vocab import Vocab

@@ -294,7 +294,7 @@ GROUPS: dict[str, tuple[str, list[Field | Rule]]] = {
               "Prompts to continue; [] = no samples.",
               **strings("a list of non-empty strings", nonempty=True), resumable=True),
         Field("num_chars", 50,
-              "Tokens generated after each prefix (rnnjax.generate's rule too).",
+              "Tokens generated after each prefix (rnnjax.sampling's rule too).",
               **at_least(1), resumable=True),
     ]),
 }

@@ -32,7 +32,6 @@ from rnnjax.checkpoint import Checkpointer
 from rnnjax.config import Config
 from rnnjax.console import PipeSafe, Preempted, StopFlag, start_block
 from rnnjax.evaluation import evaluation, part_perplexities, write_evaluation
-from rnnjax.generate import generate
 from rnnjax.layout import (
     checkpoint_items,
     fit_sums,
@@ -47,6 +46,7 @@ from rnnjax.parallel import DataParallel
 from rnnjax.plotting import plot_curves
 from rnnjax.preflight import set_aside_records
 from rnnjax.profiling import Profiler
+from rnnjax.sampling import generate
 from rnnjax.steps import (
     eval_sums,
     init_train_state,

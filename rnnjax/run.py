@@ -21,9 +21,9 @@ from rnnjax.build import build_model
 from rnnjax.cells import check_supported
 from rnnjax.checkpoint import Checkpointer, CheckpointError
 from rnnjax.config import SAME_PARAMS_IMPLS, Config, ConfigError, resolve
-from rnnjax.generate import generate
 from rnnjax.metrics import best_record, bpc
 from rnnjax.model import DeepRNN, Params
+from rnnjax.sampling import generate
 from rnnjax.steps import perplexity
 from rnnjax.vocab import UNK, Vocab
 from rnnjax.workdir import read_config, read_metrics, read_vocab, resolve_path

@@ -6,7 +6,7 @@ r"""Sample text from a trained run.
 Uses the best checkpoint (lowest validation perplexity) unless ``--step`` says otherwise, and
 says which on stderr before generating. Greedy (temperature 0) by default, as
 ``rnnjax.generate.generate``. A bad flag or argument exits non-zero with one line,
-``error: <message>``. ``--num_chars`` x prefixes is at most ``rnnjax.generate.MAX_TOKENS``
+``error: <message>``. ``--num_chars`` x prefixes is at most ``rnnjax.sampling.MAX_TOKENS``
 (10,000,000). Ctrl-C or SIGTERM stops it within one chunk of generation (about a thousand
 tokens) with one line saying what was printed; it writes no file.
 """
@@ -40,8 +40,8 @@ def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected argument {argv[1]!r}; give the prompt as --prefix=...")
     from rnnjax.checkpoint import CheckpointError
-    from rnnjax.generate import check_args
     from rnnjax.run import load
+    from rnnjax.sampling import check_args
 
     args = (_PREFIX.value, _NUM_CHARS.value, _TEMPERATURE.value, _TOP_K.value, _SEED.value)
     try:

@@ -194,7 +194,7 @@ def test_what_a_resume_may_change_is_declared_per_field(field, saved, now, refus
 def test_generate_num_chars_one_rule_for_config_and_sampler():
     """Issue 25 item 6: num_chars = 0 passed validation and failed in the sampler after epoch 1.
     Both now read the field's one rule."""
-    from rnnjax.generate import check_args
+    from rnnjax.sampling import check_args
 
     rule = r"^config.generate.num_chars = 0 is not allowed: an integer >= 1$"
     with pytest.raises(ConfigError, match=rule):

@@ -86,7 +86,7 @@ def test_any_corpus_bytes_load_or_say_why(tmp_path, raw, preprocess, tokenizer):
     st.one_of(st.integers(-5, 2**33), st.floats(allow_nan=True)),
 )
 def test_any_generation_arguments_are_checked_in_one_line(prefixes, num_chars, temperature, top_k, seed):
-    from rnnjax.generate import check_args
+    from rnnjax.sampling import check_args
 
     try:
         check_args(prefixes, num_chars, temperature, top_k, seed)

@@ -15,11 +15,11 @@ from conftest import small_config
 
 from rnnjax import data
 from rnnjax.config import default_config, resolve
-from rnnjax.generate import generate
 from rnnjax.model import DeepRNN
+from rnnjax.sampling import generate
 from rnnjax.train import train_and_evaluate
 
-gen = importlib.import_module("rnnjax.generate")  # the module: the package exports a function of the same name
+gen = importlib.import_module("rnnjax.sampling")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
            PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))

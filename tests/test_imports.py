@@ -14,7 +14,7 @@ LEVELS = [
     ["config", "config_doc", "cli", "workdir", "preflight", "data", "optim", "checkpoint"],
     ["stack", "fused"],  # layers
     ["model", "cudnn", "flax_model", "pipeline", "parallel", "trace", "interop", "capacity", "build"],
-    ["steps", "layout", "evaluation", "generate", "inside", "run"],
+    ["steps", "layout", "evaluation", "sampling", "inside", "run"],
     ["loop", "train", "vectorize"],
     ["sweep", "sweep_summary"],
 ]
@@ -66,7 +66,7 @@ def test_loading_a_run_and_inspecting_it_never_import_the_trainer():
                 todo.append(d)
         return seen
 
-    for reader in ("run", "inside", "generate", "model", "steps"):
+    for reader in ("run", "inside", "sampling", "model", "steps"):
         assert not closure(reader) & {"train", "vectorize", "sweep"}, reader
 
 
