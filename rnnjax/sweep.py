@@ -31,7 +31,7 @@ from typing import Any
 import ml_collections
 import tqdm
 
-from rnnjax import cudnn
+from rnnjax import cudnn, data
 from rnnjax.config import ConfigError, resolve
 from rnnjax.console import Preempted
 from rnnjax.host import retain_freed_memory
@@ -241,6 +241,8 @@ def run_sweep(
         if cfgs[k].model.impl == "cudnn":
             cudnn.check_available()  # one line, before any trial directory exists
         trial_dir(root, t)
+    for data_cfg in {c.data for c in cfgs.values()}:  # a path or vocabulary mistake: one line, nothing made
+        data.load_corpus(data_cfg)
     root.mkdir(parents=True, exist_ok=True)
     retain_freed_memory()  # one-by-one trials get it from train_and_evaluate, vmapped groups from here
     rows: dict[int, dict[str, Any]] = {}

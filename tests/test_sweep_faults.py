@@ -45,6 +45,14 @@ def test_bad_grids_are_refused_before_anything_is_created(tmp_path, grid, match)
     assert not (tmp_path / "s").exists()
 
 
+def test_a_data_mistake_is_refused_before_any_trial_directory(tmp_path):
+    """A missing data file (or a vocabulary mistake) is one line before the sweep makes anything."""
+    cfg = small_config(2, progress=True, **{"data.paths": [str(tmp_path / "nonexist.txt")]})
+    with pytest.raises(ConfigError, match=r"config.data.paths: cannot read .*nonexist.txt"):
+        run_sweep(cfg, {"model.cell": ["gru", "lstm"]}, tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+
+
 def test_summarize_refuses_what_is_not_a_sweep_directory(tmp_path):
     (tmp_path / "file").write_text("x")
     (tmp_path / "empty").mkdir()
