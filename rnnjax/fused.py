@@ -74,8 +74,11 @@ def _scan_bwd(name, activation, res, cot):
     dcarry0, outs = jax.lax.scan(step, dfinal, (dh_tbh, h_prev_tbh, h_tbh, *saved), reverse=True)
     dhw_tbg, dxw_tbg = outs[0], outs[-1]  # one array when the cell's dxw is its dhw
     # the recurrent weights' gradients: one matmul / one sum over all t*b rows
-    _, vjp = jax.vjp(lambda p: cell.recurrence.apply(p, h_prev_tbh), rp)
-    (drp,) = vjp(dhw_tbg)
+    if cell.recurrence.grads is not None:
+        drp = cell.recurrence.grads(rp, h_prev_tbh, dhw_tbg)
+    else:
+        _, vjp = jax.vjp(lambda p: cell.recurrence.apply(p, h_prev_tbh), rp)
+        (drp,) = vjp(dhw_tbg)
     return drp, dxw_tbg, dcarry0
 
 

@@ -17,7 +17,7 @@ import sys
 from absl import flags
 
 from rnnjax import cli  # light modules only up to main(): flag mistakes are answered before JAX imports
-from rnnjax.workdir import WorkdirError
+from rnnjax.workdir import WorkdirError, resolve_path
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by scripts/train.py.", required=True)
 _TEXT = flags.DEFINE_string("text", None, "UTF-8 text file to score.", required=True)
@@ -30,7 +30,7 @@ _BATCH = flags.DEFINE_integer("batch_size", None, "Rows the text is read as (def
 
 def read_text(path: str) -> str:
     try:
-        p = cli.user_path(path)
+        p = resolve_path(path)
     except WorkdirError as e:  # a symbolic link loop
         cli.fail(f"--text={e}")
     if not p.is_file():

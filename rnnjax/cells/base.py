@@ -67,11 +67,12 @@ def same(h: Array) -> Array:
 class Recurrence:
     """How h_{t-1} enters the gates: ``apply(params, h [..., h]) -> hw [..., G*h]`` (affine in h),
     and ``transpose(params)`` -> a function dhw [b, G*h] -> dh [b, h] (its linear part, transposed;
-    built once, outside the backward loop). The weight gradients follow by autodiff of ``apply``
-    over all steps at once (one large matmul)."""
+    built once, outside the backward loop). The weight gradients over all steps at once are
+    ``grads(params, h_prev_tbh, dhw_tbg)``, or (None) autodiff of ``apply`` over all steps."""
 
     apply: Callable[[Params, Array], Array]
     transpose: Callable[[Params], Callable[[Array], Array]]
+    grads: Callable[[Params, Array, Array], Params] | None = None
 
 
 def _matmul_transpose(p: Params) -> Callable[[Array], Array]:
@@ -79,7 +80,13 @@ def _matmul_transpose(p: Params) -> Callable[[Array], Array]:
     return lambda dhw: dhw @ w_ht
 
 
-MATMUL = Recurrence(apply=lambda p, h: h @ p["w_h"] + p["b_h"], transpose=_matmul_transpose)
+def _matmul_grads(p: Params, h_prev_tbh: Array, dhw_tbg: Array) -> Params:
+    """dW_h = sum_t H_{t-1}^T dGates_t as one matmul over all t*b rows; db_h a sum."""
+    return {"w_h": jnp.einsum("tbh,tbg->hg", h_prev_tbh, dhw_tbg), "b_h": dhw_tbg.sum(axis=(0, 1))}
+
+
+MATMUL = Recurrence(apply=lambda p, h: h @ p["w_h"] + p["b_h"], transpose=_matmul_transpose,
+                    grads=_matmul_grads)
 """hw = h W_h + b_h: RNN, GRU and LSTM."""
 
 
