@@ -110,6 +110,7 @@ def test_torch_baseline_refuses_a_cell_torch_has_not(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.exhaustive
 def test_rows_take_every_registered_cell_and_say_why_a_variant_is_skipped():
     s = sections.Settings(repeats=1, steps=1, base=TINY, rows=tuple((c, 1) for c in CELLS))
     rows = sections.rows(s)
@@ -205,6 +206,7 @@ def test_benchmark_script_writes_the_report_of_one_run(tmp_path):
     assert set(verdicts(text)) == {"not judged"}
 
 
+@pytest.mark.exhaustive
 def test_seed_experiment_end_to_end_runs_both_scripts():
     res = runs.end_to_end(sections.Settings(e2e_epochs=1, base=TINY))
     assert (
@@ -470,6 +472,7 @@ def test_checkpoint_section_measures_a_real_save_and_restore():
     assert 0 < ck["checksums"] < ck["save"] and ck["restore"] > 0
 
 
+@pytest.mark.exhaustive
 def test_sequence_section_measures_every_cell_and_both_scan_forms(tmp_path):
     assert sections.seq_lengths(Workload()) == (35, 256, 1024)
     assert sections.seq_lengths(dataclasses.replace(TINY, seq=2)) == (2, 14, 58)

@@ -149,6 +149,7 @@ def test_several_files_are_validated_and_tested_one_by_one(tmp_path):
         assert s["test_ppl_by_source"][name] == pytest.approx(perplexity(run.model, run.params, ids, 8, 10), rel=1e-6)
 
 
+@pytest.mark.exhaustive
 @pytest.mark.slow
 def test_evaluate_cli_scores_any_text_and_counts_unknown_characters(tmp_path):
     (tmp_path / "book.txt").write_text(BOOK[:3000])

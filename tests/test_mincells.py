@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import param_bytes, small_config
+from conftest import param_bytes, small_config, tiered
 
 import rnnjax
 from rnnjax.cells import CELLS
@@ -52,7 +52,7 @@ def inputs(cell, t, b, h=16, scale=2.0, nonzero=True, seed=0):
 
 
 @pytest.mark.parametrize("cell", MIN_CELLS)
-@pytest.mark.parametrize("t", [1, 35, 1024])
+@pytest.mark.parametrize("t", tiered([1, 35, 1024], lambda t: t < 1024))
 @pytest.mark.parametrize("b", [1, 32])
 @pytest.mark.parametrize("nonzero", [False, True])
 def test_parallel_scan_equals_the_step_loop_and_numpy(cell, t, b, nonzero):
@@ -65,7 +65,7 @@ def test_parallel_scan_equals_the_step_loop_and_numpy(cell, t, b, nonzero):
 
 
 @pytest.mark.parametrize("cell", MIN_CELLS)
-@pytest.mark.parametrize("t", [1, 35, 1024])
+@pytest.mark.parametrize("t", tiered([1, 35, 1024], lambda t: t < 1024))
 @pytest.mark.parametrize("nonzero", [False, True])
 def test_parallel_scan_gradients_equal_the_step_loop(cell, t, nonzero):
     xw, h0 = inputs(cell, t, 32, nonzero=nonzero)

@@ -95,6 +95,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.exhaustive
 @pytest.mark.slow
 def test_two_processes_under_jax_distributed_train_like_one(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -146,6 +147,7 @@ def test_set_cpu_devices_before_and_after_jax_starts():
     assert "ERR config.parallel.cpu_devices = 3 (3 CPU devices) must be set before JAX starts" in proc.stdout
 
 
+@pytest.mark.exhaustive
 @pytest.mark.slow
 def test_cli_trains_on_one_cpu_device_per_core_like_on_one(tmp_path):
     """--config.parallel.cpu_devices=2 splits the CPU into 2 devices; the run matches the 1-device run."""

@@ -11,7 +11,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import small_config
+from conftest import small_config, tiered
 
 from rnnjax.cells import CELLS
 from rnnjax.config import ConfigError, resolve
@@ -84,7 +84,7 @@ EXTRAS = [["lstm", 3, 2, 0.3], ["lstm", 3, 4, 0.0], ["gru", 4, 3, 0.0]]  # dropo
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("first", [*CELLS, "extras"])
+@pytest.mark.parametrize("first", tiered([*CELLS, "extras"], lambda c: c == "lstm"))
 def test_pipeline_trains_like_the_plain_stack_for_every_cell_and_depth(first):
     """Same params and carry after 10 steps (<= 1e-5) for L in 2..4 and every cell, on fake CPU devices
     (L = 1 has one stage: the plain stack itself, see test_plan_blocks_chunks_and_bubble); L = 3 on 2
@@ -105,6 +105,7 @@ def test_pipeline_trains_like_the_plain_stack_for_every_cell_and_depth(first):
         assert np.isfinite(r["loss"]).all() and abs(r["loss"][0] - r["loss"][1]) <= 1e-5, r
 
 
+@pytest.mark.exhaustive
 @pytest.mark.slow
 def test_cli_pipeline_run_matches_and_swaps_checkpoints_with_the_plain_stack(tmp_path):
     """scripts/train.py with --config.parallel.cpu_pipeline=True (relative workdir, 2 CPU devices) gives the plain

@@ -239,6 +239,7 @@ def test_sweep_and_summarize(repo):
         assert (repo / "runs" / "sweep_smoke" / name).exists()
 
 
+@pytest.mark.exhaustive
 @pytest.mark.slow
 @pytest.mark.parametrize("command", others(),
                          ids=lambda c: f"{c.page}:{default_workdir(split_env(c.text)[1])}")

@@ -108,6 +108,7 @@ def test_sweep_cli_with_shards_and_summarize(tmp_path):
     assert p.returncode == 0 and p.stdout.count("| done |") == 4
 
 
+@pytest.mark.exhaustive
 @pytest.mark.slow
 def test_sweep_survives_sigkill_and_rerun(tmp_path):
     import signal

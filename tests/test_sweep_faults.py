@@ -82,6 +82,7 @@ def _cli(*args, cwd):
     return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, env=ENV, cwd=cwd, timeout=120)
 
 
+@pytest.mark.exhaustive
 @pytest.mark.slow
 def test_cli_errors_are_one_line_and_create_nothing(tmp_path):
     (tmp_path / "grids.py").write_text(GRID_CONFIG)
