@@ -32,7 +32,7 @@ def test_grid_names_and_overrides():
         parse_shard("3/3")
 
 
-def test_trial_names_stay_unique_after_sanitising(tmp_path):
+def test_trial_names_stay_unique_after_sanitising(tmp_path, monkeypatch):
     assert trial_name({"model.cell": "gru", "model.num_layers": 3}) == "cell=gru,num_layers=3"  # old sweeps still resume
     assert trial_name({"seed": 0, "train.learning_rate": 1e38}) == "seed=0,learning_rate=1e+38"
     a, b = trial_name({"data.paths": ["a/b.txt"]}), trial_name({"data.paths": ["a_b.txt"]})
@@ -42,9 +42,16 @@ def test_trial_names_stay_unique_after_sanitising(tmp_path):
     long = trial_name({"generate.prefixes": ["x" * 300]})
     assert len(long) <= 210 and long != trial_name({"generate.prefixes": ["x" * 301]})
 
-    # Both trials fail (no such files), each with its own result.json: none overwrites the other.
-    rows = run_sweep(small_config(2, progress=True), {"data.paths": [["a/b.txt"], ["a_b.txt"]]}, tmp_path / "s")
-    assert [r["name"] for r in rows] == [a, b] and [r["status"] for r in rows] == ["failed", "failed"]
+    # Both trials run, each with its own result.json: none overwrites the other.
+    from rnnjax.data import bundled_path
+
+    text = pathlib.Path(bundled_path()).read_text()[:30_000]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "b.txt").write_text(text)
+    (tmp_path / "a_b.txt").write_text(text)
+    monkeypatch.chdir(tmp_path)  # the paths are relative, as a user gives them
+    rows = run_sweep(small_config(1, progress=True), {"data.paths": [["a/b.txt"], ["a_b.txt"]]}, tmp_path / "s")
+    assert [r["name"] for r in rows] == [a, b] and [r["status"] for r in rows] == ["done", "done"]
     assert json.loads((tmp_path / "s" / a / "result.json").read_text())["paths"] == ["a/b.txt"]
     assert json.loads((tmp_path / "s" / b / "result.json").read_text())["paths"] == ["a_b.txt"]
 
