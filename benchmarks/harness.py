@@ -38,9 +38,11 @@ def repo_path(*parts: str) -> Path:
     a clear error when benchmarks/ was copied out of its repository."""
     path = REPO_ROOT.joinpath(*parts)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: the benchmarks need the repository they live in "
-                                "(benchmarks/ next to scripts/ and configs/); "
-                                "run them from a checkout")
+        raise FileNotFoundError(
+            f"{path}: the benchmarks need the repository they live in "
+            "(benchmarks/ next to scripts/ and configs/); "
+            "run them from a checkout"
+        )
     return path
 
 
@@ -76,8 +78,9 @@ def data(w: Workload, steps: int, lead: tuple[int, ...] = ()) -> tuple[np.ndarra
     return host[..., :-1], host[..., 1:]
 
 
-def jax_variant(w: Workload, impl: str, steps: int, dp: DataParallel | None = None,
-                pipeline_chunks: int = 0) -> Variant:
+def jax_variant(
+    w: Workload, impl: str, steps: int, dp: DataParallel | None = None, pipeline_chunks: int = 0
+) -> Variant:
     """impl: a ``config.model.impl`` ("rnnjax", "autodiff", "flax", "cudnn"); ``dp``: data
     parallel over a mesh; ``pipeline_chunks`` > 0: the layer pipeline over the CPU devices."""
     cfg = config(w, impl, pipeline_chunks)
@@ -179,8 +182,9 @@ def build(builders: dict[str, Callable[[], Variant]]) -> tuple[dict[str, Variant
     return variants, skipped
 
 
-def interleave(variants: dict[str, Variant], repeats: int, steps: int, tokens_per_step: int
-               ) -> dict[str, dict[str, float]]:
+def interleave(
+    variants: dict[str, Variant], repeats: int, steps: int, tokens_per_step: int
+) -> dict[str, dict[str, float]]:
     """One warm-up round, then ``repeats`` rounds of every variant in turn; per variant the median
     ms per step, tokens/s, compile time and the spread (min, max) over rounds."""
     for v in variants.values():
@@ -194,8 +198,12 @@ def interleave(variants: dict[str, Variant], repeats: int, steps: int, tokens_pe
     out = {}
     for name, v in samples.items():
         ms = statistics.median(v)
-        out[name] = {"ms_per_step": ms, "tokens_per_sec": tokens_per_step / ms * 1e3,
-                     "compile_s": variants[name].compile_s, "spread_ms": [min(v), max(v)]}
+        out[name] = {
+            "ms_per_step": ms,
+            "tokens_per_sec": tokens_per_step / ms * 1e3,
+            "compile_s": variants[name].compile_s,
+            "spread_ms": [min(v), max(v)],
+        }
     return out
 
 
@@ -249,9 +257,14 @@ def pipeline_name() -> str | None:
 def machine() -> dict[str, Any]:
     """The host: platform, cores, JAX/torch versions, devices, and the load average (1 min)."""
     t = torch()
-    return {"platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cores": len(os.sched_getaffinity(0)), "jax": jax.__version__,
-            "backend": jax.default_backend(), "devices": len(jax.devices()),
-            "device_kind": jax.devices()[0].device_kind,
-            "torch": t.__version__ if t is not None else None, "load": os.getloadavg()[0]}
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cores": len(os.sched_getaffinity(0)),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "devices": len(jax.devices()),
+        "device_kind": jax.devices()[0].device_kind,
+        "torch": t.__version__ if t is not None else None,
+        "load": os.getloadavg()[0],
+    }

@@ -39,8 +39,9 @@ TARGETS = (
     Target("rnnjax >= 1.2x torch, 2-layer LSTM", "vs_torch", ">=", 1.2),
     Target("rnnjax >= 1.0x torch on every row", "vs_torch", ">=", 1.0, every_row=True),
     Target(">= 60% MFU, 2-layer LSTM", "mfu", ">=", 0.6),
-    Target("rnnjax >= impl=flax on every row", "vs_flax", ">=", 1.0, every_row=True,
-           any_variant=False),
+    Target(
+        "rnnjax >= impl=flax on every row", "vs_flax", ">=", 1.0, every_row=True, any_variant=False
+    ),
     Target("compile of the default step < 5 s", "compile_s", "<", 5.0, any_variant=False),
     Target("seed experiment end to end >= 1.2x nn.LSTM script", "speedup", ">=", 1.2),
 )
@@ -58,8 +59,10 @@ def not_judged(settings: dict[str, Any]) -> str | None:
     """Why the targets cannot be judged from figures measured with ``settings``, or None."""
     r, s = settings["repeats"], settings["steps_per_round"]
     if r < STANDARD_REPEATS or s < STANDARD_STEPS:
-        return (f"not judged: {r} rounds of {s} steps, below the report's standard of "
-                f"{STANDARD_REPEATS} x {STANDARD_STEPS}")
+        return (
+            f"not judged: {r} rounds of {s} steps, below the report's standard of "
+            f"{STANDARD_REPEATS} x {STANDARD_STEPS}"
+        )
     w, ref = settings["workload"], settings["reference"]
     if w != ref:
         shape = lambda x: f"h={x['hidden']} b={x['batch']} t={x['seq']}"  # noqa: E731
@@ -81,8 +84,11 @@ def _ours(results: dict) -> list[str]:
 
 def reference_row(results: dict) -> dict:
     ref = results["settings"]["reference"]
-    return next(r for r in results["rows"]
-                if all(r["workload"][k] == ref[k] for k in ("cell", "num_layers")))
+    return next(
+        r
+        for r in results["rows"]
+        if all(r["workload"][k] == ref[k] for k in ("cell", "num_layers"))
+    )
 
 
 def judge(t: Target, results: dict) -> tuple[str, bool | str] | None:
@@ -97,14 +103,19 @@ def judge(t: Target, results: dict) -> tuple[str, bool | str] | None:
         sp, n = e2e["speedup"], e2e["epochs"]
         text = "; ".join(f"{k}: {fmt(v)}" for k, v in sp.items())
         if n < STANDARD_E2E_EPOCHS:
-            return text, (f"not judged: {n} epochs, below the report's standard of "
-                          f"{STANDARD_E2E_EPOCHS}")
+            return text, (
+                f"not judged: {n} epochs, below the report's standard of {STANDARD_E2E_EPOCHS}"
+            )
         return text, any(ok(v) for v in sp.values())
     rows = results["rows"] if t.every_row else [reference_row(results)]
-    figures = {k: [r["results"][k][t.metric] for r in rows if t.metric in r["results"].get(k, {})]
-               for k in variants}
-    text = "; ".join((f"{k}: " if len(variants) > 1 else "") + ", ".join(fmt(v) for v in vs)
-                     for k, vs in figures.items())
+    figures = {
+        k: [r["results"][k][t.metric] for r in rows if t.metric in r["results"].get(k, {})]
+        for k in variants
+    }
+    text = "; ".join(
+        (f"{k}: " if len(variants) > 1 else "") + ", ".join(fmt(v) for v in vs)
+        for k, vs in figures.items()
+    )
     return text or "n/a", any(vs and all(ok(v) for v in vs) for vs in figures.values())
 
 
@@ -113,11 +124,15 @@ def targets(results: dict) -> list[str]:
     judged = [(t, j) for t in TARGETS if (j := judge(t, results)) is not None]
     note = not_judged(results["settings"])
     if note:
-        note = (f"**{note}** (the defaults, `--repeats={STANDARD_REPEATS} "
-                f"--steps={STANDARD_STEPS}` on the reference workload).")
+        note = (
+            f"**{note}** (the defaults, `--repeats={STANDARD_REPEATS} "
+            f"--steps={STANDARD_STEPS}` on the reference workload)."
+        )
     elif shared(results):  # a starved variant (torch's threads) makes its ratios meaningless
-        note = ("**not judged: the cores were shared with other processes during the run** "
-                "(run on an otherwise idle host to judge them).")
+        note = (
+            "**not judged: the cores were shared with other processes during the run** "
+            "(run on an otherwise idle host to judge them)."
+        )
     lines = ["## Targets", ""]
     if note:  # no target is declared met or missed
         lines += [note, "", "| target | measured | verdict |", "|---|---|---|"]
@@ -139,8 +154,10 @@ def command(results: dict) -> str:
     workloads = [r["workload"] for r in results["rows"]]
     rows = ",".join(f"{w['cell']}:{w['num_layers']}" for w in workloads)
     flags = [f"--sections={','.join(st['sections'])}", f"--rows={rows}"]
-    for flag, value, standard in (("repeats", st["repeats"], STANDARD_REPEATS),
-                                  ("steps", st["steps_per_round"], STANDARD_STEPS)):
+    for flag, value, standard in (
+        ("repeats", st["repeats"], STANDARD_REPEATS),
+        ("steps", st["steps_per_round"], STANDARD_STEPS),
+    ):
         flags += [f"--{flag}={value}"] if value != standard else []
     if "end_to_end" in st["sections"] and st["e2e_epochs"] != STANDARD_E2E_EPOCHS:
         flags.append(f"--e2e_epochs={st['e2e_epochs']}")
@@ -156,25 +173,43 @@ def header(results: dict) -> list[str]:
     start, end, cores = m["load"], results.get("load_end", m["load"]), m["cores"]
     w = st["workload"]
     lines = [
-        "# Benchmarks", "",
+        "# Benchmarks",
+        "",
         f"One run of `scripts/benchmark.py` on one host, {st['started']} "
         f"({st['minutes']:.0f} min); a rerun replaces this file whole. Measurements from other "
-        f"runs and hosts, and what they show: [{PERFORMANCE_PAGE}]({PERFORMANCE_PAGE}).", "",
-        f"Reproduce: `{command(results)}`.", "",
+        f"runs and hosts, and what they show: [{PERFORMANCE_PAGE}]({PERFORMANCE_PAGE}).",
+        "",
+        f"Reproduce: `{command(results)}`.",
+        "",
         f"Host: {m['backend']}, {m['devices']} device(s) of kind `{m['device_kind']}`, "
         f"{cores} cores, JAX {m['jax']}, torch {m['torch']}, {m['processor']}, "
-        f"{m['platform']}.", "",
+        f"{m['platform']}.",
+        "",
         f"Load: 1-minute load average {start:.1f} at the start and {end:.1f} at the end, on "
-        f"{cores} cores" + (": **the cores were shared with other processes**, so absolute "
-                            "times are inflated and noisy" if shared(results) else "")
+        f"{cores} cores"
+        + (
+            ": **the cores were shared with other processes**, so absolute "
+            "times are inflated and noisy"
+            if shared(results)
+            else ""
+        )
         + ". Compare only ratios of variants "
         "measured side by side in this run (interleaved, round after round), not absolute "
-        "times across runs or hosts.", "",
-        f"Sections: {', '.join(ran)}." + (
+        "times across runs or hosts.",
+        "",
+        f"Sections: {', '.join(ran)}."
+        + (
             f" **A reduced run**: {', '.join(skipped)} not run (the default `--sections` runs "
-            "them)." if skipped else "") + (
+            "them)."
+            if skipped
+            else ""
+        )
+        + (
             " `large` (h 1024, b 256, t 256) is for accelerators: not by default."
-            if "large" not in ran else ""), "",
+            if "large" not in ran
+            else ""
+        ),
+        "",
         f"Each figure is the median over {st['repeats']} interleaved rounds of "
         f"{st['steps_per_round']} steps (min-max in the JSON) unless a section says otherwise. "
         "Training step = forward + backward + global-norm clipping + SGD update, vocabulary "
@@ -182,7 +217,8 @@ def header(results: dict) -> list[str]:
         f"t={w['seq']}.",
         f"Measured fp32 matmul peak ({peak['n']}^3): JAX {peak['jax']:.0f} GFLOP/s"
         + (f", torch {peak['torch']:.0f} GFLOP/s" if "torch" in peak else "")
-        + f"; MFU = analytic training FLOPs/token x tokens/s / {peak['peak']:.0f} GFLOP/s.", "",
+        + f"; MFU = analytic training FLOPs/token x tokens/s / {peak['peak']:.0f} GFLOP/s.",
+        "",
     ]
     return lines
 

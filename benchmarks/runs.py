@@ -33,8 +33,9 @@ from rnnjax.steps import eval_sums, init_train_state, make_eval_step, make_train
 from rnnjax.workdir import append_metrics
 
 
-def generation(s: Settings, num_chars: int = 200, streams: tuple[int, ...] = (1, 64)
-               ) -> dict[str, dict[str, float]]:
+def generation(
+    s: Settings, num_chars: int = 200, streams: tuple[int, ...] = (1, 64)
+) -> dict[str, dict[str, float]]:
     """Characters/s of the base 2-layer LSTM sampling at temperature 1: rnnjax's compiled
     ``lax.scan`` sampler vs a PyTorch loop calling the same-shaped nn.LSTM one step at a time."""
     w = s.base
@@ -46,8 +47,15 @@ def generation(s: Settings, num_chars: int = 200, streams: tuple[int, ...] = (1,
         prefix = jnp.zeros((b, 10), jnp.int32)
 
         def jax_run(prefix=prefix) -> None:
-            sample(model, params, prefix, jax.random.key(0), jnp.float32(1.0), num_chars=num_chars,
-                   greedy=False).block_until_ready()
+            sample(
+                model,
+                params,
+                prefix,
+                jax.random.key(0),
+                jnp.float32(1.0),
+                num_chars=num_chars,
+                greedy=False,
+            ).block_until_ready()
 
         fns = {"rnnjax": jax_run}
         if t is not None:
@@ -97,8 +105,9 @@ def epoch(s: Settings) -> dict[str, float]:
         return m
 
     def val() -> Any:
-        return eval_sums(model, box["state"].params, corpus.val, dc.batch_size, dc.num_steps,
-                         eval_step)
+        return eval_sums(
+            model, box["state"].params, corpus.val, dc.batch_size, dc.num_steps, eval_step
+        )
 
     def overlapped() -> None:
         v = val()
@@ -109,18 +118,27 @@ def epoch(s: Settings) -> dict[str, float]:
         path = Path(tmp) / "metrics.jsonl"
 
         def record() -> None:
-            sums = {"loss": np.float64(1.0), "grad_norm": np.float64(1.0), "steps": np.float64(1.0),
-                    "skipped": np.float64(0.0)}
+            sums = {
+                "loss": np.float64(1.0),
+                "grad_norm": np.float64(1.0),
+                "steps": np.float64(1.0),
+                "skipped": np.float64(0.0),
+            }
             append_metrics(path, epoch_record(1, n, sums, 5.0, 1.0, 1.0, 1.0))
 
-        return median_ms({
-            "train": lambda: to_host(steps()),
-            "validation": lambda: val().perplexity(),
-            "train + validation, one after the other":
-                lambda: (to_host(steps()), val().perplexity()),
-            "train + validation, overlapped": overlapped,
-            "record": record,
-        }, s.repeats)
+        return median_ms(
+            {
+                "train": lambda: to_host(steps()),
+                "validation": lambda: val().perplexity(),
+                "train + validation, one after the other": lambda: (
+                    to_host(steps()),
+                    val().perplexity(),
+                ),
+                "train + validation, overlapped": overlapped,
+                "record": record,
+            },
+            s.repeats,
+        )
 
 
 def checkpoint(s: Settings) -> dict[str, float]:
@@ -132,8 +150,12 @@ def checkpoint(s: Settings) -> dict[str, float]:
     tx, _ = make_optimizer(cfg.train, 1000)
     key = jax.random.key(0)
     state = init_train_state(model, tx, key)
-    items = checkpoint_items(state, jax.random.key_data(key), model.initial_carry(cfg.data.batch_size),
-                             train_sums(model, state.params, False))
+    items = checkpoint_items(
+        state,
+        jax.random.key_data(key),
+        model.initial_carry(cfg.data.batch_size),
+        train_sums(model, state.params, False),
+    )
     abstract = jax.eval_shape(lambda: items)
     times: dict[str, list[float]] = {"checksums": [], "save": [], "restore": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -157,9 +179,16 @@ def checkpoint(s: Settings) -> dict[str, float]:
 
 def _train_command(tmp: str, name: str, s: Settings, *extra: str) -> list[str]:
     train, cfg = repo_path("scripts", "train.py"), repo_path("configs", "deep_lstm.py")
-    return [sys.executable, str(train), f"--config={cfg}", f"--workdir={tmp}/{name}",
-            f"--config.train.num_epochs={s.e2e_epochs}", "--config.train.progress=False",
-            f"--config.model.hidden_size={s.base.hidden}", *extra]
+    return [
+        sys.executable,
+        str(train),
+        f"--config={cfg}",
+        f"--workdir={tmp}/{name}",
+        f"--config.train.num_epochs={s.e2e_epochs}",
+        "--config.train.progress=False",
+        f"--config.model.hidden_size={s.base.hidden}",
+        *extra,
+    ]
 
 
 def end_to_end(s: Settings) -> dict[str, Any] | None:
@@ -173,30 +202,43 @@ def end_to_end(s: Settings) -> dict[str, Any] | None:
     with tempfile.TemporaryDirectory() as tmp:
         runs = {"rnnjax": _train_command(tmp, "run", s)}
         if cudnn.available():
-            runs["rnnjax, impl=cudnn"] = _train_command(tmp, "cudnn", s,
-                                                        "--config.model.impl=cudnn")
+            runs["rnnjax, impl=cudnn"] = _train_command(
+                tmp, "cudnn", s, "--config.model.impl=cudnn"
+            )
         if jax.default_backend() == "cpu" and len(jax.devices()) > 1:
-            runs["rnnjax, cpu_devices=0"] = _train_command(tmp, "cpu", s,
-                                                           "--config.parallel.cpu_devices=0")
-            runs["rnnjax, cpu_pipeline"] = _train_command(tmp, "pipe", s,
-                                                          "--config.parallel.cpu_pipeline=True")
+            runs["rnnjax, cpu_devices=0"] = _train_command(
+                tmp, "cpu", s, "--config.parallel.cpu_devices=0"
+            )
+            runs["rnnjax, cpu_pipeline"] = _train_command(
+                tmp, "pipe", s, "--config.parallel.cpu_pipeline=True"
+            )
         for name, cmd in runs.items():
             t0 = time.perf_counter()
             subprocess.run(cmd, check=True, capture_output=True, text=True)
             seconds = time.perf_counter() - t0
             workdir = cmd[3].split("=", 1)[1]
             last = [json.loads(line) for line in open(f"{workdir}/metrics.jsonl")][-1]
-            out[name] = {"seconds": seconds, "train_ppl": last["train_ppl"],
-                         "val_ppl": last["val_ppl"]}
+            out[name] = {
+                "seconds": seconds,
+                "train_ppl": last["train_ppl"],
+                "val_ppl": last["val_ppl"],
+            }
         if torch() is not None:
-            cmd = [sys.executable, str(repo_path("benchmarks", "torch_baseline.py")),
-                   f"--epochs={s.e2e_epochs}", f"--hidden_size={s.base.hidden}",
-                   f"--json={tmp}/torch.json"]
+            cmd = [
+                sys.executable,
+                str(repo_path("benchmarks", "torch_baseline.py")),
+                f"--epochs={s.e2e_epochs}",
+                f"--hidden_size={s.base.hidden}",
+                f"--json={tmp}/torch.json",
+            ]
             t0 = time.perf_counter()
             subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO_ROOT)
             seconds = time.perf_counter() - t0
             res = json.load(open(f"{tmp}/torch.json"))
-            out["torch"] = {"seconds": seconds, "train_ppl": res["train_ppl"],
-                            "val_ppl": res["val_ppl"]}
+            out["torch"] = {
+                "seconds": seconds,
+                "train_ppl": res["train_ppl"],
+                "val_ppl": res["val_ppl"],
+            }
             out["speedup"] = {k: out["torch"]["seconds"] / out[k]["seconds"] for k in runs}
     return out

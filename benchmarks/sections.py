@@ -69,15 +69,17 @@ def workload(s: Settings, **changes: Any) -> Workload:
 
 def _row(s: Settings, w: Workload, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every implementation on one workload, interleaved, with MFU and ratios to torch and flax."""
-    builders = {name: (lambda i=impl: jax_variant(w, i, s.steps))
-                for name, impl in JAX_IMPLS.items()}
+    builders = {
+        name: (lambda i=impl: jax_variant(w, i, s.steps)) for name, impl in JAX_IMPLS.items()
+    }
     if cudnn.available():  # cuDNN's fused LSTM: the config says which cells it runs
         builders["cudnn"] = lambda: jax_variant(w, "cudnn", s.steps)
     if mesh := cpu_mesh_name():
         n = len(jax.devices())
         builders[mesh] = lambda: jax_variant(w, "rnnjax", s.steps, DataParallel.create(n, w.batch))
-        builders[pipeline_name()] = lambda: jax_variant(w, "rnnjax", s.steps,
-                                                        pipeline_chunks=PIPELINE_CHUNKS)
+        builders[pipeline_name()] = lambda: jax_variant(
+            w, "rnnjax", s.steps, pipeline_chunks=PIPELINE_CHUNKS
+        )
     builders.update(extra or {})
     builders["torch"] = lambda: torch_variant(w, s.steps)
     variants, skipped = build(builders)
@@ -87,8 +89,13 @@ def _row(s: Settings, w: Workload, extra: dict[str, Any] | None = None) -> dict[
         for other in ("torch", "flax"):
             if other in res:
                 r[f"vs_{other}"] = res[other]["ms_per_step"] / r["ms_per_step"]
-    return {"workload": dataclasses.asdict(w), "label": w.label,
-            "flops_per_token": w.train_flops_per_token(), "results": res, "skipped": skipped}
+    return {
+        "workload": dataclasses.asdict(w),
+        "label": w.label,
+        "flops_per_token": w.train_flops_per_token(),
+        "results": res,
+        "skipped": skipped,
+    }
 
 
 def rows(s: Settings) -> list[dict[str, Any]]:
@@ -131,17 +138,31 @@ def scaling(s: Settings) -> list[dict[str, Any]]:
     """The 2-layer LSTM step as sequence (x10), width (x4) and batch (x8) grow: rnnjax vs torch,
     with the analytic FLOPs ratio to the base row (the cost's growth if efficiency held)."""
     b = s.base
-    shapes = [b, workload(s, seq=10 * b.seq), workload(s, hidden=4 * b.hidden),
-              workload(s, batch=8 * b.batch)]
+    shapes = [
+        b,
+        workload(s, seq=10 * b.seq),
+        workload(s, hidden=4 * b.hidden),
+        workload(s, batch=8 * b.batch),
+    ]
     reps, steps = max(3, s.repeats // 2), max(2, s.steps // 4)
     out = []
     for w in shapes:
-        variants, skipped = build({"rnnjax": lambda w=w: jax_variant(w, "rnnjax", steps),
-                                   "torch": lambda w=w: torch_variant(w, steps)})
+        variants, skipped = build(
+            {
+                "rnnjax": lambda w=w: jax_variant(w, "rnnjax", steps),
+                "torch": lambda w=w: torch_variant(w, steps),
+            }
+        )
         flops = w.train_flops_per_token() * w.tokens_per_step
-        out.append({"label": w.label, "workload": dataclasses.asdict(w), "skipped": skipped,
-                    "flops_ratio": flops / (b.train_flops_per_token() * b.tokens_per_step),
-                    "results": interleave(variants, reps, steps, w.tokens_per_step)})
+        out.append(
+            {
+                "label": w.label,
+                "workload": dataclasses.asdict(w),
+                "skipped": skipped,
+                "flops_ratio": flops / (b.train_flops_per_token() * b.tokens_per_step),
+                "results": interleave(variants, reps, steps, w.tokens_per_step),
+            }
+        )
     for row in out:
         for name, r in row["results"].items():
             r["cost_ratio"] = r["ms_per_step"] / out[0]["results"][name]["ms_per_step"]
@@ -166,8 +187,13 @@ def sequence(s: Settings, lengths: tuple[int, ...] | None = None) -> dict[str, A
             builders[f"rnnjax {c}"] = lambda w=w: jax_variant(w, "rnnjax", steps)
             builders[f"torch {c}"] = lambda w=w: torch_variant(w, steps)
         variants, skipped = build(builders)
-        out.append({"seq": t, "skipped": skipped,
-                    "results": interleave(variants, reps, steps, s.base.batch * t)})
+        out.append(
+            {
+                "seq": t,
+                "skipped": skipped,
+                "results": interleave(variants, reps, steps, s.base.batch * t),
+            }
+        )
     return {"lengths": out, "scan_forms": scan_forms(reps, lengths, s.base.batch, s.base.hidden)}
 
 
@@ -177,8 +203,9 @@ def _log_space_scan(a_tbh, b_tbh, h0_bh):
     return jnp.exp(ca) * h0_bh + jnp.exp(ca + jax.lax.cumlogsumexp(jnp.log(b_tbh) - ca, axis=0))
 
 
-def scan_forms(repeats: int, lengths: tuple[int, ...], batch: int = 32, hidden: int = 256
-               ) -> list[dict[str, Any]]:
+def scan_forms(
+    repeats: int, lengths: tuple[int, ...], batch: int = 32, hidden: int = 256
+) -> list[dict[str, Any]]:
     """One minGRU layer's recurrence h_t = a_t h_{t-1} + b_t, forward + backward: rnnjax's
     ``linear_scan`` (associative scan) vs the log-space form, interleaved; each one's largest
     relative error against a float64 loop."""
@@ -216,8 +243,10 @@ def _vmapped_variant(w: Workload, k: int, steps: int) -> Variant:
     keys = jax.random.split(jax.random.key(0), k)
     state = jax.vmap(lambda key: init_train_state(model, tx, key))(keys)
     xs, ys = (jax.device_put(a) for a in data(w, steps, (k,)))
-    step = jax.jit(jax.vmap(make_train_step(model, tx, False), in_axes=(0, 0, 0, 0, 0, None, 0)),
-                   donate_argnums=(0, 1, 2))
+    step = jax.jit(
+        jax.vmap(make_train_step(model, tx, False), in_axes=(0, 0, 0, 0, 0, None, 0)),
+        donate_argnums=(0, 1, 2),
+    )
     carry = stack_trials(model.initial_carry(w.batch), k)
     keys = jax.random.split(jax.random.key(1), k)
     acc = stack_trials(train_sums(model, model.init(jax.random.key(0)), False), k)
@@ -232,8 +261,10 @@ def vectorized(s: Settings, k: int = 8) -> dict[str, Any]:
         for _ in range(k):
             single.run()
 
-    variants = {f"{k} seeds one by one": Variant(one_by_one, single.compile_s),
-                f"{k} seeds vmapped": _vmapped_variant(s.base, k, s.steps)}
+    variants = {
+        f"{k} seeds one by one": Variant(one_by_one, single.compile_s),
+        f"{k} seeds vmapped": _vmapped_variant(s.base, k, s.steps),
+    }
     return interleave(variants, max(3, s.repeats // 2), s.steps, s.base.tokens_per_step)
 
 
@@ -247,8 +278,10 @@ def devices_here(s: Settings) -> dict[str, Any]:
         dp = DataParallel.create(n, w.batch)
         variants[f"mesh of {n}"] = jax_variant(w, "rnnjax", s.steps, dp)
         n *= 2
-    return {"visible": len(jax.devices()),
-            "results": interleave(variants, s.repeats, s.steps, w.tokens_per_step)}
+    return {
+        "visible": len(jax.devices()),
+        "results": interleave(variants, s.repeats, s.steps, w.tokens_per_step),
+    }
 
 
 def devices(s: Settings) -> dict[str, Any]:
@@ -259,8 +292,15 @@ def devices(s: Settings) -> dict[str, Any]:
         flag = f" --xla_force_host_platform_device_count={s.fake_devices}"
         env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + flag
     b = s.base
-    cmd = [sys.executable, str(repo_path("scripts", "benchmark.py")), "--devices_only",
-           f"--repeats={s.repeats}", f"--steps={s.steps}", f"--hidden={b.hidden}",
-           f"--batch={b.batch}", f"--seq={b.seq}"]
+    cmd = [
+        sys.executable,
+        str(repo_path("scripts", "benchmark.py")),
+        "--devices_only",
+        f"--repeats={s.repeats}",
+        f"--steps={s.steps}",
+        f"--hidden={b.hidden}",
+        f"--batch={b.batch}",
+        f"--seq={b.seq}",
+    ]
     child = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
     return json.loads([x for x in child.stdout.splitlines() if x.startswith("RESULT ")][-1][7:])

@@ -70,8 +70,13 @@ def train_step(rnn, out, opt, params, x, y, state, clip: float):
     return loss, state
 
 
-def run(epochs: int, cell: str = "lstm", num_layers: int = 2, seed: int = 0,
-        hidden_size: int | None = None) -> dict:
+def run(
+    epochs: int,
+    cell: str = "lstm",
+    num_layers: int = 2,
+    seed: int = 0,
+    hidden_size: int | None = None,
+) -> dict:
     """Train the seed experiment for ``epochs``; returns perplexities and the wall time (s)."""
     import torch
 
@@ -95,8 +100,9 @@ def run(epochs: int, cell: str = "lstm", num_layers: int = 2, seed: int = 0,
         xs, ys = data.epoch_batches(corpus.train, dc, cfg.seed, epoch)
         state, nll, n = None, 0.0, 0
         for x, y in zip(xs, ys):
-            loss, state = train_step(rnn, out, opt, params, as_long(x), as_long(y), state,
-                                     cfg.train.grad_clip)
+            loss, state = train_step(
+                rnn, out, opt, params, as_long(x), as_long(y), state, cfg.train.grad_clip
+            )
             nll, n = nll + float(loss.detach()) * y.size, n + y.size
         train_ppl = math.exp(nll / n)
         with torch.no_grad():
@@ -104,19 +110,27 @@ def run(epochs: int, cell: str = "lstm", num_layers: int = 2, seed: int = 0,
             for x, y in data.eval_windows(corpus.val, dc.batch_size, dc.num_steps):
                 logits, state = forward(rnn, out, as_long(x), state)
                 nll_sum = torch.nn.functional.cross_entropy(
-                    logits.reshape(-1, V), as_long(y).reshape(-1), reduction="sum")
+                    logits.reshape(-1, V), as_long(y).reshape(-1), reduction="sum"
+                )
                 vnll += float(nll_sum)
                 vn += y.size
             val_ppl = math.exp(vnll / vn)
-    return {"epochs": epochs, "cell": cell, "num_layers": num_layers, "train_ppl": train_ppl,
-            "val_ppl": val_ppl, "seconds": time.perf_counter() - t_start}
+    return {
+        "epochs": epochs,
+        "cell": cell,
+        "num_layers": num_layers,
+        "train_ppl": train_ppl,
+        "val_ppl": val_ppl,
+        "seconds": time.perf_counter() - t_start,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=500, help="epochs (the seed experiment: 500)")
-    parser.add_argument("--cell", choices=list(CELLS), default="lstm",
-                        help="a cell with a torch.nn module")
+    parser.add_argument(
+        "--cell", choices=list(CELLS), default="lstm", help="a cell with a torch.nn module"
+    )
     parser.add_argument("--num_layers", type=int, default=2)
     parser.add_argument("--hidden_size", type=int, default=None, help="default: the config's")
     parser.add_argument("--json", default=None, help="also write the result here as JSON")

@@ -12,6 +12,7 @@ import dataclasses
 # corpus; tests/test_benchmark.py checks it against len(data.load_corpus(...).vocab).
 V = 28
 
+
 @dataclasses.dataclass(frozen=True)
 class Workload:
     """One benchmark row: the reference training step with some fields changed."""

@@ -1,6 +1,6 @@
 r"""2-layer GRU, otherwise the seed experiment (d2l's exercise: replace the LSTM by a GRU).
 
-    python scripts/train.py --config=configs/deep_gru.py
+python scripts/train.py --config=configs/deep_gru.py
 """
 
 from rnnjax.config import default_config, variant

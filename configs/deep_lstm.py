@@ -1,7 +1,7 @@
 r"""The seed experiment: 2-layer LSTM, hidden 256, on The Time Machine (d2l's deep RNN).
 
-    python scripts/train.py --config=configs/deep_lstm.py
-    python scripts/train.py --config=configs/deep_lstm.py:smoke   # a seconds-long check
+python scripts/train.py --config=configs/deep_lstm.py
+python scripts/train.py --config=configs/deep_lstm.py:smoke   # a seconds-long check
 """
 
 from rnnjax.config import default_config, variant

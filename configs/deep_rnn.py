@@ -1,7 +1,7 @@
 r"""2-layer vanilla (tanh) RNN, otherwise the seed experiment.
 
-    python scripts/train.py --config=configs/deep_rnn.py
-    python scripts/train.py --config=configs/deep_rnn.py --config.model.activation="['tanh','relu']"
+python scripts/train.py --config=configs/deep_rnn.py
+python scripts/train.py --config=configs/deep_rnn.py --config.model.activation="['tanh','relu']"
 """
 
 from rnnjax.config import default_config, variant

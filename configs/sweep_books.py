@@ -20,10 +20,19 @@ from rnnjax.config import variant
 
 
 def get_config(arg: str | None = None):
-    spec = importlib.util.spec_from_file_location("books_config", Path(__file__).with_name("books.py"))
+    spec = importlib.util.spec_from_file_location(
+        "books_config", Path(__file__).with_name("books.py")
+    )
     books = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(books)
-    return variant(books.get_config("d2l_split"), arg, stage2=_stage2, stage3=_stage3, cells=_stage3, stage4=_stage3)
+    return variant(
+        books.get_config("d2l_split"),
+        arg,
+        stage2=_stage2,
+        stage3=_stage3,
+        cells=_stage3,
+        stage4=_stage3,
+    )
 
 
 def _stage2(c):
@@ -41,11 +50,19 @@ def _stage3(c):
 
 def get_sweep(arg: str | None = None):
     if arg == "stage2":
-        return {"model.output_dropout": [0.3, 0.5], "train.weight_decay": [0.01, 0.1], "train.learning_rate": [5e-3, 1e-2]}
+        return {
+            "model.output_dropout": [0.3, 0.5],
+            "train.weight_decay": [0.01, 0.1],
+            "train.learning_rate": [5e-3, 1e-2],
+        }
     if arg == "stage3":
         return {"model.hidden_size": [256, 512], "model.num_layers": [2, 3]}
     if arg == "stage4":  # more dropout, at stage 3's best (hidden 256, 2 layers)
         return {"model.dropout": [0.5, 0.65], "model.output_dropout": [0.5, 0.65]}
     if arg == "cells":
         return {"model.cell": ["gru", "mingru", "minlstm"]}
-    return {"model.dropout": [0.3, 0.5], "train.learning_rate": [2e-3, 5e-3], "data.batch_size": [16, 32]}
+    return {
+        "model.dropout": [0.3, 0.5],
+        "train.learning_rate": [2e-3, 5e-3],
+        "data.batch_size": [16, 32],
+    }

@@ -23,4 +23,7 @@ def get_config(arg: str | None = None):
 def get_sweep(arg: str | None = None):
     if arg == "smoke":
         return {"model.cell": ["gru", "lstm"], "model.num_layers": [1, 2]}
-    return {"model.cell": ["rnn", "gru", "lstm", "mingru", "minlstm"], "model.num_layers": [1, 2, 3, 4]}
+    return {
+        "model.cell": ["rnn", "gru", "lstm", "mingru", "minlstm"],
+        "model.num_layers": [1, 2, 3, 4],
+    }

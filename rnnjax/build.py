@@ -16,13 +16,25 @@ def build_model(cfg: Config, vocab_size: int) -> DeepRNN | Placed:
     than on one device, its :class:`Placement` (``parallel.cpu_pipeline``: its layers pipelined over
     the CPU devices; ``impl="cudnn"``: cuDNN's call split over the data-parallel devices)."""
     m, p = cfg.model, cfg.parallel
-    spec = DeepRNN(vocab_size, m.hidden_size, m.num_layers, m.cell, tuple(m.activation), m.dropout,
-                   Impl(m.impl), output_dropout=m.output_dropout)
+    spec = DeepRNN(
+        vocab_size,
+        m.hidden_size,
+        m.num_layers,
+        m.cell,
+        tuple(m.activation),
+        m.dropout,
+        Impl(m.impl),
+        output_dropout=m.output_dropout,
+    )
     stages = pipeline_device_count(p.cpu_devices, m.num_layers) if p.cpu_pipeline else 1
     # cuDNN's call runs under shard_map over the data-parallel devices (XLA cannot partition it)
     data_devices = (p.num_devices or len(jax.devices())) if m.impl == "cudnn" else 1
     placement = Placement(stages, p.pipeline_chunks, data_devices)
-    return spec if placement == Placement(pipeline_chunks=p.pipeline_chunks) else Placed(spec, placement)
+    return (
+        spec
+        if placement == Placement(pipeline_chunks=p.pipeline_chunks)
+        else Placed(spec, placement)
+    )
 
 
 def make_placement(cfg: Config) -> DataParallel:
@@ -30,8 +42,10 @@ def make_placement(cfg: Config) -> DataParallel:
     replicated over the layer pipeline's stages (``parallel.cpu_pipeline``)."""
     if cfg.parallel.cpu_pipeline:
         if jax.process_count() > 1:
-            raise ConfigError("config.parallel.cpu_pipeline runs in one process; set it to False for "
-                              "multi-process runs")
+            raise ConfigError(
+                "config.parallel.cpu_pipeline runs in one process; set it to False for "
+                "multi-process runs"
+            )
         stages = pipeline_device_count(cfg.parallel.cpu_devices, cfg.model.num_layers)
         return DataParallel.replicated_over(pipeline.stages_for(cfg.model.num_layers, stages))
     return DataParallel.create(cfg.parallel.num_devices, cfg.data.batch_size)

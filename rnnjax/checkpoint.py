@@ -36,7 +36,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
-from rnnjax.integrity import checksums, disk_full, find_damage, leaves, orbax_errors_quiet, size, storage_damage, verify_checksums
+from rnnjax.integrity import (
+    checksums,
+    disk_full,
+    find_damage,
+    leaves,
+    orbax_errors_quiet,
+    size,
+    storage_damage,
+    verify_checksums,
+)
 
 LAYOUT = 3
 
@@ -57,10 +66,14 @@ class _BestByMeta:
     def val_ppl(self, step: int) -> float | None:
         if step not in self._val:
             try:
-                val = json.loads((self.directory / str(step) / "meta" / "metadata").read_text()).get("val_ppl")
+                val = json.loads(
+                    (self.directory / str(step) / "meta" / "metadata").read_text()
+                ).get("val_ppl")
             except (OSError, ValueError, AttributeError):
                 val = None  # no meta (a mid-save or damaged step): not a best candidate
-            self._val[step] = float(val) if isinstance(val, (int, float)) and math.isfinite(val) else None
+            self._val[step] = (
+                float(val) if isinstance(val, (int, float)) and math.isfinite(val) else None
+            )
         return self._val[step]
 
     def should_preserve(self, checkpoints, *, context) -> list[bool]:
@@ -75,10 +88,14 @@ class Checkpointer:
     whichever process saved it. Saves are synchronous."""
 
     def __init__(self, workdir: str | os.PathLike, max_to_keep: int = 3, read_only: bool = False):
-        self.workdir = pathlib.Path(workdir).absolute()  # orbax rejects relative paths deep inside a save
+        self.workdir = pathlib.Path(
+            workdir
+        ).absolute()  # orbax rejects relative paths deep inside a save
         self.directory = self.workdir / "checkpoints"
         if read_only and not self.directory.is_dir():
-            raise CheckpointError(f"{self.workdir} has no checkpoints/ directory: it is not a finished or resumable run")
+            raise CheckpointError(
+                f"{self.workdir} has no checkpoints/ directory: it is not a finished or resumable run"
+            )
         self.read_only = read_only
         policy = cm.AnyPreservationPolicy([cm.LatestN(n=max_to_keep), _BestByMeta(self.directory)])
         absl_logger = logging.getLogger("absl")
@@ -105,36 +122,63 @@ class Checkpointer:
         A step that exists is left as it is. ``meta`` gains ``layout`` and a sha256 of every array."""
         if step in self._mngr.all_steps():
             return
-        meta = {**meta, "layout": LAYOUT, "checksums": checksums({"params": params, "state": state})}
-        args = ocp.args.Composite(params=ocp.args.StandardSave(params), state=ocp.args.StandardSave(state),
-                                  meta=ocp.args.JsonSave(meta))
-        with orbax_errors_quiet():  # its worker threads log each failure with a traceback; ours says it once
+        meta = {
+            **meta,
+            "layout": LAYOUT,
+            "checksums": checksums({"params": params, "state": state}),
+        }
+        args = ocp.args.Composite(
+            params=ocp.args.StandardSave(params),
+            state=ocp.args.StandardSave(state),
+            meta=ocp.args.JsonSave(meta),
+        )
+        with (
+            orbax_errors_quiet()
+        ):  # its worker threads log each failure with a traceback; ours says it once
             try:
                 self._mngr.save(step, args=args, force=True)
                 self._mngr.wait_until_finished()
                 return
             except Exception as e:
                 error = e
-                for t in threading.enumerate():  # the other item's writer may still be failing (and logging)
-                    if type(t).__name__ == "_SignalingThread" and t is not threading.current_thread():
-                        with contextlib.suppress(Exception):  # its join() re-raises what it failed with
+                for t in (
+                    threading.enumerate()
+                ):  # the other item's writer may still be failing (and logging)
+                    if (
+                        type(t).__name__ == "_SignalingThread"
+                        and t is not threading.current_thread()
+                    ):
+                        with contextlib.suppress(
+                            Exception
+                        ):  # its join() re-raises what it failed with
                             t.join(timeout=60)
         if not disk_full(error):
             raise error
-        for tmp in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):  # the partial save: never left behind
+        for tmp in self.directory.glob(
+            f"{step}.orbax-checkpoint-tmp*"
+        ):  # the partial save: never left behind
             shutil.rmtree(tmp, ignore_errors=True)
         previous = [s for s in self.steps() if s != step]
-        need = size(self.directory / str(previous[-1])) if previous else sum(
-            np.asarray(x).nbytes for _, x in leaves((params, state)))
+        need = (
+            size(self.directory / str(previous[-1]))
+            if previous
+            else sum(np.asarray(x).nbytes for _, x in leaves((params, state)))
+        )
         free = shutil.disk_usage(self.directory).free
-        kept = f"the previous checkpoint (step {previous[-1]}) is intact" if previous else "no checkpoint was saved yet"
+        kept = (
+            f"the previous checkpoint (step {previous[-1]}) is intact"
+            if previous
+            else "no checkpoint was saved yet"
+        )
         raise CheckpointError(
             f"disk full while saving checkpoint step {step} in {self.directory}: it needs about {need / 2**20:.1f} MiB, "
             f"{free / 2**20:.1f} MiB are free; {kept}. Free some space and rerun the same command to resume"
         ) from None
 
     def read_meta(self, step: int) -> dict[str, Any]:
-        return self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        return self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
+            "meta"
+        ]
 
     def best_steps(self) -> list[int]:
         """Steps saved at an epoch end, best validation perplexity first (mid-epoch saves have none)."""
@@ -166,13 +210,17 @@ class Checkpointer:
         order = list(reversed(steps))  # latest first
         if step == "best":
             best = self.best_steps()
-            order = best + [s for s in order if s not in best]  # then the latest, if none has a val_ppl
+            order = best + [
+                s for s in order if s not in best
+            ]  # then the latest, if none has a val_ppl
             step = None
         elif step == "latest":
             step = None
         elif step is not None:
             if step not in steps:
-                raise CheckpointError(f"no checkpoint at step {step} in {self.directory}; have {steps}")
+                raise CheckpointError(
+                    f"no checkpoint at step {step} in {self.directory}; have {steps}"
+                )
             order = [step]
         damaged, problems = [], {}
         for s in order:
@@ -192,13 +240,21 @@ class Checkpointer:
                     return (s, *restored, meta)
             if step is not None:  # an explicit step never falls back: no "trying an earlier step"
                 raise CheckpointError(
-                    f"checkpoint step {s} in {self.directory} is damaged: {problem}")
-            logging.warning("checkpoint step %d in %s is damaged (%s); trying an earlier step", s, self.directory, problem)
+                    f"checkpoint step {s} in {self.directory} is damaged: {problem}"
+                )
+            logging.warning(
+                "checkpoint step %d in %s is damaged (%s); trying an earlier step",
+                s,
+                self.directory,
+                problem,
+            )
             damaged.append(s)
             problems[s] = problem
         if damaged:
             self._quarantine(damaged)
-            where = f"moved to {self.workdir / 'damaged'}" if not self.read_only else "left in place"
+            where = (
+                f"moved to {self.workdir / 'damaged'}" if not self.read_only else "left in place"
+            )
             latest = max(damaged)
             raise CheckpointError(
                 f"every checkpoint in {self.directory} is damaged (steps {sorted(damaged)}, "
@@ -206,7 +262,9 @@ class Checkpointer:
             )
         return None
 
-    def _read(self, step: int, meta: dict[str, Any], params: Any, state: Any) -> tuple[tuple[Any, Any], str | None]:
+    def _read(
+        self, step: int, meta: dict[str, Any], params: Any, state: Any
+    ) -> tuple[tuple[Any, Any], str | None]:
         """The arrays of one step as ``(params, state or None)``, and the checksum problem (None: verified)."""
         if meta.get("layout", 1) >= 2:
             items = {"params": ocp.args.StandardRestore(params)}
@@ -214,12 +272,17 @@ class Checkpointer:
                 items["state"] = ocp.args.StandardRestore(state)
             arrays = self._mngr.restore(step, args=ocp.args.Composite(**items))
             arrays = {name: arrays[name] for name in items}
-            return (arrays["params"], arrays.get("state")), verify_checksums(arrays, meta.get("checksums"))
+            return (arrays["params"], arrays.get("state")), verify_checksums(
+                arrays, meta.get("checksums")
+            )
         # Layout 1: the params are state["train"]["params"].
         if state is None:  # the params alone: a partial restore of the state item
             item = {"train": {"params": params}}
-            args = ocp.args.PyTreeRestore(item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-                                          partial_restore=True)
+            args = ocp.args.PyTreeRestore(
+                item,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                partial_restore=True,
+            )
         else:
             item = {**state, "train": {**state["train"], "params": params}}
             args = ocp.args.StandardRestore(item)

@@ -42,7 +42,9 @@ class _ListParser(flags.ArgumentParser):
             try:
                 value = ast.literal_eval(text)
             except (ValueError, SyntaxError):
-                raise _ListValueError(f"{text!r} is not a Python list; write a,b,c or \"['a', 'b']\"") from None
+                raise _ListValueError(
+                    f"{text!r} is not a Python list; write a,b,c or \"['a', 'b']\""
+                ) from None
             return list(value) if isinstance(value, (list, tuple)) else [value]
         return [part.strip() for part in text.split(",") if part.strip()]
 
@@ -109,13 +111,17 @@ def check_overrides(argv: Sequence[str], flag: str = "config") -> None:
             given.append(value)
     if len(given) > 1 and flag in flags.FLAGS:
         times = "twice" if len(given) == 2 else f"{len(given)} times"
-        fail(f"--{flag} was given {times} ({', '.join(given)}); give it once, and change fields "
-             f"with --{flag}.FIELD=VALUE")
+        fail(
+            f"--{flag} was given {times} ({', '.join(given)}); give it once, and change fields "
+            f"with --{flag}.FIELD=VALUE"
+        )
     for value in given:
         path = value.partition(":")[0]
         if not os.path.isfile(path):
-            fail(f"config file {path} does not exist; "
-                 f"give a file such as --{flag}=configs/deep_lstm.py")
+            fail(
+                f"config file {path} does not exist; "
+                f"give a file such as --{flag}=configs/deep_lstm.py"
+            )
     known = list(FIELDS)
     for arg in argv[1:]:
         if not arg.startswith(f"--{flag}."):
@@ -149,7 +155,9 @@ def _explain(e: Exception) -> str:
         chain.append(x)
         x = x.__cause__ or x.__context__
     raised = [x for x in chain if isinstance(x, ConfigError)]
-    if raised:  # the deepest: ml_collections re-raises get_config()'s error with a traceback as its text
+    if (
+        raised
+    ):  # the deepest: ml_collections re-raises get_config()'s error with a traceback as its text
         return str(raised[-1])
     if "Error whilst parsing config file" in str(e):  # that re-raise, of a TypeError or ValueError
         inner = chain[-1]
@@ -160,7 +168,11 @@ def _explain(e: Exception) -> str:
         cause = e.__cause__ or e.__context__
         if cause is not None and str(cause):
             args = cause.args  # absl's bool parser raises ValueError(message, value)
-            said = f"{args[0]}: {args[1]!r}" if len(args) == 2 and isinstance(args[0], str) else str(cause)
+            said = (
+                f"{args[0]}: {args[1]!r}"
+                if len(args) == 2 and isinstance(args[0], str)
+                else str(cause)
+            )
             text = text.split(": ", 1)[0] + ": " + said.splitlines()[0]
         return text
     inner = chain[-1]
@@ -184,11 +196,19 @@ def quiet_libraries() -> None:
 
         absl_logging.set_verbosity(absl_logging.WARNING)
         logging.getLogger().setLevel(logging.WARNING)
-        logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # orbax's event loops after a failed save or restore
+        logging.getLogger("asyncio").setLevel(
+            logging.CRITICAL
+        )  # orbax's event loops after a failed save or restore
         default_hook = sys.unraisablehook
 
-        def hook(unraisable):  # "Event loop is closed" / "sys.meta_path is None" from orbax's coroutines
-            where = "".join(traceback.format_tb(unraisable.exc_traceback)) if unraisable.exc_traceback else ""
+        def hook(
+            unraisable,
+        ):  # "Event loop is closed" / "sys.meta_path is None" from orbax's coroutines
+            where = (
+                "".join(traceback.format_tb(unraisable.exc_traceback))
+                if unraisable.exc_traceback
+                else ""
+            )
             if "orbax" not in where and "asyncio" not in where:
                 default_hook(unraisable)
 
@@ -203,7 +223,9 @@ def run(main: Callable[[list[str]], Any]) -> None:
         quiet_libraries()
         try:
             return main(argv)
-        except BrokenPipeError:  # the reader went away (`| head`): everything is saved, say nothing more
+        except (
+            BrokenPipeError
+        ):  # the reader went away (`| head`): everything is saved, say nothing more
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
             os.dup2(devnull, sys.stderr.fileno())
@@ -244,16 +266,27 @@ def end_block(summary: dict[str, Any]) -> str:
         f"{summary['wall_time']:.0f} s on {summary['num_devices']} device(s)",
     ]
     if summary.get("stopped_early_at"):
-        lines.append(f"stopped early at epoch {summary['stopped_early_at']}: no new best validation perplexity for "
-                     f"{summary['stopped_early_at'] - summary['best_epoch']} epochs")
+        lines.append(
+            f"stopped early at epoch {summary['stopped_early_at']}: no new best validation perplexity for "
+            f"{summary['stopped_early_at'] - summary['best_epoch']} epochs"
+        )
     if "test_ppl" in summary:
         by = summary.get("test_ppl_by_source") or {}
-        lines.append(f"test perplexity {ppl('test_ppl')} with the best saved checkpoint (epoch "
-                     f"{summary['best_saved_epoch']})" + ("; by file:" if by else ""))
-        lines += [f"  {name}: {v:.3f}" + (f" ({math.log2(v):.3f} bpc)" if char else "") for name, v in by.items()]
-    lines.append(f"curves: {w}/curves.png  checkpoints: {w}/checkpoints/  "
-                 f"(rnnjax.load({w!r}) restores the best saved one, epoch {summary['best_saved_epoch']})")
+        lines.append(
+            f"test perplexity {ppl('test_ppl')} with the best saved checkpoint (epoch "
+            f"{summary['best_saved_epoch']})" + ("; by file:" if by else "")
+        )
+        lines += [
+            f"  {name}: {v:.3f}" + (f" ({math.log2(v):.3f} bpc)" if char else "")
+            for name, v in by.items()
+        ]
+    lines.append(
+        f"curves: {w}/curves.png  checkpoints: {w}/checkpoints/  "
+        f"(rnnjax.load({w!r}) restores the best saved one, epoch {summary['best_saved_epoch']})"
+    )
     if summary["samples"]:
-        lines.append(f"samples (greedy, {'best' if summary.get('samples_from') == 'best' else 'final'} epoch):")
+        lines.append(
+            f"samples (greedy, {'best' if summary.get('samples_from') == 'best' else 'final'} epoch):"
+        )
         lines += [f"  {s}" for s in summary["samples"]]
     return "\n".join(lines)

@@ -62,8 +62,16 @@ class StopFlag:
             signal.signal(sig, old)
 
 
-def start_block(what: str, where: str, step: int | None, start_epoch: int, start_batch: int, num_epochs: int,
-                stopped_patience: int | None = None, notes: tuple[str, ...] = ()) -> str:
+def start_block(
+    what: str,
+    where: str,
+    step: int | None,
+    start_epoch: int,
+    start_batch: int,
+    num_epochs: int,
+    stopped_patience: int | None = None,
+    notes: tuple[str, ...] = (),
+) -> str:
     """The lines a run prints when it starts: the model (``what``), where it runs (``where``), and
     what it will do: train from scratch, resume, or nothing (already trained, or stopped early with
     ``train.early_stopping_patience = stopped_patience``); then each of ``notes`` on its own line."""
@@ -72,8 +80,10 @@ def start_block(what: str, where: str, step: int | None, start_epoch: int, start
     elif start_epoch > num_epochs:
         todo = f"already trained {start_epoch - 1} epochs: nothing to resume (raise --config.train.num_epochs to extend)"
     elif stopped_patience:
-        todo = (f"stopped early at epoch {start_epoch - 1} (train.early_stopping_patience = {stopped_patience}): "
-                "nothing to resume (raise --config.train.early_stopping_patience to go on)")
+        todo = (
+            f"stopped early at epoch {start_epoch - 1} (train.early_stopping_patience = {stopped_patience}): "
+            "nothing to resume (raise --config.train.early_stopping_patience to go on)"
+        )
     else:
         todo = f"resuming from epoch {start_epoch}, step {step} (minibatch {start_batch})"
     return "\n".join([what, where, todo, *notes])

@@ -77,7 +77,9 @@ def num_weights(input_size: int, hidden_size: int) -> int:
 def pack(layer: Params) -> Array:
     """One rnnjax LSTM layer {"w_x": [d, 4h], "w_h": [h, 4h], "b_x": [4h], "b_h": [4h]} -> cuDNN's flat
     vector: (W_ih [4h, d], W_hh [4h, h], b_ih, b_hh) row-major, gates i, f, g, o (PyTorch's order)."""
-    return jnp.concatenate([layer["w_x"].T.reshape(-1), layer["w_h"].T.reshape(-1), layer["b_x"], layer["b_h"]])
+    return jnp.concatenate(
+        [layer["w_x"].T.reshape(-1), layer["w_h"].T.reshape(-1), layer["b_x"], layer["b_h"]]
+    )
 
 
 def unpack(weights: Array, input_size: int, hidden_size: int) -> Params:
@@ -94,11 +96,14 @@ def cudnn_kernel(x, h0, c0, weights, seq_lengths, input_size: int, hidden_size: 
 def reference_kernel(x, h0, c0, weights, seq_lengths, input_size: int, hidden_size: int):
     """The same layer by ``jax.experimental.rnn.lstm_ref`` (pure JAX, any backend)."""
     w_ih, w_hh, b_ih, b_hh = jrnn.unpack_lstm_weights(weights, input_size, hidden_size, 1, False)
-    return jrnn.lstm_ref(x, h0, c0, w_ih, w_hh, b_ih, b_hh, seq_lengths, input_size, hidden_size, 1, 0.0, False)
+    return jrnn.lstm_ref(
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, seq_lengths, input_size, hidden_size, 1, 0.0, False
+    )
 
 
-def _layer(kernel: Kernel, x_btd: Array, carry: tuple[Array, Array], weights: Array, hidden_size: int
-           ) -> tuple[Array, tuple[Array, Array]]:
+def _layer(
+    kernel: Kernel, x_btd: Array, carry: tuple[Array, Array], weights: Array, hidden_size: int
+) -> tuple[Array, tuple[Array, Array]]:
     c0, h0 = carry
     b, t, d = x_btd.shape
     seq_lengths = jnp.full((b,), t, jnp.int32)
@@ -114,12 +119,23 @@ def _sharded(kernel: Kernel, hidden_size: int, devices: int, batch: int):
     mesh = Mesh(np.asarray(jax.devices()[:devices]), ("data",))
     rows = P("data")
     return jax.shard_map(
-        layer, mesh=mesh, in_specs=(rows, (rows, rows), P()), out_specs=(rows, (rows, rows)), check_vma=False,
+        layer,
+        mesh=mesh,
+        in_specs=(rows, (rows, rows), P()),
+        out_specs=(rows, (rows, rows)),
+        check_vma=False,
     )
 
 
-def apply(spec: Any, params: Params, tokens: Array, carry: Any, dropout_key: Array | None,
-          placement: Any = None, kernel: Kernel | None = None) -> tuple[Array, Any]:
+def apply(
+    spec: Any,
+    params: Params,
+    tokens: Array,
+    carry: Any,
+    dropout_key: Array | None,
+    placement: Any = None,
+    kernel: Kernel | None = None,
+) -> tuple[Array, Any]:
     """The :class:`rnnjax.model.Stack` apply: tokens [b, t] -> (logits [b, t, V], new carry).
 
     ``kernel``: :func:`cudnn_kernel` by default (after :func:`check_available`), or
@@ -133,7 +149,11 @@ def apply(spec: Any, params: Params, tokens: Array, carry: Any, dropout_key: Arr
     run_layer = _sharded(kernel, spec.hidden_size, placement.data_devices if placement else 1, b)
 
     def layer(l, p, x, layer_carry):  # cuDNN reads [b, t, d]; layer 1 reads one-hot tokens
-        x_btd = jax.nn.one_hot(x.T, spec.vocab_size, dtype=jnp.float32) if l == 0 else jnp.swapaxes(x, 0, 1)
+        x_btd = (
+            jax.nn.one_hot(x.T, spec.vocab_size, dtype=jnp.float32)
+            if l == 0
+            else jnp.swapaxes(x, 0, 1)
+        )
         y_bth, layer_carry = run_layer(x_btd, layer_carry, pack(p))
         return jnp.swapaxes(y_bth, 0, 1), layer_carry, None
 

@@ -47,7 +47,9 @@ def read_files(paths: Sequence[str], max_file_mb: int = 1024) -> list[tuple[str,
             with open(p, "rb") as f:
                 raw = f.read()
         except OSError as e:
-            raise ConfigError(f"config.data.paths: cannot read {path!r} ({e.strerror}); give existing text files") from None
+            raise ConfigError(
+                f"config.data.paths: cannot read {path!r} ({e.strerror}); give existing text files"
+            ) from None
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -67,7 +69,7 @@ def read_texts(paths: Sequence[str], max_file_mb: int = 1024) -> str:
 
 
 def preprocess(text: str, mode: str) -> str:
-    """"d2l": every run of non-letters becomes one space, then lower-case. "none": unchanged."""
+    """ "d2l": every run of non-letters becomes one space, then lower-case. "none": unchanged."""
     return re.sub("[^A-Za-z]+", " ", text).lower() if mode == "d2l" else text
 
 
@@ -92,7 +94,9 @@ class Tokens:
 
     def __init__(self, text: str, tokenizer: str):
         self.tokenizer = tokenizer
-        self.items: np.ndarray | list[str] = codepoints(text) if tokenizer == "char" else text.split()
+        self.items: np.ndarray | list[str] = (
+            codepoints(text) if tokenizer == "char" else text.split()
+        )
 
     def __len__(self) -> int:
         return len(self.items)
@@ -174,24 +178,31 @@ def load_corpus(cfg: DataConfig, vocab: Vocab | None = None) -> Corpus:
     ids = tokens.encode(vocab, 0, need)
     del tokens
     _check_trainable(cfg, train_len)
-    return Corpus(vocab=vocab, train=ids[:train_len], val=ids[train_len : train_len + cfg.num_val],
-                  test=ids[train_len + cfg.num_val : need])
+    return Corpus(
+        vocab=vocab,
+        train=ids[:train_len],
+        val=ids[train_len : train_len + cfg.num_val],
+        test=ids[train_len + cfg.num_val : need],
+    )
 
 
 def _resolve(path: str) -> pathlib.Path:
     try:
         return pathlib.Path(path).expanduser().resolve()
     except (RuntimeError, OSError) as e:  # a symlink loop: RuntimeError before Python 3.13
-        raise ConfigError(f"config.data.paths: {path!r} is a loop of symbolic links ({e}); "
-                          "give text files") from None
+        raise ConfigError(
+            f"config.data.paths: {path!r} is a loop of symbolic links ({e}); give text files"
+        ) from None
 
 
 def _load_by_fraction(cfg: DataConfig, vocab: Vocab | None) -> Corpus:
     resolved = [_resolve(p) for p in cfg.paths]
     if len(set(resolved)) < len(resolved):
         twice = next(p for p, r in zip(cfg.paths, resolved) if resolved.count(r) > 1)
-        raise ConfigError(f"config.data.paths lists {twice!r} twice; with data.val_fraction each file is split and "
-                          "scored on its own: give each file once")
+        raise ConfigError(
+            f"config.data.paths lists {twice!r} twice; with data.val_fraction each file is split and "
+            "scored on its own: give each file once"
+        )
     parts = []  # (name, tokens, train end, val end)
     for name, raw in read_files(cfg.paths, cfg.max_file_mb):
         text = preprocess(raw, cfg.preprocess)
@@ -200,7 +211,10 @@ def _load_by_fraction(cfg: DataConfig, vocab: Vocab | None) -> Corpus:
         del raw, text
         n = len(tokens)
         num_test, num_val = round(n * cfg.test_fraction), round(n * cfg.val_fraction)
-        for split, count, field in (("validation", num_val, "val_fraction"), ("test", num_test, "test_fraction")):
+        for split, count, field in (
+            ("validation", num_val, "val_fraction"),
+            ("test", num_test, "test_fraction"),
+        ):
             if count and count < cfg.batch_size + 1 or (split == "validation" and not count):
                 raise ConfigError(
                     f"config.data.{field} = {getattr(cfg, field)} leaves {name} {count} {split} tokens, fewer than "
@@ -213,25 +227,39 @@ def _load_by_fraction(cfg: DataConfig, vocab: Vocab | None) -> Corpus:
         for _, tokens, train_end, _ in parts:
             counts.update(tokens.counts(0, train_end))
         vocab = _build_vocab(cfg, counts)
-    train = np.concatenate([tokens.encode(vocab, 0, train_end) for _, tokens, train_end, _ in parts])
+    train = np.concatenate(
+        [tokens.encode(vocab, 0, train_end) for _, tokens, train_end, _ in parts]
+    )
     if cfg.max_tokens:
         train = train[: cfg.max_tokens].copy()
     val_parts = tuple((name, tokens.encode(vocab, a, b)) for name, tokens, a, b in parts)
-    test_parts = tuple((name, tokens.encode(vocab, b, None)) for name, tokens, _, b in parts if len(tokens) > b)
+    test_parts = tuple(
+        (name, tokens.encode(vocab, b, None)) for name, tokens, _, b in parts if len(tokens) > b
+    )
     del parts
     _check_trainable(cfg, len(train))
-    concat = lambda ps: np.concatenate([ids for _, ids in ps]) if ps else np.zeros(0, vocab.id_dtype)  # noqa: E731
-    return Corpus(vocab=vocab, train=train, val=concat(val_parts), test=concat(test_parts),
-                  val_parts=val_parts, test_parts=test_parts)
+    concat = lambda ps: (
+        np.concatenate([ids for _, ids in ps]) if ps else np.zeros(0, vocab.id_dtype)
+    )  # noqa: E731
+    return Corpus(
+        vocab=vocab,
+        train=train,
+        val=concat(val_parts),
+        test=concat(test_parts),
+        val_parts=val_parts,
+        test_parts=test_parts,
+    )
 
 
 def _emptied_by_preprocessing(cfg: DataConfig, raw: str, text: str) -> str:
     """A note for a too-short corpus when d2l preprocessing removed most of it ("" otherwise)."""
     if cfg.preprocess != "d2l" or len(text.strip()) * 2 >= len(raw.strip()):
         return ""
-    return (f" (d2l preprocessing keeps only the ASCII letters a-z, A-Z: {len(raw):,} characters "
-            f"became {len(text.strip()):,}; for text in other scripts use "
-            "--config.data.preprocess=none)")
+    return (
+        f" (d2l preprocessing keeps only the ASCII letters a-z, A-Z: {len(raw):,} characters "
+        f"became {len(text.strip()):,}; for text in other scripts use "
+        "--config.data.preprocess=none)"
+    )
 
 
 def _build_vocab(cfg: DataConfig, counts: collections.Counter) -> Vocab:
@@ -265,7 +293,9 @@ def batches_per_epoch(cfg: DataConfig, num_tokens: int) -> int:
     return ((num_tokens - t) // t) // b  # worst-case offset t - 1
 
 
-def epoch_batches(tokens: np.ndarray, cfg: DataConfig, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+def epoch_batches(
+    tokens: np.ndarray, cfg: DataConfig, seed: int, epoch: int
+) -> tuple[np.ndarray, np.ndarray]:
     """All minibatches of one epoch: inputs X [n, b, t] and next-token targets Y [n, b, t].
 
     sequential (d2l's ``seq_data_iter_sequential``): a random offset in [0, t], the
@@ -288,7 +318,9 @@ def epoch_batches(tokens: np.ndarray, cfg: DataConfig, seed: int, epoch: int) ->
     return tokens[idx].reshape(n, b, t), tokens[idx + 1].reshape(n, b, t)
 
 
-def eval_windows(tokens: np.ndarray, batch_size: int, num_steps: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def eval_windows(
+    tokens: np.ndarray, batch_size: int, num_steps: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """The held-out stream as b contiguous rows, cut into windows of at most t steps
     (the last may be shorter) to be read in order with the state carried: [(X [b, <=t], Y)]."""
     row = (len(tokens) - 1) // batch_size

@@ -89,6 +89,7 @@ class Rule:
 
 # Rule builders: Field(name, default, doc, **at_least(1)).
 
+
 def is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -123,8 +124,12 @@ def real(rule: str, ok: Callable[[float], bool]) -> dict[str, Any]:
 
 
 def strings(rule: str = "a list of strings", nonempty: bool = False) -> dict[str, Any]:
-    return {"rule": rule, "ok": lambda v, c: isinstance(v, tuple) and all(
-        isinstance(x, str) and (x or not nonempty) for x in v)}
+    return {
+        "rule": rule,
+        "ok": lambda v, c: (
+            isinstance(v, tuple) and all(isinstance(x, str) and (x or not nonempty) for x in v)
+        ),
+    }
 
 
 def annotation(f: Field) -> Any:

@@ -36,16 +36,25 @@ class Spec(Protocol):
     def layer_activation(self, layer: int) -> str: ...
 
 
-def apply(spec: Spec, params: Params, tokens: Array, carry: Carry, dropout_key: Array | None = None,
-          placement: Any = None) -> tuple[Array, Carry]:
+def apply(
+    spec: Spec,
+    params: Params,
+    tokens: Array,
+    carry: Carry,
+    dropout_key: Array | None = None,
+    placement: Any = None,
+) -> tuple[Array, Carry]:
     """As ``DeepRNN.apply`` over Flax params: tokens [b, t] -> (logits [b, t, V], new carry); one
     device (``placement`` is not read)."""
     mapping = CELLS[spec.cell].flax
 
     def layer(l, p, x, layer_carry):
         x = jax.nn.one_hot(x, spec.vocab_size, dtype=jnp.float32) if l == 0 else x
-        rnn = nn.RNN(mapping.module(spec.hidden_size, spec.layer_activation(l)), return_carry=True,
-                     time_major=True)
+        rnn = nn.RNN(
+            mapping.module(spec.hidden_size, spec.layer_activation(l)),
+            return_carry=True,
+            time_major=True,
+        )
         layer_carry, h_tbh = rnn.apply({"params": {"cell": p}}, x, initial_carry=layer_carry)
         return h_tbh, layer_carry, None
 
@@ -66,4 +75,8 @@ def from_flax(flax_params: Params, spec: Spec) -> Params:
     """Flax params of :func:`apply` -> rnnjax params (inverse of :func:`to_flax` up to the bias split)."""
     back = CELLS[spec.cell].flax.from_flax
     layers = [back(flax_params[f"layer_{l}"], spec.hidden_size) for l in range(spec.num_layers)]
-    return {"layers": layers, "w_out": flax_params["out"]["kernel"], "b_out": flax_params["out"]["bias"]}
+    return {
+        "layers": layers,
+        "w_out": flax_params["out"]["kernel"],
+        "b_out": flax_params["out"]["bias"],
+    }

@@ -34,7 +34,9 @@ def _shift(first: Array, seq: Array) -> Array:
 
 def _forward(cell: Cell, activation: str, rp: Params, xw_tbg: Array, carry: Any, save: bool):
     """The forward loop: (final carry, h_tbh) or, with ``save``, (final carry, (h_tbh, *saved))."""
-    xw_tbh = split_gates(xw_tbg, cell.num_gates)  # G x [t, b, h]: whole slabs per step (fast on CPU)
+    xw_tbh = split_gates(
+        xw_tbg, cell.num_gates
+    )  # G x [t, b, h]: whole slabs per step (fast on CPU)
 
     def step(carry, xw_bh):
         hw_bh = split_gates(cell.recurrence.apply(rp, cell.hidden(carry)), cell.num_gates)
@@ -85,7 +87,9 @@ def _scan_bwd(name, activation, res, cot):
 _scan.defvjp(_scan_fwd, _scan_bwd)
 
 
-def scan_layer(cell: str, activation: str, params: Params, xw_tbg: Array, carry: Any) -> tuple[Array, Any]:
+def scan_layer(
+    cell: str, activation: str, params: Params, xw_tbg: Array, carry: Any
+) -> tuple[Array, Any]:
     """One layer over time. xw_tbg [t, b, G*h]: x W_x + b_x (gates fused, the cell's order);
     ``params``: the layer's params (w_x and b_x are not read); carry: the cell's carry.
     Returns (h_tbh [t, b, h], final carry). A cell with a whole-sequence form runs it (autodiff

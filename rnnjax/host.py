@@ -41,7 +41,9 @@ def retain_freed_memory() -> bool:
     global _done
     if _done:
         return True
-    if os.environ.get("RNNJAX_RETAIN_FREED_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
+    if os.environ.get("RNNJAX_RETAIN_FREED_MEMORY", "1") == "0" or not sys.platform.startswith(
+        "linux"
+    ):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

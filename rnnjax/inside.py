@@ -30,7 +30,9 @@ class Inside:
     is the state after reading ``tokens[t]``; ``logits`` [time, V] predict ``tokens[t + 1]``."""
 
     tokens: list[str]
-    unknown: list[tuple[int, str]]  # (position, token) of tokens outside the vocabulary, read as <unk>
+    unknown: list[
+        tuple[int, str]
+    ]  # (position, token) of tokens outside the vocabulary, read as <unk>
     h: np.ndarray
     gates: dict[str, np.ndarray]
     retain: np.ndarray | None  # the forget (retain) coefficient; None for the vanilla RNN
@@ -45,25 +47,35 @@ def inspect(run: Any, text: str) -> Inside:
     d = run.config.data
     tokens = data.tokenize(data.preprocess(text, d.preprocess), d.tokenizer)
     if not tokens:
-        raise ValueError("inspect needs a text of at least 1 token after preprocessing; give a longer text")
+        raise ValueError(
+            "inspect needs a text of at least 1 token after preprocessing; give a longer text"
+        )
     unknown = [(i, tok) for i, tok in enumerate(tokens) if tok not in run.vocab.token_to_idx]
     if unknown:
         shown = ", ".join(sorted({repr(tok) for _, tok in unknown})[:10])
-        logging.warning("inspect: %d of %d tokens are outside the run's vocabulary and read as <unk>: %s",
-                        len(unknown), len(tokens), shown)
+        logging.warning(
+            "inspect: %d of %d tokens are outside the run's vocabulary and read as <unk>: %s",
+            len(unknown),
+            len(tokens),
+            shown,
+        )
     ids = jnp.asarray(run.vocab.encode(tokens))[None, :]
     logits, _, traces = _jit_trace(run.model, run.params, ids, run.model.initial_carry(1))
     stack = lambda xs: np.stack([np.asarray(x[:, 0]) for x in xs])  # noqa: E731 - L x [t, 1, h] -> [L, t, h]
     gates = {k: stack([t.gates[k] for t in traces]) for k in traces[0].gates}
     retain = stack([t.retain for t in traces]) if traces[0].retain is not None else None
     c = stack([t.c for t in traces]) if traces[0].c is not None else None
-    return Inside(tokens, unknown, stack([t.h for t in traces]), gates, retain, c, np.asarray(logits[0]))
+    return Inside(
+        tokens, unknown, stack([t.h for t in traces]), gates, retain, c, np.asarray(logits[0])
+    )
 
 
 _jit_trace = jax.jit(trace, static_argnums=0)
 
 
-def autocorrelation_times(x_lth: np.ndarray, threshold: float = 1 / math.e, max_lag: int | None = None) -> np.ndarray:
+def autocorrelation_times(
+    x_lth: np.ndarray, threshold: float = 1 / math.e, max_lag: int | None = None
+) -> np.ndarray:
     """Per unit, the first lag at which the autocorrelation of x [..., t, h] falls below ``threshold``:
     [..., h] float; ``max_lag`` (default t // 4) where it never does within it, NaN for a constant unit.
     The autocorrelation is the usual (biased) estimate, sum_t (x_t - m)(x_{t+k} - m) / sum_t (x_t - m)^2."""
@@ -71,7 +83,9 @@ def autocorrelation_times(x_lth: np.ndarray, threshold: float = 1 / math.e, max_
     t = x.shape[-2]
     max_lag = max(1, t // 4) if max_lag is None else max_lag
     if not 1 <= max_lag < t:
-        raise ValueError(f"max_lag = {max_lag} is not allowed for a text of {t} tokens: give 1 <= max_lag < {t}")
+        raise ValueError(
+            f"max_lag = {max_lag} is not allowed for a text of {t} tokens: give 1 <= max_lag < {t}"
+        )
     x = x - x.mean(axis=-2, keepdims=True)
     spectrum = np.fft.rfft(x, n=2 * t, axis=-2)
     acov = np.fft.irfft(spectrum * np.conj(spectrum), n=2 * t, axis=-2)[..., : max_lag + 1, :]
@@ -98,21 +112,26 @@ class Timescales:
     censored: np.ndarray
 
 
-def timescales(run: Any, text: str, state: str = "h", threshold: float = 1 / math.e, max_lag: int | None = None
-               ) -> Timescales:
+def timescales(
+    run: Any, text: str, state: str = "h", threshold: float = 1 / math.e, max_lag: int | None = None
+) -> Timescales:
     """For each layer, the lag at which each unit's autocorrelation falls below ``threshold`` (1/e),
     while ``run`` reads ``text``, summarised per layer. ``state``: "h" (the layer's output) or "c"
     (the LSTM's cell state)."""
     inside = inspect(run, text)
     if state not in ("h", "c") or (state == "c" and inside.c is None):
         have = "'h' or 'c'" if inside.c is not None else "'h' (only the LSTM has a cell state c)"
-        raise ValueError(f"state = {state!r} is not allowed for a {run.config.model.cell} run: give {have}")
+        raise ValueError(
+            f"state = {state!r} is not allowed for a {run.config.model.cell} run: give {have}"
+        )
     x = inside.h if state == "h" else inside.c
     t = x.shape[1]
     max_lag = max(1, t // 4) if max_lag is None else max_lag
     lags = autocorrelation_times(x, threshold, max_lag)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a layer of only constant units: its summary is NaN
+        warnings.simplefilter(
+            "ignore", RuntimeWarning
+        )  # a layer of only constant units: its summary is NaN
         median, mean = np.nanmedian(lags, axis=-1), np.nanmean(lags, axis=-1)
         censored = np.nanmean(np.where(np.isnan(lags), np.nan, lags >= max_lag), axis=-1)
     return Timescales(state, threshold, max_lag, lags, median, mean, censored)

@@ -67,7 +67,9 @@ def find_damage(step_dir: pathlib.Path) -> str | None:
         return f"unreadable metadata ({type(e).__name__})"
     if not isinstance(meta, dict):
         return "unreadable metadata (not a JSON object)"
-    items = ("params", "state") if meta.get("layout", 1) >= 2 else ("state",)  # layout 1: params inside state
+    items = (
+        ("params", "state") if meta.get("layout", 1) >= 2 else ("state",)
+    )  # layout 1: params inside state
     for item in items:
         for name in ("_METADATA", "manifest.ocdbt"):
             if not (step_dir / item / name).is_file():
@@ -107,7 +109,9 @@ def orbax_errors_quiet():
 def disk_full(error: BaseException | None) -> bool:
     """True if ``error`` (or what caused it) is "no space left on device", as OSError or as a tensorstore message."""
     while error is not None:
-        if (isinstance(error, OSError) and error.errno == errno.ENOSPC) or "No space left on device" in str(error):
+        if (
+            isinstance(error, OSError) and error.errno == errno.ENOSPC
+        ) or "No space left on device" in str(error):
             return True
         error = error.__cause__ or error.__context__
     return False
@@ -120,7 +124,10 @@ def size(path: pathlib.Path) -> int:
 def leaves(tree: Any) -> list[tuple[str, Any]]:
     import jax
 
-    return [(jax.tree_util.keystr(path), leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    return [
+        (jax.tree_util.keystr(path), leaf)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    ]
 
 
 def checksums(tree: Any) -> dict[str, str]:

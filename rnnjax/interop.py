@@ -23,11 +23,15 @@ import numpy as np
 from rnnjax.model import Params
 
 
-def from_torch(rnn_state: Mapping[str, np.ndarray], linear_state: Mapping[str, np.ndarray]) -> Params:
+def from_torch(
+    rnn_state: Mapping[str, np.ndarray], linear_state: Mapping[str, np.ndarray]
+) -> Params:
     """state_dicts (as NumPy) of ``nn.LSTM/GRU/RNN`` and the output ``nn.Linear`` -> rnnjax params."""
     num_layers = sum(1 for k in rnn_state if k.startswith("weight_ih_l"))
     if num_layers == 0 or any(k.endswith("_reverse") for k in rnn_state):
-        raise ValueError("from_torch: expected a unidirectional nn.LSTM/GRU/RNN state_dict with weight_ih_l0")
+        raise ValueError(
+            "from_torch: expected a unidirectional nn.LSTM/GRU/RNN state_dict with weight_ih_l0"
+        )
     a = lambda x: jnp.asarray(np.asarray(x, np.float32))  # noqa: E731
     layers = []
     for k in range(num_layers):
@@ -42,7 +46,11 @@ def from_torch(rnn_state: Mapping[str, np.ndarray], linear_state: Mapping[str, n
                 "b_h": a(b_hh),
             }
         )
-    return {"layers": layers, "w_out": a(np.asarray(linear_state["weight"]).T), "b_out": a(linear_state["bias"])}
+    return {
+        "layers": layers,
+        "w_out": a(np.asarray(linear_state["weight"]).T),
+        "b_out": a(linear_state["bias"]),
+    }
 
 
 def _writable(x) -> np.ndarray:
@@ -53,13 +61,18 @@ def _writable(x) -> np.ndarray:
 def to_torch(params: Params) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """rnnjax params -> (rnn state_dict, output nn.Linear state_dict) as NumPy float32 arrays."""
     if params["layers"] and "w_h" not in params["layers"][0]:
-        raise ValueError("to_torch: minGRU/minLSTM params have no PyTorch module to convert to (no w_h); "
-                         "only rnn, gru and lstm convert")
+        raise ValueError(
+            "to_torch: minGRU/minLSTM params have no PyTorch module to convert to (no w_h); "
+            "only rnn, gru and lstm convert"
+        )
     rnn_state: dict[str, np.ndarray] = {}
     for k, p in enumerate(params["layers"]):
         rnn_state[f"weight_ih_l{k}"] = _writable(np.asarray(p["w_x"]).T)
         rnn_state[f"weight_hh_l{k}"] = _writable(np.asarray(p["w_h"]).T)
         rnn_state[f"bias_ih_l{k}"] = _writable(p["b_x"])
         rnn_state[f"bias_hh_l{k}"] = _writable(p["b_h"])
-    linear = {"weight": _writable(np.asarray(params["w_out"]).T), "bias": _writable(params["b_out"])}
+    linear = {
+        "weight": _writable(np.asarray(params["w_out"]).T),
+        "bias": _writable(params["b_out"]),
+    }
     return rnn_state, linear

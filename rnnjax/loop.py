@@ -232,7 +232,17 @@ def train_group(
                 carry, metrics = group.fresh()
             t0 = time.perf_counter()
             state, carry, metrics = train_epoch(
-                group, ckpts, profiler, stop, state, rng_data, carry, metrics, epoch, first, failed,
+                group,
+                ckpts,
+                profiler,
+                stop,
+                state,
+                rng_data,
+                carry,
+                metrics,
+                epoch,
+                first,
+                failed,
                 clock,
             )
             sums = to_host(metrics)  # the one host sync of the training steps
@@ -262,8 +272,11 @@ def train_group(
                         raise error
                     failed[j] = error
             active = [j for j in active if j not in failed]
-            saving = (epoch % cfg.checkpoint.every_epochs == 0 or epoch == tc.num_epochs
-                      or 0 < clock["every_s"] <= time.monotonic() - clock["saved"])
+            saving = (
+                epoch % cfg.checkpoint.every_epochs == 0
+                or epoch == tc.num_epochs
+                or 0 < clock["every_s"] <= time.monotonic() - clock["saved"]
+            )
             stopped = stopped_early(tc.early_stopping_patience, [records[j] for j in active])
             for j in active:
                 new_best = (
@@ -478,7 +491,9 @@ def make_record(
     """Trial j's record of ``epoch`` (reads its validation sums)."""
     c = group.cfgs[j]
     step = int(group.take(state.step, j))
-    layers = group.take(stats, j).summary(CELLS[c.model.cell].retains) if stats is not None else None
+    layers = (
+        group.take(stats, j).summary(CELLS[c.model.cell].retains) if stats is not None else None
+    )
     by_source = (
         {name: group.take(m, j).perplexity() for (name, _), m in zip(group.corpus.val_parts, parts)}
         if parts

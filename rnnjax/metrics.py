@@ -35,7 +35,9 @@ def train_zeros(shapes: dict[str, tuple[int, ...]], lead: tuple[int, ...] = ()) 
 def add_step(sums: TrainSums, values: dict[str, Array], ok: Array) -> TrainSums:
     """One step: its metric ``values`` count only if ``ok`` (finite and applied)."""
     okf = ok.astype(jnp.float32)
-    out = {name: sums[name] + jnp.where(ok, values[name], 0.0) for name in sums if name not in COUNTERS}
+    out = {
+        name: sums[name] + jnp.where(ok, values[name], 0.0) for name in sums if name not in COUNTERS
+    }
     return out | {"steps": sums["steps"] + okf, "skipped": sums["skipped"] + 1.0 - okf}
 
 
@@ -48,8 +50,10 @@ def to_host(sums: TrainSums) -> dict[str, np.ndarray]:
 # metric is recorded under its own name (a number, or a list for a vector).
 RECORD_FORMS: dict[str, Any] = {
     "loss": lambda mean: {"train_ppl": perplexity_of(float(mean))},
-    "grad_norm_layers": lambda mean: {"grad_norm_layers": [float(x) for x in mean[:-1]],
-                                      "grad_norm_output": float(mean[-1])},
+    "grad_norm_layers": lambda mean: {
+        "grad_norm_layers": [float(x) for x in mean[:-1]],
+        "grad_norm_output": float(mean[-1]),
+    },
 }
 
 
@@ -61,9 +65,15 @@ def train_record(sums: dict[str, np.ndarray]) -> dict[str, Any]:
     for name, total in sums.items():
         if name in COUNTERS:
             continue
-        mean = np.asarray(total, np.float64) / steps if steps else np.full(np.shape(total), math.nan)
+        mean = (
+            np.asarray(total, np.float64) / steps if steps else np.full(np.shape(total), math.nan)
+        )
         form = RECORD_FORMS.get(name)
-        out |= form(mean) if form else {name: float(mean) if mean.ndim == 0 else [float(x) for x in mean]}
+        out |= (
+            form(mean)
+            if form
+            else {name: float(mean) if mean.ndim == 0 else [float(x) for x in mean]}
+        )
     return out | {"skipped_steps": int(sums["skipped"])}
 
 
@@ -108,7 +118,10 @@ class EvalMetrics(NamedTuple):
 
     def add(self, nll: Array) -> EvalMetrics:
         """``nll`` [..., b, t] per-token values of one window (the leading axes are vmapped trials)."""
-        return EvalMetrics(self.nll + nll.sum(axis=(-2, -1)), self.tokens + jnp.float32(nll.shape[-2] * nll.shape[-1]))
+        return EvalMetrics(
+            self.nll + nll.sum(axis=(-2, -1)),
+            self.tokens + jnp.float32(nll.shape[-2] * nll.shape[-1]),
+        )
 
     def __add__(self, other: EvalMetrics) -> EvalMetrics:  # type: ignore[override]
         """The sums of two passes (e.g. the held-out parts of several files)."""
@@ -133,8 +146,15 @@ def bpc(ppl: float) -> float:
 
 
 def epoch_record(
-    epoch: int, step: int, train: dict[str, np.ndarray], val_ppl: float, tokens_per_sec: float, lr: float,
-    wall_time: float, layers: dict[str, list[float]] | None = None, char_level: bool = True,
+    epoch: int,
+    step: int,
+    train: dict[str, np.ndarray],
+    val_ppl: float,
+    tokens_per_sec: float,
+    lr: float,
+    wall_time: float,
+    layers: dict[str, list[float]] | None = None,
+    char_level: bool = True,
     val_by_source: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """One line of ``metrics.jsonl`` from an epoch's host-side training sums (``train``: :func:`to_host`,
@@ -164,5 +184,9 @@ def epoch_record(
 
 def best_record(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The epoch record with the lowest finite validation perplexity (None: there is none)."""
-    finite = [r for r in records if isinstance(r.get("val_ppl"), (int, float)) and math.isfinite(r["val_ppl"])]
+    finite = [
+        r
+        for r in records
+        if isinstance(r.get("val_ppl"), (int, float)) and math.isfinite(r["val_ppl"])
+    ]
     return min(finite, key=lambda r: r["val_ppl"]) if finite else None

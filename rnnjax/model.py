@@ -87,7 +87,9 @@ class DeepRNN:
     def initial_carry(self, batch_size: int) -> Carry:
         """All-zero carries of every layer for a batch of ``batch_size`` streams."""
         cell = CELLS[self.cell]
-        return tuple(cell.initial_carry(batch_size, self.hidden_size) for _ in range(self.num_layers))
+        return tuple(
+            cell.initial_carry(batch_size, self.hidden_size) for _ in range(self.num_layers)
+        )
 
     def apply(
         self, params: Params, tokens: Array, carry: Carry, *, dropout_key: Array | None = None
@@ -132,9 +134,12 @@ class Placed:
     def initial_carry(self, batch_size: int) -> Carry:
         return self.spec.initial_carry(batch_size)
 
-    def apply(self, params: Params, tokens: Array, carry: Carry, *, dropout_key: Array | None = None
-              ) -> tuple[Array, Carry]:
-        return implementation(self.spec.impl).apply(self.spec, params, tokens, carry, dropout_key, self.placement)
+    def apply(
+        self, params: Params, tokens: Array, carry: Carry, *, dropout_key: Array | None = None
+    ) -> tuple[Array, Carry]:
+        return implementation(self.spec.impl).apply(
+            self.spec, params, tokens, carry, dropout_key, self.placement
+        )
 
 
 class Stack(NamedTuple):
@@ -160,12 +165,16 @@ def implementation(impl: Impl | str) -> Stack:
         case Impl.AUTODIFF:
             return Stack(_init, functools.partial(_apply, _autodiff_layer))
         case Impl.FLAX:  # rnnjax's initial weights, converted: both start identical for a seed
-            return Stack(lambda spec, key: flax_model.to_flax(_init(spec, key), spec), flax_model.apply)
+            return Stack(
+                lambda spec, key: flax_model.to_flax(_init(spec, key), spec), flax_model.apply
+            )
         case Impl.CUDNN:  # rnnjax's params, packed per call into cuDNN's flat vector
             return Stack(_init, cudnn.apply)
 
 
-def _autodiff_layer(cell: str, activation: str, p: Params, xw_tbg: Array, carry: Any) -> tuple[Array, Any]:
+def _autodiff_layer(
+    cell: str, activation: str, p: Params, xw_tbg: Array, carry: Any
+) -> tuple[Array, Any]:
     """``jax.lax.scan`` of the cell's step, differentiated by JAX (the sequential witness)."""
     c = CELLS[cell]
     carry, h_tbh = jax.lax.scan(lambda k, xw_bg: c.recur(p, k, xw_bg, activation), carry, xw_tbg)
@@ -180,22 +189,42 @@ def _init(spec: DeepRNN, key: Array) -> Params:
         for l in range(spec.num_layers)
     ]
     h, v = spec.hidden_size, spec.vocab_size  # nn.Linear's init
-    return {"layers": layers, "w_out": uniform(keys[-2], (h, v), h), "b_out": uniform(keys[-1], (v,), h)}
+    return {
+        "layers": layers,
+        "w_out": uniform(keys[-2], (h, v), h),
+        "b_out": uniform(keys[-1], (v,), h),
+    }
 
 
-def _apply(layer_fn, spec: DeepRNN, params: Params, tokens: Array, carry: Carry, dropout_key: Array | None,
-           placement: Placement = Placement()) -> tuple[Array, Carry]:
+def _apply(
+    layer_fn,
+    spec: DeepRNN,
+    params: Params,
+    tokens: Array,
+    carry: Carry,
+    dropout_key: Array | None,
+    placement: Placement = Placement(),
+) -> tuple[Array, Carry]:
     tokens_tb = tokens.T
     # the pipeline needs time to overlap: a single step (generation) runs the plain stack
     stages = pipeline.stages_for(spec.num_layers, placement.pipeline_stages)
     if stages > 1 and tokens_tb.shape[0] > 1:
-        h_tbh, new_carry = pipeline.pipelined_layers(spec, layer_fn, params["layers"], tokens_tb, carry,
-                                                     dropout_key, stages, placement.pipeline_chunks)
+        h_tbh, new_carry = pipeline.pipelined_layers(
+            spec,
+            layer_fn,
+            params["layers"],
+            tokens_tb,
+            carry,
+            dropout_key,
+            stages,
+            placement.pipeline_chunks,
+        )
         return stack.logits(params, stack.output_dropout(spec, dropout_key, h_tbh)), new_carry
 
     def layer(l, p, x, layer_carry):
-        h_tbh, layer_carry = layer_fn(spec.cell, spec.layer_activation(l), p, stack.input_projection(l, p, x),
-                                      layer_carry)
+        h_tbh, layer_carry = layer_fn(
+            spec.cell, spec.layer_activation(l), p, stack.input_projection(l, p, x), layer_carry
+        )
         return h_tbh, layer_carry, None
 
     h_tbh, new_carry, _ = stack.run(spec, layer, params["layers"], tokens_tb, carry, dropout_key)

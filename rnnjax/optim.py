@@ -16,9 +16,11 @@ import optax
 
 from rnnjax.config import ConfigError, TrainConfig
 
-_FIND = ("the name of a function in optax that takes learning_rate (the list: "
-         "https://optax.readthedocs.io/en/latest/api/optimizers.html, or "
-         "python -c \"import optax; help(optax)\")")
+_FIND = (
+    "the name of a function in optax that takes learning_rate (the list: "
+    "https://optax.readthedocs.io/en/latest/api/optimizers.html, or "
+    'python -c "import optax; help(optax)")'
+)
 
 
 def _takes_learning_rate(fn: object) -> bool:
@@ -38,33 +40,45 @@ def optimizer_factory(cfg: TrainConfig) -> tuple[Factory, inspect.Signature]:
     name, kwargs = cfg.optimizer, dict(cfg.optimizer_kwargs)
     factory = getattr(optax, name, None) if not name.startswith("_") else None
     if not _takes_learning_rate(factory):
-        names = [n for n in dir(optax)
-                 if not n.startswith("_") and _takes_learning_rate(getattr(optax, n))]
+        names = [
+            n
+            for n in dir(optax)
+            if not n.startswith("_") and _takes_learning_rate(getattr(optax, n))
+        ]
         close = difflib.get_close_matches(name, names, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ConfigError(f"config.train.optimizer = {name!r} is not an optax optimizer; "
-                          f"{hint}give {_FIND}")
+        raise ConfigError(
+            f"config.train.optimizer = {name!r} is not an optax optimizer; {hint}give {_FIND}"
+        )
     sig = inspect.signature(factory)
     params = sig.parameters
     open_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     unknown = sorted(set(kwargs) - set(params)) if not open_kwargs else []
     if unknown:
         takes = ", ".join(n for n in params if n not in ("learning_rate", "weight_decay"))
-        raise ConfigError(f"config.train.optimizer_kwargs: optax.{name} takes no argument "
-                          f"{unknown[0]!r}; it takes {takes or 'nothing else'}")
+        raise ConfigError(
+            f"config.train.optimizer_kwargs: optax.{name} takes no argument "
+            f"{unknown[0]!r}; it takes {takes or 'nothing else'}"
+        )
     given = set(kwargs) | {"learning_rate", "weight_decay"}
     variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-    missing = [n for n, p in params.items()
-               if p.default is inspect.Parameter.empty and n not in given
-               and p.kind not in variadic]
+    missing = [
+        n
+        for n, p in params.items()
+        if p.default is inspect.Parameter.empty and n not in given and p.kind not in variadic
+    ]
     if missing:
         example = f"--config.train.optimizer_kwargs=\"{{'{missing[0]}': ...}}\""
-        raise ConfigError(f"config.train.optimizer_kwargs: optax.{name} needs {missing[0]!r}; "
-                          f"add it, e.g. {example}")
+        raise ConfigError(
+            f"config.train.optimizer_kwargs: optax.{name} needs {missing[0]!r}; "
+            f"add it, e.g. {example}"
+        )
     if cfg.weight_decay > 0 and "weight_decay" not in params:
-        raise ConfigError(f"config.train.weight_decay = {cfg.weight_decay} but optax.{name} takes "
-                          "no weight_decay; set it to 0 or use an optimizer that takes it "
-                          "(adamw, lion, ...)")
+        raise ConfigError(
+            f"config.train.weight_decay = {cfg.weight_decay} but optax.{name} takes "
+            "no weight_decay; set it to 0 or use an optimizer that takes it "
+            "(adamw, lion, ...)"
+        )
     return factory, sig
 
 
@@ -80,7 +94,9 @@ def make_schedule(cfg: TrainConfig, total_steps: int) -> optax.Schedule:
     )
 
 
-def make_optimizer(cfg: TrainConfig, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(
+    cfg: TrainConfig, total_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Returns (optimizer, learning-rate schedule). Clipping (when grad_clip > 0) comes first.
 
     The learning rate (a constant, or the schedule's value at each step), weight decay and every

@@ -82,7 +82,9 @@ class DataParallel:
 
     def abstract(self, tree: Any) -> Any:
         """``jax.ShapeDtypeStruct``s with each array's sharding: the restore target."""
-        return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+        return jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree
+        )
 
 
 def cpu_device_count(cpu_devices: int, batch_size: int, cores: int | None = None) -> int:
@@ -142,7 +144,9 @@ def set_cpu_devices(cpu_devices: int, batch_size: int) -> int:
 
 
 def initialize_distributed(
-    coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
 ) -> None:
     """Start JAX's distributed runtime (call once per process, before any other JAX call).
 

@@ -91,8 +91,16 @@ def _unstack(tree: Any, n: int) -> list[Any]:
     return [jax.tree_util.tree_map(lambda x: x[i], tree) for i in range(n)]
 
 
-def pipelined_layers(spec: Any, layer_fn: Callable, layers: list[dict], tokens_tb: Array, carry: tuple,
-                     dropout_key: Array | None, num_devices: int, num_chunks: int) -> tuple[Array, tuple]:
+def pipelined_layers(
+    spec: Any,
+    layer_fn: Callable,
+    layers: list[dict],
+    tokens_tb: Array,
+    carry: tuple,
+    dropout_key: Array | None,
+    num_devices: int,
+    num_chunks: int,
+) -> tuple[Array, tuple]:
     """The stack's L layers over time, pipelined; the same values as :func:`rnnjax.stack.run`.
 
     ``layer_fn(cell, activation, p, xw_tbg, carry) -> (h_tbh, carry)`` runs one layer (the plain
@@ -106,8 +114,16 @@ def pipelined_layers(spec: Any, layer_fn: Callable, layers: list[dict], tokens_t
     cell, rate = spec.cell, spec.dropout
     xw0_tbg = stack.input_projection(0, layers[0], tokens_tb)
     t, b = tokens_tb.shape
-    keep_ltbh = jnp.stack([stack.dropout_keep(dropout_key, l, rate, (t, b, spec.hidden_size))
-                           for l in range(spec.num_layers - 1)]) if dropout_key is not None and rate > 0 else None
+    keep_ltbh = (
+        jnp.stack(
+            [
+                stack.dropout_keep(dropout_key, l, rate, (t, b, spec.hidden_size))
+                for l in range(spec.num_layers - 1)
+            ]
+        )
+        if dropout_key is not None and rate > 0
+        else None
+    )
     L = len(layers)
     t, b, _ = xw0_tbg.shape
     pl = plan(L, num_devices, t, num_chunks)
@@ -128,7 +144,9 @@ def pipelined_layers(spec: Any, layer_fn: Callable, layers: list[dict], tokens_t
     params_sk = by_stage(_stack(slots))
     carry_sk = by_stage(_stack([carry[l] if l < L else zeros(carry[0]) for l in range(S * K)]))
     dropout = keep_ltbh is not None
-    if dropout:  # slot (s, k)'s mask, in chunks: [S, K, C, tc, b, h]; the top layer's (all True) is unused
+    if (
+        dropout
+    ):  # slot (s, k)'s mask, in chunks: [S, K, C, tc, b, h]; the top layer's (all True) is unused
         pad = jnp.ones((S * K - (L - 1), *keep_ltbh.shape[1:]), bool)
         keep_sk = jnp.concatenate([keep_ltbh, pad]).reshape(S, K, C, tc, b, hidden)
     else:
@@ -151,13 +169,17 @@ def pipelined_layers(spec: Any, layer_fn: Callable, layers: list[dict], tokens_t
 
     def stage_fn(params_k, carry_k, keep_k, xw0_c):
         s = jax.lax.axis_index(AXIS)
-        params_k, carry_k, keep_k = (jax.tree_util.tree_map(lambda x: x[0], a) for a in (params_k, carry_k, keep_k))
+        params_k, carry_k, keep_k = (
+            jax.tree_util.tree_map(lambda x: x[0], a) for a in (params_k, carry_k, keep_k)
+        )
 
         def tick(state, k):
             h_in, carry_k = state  # h_in: the stage below's outputs for this chunk
             j = k - s  # the chunk this stage works on at tick k
             jc = jnp.clip(j, 0, C - 1)
-            work = jnp.where((j >= 0) & (j < C), s, S)  # branch S: a tick in the bubble computes nothing
+            work = jnp.where(
+                (j >= 0) & (j < C), s, S
+            )  # branch S: a tick in the bubble computes nothing
             xw0, new = xw0_c[jc], []
             for slot in range(K):
                 p, c = (jax.tree_util.tree_map(lambda x: x[slot], a) for a in (params_k, carry_k))
@@ -174,8 +196,14 @@ def pipelined_layers(spec: Any, layer_fn: Callable, layers: list[dict], tokens_t
 
     spec = P(AXIS)
     out_sktbh, carry_sk = jax.shard_map(
-        stage_fn, mesh=mesh(S), in_specs=(spec, spec, spec, P()), out_specs=(spec, spec), check_vma=False,
+        stage_fn,
+        mesh=mesh(S),
+        in_specs=(spec, spec, spec, P()),
+        out_specs=(spec, spec),
+        check_vma=False,
     )(params_sk, carry_sk, keep_sk, xw0_c)
-    h_top_tbh = out_sktbh[S - 1, S - 1 : S - 1 + C].reshape(t, b, hidden)  # the last stage's working ticks
+    h_top_tbh = out_sktbh[S - 1, S - 1 : S - 1 + C].reshape(
+        t, b, hidden
+    )  # the last stage's working ticks
     carry_l = jax.tree_util.tree_map(lambda x: x.reshape(S * K, *x.shape[2:]), carry_sk)
     return h_top_tbh, tuple(_unstack(carry_l, S * K)[:L])

@@ -7,7 +7,9 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def plot_curves(records: Sequence[dict[str, Any]], path: str | os.PathLike, title: str = "") -> None:
+def plot_curves(
+    records: Sequence[dict[str, Any]], path: str | os.PathLike, title: str = ""
+) -> None:
     """Save a PNG of ``train_ppl`` and ``val_ppl`` (log scale) against ``epoch``.
 
     Drawn on a ``Figure`` with its own Agg canvas: pyplot and the process's matplotlib

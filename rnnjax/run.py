@@ -47,8 +47,10 @@ class Run:
         val = next((r.get("val_ppl") for r in self.metrics if r.get("step") == self.step), None)
         at = f", val_ppl {val:.3f}" if isinstance(val, float) else ""
         where = f", best val_ppl {best['val_ppl']:.3f} at epoch {best['epoch']}" if best else ""
-        return (f"Run({str(self.workdir)!r}, step {self.step}{at}: {m.num_layers}-layer {m.cell}, hidden {m.hidden_size}, "
-                f"vocab {len(self.vocab)}, {len(self.metrics)} epochs{where})")
+        return (
+            f"Run({str(self.workdir)!r}, step {self.step}{at}: {m.num_layers}-layer {m.cell}, hidden {m.hidden_size}, "
+            f"vocab {len(self.vocab)}, {len(self.metrics)} epochs{where})"
+        )
 
     def describe_step(self) -> str:
         """Which checkpoint this is, in words: ``step 480 (epoch 20, val_ppl 6.78, the best of the run)``."""
@@ -57,17 +59,32 @@ class Run:
         text = f"step {self.step}"
         if rec is not None:
             text += f" (epoch {rec['epoch']}, val_ppl {rec['val_ppl']:.3f}"
-            text += ", the best of the run)" if best is not None and best["step"] == self.step else ")"
+            text += (
+                ", the best of the run)" if best is not None and best["step"] == self.step else ")"
+            )
         return text
 
     def generate(
-        self, prefix: str | list[str], num_chars: int, temperature: float = 0.0, top_k: int | None = None, seed: int = 0
+        self,
+        prefix: str | list[str],
+        num_chars: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        seed: int = 0,
     ) -> str | list[str]:
         """Continue ``prefix`` (or each of a list of prefixes) by ``num_chars`` tokens.
         Temperature 0 (the default, as in :func:`rnnjax.generate`) is greedy."""
         return generate(
-            self.model, self.params, self.vocab, prefix, num_chars, temperature=temperature, top_k=top_k, seed=seed,
-            preprocess=self.config.data.preprocess, tokenizer=self.config.data.tokenizer,
+            self.model,
+            self.params,
+            self.vocab,
+            prefix,
+            num_chars,
+            temperature=temperature,
+            top_k=top_k,
+            seed=seed,
+            preprocess=self.config.data.preprocess,
+            tokenizer=self.config.data.tokenizer,
         )
 
     def perplexity(self, text: str) -> float:
@@ -87,18 +104,26 @@ class Run:
         tokens = data.Tokens(data.preprocess(text, d.preprocess), d.tokenizer)
         ids = tokens.encode(self.vocab)
         if len(ids) < 2:
-            raise ValueError("the text has fewer than 2 tokens after the run's preprocessing; give a longer text")
+            raise ValueError(
+                "the text has fewer than 2 tokens after the run's preprocessing; give a longer text"
+            )
         if batch_size is not None and batch_size > len(ids) - 1:
-            raise ValueError(f"batch_size = {batch_size} is more rows than the text has predictions ({len(ids) - 1}); "
-                             "give a smaller one, or leave it out for the run's own")
+            raise ValueError(
+                f"batch_size = {batch_size} is more rows than the text has predictions ({len(ids) - 1}); "
+                "give a smaller one, or leave it out for the run's own"
+            )
         b = max(1, min(batch_size or d.batch_size, len(ids) - 1))
-        read = (len(ids) - 1) // b * b + 1  # the tokens the rows cover: inputs, then targets one ahead
+        read = (
+            len(ids) - 1
+        ) // b * b + 1  # the tokens the rows cover: inputs, then targets one ahead
         unk = ids[:read] == self.vocab.unk
         if d.tokenizer == "char":
             points, counts = np.unique(np.asarray(tokens.items[:read])[unk], return_counts=True)
             unknown = {chr(c): int(n) for c, n in zip(points, counts)}
         else:
-            unknown = dict(collections.Counter(t for t, u in zip(tokens.items[:read], unk) if u and t != UNK))
+            unknown = dict(
+                collections.Counter(t for t, u in zip(tokens.items[:read], unk) if u and t != UNK)
+            )
         unknown = dict(sorted(unknown.items(), key=lambda kv: -kv[1]))
         ppl = perplexity(self.model, self.params, ids, b, d.num_steps)
         return Evaluation(ppl, bpc(ppl), read - 1, b, unknown, len(ids) - read)
@@ -136,41 +161,59 @@ def load(workdir: str | os.PathLike, step: int | str = "best", impl: str | None 
     if not (step in ("best", "latest") or (isinstance(step, int) and not isinstance(step, bool))):
         raise ValueError(f"step = {step!r} is not allowed: 'best', 'latest' or a step number")
     if impl is not None and impl not in SAME_PARAMS_IMPLS:
-        raise ValueError(f"impl = {impl!r} is not allowed: one of {', '.join(map(repr, SAME_PARAMS_IMPLS))}")
+        raise ValueError(
+            f"impl = {impl!r} is not allowed: one of {', '.join(map(repr, SAME_PARAMS_IMPLS))}"
+        )
     workdir = resolve_path(workdir)
     if not workdir.is_dir():
         what = "is a file, not a run directory" if workdir.exists() else "does not exist"
-        raise CheckpointError(f"{workdir} {what}; give the --workdir of a run trained with scripts/train.py")
+        raise CheckpointError(
+            f"{workdir} {what}; give the --workdir of a run trained with scripts/train.py"
+        )
     ckpt = Checkpointer(workdir, read_only=True)
     try:
         if not ckpt.steps():
             raise CheckpointError(f"{workdir} has no checkpoint yet")
         saved, vocab = read_config(workdir), read_vocab(workdir)
         if saved is None or vocab is None:
-            missing = " and ".join(name for name, v in (("config.json", saved), ("vocab.json", vocab)) if v is None)
-            raise CheckpointError(f"{workdir} has no {missing} beside its checkpoints; restore it from a copy")
+            missing = " and ".join(
+                name for name, v in (("config.json", saved), ("vocab.json", vocab)) if v is None
+            )
+            raise CheckpointError(
+                f"{workdir} has no {missing} beside its checkpoints; restore it from a copy"
+            )
         cfg = resolve(saved)
         if impl is not None and impl != cfg.model.impl:
             if cfg.model.impl not in SAME_PARAMS_IMPLS:
-                raise ValueError(f"{workdir} was trained with model.impl = {cfg.model.impl!r}, whose params only "
-                                 f"that implementation reads; load it without impl=")
+                raise ValueError(
+                    f"{workdir} was trained with model.impl = {cfg.model.impl!r}, whose params only "
+                    f"that implementation reads; load it without impl="
+                )
             try:
                 check_supported(impl, cfg.model.cell)
             except ConfigError as e:
-                raise ValueError(f"impl={impl!r} cannot load {workdir}, a {cfg.model.cell} run ({e}); "
-                                 "load it without impl=") from None
+                raise ValueError(
+                    f"impl={impl!r} cannot load {workdir}, a {cfg.model.cell} run ({e}); "
+                    "load it without impl="
+                ) from None
             if impl == "cudnn" and not cudnn.available():
-                raise ValueError(f"impl='cudnn' needs a CUDA GPU (JAX's backend here is {jax.default_backend()}); "
-                                 "load it with impl='rnnjax' (the same params)")
+                raise ValueError(
+                    f"impl='cudnn' needs a CUDA GPU (JAX's backend here is {jax.default_backend()}); "
+                    "load it with impl='rnnjax' (the same params)"
+                )
             cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, impl=impl))
         if cfg.model.impl == "cudnn" and not cudnn.available():
-            raise CheckpointError(f"{workdir} was trained with model.impl = 'cudnn', which needs a CUDA GPU; load it "
-                                  "with impl='rnnjax' (rnnjax.load(..., impl='rnnjax'), --impl=rnnjax): the same params")
+            raise CheckpointError(
+                f"{workdir} was trained with model.impl = 'cudnn', which needs a CUDA GPU; load it "
+                "with impl='rnnjax' (rnnjax.load(..., impl='rnnjax'), --impl=rnnjax): the same params"
+            )
         model = build_model(cfg, len(vocab))
         # The params alone, onto this process's first device, whatever the mesh the run was saved from.
         one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one),
-                                          jax.eval_shape(model.init, jax.random.key(0)))
+        abstract = jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one),
+            jax.eval_shape(model.init, jax.random.key(0)),
+        )
         step, params, _, _ = ckpt.restore(lambda meta: (abstract, None), step)
     finally:
         ckpt.close()

@@ -36,8 +36,9 @@ MAX_TOKENS = 10_000_000
 CHUNK = 1024
 
 
-def _pick(logits_bv: Array, key: Array, t: Array, temperature: Array, greedy: bool,
-          top_k: int | None) -> Array:
+def _pick(
+    logits_bv: Array, key: Array, t: Array, temperature: Array, greedy: bool, top_k: int | None
+) -> Array:
     """logits [b, vocab] -> the next token [b]: argmax (greedy), or a sample at position ``t``."""
     if greedy:
         return jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
@@ -110,9 +111,18 @@ def sample_chunked(
     carry, tok_b = _begin_jit(model, params, prefix, key, temperature, greedy=greedy, top_k=top_k)
     out = np.empty((prefix.shape[0], chunks * length), np.int32)
     for c in range(chunks):
-        carry, tok_b, toks = _continue_jit(model, params, carry, tok_b, key, temperature,
-                                           jnp.int32(c * length), length=length, greedy=greedy,
-                                           top_k=top_k)
+        carry, tok_b, toks = _continue_jit(
+            model,
+            params,
+            carry,
+            tok_b,
+            key,
+            temperature,
+            jnp.int32(c * length),
+            length=length,
+            greedy=greedy,
+            top_k=top_k,
+        )
         out[:, c * length : (c + 1) * length] = np.asarray(toks)  # waits: one chunk at a time
     return out[:, :num_chars]
 
@@ -122,7 +132,11 @@ def _is_int(x: object) -> bool:
 
 
 def check_args(
-    prefixes: str | Sequence[str], num_chars: int, temperature: float = 0.0, top_k: int | None = None, seed: int = 0
+    prefixes: str | Sequence[str],
+    num_chars: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    seed: int = 0,
 ) -> None:
     """Raise ``ValueError`` (one line naming the argument and what is allowed) unless: ``prefixes``
     is a non-empty string or a non-empty list of non-empty strings; ``num_chars`` an integer
@@ -131,7 +145,9 @@ def check_args(
     preprocessing is checked by ``generate``."""
     items = [prefixes] if isinstance(prefixes, str) else prefixes
     if not isinstance(items, Sequence) or len(items) == 0:
-        raise ValueError(f"prefixes must be a non-empty string or a non-empty list of strings, got {prefixes!r}")
+        raise ValueError(
+            f"prefixes must be a non-empty string or a non-empty list of strings, got {prefixes!r}"
+        )
     for i, p in enumerate(items):
         if not isinstance(p, str) or not p:
             raise ValueError(f"prefix {i} must be a non-empty string, got {p!r}")
@@ -144,9 +160,15 @@ def check_args(
             f"num_chars = {num_chars}{each} is above the bound of {MAX_TOKENS:,} tokens per call "
             "(num_chars x prefixes: the text is held in memory); ask for fewer"
         )
-    if (not isinstance(temperature, numbers.Real) or isinstance(temperature, (bool, np.bool_))
-            or not math.isfinite(temperature) or temperature < 0):
-        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+    if (
+        not isinstance(temperature, numbers.Real)
+        or isinstance(temperature, (bool, np.bool_))
+        or not math.isfinite(temperature)
+        or temperature < 0
+    ):
+        raise ValueError(
+            f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}"
+        )
     if top_k is not None and (not _is_int(top_k) or top_k < 1):
         raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
     if not _is_int(seed) or not 0 <= seed < 2**32:
@@ -197,9 +219,16 @@ def generate(
         by_len.setdefault(len(ids), []).append(i)
     for idxs in by_len.values():
         batch = jnp.asarray(np.stack([encoded[i] for i in idxs]))
-        cont = sample_chunked(model, params, batch, jax.random.key(int(seed)),
-                              jnp.float32(max(temperature, 1e-6)), num_chars=int(num_chars),
-                              greedy=greedy, top_k=top_k)
+        cont = sample_chunked(
+            model,
+            params,
+            batch,
+            jax.random.key(int(seed)),
+            jnp.float32(max(temperature, 1e-6)),
+            num_chars=int(num_chars),
+            greedy=greedy,
+            top_k=top_k,
+        )
         for row, i in enumerate(idxs):
             toks = tokenize(texts[i], tokenizer) + vocab.decode(cont[row])
             out[i] = detokenize(toks, tokenizer)

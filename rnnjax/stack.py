@@ -49,8 +49,14 @@ def apply_dropout(h: Array, keep: Array, rate: float) -> Array:
     return jnp.where(keep, h / (1.0 - rate), 0.0)
 
 
-def run(spec: Spec, layer: Layer, layers: list[Params], tokens_tb: Array, carry: tuple,
-        dropout_key: Array | None) -> tuple[Array, tuple, list]:
+def run(
+    spec: Spec,
+    layer: Layer,
+    layers: list[Params],
+    tokens_tb: Array,
+    carry: tuple,
+    dropout_key: Array | None,
+) -> tuple[Array, tuple, list]:
     """The stack over a sequence: tokens [t, b] -> (top layer's outputs [t, b, h] after output
     dropout, the new carry (one per layer), each layer's ``extra``). ``dropout_key`` None:
     evaluation (no dropout)."""
@@ -69,7 +75,9 @@ def output_dropout(spec: Spec, dropout_key: Array | None, h_tbh: Array) -> Array
     if dropout_key is None or spec.output_dropout == 0:
         return h_tbh
     rate = spec.output_dropout
-    return apply_dropout(h_tbh, dropout_keep(dropout_key, spec.num_layers - 1, rate, h_tbh.shape), rate)
+    return apply_dropout(
+        h_tbh, dropout_keep(dropout_key, spec.num_layers - 1, rate, h_tbh.shape), rate
+    )
 
 
 def logits(params: Params, h_tbh: Array) -> Array:

@@ -68,8 +68,11 @@ def train_sums(model: DeepRNN, params: Params, layer_stats: bool) -> TrainSums:
     """Zero sums of every training metric this run computes (:data:`TRAIN_METRICS`), and the counters."""
     names = [n for n, m in TRAIN_METRICS.items() if layer_stats or not m.layer_stats]
     loss = jax.ShapeDtypeStruct((), jnp.float32)
-    shapes = jax.eval_shape(lambda loss, p: {n: TRAIN_METRICS[n].fn(Step(model, loss, p, p, p)) for n in names},
-                            loss, params)
+    shapes = jax.eval_shape(
+        lambda loss, p: {n: TRAIN_METRICS[n].fn(Step(model, loss, p, p, p)) for n in names},
+        loss,
+        params,
+    )
     return train_zeros({n: x.shape for n, x in shapes.items()})
 
 
@@ -91,10 +94,17 @@ def make_train_step(model: DeepRNN, tx: optax.GradientTransformation, reset_carr
 
     @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
     def train_step(state, carry, metrics, xs_nbt, ys_nbt, i, key):
-        x_bt, y_bt = xs_nbt[i].astype(jnp.int32), ys_nbt[i].astype(jnp.int32)  # ids come in their smallest dtype
+        x_bt, y_bt = (
+            xs_nbt[i].astype(jnp.int32),
+            ys_nbt[i].astype(jnp.int32),
+        )  # ids come in their smallest dtype
         if reset_carry:
             carry = jax.tree_util.tree_map(jnp.zeros_like, carry)
-        dropout_key = jax.random.fold_in(key, state.step) if model.dropout > 0 or model.output_dropout > 0 else None
+        dropout_key = (
+            jax.random.fold_in(key, state.step)
+            if model.dropout > 0 or model.output_dropout > 0
+            else None
+        )
 
         def loss_fn(params):
             logits_btv, new_carry = model.apply(params, x_bt, carry, dropout_key=dropout_key)
@@ -112,7 +122,9 @@ def make_train_step(model: DeepRNN, tx: optax.GradientTransformation, reset_carr
             return jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
 
         nonfinite = jnp.where(ok, 0, state.nonfinite + 1)
-        new_state = TrainState(state.step + 1, keep(params, state.params), keep(opt_state, state.opt_state), nonfinite)
+        new_state = TrainState(
+            state.step + 1, keep(params, state.params), keep(opt_state, state.opt_state), nonfinite
+        )
         return new_state, keep(new_carry, carry), add_step(metrics, values, ok)
 
     return train_step
@@ -151,14 +163,24 @@ def make_stats_eval_step(model: DeepRNN):
         logits_btv, new_carry, traces = trace(model, params, x_bt, carry)
         if model.impl in (Impl.FLAX, Impl.CUDNN):  # the loss from the implementation itself
             logits_btv, new_carry = model.apply(params, x_bt, carry)
-        return new_carry, metrics.add(cross_entropy(logits_btv, y_bt)), stats + layer_stats(model, traces)
+        return (
+            new_carry,
+            metrics.add(cross_entropy(logits_btv, y_bt)),
+            stats + layer_stats(model, traces),
+        )
 
     return eval_step
 
 
 def eval_sums(
-    model: DeepRNN, params: Params, tokens: np.ndarray, batch_size: int, num_steps: int,
-    eval_step=None, dp: DataParallel | None = None, with_stats: bool = False,
+    model: DeepRNN,
+    params: Params,
+    tokens: np.ndarray,
+    batch_size: int,
+    num_steps: int,
+    eval_step=None,
+    dp: DataParallel | None = None,
+    with_stats: bool = False,
 ) -> EvalMetrics | tuple[EvalMetrics, LayerStats]:
     """Dispatch the evaluation of a token stream read as ``batch_size`` rows (the carry carried over)
     and return its summed metrics on the device, not yet read: the host goes on while they compute
@@ -166,7 +188,11 @@ def eval_sums(
     (``eval_step`` then from :func:`make_stats_eval_step`). With ``dp``, the rows are split over its devices."""
     eval_step = eval_step or (make_stats_eval_step(model) if with_stats else make_eval_step(model))
     carry: Carry = model.initial_carry(batch_size)
-    sums = (EvalMetrics.zeros(), LayerStats.zeros(num_layers=model.num_layers)) if with_stats else (EvalMetrics.zeros(),)
+    sums = (
+        (EvalMetrics.zeros(), LayerStats.zeros(num_layers=model.num_layers))
+        if with_stats
+        else (EvalMetrics.zeros(),)
+    )
     if dp is not None:
         carry = dp.shard_carry(carry)
         sums = jax.tree_util.tree_map(lambda x: dp.replicate(np.asarray(x)), sums)
@@ -177,24 +203,39 @@ def eval_sums(
     return tuple(sums) if with_stats else sums[0]
 
 
-def evaluate_with_stats(model: DeepRNN, params: Params, tokens: np.ndarray, batch_size: int, num_steps: int,
-                        eval_step=None, dp: DataParallel | None = None) -> tuple[float, LayerStats]:
+def evaluate_with_stats(
+    model: DeepRNN,
+    params: Params,
+    tokens: np.ndarray,
+    batch_size: int,
+    num_steps: int,
+    eval_step=None,
+    dp: DataParallel | None = None,
+) -> tuple[float, LayerStats]:
     """:func:`perplexity` and the per-layer statistics summed over the same pass (read back once)."""
-    metrics, stats = eval_sums(model, params, tokens, batch_size, num_steps, eval_step, dp, with_stats=True)
+    metrics, stats = eval_sums(
+        model, params, tokens, batch_size, num_steps, eval_step, dp, with_stats=True
+    )
     return metrics.perplexity(), stats
 
 
 def perplexity(
-    model: DeepRNN, params: Params, tokens: np.ndarray, batch_size: int, num_steps: int,
-    eval_step=None, dp: DataParallel | None = None,
+    model: DeepRNN,
+    params: Params,
+    tokens: np.ndarray,
+    batch_size: int,
+    num_steps: int,
+    eval_step=None,
+    dp: DataParallel | None = None,
 ) -> float:
     """exp(mean next-token cross-entropy) over a token stream read as ``batch_size`` rows, the carry carried over.
     With ``dp``, the rows are split over its devices."""
     return eval_sums(model, params, tokens, batch_size, num_steps, eval_step, dp).perplexity()
 
 
-def nonfinite_part(model: DeepRNN, tx, state: TrainState, carry: Carry, x_bt: Array, y_bt: Array, reset_carry: bool
-                   ) -> str:
+def nonfinite_part(
+    model: DeepRNN, tx, state: TrainState, carry: Carry, x_bt: Array, y_bt: Array, reset_carry: bool
+) -> str:
     """Which of loss, gradient or update is not finite on minibatch (x_bt, y_bt): the abort message names it."""
     if reset_carry:
         carry = jax.tree_util.tree_map(jnp.zeros_like, carry)
@@ -205,7 +246,11 @@ def nonfinite_part(model: DeepRNN, tx, state: TrainState, carry: Carry, x_bt: Ar
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     updates, _ = tx.update(grads, state.opt_state, state.params)
-    for name, value in (("loss", loss), ("gradient", optax.tree.norm(grads)), ("update", optax.tree.norm(updates))):
+    for name, value in (
+        ("loss", loss),
+        ("gradient", optax.tree.norm(grads)),
+        ("update", optax.tree.norm(updates)),
+    ):
         if not np.isfinite(float(value)):
             return name
     return "loss, gradient or update (on an earlier minibatch)"

@@ -54,7 +54,8 @@ class SweepInterrupted(Exception):
         stopped = [r["name"] for r in rows if r["status"] == "interrupted"]
         super().__init__(
             f"stopped by {signal.Signals(signum).name} with {done} of {total} trials done"
-            + (f", {', '.join(stopped)} interrupted" if stopped else "") + "; rerun the same command to resume"
+            + (f", {', '.join(stopped)} interrupted" if stopped else "")
+            + "; rerun the same command to resume"
         )
 
 
@@ -152,10 +153,14 @@ def check_grid(grid: Any) -> None:
     """Refuse a grid that is not ``{field: [value, ...]}`` with at least one field and one value per field."""
     example = "e.g. {'model.cell': ['gru', 'lstm']}"
     if not isinstance(grid, Mapping) or not grid:
-        raise SweepError(f"the sweep grid is empty: get_sweep() must return {{field: [values]}} with a field, {example}")
+        raise SweepError(
+            f"the sweep grid is empty: get_sweep() must return {{field: [values]}} with a field, {example}"
+        )
     for field, values in grid.items():
         if not isinstance(values, list):
-            raise SweepError(f"sweep axis {field}: give a list of values, e.g. [{values!r}], not {values!r}")
+            raise SweepError(
+                f"sweep axis {field}: give a list of values, e.g. [{values!r}], not {values!r}"
+            )
         if not values:
             raise SweepError(f"sweep axis {field} has no values; give at least one, {example}")
 
@@ -177,7 +182,9 @@ def _show(overrides: Mapping[str, Any]) -> str:
     return ",".join(f"{k}={v!r}" for k, v in overrides.items()) or "{}"
 
 
-def apply_overrides(base: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+def apply_overrides(
+    base: ml_collections.ConfigDict, overrides: Mapping[str, Any]
+) -> ml_collections.ConfigDict:
     cfg = copy.deepcopy(base)
     with cfg.unlocked():
         for field, value in overrides.items():
@@ -215,7 +222,10 @@ def _resume_mode(d: pathlib.Path) -> str:
 
 
 def run_sweep(
-    base: ml_collections.ConfigDict, grid: Mapping[str, Sequence[Any]], workdir: str | os.PathLike, shard: str = "0/1",
+    base: ml_collections.ConfigDict,
+    grid: Mapping[str, Sequence[Any]],
+    workdir: str | os.PathLike,
+    shard: str = "0/1",
     vectorize: bool = False,
 ) -> list[dict[str, Any]]:
     """Run this shard's trials (trial k belongs to shard k mod n); returns their result rows.
@@ -241,7 +251,9 @@ def run_sweep(
         if cfgs[k].model.impl == "cudnn":
             cudnn.check_available()  # one line, before any trial directory exists
         trial_dir(root, t)
-    for data_cfg in {c.data for c in cfgs.values()}:  # a path or vocabulary mistake: one line, nothing made
+    for data_cfg in {
+        c.data for c in cfgs.values()
+    }:  # a path or vocabulary mistake: one line, nothing made
         data.load_corpus(data_cfg)
     root.mkdir(parents=True, exist_ok=True)
     retain_freed_memory()  # one-by-one trials get it from train_and_evaluate, vmapped groups from here
@@ -263,12 +275,20 @@ def run_sweep(
                 bar.set_postfix(running=",".join(d.name for d in dirs)[:60], **counts)
                 try:
                     if len(group) == 1:
-                        summaries = [train_and_evaluate(cfgs[group[0]], dirs[0], resume=_resume_mode(dirs[0]))]
+                        summaries = [
+                            train_and_evaluate(
+                                cfgs[group[0]], dirs[0], resume=_resume_mode(dirs[0])
+                            )
+                        ]
                     else:  # a trial whose steps stayed non-finite comes back as its error
-                        summaries = train_vectorized([cfgs[k] for k in group], dirs, [_resume_mode(d) for d in dirs])
+                        summaries = train_vectorized(
+                            [cfgs[k] for k in group], dirs, [_resume_mode(d) for d in dirs]
+                        )
                     errors = [s if isinstance(s, Exception) else None for s in summaries]
                     summaries = [None if isinstance(s, Exception) else s for s in summaries]
-                    if (received := stop.received()) is not None:  # taken by train_and_evaluate's handler, not raised
+                    if (
+                        received := stop.received()
+                    ) is not None:  # taken by train_and_evaluate's handler, not raised
                         stop.stopping, signum = True, received
                 except (Preempted, _Signal) as e:  # recorded "interrupted"; the sweep stops
                     stop.stopping, signum = True, e.signum
@@ -282,7 +302,9 @@ def run_sweep(
                 bar.update(len(group))
                 if signum is not None:
                     break
-        except _Signal as e:  # between trials, or while recording one (its result.json is not written)
+        except (
+            _Signal
+        ) as e:  # between trials, or while recording one (its result.json is not written)
             signum = e.signum
         bar.set_postfix(**counts)
     if signum is not None:
@@ -290,24 +312,49 @@ def run_sweep(
     return [rows[k] for k in range(len(mine))]
 
 
-def _row(d: pathlib.Path, overrides: Mapping[str, Any], cfg: Any, summary: dict | None, error: Exception | None) -> dict:
-    row = {"name": d.name, **{k.split(".")[-1]: v for k, v in overrides.items()}, "overrides": dict(overrides)}
+def _row(
+    d: pathlib.Path,
+    overrides: Mapping[str, Any],
+    cfg: Any,
+    summary: dict | None,
+    error: Exception | None,
+) -> dict:
+    row = {
+        "name": d.name,
+        **{k.split(".")[-1]: v for k, v in overrides.items()},
+        "overrides": dict(overrides),
+    }
     m = cfg.model
-    row.update(cell=m.cell, num_layers=m.num_layers, hidden_size=m.hidden_size)  # for every status: the table shows them
-    if isinstance(error, (Preempted, _Signal)):  # not done: the next run resumes it from its checkpoint
+    row.update(
+        cell=m.cell, num_layers=m.num_layers, hidden_size=m.hidden_size
+    )  # for every status: the table shows them
+    if isinstance(
+        error, (Preempted, _Signal)
+    ):  # not done: the next run resumes it from its checkpoint
         name = signal.Signals(error.signum).name
-        row.update(status="interrupted", error=f"stopped by {name}; rerun the sweep to resume this trial")
+        row.update(
+            status="interrupted", error=f"stopped by {name}; rerun the sweep to resume this trial"
+        )
         d.mkdir(parents=True, exist_ok=True)
     elif error is None:
         best = best_record(summary["metrics"])
         row.update(
-            num_params=summary["num_params"], train_ppl=summary["train_ppl"], best_val_ppl=summary["best_val_ppl"],
+            num_params=summary["num_params"],
+            train_ppl=summary["train_ppl"],
+            best_val_ppl=summary["best_val_ppl"],
             best_val_bpc=bpc(summary["best_val_ppl"]) if cfg.data.tokenizer == "char" else None,
-            best_epoch=best["epoch"] if best else None, test_ppl=summary.get("test_ppl"), test_bpc=summary.get("test_bpc"),
+            best_epoch=best["epoch"] if best else None,
+            test_ppl=summary.get("test_ppl"),
+            test_bpc=summary.get("test_bpc"),
             tokens_per_sec=statistics.median(r["tokens_per_sec"] for r in summary["metrics"]),
-            wall_time=summary["metrics"][-1]["wall_time"], status="done", error="",
-            metrics={k: v for k, v in (best or {}).items()  # every metric of the best epoch, by name
-                     if k not in ("epoch", "step", "wall_time") and isinstance(v, (int, float, list))},
+            wall_time=summary["metrics"][-1]["wall_time"],
+            status="done",
+            error="",
+            metrics={
+                k: v
+                for k, v in (best or {}).items()  # every metric of the best epoch, by name
+                if k not in ("epoch", "step", "wall_time") and isinstance(v, (int, float, list))
+            },
         )
     else:
         row.update(status="failed", error=f"{type(error).__name__}: {error}".splitlines()[0])

@@ -16,13 +16,31 @@ from typing import Any
 from rnnjax.sweep import SweepError
 from rnnjax.workdir import WorkdirError, read_metrics, resolve_path
 
-COLUMNS = ["name", "cell", "num_layers", "hidden_size", "num_params", "train_ppl", "best_val_ppl", "best_val_bpc",
-           "best_epoch", "test_ppl", "test_bpc", "tokens_per_sec",
-           "wall_time", "status", "error"]
+COLUMNS = [
+    "name",
+    "cell",
+    "num_layers",
+    "hidden_size",
+    "num_params",
+    "train_ppl",
+    "best_val_ppl",
+    "best_val_bpc",
+    "best_epoch",
+    "test_ppl",
+    "test_bpc",
+    "tokens_per_sec",
+    "wall_time",
+    "status",
+    "error",
+]
 
 
 # Overridden fields that a standard column shows already.
-_SHOWN = {"model.cell": "cell", "model.num_layers": "num_layers", "model.hidden_size": "hidden_size"}
+_SHOWN = {
+    "model.cell": "cell",
+    "model.num_layers": "num_layers",
+    "model.hidden_size": "hidden_size",
+}
 
 
 def trial_overrides(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -41,8 +59,12 @@ def trial_overrides(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         if isinstance(r.get("overrides"), dict):
             out.append(dict(r["overrides"]))
         else:
-            legacy = {k: v for k, v in r.items() if k not in COLUMNS and k not in ("overrides", "metrics")}
-            out.append({(min(full[k]) if len(full.get(k, ())) == 1 else k): v for k, v in legacy.items()})
+            legacy = {
+                k: v for k, v in r.items() if k not in COLUMNS and k not in ("overrides", "metrics")
+            }
+            out.append(
+                {(min(full[k]) if len(full.get(k, ())) == 1 else k): v for k, v in legacy.items()}
+            )
     return out
 
 
@@ -65,14 +87,21 @@ def summarize(workdir: str | os.PathLike) -> list[dict[str, Any]]:
     paths = sorted(root.glob("*/result.json"))
     if not paths:
         if (root / "result.json").exists():
-            raise SweepError(f"{root} is one trial's directory; give the sweep directory above it, {root.parent}")
-        raise SweepError(f"{root} holds no trial results (*/result.json); {hint}, after at least one trial finished")
+            raise SweepError(
+                f"{root} is one trial's directory; give the sweep directory above it, {root.parent}"
+            )
+        raise SweepError(
+            f"{root} holds no trial results (*/result.json); {hint}, after at least one trial finished"
+        )
     rows = [json.loads(p.read_text()) for p in paths]
     overrides = trial_overrides(rows)
     axes = axis_columns(overrides)  # field -> column
     k = COLUMNS.index("hidden_size") + 1  # the grid's other axes go after the model's shape
     header = [*COLUMNS[:k], *axes.values(), *COLUMNS[k:]]
-    table = [{**{c: r.get(c) for c in COLUMNS}, **{c: o.get(f) for f, c in axes.items()}} for r, o in zip(rows, overrides)]
+    table = [
+        {**{c: r.get(c) for c in COLUMNS}, **{c: o.get(f) for f, c in axes.items()}}
+        for r, o in zip(rows, overrides)
+    ]
     # Every metric of each trial's best epoch (result.json "metrics"), as "best_epoch.<name>" in the CSV.
     metrics = list(dict.fromkeys(k for r in rows for k in (r.get("metrics") or {})))
     for t, r in zip(table, rows):
@@ -82,12 +111,22 @@ def summarize(workdir: str | os.PathLike) -> list[dict[str, Any]]:
         w.writeheader()
         w.writerows(table)
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
-    show = lambda c, v: (fmt(v) if c in COLUMNS else ("" if v is None else str(v))).replace("|", "\\|")  # noqa: E731
+    show = lambda c, v: (fmt(v) if c in COLUMNS else ("" if v is None else str(v))).replace(
+        "|", "\\|"
+    )  # noqa: E731
     # The markdown shows only the columns some trial has (no test split: no test columns); the CSV has all.
-    cols = [c for c in header if c not in ("name", "error") and any(t[c] not in (None, "") for t in table)]
+    cols = [
+        c
+        for c in header
+        if c not in ("name", "error") and any(t[c] not in (None, "") for t in table)
+    ]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(show(c, t[c]) for c in cols) + " |" for t in table]
-    notes = [f"- {r['name']} {r['status']}: {r.get('error')}" for r in rows if r.get("status") in ("failed", "interrupted")]
+    notes = [
+        f"- {r['name']} {r['status']}: {r.get('error')}"
+        for r in rows
+        if r.get("status") in ("failed", "interrupted")
+    ]
     lines += ["", *notes] if notes else []
     (root / "results.md").write_text("\n".join(lines) + "\n")
     _plot(root / "sweep.png", rows, [p.parent for p in paths])
@@ -107,11 +146,25 @@ def aggregate_depth(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     for r, o in zip(rows, overrides):
         if r.get("status") != "done":
             continue
-        other = [(f, v) for f, v in o.items() if f not in ("model.cell", "model.num_layers") and f.split(".")[-1] != "seed"]
+        other = [
+            (f, v)
+            for f, v in o.items()
+            if f not in ("model.cell", "model.num_layers") and f.split(".")[-1] != "seed"
+        ]
         group = ",".join(f"{names.get(f, f.split('.')[-1])}={v}" for f, v in other)
         acc.setdefault((r["cell"], group, r["num_layers"]), []).append(r["best_val_ppl"])
-    return [{"cell": c, "group": g, "num_layers": n, "mean": statistics.fmean(v), "min": min(v), "max": max(v), "n": len(v)}
-            for (c, g, n), v in sorted(acc.items())]
+    return [
+        {
+            "cell": c,
+            "group": g,
+            "num_layers": n,
+            "mean": statistics.fmean(v),
+            "min": min(v),
+            "max": max(v),
+            "n": len(v),
+        }
+        for (c, g, n), v in sorted(acc.items())
+    ]
 
 
 def plot_sweep(rows: Sequence[Mapping[str, Any]], dirs: Sequence[pathlib.Path]):
@@ -125,7 +178,10 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], dirs: Sequence[pathlib.Path]):
     fig = Figure(figsize=(12, 4.5), layout="constrained")
     a, b = fig.subplots(1, 2)
     agg = aggregate_depth(rows)
-    color = {c: f"C{i % 10}" for i, c in enumerate(sorted({r["cell"] for r in rows if r.get("status") == "done"}))}
+    color = {
+        c: f"C{i % 10}"
+        for i, c in enumerate(sorted({r["cell"] for r in rows if r.get("status") == "done"}))
+    }
     groups = list(dict.fromkeys((e["cell"], e["group"]) for e in agg))
     for cell, group in groups:
         es = [e for e in agg if (e["cell"], e["group"]) == (cell, group)]
@@ -134,11 +190,22 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], dirs: Sequence[pathlib.Path]):
         label = " ".join(filter(None, [cell, group, f"(n={n})" if n > 1 else ""]))
         a.plot(x, [e["mean"] for e in es], marker="o", color=color[cell], ls=style, label=label)
         if n > 1:
-            a.fill_between(x, [e["min"] for e in es], [e["max"] for e in es], color=color[cell], alpha=0.15, lw=0)
+            a.fill_between(
+                x,
+                [e["min"] for e in es],
+                [e["max"] for e in es],
+                color=color[cell],
+                alpha=0.15,
+                lw=0,
+            )
     a.set_xticks(sorted({e["num_layers"] for e in agg}))
     seeds = any(e["n"] > 1 for e in agg)
-    a.set(xlabel="depth L (layers)", ylabel="best validation perplexity",
-          title="validation perplexity vs depth" + (": mean, min-max band over seeds" if seeds else ""))
+    a.set(
+        xlabel="depth L (layers)",
+        ylabel="best validation perplexity",
+        title="validation perplexity vs depth"
+        + (": mean, min-max band over seeds" if seeds else ""),
+    )
     _legend(a)
     curves = 0
     for r, d in zip(rows, dirs):
@@ -148,16 +215,35 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], dirs: Sequence[pathlib.Path]):
             metrics = read_metrics(d / "metrics.jsonl")
         except (OSError, ValueError, WorkdirError):
             continue
-        val = [float("nan") if m["val_ppl"] is None else m["val_ppl"] for m in metrics]  # null: not finite
-        b.plot([m["epoch"] for m in metrics], val, color=color[r["cell"]], lw=1, alpha=0.5 if len(rows) > 8 else 1.0)
+        val = [
+            float("nan") if m["val_ppl"] is None else m["val_ppl"] for m in metrics
+        ]  # null: not finite
+        b.plot(
+            [m["epoch"] for m in metrics],
+            val,
+            color=color[r["cell"]],
+            lw=1,
+            alpha=0.5 if len(rows) > 8 else 1.0,
+        )
         curves += 1
-    b.set(xlabel="epoch", ylabel="validation perplexity", yscale="log", title=f"validation curves of {curves} trials")
+    b.set(
+        xlabel="epoch",
+        ylabel="validation perplexity",
+        yscale="log",
+        title=f"validation curves of {curves} trials",
+    )
     b.xaxis.set_major_locator(MaxNLocator(integer=True))
     if color:
-        b.legend(handles=[Line2D([], [], color=c, label=cell) for cell, c in color.items()], fontsize=8, title="cell")
+        b.legend(
+            handles=[Line2D([], [], color=c, label=cell) for cell, c in color.items()],
+            fontsize=8,
+            title="cell",
+        )
     else:
         for ax in (a, b):
-            ax.text(0.5, 0.5, "no finished trials", ha="center", va="center", transform=ax.transAxes)
+            ax.text(
+                0.5, 0.5, "no finished trials", ha="center", va="center", transform=ax.transAxes
+            )
     return fig
 
 
@@ -166,13 +252,25 @@ def _legend(ax, max_entries: int = 12) -> None:
     handles, labels = ax.get_legend_handles_labels()
     if len(handles) > max_entries:
         more = len(handles) - max_entries + 1
-        handles, labels = handles[: max_entries - 1] + [ax.plot([], [], ls="none")[0]], labels[: max_entries - 1] + [
-            f"... {more} more lines"]
+        handles, labels = (
+            handles[: max_entries - 1] + [ax.plot([], [], ls="none")[0]],
+            labels[: max_entries - 1] + [f"... {more} more lines"],
+        )
     if len(handles) <= 6:
         ax.legend(handles, labels, fontsize=8)
     elif handles:
-        ax.legend(handles, labels, fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.15), frameon=False)
+        ax.legend(
+            handles,
+            labels,
+            fontsize=7,
+            ncol=2,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.15),
+            frameon=False,
+        )
 
 
-def _plot(path: pathlib.Path, rows: Sequence[Mapping[str, Any]], dirs: Sequence[pathlib.Path]) -> None:
+def _plot(
+    path: pathlib.Path, rows: Sequence[Mapping[str, Any]], dirs: Sequence[pathlib.Path]
+) -> None:
     plot_sweep(rows, dirs).savefig(path, dpi=100, bbox_inches="tight")

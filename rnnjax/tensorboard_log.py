@@ -31,9 +31,23 @@ from tensorboardX.summary import hparams
 
 PER_LAYER = ("h_rms", "gate_saturation", "forget_gate", "memory_length")
 # The record keys scalars() writes under tags of their own (or not at all: epoch, step, wall_time).
-_SHOWN_ABOVE = ("epoch", "step", "wall_time", "train_ppl", "val_ppl", "train_bpc", "val_bpc", "val_ppl_by_source",
-                "val_bpc_by_source", "lr", "tokens_per_sec", "skipped_steps", "grad_norm", "grad_norm_layers",
-                "grad_norm_output")
+_SHOWN_ABOVE = (
+    "epoch",
+    "step",
+    "wall_time",
+    "train_ppl",
+    "val_ppl",
+    "train_bpc",
+    "val_bpc",
+    "val_ppl_by_source",
+    "val_bpc_by_source",
+    "lr",
+    "tokens_per_sec",
+    "skipped_steps",
+    "grad_norm",
+    "grad_norm_layers",
+    "grad_norm_output",
+)
 
 
 def event_files(workdir: pathlib.Path) -> list[pathlib.Path]:
@@ -46,12 +60,20 @@ def scalars(record: dict[str, Any]) -> dict[str, float]:
     for split in ("train", "val"):
         ppl = record.get(f"{split}_ppl")
         if isinstance(ppl, (int, float)) and ppl > 0:
-            out |= {f"perplexity/{split}": ppl, f"loss/{split}": math.log(ppl), f"bpc/{split}": math.log2(ppl)}
+            out |= {
+                f"perplexity/{split}": ppl,
+                f"loss/{split}": math.log(ppl),
+                f"bpc/{split}": math.log2(ppl),
+            }
     for source, ppl in (record.get("val_ppl_by_source") or {}).items():
         if isinstance(ppl, (int, float)) and ppl > 0:
             out |= {f"perplexity/val/{source}": ppl, f"bpc/val/{source}": math.log2(ppl)}
-    out |= {"lr": record.get("lr"), "tokens_per_sec": record.get("tokens_per_sec"),
-            "skipped_steps": record.get("skipped_steps"), "grad_norm/global": record.get("grad_norm")}
+    out |= {
+        "lr": record.get("lr"),
+        "tokens_per_sec": record.get("tokens_per_sec"),
+        "skipped_steps": record.get("skipped_steps"),
+        "grad_norm/global": record.get("grad_norm"),
+    }
     for l, g in enumerate(record.get("grad_norm_layers") or []):
         out[f"grad_norm/layer_{l + 1}"] = g
     if "grad_norm_output" in record:
@@ -59,11 +81,21 @@ def scalars(record: dict[str, Any]) -> dict[str, float]:
     for key in PER_LAYER:
         for l, v in enumerate(record.get(key) or []):
             out[f"{key}/layer_{l + 1}"] = v
-    for key, v in record.items():  # any other metric under its own name (a list: one value per layer)
+    for (
+        key,
+        v,
+    ) in record.items():  # any other metric under its own name (a list: one value per layer)
         if key not in _SHOWN_ABOVE and key not in PER_LAYER:
-            out |= {f"{key}/layer_{l + 1}": x for l, x in enumerate(v)} if isinstance(v, list) else {key: v}
-    return {k: float(v) for k, v in out.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+            out |= (
+                {f"{key}/layer_{l + 1}": x for l, x in enumerate(v)}
+                if isinstance(v, list)
+                else {key: v}
+            )
+    return {
+        k: float(v)
+        for k, v in out.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
 
 
 def flat_config(d: dict[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:
@@ -85,8 +117,14 @@ class TensorBoardLog:
     def __init__(self, workdir: pathlib.Path, start_epoch: int):
         # Event files are read in name order, and the name holds the creation time in seconds: a new
         # file must not share the second of an earlier one (a resume within a second, in tests).
-        newest = max((int(p.name.split(".")[3]) for p in event_files(workdir) if p.name.split(".")[3].isdigit()),
-                     default=0)
+        newest = max(
+            (
+                int(p.name.split(".")[3])
+                for p in event_files(workdir)
+                if p.name.split(".")[3].isdigit()
+            ),
+            default=0,
+        )
         while int(time.time()) <= newest:
             time.sleep(0.05)
         self.writer = SummaryWriter(str(workdir), purge_step=start_epoch, flush_secs=10)
@@ -102,13 +140,20 @@ class TensorBoardLog:
         self.writer.add_text("samples", text, epoch)
         self.writer.flush()
 
-    def finish(self, config: dict[str, Any], records: list[dict[str, Any]], best_val_ppl: float) -> None:
+    def finish(
+        self, config: dict[str, Any], records: list[dict[str, Any]], best_val_ppl: float
+    ) -> None:
         """The resolved config as hparams, with the final and best validation perplexity as their metrics."""
         if not records:
             return
         epoch = records[-1]["epoch"]
-        metrics = {"hparams/final_val_ppl": records[-1].get("val_ppl"), "hparams/best_val_ppl": best_val_ppl}
-        metrics = {k: float(v) if isinstance(v, (int, float)) else float("nan") for k, v in metrics.items()}
+        metrics = {
+            "hparams/final_val_ppl": records[-1].get("val_ppl"),
+            "hparams/best_val_ppl": best_val_ppl,
+        }
+        metrics = {
+            k: float(v) if isinstance(v, (int, float)) else float("nan") for k, v in metrics.items()
+        }
         for summary in hparams(flat_config(config), metrics):
             self.writer.file_writer.add_summary(summary, epoch)
         for tag, value in metrics.items():

@@ -32,7 +32,9 @@ class LayerTrace(NamedTuple):
     c: Array | None
 
 
-def _layer(spec: DeepRNN, cell: Cell, p: Params, l: int, x: Array, carry: Any) -> tuple[Array, Any, LayerTrace]:
+def _layer(
+    spec: DeepRNN, cell: Cell, p: Params, l: int, x: Array, carry: Any
+) -> tuple[Array, Any, LayerTrace]:
     """One layer as ``spec.impl`` computes it, with its gates: the forward loop of
     :mod:`rnnjax.fused` keeping the saves and carries, or the cell's whole-sequence form (the
     autodiff implementation's scan of steps under AUTODIFF)."""
@@ -42,7 +44,9 @@ def _layer(spec: DeepRNN, cell: Cell, p: Params, l: int, x: Array, carry: Any) -
     if cell.sequence is not None and spec.impl != Impl.AUTODIFF:
         h_tbh, carry = cell.sequence(xw_tbg, carry)
     elif cell.recurrence is None:
-        carry, h_tbh = jax.lax.scan(lambda k, xw_bg: cell.recur(p, k, xw_bg, activation), carry, xw_tbg)
+        carry, h_tbh = jax.lax.scan(
+            lambda k, xw_bg: cell.recur(p, k, xw_bg, activation), carry, xw_tbg
+        )
     else:
         xw_tbh = split_gates(xw_tbg, cell.num_gates)
 
@@ -52,11 +56,15 @@ def _layer(spec: DeepRNN, cell: Cell, p: Params, l: int, x: Array, carry: Any) -
             return carry, (h_bh, carry, saved)
 
         carry, (h_tbh, carries, saved) = jax.lax.scan(step, carry, xw_tbh)
-    gates, retain, c = cell.trace(split_gates(xw_tbg, cell.num_gates), h_tbh, saved, carries, activation)
+    gates, retain, c = cell.trace(
+        split_gates(xw_tbg, cell.num_gates), h_tbh, saved, carries, activation
+    )
     return h_tbh, carry, LayerTrace(h_tbh, gates, retain, c)
 
 
-def trace(spec: DeepRNN, params: Params, tokens: Array, carry: Carry) -> tuple[Array, Carry, list[LayerTrace]]:
+def trace(
+    spec: DeepRNN, params: Params, tokens: Array, carry: Carry
+) -> tuple[Array, Carry, list[LayerTrace]]:
     """tokens [b, t] -> (logits [b, t, V], new carry, one :class:`LayerTrace` per layer); no dropout."""
     if spec.impl == Impl.FLAX:
         params = flax_model.from_flax(params, spec)
@@ -78,5 +86,9 @@ def layer_stats(spec: DeepRNN, traces: list[LayerTrace]) -> LayerStats:
         saturated = saturated + sum(((jnp.abs(a) > 0.99).sum() for a in tanh), jnp.float32(0.0))
         n = t.h.size
         retain = t.retain.sum() if t.retain is not None else jnp.float32(0.0)
-        rows.append((jnp.sum(t.h * t.h), saturated, float(n * (len(sig) + len(tanh))), retain, float(n)))
-    return LayerStats(*(jnp.stack([jnp.asarray(r[i], jnp.float32) for r in rows]) for i in range(5)))
+        rows.append(
+            (jnp.sum(t.h * t.h), saturated, float(n * (len(sig) + len(tanh))), retain, float(n))
+        )
+    return LayerStats(
+        *(jnp.stack([jnp.asarray(r[i], jnp.float32) for r in rows]) for i in range(5))
+    )

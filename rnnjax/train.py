@@ -29,7 +29,14 @@ from rnnjax.parallel import set_cpu_devices_for
 from rnnjax.preflight import claimed
 from rnnjax.workdir import RESUME_MODES
 
-__all__ = ["build_model", "checkpoint_items", "from_checkpoint_items", "make_placement", "train_and_evaluate"]
+__all__ = [
+    "build_model",
+    "checkpoint_items",
+    "from_checkpoint_items",
+    "make_placement",
+    "train_and_evaluate",
+]
+
 
 def train_and_evaluate(
     config: ml_collections.ConfigDict | Config, workdir: str | os.PathLike, resume: str = "auto"
@@ -47,14 +54,20 @@ def train_and_evaluate(
     """
     cfg = config if isinstance(config, Config) else resolve(config)
     if resume not in RESUME_MODES:
-        raise ConfigError(f"resume = {resume!r} is not allowed: one of {', '.join(map(repr, RESUME_MODES))}")
+        raise ConfigError(
+            f"resume = {resume!r} is not allowed: one of {', '.join(map(repr, RESUME_MODES))}"
+        )
     workdir = rundir.resolve_path(workdir)
     rundir.check_writable(workdir)
     if resume == "must" and not rundir.has_checkpoint(workdir):
         raise CheckpointError(f"--resume=must but {workdir} has no checkpoint to resume from")
     if resume == "never" and rundir.has_checkpoint(workdir):
-        raise CheckpointError(f"--resume=never but {workdir} already holds checkpoints; use a new --workdir")
-    with StopFlag() as stop:  # from here on SIGTERM/SIGINT end the run with a message, never mid-write
+        raise CheckpointError(
+            f"--resume=never but {workdir} already holds checkpoints; use a new --workdir"
+        )
+    with (
+        StopFlag() as stop
+    ):  # from here on SIGTERM/SIGINT end the run with a message, never mid-write
         corpus = data.load_corpus(cfg.data)  # validates the data before any compute
         retain_freed_memory()  # XLA's per-step scratch block reuses its pages (rnnjax/host.py)
         set_cpu_devices_for(cfg)  # a no-op, or an error if JAX started otherwise
@@ -62,8 +75,12 @@ def train_and_evaluate(
         if cfg.model.impl == "cudnn":
             cudnn.check_available()  # one line on a machine without CUDA: never a silent fallback
         check_fits(cfg, len(corpus.vocab))
-        primary = jax.process_index() == 0  # only process 0 writes files (orbax coordinates checkpoints)
+        primary = (
+            jax.process_index() == 0
+        )  # only process 0 writes files (orbax coordinates checkpoints)
         with claimed([workdir], [cfg], corpus.vocab, [resume], primary) as notes:
             if stop.signum is not None:
                 raise Preempted(stop.signum, None)
-            return train_group(Group([cfg], corpus, dp, vmapped=False), [workdir], stop, primary, notes)[0]
+            return train_group(
+                Group([cfg], corpus, dp, vmapped=False), [workdir], stop, primary, notes
+            )[0]

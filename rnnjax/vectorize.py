@@ -46,20 +46,30 @@ def stack_trials(tree: Any, k: int) -> Any:
 def check_vectorizable(c: Config) -> None:
     """Refuse, in one line, a config that vectorized trials cannot train (checked by the sweep before anything runs)."""
     if c.parallel.cpu_pipeline:
-        raise ConfigError("vectorized trials run on one device; set parallel.cpu_pipeline = False or drop --vectorize")
+        raise ConfigError(
+            "vectorized trials run on one device; set parallel.cpu_pipeline = False or drop --vectorize"
+        )
     if c.model.impl == "cudnn":
-        raise ConfigError("vectorized trials vmap the model and cuDNN's LSTM call cannot be vmapped; "
-                          "set model.impl = 'rnnjax' or drop --vectorize")
+        raise ConfigError(
+            "vectorized trials vmap the model and cuDNN's LSTM call cannot be vmapped; "
+            "set model.impl = 'rnnjax' or drop --vectorize"
+        )
     if c.train.early_stopping_patience:
-        raise ConfigError("vectorized trials train every epoch together; set train.early_stopping_patience = 0 "
-                          "or drop --vectorize")
+        raise ConfigError(
+            "vectorized trials train every epoch together; set train.early_stopping_patience = 0 "
+            "or drop --vectorize"
+        )
     if c.data.num_test or c.data.test_fraction:
-        raise ConfigError("vectorized trials have no test evaluation; set data.num_test = 0 and data.test_fraction = 0, "
-                          "or drop --vectorize")
+        raise ConfigError(
+            "vectorized trials have no test evaluation; set data.num_test = 0 and data.test_fraction = 0, "
+            "or drop --vectorize"
+        )
 
 
 def train_vectorized(
-    cfgs: Sequence[Config], workdirs: Sequence[str | pathlib.Path], resume: Sequence[str] | None = None
+    cfgs: Sequence[Config],
+    workdirs: Sequence[str | pathlib.Path],
+    resume: Sequence[str] | None = None,
 ) -> list[dict[str, Any] | Exception]:
     """Train every config of one group together with the single-run loop (:func:`rnnjax.loop.train_group`
     over a leading trial axis); returns one summary per trial (as train_and_evaluate), or the error that
@@ -67,10 +77,14 @@ def train_vectorized(
     single run's (``resume``: each trial's mode, default "auto"); a busy one refuses the group in one
     line. Raises :class:`rnnjax.console.Preempted` on SIGTERM/SIGINT, after saving every trial."""
     if len({shape_key(c) for c in cfgs}) != 1:
-        raise ConfigError(f"vectorized trials may differ only in {', '.join(VECTORIZABLE)}; run the others one by one")
+        raise ConfigError(
+            f"vectorized trials may differ only in {', '.join(VECTORIZABLE)}; run the others one by one"
+        )
     c0 = cfgs[0]
     if c0.train.schedule != "constant":
-        raise ConfigError("vectorized trials need train.schedule = 'constant'; run scheduled trials one by one")
+        raise ConfigError(
+            "vectorized trials need train.schedule = 'constant'; run scheduled trials one by one"
+        )
     check_vectorizable(c0)
     dirs = [rundir.resolve_path(w) for w in workdirs]
     for d in dirs:

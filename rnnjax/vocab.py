@@ -28,11 +28,15 @@ class Vocab:
         object.__setattr__(self, "token_to_idx", {t: i for i, t in enumerate(self.idx_to_token)})
 
     @classmethod
-    def build(cls, tokens: Iterable[str], min_freq: int = 0, reserved_tokens: Sequence[str] = ()) -> Vocab:
+    def build(
+        cls, tokens: Iterable[str], min_freq: int = 0, reserved_tokens: Sequence[str] = ()
+    ) -> Vocab:
         return cls.from_counts(collections.Counter(tokens), min_freq, reserved_tokens)
 
     @classmethod
-    def from_counts(cls, counts: Mapping[str, int], min_freq: int = 0, reserved_tokens: Sequence[str] = ()) -> Vocab:
+    def from_counts(
+        cls, counts: Mapping[str, int], min_freq: int = 0, reserved_tokens: Sequence[str] = ()
+    ) -> Vocab:
         """As :meth:`build`, from each token's count (tokens with count 0 are absent)."""
         kept = {t for t, n in counts.items() if n >= max(min_freq, 1)}
         return cls(tuple(sorted(kept | set(reserved_tokens) | {UNK})))

@@ -36,8 +36,10 @@ def resolve_path(path: str | os.PathLike) -> pathlib.Path:
     try:
         return pathlib.Path(path).expanduser().resolve()
     except (RuntimeError, OSError) as e:  # a symlink loop: RuntimeError before Python 3.13
-        raise WorkdirError(f"{path} is a loop of symbolic links ({e}); give a path that leads to a "
-                           "file or directory") from None
+        raise WorkdirError(
+            f"{path} is a loop of symbolic links ({e}); give a path that leads to a "
+            "file or directory"
+        ) from None
 
 
 def shown(path: str | os.PathLike) -> str:
@@ -57,7 +59,9 @@ def check_writable(workdir: pathlib.Path) -> None:
                 what = "is a file" if p == workdir else f"lies under {p}, which is a file"
                 raise WorkdirError(f"workdir {workdir} {what}; give a directory with --workdir")
             if not os.access(p, os.W_OK | os.X_OK):
-                raise WorkdirError(f"workdir {workdir}: {p} is not writable; give a writable --workdir")
+                raise WorkdirError(
+                    f"workdir {workdir}: {p} is not writable; give a writable --workdir"
+                )
             return
 
 
@@ -94,7 +98,9 @@ def read_config(workdir: pathlib.Path) -> dict[str, Any] | None:
         return None
     saved = read_json(path)
     if not isinstance(saved, dict):
-        raise WorkdirError(f"{path} is damaged (not a JSON object); restore it from a copy, or use another --workdir")
+        raise WorkdirError(
+            f"{path} is damaged (not a JSON object); restore it from a copy, or use another --workdir"
+        )
     return saved
 
 
@@ -105,7 +111,9 @@ def read_vocab(workdir: pathlib.Path) -> Vocab | None:
         return None
     saved = read_json(path)
     if not isinstance(saved, dict) or not isinstance(saved.get("idx_to_token"), list):
-        raise WorkdirError(f"{path} is damaged (no idx_to_token list); restore it from a copy, or use another --workdir")
+        raise WorkdirError(
+            f"{path} is damaged (no idx_to_token list); restore it from a copy, or use another --workdir"
+        )
     return Vocab(tuple(saved["idx_to_token"]))
 
 
@@ -122,7 +130,9 @@ def _field(d: dict[str, Any], dotted: str) -> Any:
 
 def check_resumable(workdir: pathlib.Path, cfg: Config, vocab: Vocab, resume: str) -> None:
     """Refuse a workdir that holds another run (config, vocabulary) or history without a checkpoint."""
-    from rnnjax.checkpoint import CheckpointError  # orbax is imported only where checkpoints are used
+    from rnnjax.checkpoint import (
+        CheckpointError,
+    )  # orbax is imported only where checkpoints are used
 
     if resume != "restart" and not has_checkpoint(workdir) and (found := history(workdir)):
         raise WorkdirError(
@@ -145,7 +155,9 @@ def check_resumable(workdir: pathlib.Path, cfg: Config, vocab: Vocab, resume: st
         )
     saved_vocab = read_vocab(workdir)
     if saved_vocab is not None and saved_vocab != vocab:
-        raise CheckpointError(f"{workdir} holds a run with a different vocabulary; use another --workdir")
+        raise CheckpointError(
+            f"{workdir} holds a run with a different vocabulary; use another --workdir"
+        )
 
 
 def _finite(value: Any) -> Any:
@@ -171,16 +183,22 @@ def read_metrics(path: pathlib.Path) -> list[dict[str, Any]]:
     dropped with a warning; a damaged line before it is a :class:`WorkdirError`."""
     if not path.exists():
         return []
-    lines = [x for x in path.read_text(encoding="utf-8", errors="replace").splitlines() if x.strip()]
+    lines = [
+        x for x in path.read_text(encoding="utf-8", errors="replace").splitlines() if x.strip()
+    ]
     records = []
     for i, line in enumerate(lines):
         try:
             records.append(json.loads(line))
         except ValueError:
             if i == len(lines) - 1:
-                logging.warning("%s: dropped a half-written last line (the run was killed mid-write)", path)
+                logging.warning(
+                    "%s: dropped a half-written last line (the run was killed mid-write)", path
+                )
                 break
-            raise WorkdirError(f"{path} line {i + 1} is not JSON; fix or remove that line") from None
+            raise WorkdirError(
+                f"{path} line {i + 1} is not JSON; fix or remove that line"
+            ) from None
     return records
 
 
@@ -223,7 +241,11 @@ def set_aside(workdir: pathlib.Path) -> pathlib.Path | None:
     names = [p for p in workdir.iterdir() if p.name not in (".lock", "discarded")]
     if not names:
         return None
-    dest = workdir / "discarded" / datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    dest = (
+        workdir
+        / "discarded"
+        / datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    )
     dest.mkdir(parents=True)
     for p in names:
         shutil.move(str(p), str(dest / p.name))

@@ -27,24 +27,39 @@ import report  # noqa: E402  (no JAX: flags are checked before JAX imports)
 from rnnjax import cli  # noqa: E402
 from rnnjax.cli import user_path  # noqa: E402
 
-_SECTIONS = flags.DEFINE_list("sections", list(report.DEFAULT_SECTIONS),
-                              f"Sections to run, from {list(report.SECTIONS)}; rows is required.")
-_ROWS = flags.DEFINE_list("rows", None, "Rows of the rows section as cell:layers (cells of "
-                          "rnnjax.cells.CELLS); default: lstm at 1 and 4 layers, every cell at 2.")
-_REPEATS = flags.DEFINE_integer("repeats", report.STANDARD_REPEATS,
-                                "Interleaved rounds; figures are medians over rounds.")
+_SECTIONS = flags.DEFINE_list(
+    "sections",
+    list(report.DEFAULT_SECTIONS),
+    f"Sections to run, from {list(report.SECTIONS)}; rows is required.",
+)
+_ROWS = flags.DEFINE_list(
+    "rows",
+    None,
+    "Rows of the rows section as cell:layers (cells of "
+    "rnnjax.cells.CELLS); default: lstm at 1 and 4 layers, every cell at 2.",
+)
+_REPEATS = flags.DEFINE_integer(
+    "repeats", report.STANDARD_REPEATS, "Interleaved rounds; figures are medians over rounds."
+)
 _STEPS = flags.DEFINE_integer("steps", report.STANDARD_STEPS, "Train steps per variant per round.")
-_E2E = flags.DEFINE_integer("e2e_epochs", report.STANDARD_E2E_EPOCHS,
-                            "Epochs of the end-to-end seed experiment (0: skip it).")
+_E2E = flags.DEFINE_integer(
+    "e2e_epochs",
+    report.STANDARD_E2E_EPOCHS,
+    "Epochs of the end-to-end seed experiment (0: skip it).",
+)
 _HIDDEN = flags.DEFINE_integer("hidden", None, "Hidden size of every workload (default: 256).")
 _BATCH = flags.DEFINE_integer("batch", None, "Batch of every workload (default: 32).")
 _SEQ = flags.DEFINE_integer("seq", None, "Sequence length of every workload (default: 35).")
 _FAKE = flags.DEFINE_integer("fake_devices", 4, "Devices of the devices section (0: real).")
 _JSON = flags.DEFINE_string("json", None, "Also write the results as JSON here.")
-_OUT = flags.DEFINE_string("out", None, "Markdown report path (default: "
-                           "runs/benchmarks/BENCHMARKS-<UTC timestamp>.md).")
-_FROM_JSON = flags.DEFINE_string("from_json", None, "Measure nothing: write the report of the "
-                                 "results a previous run saved with --json.")
+_OUT = flags.DEFINE_string(
+    "out", None, "Markdown report path (default: runs/benchmarks/BENCHMARKS-<UTC timestamp>.md)."
+)
+_FROM_JSON = flags.DEFINE_string(
+    "from_json",
+    None,
+    "Measure nothing: write the report of the results a previous run saved with --json.",
+)
 _DEVICES_ONLY = flags.DEFINE_bool("devices_only", False, "Internal: the devices section's child.")
 
 
@@ -57,39 +72,61 @@ def _writable(flag: str, value: str) -> pathlib.Path:
     parent = path.parent
     while not parent.exists():  # the directories still to be made
         parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK) or (
-            path.exists() and not os.access(path, os.W_OK)):
-        cli.fail(f"--{flag}={value}: cannot write there ({parent} is not a writable directory); "
-                 "give another path")
+    if (
+        not parent.is_dir()
+        or not os.access(parent, os.W_OK)
+        or (path.exists() and not os.access(path, os.W_OK))
+    ):
+        cli.fail(
+            f"--{flag}={value}: cannot write there ({parent} is not a writable directory); "
+            "give another path"
+        )
     return path
 
 
 def check_flags() -> list[tuple[str, int]]:
     """Every flag checked before any measurement; returns the rows as (cell, layers)."""
-    for flag, least in ((_REPEATS, 1), (_STEPS, 1), (_E2E, 0), (_FAKE, 0), (_HIDDEN, 1),
-                        (_BATCH, 1), (_SEQ, 1)):
+    for flag, least in (
+        (_REPEATS, 1),
+        (_STEPS, 1),
+        (_E2E, 0),
+        (_FAKE, 0),
+        (_HIDDEN, 1),
+        (_BATCH, 1),
+        (_SEQ, 1),
+    ):
         if flag.value is not None and flag.value < least:
             cli.fail(f"--{flag.name}={flag.value}: must be >= {least}")
     unknown = [s for s in _SECTIONS.value if s not in report.SECTIONS]
     if unknown or "rows" not in _SECTIONS.value:
-        cli.fail(f"--sections={','.join(_SECTIONS.value)}: " + (f"unknown {unknown}" if unknown
-                 else "'rows' missing") + f"; choose from {list(report.SECTIONS)} and include rows")
+        cli.fail(
+            f"--sections={','.join(_SECTIONS.value)}: "
+            + (f"unknown {unknown}" if unknown else "'rows' missing")
+            + f"; choose from {list(report.SECTIONS)} and include rows"
+        )
     from workload import REFERENCE
 
     from rnnjax.cells import CELLS  # imports JAX (does not start it)
 
-    items = _ROWS.value if _ROWS.value is not None else (
-        [f"{REFERENCE.cell}:1"] + [f"{c}:2" for c in CELLS] + [f"{REFERENCE.cell}:4"])
+    items = (
+        _ROWS.value
+        if _ROWS.value is not None
+        else ([f"{REFERENCE.cell}:1"] + [f"{c}:2" for c in CELLS] + [f"{REFERENCE.cell}:4"])
+    )
     rows = []
     for item in items:
         cell, _, layers = item.partition(":")
         if cell not in CELLS or not layers.isdigit() or int(layers) < 1:
-            cli.fail(f"--rows={','.join(items)}: {item!r} is not cell:layers; give cell:layers "
-                     f"items with a cell from {list(CELLS)}, e.g. --rows=lstm:2,gru:2")
+            cli.fail(
+                f"--rows={','.join(items)}: {item!r} is not cell:layers; give cell:layers "
+                f"items with a cell from {list(CELLS)}, e.g. --rows=lstm:2,gru:2"
+            )
         rows.append((cell, int(layers)))
     if (REFERENCE.cell, REFERENCE.num_layers) not in rows:
-        cli.fail(f"--rows={','.join(items)}: include {REFERENCE.cell}:{REFERENCE.num_layers}, "
-                 "the reference row the targets are checked on")
+        cli.fail(
+            f"--rows={','.join(items)}: include {REFERENCE.cell}:{REFERENCE.num_layers}, "
+            "the reference row the targets are checked on"
+        )
     return rows
 
 
@@ -134,8 +171,14 @@ def main(argv):
     from rnnjax.parallel import set_cpu_devices
 
     retain_freed_memory()  # for every implementation in this process, torch included
-    base = dataclasses.replace(REFERENCE, **{k: f.value for k, f in (
-        ("hidden", _HIDDEN), ("batch", _BATCH), ("seq", _SEQ)) if f.value is not None})
+    base = dataclasses.replace(
+        REFERENCE,
+        **{
+            k: f.value
+            for k, f in (("hidden", _HIDDEN), ("batch", _BATCH), ("seq", _SEQ))
+            if f.value is not None
+        },
+    )
     if not _DEVICES_ONLY.value:  # before JAX starts: one CPU device per core (dividing the batch)
         set_cpu_devices(0, base.batch)
     import harness
@@ -160,11 +203,16 @@ def main(argv):
             failed[name] = f"{type(e).__name__}: {said[-1] if said else ''}"
     results["load_end"] = os.getloadavg()[0]
     results["settings"] = {
-        "repeats": s.repeats, "steps_per_round": s.steps, "e2e_epochs": s.e2e_epochs,
-        "workload": dataclasses.asdict(base), "reference": dataclasses.asdict(REFERENCE),
+        "repeats": s.repeats,
+        "steps_per_round": s.steps,
+        "e2e_epochs": s.e2e_epochs,
+        "workload": dataclasses.asdict(base),
+        "reference": dataclasses.asdict(REFERENCE),
         "sections": [x for x in report.SECTIONS if x in _SECTIONS.value],
         "fake_devices": s.fake_devices,
-        "started": started, "minutes": (time.time() - t0) / 60}
+        "started": started,
+        "minutes": (time.time() - t0) / 60,
+    }
     write(results, out, json_path)
     if failed:
         cli.fail(f"sections {', '.join(failed)} failed (named in the report); the others are in it")

@@ -16,16 +16,30 @@ import sys
 
 from absl import flags
 
-from rnnjax import cli  # light modules only up to main(): flag mistakes are answered before JAX imports
+from rnnjax import (
+    cli,
+)  # light modules only up to main(): flag mistakes are answered before JAX imports
 from rnnjax.workdir import WorkdirError, resolve_path
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by scripts/train.py.", required=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Run directory written by scripts/train.py.", required=True
+)
 _TEXT = flags.DEFINE_string("text", None, "UTF-8 text file to score.", required=True)
-_STEP = flags.DEFINE_string("step", "best", "Checkpoint: best (lowest validation perplexity), latest, or a step number.")
-_IMPL = flags.DEFINE_enum("impl", None, ["rnnjax", "autodiff", "cudnn"],
-                          "Run the params with this model.impl instead of the run's own (e.g. rnnjax for a cudnn run on a CPU).")
-_BATCH = flags.DEFINE_integer("batch_size", None, "Rows the text is read as (default: the run's data.batch_size).",
-                              lower_bound=1)
+_STEP = flags.DEFINE_string(
+    "step", "best", "Checkpoint: best (lowest validation perplexity), latest, or a step number."
+)
+_IMPL = flags.DEFINE_enum(
+    "impl",
+    None,
+    ["rnnjax", "autodiff", "cudnn"],
+    "Run the params with this model.impl instead of the run's own (e.g. rnnjax for a cudnn run on a CPU).",
+)
+_BATCH = flags.DEFINE_integer(
+    "batch_size",
+    None,
+    "Rows the text is read as (default: the run's data.batch_size).",
+    lower_bound=1,
+)
 
 
 def read_text(path: str) -> str:
@@ -34,7 +48,9 @@ def read_text(path: str) -> str:
     except WorkdirError as e:  # a symbolic link loop
         cli.fail(f"--text={e}")
     if not p.is_file():
-        cli.fail(f"--text={path}: {'is not a regular file' if p.exists() else 'does not exist'}; give a text file")
+        cli.fail(
+            f"--text={path}: {'is not a regular file' if p.exists() else 'does not exist'}; give a text file"
+        )
     try:
         return p.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
@@ -58,8 +74,10 @@ def main(argv):
     unit = "character" if run.config.data.tokenizer == "char" else "word"
     print(f"# {run.describe_step()}", file=sys.stderr)
     unread = f"; the last {ev.unread:,} not read" if ev.unread else ""
-    print(f"{pathlib.Path(_TEXT.value).name}: perplexity {ev.perplexity:.4f}, {ev.bits_per_token:.4f} bits per {unit} "
-          f"({ev.tokens:,} {unit}s scored, read as {ev.batch_size} rows{unread})")
+    print(
+        f"{pathlib.Path(_TEXT.value).name}: perplexity {ev.perplexity:.4f}, {ev.bits_per_token:.4f} bits per {unit} "
+        f"({ev.tokens:,} {unit}s scored, read as {ev.batch_size} rows{unread})"
+    )
     if ev.unknown:
         shown = ", ".join(f"{t!r} x{n}" for t, n in list(ev.unknown.items())[:10])
         more = f" and {len(ev.unknown) - 10} more" if len(ev.unknown) > 10 else ""

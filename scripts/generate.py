@@ -19,21 +19,44 @@ import sys
 
 from absl import flags
 
-from rnnjax import cli  # light modules only up to main(): flag mistakes are answered before JAX imports
+from rnnjax import (
+    cli,
+)  # light modules only up to main(): flag mistakes are answered before JAX imports
 from rnnjax.workdir import WorkdirError
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by scripts/train.py.", required=True)
-_STEP = flags.DEFINE_string("step", "best", "Checkpoint: best (lowest validation perplexity), latest, or a step number.")
-_IMPL = flags.DEFINE_enum("impl", None, ["rnnjax", "autodiff", "cudnn"],
-                          "Run the params with this model.impl instead of the run's own (e.g. rnnjax for a cudnn run on a CPU).")
-_PREFIX = flags.DEFINE_multi_string("prefix", ["time traveller"], "Prompt; repeat the flag for several (batched).")
-_NUM_CHARS = flags.DEFINE_integer("num_chars", 100, "Tokens to generate after each prefix.", lower_bound=1)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Run directory written by scripts/train.py.", required=True
+)
+_STEP = flags.DEFINE_string(
+    "step", "best", "Checkpoint: best (lowest validation perplexity), latest, or a step number."
+)
+_IMPL = flags.DEFINE_enum(
+    "impl",
+    None,
+    ["rnnjax", "autodiff", "cudnn"],
+    "Run the params with this model.impl instead of the run's own (e.g. rnnjax for a cudnn run on a CPU).",
+)
+_PREFIX = flags.DEFINE_multi_string(
+    "prefix", ["time traveller"], "Prompt; repeat the flag for several (batched)."
+)
+_NUM_CHARS = flags.DEFINE_integer(
+    "num_chars", 100, "Tokens to generate after each prefix.", lower_bound=1
+)
 _TEMPERATURE = flags.DEFINE_float(
-    "temperature", 0.0, "0 (default) = greedy: the most likely token each step; > 0 samples, higher = more random.",
-    lower_bound=0.0)
+    "temperature",
+    0.0,
+    "0 (default) = greedy: the most likely token each step; > 0 samples, higher = more random.",
+    lower_bound=0.0,
+)
 _TOP_K = flags.DEFINE_integer(
-    "top_k", None, "When sampling, only among the k most likely tokens (clamped to the vocabulary).", lower_bound=1)
-_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed (same seed, same text).", lower_bound=0, upper_bound=2**32 - 1)
+    "top_k",
+    None,
+    "When sampling, only among the k most likely tokens (clamped to the vocabulary).",
+    lower_bound=1,
+)
+_SEED = flags.DEFINE_integer(
+    "seed", 0, "Sampling seed (same seed, same text).", lower_bound=0, upper_bound=2**32 - 1
+)
 
 
 def main(argv):
@@ -47,7 +70,11 @@ def main(argv):
     try:
         check_args(*args)  # NaN/inf temperature, an empty prefix: refused before the (slow) restore
         run = load(cli.user_path(_WORKDIR.value), cli.checkpoint_step(_STEP.value), _IMPL.value)
-    except (ValueError, CheckpointError, WorkdirError) as e:  # the user's arguments or workdir; anything else: traceback
+    except (
+        ValueError,
+        CheckpointError,
+        WorkdirError,
+    ) as e:  # the user's arguments or workdir; anything else: traceback
         cli.fail(str(e))
     print(f"# {run.describe_step()}", file=sys.stderr, flush=True)
     stop = _StopRequest()

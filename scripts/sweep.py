@@ -15,18 +15,30 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from rnnjax import cli  # light modules only up to main(): flag mistakes are answered before JAX imports
+from rnnjax import (
+    cli,
+)  # light modules only up to main(): flag mistakes are answered before JAX imports
 from rnnjax.config import ConfigError, resolve
 from rnnjax.workdir import WorkdirError
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "A config file with get_config() and get_sweep().")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory: one subdirectory per trial.")
-_SHARD = flags.DEFINE_string("shard", "0/1", "Run only trials k with k mod n == i (i/n), e.g. one shard per machine.")
-_AXIS = flags.DEFINE_multi_string("axis", [], "Extra grid axis FIELD=v1,v2,... (values as Python literals).")
-_VECTORIZE = flags.DEFINE_bool(
-    "vectorize", False, "Train trials that differ only in seed / learning rate / weight decay as one vmapped program."
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "A config file with get_config() and get_sweep()."
 )
-_SUMMARIZE = flags.DEFINE_string("summarize", None, "Only merge the finished trials under this directory.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory: one subdirectory per trial.")
+_SHARD = flags.DEFINE_string(
+    "shard", "0/1", "Run only trials k with k mod n == i (i/n), e.g. one shard per machine."
+)
+_AXIS = flags.DEFINE_multi_string(
+    "axis", [], "Extra grid axis FIELD=v1,v2,... (values as Python literals)."
+)
+_VECTORIZE = flags.DEFINE_bool(
+    "vectorize",
+    False,
+    "Train trials that differ only in seed / learning rate / weight decay as one vmapped program.",
+)
+_SUMMARIZE = flags.DEFINE_string(
+    "summarize", None, "Only merge the finished trials under this directory."
+)
 
 
 def _literal(text: str):
@@ -46,7 +58,9 @@ def _grid(config_path: str) -> dict:
         sys.exit(f"error: {path} has no get_sweep(); add one returning {{field: [values]}}")
     grid = module.get_sweep(arg or None)
     if not isinstance(grid, dict):
-        sys.exit(f"error: {path}: get_sweep() returned {type(grid).__name__}; return a dict {{field: [values]}}")
+        sys.exit(
+            f"error: {path}: get_sweep() returned {type(grid).__name__}; return a dict {{field: [values]}}"
+        )
     grid = dict(grid)
     for axis in _AXIS.value:
         field, _, values = axis.partition("=")
@@ -80,8 +94,12 @@ def main(argv):
     from rnnjax.sweep import SweepInterrupted, run_sweep
 
     try:
-        optimizer_factory(base.train)  # an optax name or argument mistake: one line, no trial directory
-        set_cpu_devices_for(base)  # before any JAX call: the CPU device count is fixed when the backend starts
+        optimizer_factory(
+            base.train
+        )  # an optax name or argument mistake: one line, no trial directory
+        set_cpu_devices_for(
+            base
+        )  # before any JAX call: the CPU device count is fixed when the backend starts
         grid = _grid(flags.FLAGS["config"].config_filename)
         rows = run_sweep(_CONFIG.value, grid, workdir, _SHARD.value, _VECTORIZE.value)
     except SweepInterrupted as e:  # SIGTERM/SIGINT: summarize what finished, say how to resume
@@ -92,7 +110,9 @@ def main(argv):
         return 128 + e.signum
     except (ConfigError, ValueError, WorkdirError) as e:
         sys.exit(f"error: {e}")
-    if not list(workdir.glob("*/result.json")):  # this shard had no trials, and no other shard finished one yet
+    if not list(
+        workdir.glob("*/result.json")
+    ):  # this shard had no trials, and no other shard finished one yet
         return 0
     summarize(workdir)
     failed = [r for r in rows if r["status"] == "failed"]

@@ -10,25 +10,40 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from rnnjax import cli  # light modules only up to main(): flag mistakes are answered before JAX imports
+from rnnjax import (
+    cli,
+)  # light modules only up to main(): flag mistakes are answered before JAX imports
 from rnnjax.config import ConfigError, resolve
 from rnnjax.workdir import RESUME_MODES, WorkdirError
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file (file.py:variant).", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config name>[-<variant>]).")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to a configs/*.py file (file.py:variant).", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Run directory (default: runs/<config name>[-<variant>])."
+)
 _RESUME = flags.DEFINE_enum(
-    "resume", "auto", list(RESUME_MODES),
+    "resume",
+    "auto",
+    list(RESUME_MODES),
     "auto: resume from the workdir's latest good checkpoint if any; must: fail if there is none; "
     "never: refuse a workdir that holds checkpoints; restart: move the workdir's files to WORKDIR/discarded/ and start over.",
 )
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False,
+    "distributed",
+    False,
     "Multi-process run: call jax.distributed.initialize (implied by --coordinator_address). Unset flags below are "
     "auto-detected from SLURM / Open MPI / TPU / JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID.",
 )
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, e.g. 10.0.0.1:1234.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0 .. num_processes - 1.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, e.g. 10.0.0.1:1234."
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Number of processes in a multi-process run."
+)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "This process's index, 0 .. num_processes - 1."
+)
 flags.mark_flags_as_required(["config"])
 
 
@@ -36,7 +51,9 @@ def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected argument {argv[1]!r}; flags look like --config=configs/deep_lstm.py")
     if _WORKDIR.value is not None and not _WORKDIR.value.strip():
-        cli.fail("--workdir is empty; give a directory, or leave the flag out for runs/<config name>")
+        cli.fail(
+            "--workdir is empty; give a directory, or leave the flag out for runs/<config name>"
+        )
     try:
         cfg = resolve(_CONFIG.value)
     except ConfigError as e:
@@ -62,7 +79,9 @@ def main(argv):
         if not disk_full(e):
             raise
         where = e.filename or "the workdir"
-        cli.fail(f"disk full while writing {where}: free some space and rerun the same command to resume")
+        cli.fail(
+            f"disk full while writing {where}: free some space and rerun the same command to resume"
+        )
     except Preempted as e:
         print(e, file=sys.stderr)
         sys.exit(128 + e.signum)

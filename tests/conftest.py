@@ -46,7 +46,9 @@ def with_fields(cfg: ml_collections.ConfigDict, **fields) -> ml_collections.Conf
     return cfg
 
 
-def small_config(num_epochs: int = 3, progress: bool = False, **fields) -> ml_collections.ConfigDict:
+def small_config(
+    num_epochs: int = 3, progress: bool = False, **fields
+) -> ml_collections.ConfigDict:
     """The smoke config (seconds per run), ``num_epochs`` long, progress bar off unless asked,
     with dotted ``fields`` set (see :func:`with_fields`)."""
     cfg = smoke(default_config())
@@ -62,14 +64,23 @@ def param_bytes(params) -> list[bytes]:
 
 def snapshot(workdir) -> dict[str, str]:
     """A sha256 per file under ``workdir`` (every file): equal snapshots mean nothing was touched."""
-    return {str(p.relative_to(workdir)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(pathlib.Path(workdir).rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(workdir)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(pathlib.Path(workdir).rglob("*"))
+        if p.is_file()
+    }
 
 
 def train_cli(workdir, *flags) -> list[str]:
     """The argv of scripts/train.py on the smoke LSTM config, progress bar off, into ``workdir``."""
-    return [sys.executable, str(ROOT / "scripts" / "train.py"), f"--config={ROOT / 'configs' / 'deep_lstm.py'}:smoke",
-            f"--workdir={workdir}", "--config.train.progress=False", *flags]
+    return [
+        sys.executable,
+        str(ROOT / "scripts" / "train.py"),
+        f"--config={ROOT / 'configs' / 'deep_lstm.py'}:smoke",
+        f"--workdir={workdir}",
+        "--config.train.progress=False",
+        *flags,
+    ]
 
 
 def run_notebook(name: str, cwd, **env: str) -> tuple[str, int]:
@@ -82,7 +93,9 @@ def run_notebook(name: str, cwd, **env: str) -> tuple[str, int]:
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
+        NotebookClient(
+            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}
+        ).execute()
     finally:
         for k, v in saved.items():
             if v is None:
@@ -90,7 +103,9 @@ def run_notebook(name: str, cwd, **env: str) -> tuple[str, int]:
             else:
                 os.environ[k] = v
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-    return "".join(o.get("text", "") for o in outputs), sum("image/png" in o.get("data", {}) for o in outputs)
+    return "".join(o.get("text", "") for o in outputs), sum(
+        "image/png" in o.get("data", {}) for o in outputs
+    )
 
 
 def tiered(cases: list, representative) -> list:
@@ -98,5 +113,9 @@ def tiered(cases: list, representative) -> list:
     are marked ``exhaustive`` (``python -m pytest -m exhaustive``; .ci/run runs both tiers)."""
     import pytest
 
-    return [c if representative(c) else pytest.param(*(c if isinstance(c, tuple) else (c,)),
-                                                     marks=pytest.mark.exhaustive) for c in cases]
+    return [
+        c
+        if representative(c)
+        else pytest.param(*(c if isinstance(c, tuple) else (c,)), marks=pytest.mark.exhaustive)
+        for c in cases
+    ]

@@ -192,11 +192,21 @@ def test_benchmark_script_writes_the_report_of_one_run(tmp_path):
     assert text.startswith("# Benchmarks\n\nOne run of `scripts/benchmark.py` on one host")
     assert "[docs/performance.md](docs/performance.md)" in text and "Compare only ratios" in text
     assert "Sections: rows, generation. **A reduced run**: pipeline," in text
-    reproduce = " ".join(["python scripts/benchmark.py --sections=rows,generation --rows=lstm:2",
-                          "--repeats=1 --steps=1", *TINY_FLAGS])
+    reproduce = " ".join(
+        [
+            "python scripts/benchmark.py --sections=rows,generation --rows=lstm:2",
+            "--repeats=1 --steps=1",
+            *TINY_FLAGS,
+        ]
+    )
     assert f"Reproduce: `{reproduce}`." in text
-    again = subprocess.run([sys.executable, SCRIPT, "--from_json=j/b.json", "--out=again.md"],
-                           capture_output=True, text=True, cwd=tmp_path, env=ENV)
+    again = subprocess.run(
+        [sys.executable, SCRIPT, "--from_json=j/b.json", "--out=again.md"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=ENV,
+    )
     assert again.returncode == 0 and (tmp_path / "again.md").read_text() == text
     assert (
         "## Targets" in text
@@ -239,8 +249,8 @@ def test_seed_experiment_end_to_end_runs_both_scripts():
         (["--out=blocker/B.md"], "--out=blocker/B.md: cannot write there"),
         (["--json=."], "--json=. is a directory"),
         (["stray"], "unexpected argument 'stray'"),
-    (["--from_json=missing.json"], "--from_json=missing.json: No such file or directory"),
-    (["--from_json=blocker"], "--from_json=blocker: not the results of a run"),
+        (["--from_json=missing.json"], "--from_json=missing.json: No such file or directory"),
+        (["--from_json=blocker"], "--from_json=blocker: not the results of a run"),
     ],
 )
 def test_benchmark_rejects_bad_flags_in_one_line(tmp_path, args, message):
@@ -394,8 +404,7 @@ def test_targets_are_judged_at_the_standard(tmp_path):
     # every row that has torch: the minGRU row (torch skipped) is not counted
     assert (
         "| rnnjax >= 1.0x torch on every row | rnnjax: 1.50x, 1.50x; "
-        "rnnjax, 2 CPU devices: 1.90x, 1.90x |"
-        in text
+        "rnnjax, 2 CPU devices: 1.90x, 1.90x |" in text
     )
     assert "| compile of the default step < 5 s | 1.0 s | yes |" in text
     assert (
@@ -495,8 +504,13 @@ def test_sequence_section_measures_every_cell_and_both_scan_forms(tmp_path):
 def test_epoch_and_vectorized_sections_measure_and_render(tmp_path):
     s = sections.Settings(repeats=1, steps=1, base=TINY)
     ep = runs.epoch(s)
-    assert list(ep) == ["train", "validation", "train + validation, one after the other",
-                        "train + validation, overlapped", "record"]
+    assert list(ep) == [
+        "train",
+        "validation",
+        "train + validation, one after the other",
+        "train + validation, overlapped",
+        "record",
+    ]
     assert all(v > 0 for v in ep.values())
     vec = sections.vectorized(s, k=2)
     assert list(vec) == ["2 seeds one by one", "2 seeds vmapped"]

@@ -38,8 +38,14 @@ def np_gru(p, h, x):
 
 def np_lstm(p, c, h, x):
     H = h.shape[-1]
-    pre = lambda k: (x @ p["w_x"][:, k * H:(k + 1) * H] + h @ p["w_h"][:, k * H:(k + 1) * H]  # noqa: E731
-                     + p["b_x"][k * H:(k + 1) * H] + p["b_h"][k * H:(k + 1) * H])
+    pre = (
+        lambda k: (
+            x @ p["w_x"][:, k * H : (k + 1) * H]
+            + h @ p["w_h"][:, k * H : (k + 1) * H]  # noqa: E731
+            + p["b_x"][k * H : (k + 1) * H]
+            + p["b_h"][k * H : (k + 1) * H]
+        )
+    )
     i, f, g, o = sigmoid(pre(0)), sigmoid(pre(1)), np.tanh(pre(2)), sigmoid(pre(3))
     c = f * c + i * g
     return c, o * np.tanh(c)
@@ -83,7 +89,9 @@ def test_indrnn_step_matches_its_equation():
     p = {k: np.asarray(v, np.float64) for k, v in params.items()}
     for act, phi in (("tanh", np.tanh), ("relu", lambda z: np.maximum(z, 0.0))):
         h1, y = cell.step(params, h0, x, act)
-        np.testing.assert_allclose(h1, phi(x @ p["w_x"] + p["b_x"] + p["u"] * h0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            h1, phi(x @ p["w_x"] + p["b_x"] + p["u"] * h0), rtol=1e-5, atol=1e-6
+        )
 
 
 def test_every_registered_cell_is_complete_and_named_by_its_entry():
@@ -118,6 +126,7 @@ def test_the_documented_example_cell_trains_with_exact_gradients(tmp_path, monke
         def f(p, c):
             logits, new = model.apply(p, tokens[:, :-1], c)
             return cross_entropy(logits, tokens[:, 1:]).mean() + jnp.sum(jnp.sin(new[-1]))
+
         return f
 
     gf = jax.grad(loss(fused), argnums=(0, 1))(params, carry)
@@ -126,7 +135,9 @@ def test_the_documented_example_cell_trains_with_exact_gradients(tmp_path, monke
         assert float(jnp.abs(b).max()) > 0
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     summary = train_and_evaluate(small_config(2, **{"model.cell": "janet"}), tmp_path / "run")
-    assert summary["train_ppl"] < summary["metrics"][0]["train_ppl"] * 1.5 and np.isfinite(summary["val_ppl"])
+    assert summary["train_ppl"] < summary["metrics"][0]["train_ppl"] * 1.5 and np.isfinite(
+        summary["val_ppl"]
+    )
     assert summary["samples"] and summary["samples"][0].startswith("time traveller")
 
 
@@ -134,15 +145,35 @@ def test_the_documented_example_cell_trains_with_exact_gradients(tmp_path, monke
 def test_indrnn_trains_from_the_cli_and_generates(tmp_path):
     """--config.model.cell=indrnn from the command line, then scripts/generate.py on its run."""
     run = tmp_path / "run"
-    cmd = train_cli(run, "--config.model.cell=indrnn", "--config.model.activation=relu",
-                    "--config.train.num_epochs=2", "--config.train.learning_rate=1.0")
+    cmd = train_cli(
+        run,
+        "--config.model.cell=indrnn",
+        "--config.model.activation=relu",
+        "--config.train.num_epochs=2",
+        "--config.train.learning_rate=1.0",
+    )
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [1, 2] and records[-1]["train_ppl"] < records[0]["train_ppl"]
+    assert [r["epoch"] for r in records] == [1, 2] and records[-1]["train_ppl"] < records[0][
+        "train_ppl"
+    ]
     assert json.loads((run / "config.json").read_text())["model"]["cell"] == "indrnn"
-    gen = subprocess.run([sys.executable, str(ROOT / "scripts" / "generate.py"), f"--workdir={run}",
-                          "--prefix=the time", "--num_chars=20"], capture_output=True, text=True, timeout=300,
-                         cwd=tmp_path)
+    gen = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "generate.py"),
+            f"--workdir={run}",
+            "--prefix=the time",
+            "--num_chars=20",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert gen.returncode == 0, gen.stderr[-2000:]
-    assert gen.stdout.strip().startswith("the time") and len(gen.stdout.strip()) >= len("the time") + 20
+    assert (
+        gen.stdout.strip().startswith("the time")
+        and len(gen.stdout.strip()) >= len("the time") + 20
+    )

@@ -29,12 +29,16 @@ FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "run_v1"
 def test_resume_continues_exactly(tmp_path):
     full = train_and_evaluate(small_config(5), tmp_path / "full")
     train_and_evaluate(small_config(3), tmp_path / "split")
-    resumed = train_and_evaluate(small_config(5), tmp_path / "split")  # more epochs: resumes at epoch 4
+    resumed = train_and_evaluate(
+        small_config(5), tmp_path / "split"
+    )  # more epochs: resumes at epoch 4
     assert param_bytes(resumed["params"]) == param_bytes(full["params"])
     lines = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3, 4, 5]
     assert json.loads(lines[-1])["val_ppl"] == full["val_ppl"]
-    again = train_and_evaluate(small_config(5), tmp_path / "split")  # finished: nothing to redo, nothing lost
+    again = train_and_evaluate(
+        small_config(5), tmp_path / "split"
+    )  # finished: nothing to redo, nothing lost
     assert param_bytes(again["params"]) == param_bytes(full["params"])
     assert (tmp_path / "split" / "metrics.jsonl").read_text().splitlines() == lines
 
@@ -52,13 +56,20 @@ def test_best_checkpoint_survives_later_sessions(tmp_path):
     """The best step is kept by the val_ppl in its own meta, whichever process saved it: a run that
     overfits, then is extended twice (new processes each time), still holds its best epoch. (Orbax's
     own BestN kept only the metrics of its own process: the extension pruned the best.)"""
-    fields = {"train.optimizer": "adam", "train.learning_rate": 0.02, "checkpoint.every_epochs": 1,
-              "checkpoint.max_to_keep": 2}
+    fields = {
+        "train.optimizer": "adam",
+        "train.learning_rate": 0.02,
+        "checkpoint.every_epochs": 1,
+        "checkpoint.max_to_keep": 2,
+    }
     first = train_and_evaluate(small_config(8, **fields), tmp_path)
     for epochs in (11, 14):
         out = train_and_evaluate(small_config(epochs, **fields), tmp_path)
     best = min(out["metrics"], key=lambda r: r["val_ppl"])
-    assert best["epoch"] <= 8 and best["step"] == min(first["metrics"], key=lambda r: r["val_ppl"])["step"]
+    assert (
+        best["epoch"] <= 8
+        and best["step"] == min(first["metrics"], key=lambda r: r["val_ppl"])["step"]
+    )
     steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert steps == sorted({best["step"], *(r["step"] for r in out["metrics"][-2:])})
     assert rnnjax.load(tmp_path).step == best["step"] and out["best_saved_epoch"] == best["epoch"]
@@ -79,14 +90,18 @@ def _latest_step(workdir):
     return max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
 
 
-@pytest.mark.parametrize("damage", ["truncated_array", "missing_metadata", "empty_step_dir", "leftover_tmp_dir"])
+@pytest.mark.parametrize(
+    "damage", ["truncated_array", "missing_metadata", "empty_step_dir", "leftover_tmp_dir"]
+)
 def test_damaged_checkpoint_falls_back_to_the_previous_step(tmp_path, damage, caplog):
     reference = train_and_evaluate(small_config(4), tmp_path / "ref")
     run = tmp_path / "run"
     train_and_evaluate(small_config(3), run)
     last = run / "checkpoints" / str(_latest_step(run))
     if damage == "truncated_array":
-        files = [p for p in last.rglob("*") if p.is_file() and "/d/" in str(p)]  # array data, params/ or state/
+        files = [
+            p for p in last.rglob("*") if p.is_file() and "/d/" in str(p)
+        ]  # array data, params/ or state/
         biggest = max(files, key=lambda p: p.stat().st_size)
         biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 2])
     elif damage == "missing_metadata":
@@ -118,31 +133,46 @@ def test_all_checkpoints_damaged_fails_naming_the_steps(tmp_path):
 def test_sigkill_at_random_moments_then_resume_is_bitwise_exact(tmp_path):
     epochs = "--config.train.num_epochs=12"
     t0 = time.monotonic()
-    ref = subprocess.run(train_cli(tmp_path / "ref", epochs), capture_output=True, text=True, env=ENV, timeout=300)
+    ref = subprocess.run(
+        train_cli(tmp_path / "ref", epochs), capture_output=True, text=True, env=ENV, timeout=300
+    )
     assert ref.returncode == 0, ref.stderr[-2000:]
     duration = time.monotonic() - t0  # kill moments scale with this machine's speed
     rng = np.random.default_rng(0)
     run = tmp_path / "run"
     kills = 0
     for delay in rng.uniform(0.3, 0.9, size=4) * duration:
-        proc = subprocess.Popen(train_cli(run, epochs), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+        proc = subprocess.Popen(
+            train_cli(run, epochs), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV
+        )
         time.sleep(delay)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait()
     assert kills >= 1
-    done = subprocess.run(train_cli(run, epochs), capture_output=True, text=True, env=ENV, timeout=300)
+    done = subprocess.run(
+        train_cli(run, epochs), capture_output=True, text=True, env=ENV, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert param_bytes(rnnjax.load(run, step="latest").params) == param_bytes(rnnjax.load(tmp_path / "ref", step="latest").params)
-    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == list(range(1, 13))
+    assert param_bytes(rnnjax.load(run, step="latest").params) == param_bytes(
+        rnnjax.load(tmp_path / "ref", step="latest").params
+    )
+    assert [
+        json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()
+    ] == list(range(1, 13))
 
 
 @pytest.mark.slow
 def test_sigterm_saves_the_current_step_and_resume_is_exact(tmp_path):
     epochs = "--config.train.num_epochs=400"
-    proc = subprocess.Popen(train_cli(tmp_path / "run", epochs), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=ENV)
+    proc = subprocess.Popen(
+        train_cli(tmp_path / "run", epochs),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     deadline = time.time() + 120
     while not (tmp_path / "run" / "metrics.jsonl").exists() and time.time() < deadline:
         time.sleep(0.2)
@@ -157,10 +187,13 @@ def test_sigterm_saves_the_current_step_and_resume_is_exact(tmp_path):
     # Resume to a short horizon and compare with an uninterrupted run of the same length.
     horizon = f"--config.train.num_epochs={meta_epochs + 2}"
     for d in ("run", "ref"):
-        r = subprocess.run(train_cli(tmp_path / d, horizon), capture_output=True, text=True, env=ENV, timeout=300)
+        r = subprocess.run(
+            train_cli(tmp_path / d, horizon), capture_output=True, text=True, env=ENV, timeout=300
+        )
         assert r.returncode == 0, r.stderr[-2000:]
     assert param_bytes(rnnjax.load(tmp_path / "run", step="latest").params) == param_bytes(
-        rnnjax.load(tmp_path / "ref", step="latest").params)
+        rnnjax.load(tmp_path / "ref", step="latest").params
+    )
 
 
 def test_layout_params_are_their_own_item_and_load_reads_only_them(tmp_path):
@@ -168,20 +201,26 @@ def test_layout_params_are_their_own_item_and_load_reads_only_them(tmp_path):
     step_dir = tmp_path / "checkpoints" / "24"
     assert {p.name for p in step_dir.iterdir() if p.is_dir()} == {"params", "state", "meta"}
     meta = json.loads((step_dir / "meta" / "metadata").read_text())
-    assert meta["layout"] == 3 and "config" not in meta and "vocab" not in meta  # config.json/vocab.json hold them
+    assert (
+        meta["layout"] == 3 and "config" not in meta and "vocab" not in meta
+    )  # config.json/vocab.json hold them
     assert any(k.startswith("['params']") for k in meta["checksums"])
     for f in (step_dir / "state").rglob("*"):  # the resume-only arrays gone: load never reads them
         if f.is_file() and "/d/" in str(f):
             f.unlink()
     run = rnnjax.load(tmp_path)
     assert run.step == 24 and param_bytes(run.params) == param_bytes(out["params"])
-    with pytest.raises(CheckpointError, match="every checkpoint .* is damaged"):  # resuming needs them: damage
+    with pytest.raises(
+        CheckpointError, match="every checkpoint .* is damaged"
+    ):  # resuming needs them: damage
         train_and_evaluate(small_config(2), tmp_path)
 
 
 def _sums(params):
-    return {jax.tree_util.keystr(p): float(np.asarray(x, np.float64).sum())
-            for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+    return {
+        jax.tree_util.keystr(p): float(np.asarray(x, np.float64).sum())
+        for p, x in jax.tree_util.tree_flatten_with_path(params)[0]
+    }
 
 
 def test_old_checkpoint_loads_with_the_same_params_and_samples(tmp_path):
@@ -192,7 +231,9 @@ def test_old_checkpoint_loads_with_the_same_params_and_samples(tmp_path):
     assert run.step == expected["step"]
     assert _sums(run.params) == expected["param_sums"]  # sha256-verified on restore too
     assert run.generate("time traveller", 20) == expected["greedy"]
-    assert sorted(p.name for p in run_dir.rglob("*")) == sorted(p.name for p in FIXTURE.rglob("*"))  # read-only
+    assert sorted(p.name for p in run_dir.rglob("*")) == sorted(
+        p.name for p in FIXTURE.rglob("*")
+    )  # read-only
 
 
 def test_old_checkpoint_resumes_training(tmp_path, monkeypatch):
@@ -228,6 +269,11 @@ def test_a_run_saved_by_an_earlier_layout_loads_and_resumes_bitwise(tmp_path, mo
     c.checkpoint.every_epochs, c.generate.prefixes = 1, []
     out = train_and_evaluate(c, name)
     resumed = expected["resumed"]
-    assert _sums(out["params"]) == resumed["param_sums"] and out["metrics"][-1]["step"] == resumed["step"]
-    assert [{k: r[k] for k in ("epoch", "step", "train_ppl", "val_ppl", "grad_norm")} for r in out["metrics"]] == (
-        resumed["records"])
+    assert (
+        _sums(out["params"]) == resumed["param_sums"]
+        and out["metrics"][-1]["step"] == resumed["step"]
+    )
+    assert [
+        {k: r[k] for k in ("epoch", "step", "train_ppl", "val_ppl", "grad_norm")}
+        for r in out["metrics"]
+    ] == (resumed["records"])

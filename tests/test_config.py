@@ -31,7 +31,10 @@ def test_every_config_file_builds(path):
     from rnnjax.sweep import apply_overrides, trials
 
     mod = load_module(path)
-    extra = {"books.py": ["d2l_split"], "sweep_books.py": ["stage2", "stage3", "stage4", "cells"]}.get(os.path.basename(path), [])
+    extra = {
+        "books.py": ["d2l_split"],
+        "sweep_books.py": ["stage2", "stage3", "stage4", "cells"],
+    }.get(os.path.basename(path), [])
     for arg in (None, "smoke", *extra):
         cfg = resolve(mod.get_config(arg))
         if hasattr(mod, "get_sweep"):  # a sweep: every trial of its grid resolves
@@ -44,19 +47,39 @@ def test_every_config_file_builds(path):
             assert cfg.model.cell in os.path.basename(path)
         else:  # the recipe for any text: raw, split 90/5/5 per file, early stopping
             assert cfg.train.early_stopping_patience > 0
-            if arg == "d2l_split":  # d2l's experiment: first 10,000 characters train, next 5,000 validate
-                assert (cfg.data.preprocess, cfg.data.val_fraction, cfg.data.max_tokens, cfg.data.num_val) == (
-                    "d2l", 0.0, 10_000, 5_000)
+            if (
+                arg == "d2l_split"
+            ):  # d2l's experiment: first 10,000 characters train, next 5,000 validate
+                assert (
+                    cfg.data.preprocess,
+                    cfg.data.val_fraction,
+                    cfg.data.max_tokens,
+                    cfg.data.num_val,
+                ) == ("d2l", 0.0, 10_000, 5_000)
             else:
-                assert (cfg.data.preprocess, cfg.data.val_fraction, cfg.data.test_fraction) == ("none", 0.05, 0.05)
+                assert (cfg.data.preprocess, cfg.data.val_fraction, cfg.data.test_fraction) == (
+                    "none",
+                    0.05,
+                    0.05,
+                )
                 assert cfg.data.max_tokens == (2_000 if arg else 0)
 
 
 def test_seed_config_is_the_reference_experiment():
     cfg = resolve(load_config_file(os.path.join(ROOT, "configs", "deep_lstm.py")))
     assert (cfg.model.cell, cfg.model.num_layers, cfg.model.hidden_size) == ("lstm", 2, 256)
-    assert (cfg.data.batch_size, cfg.data.num_steps, cfg.data.max_tokens, cfg.data.sampler) == (32, 35, 10_000, "sequential")
-    assert (cfg.train.optimizer, cfg.train.learning_rate, cfg.train.grad_clip, cfg.train.num_epochs) == ("sgd", 2.0, 1.0, 500)
+    assert (cfg.data.batch_size, cfg.data.num_steps, cfg.data.max_tokens, cfg.data.sampler) == (
+        32,
+        35,
+        10_000,
+        "sequential",
+    )
+    assert (
+        cfg.train.optimizer,
+        cfg.train.learning_rate,
+        cfg.train.grad_clip,
+        cfg.train.num_epochs,
+    ) == ("sgd", 2.0, 1.0, 500)
 
 
 BAD = [
@@ -92,9 +115,17 @@ def test_per_layer_activation_list_is_accepted():
 def test_cli_prints_one_line_and_creates_nothing(tmp_path):
     workdir = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "scripts", "train.py"), "--config=" + os.path.join(ROOT, "configs", "deep_lstm.py"),
-         f"--workdir={workdir}", "--config.model.num_layers=0"],
-        capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=120,
+        [
+            sys.executable,
+            os.path.join(ROOT, "scripts", "train.py"),
+            "--config=" + os.path.join(ROOT, "configs", "deep_lstm.py"),
+            f"--workdir={workdir}",
+            "--config.model.num_layers=0",
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        timeout=120,
     )
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1] == (
@@ -113,8 +144,13 @@ def test_allowed_quotes_each_fields_rule_for_the_command_line():
     assert allowed("seed") == "an integer in [0, 2**32)"
     assert allowed("model.nope") is None and allowed("nope.x") is None
     cfg = default_config()
-    scalars = [f"{g}.{k}" for g, sub in cfg.items() if hasattr(sub, "items")
-               for k, v in sub.items() if isinstance(v, (bool, int, float))]
+    scalars = [
+        f"{g}.{k}"
+        for g, sub in cfg.items()
+        if hasattr(sub, "items")
+        for k, v in sub.items()
+        if isinstance(v, (bool, int, float))
+    ]
     assert len(scalars) > 20
     missing = [f for f in scalars if not allowed(f)]
     assert not missing, missing
@@ -172,16 +208,19 @@ def test_a_config_saved_before_new_fields_still_resolves():
     assert first_difference(cfg.to_dict(), cfg.to_dict()) is None
 
 
-@pytest.mark.parametrize("field, saved, now, refused", [
-    ("train.num_epochs", 3, 5, False),
-    ("checkpoint.every_epochs", 10, 1, False),
-    ("generate.num_chars", 50, 5, False),
-    ("model.impl", "rnnjax", "autodiff", False),
-    ("model.impl", "rnnjax", "flax", True),
-    ("model.hidden_size", 32, 64, True),
-    ("train.optimizer_kwargs", {}, {"b1": 0.95}, True),
-    ("train.optimizer", "sgd", "lion", True),
-])
+@pytest.mark.parametrize(
+    "field, saved, now, refused",
+    [
+        ("train.num_epochs", 3, 5, False),
+        ("checkpoint.every_epochs", 10, 1, False),
+        ("generate.num_chars", 50, 5, False),
+        ("model.impl", "rnnjax", "autodiff", False),
+        ("model.impl", "rnnjax", "flax", True),
+        ("model.hidden_size", 32, 64, True),
+        ("train.optimizer_kwargs", {}, {"b1": 0.95}, True),
+        ("train.optimizer", "sgd", "lion", True),
+    ],
+)
 def test_what_a_resume_may_change_is_declared_per_field(field, saved, now, refused):
     from rnnjax.config import first_difference
 
@@ -209,8 +248,11 @@ def test_generate_num_chars_one_rule_for_config_and_sampler():
 
 
 def test_optimizer_kwargs_cannot_hold_the_learning_rate():
-    with pytest.raises(ConfigError, match=r"^config.train.optimizer_kwargs sets learning_rate; set "
-                                          r"config.train.learning_rate instead"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^config.train.optimizer_kwargs sets learning_rate; set "
+        r"config.train.learning_rate instead",
+    ):
         resolve(with_fields(default_config(), **{"train.optimizer_kwargs": {"learning_rate": 0.1}}))
     rule = r"config.train.optimizer_kwargs = \{1: 2\} is not allowed: a dict"
     with pytest.raises(ConfigError, match=rule):

@@ -26,13 +26,17 @@ def test_bundled_book_matches_d2l_preprocessing():
     assert corpus.train.shape == (10_000,) and corpus.val.shape == (5_000,)
     ids = corpus.vocab.encode(data.tokenize(text, "char"))
     np.testing.assert_array_equal(corpus.train, ids[:10_000])
-    np.testing.assert_array_equal(corpus.val, ids[10_000:15_000])  # held out: the tokens right after
+    np.testing.assert_array_equal(
+        corpus.val, ids[10_000:15_000]
+    )  # held out: the tokens right after
 
 
 def test_preprocess_none_keeps_raw_characters_and_word_tokens(tmp_path):
     f = tmp_path / "t.txt"
     f.write_text("Hello, World!\nHello again.\n" * 50, encoding="utf-8")
-    cfg = data_cfg(paths=(str(f),), preprocess="none", max_tokens=1000, num_val=100, batch_size=2, num_steps=5)
+    cfg = data_cfg(
+        paths=(str(f),), preprocess="none", max_tokens=1000, num_val=100, batch_size=2, num_steps=5
+    )
     corpus = data.load_corpus(cfg)
     assert {"H", ",", "\n", "!"} <= set(corpus.vocab.idx_to_token)
     words = data.load_corpus(dataclasses.replace(cfg, tokenizer="word", max_tokens=150, num_val=50))
@@ -51,7 +55,9 @@ def test_sequential_batches_continue_each_row_exactly():
     # Offsets differ between epochs, shapes never do; the same (seed, epoch) repeats exactly.
     offsets = {int(data.epoch_batches(tokens, cfg, 0, e)[0][0, 0, 0]) for e in range(1, 30)}
     assert len(offsets) > 1 and max(offsets) <= 5
-    np.testing.assert_array_equal(data.epoch_batches(tokens, cfg, 0, 7)[0], data.epoch_batches(tokens, cfg, 0, 7)[0])
+    np.testing.assert_array_equal(
+        data.epoch_batches(tokens, cfg, 0, 7)[0], data.epoch_batches(tokens, cfg, 0, 7)[0]
+    )
 
 
 def test_random_batches_are_disjoint_subsequences():
@@ -89,16 +95,22 @@ def test_bad_corpus_files_are_refused(kind, tmp_path):
     elif kind == "binary":
         path.write_bytes(b"caf\xe9 au lait" * 100)
     with pytest.raises(ConfigError, match=r"config\.data\.paths: .*(cannot read|empty|not UTF-8)"):
-        train_and_evaluate(with_fields(default_config(), **{"data.paths": [str(path)]}), tmp_path / "run")
+        train_and_evaluate(
+            with_fields(default_config(), **{"data.paths": [str(path)]}), tmp_path / "run"
+        )
     assert not (tmp_path / "run").exists()
 
 
 def test_window_longer_than_corpus_is_refused(tmp_path):
-    cfg = with_fields(default_config(), **{"data.num_steps": 400})  # 32 rows x 401 tokens > 10,000 training tokens
+    cfg = with_fields(
+        default_config(), **{"data.num_steps": 400}
+    )  # 32 rows x 401 tokens > 10,000 training tokens
     with pytest.raises(ConfigError, match=r"config\.data\.num_steps = 400"):
         train_and_evaluate(cfg, tmp_path / "run")
     with pytest.raises(ConfigError, match=r"config\.data\.max_tokens \+ config\.data\.num_val"):
-        train_and_evaluate(with_fields(default_config(), **{"data.max_tokens": 10_000_000}), tmp_path / "run")
+        train_and_evaluate(
+            with_fields(default_config(), **{"data.max_tokens": 10_000_000}), tmp_path / "run"
+        )
 
 
 def test_a_vocabulary_of_only_unk_is_refused_naming_min_freq():
@@ -108,7 +120,8 @@ def test_a_vocabulary_of_only_unk_is_refused_naming_min_freq():
     assert str(e.value) == (
         "config.data.min_freq = 100000 leaves no word token in the vocabulary: 0 of the 2,187 "
         "distinct training tokens occur that often (the most frequent, 'the', occurs 679 times); "
-        "lower config.data.min_freq")
+        "lower config.data.min_freq"
+    )
     kept = data.load_corpus(data_cfg(tokenizer="word", min_freq=679)).vocab
     assert len(kept) == 2  # 'the' and <unk>
 
@@ -118,9 +131,12 @@ def test_a_corpus_that_d2l_preprocessing_empties_points_to_preprocess_none(tmp_p
     path = tmp_path / "cjk.txt"
     path.write_text("时间旅行者" * 4_000, encoding="utf-8")  # 20,000 characters, no ASCII
     cfg = data_cfg(paths=(str(path),), val_fraction=0.1 if by_fraction else 0.0)
-    with pytest.raises(ConfigError, match=r"\(d2l preprocessing keeps only the ASCII letters a-z, "
-                                          r"A-Z: 20,000 characters became 0; for text in other "
-                                          r"scripts use --config.data.preprocess=none\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"\(d2l preprocessing keeps only the ASCII letters a-z, "
+        r"A-Z: 20,000 characters became 0; for text in other "
+        r"scripts use --config.data.preprocess=none\)",
+    ):
         data.load_corpus(cfg)
     raw = dataclasses.replace(cfg, preprocess="none", max_tokens=2000, num_val=500)
     corpus = data.load_corpus(raw)
@@ -131,6 +147,7 @@ def test_a_data_path_that_is_a_symlink_loop_is_one_line(tmp_path):
     (tmp_path / "a").symlink_to(tmp_path / "b")
     (tmp_path / "b").symlink_to(tmp_path / "a")
     for by_fraction in (0.0, 0.1):
-        with pytest.raises(ConfigError,
-                           match=r"^config.data.paths: .*a'.* (symbolic links|Too many levels)"):
+        with pytest.raises(
+            ConfigError, match=r"^config.data.paths: .*a'.* (symbolic links|Too many levels)"
+        ):
             data.load_corpus(data_cfg(paths=(str(tmp_path / "a"),), val_fraction=by_fraction))

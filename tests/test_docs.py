@@ -105,8 +105,9 @@ def test_every_relative_link_resolves(page):
 
 def test_the_link_checker_finds_a_broken_link_and_a_broken_anchor(tmp_path):
     page = tmp_path / "p.md"
-    page.write_text("# Top\n\n## Adding a cell\n\n"
-                    "[a](nope.md) [b](#adding-a-cell) [c](#nope) `[d](x.md)`\n")
+    page.write_text(
+        "# Top\n\n## Adding a cell\n\n[a](nope.md) [b](#adding-a-cell) [c](#nope) `[d](x.md)`\n"
+    )
     assert links(page) == ["nope.md", "#adding-a-cell", "#nope"]
     assert anchors(page) == {"top", "adding-a-cell"}
     heading = "Inside the stack: TensorBoard, `rnnjax.inspect`"
@@ -123,14 +124,18 @@ def test_every_untested_marker_sits_on_a_block_and_gives_a_reason(page):
 
 def test_the_parser_reads_blocks_markers_continuations_and_comments(tmp_path):
     page = tmp_path / "p.md"
-    page.write_text("x\n\n```bash\n# a comment line\n"
-                    "python a.py --x=1 \\\n    --y=2   # says what\n```\n\n"
-                    "<!-- untested: needs a GPU somewhere -->\n```bash\npython gpu.py\n```\n\n"
-                    "```python\nimport rnnjax\n```\n\n```text\nnot a command\n```\n")
+    page.write_text(
+        "x\n\n```bash\n# a comment line\n"
+        "python a.py --x=1 \\\n    --y=2   # says what\n```\n\n"
+        "<!-- untested: needs a GPU somewhere -->\n```bash\npython gpu.py\n```\n\n"
+        "```python\nimport rnnjax\n```\n\n```text\nnot a command\n```\n"
+    )
     found = [(c.lang, c.text, c.untested) for c in page_commands(page)]
-    assert found == [("bash", "python a.py --x=1 --y=2", None),
-                     ("bash", "python gpu.py", "needs a GPU somewhere"),
-                     ("python", "import rnnjax\n", None)]
+    assert found == [
+        ("bash", "python a.py --x=1 --y=2", None),
+        ("bash", "python gpu.py", "needs a GPU somewhere"),
+        ("python", "import rnnjax\n", None),
+    ]
 
 
 def test_the_readme_is_short_and_links_every_docs_page():
@@ -143,14 +148,22 @@ def test_the_readme_is_short_and_links_every_docs_page():
 
 def test_a_newcomer_finds_own_text_resume_best_checkpoint_and_adding_a_cell_in_the_readme():
     text = README.read_text()
-    for needle in ("--config.data.paths=my_book.txt", "--resume=must", "the best checkpoint",
-                   'rnnjax.load("runs/deep_lstm")', "docs/cells.md#adding-a-cell"):
+    for needle in (
+        "--config.data.paths=my_book.txt",
+        "--resume=must",
+        "the best checkpoint",
+        'rnnjax.load("runs/deep_lstm")',
+        "docs/cells.md#adding-a-cell",
+    ):
         assert needle in text, needle
 
 
 def test_the_readmes_test_command_is_the_one_ci_runs():
-    ci = [x.strip().replace(" --quiet", "") for x in (ROOT / ".ci" / "run").read_text().splitlines()
-          if x.strip() and not x.startswith("#")]
+    ci = [
+        x.strip().replace(" --quiet", "")
+        for x in (ROOT / ".ci" / "run").read_text().splitlines()
+        if x.strip() and not x.startswith("#")
+    ]
     tests = [c for c in page_commands(README) if "pytest" in c.text]
     assert len(tests) == 1 and tests[0].untested, tests
     install, _, run = tests[0].text.partition(" && ")

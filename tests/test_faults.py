@@ -27,8 +27,11 @@ ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
 
 
 def snapshot(workdir):
-    return {str(p.relative_to(workdir)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(pathlib.Path(workdir).rglob("*")) if p.is_file() and p.name != ".lock"}
+    return {
+        str(p.relative_to(workdir)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(pathlib.Path(workdir).rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
 
 
 def steps(workdir):
@@ -36,7 +39,9 @@ def steps(workdir):
 
 
 def biggest_array_file(step_dir):
-    files = [p for p in step_dir.rglob("*") if p.is_file() and "/d/" in str(p)]  # array data, params/ or state/
+    files = [
+        p for p in step_dir.rglob("*") if p.is_file() and "/d/" in str(p)
+    ]  # array data, params/ or state/
     return max(files, key=lambda p: p.stat().st_size)
 
 
@@ -71,9 +76,15 @@ def test_flipped_bytes_are_caught_by_checksums_and_fall_back(run_copy, caplog):
     assert "damaged" in caplog.text
     with pytest.raises(CheckpointError, match="step 72 .* is damaged"):
         rnnjax.load(run, step=72)  # an explicit step never falls back
-    resumed = train_and_evaluate(small_config(3), run)  # the trainer quarantines it and redoes epoch 3 exactly
-    assert (run / "damaged").is_dir() and any(p.name.startswith("72.") for p in (run / "damaged").iterdir())
-    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(resumed["params"]))
+    resumed = train_and_evaluate(
+        small_config(3), run
+    )  # the trainer quarantines it and redoes epoch 3 exactly
+    assert (run / "damaged").is_dir() and any(
+        p.name.startswith("72.") for p in (run / "damaged").iterdir()
+    )
+    assert all(
+        np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(resumed["params"])
+    )
     assert [r["epoch"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2, 3]
 
 
@@ -83,8 +94,14 @@ def test_checksums_are_recorded_for_every_array(finished):
     assert len(meta["checksums"]) >= 10 and all(len(v) == 64 for v in meta["checksums"].values())
 
 
-@pytest.mark.parametrize("error", [MemoryError("out of memory"), TypeError("bug in a restore target"),
-                                   ValueError("Checkpoint path should be absolute. Got runs/x")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        MemoryError("out of memory"),
+        TypeError("bug in a restore target"),
+        ValueError("Checkpoint path should be absolute. Got runs/x"),
+    ],
+)
 def test_an_unrelated_restore_error_moves_nothing(run_copy, monkeypatch, error):
     run, _ = run_copy
     before = snapshot(run)
@@ -100,9 +117,18 @@ def test_an_unrelated_restore_error_moves_nothing(run_copy, monkeypatch, error):
     assert snapshot(run) == before and not (run / "damaged").exists()
 
 
-@pytest.mark.parametrize("damage", ["truncated_array", "deleted_array_metadata", "deleted_manifest", "garbled_meta",
-                                    "empty_step_dir", "non_utf8_params_array_metadatas",
-                                    "random_state_array_metadatas"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "truncated_array",
+        "deleted_array_metadata",
+        "deleted_manifest",
+        "garbled_meta",
+        "empty_step_dir",
+        "non_utf8_params_array_metadatas",
+        "random_state_array_metadatas",
+    ],
+)
 def test_each_damage_kind_is_quarantined_and_the_previous_step_used(run_copy, damage):
     run, out = run_copy
     latest = run / "checkpoints" / "72"
@@ -123,9 +149,14 @@ def test_each_damage_kind_is_quarantined_and_the_previous_step_used(run_copy, da
         f.write_bytes(np.random.default_rng(0).bytes(f.stat().st_size))
     else:
         (run / "checkpoints" / "96").mkdir()
-    assert integrity.find_damage(latest) is not None or damage in ("truncated_array", "empty_step_dir")
+    assert integrity.find_damage(latest) is not None or damage in (
+        "truncated_array",
+        "empty_step_dir",
+    )
     resumed = train_and_evaluate(small_config(3), run)
-    assert param_bytes(resumed["params"]) == param_bytes(out["params"])  # epoch 3 redone from step 48, exactly
+    assert param_bytes(resumed["params"]) == param_bytes(
+        out["params"]
+    )  # epoch 3 redone from step 48, exactly
     moved = {p.name.split(".")[0] for p in (run / "damaged").iterdir()}
     assert moved == ({"96"} if damage == "empty_step_dir" else {"72"})
 
@@ -134,17 +165,28 @@ def test_all_quarantined_then_rerun_refuses_and_keeps_the_history(run_copy):
     run, _ = run_copy
     for s in steps(run):
         (run / "checkpoints" / str(s) / "meta" / "metadata").unlink()
-    with pytest.raises(CheckpointError, match=r"every checkpoint .* is damaged \(steps \[24, 48, 72\]"):
+    with pytest.raises(
+        CheckpointError, match=r"every checkpoint .* is damaged \(steps \[24, 48, 72\]"
+    ):
         train_and_evaluate(small_config(3), run)
     before = snapshot(run)
-    with pytest.raises(WorkdirError, match=r"holds 3 epoch record\(s\) in metrics.jsonl and 3 damaged checkpoint\(s\) in "
-                                           r"damaged/ but no checkpoint to resume from; use a new --workdir, or "
-                                           r"--resume=restart"):
+    with pytest.raises(
+        WorkdirError,
+        match=r"holds 3 epoch record\(s\) in metrics.jsonl and 3 damaged checkpoint\(s\) in "
+        r"damaged/ but no checkpoint to resume from; use a new --workdir, or "
+        r"--resume=restart",
+    ):
         train_and_evaluate(small_config(3), run)
     assert snapshot(run) == before  # metrics.jsonl not truncated, nothing moved
-    out = train_and_evaluate(small_config(1), run, resume="restart")  # the explicit way on: old files kept aside
+    out = train_and_evaluate(
+        small_config(1), run, resume="restart"
+    )  # the explicit way on: old files kept aside
     kept = list((run / "discarded").iterdir())
-    assert len(kept) == 1 and len(read_metrics(kept[0] / "metrics.jsonl")) == 3 and (kept[0] / "damaged").is_dir()
+    assert (
+        len(kept) == 1
+        and len(read_metrics(kept[0] / "metrics.jsonl")) == 3
+        and (kept[0] / "damaged").is_dir()
+    )
     assert [r["epoch"] for r in out["metrics"]] == [1]
 
 
@@ -192,11 +234,19 @@ def _in_own_mount_namespace(script, cwd):
     if unshare is None:
         pytest.skip("needs util-linux unshare for a private tmpfs")
     flags = ["-m"] if os.geteuid() == 0 else ["-rm"]
-    probe = subprocess.run([unshare, *flags, "sh", "-c", "mount -t tmpfs tmpfs /mnt"], capture_output=True)
+    probe = subprocess.run(
+        [unshare, *flags, "sh", "-c", "mount -t tmpfs tmpfs /mnt"], capture_output=True
+    )
     if probe.returncode != 0:
         pytest.skip(f"cannot mount a private tmpfs here: {probe.stderr.decode().strip()}")
-    return subprocess.run([unshare, *flags, "sh", "-ec", script], cwd=cwd, capture_output=True, text=True, env=ENV,
-                          timeout=600)
+    return subprocess.run(
+        [unshare, *flags, "sh", "-ec", script],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=600,
+    )
 
 
 TRAIN_SMOKE = f"{sys.executable} {ROOT / 'scripts' / 'train.py'} --config={ROOT / 'configs' / 'deep_lstm.py'}:smoke"
@@ -205,25 +255,31 @@ TRAIN_SMOKE = f"{sys.executable} {ROOT / 'scripts' / 'train.py'} --config={ROOT 
 @pytest.mark.slow
 def test_read_only_workdir_is_one_line(tmp_path):
     (tmp_path / "ro").mkdir()
-    proc = _in_own_mount_namespace(f"mount -t tmpfs -o ro tmpfs ro; {TRAIN_SMOKE} --workdir=ro/run", tmp_path)
+    proc = _in_own_mount_namespace(
+        f"mount -t tmpfs -o ro tmpfs ro; {TRAIN_SMOKE} --workdir=ro/run", tmp_path
+    )
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines() == [
-        f"error: workdir {tmp_path / 'ro' / 'run'}: {tmp_path / 'ro'} is not writable; give a writable --workdir"]
+        f"error: workdir {tmp_path / 'ro' / 'run'}: {tmp_path / 'ro'} is not writable; give a writable --workdir"
+    ]
 
 
 @pytest.mark.slow
 def test_disk_full_while_saving_is_one_line_and_keeps_the_previous_checkpoint(tmp_path):
     (tmp_path / "d").mkdir()
     fill = "import os; s = os.statvfs('d'); open('d/fill', 'wb').write(bytes(s.f_bavail * s.f_frsize - 16384))"
-    script = (f"mount -t tmpfs -o size=2m tmpfs d; {TRAIN_SMOKE} --workdir=d/run --config.train.num_epochs=1 "
-              f"--config.train.progress=False >/dev/null; {sys.executable} -c \"{fill}\"; "
-              f"{TRAIN_SMOKE} --workdir=d/run --config.train.num_epochs=2 --config.train.progress=False || echo rc=$?; "
-              "ls -a d/run/checkpoints; cat d/run/metrics.jsonl | wc -l")
+    script = (
+        f"mount -t tmpfs -o size=2m tmpfs d; {TRAIN_SMOKE} --workdir=d/run --config.train.num_epochs=1 "
+        f'--config.train.progress=False >/dev/null; {sys.executable} -c "{fill}"; '
+        f"{TRAIN_SMOKE} --workdir=d/run --config.train.num_epochs=2 --config.train.progress=False || echo rc=$?; "
+        "ls -a d/run/checkpoints; cat d/run/metrics.jsonl | wc -l"
+    )
     proc = _in_own_mount_namespace(script, tmp_path)
     assert proc.stderr.strip().splitlines() == [
         f"error: disk full while saving checkpoint step 48 in {tmp_path / 'd' / 'run' / 'checkpoints'}: it needs about "
         "0.1 MiB, 0.0 MiB are free; the previous checkpoint (step 24) is intact. Free some space and rerun the same "
-        "command to resume"], proc.stderr[-3000:]
+        "command to resume"
+    ], proc.stderr[-3000:]
     listing = proc.stdout.split()
     assert "rc=1" in listing and "24" in listing  # the previous checkpoint is there
     assert not [x for x in listing if "tmp" in x]  # no partial save left behind
@@ -233,13 +289,19 @@ def test_disk_full_while_saving_is_one_line_and_keeps_the_previous_checkpoint(tm
 def test_nonfinite_abort_names_the_part_and_the_settings(tmp_path):
     bad = small_config(2)
     bad.train.learning_rate, bad.train.grad_clip = 1e38, 1.0
-    with pytest.raises(FloatingPointError, match=r"the (gradient|update|loss) was not finite with train.optimizer = 'sgd', "
-                                                 r"train.learning_rate = 1e\+38, train.grad_clip = 1.0; lower "
-                                                 r"train.learning_rate$"):
+    with pytest.raises(
+        FloatingPointError,
+        match=r"the (gradient|update|loss) was not finite with train.optimizer = 'sgd', "
+        r"train.learning_rate = 1e\+38, train.grad_clip = 1.0; lower "
+        r"train.learning_rate$",
+    ):
         train_and_evaluate(bad, tmp_path / "a")
     bad.train.grad_clip = 0.0
-    with pytest.raises(FloatingPointError, match=r"train.grad_clip = 0.0 \(off\); lower train.learning_rate or set "
-                                                 r"train.grad_clip"):
+    with pytest.raises(
+        FloatingPointError,
+        match=r"train.grad_clip = 0.0 \(off\); lower train.learning_rate or set "
+        r"train.grad_clip",
+    ):
         train_and_evaluate(bad, tmp_path / "b")
 
 
@@ -248,23 +310,33 @@ def test_sigterm_before_training_starts_saves_nothing_and_says_so(tmp_path, monk
 
     real = data.load_corpus
 
-    def signalled_while_loading(cfg):  # the signal arrives while the corpus is read: before any training step
+    def signalled_while_loading(
+        cfg,
+    ):  # the signal arrives while the corpus is read: before any training step
         os.kill(os.getpid(), signal.SIGTERM)
         return real(cfg)
 
     monkeypatch.setattr(data, "load_corpus", signalled_while_loading)
-    with pytest.raises(Preempted, match="^stopped by signal 15 before training started: nothing was saved yet$") as e:
+    with pytest.raises(
+        Preempted, match="^stopped by signal 15 before training started: nothing was saved yet$"
+    ) as e:
         train_and_evaluate(small_config(1), tmp_path / "run")
     assert e.value.step is None and not (tmp_path / "run" / "metrics.jsonl").exists()
-    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any(
+        (tmp_path / "run" / "checkpoints").iterdir()
+    )
 
 
 def test_a_torn_last_record_covered_by_a_checkpoint_comes_back_from_it(run_copy, caplog):
     run, out = run_copy
     path = run / "metrics.jsonl"
     lines = path.read_text().splitlines()
-    path.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])  # epoch 3's line torn
-    again = train_and_evaluate(small_config(3), run)  # finished: nothing to train, epoch 3's record is restored
+    path.write_text(
+        "\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2]
+    )  # epoch 3's line torn
+    again = train_and_evaluate(
+        small_config(3), run
+    )  # finished: nothing to train, epoch 3's record is restored
     assert "restored from the checkpoint" in caplog.text
     assert [r["epoch"] for r in read_metrics(path)] == [1, 2, 3]
     assert read_metrics(path)[-1]["val_ppl"] == out["metrics"][-1]["val_ppl"] == again["val_ppl"]
@@ -287,11 +359,16 @@ def test_generate_names_the_damaged_file_when_it_cannot_fall_back(run_copy):
     for s in steps(run):
         f = run / "checkpoints" / str(s) / "params" / "array_metadatas" / "process_0"
         f.write_bytes(b"\xff" + f.read_bytes()[1:])
-    cmd = [sys.executable, str(ROOT / "scripts" / "generate.py"), f"--workdir={run}",
-           "--num_chars=5"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "generate.py"),
+        f"--workdir={run}",
+        "--num_chars=5",
+    ]
     bad = "params/array_metadatas/process_0 is not UTF-8 text (byte 0)"
-    explicit = subprocess.run([*cmd, "--step=48"], capture_output=True, text=True, env=ENV,
-                              timeout=300)
+    explicit = subprocess.run(
+        [*cmd, "--step=48"], capture_output=True, text=True, env=ENV, timeout=300
+    )
     assert explicit.returncode == 1 and explicit.stderr.strip().splitlines() == [
         f"error: checkpoint step 48 in {run / 'checkpoints'} is damaged: {bad}"
     ], explicit.stderr[-3000:]

@@ -37,9 +37,28 @@ def _fields(node, prefix=""):
 
 FIELDS = _fields(default_config())
 VALUES = st.one_of(
-    st.integers(min_value=-(2**40), max_value=2**40), st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
-    st.none(), st.text(max_size=8), st.lists(st.one_of(st.text(max_size=4), st.integers(-3, 3)), max_size=3),
-    st.sampled_from(["lstm", "gru", "rnn", "sgd", "adam", "relu", "tanh", "d2l", "char", "word", "random", "flax"]),
+    st.integers(min_value=-(2**40), max_value=2**40),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=8),
+    st.lists(st.one_of(st.text(max_size=4), st.integers(-3, 3)), max_size=3),
+    st.sampled_from(
+        [
+            "lstm",
+            "gru",
+            "rnn",
+            "sgd",
+            "adam",
+            "relu",
+            "tanh",
+            "d2l",
+            "char",
+            "word",
+            "random",
+            "flax",
+        ]
+    ),
 )
 
 
@@ -60,8 +79,14 @@ def test_any_config_override_resolves_or_names_the_field(overrides):
         assert one_line(str(e)) and str(e).startswith("config."), str(e)
 
 
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.binary(max_size=3000), st.sampled_from(["d2l", "none"]), st.sampled_from(["char", "word"]))
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    st.binary(max_size=3000), st.sampled_from(["d2l", "none"]), st.sampled_from(["char", "word"])
+)
 def test_any_corpus_bytes_load_or_say_why(tmp_path, raw, preprocess, tokenizer):
     path = tmp_path / "corpus.txt"
     path.write_bytes(raw)
@@ -74,18 +99,26 @@ def test_any_corpus_bytes_load_or_say_why(tmp_path, raw, preprocess, tokenizer):
     except ConfigError as e:
         assert one_line(str(e)) and str(e).startswith("config.data."), str(e)
     else:
-        assert len(corpus.train) == 40 and len(corpus.val) == 9 and corpus.train.max() < len(corpus.vocab)
+        assert (
+            len(corpus.train) == 40
+            and len(corpus.val) == 9
+            and corpus.train.max() < len(corpus.vocab)
+        )
 
 
 @settings(max_examples=EXAMPLES * 2, deadline=None)
 @given(
-    st.one_of(st.text(max_size=6), st.lists(st.text(max_size=4), max_size=3), st.none(), st.integers()),
+    st.one_of(
+        st.text(max_size=6), st.lists(st.text(max_size=4), max_size=3), st.none(), st.integers()
+    ),
     st.one_of(st.integers(-5, 50), st.floats(allow_nan=True), st.booleans(), st.text(max_size=2)),
     st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-2, 3), st.none()),
     st.one_of(st.none(), st.integers(-3, 100), st.floats(allow_nan=True)),
     st.one_of(st.integers(-5, 2**33), st.floats(allow_nan=True)),
 )
-def test_any_generation_arguments_are_checked_in_one_line(prefixes, num_chars, temperature, top_k, seed):
+def test_any_generation_arguments_are_checked_in_one_line(
+    prefixes, num_chars, temperature, top_k, seed
+):
     from rnnjax.sampling import check_args
 
     try:
@@ -94,31 +127,73 @@ def test_any_generation_arguments_are_checked_in_one_line(prefixes, num_chars, t
         assert one_line(str(e)), str(e)
     else:  # what passes is what sampling can use
         assert isinstance(num_chars, int) and num_chars >= 1
-        assert isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0
+        assert (
+            isinstance(temperature, (int, float))
+            and math.isfinite(temperature)
+            and temperature >= 0
+        )
 
 
-FRAGMENTS = st.sampled_from([
-    "--config.model.hiden_size=8", "--config.model.hidden_size=-3", "--config.model.hidden_size=abc",
-    "--config.model.num_layers=3", "--config.model.cell=gru", "--config.model.cell=transformer",
-    "--config.data.paths=missing.txt", "--config.data.paths=corpus.txt", "--config.data.paths=/dev/null",
-    "--config.data.paths=[", "--config.data.batch_size=0", "--config.data.num_steps=100000",
-    "--config.train.learning_rate=nan", "--config.train.learning_rate=-1", "--config.train.optimizer=adam",
-    "--config.seed=-7", "--config.seed=99999999999", "--config.generate.prefixes=", "--config.generate.num_chars=-1",
-    "--config.parallel.cpu_devices=999", "--config.checkpoint.every_epochs=0", "--resume=sometimes", "--resume=must",
-    "--config.bogus=1", "--workdir=corpus.txt", "--workdir=corpus.txt/run", "positional", "--config.model.dropout=1.5",
-])
+FRAGMENTS = st.sampled_from(
+    [
+        "--config.model.hiden_size=8",
+        "--config.model.hidden_size=-3",
+        "--config.model.hidden_size=abc",
+        "--config.model.num_layers=3",
+        "--config.model.cell=gru",
+        "--config.model.cell=transformer",
+        "--config.data.paths=missing.txt",
+        "--config.data.paths=corpus.txt",
+        "--config.data.paths=/dev/null",
+        "--config.data.paths=[",
+        "--config.data.batch_size=0",
+        "--config.data.num_steps=100000",
+        "--config.train.learning_rate=nan",
+        "--config.train.learning_rate=-1",
+        "--config.train.optimizer=adam",
+        "--config.seed=-7",
+        "--config.seed=99999999999",
+        "--config.generate.prefixes=",
+        "--config.generate.num_chars=-1",
+        "--config.parallel.cpu_devices=999",
+        "--config.checkpoint.every_epochs=0",
+        "--resume=sometimes",
+        "--resume=must",
+        "--config.bogus=1",
+        "--workdir=corpus.txt",
+        "--workdir=corpus.txt/run",
+        "positional",
+        "--config.model.dropout=1.5",
+    ]
+)
 
 
 @pytest.mark.slow
-@settings(max_examples=CLI_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=CLI_EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(st.lists(FRAGMENTS, min_size=1, max_size=3, unique=True))
 def test_any_command_line_succeeds_or_is_one_line_creating_nothing(tmp_path_factory, args):
     cwd = tmp_path_factory.mktemp("cli")
     (cwd / "corpus.txt").write_text("the time traveller smiled round at us " * 80)
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "train.py"), f"--config={ROOT / 'configs' / 'deep_lstm.py'}:smoke",
-         "--workdir=run", "--config.train.num_epochs=1", "--config.train.progress=False", *args],
-        cwd=cwd, capture_output=True, text=True, env=ENV, timeout=300)
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "train.py"),
+            f"--config={ROOT / 'configs' / 'deep_lstm.py'}:smoke",
+            "--workdir=run",
+            "--config.train.num_epochs=1",
+            "--config.train.progress=False",
+            *args,
+        ],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     if proc.returncode == 0:
         assert (cwd / "run" / "checkpoints").is_dir() or any("--workdir=" in a for a in args)
         return
@@ -149,7 +224,8 @@ def finished_run(tmp_path_factory):
         item_dir = run / "checkpoints" / "72" / item
         tree = ocp.StandardCheckpointer().metadata(item_dir).item_metadata.tree
         return jax.tree_util.tree_map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), tree)
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), tree
+        )
 
     target = (abstract("params"), abstract("state"))
     clean = {s: _arrays(_restore(run, target, step=s)[1:3]) for s in (48, 72)}
@@ -225,11 +301,15 @@ def test_non_utf8_garbage_in_each_file_orbax_wrote_is_caught(finished_run, tmp_p
         _check_damaged_run(run, target, clean, rel, "non_utf8")
 
 
-@settings(max_examples=max(10, EXAMPLES // 2), deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=max(10, EXAMPLES // 2),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(st.data())
-def test_any_damage_to_any_checkpoint_file_falls_back_or_restores_intact(finished_run, tmp_path,
-                                                                         data):
+def test_any_damage_to_any_checkpoint_file_falls_back_or_restores_intact(
+    finished_run, tmp_path, data
+):
     src, target, clean = finished_run
     rel = data.draw(st.sampled_from(_orbax_files(src)), label="file")
     kind = data.draw(st.sampled_from(DAMAGE_KINDS), label="damage")

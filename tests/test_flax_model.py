@@ -66,4 +66,6 @@ def test_flax_impl_trains_like_rnnjax(tmp_path):
     theirs = train_and_evaluate(cfg, tmp_path / "flax")
     assert set(theirs["params"]) == {"layer_0", "layer_1", "out"}  # really Flax's parameter tree
     assert theirs["metrics"][-1]["train_ppl"] < 0.75 * theirs["metrics"][0]["train_ppl"]
-    assert theirs["metrics"][-1]["val_ppl"] == pytest.approx(ours["metrics"][-1]["val_ppl"], rel=0.05)
+    assert theirs["metrics"][-1]["val_ppl"] == pytest.approx(
+        ours["metrics"][-1]["val_ppl"], rel=0.05
+    )

@@ -17,8 +17,16 @@ from rnnjax.optim import make_optimizer
 from rnnjax.steps import init_train_state, make_train_step, train_sums
 
 # every registered cell the fused layer runs with its own backward step; phi-reading cells with each phi
-CASES = [(c, acts) for c in CELLS if CELLS[c].backward
-         for acts in ([("tanh",), ("relu",), ("relu", "tanh", "relu")] if CELLS[c].uses_activation else [("tanh",)])]
+CASES = [
+    (c, acts)
+    for c in CELLS
+    if CELLS[c].backward
+    for acts in (
+        [("tanh",), ("relu",), ("relu", "tanh", "relu")]
+        if CELLS[c].uses_activation
+        else [("tanh",)]
+    )
+]
 
 
 def _loss(model, tokens):
@@ -37,7 +45,9 @@ def test_fused_layer_equals_autodiff_of_scan(cell, acts):
     plain = dataclasses.replace(fused, impl=Impl.AUTODIFF)
     params = fused.init(jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(1), (5, 9), 0, 11)
-    carry = jax.tree_util.tree_map(lambda a: a + 0.5, fused.initial_carry(5))  # non-zero start carry
+    carry = jax.tree_util.tree_map(
+        lambda a: a + 0.5, fused.initial_carry(5)
+    )  # non-zero start carry
 
     (lf, cf), (lp, cp) = fused.apply(params, tokens, carry), plain.apply(params, tokens, carry)
     np.testing.assert_allclose(lf, lp, rtol=1e-6, atol=1e-6)
@@ -65,7 +75,7 @@ def test_fused_layer_under_vmap_and_jit():
 
     def loss(w, bb, x, c):
         hs, (cT, hT) = scan_layer("lstm", "tanh", {"w_h": w, "b_h": bb}, x, c)
-        return jnp.sum(hs ** 2) + jnp.sum(cT)
+        return jnp.sum(hs**2) + jnp.sum(cT)
 
     batched = jax.jit(jax.vmap(jax.grad(loss, argnums=(0, 1, 2))))(w_h, b_h, xw, c0)
     for i in range(2):
@@ -88,7 +98,9 @@ def test_train_steps_with_fused_and_plain_layers_agree():
         xs = jax.random.randint(jax.random.key(3), (10, 4, 11), 0, 28)
         carry, acc = model.initial_carry(4), train_sums(model, state.params, False)
         for i in range(10):
-            state, carry, acc = step(state, carry, acc, xs[..., :-1], xs[..., 1:], i, jax.random.key(1))
+            state, carry, acc = step(
+                state, carry, acc, xs[..., :-1], xs[..., 1:], i, jax.random.key(1)
+            )
         results.append(state.params)
     for a, b in zip(jax.tree_util.tree_leaves(results[0]), jax.tree_util.tree_leaves(results[1])):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -109,12 +121,17 @@ def test_a_cell_without_a_backward_step_is_refused_in_one_line(monkeypatch):
     monkeypatch.setitem(cells.REGISTRY, "nobwd", "no_backward_cell")
     cfg = default_config()
     cfg.model.cell = "nobwd"
-    with pytest.raises(ConfigError, match=r"^config.model.impl = 'rnnjax' has no fused backward for the nobwd cell "
-                                          r"\(Cell.backward\); use model.impl = 'autodiff'$") as e:
+    with pytest.raises(
+        ConfigError,
+        match=r"^config.model.impl = 'rnnjax' has no fused backward for the nobwd cell "
+        r"\(Cell.backward\); use model.impl = 'autodiff'$",
+    ) as e:
         resolve(cfg)
     assert "\n" not in str(e.value)
     with pytest.raises(ConfigError, match="has no fused backward"):
         DeepRNN(5, 4, 1, "nobwd")
     model = DeepRNN(5, 4, 1, "nobwd", impl=Impl.AUTODIFF)
-    logits, _ = model.apply(model.init(jax.random.key(0)), jnp.zeros((2, 3), jnp.int32), model.initial_carry(2))
+    logits, _ = model.apply(
+        model.init(jax.random.key(0)), jnp.zeros((2, 3), jnp.int32), model.initial_carry(2)
+    )
     assert logits.shape == (2, 3, 5)

@@ -21,8 +21,12 @@ from rnnjax.train import train_and_evaluate
 
 gen = importlib.import_module("rnnjax.sampling")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
-           PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
+ENV = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    PYTHONUNBUFFERED="1",
+    PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,37 +51,57 @@ def test_generation_greedy_sampled_and_batched():
     vocab = data.load_corpus(resolve(default_config()).data).vocab
     greedy = generate(model, params, vocab, "time traveller", 30)
     assert greedy.startswith("time traveller") and len(greedy) == 44
-    assert generate(model, params, vocab, "time traveller", 30, temperature=1.0, top_k=1, seed=5) == greedy
+    assert (
+        generate(model, params, vocab, "time traveller", 30, temperature=1.0, top_k=1, seed=5)
+        == greedy
+    )
     s1 = generate(model, params, vocab, "time traveller", 30, temperature=1.0, seed=1)
     assert s1 == generate(model, params, vocab, "time traveller", 30, temperature=1.0, seed=1)
     assert s1 != generate(model, params, vocab, "time traveller", 30, temperature=1.0, seed=2)
     both = generate(model, params, vocab, ["time traveller", "the time machi", "x"], 30)
     assert both[0] == greedy and both[1] == generate(model, params, vocab, "the time machi", 30)
-    assert generate(model, params, vocab, "Time-Traveller!", 5).startswith("time traveller ")  # d2l preprocessing
+    assert generate(model, params, vocab, "Time-Traveller!", 5).startswith(
+        "time traveller "
+    )  # d2l preprocessing
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"prefixes": ""}, "prefix 0 must be a non-empty string, got ''"),
-    ({"prefixes": []}, "prefixes must be a non-empty string or a non-empty list of strings, got []"),
-    ({"prefixes": ["time", ""]}, "prefix 1 must be a non-empty string, got ''"),
-    ({"prefixes": ["time", 3]}, "prefix 1 must be a non-empty string, got 3"),
-    ({"prefixes": "!!", "tokenizer": "word"}, "prefix 0 ('!!') is empty after preprocessing ('d2l'); give at least one token"),
-    ({"num_chars": 0}, "num_chars must be an integer >= 1, got 0"),
-    ({"num_chars": -3}, "num_chars must be an integer >= 1, got -3"),
-    ({"num_chars": 2.0}, "num_chars must be an integer >= 1, got 2.0"),
-    ({"num_chars": True}, "num_chars must be an integer >= 1, got True"),
-    ({"temperature": math.nan}, "temperature must be a finite number >= 0 (0 = greedy), got nan"),
-    ({"temperature": math.inf}, "temperature must be a finite number >= 0 (0 = greedy), got inf"),
-    ({"temperature": -0.5}, "temperature must be a finite number >= 0 (0 = greedy), got -0.5"),
-    ({"temperature": "1"}, "temperature must be a finite number >= 0 (0 = greedy), got '1'"),
-    ({"temperature": 1.0, "top_k": 0}, "top_k must be None or an integer >= 1, got 0"),
-    ({"temperature": 1.0, "top_k": -1}, "top_k must be None or an integer >= 1, got -1"),
-    ({"temperature": 1.0, "top_k": 2.5}, "top_k must be None or an integer >= 1, got 2.5"),
-    ({"temperature": 1.0, "top_k": True}, "top_k must be None or an integer >= 1, got True"),
-    ({"seed": -1}, "seed must be an integer with 0 <= seed < 2**32, got -1"),
-    ({"seed": 2**32}, "seed must be an integer with 0 <= seed < 2**32, got 4294967296"),
-    ({"seed": 1.5}, "seed must be an integer with 0 <= seed < 2**32, got 1.5"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"prefixes": ""}, "prefix 0 must be a non-empty string, got ''"),
+        (
+            {"prefixes": []},
+            "prefixes must be a non-empty string or a non-empty list of strings, got []",
+        ),
+        ({"prefixes": ["time", ""]}, "prefix 1 must be a non-empty string, got ''"),
+        ({"prefixes": ["time", 3]}, "prefix 1 must be a non-empty string, got 3"),
+        (
+            {"prefixes": "!!", "tokenizer": "word"},
+            "prefix 0 ('!!') is empty after preprocessing ('d2l'); give at least one token",
+        ),
+        ({"num_chars": 0}, "num_chars must be an integer >= 1, got 0"),
+        ({"num_chars": -3}, "num_chars must be an integer >= 1, got -3"),
+        ({"num_chars": 2.0}, "num_chars must be an integer >= 1, got 2.0"),
+        ({"num_chars": True}, "num_chars must be an integer >= 1, got True"),
+        (
+            {"temperature": math.nan},
+            "temperature must be a finite number >= 0 (0 = greedy), got nan",
+        ),
+        (
+            {"temperature": math.inf},
+            "temperature must be a finite number >= 0 (0 = greedy), got inf",
+        ),
+        ({"temperature": -0.5}, "temperature must be a finite number >= 0 (0 = greedy), got -0.5"),
+        ({"temperature": "1"}, "temperature must be a finite number >= 0 (0 = greedy), got '1'"),
+        ({"temperature": 1.0, "top_k": 0}, "top_k must be None or an integer >= 1, got 0"),
+        ({"temperature": 1.0, "top_k": -1}, "top_k must be None or an integer >= 1, got -1"),
+        ({"temperature": 1.0, "top_k": 2.5}, "top_k must be None or an integer >= 1, got 2.5"),
+        ({"temperature": 1.0, "top_k": True}, "top_k must be None or an integer >= 1, got True"),
+        ({"seed": -1}, "seed must be an integer with 0 <= seed < 2**32, got -1"),
+        ({"seed": 2**32}, "seed must be an integer with 0 <= seed < 2**32, got 4294967296"),
+        ({"seed": 1.5}, "seed must be an integer with 0 <= seed < 2**32, got 1.5"),
+    ],
+)
 def test_bad_arguments_raise_one_line_before_any_compute(tiny, monkeypatch, kwargs, message):
     model, params, vocab = tiny
 
@@ -94,40 +118,79 @@ def test_bad_arguments_raise_one_line_before_any_compute(tiny, monkeypatch, kwar
 def test_edge_values_are_accepted(tiny):
     model, params, vocab = tiny
     assert len(gen.generate(model, params, vocab, "x", 1)) == 2
-    assert len(gen.generate(model, params, vocab, "x", np.int64(3), temperature=np.float32(0.5), top_k=np.int32(2),
-                            seed=2**32 - 1)) == 4
+    assert (
+        len(
+            gen.generate(
+                model,
+                params,
+                vocab,
+                "x",
+                np.int64(3),
+                temperature=np.float32(0.5),
+                top_k=np.int32(2),
+                seed=2**32 - 1,
+            )
+        )
+        == 4
+    )
 
 
 def test_top_k_above_the_vocabulary_is_clamped(tiny):
     model, params, vocab = tiny
     common = dict(temperature=1.5, seed=7)
-    full = gen.generate(model, params, vocab, ["time traveller", "the"], 40, top_k=len(vocab), **common)
-    assert gen.generate(model, params, vocab, ["time traveller", "the"], 40, top_k=10_000, **common) == full
-    assert gen.generate(model, params, vocab, ["time traveller", "the"], 40, top_k=None, **common) == full
-    assert gen.generate(model, params, vocab, ["time traveller", "the"], 40, top_k=1, **common) != full  # k=1: greedy
+    full = gen.generate(
+        model, params, vocab, ["time traveller", "the"], 40, top_k=len(vocab), **common
+    )
+    assert (
+        gen.generate(model, params, vocab, ["time traveller", "the"], 40, top_k=10_000, **common)
+        == full
+    )
+    assert (
+        gen.generate(model, params, vocab, ["time traveller", "the"], 40, top_k=None, **common)
+        == full
+    )
+    assert (
+        gen.generate(model, params, vocab, ["time traveller", "the"], 40, top_k=1, **common) != full
+    )  # k=1: greedy
 
 
 def cli(*flags):
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "generate.py"), *flags],
-                          capture_output=True, text=True, env=ENV, timeout=180)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "generate.py"), *flags],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=180,
+    )
 
 
 def test_cli_default_is_greedy(trained):
     workdir, out = trained
     proc = cli(f"--workdir={workdir}", "--prefix=time traveller", "--num_chars=10")
     # no library warnings by default: stderr only says which checkpoint was used (the best by default)
-    assert proc.returncode == 0 and proc.stderr == "# step 24 (epoch 1, val_ppl {:.3f}, the best of the run)\n".format(
-        out["val_ppl"]), proc.stderr[-2000:]
-    assert proc.stdout.rstrip("\n") == out["samples"][0][:24]  # the run's greedy sample (train.py generates greedily)
+    assert (
+        proc.returncode == 0
+        and proc.stderr
+        == "# step 24 (epoch 1, val_ppl {:.3f}, the best of the run)\n".format(out["val_ppl"])
+    ), proc.stderr[-2000:]
+    assert (
+        proc.stdout.rstrip("\n") == out["samples"][0][:24]
+    )  # the run's greedy sample (train.py generates greedily)
 
 
-@pytest.mark.parametrize("flags,line", [
-    (["--num_chars=0"], "error: flag --num_chars=0: 0 is not a positive integer"),
-    (["--temperature=nan"], "error: temperature must be a finite number >= 0 (0 = greedy), got nan"),
-    (["--temperature=-1"], "error: flag --temperature=-1: -1.0 is not a non-negative number"),
-    (["--top_k=0", "--temperature=1"], "error: flag --top_k=0: 0 is not a positive integer"),
-    (["--prefix="], "error: prefix 0 must be a non-empty string, got ''"),
-])
+@pytest.mark.parametrize(
+    "flags,line",
+    [
+        (["--num_chars=0"], "error: flag --num_chars=0: 0 is not a positive integer"),
+        (
+            ["--temperature=nan"],
+            "error: temperature must be a finite number >= 0 (0 = greedy), got nan",
+        ),
+        (["--temperature=-1"], "error: flag --temperature=-1: -1.0 is not a non-negative number"),
+        (["--top_k=0", "--temperature=1"], "error: flag --top_k=0: 0 is not a positive integer"),
+        (["--prefix="], "error: prefix 0 must be a non-empty string, got ''"),
+    ],
+)
 def test_cli_refuses_bad_arguments_in_one_line(trained, flags, line):
     workdir, _ = trained
     proc = cli(f"--workdir={workdir}", *flags)
@@ -139,10 +202,13 @@ def test_cli_checks_arguments_before_the_restore(tmp_path):
     # no run in tmp_path: the argument error comes first, without restoring anything
     proc = cli(f"--workdir={tmp_path}", "--temperature=inf")
     assert proc.returncode != 0
-    assert proc.stderr.splitlines() == ["error: temperature must be a finite number >= 0 (0 = greedy), got inf"]
+    assert proc.stderr.splitlines() == [
+        "error: temperature must be a finite number >= 0 (0 = greedy), got inf"
+    ]
     proc = cli(f"--workdir={tmp_path}")
     assert proc.returncode != 0 and proc.stderr.splitlines() == [
-        f"error: {tmp_path} has no checkpoints/ directory: it is not a finished or resumable run"]
+        f"error: {tmp_path} has no checkpoints/ directory: it is not a finished or resumable run"
+    ]
 
 
 @pytest.mark.parametrize("greedy,top_k", [(True, None), (False, None), (False, 3)])
@@ -180,10 +246,20 @@ def test_cli_refuses_an_unbounded_length_and_stops_at_once_on_sigterm(trained):
     proc = cli(f"--workdir={workdir}", "--num_chars=100000000")
     assert proc.returncode == 1 and proc.stderr.splitlines() == [
         "error: num_chars = 100000000 is above the bound of 10,000,000 tokens per call (num_chars "
-        "x prefixes: the text is held in memory); ask for fewer"]
-    long = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "generate.py"),
-                             f"--workdir={workdir}", "--num_chars=10000000"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+        "x prefixes: the text is held in memory); ask for fewer"
+    ]
+    long = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "generate.py"),
+            f"--workdir={workdir}",
+            "--num_chars=10000000",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     try:
         first = long.stderr.readline()
         assert first.startswith("# step 24 "), first + long.stderr.read()[-2000:]

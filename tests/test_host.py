@@ -10,7 +10,8 @@ import pytest
 from rnnjax.host import retain_freed_memory
 
 linux_glibc = pytest.mark.skipif(
-    not sys.platform.startswith("linux") or not os.confstr("CS_GNU_LIBC_VERSION"), reason="glibc malloc only"
+    not sys.platform.startswith("linux") or not os.confstr("CS_GNU_LIBC_VERSION"),
+    reason="glibc malloc only",
 )
 
 # A jitted call whose scratch (a 40 MB loop buffer, above malloc's 32 MB mmap ceiling) is
@@ -40,7 +41,9 @@ print(json.dumps({"on": on, "faults_per_call": sorted(faults)[5]}))  # the media
 
 def _probe(env_value: str) -> dict:
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "RNNJAX_RETAIN_FREED_MEMORY": env_value}
-    out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -51,7 +54,9 @@ def test_scratch_pages_are_reused_not_refaulted():
     assert not off["on"] and on["on"]
     # malloc default: the 40 MB block is mmapped and unmapped on every call, so every page faults again
     assert off["faults_per_call"] > 0.5 * pages
-    assert on["faults_per_call"] < 0.05 * pages  # measured: 0 (an occasional call re-faults the block)
+    assert (
+        on["faults_per_call"] < 0.05 * pages
+    )  # measured: 0 (an occasional call re-faults the block)
 
 
 def test_switched_off_by_environment(monkeypatch):

@@ -9,11 +9,32 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # Each module may import modules of its own level or below. A new module gets a level here.
 LEVELS = [
-    ["errors", "fields", "console", "host", "integrity", "metrics", "plotting", "profiling", "tensorboard_log", "vocab"],
+    [
+        "errors",
+        "fields",
+        "console",
+        "host",
+        "integrity",
+        "metrics",
+        "plotting",
+        "profiling",
+        "tensorboard_log",
+        "vocab",
+    ],
     ["cells"],  # the package and every cell file
     ["config", "config_doc", "cli", "workdir", "preflight", "data", "optim", "checkpoint"],
     ["stack", "fused"],  # layers
-    ["model", "cudnn", "flax_model", "pipeline", "parallel", "trace", "interop", "capacity", "build"],
+    [
+        "model",
+        "cudnn",
+        "flax_model",
+        "pipeline",
+        "parallel",
+        "trace",
+        "interop",
+        "capacity",
+        "build",
+    ],
     ["steps", "layout", "evaluation", "sampling", "inside", "run"],
     ["loop", "train", "vectorize"],
     ["sweep", "sweep_summary"],
@@ -29,8 +50,16 @@ def _name(path: pathlib.Path) -> str:
 def _imports(path: pathlib.Path) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "rnnjax":
-            mods = [f"rnnjax.{a.name}" for a in node.names] if node.module == "rnnjax" else [node.module]
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and node.module.split(".")[0] == "rnnjax"
+        ):
+            mods = (
+                [f"rnnjax.{a.name}" for a in node.names]
+                if node.module == "rnnjax"
+                else [node.module]
+            )
         elif isinstance(node, ast.Import):
             mods = [a.name for a in node.names if a.name.split(".")[0] == "rnnjax"]
         else:
@@ -50,7 +79,9 @@ def _graph() -> dict[str, set[str]]:
 
 def test_every_module_has_a_level_and_imports_only_its_level_or_below():
     graph = _graph()
-    assert set(graph) == set(LEVEL), f"modules without a level (or levels without a module): {set(graph) ^ set(LEVEL)}"
+    assert set(graph) == set(LEVEL), (
+        f"modules without a level (or levels without a module): {set(graph) ^ set(LEVEL)}"
+    )
     upward = [(m, d) for m, deps in graph.items() for d in deps if LEVEL[d] > LEVEL[m]]
     assert not upward, f"imports against the direction (module -> what it imports): {upward}"
 
@@ -77,6 +108,14 @@ def test_the_model_spec_holds_no_device_placement():
     from rnnjax.model import DeepRNN, Placed, Placement
 
     assert {f.name for f in dataclasses.fields(DeepRNN)} == {
-        "vocab_size", "hidden_size", "num_layers", "cell", "activation", "dropout", "output_dropout", "impl"}
+        "vocab_size",
+        "hidden_size",
+        "num_layers",
+        "cell",
+        "activation",
+        "dropout",
+        "output_dropout",
+        "impl",
+    }
     placed = Placed(DeepRNN(5, 4, 2, "gru"), Placement(pipeline_stages=2))
     assert placed.cell == "gru" and placed.num_layers == 2 and hash(placed) == hash(placed)

@@ -19,7 +19,9 @@ from rnnjax.trace import layer_stats, trace
 from rnnjax.train import train_and_evaluate
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CASES = [(c, i) for c in CELLS for i in ("rnnjax", "autodiff", "flax") if i != "flax" or CELLS[c].flax]
+CASES = [
+    (c, i) for c in CELLS for i in ("rnnjax", "autodiff", "flax") if i != "flax" or CELLS[c].flax
+]
 
 
 @pytest.mark.parametrize("cell,impl", CASES)
@@ -36,17 +38,24 @@ def test_trace_gives_apply_s_logits_and_carry(cell, impl):
     for a, b in zip(jax.tree_util.tree_leaves(t_carry), jax.tree_util.tree_leaves(new_carry)):
         np.testing.assert_allclose(a, b, atol=1e-6)
     assert len(traces) == 3 and all(t.h.shape == (9, 4, 16) for t in traces)
-    np.testing.assert_allclose(traces[-1].h[-1], CELLS[cell].hidden(new_carry[-1]), atol=1e-6)  # the carry's h
+    np.testing.assert_allclose(
+        traces[-1].h[-1], CELLS[cell].hidden(new_carry[-1]), atol=1e-6
+    )  # the carry's h
 
 
 def test_layer_stats_match_numpy_on_the_lstm_s_gates():
     model = DeepRNN(20, 8, 2, "lstm")
-    params = jax.tree_util.tree_map(lambda x: 6 * x, model.init(jax.random.key(0)))  # large weights: saturated gates
+    params = jax.tree_util.tree_map(
+        lambda x: 6 * x, model.init(jax.random.key(0))
+    )  # large weights: saturated gates
     tokens = jax.random.randint(jax.random.key(1), (3, 11), 0, 20)
     _, _, traces = trace(model, params, tokens, model.initial_carry(3))
     stats = layer_stats(model, traces)
     for l, t in enumerate(traces):
-        i, f, g, o, h = (np.asarray(x, np.float64) for x in (t.gates["i"], t.gates["f"], t.gates["g"], t.gates["o"], t.h))
+        i, f, g, o, h = (
+            np.asarray(x, np.float64)
+            for x in (t.gates["i"], t.gates["f"], t.gates["g"], t.gates["o"], t.h)
+        )
         sat = sum(((a < 0.01) | (a > 0.99)).sum() for a in (i, f, o)) + (np.abs(g) > 0.99).sum()
         assert stats.saturated[l] == sat and stats.gates[l] == 4 * h.size and sat > 0
         np.testing.assert_allclose(stats.h2[l], (h**2).sum(), rtol=1e-5)
@@ -58,7 +67,9 @@ def test_layer_stats_match_numpy_on_the_lstm_s_gates():
 def raw_run(tmp_path_factory):
     """A 3-epoch run on raw text (case and punctuation kept, so some characters can be unknown)."""
     d = tmp_path_factory.mktemp("inside") / "run"
-    out = train_and_evaluate(small_config(3, **{"data.preprocess": "none", "generate.prefixes": ["The Time"]}), d)
+    out = train_and_evaluate(
+        small_config(3, **{"data.preprocess": "none", "generate.prefixes": ["The Time"]}), d
+    )
     return d, out
 
 
@@ -77,7 +88,10 @@ def test_metrics_jsonl_layer_stats_equal_a_numpy_recomputation(raw_run):
             h2[l] += (h**2).sum()
             n[l] += h.size
             forget[l] += np.asarray(t.gates["f"], np.float64).sum()
-            sat[l] += sum(((np.asarray(t.gates[k]) < 0.01) | (np.asarray(t.gates[k]) > 0.99)).sum() for k in "ifo")
+            sat[l] += sum(
+                ((np.asarray(t.gates[k]) < 0.01) | (np.asarray(t.gates[k]) > 0.99)).sum()
+                for k in "ifo"
+            )
             sat[l] += (np.abs(np.asarray(t.gates["g"])) > 0.99).sum()
             gates[l] += 4 * h.size
     last = out["metrics"][-1]
@@ -93,9 +107,15 @@ def test_inspect_returns_layers_time_hidden_and_reports_unknown_characters(raw_r
     text = "The Time Traveller Ω smiled"
     inside = rnnjax.inspect(run, text)
     assert inside.h.shape == (2, len(text), 32) and inside.c.shape == (2, len(text), 32)
-    assert set(inside.gates) == {"i", "f", "g", "o"} and inside.gates["f"].shape == (2, len(text), 32)
+    assert set(inside.gates) == {"i", "f", "g", "o"} and inside.gates["f"].shape == (
+        2,
+        len(text),
+        32,
+    )
     np.testing.assert_array_equal(inside.retain, inside.gates["f"])
-    assert inside.unknown == [(text.index("Ω"), "Ω")] and "outside the run's vocabulary" in caplog.text
+    assert (
+        inside.unknown == [(text.index("Ω"), "Ω")] and "outside the run's vocabulary" in caplog.text
+    )
     ids = jnp.asarray(run.vocab.encode(list(text)))[None]
     logits, carry = run.model.apply(run.params, ids, run.model.initial_carry(1))
     np.testing.assert_array_equal(inside.logits, logits[0])  # the same apply, no second model
@@ -110,10 +130,14 @@ def test_timescales_summarise_each_layer(raw_run):
     text = data.read_texts([data.bundled_path()])[:600]
     ts = rnnjax.timescales(run, text)
     assert ts.per_unit.shape == (2, 32) and ts.median.shape == (2,) and ts.max_lag == 150
-    assert np.all((ts.per_unit[~np.isnan(ts.per_unit)] >= 1) & (ts.per_unit[~np.isnan(ts.per_unit)] <= 150))
+    assert np.all(
+        (ts.per_unit[~np.isnan(ts.per_unit)] >= 1) & (ts.per_unit[~np.isnan(ts.per_unit)] <= 150)
+    )
     np.testing.assert_allclose(ts.median, np.nanmedian(ts.per_unit, axis=1))
     assert rnnjax.timescales(run, text, state="c").state == "c"
-    with pytest.raises(ValueError, match=r"state = 'x' is not allowed for a lstm run: give 'h' or 'c'"):
+    with pytest.raises(
+        ValueError, match=r"state = 'x' is not allowed for a lstm run: give 'h' or 'c'"
+    ):
         rnnjax.timescales(run, text, state="x")
 
 
@@ -131,7 +155,9 @@ def test_autocorrelation_times_of_known_signals():
     np.testing.assert_allclose(lags, want, rtol=0.1)  # 0.97: the estimate at lag ~33 is noisier
     x[:, 0] = 3.0  # a constant unit has no timescale
     assert np.isnan(autocorrelation_times(x, max_lag=200)[0])
-    slow = np.cumsum(rng.standard_normal((t, 1)), axis=0)  # a random walk never decorrelates within 50 steps
+    slow = np.cumsum(
+        rng.standard_normal((t, 1)), axis=0
+    )  # a random walk never decorrelates within 50 steps
     assert autocorrelation_times(slow, max_lag=50)[0] == 50
     with pytest.raises(ValueError, match="max_lag = 0 is not allowed"):
         autocorrelation_times(x, max_lag=0)
@@ -140,6 +166,8 @@ def test_autocorrelation_times_of_known_signals():
 def test_notebook_runs_on_a_tiny_run(tmp_path):
     pytest.importorskip("nbformat")
     train_and_evaluate(small_config(3, **{"model.num_layers": 3}), tmp_path / "run")
-    text, images = run_notebook("inside_the_stack.ipynb", tmp_path, RNNJAX_WORKDIRS=str(tmp_path / "run"))
+    text, images = run_notebook(
+        "inside_the_stack.ipynb", tmp_path, RNNJAX_WORKDIRS=str(tmp_path / "run")
+    )
     assert "3-layer lstm" in text and "layer 3: median timescale" in text
     assert images >= 3

@@ -40,7 +40,9 @@ def numpy_layer(cell, xw, h0):
 
 def step_loop(cell, xw, h0):
     c = CELLS[cell]
-    h, hs = jax.lax.scan(lambda h, x: c.pointwise(tuple(jnp.split(x, c.num_gates, -1)), (), h)[:2], h0, xw)
+    h, hs = jax.lax.scan(
+        lambda h, x: c.pointwise(tuple(jnp.split(x, c.num_gates, -1)), (), h)[:2], h0, xw
+    )
     return hs, h
 
 
@@ -85,7 +87,9 @@ def test_values_and_gradients_stay_finite_for_large_inputs_and_long_sequences(ce
     xw, h0 = inputs(cell, 4096, 2, scale=1.0)
     xw = 50.0 * jnp.sign(xw)  # |x W| = 50 everywhere: gates saturate at 0 and 1
     hs, last = jax.jit(CELLS[cell].sequence)(xw, h0)
-    grads = jax.jit(jax.grad(lambda xw, h0: CELLS[cell].sequence(xw, h0)[0].sum(), argnums=(0, 1)))(xw, h0)
+    grads = jax.jit(jax.grad(lambda xw, h0: CELLS[cell].sequence(xw, h0)[0].sum(), argnums=(0, 1)))(
+        xw, h0
+    )
     assert all(bool(jnp.isfinite(a).all()) for a in (hs, last, *grads))
 
 
@@ -98,7 +102,9 @@ def test_stack_parallel_equals_sequential_impl_with_dropout(cell):
     assert "w_h" not in params["layers"][0] and set(params["layers"][1]) == {"w_x", "b_x"}
 
     def loss(model, params):
-        logits, carry = model.apply(params, tokens, model.initial_carry(4), dropout_key=jax.random.key(3))
+        logits, carry = model.apply(
+            params, tokens, model.initial_carry(4), dropout_key=jax.random.key(3)
+        )
         return logits.sum() + sum(c.sum() for c in carry)
 
     (v1, g1), (v2, g2) = (jax.value_and_grad(lambda p, m=m: loss(m, p))(params) for m in models)
@@ -113,7 +119,9 @@ def test_trains_resumes_exactly_loads_and_generates(tmp_path, cell):
     train_and_evaluate(small_config(2, **{"model.cell": cell}), tmp_path / "split")
     resumed = train_and_evaluate(small_config(3, **{"model.cell": cell}), tmp_path / "split")
     assert param_bytes(resumed["params"]) == param_bytes(full["params"])
-    records = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert records[-1]["train_ppl"] < records[0]["train_ppl"]  # it learns
     run = rnnjax.load(tmp_path / "full", step="latest")
     assert run.config.model.cell == cell and param_bytes(run.params) == param_bytes(full["params"])
@@ -125,7 +133,10 @@ def test_trains_resumes_exactly_loads_and_generates(tmp_path, cell):
 def test_flax_impl_and_torch_interop_refuse_min_cells_in_one_line():
     cfg = small_config(1, **{"model.cell": "mingru"})
     cfg.model.impl = "flax"
-    with pytest.raises(ConfigError, match=r"^config.model.impl = 'flax' has no mingru cell .*use model.impl = 'rnnjax'$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^config.model.impl = 'flax' has no mingru cell .*use model.impl = 'rnnjax'$",
+    ):
         resolve(cfg)
     params = DeepRNN(28, 8, 1, "minlstm").init(jax.random.key(0))
     with pytest.raises(ValueError, match="no PyTorch module"):

@@ -22,7 +22,9 @@ def loop_reference(model: DeepRNN, params, tokens, carry):
     for t in range(tokens.shape[1]):
         x = jax.nn.one_hot(tokens[:, t], model.vocab_size)  # H^(0)_t = X_t
         for l, p in enumerate(params["layers"]):
-            carry[l], x = cell.step(p, carry[l], x, model.layer_activation(l))  # layer l reads layer l-1 at time t
+            carry[l], x = cell.step(
+                p, carry[l], x, model.layer_activation(l)
+            )  # layer l reads layer l-1 at time t
         outs.append(x @ params["w_out"] + params["b_out"])  # only the top layer feeds the output
     return jnp.stack(outs, 1), tuple(carry)
 
@@ -30,7 +32,11 @@ def loop_reference(model: DeepRNN, params, tokens, carry):
 @pytest.mark.parametrize("name", list(cells.CELLS))
 @pytest.mark.parametrize("num_layers", [1, 3, 4])
 def test_scanned_stack_equals_time_loop(name, num_layers):
-    acts = ("tanh", "relu", "tanh", "relu")[:num_layers] if cells.CELLS[name].uses_activation else ("tanh",)
+    acts = (
+        ("tanh", "relu", "tanh", "relu")[:num_layers]
+        if cells.CELLS[name].uses_activation
+        else ("tanh",)
+    )
     model = DeepRNN(vocab_size=7, hidden_size=5, num_layers=num_layers, cell=name, activation=acts)
     params = model.init(jax.random.key(1))
     tokens = jax.random.randint(jax.random.key(2), (3, 6), 0, 7)
@@ -86,7 +92,12 @@ def test_dropout_only_between_layers_and_only_in_training():
     np.testing.assert_array_equal(st[0], st_eval[0])  # the first layer's own carry is untouched
     assert float(jnp.abs(train1 - eval1).max()) > 1e-4  # its output to layer 2 is dropped
     single = DeepRNN(5, 16, 1, "gru", dropout=0.5)  # no dropout after the last (only) layer
-    a, _ = single.apply(single.init(jax.random.key(0)), tokens, single.initial_carry(1), dropout_key=jax.random.key(1))
+    a, _ = single.apply(
+        single.init(jax.random.key(0)),
+        tokens,
+        single.initial_carry(1),
+        dropout_key=jax.random.key(1),
+    )
     b, _ = single.apply(single.init(jax.random.key(0)), tokens, single.initial_carry(1))
     np.testing.assert_array_equal(a, b)
 
@@ -99,20 +110,30 @@ def test_output_dropout_drops_the_top_layers_output_in_training_only_the_same_in
 
     from rnnjax import cudnn
 
-    model = DeepRNN(vocab_size=7, hidden_size=16, num_layers=2, cell="lstm", dropout=0.25, output_dropout=0.5)
+    model = DeepRNN(
+        vocab_size=7, hidden_size=16, num_layers=2, cell="lstm", dropout=0.25, output_dropout=0.5
+    )
     params = model.init(jax.random.key(0))
     tokens = jnp.array([[0, 1, 2, 3, 4], [5, 6, 0, 1, 2]])
     s0, key = model.initial_carry(2), jax.random.key(1)
     plain = dataclasses.replace(model, output_dropout=0.0)
-    np.testing.assert_array_equal(model.apply(params, tokens, s0)[0], plain.apply(params, tokens, s0)[0])
+    np.testing.assert_array_equal(
+        model.apply(params, tokens, s0)[0], plain.apply(params, tokens, s0)[0]
+    )
     train, carry = model.apply(params, tokens, s0, dropout_key=key)
     train_plain, carry_plain = plain.apply(params, tokens, s0, dropout_key=key)
     for a, b in zip(jax.tree_util.tree_leaves(carry), jax.tree_util.tree_leaves(carry_plain)):
-        np.testing.assert_array_equal(a, b)  # the top layer's h is dropped on its way out, not in its carry
+        np.testing.assert_array_equal(
+            a, b
+        )  # the top layer's h is dropped on its way out, not in its carry
     # about half of the top layer's units are zeroed: logits = b_out + (kept h / 0.5) @ w_out
     assert float(jnp.abs(train - train_plain).max()) > 1e-3
-    autodiff = dataclasses.replace(model, impl="autodiff").apply(params, tokens, s0, dropout_key=key)[0]
-    ref = functools.partial(cudnn.apply, kernel=cudnn.reference_kernel)(model, params, tokens, s0, key)[0]
+    autodiff = dataclasses.replace(model, impl="autodiff").apply(
+        params, tokens, s0, dropout_key=key
+    )[0]
+    ref = functools.partial(cudnn.apply, kernel=cudnn.reference_kernel)(
+        model, params, tokens, s0, key
+    )[0]
     np.testing.assert_allclose(autodiff, train, atol=1e-5)
     np.testing.assert_allclose(ref, train, atol=1e-5)
 
@@ -123,7 +144,9 @@ def test_gradients_match_finite_differences(cell):
     tokens = jnp.array([[0, 1, 2, 3], [4, 3, 2, 1]])
     targets = jnp.roll(tokens, -1, axis=1)
     with jax.enable_x64(True):
-        params = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64), model.init(jax.random.key(0)))
+        params = jax.tree_util.tree_map(
+            lambda x: x.astype(jnp.float64), model.init(jax.random.key(0))
+        )
         carry = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64), model.initial_carry(2))
 
         def loss(p):

@@ -29,7 +29,15 @@ def test_clipping_is_applied():
         step = make_train_step(model, tx, reset_carry=False)
         fresh = jax.tree_util.tree_map(jnp.copy, params)  # the step donates its input
         state = TrainState(jnp.int32(0), fresh, tx.init(fresh), jnp.int32(0))
-        new, _, acc = step(state, model.initial_carry(8), train_sums(model, fresh, False), xs, ys, 0, jax.random.key(0))
+        new, _, acc = step(
+            state,
+            model.initial_carry(8),
+            train_sums(model, fresh, False),
+            xs,
+            ys,
+            0,
+            jax.random.key(0),
+        )
         diff = jax.tree_util.tree_map(lambda a, b: a - b, new.params, params)
         deltas[clip] = (float(optax.tree.norm(diff)), float(acc["grad_norm"]))
     (clipped, gnorm), (unclipped, gnorm2) = deltas[0.01], deltas[0.0]
@@ -51,15 +59,26 @@ def _old_optimizer(tc, total_steps):
     return optax.chain(optax.clip_by_global_norm(tc.grad_clip), opt) if tc.grad_clip > 0 else opt
 
 
-@pytest.mark.parametrize("name, schedule, wd", [
-    ("sgd", "constant", 0.0), ("adam", "constant", 0.0),
-    ("adamw", "constant", 0.1), ("adamw", "warmup_cosine", 0.01),
-])
+@pytest.mark.parametrize(
+    "name, schedule, wd",
+    [
+        ("sgd", "constant", 0.0),
+        ("adam", "constant", 0.0),
+        ("adamw", "constant", 0.1),
+        ("adamw", "warmup_cosine", 0.01),
+    ],
+)
 def test_sgd_adam_adamw_are_bitwise_what_they_were(name, schedule, wd):
     """Any optax name now, but the three old ones give the same state tree and bitwise the same
     updates."""
-    tc = dataclasses.replace(resolve(small_config()).train, optimizer=name, schedule=schedule,
-                             weight_decay=wd, warmup_steps=2, learning_rate=0.01)
+    tc = dataclasses.replace(
+        resolve(small_config()).train,
+        optimizer=name,
+        schedule=schedule,
+        weight_decay=wd,
+        warmup_steps=2,
+        learning_rate=0.01,
+    )
     params = {"w": jax.random.normal(jax.random.key(0), (4, 3)), "b": jnp.ones(3)}
     grads = jax.tree_util.tree_map(lambda x: jnp.sin(x) * 3.0, params)
     outs = []
@@ -77,9 +96,15 @@ def test_any_optax_optimizer_trains_by_name(tmp_path):
     weight_decay passed on; its hyperparameters sit in the state (vectorized sweeps)."""
     from rnnjax.train import train_and_evaluate
 
-    cfg = small_config(1, **{"train.optimizer": "lion", "train.learning_rate": 1e-3,
-                             "train.weight_decay": 0.01,
-                             "train.optimizer_kwargs": {"b1": 0.95, "mu_dtype": "float32"}})
+    cfg = small_config(
+        1,
+        **{
+            "train.optimizer": "lion",
+            "train.learning_rate": 1e-3,
+            "train.weight_decay": 0.01,
+            "train.optimizer_kwargs": {"b1": 0.95, "mu_dtype": "float32"},
+        },
+    )
     out = train_and_evaluate(cfg, tmp_path / "run")
     assert out["metrics"][0]["val_ppl"] < 27  # learned: below a uniform guess over the vocabulary
     tx, _ = make_optimizer(resolve(cfg).train, 10)
@@ -90,16 +115,25 @@ def test_any_optax_optimizer_trains_by_name(tmp_path):
     assert "mu_dtype" not in hp  # a string: static, not a traced hyperparameter
 
 
-@pytest.mark.parametrize("fields, message", [
-    ({"train.optimizer": "lino"},
-     r"^config.train.optimizer = 'lino' is not an optax optimizer; did you mean 'lion'\? give the "
-     r"name of a function in optax that takes learning_rate"),
-    ({"train.optimizer": "tree"}, r"'tree' is not an optax optimizer"),  # a module of optax
-    ({"train.optimizer": "adam", "train.optimizer_kwargs": {"b3": 0.9}},
-     r"^config.train.optimizer_kwargs: optax.adam takes no argument 'b3'; it takes b1, b2, eps"),
-    ({"train.optimizer": "sgd", "train.weight_decay": 0.1},
-     r"^config.train.weight_decay = 0.1 but optax.sgd takes no weight_decay"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (
+            {"train.optimizer": "lino"},
+            r"^config.train.optimizer = 'lino' is not an optax optimizer; did you mean 'lion'\? give the "
+            r"name of a function in optax that takes learning_rate",
+        ),
+        ({"train.optimizer": "tree"}, r"'tree' is not an optax optimizer"),  # a module of optax
+        (
+            {"train.optimizer": "adam", "train.optimizer_kwargs": {"b3": 0.9}},
+            r"^config.train.optimizer_kwargs: optax.adam takes no argument 'b3'; it takes b1, b2, eps",
+        ),
+        (
+            {"train.optimizer": "sgd", "train.weight_decay": 0.1},
+            r"^config.train.weight_decay = 0.1 but optax.sgd takes no weight_decay",
+        ),
+    ],
+)
 def test_bad_optimizer_is_one_line_before_training(fields, message, tmp_path):
     from rnnjax.config import ConfigError
     from rnnjax.train import train_and_evaluate
@@ -115,8 +149,10 @@ def test_memory_estimate_sizes_the_real_optimizer_state():
     moments per parameter, lion one, sgd none (no table of names)."""
     from rnnjax.capacity import estimate_memory
 
-    est = {name: estimate_memory(resolve(small_config(**{"train.optimizer": name})), 28)
-           for name in ("sgd", "lion", "adam")}
+    est = {
+        name: estimate_memory(resolve(small_config(**{"train.optimizer": name})), 28)
+        for name in ("sgd", "lion", "adam")
+    }
     model = build_model(resolve(small_config()), 28)
     shapes = jax.eval_shape(model.init, jax.random.key(0))
     nbytes = sum(x.size * 4 for x in jax.tree_util.tree_leaves(shapes))

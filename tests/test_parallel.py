@@ -50,14 +50,24 @@ FOUR_DEVICES = textwrap.dedent("""
 @pytest.fixture
 def four_device_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dp")
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    proc = subprocess.run([sys.executable, "-c", FOUR_DEVICES, str(tmp)], capture_output=True, text=True, env=env, timeout=600)
+    env = dict(
+        os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", FOUR_DEVICES, str(tmp)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
-    return tmp, json.loads(line[len("RESULT "):])
+    return tmp, json.loads(line[len("RESULT ") :])
 
 
-def test_four_devices_train_like_one_and_their_checkpoint_resumes_on_one(four_device_runs, tmp_path):
+def test_four_devices_train_like_one_and_their_checkpoint_resumes_on_one(
+    four_device_runs, tmp_path
+):
     """One test for both, so the four-device runs are trained once whatever the test workers do."""
     tmp, out = four_device_runs
     assert out["devices"] == 4 and out["params_replicated"]
@@ -78,13 +88,17 @@ def test_four_devices_train_like_one_and_their_checkpoint_resumes_on_one(four_de
     cfg = small_config(4)
     resumed = train_and_evaluate(cfg, tmp / "d4")  # resumes at epoch 4 on 1 device
     direct = train_and_evaluate(cfg, tmp_path / "direct")
-    for a, b in zip(jax.tree_util.tree_leaves(resumed["params"]), jax.tree_util.tree_leaves(direct["params"])):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(resumed["params"]), jax.tree_util.tree_leaves(direct["params"])
+    ):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
 
 
 def test_more_devices_than_visible_is_refused(tmp_path):
     cfg = small_config(progress=True, **{"parallel.num_devices": 2})
-    with pytest.raises(ConfigError, match=r"config.parallel.num_devices = 2 but only 1 devices are visible"):
+    with pytest.raises(
+        ConfigError, match=r"config.parallel.num_devices = 2 but only 1 devices are visible"
+    ):
         train_and_evaluate(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
@@ -99,20 +113,46 @@ def _free_port():
 @pytest.mark.slow
 def test_two_processes_under_jax_distributed_train_like_one(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    base = [sys.executable, str(ROOT / "scripts" / "train.py"), f"--config={ROOT / 'configs' / 'deep_gru.py'}:smoke",
-            "--config.train.progress=False"]
+    base = [
+        sys.executable,
+        str(ROOT / "scripts" / "train.py"),
+        f"--config={ROOT / 'configs' / 'deep_gru.py'}:smoke",
+        "--config.train.progress=False",
+    ]
     port = _free_port()
-    procs = [subprocess.Popen(base + [f"--workdir={tmp_path / 'multi'}", f"--coordinator_address=127.0.0.1:{port}",
-                                      "--num_processes=2", f"--process_id={i}"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            base
+            + [
+                f"--workdir={tmp_path / 'multi'}",
+                f"--coordinator_address=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i in range(2)
+    ]
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-3000:]
-    single = subprocess.run(base + [f"--workdir={tmp_path / 'single'}"], capture_output=True, text=True, env=env, timeout=300)
+    single = subprocess.run(
+        base + [f"--workdir={tmp_path / 'single'}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     multi_lines = (tmp_path / "multi" / "metrics.jsonl").read_text().splitlines()
     assert len(multi_lines) == 3  # written once, by process 0
-    m, s = rnnjax.load(tmp_path / "multi", step="latest"), rnnjax.load(tmp_path / "single", step="latest")
+    m, s = (
+        rnnjax.load(tmp_path / "multi", step="latest"),
+        rnnjax.load(tmp_path / "single", step="latest"),
+    )
     for a, b in zip(jax.tree_util.tree_leaves(m.params), jax.tree_util.tree_leaves(s.params)):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
     for a, b in zip(m.metrics, s.metrics):
@@ -142,9 +182,17 @@ def test_set_cpu_devices_before_and_after_jax_starts():
         "    print('ERR', e)\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(env, JAX_PLATFORMS="cpu"))
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=dict(env, JAX_PLATFORMS="cpu"),
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "ERR config.parallel.cpu_devices = 3 (3 CPU devices) must be set before JAX starts" in proc.stdout
+    assert (
+        "ERR config.parallel.cpu_devices = 3 (3 CPU devices) must be set before JAX starts"
+        in proc.stdout
+    )
 
 
 @pytest.mark.exhaustive
@@ -156,12 +204,23 @@ def test_cli_trains_on_one_cpu_device_per_core_like_on_one(tmp_path):
     ppl = {}
     for n in (1, 2):
         proc = subprocess.run(
-            [sys.executable, str(ROOT / "scripts" / "train.py"),
-             f"--config={ROOT / 'configs' / 'deep_lstm.py'}:smoke", f"--workdir={tmp_path / str(n)}",
-             f"--config.parallel.cpu_devices={n}", "--config.train.progress=False"],
-            capture_output=True, text=True, env=env, timeout=300,
+            [
+                sys.executable,
+                str(ROOT / "scripts" / "train.py"),
+                f"--config={ROOT / 'configs' / 'deep_lstm.py'}:smoke",
+                f"--workdir={tmp_path / str(n)}",
+                f"--config.parallel.cpu_devices={n}",
+                "--config.train.progress=False",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
         )
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert f"on {n} device(s)" in proc.stdout
-        ppl[n] = [json.loads(line)["train_ppl"] for line in (tmp_path / str(n) / "metrics.jsonl").read_text().splitlines()]
+        ppl[n] = [
+            json.loads(line)["train_ppl"]
+            for line in (tmp_path / str(n) / "metrics.jsonl").read_text().splitlines()
+        ]
     np.testing.assert_allclose(ppl[2], ppl[1], rtol=1e-5)

@@ -23,10 +23,15 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def test_plan_blocks_chunks_and_bubble():
     p = plan(2, 2, 35, 5)
-    assert (p.stages, p.layers_per_stage, p.num_chunks) == (2, 1, 5) and p.bubble == pytest.approx(1 / 6)
+    assert (p.stages, p.layers_per_stage, p.num_chunks) == (2, 1, 5) and p.bubble == pytest.approx(
+        1 / 6
+    )
     assert (plan(3, 2, 35, 5).stages, plan(3, 2, 35, 5).layers_per_stage) == (2, 2)  # blocks [2, 1]
     assert (plan(4, 2, 35, 5).stages, plan(4, 2, 35, 5).layers_per_stage) == (2, 2)
-    assert (plan(5, 4, 35, 5).stages, plan(5, 4, 35, 5).layers_per_stage) == (3, 2)  # [2, 2, 1]: no empty stage
+    assert (plan(5, 4, 35, 5).stages, plan(5, 4, 35, 5).layers_per_stage) == (
+        3,
+        2,
+    )  # [2, 2, 1]: no empty stage
     assert plan(1, 2, 35, 5).stages == 1  # one layer: the plain stack
     assert plan(4, 1, 35, 5).stages == 1  # one device: the plain stack
     assert plan(2, 2, 35, 6).num_chunks == 7  # the nearest divisor of t (ties: the larger)
@@ -36,7 +41,10 @@ def test_plan_blocks_chunks_and_bubble():
 
 
 def test_bad_pipeline_settings_are_one_line_errors():
-    with pytest.raises(ConfigError, match=r"^config.parallel.cpu_pipeline needs rnnjax's stack; use model.impl = 'rnnjax'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^config.parallel.cpu_pipeline needs rnnjax's stack; use model.impl = 'rnnjax'",
+    ):
         resolve(small_config(**{"parallel.cpu_pipeline": True, "model.impl": "flax"}))
     with pytest.raises(ConfigError, match=r"parallel.pipeline_chunks.*an integer >= 1"):
         resolve(small_config(**{"parallel.pipeline_chunks": 0}))
@@ -80,7 +88,11 @@ EXACT = textwrap.dedent("""
 """)
 
 EVERY_CELL = [[cell, L, 2, 0.0] for cell in CELLS for L in (2, 3, 4)]
-EXTRAS = [["lstm", 3, 2, 0.3], ["lstm", 3, 4, 0.0], ["gru", 4, 3, 0.0]]  # dropout; 3 stages of 1; 2 stages of 2
+EXTRAS = [
+    ["lstm", 3, 2, 0.3],
+    ["lstm", 3, 4, 0.0],
+    ["gru", 4, 3, 0.0],
+]  # dropout; 3 stages of 1; 2 stages of 2
 
 
 @pytest.mark.slow
@@ -93,10 +105,17 @@ def test_pipeline_trains_like_the_plain_stack_for_every_cell_and_depth(first):
     cases = EXTRAS if first == "extras" else [c for c in EVERY_CELL if c[0] == first]
     assert len(cases) == 3
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    proc = subprocess.run([sys.executable, "-c", EXACT, json.dumps(cases)], capture_output=True, text=True,
-                          env=dict(env, JAX_PLATFORMS="cpu"), timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-c", EXACT, json.dumps(cases)],
+        capture_output=True,
+        text=True,
+        env=dict(env, JAX_PLATFORMS="cpu"),
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads([x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1][len("RESULT "):])
+    results = json.loads(
+        [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1][len("RESULT ") :]
+    )
     assert [r["case"] for r in results] == cases
     for r in results:
         cell, L, D, _ = r["case"]
@@ -115,10 +134,21 @@ def test_cli_pipeline_run_matches_and_swaps_checkpoints_with_the_plain_stack(tmp
 
     def train(workdir, epochs, *flags):
         proc = subprocess.run(
-            [sys.executable, str(ROOT / "scripts" / "train.py"), f"--config={ROOT / 'configs' / 'deep_lstm.py'}:smoke",
-             f"--workdir={workdir}", f"--config.train.num_epochs={epochs}", "--config.train.progress=True",
-             "--config.model.dropout=0.2", *flags],
-            capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path,
+            [
+                sys.executable,
+                str(ROOT / "scripts" / "train.py"),
+                f"--config={ROOT / 'configs' / 'deep_lstm.py'}:smoke",
+                f"--workdir={workdir}",
+                f"--config.train.num_epochs={epochs}",
+                "--config.train.progress=True",
+                "--config.model.dropout=0.2",
+                *flags,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+            cwd=tmp_path,
         )
         assert proc.returncode == 0, proc.stderr[-2000:]
         return proc.stdout
@@ -126,11 +156,17 @@ def test_cli_pipeline_run_matches_and_swaps_checkpoints_with_the_plain_stack(tmp
     out = train("piped", 2, "--config.parallel.cpu_pipeline=True")
     assert "2 cpu device(s) (layer pipeline: 2 stages, 5 time chunks)" in out
     train("plain", 3)
-    train("piped", 3)  # resumes the pipeline's checkpoint on the plain stack (parallel.* may change on resume)
-    records = {d: [json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
-               for d in ("piped", "plain")}
+    train(
+        "piped", 3
+    )  # resumes the pipeline's checkpoint on the plain stack (parallel.* may change on resume)
+    records = {
+        d: [json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+        for d in ("piped", "plain")
+    }
     assert [r["epoch"] for r in records["piped"]] == [1, 2, 3]
     for a, b in zip(records["piped"], records["plain"]):
         assert abs(np.log(a["train_ppl"]) - np.log(b["train_ppl"])) <= 1e-5
         assert abs(np.log(a["val_ppl"]) - np.log(b["val_ppl"])) <= 1e-5
-    assert (tmp_path / "piped" / "samples.txt").read_text() == (tmp_path / "plain" / "samples.txt").read_text()
+    assert (tmp_path / "piped" / "samples.txt").read_text() == (
+        tmp_path / "plain" / "samples.txt"
+    ).read_text()

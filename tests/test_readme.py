@@ -32,25 +32,50 @@ RESUME = "python scripts/train.py --config=configs/deep_lstm.py --resume=must"
 SMOKE = "python scripts/train.py --config=configs/deep_lstm.py:smoke"
 TRAIN = "python scripts/train.py --config=configs/deep_lstm.py"
 OWN = f"{TRAIN} --config.data.paths=my_book.txt --workdir=runs/my_book"
-RAW = (f"{TRAIN} --config.data.paths=a.txt,b.txt --config.data.preprocess=none "
-       '--config.generate.prefixes="It was" --workdir=runs/raw')
-WORDS = (f"{TRAIN} --config.data.paths=my_book.txt --config.data.tokenizer=word "
-         '--config.data.min_freq=2 --config.generate.prefixes="the time" --workdir=runs/words')
+RAW = (
+    f"{TRAIN} --config.data.paths=a.txt,b.txt --config.data.preprocess=none "
+    '--config.generate.prefixes="It was" --workdir=runs/raw'
+)
+WORDS = (
+    f"{TRAIN} --config.data.paths=my_book.txt --config.data.tokenizer=word "
+    '--config.data.min_freq=2 --config.generate.prefixes="the time" --workdir=runs/words'
+)
 BOOKS = "python scripts/train.py --config=configs/books.py --config.data.paths=a.txt,b.txt"
 EVALUATE = "python scripts/evaluate.py --workdir=runs/books --text=b.txt"
 GENERATE = "python scripts/generate.py --workdir=runs/deep_lstm"
 GREEDY = f'{GENERATE} --prefix="time traveller" --num_chars=100'
-SAMPLED = (f'{GENERATE} --prefix="the time" --prefix="it was" '
-           "--temperature=0.8 --top_k=5 --seed=1 --step=latest")
-SWEEP = ("python scripts/sweep.py --config=configs/sweep_depth_cell.py:smoke "
-         "--workdir=runs/sweep_smoke")
+SAMPLED = (
+    f'{GENERATE} --prefix="the time" --prefix="it was" '
+    "--temperature=0.8 --top_k=5 --seed=1 --step=latest"
+)
+SWEEP = (
+    "python scripts/sweep.py --config=configs/sweep_depth_cell.py:smoke --workdir=runs/sweep_smoke"
+)
 SUMMARIZE = "python scripts/sweep.py --summarize=runs/sweep_smoke"
-OWN_TESTS = (QUICK, RESUME, SMOKE, OWN, RAW, WORDS, BOOKS, EVALUATE, GREEDY, SAMPLED, SWEEP,
-             SUMMARIZE)
+OWN_TESTS = (
+    QUICK,
+    RESUME,
+    SMOKE,
+    OWN,
+    RAW,
+    WORDS,
+    BOOKS,
+    EVALUATE,
+    GREEDY,
+    SAMPLED,
+    SWEEP,
+    SUMMARIZE,
+)
 
 # The smoke config's sizes (rnnjax.config.smoke), one epoch: what a train command is shortened by.
-SHRINK = {"train.num_epochs": 1, "data.max_tokens": 2000, "data.num_val": 500, "data.batch_size": 8,
-          "data.num_steps": 10, "model.hidden_size": 32}
+SHRINK = {
+    "train.num_epochs": 1,
+    "data.max_tokens": 2000,
+    "data.num_val": 500,
+    "data.batch_size": 8,
+    "data.num_steps": 10,
+    "model.hidden_size": 32,
+}
 
 
 def runnable_commands() -> list[Command]:
@@ -104,8 +129,11 @@ def page_command(command: str) -> list[str]:
 def test_every_command_is_run_or_marked():
     """Each command has a test of its own here, or is a train command test_every_other_command
     runs, or sits in a block marked untested (with a reason); each of OWN_TESTS is on a page."""
-    neither = [f"{c.page}: {c.text}" for c in others()
-               if split_env(c.text)[1][:2] != ["python", "scripts/train.py"]]
+    neither = [
+        f"{c.page}: {c.text}"
+        for c in others()
+        if split_env(c.text)[1][:2] != ["python", "scripts/train.py"]
+    ]
     assert not neither, "commands no test runs; test or mark them:\n" + "\n".join(neither)
     for command in OWN_TESTS:
         page_command(command)
@@ -126,16 +154,20 @@ def repo(tmp_path_factory):
 
 
 def run(repo, argv, *more, env=None):
-    proc = subprocess.run([*argv, *more], cwd=repo, capture_output=True, text=True, env=env or ENV,
-                          timeout=600)
+    proc = subprocess.run(
+        [*argv, *more], cwd=repo, capture_output=True, text=True, env=env or ENV, timeout=600
+    )
     assert proc.returncode == 0, f"{argv[1:]} {more}\n{proc.stderr[-3000:]}"
     return proc
 
 
 def shrink(argv: list[str]) -> list[str]:
     """The SHRINK overrides for the fields a command does not set itself."""
-    return [f"--config.{k}={v}" for k, v in SHRINK.items()
-            if not any(a.startswith(f"--config.{k}=") for a in argv)]
+    return [
+        f"--config.{k}={v}"
+        for k, v in SHRINK.items()
+        if not any(a.startswith(f"--config.{k}=") for a in argv)
+    ]
 
 
 # The tests that use the quick-start run share one test worker (pytest-xdist's loadgroup): it is
@@ -159,8 +191,14 @@ def test_quick_start_trains_and_resumes(repo, quick_start):
     assert "826,396 parameters" in first.stdout
     assert "workdir runs/deep_lstm\ntraining epochs 1-2" in first.stdout
     assert "curves: runs/deep_lstm/curves.png" in first.stdout
-    for name in ("config.json", "vocab.json", "metrics.jsonl", "curves.png", "samples.txt",
-                 "checkpoints"):
+    for name in (
+        "config.json",
+        "vocab.json",
+        "metrics.jsonl",
+        "curves.png",
+        "samples.txt",
+        "checkpoints",
+    ):
         assert (repo / "runs" / "deep_lstm" / name).exists(), name
     assert "resuming from epoch 3, step 16" in again.stdout  # 8 minibatches an epoch
     assert not (repo / "runs" / "deep_lstm" / "damaged").exists()
@@ -186,15 +224,22 @@ def test_generate_commands(repo, quick_start):
 def test_python_blocks(repo, quick_start):
     """Each page's python blocks, in order, as one script in a namespace of its own (later blocks
     use earlier blocks' names); all pages in one process, so JAX starts once."""
-    scripts = {page: "\n".join(c.text for c in commands()
-                               if c.lang == "python" and c.page == page and c.untested is None)
-               for page in python_pages()}
+    scripts = {
+        page: "\n".join(
+            c.text
+            for c in commands()
+            if c.lang == "python" and c.page == page and c.untested is None
+        )
+        for page in python_pages()
+    }
     assert "README.md" in scripts and len(scripts) >= 2, scripts.keys()
-    driver = ("import json, sys\n"
-              "for page, src in json.loads(sys.argv[1]).items():\n"
-              "    names = {'__name__': '__main__'}\n"
-              "    exec(compile(src, page, 'exec'), names)\n"
-              "    print('ran', page, repr(names['run'])[:4], flush=True)\n")
+    driver = (
+        "import json, sys\n"
+        "for page, src in json.loads(sys.argv[1]).items():\n"
+        "    names = {'__name__': '__main__'}\n"
+        "    exec(compile(src, page, 'exec'), names)\n"
+        "    print('ran', page, repr(names['run'])[:4], flush=True)\n"
+    )
     proc = run(repo, [sys.executable, "-c", driver, json.dumps(scripts)])
     ran = [x for x in proc.stdout.splitlines() if x.startswith("ran ")]
     assert ran == [f"ran {page} Run(" for page in scripts], proc.stdout[-2000:]
@@ -216,8 +261,13 @@ def test_own_text_commands(repo):
 
 @pytest.mark.slow
 def test_books_and_evaluate_commands(repo):
-    out = run(repo, page_command(BOOKS), "--config.train.num_epochs=2",
-              "--config.data.max_tokens=5000", "--config.model.hidden_size=32")
+    out = run(
+        repo,
+        page_command(BOOKS),
+        "--config.train.num_epochs=2",
+        "--config.data.max_tokens=5000",
+        "--config.model.hidden_size=32",
+    )
     assert "workdir runs/books" in out.stdout and "bpc" in out.stdout
     assert "test perplexity" in out.stdout
     assert "  a.txt: " in out.stdout and "  b.txt: " in out.stdout
@@ -241,8 +291,9 @@ def test_sweep_and_summarize(repo):
 
 @pytest.mark.exhaustive
 @pytest.mark.slow
-@pytest.mark.parametrize("command", others(),
-                         ids=lambda c: f"{c.page}:{default_workdir(split_env(c.text)[1])}")
+@pytest.mark.parametrize(
+    "command", others(), ids=lambda c: f"{c.page}:{default_workdir(split_env(c.text)[1])}"
+)
 def test_every_other_command(repo, command):
     """A train command of the pages with no test of its own: it runs for one epoch at the smoke
     config's sizes, exits 0 and leaves a run (one epoch's metrics and a checkpoint)."""

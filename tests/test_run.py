@@ -30,23 +30,42 @@ def test_load_is_read_only_and_generates(tmp_path):
     assert rnnjax.load(tmp_path, step=24).step == 24
     with pytest.raises(CheckpointError, match="no checkpoint at step 5"):
         rnnjax.load(tmp_path, step=5)
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "generate.py"), f"--workdir={tmp_path}",
-                           "--prefix=time traveller", "--num_chars=10", "--temperature=0"],
-                          capture_output=True, text=True, env=ENV, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "generate.py"),
+            f"--workdir={tmp_path}",
+            "--prefix=time traveller",
+            "--num_chars=10",
+            "--temperature=0",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
     assert proc.returncode == 0 and proc.stdout.rstrip("\n") == out["samples"][0][:24]
 
 
 def test_notebook_runs_against_a_tiny_run(tmp_path):
     pytest.importorskip("nbformat")
     train_and_evaluate(small_config(2), tmp_path / "run")
-    text, images = run_notebook("restore_and_generate.ipynb", tmp_path, RNNJAX_WORKDIR=str(tmp_path / "run"))
-    assert "2-layer lstm, hidden 32" in text and "using step " in text and "T=0.0: 'time traveller" in text
+    text, images = run_notebook(
+        "restore_and_generate.ipynb", tmp_path, RNNJAX_WORKDIR=str(tmp_path / "run")
+    )
+    assert (
+        "2-layer lstm, hidden 32" in text
+        and "using step " in text
+        and "T=0.0: 'time traveller" in text
+    )
     assert images >= 1
 
 
 def test_load_never_imports_the_trainer():
     """rnnjax.load (rnnjax/run.py) builds the model from rnnjax.build: the training loop is not imported."""
-    code = "import sys, rnnjax.run; print(sorted(m for m in sys.modules if m in ('rnnjax.train', 'rnnjax.loop', " \
-           "'rnnjax.vectorize', 'rnnjax.sweep', 'rnnjax.preflight')))"
+    code = (
+        "import sys, rnnjax.run; print(sorted(m for m in sys.modules if m in ('rnnjax.train', 'rnnjax.loop', "
+        "'rnnjax.vectorize', 'rnnjax.sweep', 'rnnjax.preflight')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr[-2000:]

@@ -23,12 +23,23 @@ def test_nonfinite_step_is_skipped_and_run_aborts(tmp_path):
     xs = jax.random.randint(jax.random.key(1), (1, 8, 10), 0, 28)
     step = make_train_step(model, tx, reset_carry=False)
     sums = train_sums(model, state.params, False)
-    new, _, acc = step(state, model.initial_carry(8), sums, xs, jnp.roll(xs, -1, -1), 0, jax.random.key(0))
-    assert param_bytes(new.params) == before and int(new.nonfinite) == 1 and float(acc["skipped"]) == 1.0
+    new, _, acc = step(
+        state, model.initial_carry(8), sums, xs, jnp.roll(xs, -1, -1), 0, jax.random.key(0)
+    )
+    assert (
+        param_bytes(new.params) == before
+        and int(new.nonfinite) == 1
+        and float(acc["skipped"]) == 1.0
+    )
     bad = small_config(3)
     bad.train.learning_rate, bad.train.grad_clip = 1e38, 0.0
-    with pytest.raises(FloatingPointError, match=r"consecutive non-finite training steps \(train.max_nonfinite = 10\)"):
+    with pytest.raises(
+        FloatingPointError,
+        match=r"consecutive non-finite training steps \(train.max_nonfinite = 10\)",
+    ):
         train_and_evaluate(bad, tmp_path)
     record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert record["skipped_steps"] == 24  # every step skipped, none applied
-    assert not any(p.name.isdigit() for p in (tmp_path / "checkpoints").iterdir())  # nothing non-finite saved
+    assert not any(
+        p.name.isdigit() for p in (tmp_path / "checkpoints").iterdir()
+    )  # nothing non-finite saved

@@ -11,7 +11,15 @@ import pytest
 from conftest import small_config
 
 from rnnjax.config import ConfigError
-from rnnjax.sweep import SweepError, apply_overrides, parse_shard, run_sweep, trial_dir, trial_name, trials
+from rnnjax.sweep import (
+    SweepError,
+    apply_overrides,
+    parse_shard,
+    run_sweep,
+    trial_dir,
+    trial_name,
+    trials,
+)
 from rnnjax.sweep_summary import summarize
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -23,7 +31,9 @@ def test_grid_names_and_overrides():
     assert len(ts) == 4 and ts[1] == {"model.cell": "gru", "model.num_layers": 3}
     assert trial_name(ts[1]) == "cell=gru,num_layers=3"
     assert apply_overrides(small_config(2, progress=True), ts[1]).model.num_layers == 3
-    assert trial_name({"data.paths": ["../../etc/passwd"]}) == "paths=__.._.._etc_passwd__-6eefe4"  # no "/": stays inside DIR
+    assert (
+        trial_name({"data.paths": ["../../etc/passwd"]}) == "paths=__.._.._etc_passwd__-6eefe4"
+    )  # no "/": stays inside DIR
     assert trial_dir(pathlib.Path("/tmp/s"), {"x": ".."}).parent == pathlib.Path("/tmp/s").resolve()
     with pytest.raises(ConfigError, match="no field 'depth'"):
         apply_overrides(small_config(2, progress=True), {"model.depth": 2})
@@ -33,11 +43,19 @@ def test_grid_names_and_overrides():
 
 
 def test_trial_names_stay_unique_after_sanitising(tmp_path, monkeypatch):
-    assert trial_name({"model.cell": "gru", "model.num_layers": 3}) == "cell=gru,num_layers=3"  # old sweeps still resume
+    assert (
+        trial_name({"model.cell": "gru", "model.num_layers": 3}) == "cell=gru,num_layers=3"
+    )  # old sweeps still resume
     assert trial_name({"seed": 0, "train.learning_rate": 1e38}) == "seed=0,learning_rate=1e+38"
     a, b = trial_name({"data.paths": ["a/b.txt"]}), trial_name({"data.paths": ["a_b.txt"]})
-    assert (a, b) == ("paths=__a_b.txt__-e0305f", "paths=__a_b.txt__-b8ed9e")  # a stable hash of the overrides
-    prefixes = [trial_name({"generate.prefixes": [p]}) for p in ("time traveller", "time/traveller", "time_traveller")]
+    assert (a, b) == (
+        "paths=__a_b.txt__-e0305f",
+        "paths=__a_b.txt__-b8ed9e",
+    )  # a stable hash of the overrides
+    prefixes = [
+        trial_name({"generate.prefixes": [p]})
+        for p in ("time traveller", "time/traveller", "time_traveller")
+    ]
     assert len(set(prefixes)) == 3
     long = trial_name({"generate.prefixes": ["x" * 300]})
     assert len(long) <= 210 and long != trial_name({"generate.prefixes": ["x" * 301]})
@@ -50,7 +68,9 @@ def test_trial_names_stay_unique_after_sanitising(tmp_path, monkeypatch):
     (tmp_path / "a" / "b.txt").write_text(text)
     (tmp_path / "a_b.txt").write_text(text)
     monkeypatch.chdir(tmp_path)  # the paths are relative, as a user gives them
-    rows = run_sweep(small_config(1, progress=True), {"data.paths": [["a/b.txt"], ["a_b.txt"]]}, tmp_path / "s")
+    rows = run_sweep(
+        small_config(1, progress=True), {"data.paths": [["a/b.txt"], ["a_b.txt"]]}, tmp_path / "s"
+    )
     assert [r["name"] for r in rows] == [a, b] and [r["status"] for r in rows] == ["done", "done"]
     assert json.loads((tmp_path / "s" / a / "result.json").read_text())["paths"] == ["a/b.txt"]
     assert json.loads((tmp_path / "s" / b / "result.json").read_text())["paths"] == ["a_b.txt"]
@@ -58,7 +78,9 @@ def test_trial_names_stay_unique_after_sanitising(tmp_path, monkeypatch):
 
 def test_grid_with_colliding_trial_names_is_refused(tmp_path):
     for grid in ({"model.cell": ["gru", "gru"]}, {"generate.num_chars": [5, "5"]}):
-        with pytest.raises(SweepError, match=r"would both write the directory '(cell=gru|num_chars=5)'.*duplicate"):
+        with pytest.raises(
+            SweepError, match=r"would both write the directory '(cell=gru|num_chars=5)'.*duplicate"
+        ):
             run_sweep(small_config(2, progress=True), grid, tmp_path / "s")
     assert not (tmp_path / "s").exists()
 
@@ -69,8 +91,12 @@ def test_sweep_runs_records_failures_and_resumes(tmp_path):
     cfg.train.grad_clip, cfg.train.max_nonfinite = 0.0, 2  # lr 1e38 diverges: those trials fail
     rows = run_sweep(cfg, grid, tmp_path)
     status = {r["name"]: r["status"] for r in rows}
-    assert status == {"cell=gru,learning_rate=1.0": "done", "cell=gru,learning_rate=1e+38": "failed",
-                      "cell=lstm,learning_rate=1.0": "done", "cell=lstm,learning_rate=1e+38": "failed"}
+    assert status == {
+        "cell=gru,learning_rate=1.0": "done",
+        "cell=gru,learning_rate=1e+38": "failed",
+        "cell=lstm,learning_rate=1.0": "done",
+        "cell=lstm,learning_rate=1e+38": "failed",
+    }
     failed = json.loads((tmp_path / "cell=gru,learning_rate=1e+38" / "result.json").read_text())
     assert failed["error"].startswith("FloatingPointError: aborting")
     before = (tmp_path / "cell=gru,learning_rate=1.0" / "metrics.jsonl").read_bytes()
@@ -84,7 +110,11 @@ def test_sweep_runs_records_failures_and_resumes(tmp_path):
     assert {r["cell"] for r in table if r["status"] == "done"} == {"gru", "lstm"}
     assert float(table[0]["best_val_ppl"]) > 1.0 and int(table[0]["num_params"]) > 0
     assert [(r["cell"], r["learning_rate"], r["status"]) for r in table] == [
-        ("gru", "1.0", "done"), ("gru", "1e+38", "failed"), ("lstm", "1.0", "done"), ("lstm", "1e+38", "failed")]
+        ("gru", "1.0", "done"),
+        ("gru", "1e+38", "failed"),
+        ("lstm", "1.0", "done"),
+        ("lstm", "1e+38", "failed"),
+    ]
     assert failed["overrides"] == {"model.cell": "gru", "train.learning_rate": 1e38}
     assert "failed: FloatingPointError" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
@@ -105,13 +135,25 @@ def test_interrupted_trial_resumes_from_its_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_sweep_cli_with_shards_and_summarize(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    cmd = [sys.executable, str(ROOT / "scripts" / "sweep.py"), f"--config={ROOT / 'configs' / 'sweep_depth_cell.py'}:smoke",
-           f"--workdir={tmp_path}", "--config.train.num_epochs=1"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "sweep.py"),
+        f"--config={ROOT / 'configs' / 'sweep_depth_cell.py'}:smoke",
+        f"--workdir={tmp_path}",
+        "--config.train.num_epochs=1",
+    ]
     for shard in ("0/2", "1/2"):
-        p = subprocess.run(cmd + [f"--shard={shard}"], capture_output=True, text=True, env=env, timeout=300)
+        p = subprocess.run(
+            cmd + [f"--shard={shard}"], capture_output=True, text=True, env=env, timeout=300
+        )
         assert p.returncode == 0, p.stderr[-2000:]
-    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "sweep.py"), f"--summarize={tmp_path}"],
-                       capture_output=True, text=True, env=env, timeout=120)
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "sweep.py"), f"--summarize={tmp_path}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert p.returncode == 0 and p.stdout.count("| done |") == 4
 
 
@@ -123,12 +165,21 @@ def test_sweep_survives_sigkill_and_rerun(tmp_path):
 
     # without the session's compilation cache: JAX writes its entries in place, and a kill mid-write
     # would leave one that later tests' processes warn about
-    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"} | {"JAX_PLATFORMS": "cpu"}
-    cmd = [sys.executable, str(ROOT / "scripts" / "sweep.py"), f"--config={ROOT / 'configs' / 'sweep_depth_cell.py'}:smoke",
-           f"--workdir={tmp_path}", "--config.train.num_epochs=3"]
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"} | {
+        "JAX_PLATFORMS": "cpu"
+    }
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "sweep.py"),
+        f"--config={ROOT / 'configs' / 'sweep_depth_cell.py'}:smoke",
+        f"--workdir={tmp_path}",
+        "--config.train.num_epochs=3",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 120
-    while not list(tmp_path.glob("*/result.json")) and time.time() < deadline:  # kill once a trial finished
+    while (
+        not list(tmp_path.glob("*/result.json")) and time.time() < deadline
+    ):  # kill once a trial finished
         time.sleep(0.1)
     time.sleep(2.0)
     proc.send_signal(signal.SIGKILL)

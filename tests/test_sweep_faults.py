@@ -18,7 +18,7 @@ SCRIPT = str(ROOT / "scripts" / "sweep.py")
 CONFIG = f"--config={ROOT / 'configs' / 'sweep_depth_cell.py'}:smoke"
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
 
-GRID_CONFIG = '''
+GRID_CONFIG = """
 from rnnjax.config import default_config, smoke
 
 
@@ -28,17 +28,26 @@ def get_config(arg=None):
 
 def get_sweep(arg=None):
     return {"empty": {}, "no_values": {"seed": []}, "not_a_list": {"model.cell": "gru"}, "none": None}[arg]
-'''
+"""
 
 
-@pytest.mark.parametrize("grid, match", [
-    ({}, "the sweep grid is empty"),
-    ({"seed": []}, "sweep axis seed has no values"),
-    ({"model.cell": "gru"}, r"sweep axis model.cell: give a list of values, e.g. \['gru'\]"),
-    ({"model.num_layers": ["a", "b"]}, "sweep axis model.num_layers: 'a' is not allowed: .* type int"),
-    ({"model.bogus": [1, 2]}, "sweep axis model.bogus: config has no field 'bogus'"),
-    ({"model.num_layers": [1, 0]}, r"config.model.num_layers = 0 is not allowed"),  # the second trial is checked too
-])
+@pytest.mark.parametrize(
+    "grid, match",
+    [
+        ({}, "the sweep grid is empty"),
+        ({"seed": []}, "sweep axis seed has no values"),
+        ({"model.cell": "gru"}, r"sweep axis model.cell: give a list of values, e.g. \['gru'\]"),
+        (
+            {"model.num_layers": ["a", "b"]},
+            "sweep axis model.num_layers: 'a' is not allowed: .* type int",
+        ),
+        ({"model.bogus": [1, 2]}, "sweep axis model.bogus: config has no field 'bogus'"),
+        (
+            {"model.num_layers": [1, 0]},
+            r"config.model.num_layers = 0 is not allowed",
+        ),  # the second trial is checked too
+    ],
+)
 def test_bad_grids_are_refused_before_anything_is_created(tmp_path, grid, match):
     with pytest.raises((SweepError, ConfigError), match=match):
         run_sweep(small_config(2, progress=True), grid, tmp_path / "s")
@@ -56,18 +65,33 @@ def test_a_data_mistake_is_refused_before_any_trial_directory(tmp_path):
 def test_summarize_refuses_what_is_not_a_sweep_directory(tmp_path):
     (tmp_path / "file").write_text("x")
     (tmp_path / "empty").mkdir()
-    for name, match in [("missing", "does not exist"), ("file", "is a file"), ("empty", "holds no trial results")]:
+    for name, match in [
+        ("missing", "does not exist"),
+        ("file", "is a file"),
+        ("empty", "holds no trial results"),
+    ]:
         with pytest.raises(SweepError, match=match):
             summarize(tmp_path / name)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file"] and not list((tmp_path / "empty").iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file"] and not list(
+        (tmp_path / "empty").iterdir()
+    )
 
 
 def test_relative_and_home_sweep_directories(tmp_path, monkeypatch):
     trial = tmp_path / "runs" / "s" / "cell=gru"
     trial.mkdir(parents=True)
-    (trial / "result.json").write_text(json.dumps({
-        "name": "cell=gru", "cell": "gru", "num_layers": 1, "best_val_ppl": 9.0, "status": "done", "error": "",
-    }))
+    (trial / "result.json").write_text(
+        json.dumps(
+            {
+                "name": "cell=gru",
+                "cell": "gru",
+                "num_layers": 1,
+                "best_val_ppl": 9.0,
+                "status": "done",
+                "error": "",
+            }
+        )
+    )
     (trial / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "val_ppl": 9.0}) + "\n")
     monkeypatch.chdir(tmp_path / "runs")
     assert [r["status"] for r in summarize("s")] == ["done"]
@@ -75,11 +99,22 @@ def test_relative_and_home_sweep_directories(tmp_path, monkeypatch):
     monkeypatch.chdir("/")
     assert [r["status"] for r in summarize("~/runs/s")] == ["done"]
     assert sorted(p.name for p in (tmp_path / "runs" / "s").iterdir()) == [
-        "cell=gru", "results.csv", "results.md", "sweep.png"]
+        "cell=gru",
+        "results.csv",
+        "results.md",
+        "sweep.png",
+    ]
 
 
 def _cli(*args, cwd):
-    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, env=ENV, cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, SCRIPT, *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=cwd,
+        timeout=120,
+    )
 
 
 @pytest.mark.exhaustive
@@ -89,17 +124,32 @@ def test_cli_errors_are_one_line_and_create_nothing(tmp_path):
     (tmp_path / "file").write_text("x")
     (tmp_path / "empty").mkdir()
     cases = [
-        (["--summarize=missing"], "sweep directory .*missing does not exist; give the directory a sweep wrote"),
+        (
+            ["--summarize=missing"],
+            "sweep directory .*missing does not exist; give the directory a sweep wrote",
+        ),
         (["--summarize=file"], "file is a file, not a sweep directory"),
         (["--summarize=empty"], "empty holds no trial results"),
         (["--config=grids.py:empty", "--workdir=s"], "the sweep grid is empty"),
         (["--config=grids.py:no_values", "--workdir=s"], "sweep axis seed has no values"),
-        (["--config=grids.py:not_a_list", "--workdir=s"], "sweep axis model.cell: give a list of values"),
+        (
+            ["--config=grids.py:not_a_list", "--workdir=s"],
+            "sweep axis model.cell: give a list of values",
+        ),
         (["--config=grids.py:none", "--workdir=s"], r"get_sweep\(\) returned NoneType"),
         ([CONFIG, "--workdir=s", "--axis=seed="], "--axis='seed=': give FIELD=v1,v2,..."),
-        ([CONFIG, "--workdir=s", "--axis=model.num_layers=a,b"], "sweep axis model.num_layers: 'a' is not allowed"),
-        ([CONFIG, "--workdir=s", "--axis=model.bogus=1,2"], "sweep axis model.bogus: config has no field 'bogus'"),
-        ([CONFIG, "--workdir=s", "--axis=model.cell=gru,gru"], "would both write the directory 'cell=gru,num_layers=1'"),
+        (
+            [CONFIG, "--workdir=s", "--axis=model.num_layers=a,b"],
+            "sweep axis model.num_layers: 'a' is not allowed",
+        ),
+        (
+            [CONFIG, "--workdir=s", "--axis=model.bogus=1,2"],
+            "sweep axis model.bogus: config has no field 'bogus'",
+        ),
+        (
+            [CONFIG, "--workdir=s", "--axis=model.cell=gru,gru"],
+            "would both write the directory 'cell=gru,num_layers=1'",
+        ),
     ]
     import re
 
@@ -107,13 +157,23 @@ def test_cli_errors_are_one_line_and_create_nothing(tmp_path):
         p = _cli(*args, cwd=tmp_path)
         assert p.returncode != 0, args
         lines = p.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: ") and re.search(match, lines[0]), (args, p.stderr[-2000:])
-        assert sorted(x.name for x in tmp_path.iterdir()) == ["empty", "file", "grids.py"], args  # nothing created
+        assert len(lines) == 1 and lines[0].startswith("error: ") and re.search(match, lines[0]), (
+            args,
+            p.stderr[-2000:],
+        )
+        assert sorted(x.name for x in tmp_path.iterdir()) == ["empty", "file", "grids.py"], (
+            args
+        )  # nothing created
         assert not list((tmp_path / "empty").iterdir())
 
 
 def _summary():
-    return {"num_params": 10, "train_ppl": 5.0, "best_val_ppl": 6.0, "metrics": [{"tokens_per_sec": 1.0, "wall_time": 2.0}]}
+    return {
+        "num_params": 10,
+        "train_ppl": 5.0,
+        "best_val_ppl": 6.0,
+        "metrics": [{"tokens_per_sec": 1.0, "wall_time": 2.0}],
+    }
 
 
 def _statuses(root):
@@ -131,20 +191,28 @@ def test_preempted_trial_stops_the_sweep_and_resumes(tmp_path, monkeypatch):
         calls.append(workdir.name)
         workdir.mkdir(exist_ok=True)
         if workdir.name == "cell=lstm" and calls.count("cell=lstm") == 1:
-            raise Preempted(signal.SIGINT, 7)  # what train_and_evaluate raises after saving a checkpoint
+            raise Preempted(
+                signal.SIGINT, 7
+            )  # what train_and_evaluate raises after saving a checkpoint
         return _summary()
 
     monkeypatch.setattr("rnnjax.sweep.train_and_evaluate", fake_train)
     grid = {"model.cell": ["gru", "lstm", "rnn"]}
     handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-    with pytest.raises(SweepInterrupted, match=r"stopped by SIGINT with 1 of 3 trials done, cell=lstm interrupted; rerun"):
+    with pytest.raises(
+        SweepInterrupted,
+        match=r"stopped by SIGINT with 1 of 3 trials done, cell=lstm interrupted; rerun",
+    ):
         run_sweep(small_config(2, progress=True), grid, tmp_path)
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers
     assert calls == ["cell=gru", "cell=lstm"]  # the sweep stopped: cell=rnn never started
     assert _statuses(tmp_path) == {"cell=gru": "done", "cell=lstm": "interrupted"}
     assert not (tmp_path / "cell=lstm" / "error.txt").exists()
     summarize(tmp_path)
-    assert "- cell=lstm interrupted: stopped by SIGINT; rerun the sweep" in (tmp_path / "results.md").read_text()
+    assert (
+        "- cell=lstm interrupted: stopped by SIGINT; rerun the sweep"
+        in (tmp_path / "results.md").read_text()
+    )
     # the rerun resumes the interrupted trial and finishes the rest
     rows = run_sweep(small_config(2, progress=True), grid, tmp_path)
     assert calls == ["cell=gru", "cell=lstm", "cell=lstm", "cell=rnn"]
@@ -168,7 +236,9 @@ def test_signal_taken_by_the_trainer_without_raising_still_stops_the_sweep(tmp_p
         return _summary()
 
     monkeypatch.setattr("rnnjax.sweep.train_and_evaluate", fake_train)
-    with pytest.raises(SweepInterrupted, match="stopped by SIGTERM with 1 of 2 trials done; rerun") as info:
+    with pytest.raises(
+        SweepInterrupted, match="stopped by SIGTERM with 1 of 2 trials done; rerun"
+    ) as info:
         run_sweep(small_config(2, progress=True), {"model.cell": ["gru", "lstm"]}, tmp_path)
     assert info.value.signum == signal.SIGTERM and calls == ["cell=gru"]
     assert _statuses(tmp_path) == {"cell=gru": "done"}
@@ -183,7 +253,10 @@ def test_signal_during_a_vectorized_group_stops_the_sweep(tmp_path, monkeypatch)
 
     def fake_vectorized(cfgs, dirs, resume=None):
         groups.append([d.name for d in dirs])
-        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)  # else the signal would kill pytest
+        assert signal.getsignal(signal.SIGTERM) not in (
+            signal.SIG_DFL,
+            None,
+        )  # else the signal would kill pytest
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(30)
         finished.append(True)
@@ -194,7 +267,10 @@ def test_signal_during_a_vectorized_group_stops_the_sweep(tmp_path, monkeypatch)
         run_sweep(small_config(2, progress=True), grid, tmp_path, vectorize=True)
     assert info.value.signum == signal.SIGTERM and not finished
     assert groups == [["cell=gru,seed=0", "cell=gru,seed=1"]]  # the lstm group never started
-    assert _statuses(tmp_path) == {"cell=gru,seed=0": "interrupted", "cell=gru,seed=1": "interrupted"}
+    assert _statuses(tmp_path) == {
+        "cell=gru,seed=0": "interrupted",
+        "cell=gru,seed=1": "interrupted",
+    }
 
 
 @pytest.mark.slow
@@ -202,24 +278,47 @@ def test_sigterm_stops_the_cli_sweep_and_a_rerun_finishes_it(tmp_path):
     import signal
     import time
 
-    cmd = [sys.executable, SCRIPT, CONFIG, "--workdir=runs/s", "--config.train.num_epochs=2", "--axis=model.num_layers=1"]
+    cmd = [
+        sys.executable,
+        SCRIPT,
+        CONFIG,
+        "--workdir=runs/s",
+        "--config.train.num_epochs=2",
+        "--axis=model.num_layers=1",
+    ]
     root = tmp_path / "runs" / "s"
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path
+    )
     deadline = time.time() + 120
-    while not list(root.glob("*/metrics.jsonl")) + list(root.glob("*/checkpoints")) and time.time() < deadline:
+    while (
+        not list(root.glob("*/metrics.jsonl")) + list(root.glob("*/checkpoints"))
+        and time.time() < deadline
+    ):
         time.sleep(0.05)  # signal once the first trial has started
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
-    assert "rerun the same command to resume" in err.strip().splitlines()[-1] and "Traceback" not in err
+    assert (
+        "rerun the same command to resume" in err.strip().splitlines()[-1]
+        and "Traceback" not in err
+    )
     statuses = _statuses(root)
     assert "failed" not in statuses.values() and "interrupted" in statuses.values()
-    assert list(statuses.values()).count("done") < 2 and "| interrupted |" in out  # the summary of what finished
+    assert (
+        list(statuses.values()).count("done") < 2 and "| interrupted |" in out
+    )  # the summary of what finished
     p = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     assert list(_statuses(root).values()) == ["done"] * 2 and p.stdout.count("| done |") == 2
     for m in root.glob("*/metrics.jsonl"):
         assert [json.loads(x)["epoch"] for x in m.read_text().splitlines()] == [1, 2]
-    p = subprocess.run([sys.executable, SCRIPT, "--summarize=~/runs/s"], capture_output=True, text=True,
-                       env=dict(ENV, HOME=str(tmp_path)), cwd="/", timeout=120)
+    p = subprocess.run(
+        [sys.executable, SCRIPT, "--summarize=~/runs/s"],
+        capture_output=True,
+        text=True,
+        env=dict(ENV, HOME=str(tmp_path)),
+        cwd="/",
+        timeout=120,
+    )
     assert p.returncode == 0 and p.stdout.count("| done |") == 2, p.stderr[-2000:]

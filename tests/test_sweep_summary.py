@@ -12,12 +12,28 @@ def fake_trial(root, overrides, best, status="done", cell="gru", num_layers=1, e
     d = root / trial_name(overrides)
     d.mkdir(parents=True)
     o = {"model.cell": cell, "model.num_layers": num_layers, **overrides}
-    row = {"name": d.name, **{k.split(".")[-1]: v for k, v in overrides.items()}, "overrides": overrides,
-           "cell": o["model.cell"], "num_layers": o["model.num_layers"], "hidden_size": 32, "num_params": 1000,
-           "train_ppl": best + 1, "best_val_ppl": best, "tokens_per_sec": 1e4, "wall_time": 1.0, "status": status, "error": ""}
+    row = {
+        "name": d.name,
+        **{k.split(".")[-1]: v for k, v in overrides.items()},
+        "overrides": overrides,
+        "cell": o["model.cell"],
+        "num_layers": o["model.num_layers"],
+        "hidden_size": 32,
+        "num_params": 1000,
+        "train_ppl": best + 1,
+        "best_val_ppl": best,
+        "tokens_per_sec": 1e4,
+        "wall_time": 1.0,
+        "status": status,
+        "error": "",
+    }
     (d / "result.json").write_text(json.dumps(row))
-    (d / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "val_ppl": best + epochs - e}) + "\n"
-                                            for e in range(1, epochs + 1)))
+    (d / "metrics.jsonl").write_text(
+        "".join(
+            json.dumps({"epoch": e, "val_ppl": best + epochs - e}) + "\n"
+            for e in range(1, epochs + 1)
+        )
+    )
     return d
 
 
@@ -30,57 +46,147 @@ def test_summary_has_a_column_per_axis(tmp_path):
     for seed in (0, 1, 2):
         for lr in (1.0, 2.0):
             fake_trial(tmp_path, {"seed": seed, "train.learning_rate": lr}, best=10 + seed + lr)
-    legacy = fake_trial(tmp_path, {"seed": 7, "train.learning_rate": 0.5}, best=9.0)  # result.json without "overrides"
+    legacy = fake_trial(
+        tmp_path, {"seed": 7, "train.learning_rate": 0.5}, best=9.0
+    )  # result.json without "overrides"
     row = json.loads((legacy / "result.json").read_text())
     del row["overrides"]
     (legacy / "result.json").write_text(json.dumps(row))
     summarize(tmp_path)
     table = read_csv(tmp_path / "results.csv")
-    assert list(table[0])[:6] == ["name", "cell", "num_layers", "hidden_size", "seed", "learning_rate"]
+    assert list(table[0])[:6] == [
+        "name",
+        "cell",
+        "num_layers",
+        "hidden_size",
+        "seed",
+        "learning_rate",
+    ]
     got = sorted((r["seed"], r["learning_rate"], r["best_val_ppl"]) for r in table)
-    assert got == sorted([(str(s), str(lr), str(10 + s + lr)) for s in (0, 1, 2) for lr in (1.0, 2.0)] + [("7", "0.5", "9.0")])
+    assert got == sorted(
+        [(str(s), str(lr), str(10 + s + lr)) for s in (0, 1, 2) for lr in (1.0, 2.0)]
+        + [("7", "0.5", "9.0")]
+    )
     md = (tmp_path / "results.md").read_text().splitlines()
-    assert md[0] == ("| cell | num_layers | hidden_size | seed | learning_rate | num_params | train_ppl | best_val_ppl "
-                     "| tokens_per_sec | wall_time | status |")
+    assert md[0] == (
+        "| cell | num_layers | hidden_size | seed | learning_rate | num_params | train_ppl | best_val_ppl "
+        "| tokens_per_sec | wall_time | status |"
+    )
     assert "| gru | 1 | 32 | 2 | 1.0 | 1000 | 14.000 | 13.000 |" in "\n".join(md)
     assert len(set(md[2:])) == 7  # no two rows look the same
 
 
 def test_axis_columns_are_named_by_last_part_when_unambiguous(tmp_path):
-    fake_trial(tmp_path, {"model.cell": "lstm", "train.x": 1, "data.x": "a|b", "data.status": 3}, best=5.0, cell="lstm")
+    fake_trial(
+        tmp_path,
+        {"model.cell": "lstm", "train.x": 1, "data.x": "a|b", "data.status": 3},
+        best=5.0,
+        cell="lstm",
+    )
     summarize(tmp_path)
     (row,) = read_csv(tmp_path / "results.csv")
-    assert list(row) == ["name", "cell", "num_layers", "hidden_size", "train.x", "data.x", "data.status", "num_params",
-                         "train_ppl", "best_val_ppl", "best_val_bpc", "best_epoch", "test_ppl", "test_bpc", "tokens_per_sec",
-                         "wall_time", "status", "error"]
-    assert (row["cell"], row["train.x"], row["data.x"], row["data.status"], row["status"]) == ("lstm", "1", "a|b", "3", "done")
+    assert list(row) == [
+        "name",
+        "cell",
+        "num_layers",
+        "hidden_size",
+        "train.x",
+        "data.x",
+        "data.status",
+        "num_params",
+        "train_ppl",
+        "best_val_ppl",
+        "best_val_bpc",
+        "best_epoch",
+        "test_ppl",
+        "test_bpc",
+        "tokens_per_sec",
+        "wall_time",
+        "status",
+        "error",
+    ]
+    assert (row["cell"], row["train.x"], row["data.x"], row["data.status"], row["status"]) == (
+        "lstm",
+        "1",
+        "a|b",
+        "3",
+        "done",
+    )
     assert "| lstm | 1 | 32 | 1 | a\\|b | 3 |" in (tmp_path / "results.md").read_text()
 
 
 def test_depth_aggregates_over_seeds_per_cell_and_other_axes():
     def row(cell, layers, ppl, status="done", **overrides):
         o = {"model.cell": cell, "model.num_layers": layers, **overrides}
-        return {"cell": cell, "num_layers": layers, "best_val_ppl": ppl, "status": status, "overrides": o}
+        return {
+            "cell": cell,
+            "num_layers": layers,
+            "best_val_ppl": ppl,
+            "status": status,
+            "overrides": o,
+        }
 
-    rows = [row("gru", 1, 10.0, seed=0), row("gru", 1, 14.0, seed=1), row("gru", 1, 12.0, seed=2),
-            row("gru", 2, 9.0, seed=0), row("gru", 2, 99.0, "failed", seed=1),
-            row("lstm", 2, 8.0, seed=0), row("lstm", 2, 6.0, seed=1),
-            row("lstm", 2, 20.0, seed=0, **{"train.learning_rate": 2.0})]
-    rows.append({"cell": "rnn", "num_layers": 3, "best_val_ppl": 30.0, "status": "done", "seed": 4})  # no "overrides"
+    rows = [
+        row("gru", 1, 10.0, seed=0),
+        row("gru", 1, 14.0, seed=1),
+        row("gru", 1, 12.0, seed=2),
+        row("gru", 2, 9.0, seed=0),
+        row("gru", 2, 99.0, "failed", seed=1),
+        row("lstm", 2, 8.0, seed=0),
+        row("lstm", 2, 6.0, seed=1),
+        row("lstm", 2, 20.0, seed=0, **{"train.learning_rate": 2.0}),
+    ]
+    rows.append(
+        {"cell": "rnn", "num_layers": 3, "best_val_ppl": 30.0, "status": "done", "seed": 4}
+    )  # no "overrides"
     assert aggregate_depth(rows) == [
-        {"cell": "gru", "group": "", "num_layers": 1, "mean": 12.0, "min": 10.0, "max": 14.0, "n": 3},
+        {
+            "cell": "gru",
+            "group": "",
+            "num_layers": 1,
+            "mean": 12.0,
+            "min": 10.0,
+            "max": 14.0,
+            "n": 3,
+        },
         {"cell": "gru", "group": "", "num_layers": 2, "mean": 9.0, "min": 9.0, "max": 9.0, "n": 1},
         {"cell": "lstm", "group": "", "num_layers": 2, "mean": 7.0, "min": 6.0, "max": 8.0, "n": 2},
-        {"cell": "lstm", "group": "learning_rate=2.0", "num_layers": 2, "mean": 20.0, "min": 20.0, "max": 20.0, "n": 1},
-        {"cell": "rnn", "group": "", "num_layers": 3, "mean": 30.0, "min": 30.0, "max": 30.0, "n": 1},
+        {
+            "cell": "lstm",
+            "group": "learning_rate=2.0",
+            "num_layers": 2,
+            "mean": 20.0,
+            "min": 20.0,
+            "max": 20.0,
+            "n": 1,
+        },
+        {
+            "cell": "rnn",
+            "group": "",
+            "num_layers": 3,
+            "mean": 30.0,
+            "min": 30.0,
+            "max": 30.0,
+            "n": 1,
+        },
     ]
 
 
 def test_sweep_plot_of_32_trials_is_readable_and_leaves_the_backend_alone(tmp_path):
     import matplotlib
 
-    dirs = [fake_trial(tmp_path, {"model.cell": c, "model.num_layers": n, "seed": s}, best=10 + n * (c == "gru") + s,
-                       cell=c, num_layers=n) for c in ("gru", "lstm") for n in (1, 2, 3, 4) for s in (0, 1, 2, 3)]
+    dirs = [
+        fake_trial(
+            tmp_path,
+            {"model.cell": c, "model.num_layers": n, "seed": s},
+            best=10 + n * (c == "gru") + s,
+            cell=c,
+            num_layers=n,
+        )
+        for c in ("gru", "lstm")
+        for n in (1, 2, 3, 4)
+        for s in (0, 1, 2, 3)
+    ]
     before = matplotlib.get_backend()
     matplotlib.use("pdf")  # as a notebook's backend: summarize must not switch it
     try:
@@ -93,6 +199,11 @@ def test_sweep_plot_of_32_trials_is_readable_and_leaves_the_backend_alone(tmp_pa
     depth, curves = fig.axes
     assert list(depth.get_xticks()) == [1, 2, 3, 4]  # integer depths only
     means = [line.get_ydata().tolist() for line in depth.get_lines()]
-    assert means == [[12.5, 13.5, 14.5, 15.5], [11.5, 11.5, 11.5, 11.5]]  # one line per cell: the mean over 4 seeds
+    assert means == [
+        [12.5, 13.5, 14.5, 15.5],
+        [11.5, 11.5, 11.5, 11.5],
+    ]  # one line per cell: the mean over 4 seeds
     assert [t.get_text() for t in depth.get_legend().get_texts()] == ["gru (n=4)", "lstm (n=4)"]
-    assert len(curves.get_lines()) == 32 and [t.get_text() for t in curves.get_legend().get_texts()] == ["gru", "lstm"]
+    assert len(curves.get_lines()) == 32 and [
+        t.get_text() for t in curves.get_legend().get_texts()
+    ] == ["gru", "lstm"]

@@ -23,7 +23,9 @@ ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
 
 
 def read_events(workdir):
-    acc = event_accumulator.EventAccumulator(str(workdir), size_guidance={"scalars": 0, "tensors": 0})
+    acc = event_accumulator.EventAccumulator(
+        str(workdir), size_guidance={"scalars": 0, "tensors": 0}
+    )
     acc.Reload()
     return acc
 
@@ -41,13 +43,22 @@ def assert_equal_to_metrics(acc, records, num_layers):
     assert scalar(acc, "perplexity/train") == expected(records, "train_ppl")
     assert scalar(acc, "loss/val") == expected(records, "val_ppl", math.log)
     assert scalar(acc, "bpc/train") == expected(records, "train_ppl", math.log2)
-    for tag, key in [("lr", "lr"), ("tokens_per_sec", "tokens_per_sec"), ("grad_norm/global", "grad_norm"),
-                     ("skipped_steps", "skipped_steps"), ("grad_norm/output", "grad_norm_output")]:
+    for tag, key in [
+        ("lr", "lr"),
+        ("tokens_per_sec", "tokens_per_sec"),
+        ("grad_norm/global", "grad_norm"),
+        ("skipped_steps", "skipped_steps"),
+        ("grad_norm/output", "grad_norm_output"),
+    ]:
         assert scalar(acc, tag) == expected(records, key), tag
     for l in range(num_layers):
         for key in ("h_rms", "gate_saturation", "forget_gate", "memory_length"):
-            assert scalar(acc, f"{key}/layer_{l + 1}") == expected(records, key, lambda v, l=l: v[l]), key
-        assert scalar(acc, f"grad_norm/layer_{l + 1}") == expected(records, "grad_norm_layers", lambda v, l=l: v[l])
+            assert scalar(acc, f"{key}/layer_{l + 1}") == expected(
+                records, key, lambda v, l=l: v[l]
+            ), key
+        assert scalar(acc, f"grad_norm/layer_{l + 1}") == expected(
+            records, "grad_norm_layers", lambda v, l=l: v[l]
+        )
 
 
 def test_a_run_writes_event_files_equal_to_metrics_jsonl(tmp_path):
@@ -76,8 +87,14 @@ def test_sigkill_then_resume_keeps_each_epoch_once(tmp_path):
     """A SIGKILL after epoch 4 (checkpoint at 3) leaves events past the checkpoint; the resumed run's
     purge step makes TensorBoard drop them, so epochs 1..6 appear exactly once, equal to metrics.jsonl."""
     run = tmp_path / "run"
-    flags = ["--config.train.num_epochs=6", "--config.checkpoint.every_epochs=3", "--config.data.max_tokens=8000"]
-    proc = subprocess.Popen(train_cli(run, *flags), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    flags = [
+        "--config.train.num_epochs=6",
+        "--config.checkpoint.every_epochs=3",
+        "--config.data.max_tokens=8000",
+    ]
+    proc = subprocess.Popen(
+        train_cli(run, *flags), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if (run / "metrics.jsonl").exists() and len(read_metrics(run / "metrics.jsonl")) >= 4:
@@ -87,8 +104,12 @@ def test_sigkill_then_resume_keeps_each_epoch_once(tmp_path):
     proc.wait()
     killed = read_events(run)
     steps_before = [s for s, _ in scalar(killed, "perplexity/val")]
-    assert steps_before[-1] >= 4 and steps_before[-1] < 6, steps_before  # events past the checkpoint at epoch 3
-    done = subprocess.run(train_cli(run, *flags), env=ENV, capture_output=True, text=True, timeout=300)
+    assert steps_before[-1] >= 4 and steps_before[-1] < 6, (
+        steps_before
+    )  # events past the checkpoint at epoch 3
+    done = subprocess.run(
+        train_cli(run, *flags), env=ENV, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     records = read_metrics(run / "metrics.jsonl")
     assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5, 6]
@@ -104,12 +125,21 @@ def test_sweeps_write_one_tensorboard_run_per_trial(tmp_path):
 
     run_sweep(small_config(2), {"seed": [0, 1]}, tmp_path / "vec", vectorize=True)
     run_sweep(small_config(2), {"model.cell": ["gru"]}, tmp_path / "one")
-    for trial in [tmp_path / "vec" / "seed=0", tmp_path / "vec" / "seed=1", tmp_path / "one" / "cell=gru"]:
+    for trial in [
+        tmp_path / "vec" / "seed=0",
+        tmp_path / "vec" / "seed=1",
+        tmp_path / "one" / "cell=gru",
+    ]:
         records = read_metrics(trial / "metrics.jsonl")
         assert_equal_to_metrics(read_events(trial), records, num_layers=2)
-    seeds = [read_metrics(tmp_path / "vec" / f"seed={s}" / "metrics.jsonl")[-1]["val_ppl"] for s in (0, 1)]
+    seeds = [
+        read_metrics(tmp_path / "vec" / f"seed={s}" / "metrics.jsonl")[-1]["val_ppl"]
+        for s in (0, 1)
+    ]
     assert seeds[0] != seeds[1]  # each trial's own numbers
-    assert "_hparams_/session_start_info" in read_events(tmp_path / "vec" / "seed=1").summary_metadata
+    assert (
+        "_hparams_/session_start_info" in read_events(tmp_path / "vec" / "seed=1").summary_metadata
+    )
 
 
 def test_profile_steps_writes_a_trace_after_compilation(tmp_path):
@@ -121,18 +151,29 @@ def test_profile_steps_writes_a_trace_after_compilation(tmp_path):
 
 
 def test_bad_profile_steps_and_layer_stats_are_one_line_errors():
-    with pytest.raises(ConfigError, match=r"^config.train.profile_steps = -1 is not allowed: an integer >= 0 \(0 = no "):
+    with pytest.raises(
+        ConfigError,
+        match=r"^config.train.profile_steps = -1 is not allowed: an integer >= 0 \(0 = no ",
+    ):
         resolve(small_config(1, **{"train.profile_steps": -1}))
     cfg = small_config(1).to_dict()
-    cfg["train"]["layer_stats"] = 1  # a dict (as config.json is read back): ml_collections' types are not checked
-    with pytest.raises(ConfigError, match=r"^config.train.layer_stats = 1 is not allowed: True or False$"):
+    cfg["train"]["layer_stats"] = (
+        1  # a dict (as config.json is read back): ml_collections' types are not checked
+    )
+    with pytest.raises(
+        ConfigError, match=r"^config.train.layer_stats = 1 is not allowed: True or False$"
+    ):
         resolve(cfg)
 
 
 def test_the_reader_needs_no_tensorflow():
-    code = ("import sys; from tensorboard.backend.event_processing.event_accumulator import EventAccumulator; "
-            "import tensorboardX; print('tensorflow' in sys.modules)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
+    code = (
+        "import sys; from tensorboard.backend.event_processing.event_accumulator import EventAccumulator; "
+        "import tensorboardX; print('tensorflow' in sys.modules)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120
+    )
     assert proc.stdout.strip() == "False", proc.stderr[-2000:]
     assert pathlib.Path(tensorboardX_file()).exists()
 
@@ -143,7 +184,9 @@ def tensorboardX_file():
     return tensorboardX.__file__
 
 
-def test_a_metric_added_in_one_line_reaches_metrics_jsonl_tensorboard_and_checkpoints(tmp_path, monkeypatch):
+def test_a_metric_added_in_one_line_reaches_metrics_jsonl_tensorboard_and_checkpoints(
+    tmp_path, monkeypatch
+):
     """Issue 24.5: a new training metric is one entry where it is computed."""
     import optax
 
@@ -153,12 +196,26 @@ def test_a_metric_added_in_one_line_reaches_metrics_jsonl_tensorboard_and_checkp
     monkeypatch.setitem(TRAIN_METRICS, "param_norm", Metric(lambda s: optax.tree.norm(s.params)))
     train_and_evaluate(small_config(2, **{"train.layer_stats": False}), tmp_path)
     records = read_metrics(tmp_path / "metrics.jsonl")
-    assert all(r["param_norm"] > 0 for r in records) and records[0]["param_norm"] != records[1]["param_norm"]
+    assert (
+        all(r["param_norm"] > 0 for r in records)
+        and records[0]["param_norm"] != records[1]["param_norm"]
+    )
     assert scalar(read_events(tmp_path), "param_norm") == expected(records, "param_norm")
     meta = rnnjax.load(tmp_path, step="latest")  # its sums are saved by name beside the others
     import json
-    saved = json.loads((tmp_path / "checkpoints" / str(meta.step) / "meta" / "metadata").read_text())
-    assert saved["layout"] == 3 and saved["metrics"]["param_norm"] == [] and "grad_norm_layers" not in saved["metrics"]
+
+    saved = json.loads(
+        (tmp_path / "checkpoints" / str(meta.step) / "meta" / "metadata").read_text()
+    )
+    assert (
+        saved["layout"] == 3
+        and saved["metrics"]["param_norm"] == []
+        and "grad_norm_layers" not in saved["metrics"]
+    )
     monkeypatch.delitem(TRAIN_METRICS, "param_norm")  # a run resumed without it drops it
     out = train_and_evaluate(small_config(3, **{"train.layer_stats": False}), tmp_path)
-    assert "param_norm" not in out["metrics"][-1] and [r["epoch"] for r in out["metrics"]] == [1, 2, 3]
+    assert "param_norm" not in out["metrics"][-1] and [r["epoch"] for r in out["metrics"]] == [
+        1,
+        2,
+        3,
+    ]

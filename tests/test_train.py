@@ -18,7 +18,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tree_equal(a, b):
-    return all(np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+    return all(
+        np.array_equal(x, y)
+        for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+    )
 
 
 def test_training_is_deterministic_and_lowers_perplexity(tmp_path):
@@ -36,7 +39,9 @@ def test_training_is_deterministic_and_lowers_perplexity(tmp_path):
     assert not tree_equal(a["params"], c["params"])
 
 
-@pytest.mark.parametrize("cell,sampler,dropout", [("rnn", "random", 0.0), ("lstm", "sequential", 0.3)])
+@pytest.mark.parametrize(
+    "cell,sampler,dropout", [("rnn", "random", 0.0), ("lstm", "sequential", 0.3)]
+)
 def test_run_writes_its_files(tmp_path, cell, sampler, dropout):
     cfg = small_config(**{"model.cell": cell, "model.dropout": dropout, "model.num_layers": 3})
     cfg.data.sampler = sampler
@@ -58,10 +63,18 @@ def test_run_writes_its_files(tmp_path, cell, sampler, dropout):
 @pytest.mark.slow
 def test_cli_trains_the_smoke_config_end_to_end(tmp_path):
     proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "scripts", "train.py"),
-         "--config=" + os.path.join(ROOT, "configs", "deep_gru.py") + ":smoke", f"--workdir={tmp_path}",
-         "--config.model.num_layers=3", "--config.train.progress=False"],
-        capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300,
+        [
+            sys.executable,
+            os.path.join(ROOT, "scripts", "train.py"),
+            "--config=" + os.path.join(ROOT, "configs", "deep_gru.py") + ":smoke",
+            f"--workdir={tmp_path}",
+            "--config.model.num_layers=3",
+            "--config.train.progress=False",
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "validation perplexity" in proc.stdout
@@ -75,14 +88,22 @@ def test_each_val_ppl_is_the_perplexity_of_that_epochs_params(tmp_path):
     import rnnjax
     from rnnjax.steps import perplexity
 
-    every = {1: train_and_evaluate(small_config(6, **{"checkpoint.every_epochs": 1, "checkpoint.max_to_keep": 6}),
-                                   tmp_path / "every1"),
-             4: train_and_evaluate(small_config(6, **{"checkpoint.every_epochs": 4}), tmp_path / "every4")}
+    every = {
+        1: train_and_evaluate(
+            small_config(6, **{"checkpoint.every_epochs": 1, "checkpoint.max_to_keep": 6}),
+            tmp_path / "every1",
+        ),
+        4: train_and_evaluate(
+            small_config(6, **{"checkpoint.every_epochs": 4}), tmp_path / "every4"
+        ),
+    }
     timing = ("tokens_per_sec", "wall_time")
     strip = lambda rs: [{k: v for k, v in r.items() if k not in timing} for r in rs]  # noqa: E731
     assert [r["epoch"] for r in every[4]["metrics"]] == [1, 2, 3, 4, 5, 6]
     assert strip(every[4]["metrics"]) == strip(every[1]["metrics"])
-    on_disk = [json.loads(x) for x in (tmp_path / "every4" / "metrics.jsonl").read_text().splitlines()]
+    on_disk = [
+        json.loads(x) for x in (tmp_path / "every4" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert strip(on_disk) == strip(every[4]["metrics"])
     cfg = resolve(small_config(6))
     val = data.load_corpus(cfg.data).val
@@ -127,25 +148,44 @@ def test_a_loss_too_large_for_exp_has_perplexity_inf():
 
     assert perplexity_of(1e6) == float("inf") and perplexity_of(1.0) == pytest.approx(np.e)
     assert EvalMetrics(np.float32(1e9), np.float32(10.0)).perplexity() == float("inf")
-    sums = {"loss": np.float64(1e7), "grad_norm": np.float64(1.0), "steps": np.float64(2.0), "skipped": np.float64(0.0)}
+    sums = {
+        "loss": np.float64(1e7),
+        "grad_norm": np.float64(1.0),
+        "steps": np.float64(2.0),
+        "skipped": np.float64(0.0),
+    }
     record = epoch_record(1, 2, sums, float("inf"), 1.0, 1.0, 1.0)
-    assert record["train_ppl"] == record["val_ppl"] == float("inf") and record["train_bpc"] == float("inf")
+    assert record["train_ppl"] == record["val_ppl"] == float("inf") and record[
+        "train_bpc"
+    ] == float("inf")
 
 
 @pytest.mark.parametrize("grad_clip", [1.0, 0.0])
 def test_a_learning_rate_that_overflows_the_loss_aborts_in_one_line(tmp_path, grad_clip):
     """Issue 25.5: --config.train.learning_rate=1e6 made math.exp overflow; now the run stops after the
     epoch with the one-line abort naming the perplexity, its record written with null."""
-    cmd = [sys.executable, os.path.join(ROOT, "scripts", "train.py"),
-           f"--config={os.path.join(ROOT, 'configs', 'deep_lstm.py')}:smoke", f"--workdir={tmp_path}",
-           "--config.train.progress=False", "--config.train.learning_rate=1e6", f"--config.train.grad_clip={grad_clip}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "scripts", "train.py"),
+        f"--config={os.path.join(ROOT, 'configs', 'deep_lstm.py')}:smoke",
+        f"--workdir={tmp_path}",
+        "--config.train.progress=False",
+        "--config.train.learning_rate=1e6",
+        f"--config.train.grad_clip={grad_clip}",
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu")
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: aborting at epoch 1") and "perplexity" in last and "are inf" in last, last
+    assert (
+        last.startswith("error: aborting at epoch 1") and "perplexity" in last and "are inf" in last
+    ), last
     assert "lower train.learning_rate" in last
     (record,) = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert record["train_ppl"] is None and record["val_ppl"] is None and record["skipped_steps"] == 0
+    assert (
+        record["train_ppl"] is None and record["val_ppl"] is None and record["skipped_steps"] == 0
+    )
 
 
 def _lines(path) -> int:
@@ -161,26 +201,49 @@ def test_the_same_command_after_sigkill_restarts_or_resumes_by_itself(tmp_path):
     from conftest import train_cli
 
     run = tmp_path / "run"
-    cmd = train_cli(run, "--config.train.num_epochs=4", "--config.checkpoint.every_epochs=2",
-                    "--config.train.progress=True")
+    cmd = train_cli(
+        run,
+        "--config.train.num_epochs=4",
+        "--config.checkpoint.every_epochs=2",
+        "--config.train.progress=True",
+    )
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
     outs = []
-    for records in (1, 3):  # SIGKILL after epoch 1 (no checkpoint yet), then after epoch 3 (past epoch 2's)
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for records in (
+        1,
+        3,
+    ):  # SIGKILL after epoch 1 (no checkpoint yet), then after epoch 3 (past epoch 2's)
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
         deadline = time.time() + 300
         while _lines(run / "metrics.jsonl") < records:
             assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
             time.sleep(0.05)
         proc.kill()
         outs.append(proc.communicate(timeout=60)[0])
-    assert "no checkpoint covers the records there: set aside in" in outs[1] and "training from scratch" in outs[1]
+    assert (
+        "no checkpoint covers the records there: set aside in" in outs[1]
+        and "training from scratch" in outs[1]
+    )
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
-    assert "resuming from epoch 3" in p.stdout and "no checkpoint covers the record(s) of epoch 3" in p.stdout
+    assert (
+        "resuming from epoch 3" in p.stdout
+        and "no checkpoint covers the record(s) of epoch 3" in p.stdout
+    )
     assert len(p.stdout.splitlines()) <= 10  # still a short console
-    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [
+        1,
+        2,
+        3,
+        4,
+    ]
     kept = sorted((run / "discarded").glob("*/metrics.jsonl"))
-    assert [[json.loads(x)["epoch"] for x in p.read_text().splitlines()] for p in kept] == [[1], [3]]
+    assert [[json.loads(x)["epoch"] for x in p.read_text().splitlines()] for p in kept] == [
+        [1],
+        [3],
+    ]
 
 
 def test_every_minutes_saves_mid_epoch_and_a_kill_there_resumes_bitwise(tmp_path):
@@ -188,8 +251,14 @@ def test_every_minutes_saves_mid_epoch_and_a_kill_there_resumes_bitwise(tmp_path
     such a save (as a kill there leaves it) resumes to the uninterrupted run's params, bit for bit."""
     import shutil
 
-    cfg = small_config(2, **{"checkpoint.every_minutes": 1e-9, "checkpoint.max_to_keep": 1000,
-                             "checkpoint.every_epochs": 100})
+    cfg = small_config(
+        2,
+        **{
+            "checkpoint.every_minutes": 1e-9,
+            "checkpoint.max_to_keep": 1000,
+            "checkpoint.every_epochs": 100,
+        },
+    )
     run = tmp_path / "run"
     straight = train_and_evaluate(cfg, run)
     steps = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())

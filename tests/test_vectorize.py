@@ -31,7 +31,9 @@ def test_vectorized_trials_equal_one_by_one(tmp_path):
         assert b["best_val_ppl"] == pytest.approx(a["best_val_ppl"], rel=1e-5)
         assert b["train_ppl"] == pytest.approx(a["train_ppl"], rel=1e-5)
         pa = rnnjax.load(tmp_path / "seq" / a["name"], step="latest").params
-        pb = rnnjax.load(tmp_path / "vec" / b["name"], step="latest").params  # vectorized trials leave loadable checkpoints
+        pb = rnnjax.load(
+            tmp_path / "vec" / b["name"], step="latest"
+        ).params  # vectorized trials leave loadable checkpoints
         for x, y in zip(jax.tree_util.tree_leaves(pa), jax.tree_util.tree_leaves(pb)):
             np.testing.assert_allclose(x, y, atol=1e-5, rtol=0)
     assert seq[0]["best_val_ppl"] != seq[1]["best_val_ppl"]  # the trials really differ
@@ -39,8 +41,14 @@ def test_vectorized_trials_equal_one_by_one(tmp_path):
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
-SWEEP = [sys.executable, str(ROOT / "scripts" / "sweep.py"), f"--config={ROOT / 'configs' / 'sweep_depth_cell.py'}:smoke",
-         "--axis=model.cell=lstm", "--axis=model.num_layers=1", "--vectorize"]
+SWEEP = [
+    sys.executable,
+    str(ROOT / "scripts" / "sweep.py"),
+    f"--config={ROOT / 'configs' / 'sweep_depth_cell.py'}:smoke",
+    "--axis=model.cell=lstm",
+    "--axis=model.num_layers=1",
+    "--vectorize",
+]
 
 
 def _epochs(path: pathlib.Path) -> list[int]:
@@ -58,18 +66,35 @@ def _wait_for_records(path: pathlib.Path, proc: subprocess.Popen, n: int = 1) ->
 def test_a_vectorized_sweep_leaves_a_running_trainers_trial_alone(tmp_path):
     """Issue 25.1: a trainer runs in a trial directory when a vectorized sweep over it starts."""
     trial = tmp_path / "S" / "cell=lstm,num_layers=1,seed=0"
-    trainer = subprocess.Popen(train_cli(trial, "--config.model.num_layers=1", "--config.train.num_epochs=200"),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    trainer = subprocess.Popen(
+        train_cli(trial, "--config.model.num_layers=1", "--config.train.num_epochs=200"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     try:
         _wait_for_records(trial / "metrics.jsonl", trainer, 2)
         config = (trial / "config.json").read_text()
-        p = subprocess.run([*SWEEP, "--axis=seed=0,1", f"--workdir={tmp_path / 'S'}", "--config.train.num_epochs=2"],
-                           capture_output=True, text=True, env=ENV, timeout=300)
+        p = subprocess.run(
+            [
+                *SWEEP,
+                "--axis=seed=0,1",
+                f"--workdir={tmp_path / 'S'}",
+                "--config.train.num_epochs=2",
+            ],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=300,
+        )
         assert trainer.poll() is None  # the trainer still runs, its files untouched
         assert (trial / "config.json").read_text() == config
         assert _epochs(trial / "metrics.jsonl")[:2] == [1, 2]
         assert "Traceback" not in p.stderr
-        assert "is in use by another trainer" in p.stdout  # the sweep table names why the group failed
+        assert (
+            "is in use by another trainer" in p.stdout
+        )  # the sweep table names why the group failed
         assert json.loads((trial / "result.json").read_text())["status"] == "failed"
         assert not (tmp_path / "S" / "cell=lstm,num_layers=1,seed=1" / "metrics.jsonl").exists()
     finally:
@@ -83,9 +108,18 @@ def test_a_vectorized_sweep_leaves_a_running_trainers_trial_alone(tmp_path):
 @pytest.mark.slow
 def test_the_same_vectorized_sweep_twice_at_once_loses_no_record(tmp_path):
     """Issue 25.1: the second of two identical vectorized sweeps is refused; the first's records stay."""
-    cmd = [*SWEEP, "--axis=seed=0,1", f"--workdir={tmp_path / 'S'}", "--config.train.num_epochs=1000"]
-    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    records = [tmp_path / "S" / f"cell=lstm,num_layers=1,seed={seed}" / "metrics.jsonl" for seed in (0, 1)]
+    cmd = [
+        *SWEEP,
+        "--axis=seed=0,1",
+        f"--workdir={tmp_path / 'S'}",
+        "--config.train.num_epochs=1000",
+    ]
+    first = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+    )
+    records = [
+        tmp_path / "S" / f"cell=lstm,num_layers=1,seed={seed}" / "metrics.jsonl" for seed in (0, 1)
+    ]
     try:
         _wait_for_records(records[1], first, 1)
         second = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
@@ -124,28 +158,44 @@ def test_an_interrupted_vectorized_group_resumes_with_every_record_once(tmp_path
     import rnnjax
 
     def cmd(root):
-        return [*SWEEP, "--axis=seed=0,1", f"--workdir={root}", "--config.train.num_epochs=6",
-                "--config.checkpoint.every_epochs=2"]
+        return [
+            *SWEEP,
+            "--axis=seed=0,1",
+            f"--workdir={root}",
+            "--config.train.num_epochs=6",
+            "--config.checkpoint.every_epochs=2",
+        ]
 
     names = [f"cell=lstm,num_layers=1,seed={seed}" for seed in (0, 1)]
     root = tmp_path / "S"
-    proc = subprocess.Popen(cmd(root), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    proc = subprocess.Popen(
+        cmd(root), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+    )
     _wait_for_records(root / names[1] / "metrics.jsonl", proc, 1)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 128 + signal.SIGTERM and "rerun the same command" in err, err[-3000:]
-    proc = subprocess.Popen(cmd(root), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    proc = subprocess.Popen(
+        cmd(root), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+    )
     _wait_for_records(root / names[1] / "metrics.jsonl", proc, 5)
     proc.kill()  # after epoch 5's record, past the checkpoint of epoch 4
     proc.communicate(timeout=60)
     p = subprocess.run(cmd(root), capture_output=True, text=True, env=ENV, timeout=600)
     assert p.returncode == 0 and p.stdout.count("| done |") == 2, p.stderr[-3000:]
-    ref = subprocess.run(cmd(tmp_path / "ref"), capture_output=True, text=True, env=ENV, timeout=600)
+    ref = subprocess.run(
+        cmd(tmp_path / "ref"), capture_output=True, text=True, env=ENV, timeout=600
+    )
     assert ref.returncode == 0, ref.stderr[-3000:]
     for name in names:
         got = [json.loads(x) for x in (root / name / "metrics.jsonl").read_text().splitlines()]
-        want = [json.loads(x) for x in (tmp_path / "ref" / name / "metrics.jsonl").read_text().splitlines()]
+        want = [
+            json.loads(x)
+            for x in (tmp_path / "ref" / name / "metrics.jsonl").read_text().splitlines()
+        ]
         assert [r["epoch"] for r in got] == list(range(1, 7))
-        assert [(r["train_ppl"], r["val_ppl"]) for r in got] == [(r["train_ppl"], r["val_ppl"]) for r in want]
+        assert [(r["train_ppl"], r["val_ppl"]) for r in got] == [
+            (r["train_ppl"], r["val_ppl"]) for r in want
+        ]
         a, b = (rnnjax.load(d / name, step="latest").params for d in (root, tmp_path / "ref"))
         assert param_bytes(a) == param_bytes(b)

@@ -14,13 +14,21 @@ from rnnjax.train import train_and_evaluate
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
 
 
-@pytest.mark.parametrize("field,value,name", [
-    ("num_layers", 3, "model.num_layers"), ("hidden_size", 16, "model.hidden_size"), ("cell", "gru", "model.cell"),
-])
+@pytest.mark.parametrize(
+    "field,value,name",
+    [
+        ("num_layers", 3, "model.num_layers"),
+        ("hidden_size", 16, "model.hidden_size"),
+        ("cell", "gru", "model.cell"),
+    ],
+)
 def test_other_architecture_is_refused_naming_the_field(tmp_path, field, value, name):
     train_and_evaluate(small_config(), tmp_path)
     before = snapshot(tmp_path)
-    with pytest.raises(CheckpointError, match=f"different config.{name} \\(.* there, {value!r} here\\); use another"):
+    with pytest.raises(
+        CheckpointError,
+        match=f"different config.{name} \\(.* there, {value!r} here\\); use another",
+    ):
         train_and_evaluate(small_config(**{f"model.{field}": value}), tmp_path)
     cfg = small_config()
     cfg.train.optimizer = "adam"
@@ -31,14 +39,29 @@ def test_other_architecture_is_refused_naming_the_field(tmp_path, field, value, 
 
 def test_second_trainer_on_a_workdir_exits_at_once(tmp_path):
     train_and_evaluate(small_config(), tmp_path)
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX); "
-        "print('locked', flush=True); time.sleep(60)"), str(tmp_path / ".lock")], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX); "
+                "print('locked', flush=True); time.sleep(60)"
+            ),
+            str(tmp_path / ".lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         before = snapshot(tmp_path)
-        proc = subprocess.run(train_cli(tmp_path, "--config.train.num_epochs=5"), capture_output=True, text=True, env=ENV,
-                              timeout=120)
+        proc = subprocess.run(
+            train_cli(tmp_path, "--config.train.num_epochs=5"),
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=120,
+        )
         assert proc.returncode != 0
         assert "is in use by another trainer" in proc.stderr.strip().splitlines()[-1]
         assert snapshot(tmp_path) == before
@@ -56,27 +79,40 @@ def test_deleting_the_lock_file_does_not_let_a_second_trainer_in(tmp_path):
     from rnnjax.workdir import read_metrics
 
     run = tmp_path / "run"
-    first = subprocess.Popen(train_cli(run, "--config.train.num_epochs=500"), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True, env=ENV)
+    first = subprocess.Popen(
+        train_cli(run, "--config.train.num_epochs=500"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     try:
         deadline = time.monotonic() + 240
         while not ((run / "metrics.jsonl").exists() and read_metrics(run / "metrics.jsonl")):
             assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()[-2000:]
             time.sleep(0.2)
         (run / ".lock").unlink()
-        second = subprocess.run(train_cli(run, "--config.train.num_epochs=500"), capture_output=True, text=True,
-                                env=ENV, timeout=240)
+        second = subprocess.run(
+            train_cli(run, "--config.train.num_epochs=500"),
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=240,
+        )
         assert second.returncode == 1
         assert second.stderr.strip().splitlines() == [
             f"error: {run} is in use by another trainer (it holds the workdir's lock); wait for it or use another "
-            "--workdir"], second.stderr[-2000:]
+            "--workdir"
+        ], second.stderr[-2000:]
         assert first.poll() is None  # the first trainer is untouched by the attempt
     finally:
         first.send_signal(signal.SIGTERM)
         first.wait(timeout=120)
     epochs = [r["epoch"] for r in read_metrics(run / "metrics.jsonl")]
     assert epochs == list(range(1, len(epochs) + 1))
-    assert not (run / "checkpoints").exists() or not [p for p in (run / "checkpoints").iterdir() if "tmp" in p.name]
+    assert not (run / "checkpoints").exists() or not [
+        p for p in (run / "checkpoints").iterdir() if "tmp" in p.name
+    ]
 
 
 def test_a_symlink_loop_is_one_line_for_text_workdir_and_load(tmp_path):
@@ -93,12 +129,22 @@ def test_a_symlink_loop_is_one_line_for_text_workdir_and_load(tmp_path):
     with pytest.raises(WorkdirError, match="is a loop of symbolic links"):
         rnnjax.load(loop)
     root = pathlib.Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, str(root / "scripts" / "evaluate.py"),
-                           f"--workdir={tmp_path}", f"--text={loop}"],
-                          capture_output=True, text=True, env=ENV, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(root / "scripts" / "evaluate.py"),
+            f"--workdir={tmp_path}",
+            f"--text={loop}",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
     assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1, proc.stderr[-2000:]
-    assert proc.stderr.startswith(f"error: --text={loop} is a loop of symbolic links ("), \
+    assert proc.stderr.startswith(f"error: --text={loop} is a loop of symbolic links ("), (
         proc.stderr
+    )
 
 
 def test_resume_restart_sets_aside_a_run_of_another_config(tmp_path):

@@ -51,9 +51,15 @@ CELLS: Mapping[str, Cell] = _Cells()
 
 # model.impl -> (the Cell attribute it needs, what it says when the cell lacks it)
 IMPL_NEEDS: dict[str, tuple[str, str]] = {
-    "rnnjax": ("fused", "has no fused backward for the {cell} cell (Cell.backward); use model.impl = 'autodiff'"),
+    "rnnjax": (
+        "fused",
+        "has no fused backward for the {cell} cell (Cell.backward); use model.impl = 'autodiff'",
+    ),
     "flax": ("flax", "has no {cell} cell (Flax has none: Cell.flax); use model.impl = 'rnnjax'"),
-    "cudnn": ("cudnn", "is cuDNN's LSTM and has no {cell} cell; use model.cell = 'lstm' or model.impl = 'rnnjax'"),
+    "cudnn": (
+        "cudnn",
+        "is cuDNN's LSTM and has no {cell} cell; use model.cell = 'lstm' or model.impl = 'rnnjax'",
+    ),
 }
 
 
@@ -61,7 +67,9 @@ def check_supported(impl: str, cell: str) -> None:
     """Refuse, in one line (:class:`rnnjax.errors.ConfigError`), a cell that ``model.impl`` cannot run.
     Imports the cell's file (and so JAX)."""
     if cell not in REGISTRY:
-        raise ConfigError(f"config.model.cell = {cell!r} is not allowed: one of {', '.join(map(repr, REGISTRY))}")
+        raise ConfigError(
+            f"config.model.cell = {cell!r} is not allowed: one of {', '.join(map(repr, REGISTRY))}"
+        )
     attr, why = IMPL_NEEDS.get(impl, (None, ""))
     if attr is not None and not getattr(CELLS[cell], attr):
         raise ConfigError(f"config.model.impl = {impl!r} " + why.format(cell=cell))

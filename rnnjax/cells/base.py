@@ -49,8 +49,12 @@ def uniform_init(key: Array, d: int, h: int, num_gates: int, recurrent: bool = T
     """Every weight and bias ~ U(-1/sqrt(h), 1/sqrt(h)); ``recurrent=False``: no w_h, b_h."""
     k = jax.random.split(key, 4)
     g = num_gates * h
-    p = {"w_x": uniform(k[0], (d, g), h), "w_h": uniform(k[1], (h, g), h),
-         "b_x": uniform(k[2], (g,), h), "b_h": uniform(k[3], (g,), h)}
+    p = {
+        "w_x": uniform(k[0], (d, g), h),
+        "w_h": uniform(k[1], (h, g), h),
+        "b_x": uniform(k[2], (g,), h),
+        "b_h": uniform(k[3], (g,), h),
+    }
     return p if recurrent else {"w_x": p["w_x"], "b_x": p["b_x"]}
 
 
@@ -85,8 +89,9 @@ def _matmul_grads(p: Params, h_prev_tbh: Array, dhw_tbg: Array) -> Params:
     return {"w_h": jnp.einsum("tbh,tbg->hg", h_prev_tbh, dhw_tbg), "b_h": dhw_tbg.sum(axis=(0, 1))}
 
 
-MATMUL = Recurrence(apply=lambda p, h: h @ p["w_h"] + p["b_h"], transpose=_matmul_transpose,
-                    grads=_matmul_grads)
+MATMUL = Recurrence(
+    apply=lambda p, h: h @ p["w_h"] + p["b_h"], transpose=_matmul_transpose, grads=_matmul_grads
+)
 """hw = h W_h + b_h: RNN, GRU and LSTM."""
 
 
@@ -152,14 +157,21 @@ class Cell:
         """Whether :mod:`rnnjax.fused` runs it: a backward step, or a whole-sequence form."""
         return self.backward is not None or self.sequence is not None
 
-    def recur(self, params: Params, carry: Any, xw: Array, activation: str = "tanh") -> tuple[Any, Array]:
+    def recur(
+        self, params: Params, carry: Any, xw: Array, activation: str = "tanh"
+    ) -> tuple[Any, Array]:
         """One step from the input half xw [b, G*h]; returns (new carry, h [b, h])."""
         g = self.num_gates
-        hw = () if self.recurrence is None else split_gates(
-            self.recurrence.apply(params, self.hidden(carry)), g)
+        hw = (
+            ()
+            if self.recurrence is None
+            else split_gates(self.recurrence.apply(params, self.hidden(carry)), g)
+        )
         carry, h, _ = self.pointwise(split_gates(xw, g), hw, carry, activation)
         return carry, h
 
-    def step(self, params: Params, carry: Any, x: Array, activation: str = "tanh") -> tuple[Any, Array]:
+    def step(
+        self, params: Params, carry: Any, x: Array, activation: str = "tanh"
+    ) -> tuple[Any, Array]:
         """One time step (the scan contract). x: [b, d]; returns (new carry, h [b, h])."""
         return self.recur(params, carry, project_input(params, x), activation)

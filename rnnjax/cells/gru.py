@@ -47,16 +47,24 @@ def _flax_module(hidden_size, activation):
 def _to_flax(p):  # Flax keeps one bias per gate; n's recurrent bias sits inside r * (h W_hn + b_hn)
     wx, wh = jnp.split(p["w_x"], 3, -1), jnp.split(p["w_h"], 3, -1)
     bx, bh = jnp.split(p["b_x"], 3, -1), jnp.split(p["b_h"], 3, -1)
-    return {"ir": {"kernel": wx[0], "bias": bx[0] + bh[0]}, "iz": {"kernel": wx[1], "bias": bx[1] + bh[1]},
-            "in": {"kernel": wx[2], "bias": bx[2]}, "hr": {"kernel": wh[0]}, "hz": {"kernel": wh[1]},
-            "hn": {"kernel": wh[2], "bias": bh[2]}}
+    return {
+        "ir": {"kernel": wx[0], "bias": bx[0] + bh[0]},
+        "iz": {"kernel": wx[1], "bias": bx[1] + bh[1]},
+        "in": {"kernel": wx[2], "bias": bx[2]},
+        "hr": {"kernel": wh[0]},
+        "hz": {"kernel": wh[1]},
+        "hn": {"kernel": wh[2], "bias": bh[2]},
+    }
 
 
 def _from_flax(f, hidden_size):
     cat = lambda key, names: jnp.concatenate([f[n][key] for n in names], -1)  # noqa: E731
-    return {"w_x": cat("kernel", ("ir", "iz", "in")), "w_h": cat("kernel", ("hr", "hz", "hn")),
-            "b_x": cat("bias", ("ir", "iz", "in")),
-            "b_h": jnp.concatenate([jnp.zeros(2 * hidden_size), f["hn"]["bias"]])}
+    return {
+        "w_x": cat("kernel", ("ir", "iz", "in")),
+        "w_h": cat("kernel", ("hr", "hz", "hn")),
+        "b_x": cat("bias", ("ir", "iz", "in")),
+        "b_h": jnp.concatenate([jnp.zeros(2 * hidden_size), f["hn"]["bias"]]),
+    }
 
 
 CELL = Cell(

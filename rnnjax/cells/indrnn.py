@@ -18,8 +18,11 @@ DIAGONAL = Recurrence(apply=lambda p, h: h * p["u"], transpose=lambda p: lambda 
 
 def init(key, d, h):
     k = jax.random.split(key, 3)
-    return {"w_x": uniform(k[0], (d, h), h), "b_x": uniform(k[1], (h,), h),
-            "u": jax.random.uniform(k[2], (h,), jnp.float32, 0.0, 1.0)}
+    return {
+        "w_x": uniform(k[0], (d, h), h),
+        "b_x": uniform(k[1], (h,), h),
+        "u": jax.random.uniform(k[2], (h,), jnp.float32, 0.0, 1.0),
+    }
 
 
 def pointwise(xw, hw, carry, activation="tanh"):

@@ -25,13 +25,15 @@ def linear_scan(a_tbh: Array, b_tbh: Array, h0_bh: Array) -> Array:
     (a, b) composed as (a1, b1) then (a2, b2) = (a1 a2, a2 b1 + b2); h0 enters the first b.
     In linear space: exact to float32 rounding at any t (docs/performance.md)."""
     b_tbh = b_tbh.at[0].add(a_tbh[0] * h0_bh)
-    _, h_tbh = jax.lax.associative_scan(lambda l, r: (l[0] * r[0], r[0] * l[1] + r[1]),
-                                        (a_tbh, b_tbh), axis=0)
+    _, h_tbh = jax.lax.associative_scan(
+        lambda l, r: (l[0] * r[0], r[0] * l[1] + r[1]), (a_tbh, b_tbh), axis=0
+    )
     return h_tbh
 
 
 def pointwise(coefficients: Coefficients):
     """The step form (generation, and the autodiff implementation's scan)."""
+
     def step(xw, hw, carry, activation="tanh"):
         a, b = coefficients(xw)
         h = a * carry + b
@@ -42,6 +44,7 @@ def pointwise(coefficients: Coefficients):
 
 def sequence(coefficients: Coefficients, num_gates: int):
     """The whole-sequence form: xw [t, b, G*h], h0 [b, h] -> (h [t, b, h], last h)."""
+
     def run(xw_tbg: Array, h0_bh: Array) -> tuple[Array, Array]:
         a_tbh, b_tbh = coefficients(split_gates(xw_tbg, num_gates))
         if xw_tbg.shape[0] == 1:  # one step (generation): the step form, no scan
@@ -55,6 +58,7 @@ def sequence(coefficients: Coefficients, num_gates: int):
 
 def trace(coefficients: Coefficients, sigmoid_gates: tuple[str, ...]):
     """The gates (sigmoids of their slabs, the candidate excepted) and a as the retain coefficient."""
+
     def inspect(xw, h_tbh, saved, carries, activation):
         return {k: jax.nn.sigmoid(x) for k, x in zip(sigmoid_gates, xw)}, coefficients(xw)[0], None
 

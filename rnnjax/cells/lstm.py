@@ -53,14 +53,19 @@ def _flax_module(hidden_size, activation):
 def _to_flax(p):  # Flax keeps one bias per gate, on the recurrent side
     wx, wh = jnp.split(p["w_x"], 4, -1), jnp.split(p["w_h"], 4, -1)
     bx, bh = jnp.split(p["b_x"], 4, -1), jnp.split(p["b_h"], 4, -1)
-    return ({f"i{g}": {"kernel": wx[k]} for k, g in enumerate(GATES)}
-            | {f"h{g}": {"kernel": wh[k], "bias": bx[k] + bh[k]} for k, g in enumerate(GATES)})
+    return {f"i{g}": {"kernel": wx[k]} for k, g in enumerate(GATES)} | {
+        f"h{g}": {"kernel": wh[k], "bias": bx[k] + bh[k]} for k, g in enumerate(GATES)
+    }
 
 
 def _from_flax(f, hidden_size):
     cat = lambda names, key: jnp.concatenate([f[n][key] for n in names], -1)  # noqa: E731
-    return {"w_x": cat([f"i{g}" for g in GATES], "kernel"), "w_h": cat([f"h{g}" for g in GATES], "kernel"),
-            "b_x": jnp.zeros(4 * hidden_size), "b_h": cat([f"h{g}" for g in GATES], "bias")}
+    return {
+        "w_x": cat([f"i{g}" for g in GATES], "kernel"),
+        "w_h": cat([f"h{g}" for g in GATES], "kernel"),
+        "b_x": jnp.zeros(4 * hidden_size),
+        "b_h": cat([f"h{g}" for g in GATES], "bias"),
+    }
 
 
 CELL = Cell(

@@ -36,8 +36,12 @@ def _to_flax(p):
 def _from_flax(f, hidden_size):
     import jax.numpy as jnp
 
-    return {"w_x": f["i"]["kernel"], "w_h": f["h"]["kernel"], "b_x": f["i"]["bias"],
-            "b_h": jnp.zeros(hidden_size)}
+    return {
+        "w_x": f["i"]["kernel"],
+        "w_h": f["h"]["kernel"],
+        "b_x": f["i"]["bias"],
+        "b_h": jnp.zeros(hidden_size),
+    }
 
 
 CELL = Cell(
