@@ -1,0 +1,100 @@
+"""The ``model`` group's fields: the network and its implementation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rnnjax import cells
+from rnnjax.errors import ConfigError
+from rnnjax.fields import Field, Rule, at_least, fraction, one_of
+
+IMPLS = ("rnnjax", "autodiff", "flax", "cudnn")  # rnnjax.model.Impl's values (no JAX here)
+# model.impl may change on resume among these (one params pytree, one optimizer state).
+SAME_PARAMS_IMPLS = ("rnnjax", "autodiff", "cudnn")
+
+
+def _activations(v: Any) -> Any:
+    return (v,) if isinstance(v, str) else tuple(v) if isinstance(v, (list, tuple)) else v
+
+
+def _activation_rule(c: Any) -> str:
+    return f"'tanh' or 'relu', or a list of them with one per layer ({c.model.num_layers})"
+
+
+def _activation_ok(v: Any, c: Any) -> bool:
+    n = c.model.num_layers
+    return isinstance(v, tuple) and all(a in ("tanh", "relu") for a in v) and len(v) in (1, n)
+
+
+def _show_activations(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return v[0] if len(v) == 1 else list(v)
+    return v
+
+
+def _cell_and_impl(c: Any) -> str | None:
+    """The implementation can run the cell (each cell declares what it has: rnnjax.cells)."""
+    try:
+        cells.check_supported(c.model.impl, c.model.cell)
+    except ConfigError as e:
+        return str(e)
+    return None
+
+
+# Each group: its one-line doc, then its fields and cross-field rules, checked in this order.
+GROUPS: dict[str, tuple[str, list[Field | Rule]]] = {
+    "model": (
+        "The network (rnnjax/model.py).",
+        [
+            Field(
+                "impl",
+                "rnnjax",
+                "'rnnjax' (pure-function cells, hand-written backward), 'autodiff' (the same "
+                "cells, lax.scan differentiated by JAX), 'flax' (Flax's own cells; the "
+                "reference) or 'cudnn': rnnjax.model.Impl; same numbers.",
+                **one_of(*IMPLS),
+                resumable=lambda a, b: a in SAME_PARAMS_IMPLS and b in SAME_PARAMS_IMPLS,
+            ),
+            Field(
+                "cell",
+                "lstm",
+                "A registered cell (rnnjax/cells/, docs/cells.md): 'rnn', 'gru', 'lstm', 'indrnn', "
+                "or the parallel-scan cells 'mingru', 'minlstm' (no recurrent weights).",
+                rule=lambda c: "one of " + ", ".join(map(repr, cells.names())),
+                ok=lambda v, c: isinstance(v, str) and v in cells.REGISTRY,
+            ),
+            Rule(
+                "The implementation can run the cell (what each cell has: rnnjax/cells/).",
+                _cell_and_impl,
+                last=True,
+            ),
+            Field("hidden_size", 256, "Units per layer.", **at_least(1)),
+            Field("num_layers", 2, "Stacked recurrent layers.", **at_least(1)),
+            Field(
+                "activation",
+                "tanh",
+                "Vanilla RNN activation phi_l: one name ('tanh', 'relu') or a list with one per "
+                "layer.",
+                _activation_rule,
+                _activation_ok,
+                convert=_activations,
+                show=_show_activations,
+                literal=True,
+            ),
+            Field(
+                "dropout",
+                0.0,
+                "Dropout on every layer's output but the last, training only (0 = off).",
+                **fraction(),
+            ),
+            Field(
+                "output_dropout",
+                0.0,
+                "Dropout on the top layer's output, before the output layer, training only "
+                "(0 = off).",
+                **fraction(),
+                added=True,
+            ),
+        ],
+    ),
+}

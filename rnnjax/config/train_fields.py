@@ -1,0 +1,217 @@
+"""The ``train``, ``checkpoint``, ``parallel`` and ``generate`` groups' fields."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rnnjax.fields import Field, Rule, at_least, boolean, one_of, real, strings
+
+
+def _pipeline_needs_our_stack(c: Any) -> str | None:
+    if c.parallel.cpu_pipeline and c.model.impl in ("flax", "cudnn"):
+        return (
+            "config.parallel.cpu_pipeline needs rnnjax's stack; "
+            "use model.impl = 'rnnjax' or 'autodiff'"
+        )
+    return None
+
+
+def _kwargs_ok(v: Any, c: Any) -> bool:
+    return isinstance(v, Mapping) and all(isinstance(k, str) and k.isidentifier() for k in v)
+
+
+def _kwargs_not_hyperparams(c: Any) -> str | None:
+    for name in ("learning_rate", "weight_decay"):
+        if name in c.train.optimizer_kwargs:
+            return (
+                f"config.train.optimizer_kwargs sets {name}; set config.train.{name} instead "
+                "(the schedule and the vectorized sweeps read it there)"
+            )
+    return None
+
+
+# Each group: its one-line doc, then its fields and cross-field rules, checked in this order.
+GROUPS: dict[str, tuple[str, list[Field | Rule]]] = {
+    "train": (
+        "The optimizer and the training loop (rnnjax/optim.py, rnnjax/train.py).",
+        [
+            Field(
+                "num_epochs", 500, "Passes over the training split.", **at_least(1), resumable=True
+            ),
+            Field(
+                "optimizer",
+                "sgd",
+                "Any optax optimizer by name: 'sgd', 'adam', 'adamw', 'lion', ... (a function in "
+                "optax that takes learning_rate; checked by rnnjax.optim before training).",
+                "the name of an optax optimizer, e.g. 'sgd', 'adam', 'adamw' or 'lion'",
+                lambda v, c: isinstance(v, str) and v.isidentifier(),
+            ),
+            Field(
+                "optimizer_kwargs",
+                {},
+                "Further keyword arguments of the optax optimizer, e.g. {'b1': 0.95}; on the "
+                "command line --config.train.optimizer_kwargs=\"{'b1': 0.95}\".",
+                "a dict of keyword arguments, e.g. {'b1': 0.95}",
+                _kwargs_ok,
+                added=True,
+            ),
+            Rule(
+                "optimizer_kwargs sets neither learning_rate nor weight_decay.",
+                _kwargs_not_hyperparams,
+            ),
+            Field(
+                "learning_rate",
+                2.0,
+                "Peak learning rate.",
+                **real("a finite number > 0", lambda v: v > 0),
+            ),
+            Field(
+                "grad_clip",
+                1.0,
+                "Clip gradients to this global norm before the update (0 = no clipping).",
+                **real("a finite number >= 0 (0 = off)", lambda v: v >= 0),
+            ),
+            Field(
+                "weight_decay",
+                0.0,
+                "Decoupled weight decay, for optimizers that take weight_decay (adamw, lion, ...).",
+                **real("a number >= 0", lambda v: v >= 0),
+            ),
+            Field(
+                "schedule",
+                "constant",
+                "'constant' or 'warmup_cosine' (linear warm-up for warmup_steps, then cosine "
+                "to 0).",
+                **one_of("constant", "warmup_cosine"),
+            ),
+            Field("warmup_steps", 0, "Warm-up steps of 'warmup_cosine'.", **at_least(0)),
+            Field("progress", True, "Show a tqdm progress bar.", **boolean(), resumable=True),
+            Field(
+                "max_nonfinite",
+                10,
+                "Abort after this many consecutive non-finite steps (each one is skipped, not "
+                "applied).",
+                **at_least(1),
+            ),
+            Field(
+                "layer_stats",
+                True,
+                "Per-layer statistics each epoch (metrics.jsonl, TensorBoard): gradient norms, "
+                "hidden-state RMS, gate saturation, forget gate.",
+                **boolean(),
+                resumable=True,
+                added=True,
+            ),
+            Field(
+                "profile_steps",
+                0,
+                "Capture a jax.profiler trace of this many training steps, after the first "
+                "(compiled) one, into WORKDIR/profile/; 0 = off.",
+                **at_least(0, "0 = no profile"),
+                resumable=True,
+                added=True,
+            ),
+            Field(
+                "early_stopping_patience",
+                0,
+                "Stop after this many epochs without a new best validation perplexity (0 = off); "
+                "every new best epoch is then checkpointed and the end-of-run samples come from "
+                "it.",
+                **at_least(0, "epochs without a new best validation perplexity; 0 = off"),
+                resumable=True,
+                added=True,
+            ),
+        ],
+    ),
+    "checkpoint": (
+        "Checkpoints in WORKDIR/checkpoints (rnnjax/checkpoint.py).",
+        [
+            Field(
+                "every_epochs",
+                10,
+                "Save every this many epochs (and always after the last epoch).",
+                **at_least(1),
+                resumable=True,
+            ),
+            Field(
+                "max_to_keep",
+                3,
+                "Keep this many latest checkpoints, plus the one with the best validation "
+                "perplexity.",
+                **at_least(1),
+                resumable=True,
+            ),
+            Field(
+                "every_minutes",
+                0.0,
+                "Also save mid-epoch once this many minutes have passed since the last save, so a "
+                "kill during a long epoch loses at most that much (0 = off).",
+                **real("a number >= 0 (0 = off)", lambda v: v >= 0),
+                resumable=True,
+                added=True,
+            ),
+        ],
+    ),
+    "parallel": (
+        "Devices (rnnjax/parallel.py, rnnjax/pipeline.py; BENCHMARKS.md).",
+        [
+            Field(
+                "num_devices",
+                0,
+                "Data-parallel devices (across all processes); 0 = all. data.batch_size must "
+                "divide by it.",
+                **at_least(0, "0 = all devices"),
+                resumable=True,
+            ),
+            Field(
+                "cpu_devices",
+                1,
+                "CPU only: split this host's cores into this many JAX devices and train "
+                "data-parallel over them; 1 = JAX's default, 0 = one per core (or the largest "
+                "count that divides data.batch_size).",
+                **at_least(0, "1 = JAX's default, 0 = one per core"),
+                resumable=True,
+                added=True,
+            ),
+            Field(
+                "cpu_pipeline",
+                False,
+                "CPU only: run the layers as a pipeline over this host's CPU devices (same numbers "
+                "as the plain stack; measured slower on 2 cores).",
+                **boolean(),
+                resumable=True,
+                added=True,
+            ),
+            Rule("cpu_pipeline needs rnnjax's stack.", _pipeline_needs_our_stack),
+            Field(
+                "pipeline_chunks",
+                5,
+                "Time chunks per sequence for the pipeline (the divisor of data.num_steps nearest "
+                "it).",
+                **at_least(1),
+                resumable=True,
+                added=True,
+            ),
+        ],
+    ),
+    "generate": (
+        "The greedy samples printed (and saved to samples.txt) after training.",
+        [
+            Field(
+                "prefixes",
+                ["time traveller", "traveller"],
+                "Prompts to continue; [] = no samples.",
+                **strings("a list of non-empty strings", nonempty=True),
+                resumable=True,
+            ),
+            Field(
+                "num_chars",
+                50,
+                "Tokens generated after each prefix (rnnjax.sampling's rule too).",
+                **at_least(1),
+                resumable=True,
+            ),
+        ],
+    ),
+}
