@@ -22,9 +22,10 @@ from rnnjax.capacity import check_fits
 from rnnjax.checkpoint import CheckpointError
 from rnnjax.config import Config, ConfigError, resolve
 from rnnjax.console import Preempted, StopFlag
+from rnnjax.group import Group
 from rnnjax.host import retain_freed_memory
 from rnnjax.layout import checkpoint_items, from_checkpoint_items
-from rnnjax.loop import Group, train_group
+from rnnjax.loop import train_group
 from rnnjax.parallel import set_cpu_devices_for
 from rnnjax.preflight import claimed
 from rnnjax.workdir import RESUME_MODES

@@ -22,7 +22,8 @@ from rnnjax import data
 from rnnjax import workdir as rundir
 from rnnjax.config import Config, ConfigError
 from rnnjax.console import Preempted, StopFlag
-from rnnjax.loop import Group, train_group
+from rnnjax.group import Group
+from rnnjax.loop import train_group
 from rnnjax.parallel import DataParallel
 from rnnjax.preflight import claimed
 

@@ -36,7 +36,7 @@ LEVELS = [
         "build",
     ],
     ["steps", "layout", "evaluation", "sampling", "inside", "run"],
-    ["loop", "train", "vectorize"],
+    ["group", "records", "finish", "loop", "train", "vectorize"],
     ["sweep", "sweep_summary"],
 ]
 LEVEL = {name: i for i, names in enumerate(LEVELS) for name in names}

@@ -1,0 +1,105 @@
+"""The end of a trial's training: its curves, samples, ``evaluation.json`` (with the best
+checkpoint's params), TensorBoard hparams and the summary :func:`rnnjax.train_and_evaluate` returns.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+from typing import Any
+
+from rnnjax import workdir as rundir
+from rnnjax.checkpoint import Checkpointer
+from rnnjax.evaluation import evaluation, part_perplexities, write_evaluation
+from rnnjax.group import Group
+from rnnjax.metrics import best_record
+from rnnjax.model import num_params
+from rnnjax.plotting import plot_curves
+from rnnjax.sampling import generate
+from rnnjax.tensorboard_log import TensorBoardLog
+
+
+def samples(group: Group, params) -> list[str]:
+    """The greedy continuation of each ``generate.prefixes``."""
+    c = group.cfgs[0]
+    return (
+        generate(
+            group.model,
+            params,
+            group.corpus.vocab,
+            list(c.generate.prefixes),
+            c.generate.num_chars,
+            preprocess=c.data.preprocess,
+            tokenizer=c.data.tokenizer,
+        )
+        if c.generate.prefixes
+        else []
+    )
+
+
+def finish(
+    group: Group,
+    j: int,
+    workdir: pathlib.Path,
+    ckpt: Checkpointer,
+    state,
+    records: list[dict[str, Any]],
+    wall_time: float,
+    tb: TensorBoardLog | None,
+    stopped: int | None,
+    primary: bool,
+) -> dict[str, Any]:
+    """Trial j's curves, samples, evaluation (with its best checkpoint's params), hparams and summary."""
+    c, one = group.cfgs[j], group.take(state, j)
+    best_step = next(iter(ckpt.best_steps()), None)
+    best_saved = next((r["epoch"] for r in records if r["step"] == best_step), None)
+    best_params = (
+        one.params
+        if best_step in (None, int(one.step))
+        else ckpt.restore(lambda meta: (group.dp.abstract(one.params), None), best_step)[1]
+    )
+    if primary:
+        plot_curves(
+            records, workdir / "curves.png", title=f"{c.model.num_layers}-layer {c.model.cell}"
+        )
+    texts = samples(group, best_params if c.train.early_stopping_patience else one.params)
+    if primary:
+        rundir.write_atomic(workdir / "samples.txt", "".join(s + "\n" for s in texts))
+    test = (
+        part_perplexities(
+            group.model,
+            best_params,
+            group.corpus.test_parts,
+            c.data,
+            group.plain_eval_step,
+            group.dp,
+        )
+        if group.corpus.test_parts
+        else None
+    )
+    out = evaluation(records, best_saved, stopped, c.data.tokenizer == "char", test)
+    if primary:
+        write_evaluation(workdir, out)
+    best, last = best_record(records), records[-1] if records else {}
+    if tb is not None:
+        tb.finish(c.to_dict(), records, best["val_ppl"] if best else math.nan)
+    return (
+        out
+        | {
+            "params": one.params,
+            "model": group.model,
+            "vocab": group.corpus.vocab,
+            "num_params": num_params(one.params),
+            "train_ppl": last.get("train_ppl", math.nan),
+            "val_ppl": last.get("val_ppl", math.nan),
+            "best_val_ppl": best["val_ppl"] if best else math.nan,
+            "best_epoch": best["epoch"] if best else None,
+            "best_saved_epoch": best_saved,  # what rnnjax.load(workdir) restores: checkpoints are every_epochs apart
+            "workdir": workdir,
+            "wall_time": wall_time,
+            "num_devices": group.dp.num_devices,
+            "samples": texts,
+            "metrics": records,
+            "samples_from": "best" if c.train.early_stopping_patience else "final",
+        }
+    )

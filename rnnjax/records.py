@@ -1,0 +1,187 @@
+"""An epoch's record and what is decided from the records: the kept history on resume, the
+non-finite abort, early stopping, and the start block.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import pathlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from rnnjax import workdir as rundir
+from rnnjax.cells import CELLS
+from rnnjax.console import start_block
+from rnnjax.group import Group
+from rnnjax.metrics import EvalMetrics, LayerStats, best_record, epoch_record
+from rnnjax.model import num_params
+from rnnjax.preflight import set_aside_records
+from rnnjax.steps import (
+    nonfinite_part,
+)
+
+
+def kept_records(
+    workdir: pathlib.Path,
+    start_epoch: int,
+    saved: dict[str, Any] | None,
+    primary: bool,
+    notes: list[str],
+) -> list[dict[str, Any]]:
+    """The records of the epochs before ``start_epoch``; one a damaged ``metrics.jsonl`` lost is taken
+    from the checkpoint's meta (``saved``). Those after the checkpoint (a kill past it) are redone,
+    identically: they are set aside in ``discarded/<time>/metrics.jsonl`` and ``notes`` says so."""
+    path = workdir / "metrics.jsonl"
+    every = rundir.read_metrics(path)
+    records = [r for r in every if r["epoch"] < start_epoch]
+    if saved and not any(r["epoch"] == saved["epoch"] for r in records):
+        logging.warning(
+            "metrics.jsonl lacked epoch %d: its record is restored from the checkpoint",
+            saved["epoch"],
+        )
+        records = sorted([*records, saved], key=lambda r: r["epoch"])
+    later = [r for r in every if r["epoch"] >= start_epoch]
+    if primary and later:
+        dest = set_aside_records(workdir, later)
+        epochs = (
+            f"{later[0]['epoch']}-{later[-1]['epoch']}"
+            if len(later) > 1
+            else f"{later[0]['epoch']}"
+        )
+        notes.append(
+            f"no checkpoint covers the record(s) of epoch {epochs}: set aside in {rundir.shown(dest)}, "
+            "redone from the checkpoint"
+        )
+    if primary:
+        rundir.write_metrics(path, records)
+    return records
+
+
+def make_record(
+    group: Group,
+    j: int,
+    epoch: int,
+    state,
+    sums: dict[str, np.ndarray],
+    val: EvalMetrics,
+    stats: LayerStats | None,
+    parts: tuple[EvalMetrics, ...],
+    tokens_per_sec: float,
+    start: float,
+) -> dict[str, Any]:
+    """Trial j's record of ``epoch`` (reads its validation sums)."""
+    c = group.cfgs[j]
+    step = int(group.take(state.step, j))
+    layers = (
+        group.take(stats, j).summary(CELLS[c.model.cell].retains) if stats is not None else None
+    )
+    by_source = (
+        {name: group.take(m, j).perplexity() for (name, _), m in zip(group.corpus.val_parts, parts)}
+        if parts
+        else None
+    )
+    return epoch_record(
+        epoch,
+        step,
+        group.take(sums, j),
+        group.take(val, j).perplexity(),
+        tokens_per_sec,
+        float(group.schedules[j](step - 1)),
+        time.perf_counter() - start,
+        layers,
+        c.data.tokenizer == "char",
+        by_source,
+    )
+
+
+def commit(workdir: pathlib.Path, record: dict[str, Any], bar, primary: bool) -> None:
+    """Append an epoch's record to metrics.jsonl (fsynced) and show it on the progress bar."""
+    if primary:
+        rundir.append_metrics(workdir / "metrics.jsonl", record)
+    bar.set_postfix(train_ppl=f"{record['train_ppl']:.2f}", val_ppl=f"{record['val_ppl']:.2f}")
+
+
+def stopped_early(patience: int, records: Sequence[list[dict[str, Any]]]) -> int | None:
+    """The epoch at which every trial has gone ``train.early_stopping_patience`` epochs without a new best
+    validation perplexity (None: training goes on). Read from the records, so a resumed run knows too."""
+    if not patience or not records or not all(records):
+        return None
+    for rs in records:
+        best = best_record(rs)
+        if rs[-1]["epoch"] - (best["epoch"] if best else 0) < patience:
+            return None
+    return records[0][-1]["epoch"]
+
+
+def abort_error(
+    group: Group, j: int, state, carry, epoch: int, record: dict[str, Any]
+) -> FloatingPointError | None:
+    """The one-line error that ends trial j after ``epoch`` (None: it goes on): its last
+    ``train.max_nonfinite`` steps were all non-finite, or its loss is finite but so large that its
+    perplexity (``record``) overflows to inf."""
+    c, tc = group.cfgs[j], group.cfgs[j].train
+    one = group.take(state, j)
+    clip = f"train.grad_clip = {tc.grad_clip}" + (" (off)" if tc.grad_clip == 0 else "")
+    fix = "lower train.learning_rate" + (
+        " or set train.grad_clip (e.g. 1.0)" if tc.grad_clip == 0 else ""
+    )
+    with_what = f"train.optimizer = {tc.optimizer!r}, train.learning_rate = {tc.learning_rate}, {clip}; {fix}"
+    if int(one.nonfinite) >= tc.max_nonfinite:
+        xs_nbt, ys_nbt = group.batches(epoch)
+        x_bt, y_bt = group.take(xs_nbt, j)[group.n - 1], group.take(ys_nbt, j)[group.n - 1]
+        what = nonfinite_part(
+            group.model,
+            group.txs[j],
+            one,
+            group.take(carry, j),
+            x_bt,
+            y_bt,
+            c.data.sampler == "random",
+        )
+        return FloatingPointError(
+            f"aborting at step {int(one.step)}: {int(one.nonfinite)} consecutive non-finite training steps "
+            f"(train.max_nonfinite = {tc.max_nonfinite}), none applied; the {what} was not finite with {with_what}"
+        )
+    overflowed = [
+        name
+        for name, key in (("training", "train_ppl"), ("validation", "val_ppl"))
+        if record[key] == math.inf
+    ]
+    if overflowed:
+        return FloatingPointError(
+            f"aborting at epoch {epoch} (step {int(one.step)}): the {' and '.join(overflowed)} perplexity "
+            f"{'is' if len(overflowed) == 1 else 'are'} inf "
+            f"(the mean loss overflows exp: the run diverged) with {with_what}"
+        )
+    return None
+
+
+def describe(
+    group: Group,
+    workdirs: Sequence[pathlib.Path],
+    params,
+    step: int | None,
+    start_epoch: int,
+    start_batch: int,
+    stopped: int | None,
+    notes: tuple[str, ...] = (),
+) -> str:
+    """The start block (:func:`rnnjax.console.start_block`) of the group's first trial."""
+    c = group.cfgs[0]
+    m = c.model
+    what = f"{m.num_layers}-layer {m.cell} (hidden {m.hidden_size}, impl {m.impl}), {num_params(params):,} parameters"
+    if len(group.cfgs) > 1:
+        what += f", {len(group.cfgs)} trials vectorized"
+    where = f"{group.dp.num_devices} {jax.default_backend()} device(s)"
+    if not group.dp.split_batch:
+        where += f" (layer pipeline: {group.dp.num_devices} stages, {group.cfgs[0].parallel.pipeline_chunks} time chunks)"
+    where += f"; workdir {rundir.shown(workdirs[0])}"
+    patience = c.train.early_stopping_patience if stopped else None
+    return start_block(
+        what, where, step, start_epoch, start_batch, c.train.num_epochs, patience, notes
+    )
