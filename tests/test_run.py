@@ -61,6 +61,27 @@ def test_notebook_runs_against_a_tiny_run(tmp_path):
     assert images >= 1
 
 
+@pytest.mark.parametrize(
+    "name, variable, says",
+    [
+        ("restore_and_generate.ipynb", "RNNJAX_WORKDIR", "no run at runs/deep_lstm: train one"),
+        ("inside_the_stack.ipynb", "RNNJAX_WORKDIRS", "no trained run found (runs/deep_lstm"),
+    ],
+)
+def test_notebooks_without_a_run_say_how_to_make_one(tmp_path, name, variable, says):
+    """Opened where no run exists, a notebook stops at its first cell with the command to train one
+    and the variable to set (not a bare 'max() arg is an empty sequence')."""
+    pytest.importorskip("nbformat")
+    from nbclient.exceptions import CellExecutionError
+
+    with pytest.raises(CellExecutionError) as e:
+        run_notebook(name, tmp_path, **{variable: ""})
+    assert says in str(e.value) and "python scripts/train.py --config=configs/deep_lstm.py" in str(
+        e.value
+    )
+    assert variable in str(e.value)
+
+
 def test_load_never_imports_the_trainer():
     """rnnjax.load (rnnjax/run.py) builds the model from rnnjax.build: the training loop is not imported."""
     code = (
