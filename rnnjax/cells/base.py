@@ -153,6 +153,12 @@ class Cell:
     def num_gates(self) -> int:
         return len(self.gates)
 
+    @property
+    def fused(self) -> bool:
+        """Whether :mod:`rnnjax.fused` runs it: a backward step, or a whole-sequence form (read by
+        name through ``IMPL_NEEDS``)."""
+        return self.backward is not None or self.sequence is not None
+
     def recur(
         self, params: Params, carry: Any, xw: Array, activation: str = "tanh"
     ) -> tuple[Any, Array]:
