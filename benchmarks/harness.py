@@ -39,9 +39,8 @@ def repo_path(*parts: str) -> Path:
     path = REPO_ROOT.joinpath(*parts)
     if not path.exists():
         raise FileNotFoundError(
-            f"{path}: the benchmarks need the repository they live in "
-            "(benchmarks/ next to scripts/ and configs/); "
-            "run them from a checkout"
+            f"{path}: the benchmarks need the repository they live in (benchmarks/ next to "
+            "scripts/ and configs/); run them from a checkout"
         )
     return path
 

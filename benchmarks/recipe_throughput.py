@@ -2,12 +2,10 @@
 
     python benchmarks/recipe_throughput.py [--repeats=5] [--steps=5]
 
-The recipe's shape (2 layers, hidden 256, 64 steps) at batch 16 (the recipe), 32, 64 and 128, and
-at batch 16 the GRU and minGRU, interleaved round after round (medians; ``harness.py``'s
-training step: forward, backward, clipping, SGD update; vocabulary 28). Prints a Markdown table:
-tokens/s, ms per step and per time step, and MFU against the measured fp32 matmul peak. On the
-project's 2-core machine the LSTM's tokens/s is flat in the batch at 51-55% MFU: the step is bound
-by its matmuls' FLOPs, not by per-time-step overhead (README, "Results: more books").
+The recipe's shape (2 layers, hidden 256, 64 steps) at batch 16, 32, 64 and 128, and at batch 16
+the GRU and minGRU, interleaved round after round (medians). Prints a Markdown table: tokens/s, ms
+per step and per time step, and MFU against the measured fp32 matmul peak. Results:
+docs/performance.md.
 """
 
 import argparse

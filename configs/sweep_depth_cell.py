@@ -2,7 +2,8 @@ r"""Depth x cell-type sweep over the seed experiment (d2l's exercise: LSTM vs GR
 parallel-scan cells minGRU and minLSTM).
 
     python scripts/sweep.py --config=configs/sweep_depth_cell.py --workdir=runs/sweep
-    python scripts/sweep.py --config=configs/sweep_depth_cell.py:quick --workdir=runs/sweep_quick  # reduced budget
+    # reduced budget
+    python scripts/sweep.py --config=configs/sweep_depth_cell.py:quick --workdir=runs/sweep_quick
     python scripts/sweep.py --summarize=runs/sweep
 
 get_config() is the base config; get_sweep() the grid (field -> values), plain data.

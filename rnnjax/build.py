@@ -12,9 +12,10 @@ from rnnjax.parallel import DataParallel, pipeline_device_count
 
 
 def build_model(cfg: Config, vocab_size: int) -> DeepRNN | Placed:
-    """The model the config asks for (``model.impl``: an :class:`Impl` value) and, where it runs other
-    than on one device, its :class:`Placement` (``parallel.cpu_pipeline``: its layers pipelined over
-    the CPU devices; ``impl="cudnn"``: cuDNN's call split over the data-parallel devices)."""
+    """The model the config asks for (``model.impl``: an :class:`Impl` value) and, where it runs
+    other than on one device, its :class:`Placement` (``parallel.cpu_pipeline``: its layers
+    pipelined over the CPU devices; ``impl="cudnn"``: cuDNN's call split over the data-parallel
+    devices)."""
     m, p = cfg.model, cfg.parallel
     spec = DeepRNN(
         vocab_size,

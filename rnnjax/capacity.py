@@ -33,7 +33,8 @@ def estimate_memory(cfg: Config, vocab_size: int) -> int:
 
 
 def available_memory() -> int | None:
-    """Bytes the accelerator (its ``bytes_limit``) or, on CPU, the host (``MemAvailable``) can still give; None: unknown."""
+    """Bytes the accelerator (its ``bytes_limit``) or, on CPU, the host (``MemAvailable``) can still
+    give; None: unknown."""
     if jax.default_backend() != "cpu":
         stats = jax.local_devices()[0].memory_stats() or {}
         return stats.get("bytes_limit")
@@ -46,12 +47,14 @@ def available_memory() -> int | None:
 
 
 def check_fits(cfg: Config, vocab_size: int) -> None:
-    """Refuse, before any compute, a model or batch whose estimated memory exceeds what is available."""
+    """Refuse, before any compute, a model or batch whose estimated memory exceeds what is
+    available."""
     need, have = estimate_memory(cfg, vocab_size), available_memory()
     if have is not None and need > have:
         gib = lambda b: f"{b / 2**30:,.1f} GiB"  # noqa: E731
         raise ConfigError(
-            f"config.model.hidden_size = {cfg.model.hidden_size}, num_layers = {cfg.model.num_layers}, "
-            f"data.batch_size = {cfg.data.batch_size}, num_steps = {cfg.data.num_steps} need about {gib(need)} "
-            f"(parameters, gradients, optimizer state, activations) but {gib(have)} is available; make them smaller"
+            f"config.model.hidden_size = {cfg.model.hidden_size}, num_layers = "
+            f"{cfg.model.num_layers}, data.batch_size = {cfg.data.batch_size}, num_steps = "
+            f"{cfg.data.num_steps} need about {gib(need)} (parameters, gradients, optimizer state, "
+            f"activations) but {gib(have)} is available; make them smaller"
         )

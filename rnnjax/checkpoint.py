@@ -1,22 +1,7 @@
-"""Checkpoints with orbax: the public layout, save (with array checksums), restore the best,
-latest or a given step, skipping (and keeping aside) damaged ones.
-
-Layout of ``WORKDIR/checkpoints/<step>/`` (``LAYOUT`` = 3), three orbax items:
-
-* ``params`` -- the model's parameters alone (what :func:`rnnjax.load` restores);
-* ``state``  -- the rest of what resuming needs: ``{"train": {"step", "opt_state", "nonfinite"},
-  "rng", "carry", "metrics"}`` (optimizer state, RNG key data, carried hidden state, the training
-  metric sums by name; :mod:`rnnjax.layout`);
-* ``meta``   -- JSON: ``layout``, ``epoch`` and ``batch`` (the position), ``val_ppl``, the epoch's
-  metrics ``record``, the shape of each metric sum (``metrics``) and a sha256 of every array
-  (``checksums``).
-
-Layout 2 (main until 2026-12) stored the metric sums as the arrays ``acc`` and ``acc_layers``;
-it restores into the same mapping (:mod:`rnnjax.layout`).
-The run's config and vocabulary live once per run, in ``WORKDIR/config.json`` and
-``WORKDIR/vocab.json`` (:mod:`rnnjax.workdir`). Layout 1 (before 2026-11-29: no ``layout``
-key) kept the params inside ``state/train/params`` and a copy of config and vocabulary in
-``meta``; it still restores (:meth:`Checkpointer.restore`). Orbax owns ``checkpoints/``.
+"""Checkpoints with orbax: save (with array checksums), and restore the best, the latest or a
+given step, skipping (and setting aside in ``damaged/``) damaged ones. Orbax owns
+``WORKDIR/checkpoints/``; the items and earlier layouts are described in docs/implementation.md
+("Checkpoint layouts"), the arrays in :mod:`rnnjax.layout`.
 """
 
 from __future__ import annotations
@@ -51,13 +36,15 @@ LAYOUT = 3
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint cannot be used (damaged, or of another configuration); the message says which and why."""
+    """A checkpoint cannot be used (damaged, or of another configuration); the message says which
+    and why."""
 
 
 class _BestByMeta:
-    """Orbax preservation policy: keep the step with the lowest ``val_ppl`` in its own ``meta`` item,
-    read from disk. Orbax's ``BestN`` knows only the metrics saved by the same process, so a resumed
-    run would prune the best step of an earlier session once ``max_to_keep`` newer ones exist."""
+    """Orbax preservation policy: keep the step with the lowest ``val_ppl`` in its own ``meta``
+    item, read from disk. Orbax's ``BestN`` knows only the metrics saved by the same process, so a
+    resumed run would prune the best step of an earlier session once ``max_to_keep`` newer ones
+    exist."""
 
     def __init__(self, directory: pathlib.Path):
         self.directory = directory
@@ -94,7 +81,8 @@ class Checkpointer:
         self.directory = self.workdir / "checkpoints"
         if read_only and not self.directory.is_dir():
             raise CheckpointError(
-                f"{self.workdir} has no checkpoints/ directory: it is not a finished or resumable run"
+                f"{self.workdir} has no checkpoints/ directory: it is not a finished or "
+                "resumable run"
             )
         self.read_only = read_only
         policy = cm.AnyPreservationPolicy([cm.LatestN(n=max_to_keep), _BestByMeta(self.directory)])
@@ -118,8 +106,9 @@ class Checkpointer:
         return sorted(self._mngr.all_steps())
 
     def save(self, step: int, params: Any, state: Any, meta: dict[str, Any]) -> None:
-        """Write step ``step`` as the items ``params``, ``state`` and ``meta`` (see the module docstring).
-        A step that exists is left as it is. ``meta`` gains ``layout`` and a sha256 of every array."""
+        """Write step ``step`` as the items ``params``, ``state`` and ``meta`` (see the module
+        docstring). A step that exists is left as it is. ``meta`` gains ``layout`` and a sha256 of
+        every array."""
         if step in self._mngr.all_steps():
             return
         meta = {
@@ -171,8 +160,9 @@ class Checkpointer:
             else "no checkpoint was saved yet"
         )
         raise CheckpointError(
-            f"disk full while saving checkpoint step {step} in {self.directory}: it needs about {need / 2**20:.1f} MiB, "
-            f"{free / 2**20:.1f} MiB are free; {kept}. Free some space and rerun the same command to resume"
+            f"disk full while saving checkpoint step {step} in {self.directory}: it needs about "
+            f"{need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free; {kept}. Free some space and "
+            "rerun the same command to resume"
         ) from None
 
     def read_meta(self, step: int) -> dict[str, Any]:
@@ -181,7 +171,8 @@ class Checkpointer:
         ]
 
     def best_steps(self) -> list[int]:
-        """Steps saved at an epoch end, best validation perplexity first (mid-epoch saves have none)."""
+        """Steps saved at an epoch end, best validation perplexity first (mid-epoch saves have
+        none)."""
         scored = []
         for s in self.steps():
             try:
@@ -265,7 +256,8 @@ class Checkpointer:
     def _read(
         self, step: int, meta: dict[str, Any], params: Any, state: Any
     ) -> tuple[tuple[Any, Any], str | None]:
-        """The arrays of one step as ``(params, state or None)``, and the checksum problem (None: verified)."""
+        """The arrays of one step as ``(params, state or None)``, and the checksum problem (None:
+        verified)."""
         if meta.get("layout", 1) >= 2:
             items = {"params": ocp.args.StandardRestore(params)}
             if state is not None:

@@ -30,7 +30,8 @@ class _ListValueError(ValueError):
 
 
 class _ListParser(flags.ArgumentParser):
-    """``--config.data.paths=a.txt,b.txt`` (comma-separated) or a Python list literal ``"['a b', 'c']"``."""
+    """``--config.data.paths=a.txt,b.txt`` (comma-separated) or a Python list literal ``"['a b',
+    'c']"``."""
 
     def parse(self, argument: Any) -> list[Any]:
         if isinstance(argument, (list, tuple)):
@@ -190,7 +191,8 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def quiet_libraries() -> None:
-    """Show only warnings and errors from libraries (orbax, jax, absl) unless ``--verbosity`` was given."""
+    """Show only warnings and errors from libraries (orbax, jax, absl) unless ``--verbosity`` was
+    given."""
     if not flags.FLAGS["verbosity"].present:
         from absl import logging as absl_logging
 
@@ -235,7 +237,8 @@ def run(main: Callable[[list[str]], Any]) -> None:
 
 
 def checkpoint_step(text: str) -> int | str:
-    """A ``--step`` flag's value for :func:`rnnjax.load`: "best", "latest" or a step number (else one error line)."""
+    """A ``--step`` flag's value for :func:`rnnjax.load`: "best", "latest" or a step number (else
+    one error line)."""
     if text in ("best", "latest"):
         return text
     if text.isdigit():
@@ -244,14 +247,16 @@ def checkpoint_step(text: str) -> int | str:
 
 
 def default_workdir(config_flag: str = "config") -> pathlib.Path:
-    """``runs/<config file name>``, or ``runs/<name>-<variant>`` for ``--config=file.py:variant``."""
+    """``runs/<config file name>``, or ``runs/<name>-<variant>`` for
+    ``--config=file.py:variant``."""
     path, _, arg = flags.FLAGS[config_flag].config_filename.partition(":")
     name = pathlib.Path(path).stem
     return user_path(pathlib.Path("runs") / (f"{name}-{arg}" if arg else name))
 
 
 def end_block(summary: dict[str, Any]) -> str:
-    """The few lines a finished training run prints: perplexities, where its files are, the samples."""
+    """The few lines a finished training run prints: perplexities, where its files are, the
+    samples."""
     w = shown(summary["workdir"])
     char = "best_val_bpc" in summary  # bits per character: char-level runs
 
@@ -267,8 +272,8 @@ def end_block(summary: dict[str, Any]) -> str:
     ]
     if summary.get("stopped_early_at"):
         lines.append(
-            f"stopped early at epoch {summary['stopped_early_at']}: no new best validation perplexity for "
-            f"{summary['stopped_early_at'] - summary['best_epoch']} epochs"
+            f"stopped early at epoch {summary['stopped_early_at']}: no new best validation "
+            f"perplexity for {summary['stopped_early_at'] - summary['best_epoch']} epochs"
         )
     if "test_ppl" in summary:
         by = summary.get("test_ppl_by_source") or {}
@@ -286,7 +291,8 @@ def end_block(summary: dict[str, Any]) -> str:
     )
     if summary["samples"]:
         lines.append(
-            f"samples (greedy, {'best' if summary.get('samples_from') == 'best' else 'final'} epoch):"
+            f"samples (greedy, {'best' if summary.get('samples_from') == 'best' else 'final'} "
+            "epoch):"
         )
         lines += [f"  {s}" for s in summary["samples"]]
     return "\n".join(lines)

@@ -17,7 +17,10 @@ class Preempted(Exception):
         if step is None:
             text = f"stopped by signal {signum} before training started: nothing was saved yet"
         else:
-            text = f"stopped by signal {signum}: saved a checkpoint at step {step}; rerun the same command to resume"
+            text = (
+                f"stopped by signal {signum}: saved a checkpoint at step {step}; rerun the same "
+                "command to resume"
+            )
         super().__init__(text)
         self.signum, self.step = signum, step
 
@@ -74,14 +77,19 @@ def start_block(
 ) -> str:
     """The lines a run prints when it starts: the model (``what``), where it runs (``where``), and
     what it will do: train from scratch, resume, or nothing (already trained, or stopped early with
-    ``train.early_stopping_patience = stopped_patience``); then each of ``notes`` on its own line."""
+    ``train.early_stopping_patience = stopped_patience``); then each of ``notes`` on its own
+    line."""
     if step is None:
         todo = f"training epochs 1-{num_epochs}"
     elif start_epoch > num_epochs:
-        todo = f"already trained {start_epoch - 1} epochs: nothing to resume (raise --config.train.num_epochs to extend)"
+        todo = (
+            f"already trained {start_epoch - 1} epochs: nothing to resume (raise "
+            "--config.train.num_epochs to extend)"
+        )
     elif stopped_patience:
         todo = (
-            f"stopped early at epoch {start_epoch - 1} (train.early_stopping_patience = {stopped_patience}): "
+            f"stopped early at epoch {start_epoch - 1} (train.early_stopping_patience = "
+            f"{stopped_patience}): "
             "nothing to resume (raise --config.train.early_stopping_patience to go on)"
         )
     else:

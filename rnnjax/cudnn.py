@@ -1,24 +1,11 @@
 """cuDNN's fused LSTM as an implementation of rnnjax's stack (``config.model.impl = "cudnn"``).
 
-``jax.experimental.rnn.lstm`` calls cuDNN's LSTM on CUDA: LSTM only, float32, PyTorch's weights
-with two biases, packed into one flat vector per call, and no CPU lowering. rnnjax's LSTM params
-already are PyTorch's arrays transposed (:mod:`rnnjax.cells`), so a layer packs with a transpose,
-a reshape and a concatenation (:func:`pack`; :func:`unpack` is its inverse), and checkpoints are
-interchangeable with ``impl="rnnjax"`` and ``"autodiff"`` (the same params pytree).
-
-Each layer is one cuDNN call (``num_layers=1``): rnnjax's own dropout runs between layers (the
-same masks as every other implementation), not cuDNN's, whose mask comes from a fixed seed. The
-first layer reads one-hot inputs [b, t, V] (cuDNN does the input projection itself); the carry is
-rnnjax's ``(c, h)`` per layer. With ``Placement.data_devices`` > 1 each call runs under
-``jax.shard_map`` over the data axis (XLA cannot partition cuDNN's custom call): every device
-runs cuDNN on its own rows.
-
-TF32: cuDNN's LSTM runs TF32 matmuls on Ampere and later unless JAX's matmul precision is
-"highest" (``jax.default_matmul_precision("highest")``); the equivalence tests set it.
-
-:func:`reference_kernel` is the same call computed by ``jax.experimental.rnn.lstm_ref`` (JAX's
-pure-JAX reference of the cuDNN op, on any backend): the tests run this module's whole stack on
-the CPU with it.
+``jax.experimental.rnn.lstm`` calls cuDNN's LSTM on CUDA (LSTM only, float32, no CPU lowering).
+A layer's params pack into cuDNN's flat vector with a transpose, a reshape and a concatenation
+(:func:`pack`; :func:`unpack` is its inverse), so checkpoints are interchangeable with
+``impl="rnnjax"``. Each layer is one cuDNN call, run by the one stack loop with rnnjax's dropout;
+:func:`reference_kernel` is the same call in pure JAX, for tests on the CPU. Details (TF32,
+placement over data devices): docs/devices.md.
 """
 
 from __future__ import annotations
@@ -39,7 +26,8 @@ from rnnjax.config import ConfigError
 
 Array = jax.Array
 Params = dict[str, Any]
-# kernel(x [b, t, d], h0 [1, b, h], c0 [1, b, h], weights [n], seq_lengths [b] int32, input_size, hidden_size)
+# kernel(x [b, t, d], h0 [1, b, h], c0 [1, b, h], weights [n], seq_lengths [b] int32, input_size,
+# hidden_size)
 #   -> (y [b, t, h], h_n [1, b, h], c_n [1, b, h])
 Kernel = Callable[..., tuple[Array, Array, Array]]
 
@@ -63,9 +51,9 @@ def check_available() -> None:
     """Raise :class:`CudnnUnavailable` (one line, with the fix) unless cuDNN's LSTM can run here."""
     if not available():
         raise CudnnUnavailable(
-            f"config.model.impl = 'cudnn' needs an NVIDIA GPU with CUDA (JAX's backend here is "
-            f"{jax.default_backend()}, devices {jax.devices()[0].platform}); use model.impl = 'rnnjax' "
-            "(the same params: checkpoints are interchangeable)"
+            "config.model.impl = 'cudnn' needs an NVIDIA GPU with CUDA (JAX's backend here is "
+            f"{jax.default_backend()}, devices {jax.devices()[0].platform}); use model.impl = "
+            "'rnnjax' (the same params: checkpoints are interchangeable)"
         )
 
 
@@ -75,8 +63,9 @@ def num_weights(input_size: int, hidden_size: int) -> int:
 
 
 def pack(layer: Params) -> Array:
-    """One rnnjax LSTM layer {"w_x": [d, 4h], "w_h": [h, 4h], "b_x": [4h], "b_h": [4h]} -> cuDNN's flat
-    vector: (W_ih [4h, d], W_hh [4h, h], b_ih, b_hh) row-major, gates i, f, g, o (PyTorch's order)."""
+    """One rnnjax LSTM layer {"w_x": [d, 4h], "w_h": [h, 4h], "b_x": [4h], "b_h": [4h]} -> cuDNN's
+    flat vector: (W_ih [4h, d], W_hh [4h, h], b_ih, b_hh) row-major, gates i, f, g, o (PyTorch's
+    order)."""
     return jnp.concatenate(
         [layer["w_x"].T.reshape(-1), layer["w_h"].T.reshape(-1), layer["b_x"], layer["b_h"]]
     )
@@ -89,7 +78,8 @@ def unpack(weights: Array, input_size: int, hidden_size: int) -> Params:
 
 
 def cudnn_kernel(x, h0, c0, weights, seq_lengths, input_size: int, hidden_size: int):
-    """One layer by cuDNN (``jax.experimental.rnn.lstm``); precision from JAX's matmul-precision config."""
+    """One layer by cuDNN (``jax.experimental.rnn.lstm``); precision from JAX's matmul-precision
+    config."""
     return jrnn.lstm(x, h0, c0, weights, seq_lengths, input_size, hidden_size, 1, 0.0, False)
 
 
@@ -112,7 +102,8 @@ def _layer(
 
 
 def _sharded(kernel: Kernel, hidden_size: int, devices: int, batch: int):
-    """The layer, under shard_map over the first ``devices`` devices' data axis when the batch splits."""
+    """The layer, under shard_map over the first ``devices`` devices' data axis when the batch
+    splits."""
     layer = functools.partial(_layer, kernel, hidden_size=hidden_size)
     if devices <= 1 or batch % devices:
         return layer

@@ -1,4 +1,5 @@
-"""The error every layer of rnnjax may raise for a bad config value (no imports: the lowest module)."""
+"""The error every layer of rnnjax may raise for a bad config value (no imports: the lowest
+module)."""
 
 
 class ConfigError(ValueError):

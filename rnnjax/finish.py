@@ -10,7 +10,7 @@ from typing import Any
 
 from rnnjax import workdir as rundir
 from rnnjax.checkpoint import Checkpointer
-from rnnjax.evaluation import evaluation, part_perplexities, write_evaluation
+from rnnjax.evaluation import evaluation, part_metrics, write_evaluation
 from rnnjax.group import Group
 from rnnjax.metrics import best_record
 from rnnjax.model import num_params
@@ -49,7 +49,8 @@ def finish(
     stopped: int | None,
     primary: bool,
 ) -> dict[str, Any]:
-    """Trial j's curves, samples, evaluation (with its best checkpoint's params), hparams and summary."""
+    """Trial j's curves, samples, evaluation (with its best checkpoint's params), hparams and
+    summary."""
     c, one = group.cfgs[j], group.take(state, j)
     best_step = next(iter(ckpt.best_steps()), None)
     best_saved = next((r["epoch"] for r in records if r["step"] == best_step), None)
@@ -66,7 +67,7 @@ def finish(
     if primary:
         rundir.write_atomic(workdir / "samples.txt", "".join(s + "\n" for s in texts))
     test = (
-        part_perplexities(
+        part_metrics(
             group.model,
             best_params,
             group.corpus.test_parts,
@@ -94,7 +95,8 @@ def finish(
             "val_ppl": last.get("val_ppl", math.nan),
             "best_val_ppl": best["val_ppl"] if best else math.nan,
             "best_epoch": best["epoch"] if best else None,
-            "best_saved_epoch": best_saved,  # what rnnjax.load(workdir) restores: checkpoints are every_epochs apart
+            # what rnnjax.load(workdir) restores: checkpoints are every_epochs apart
+            "best_saved_epoch": best_saved,
             "workdir": workdir,
             "wall_time": wall_time,
             "num_devices": group.dp.num_devices,

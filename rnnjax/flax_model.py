@@ -72,7 +72,8 @@ def to_flax(params: Params, spec: Spec) -> Params:
 
 
 def from_flax(flax_params: Params, spec: Spec) -> Params:
-    """Flax params of :func:`apply` -> rnnjax params (inverse of :func:`to_flax` up to the bias split)."""
+    """Flax params of :func:`apply` -> rnnjax params (inverse of :func:`to_flax` up to the bias
+    split)."""
     back = CELLS[spec.cell].flax.from_flax
     layers = [back(flax_params[f"layer_{l}"], spec.hidden_size) for l in range(spec.num_layers)]
     return {

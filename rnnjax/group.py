@@ -18,10 +18,11 @@ import numpy as np
 from rnnjax import data
 from rnnjax.build import build_model
 from rnnjax.config import Config
-from rnnjax.metrics import EvalMetrics, LayerStats, TrainSums
+from rnnjax.metrics import EvalSums, LayerStats, TrainSums, add_sums, eval_zeros
 from rnnjax.optim import make_optimizer
 from rnnjax.parallel import DataParallel
 from rnnjax.steps import (
+    EVAL_METRICS,
     eval_sums,
     init_train_state,
     make_eval_step,
@@ -32,8 +33,9 @@ from rnnjax.steps import (
 
 
 class Group:
-    """K >= 1 trials of one model shape (they may differ in seed and optimizer hyperparameters) and the
-    jitted steps that train them together. ``vmapped``: every array has a leading [K] trial axis."""
+    """K >= 1 trials of one model shape (they may differ in seed and optimizer hyperparameters) and
+    the jitted steps that train them together. ``vmapped``: every array has a leading [K] trial
+    axis."""
 
     def __init__(
         self, cfgs: Sequence[Config], corpus: data.Corpus, dp: DataParallel, vmapped: bool
@@ -46,7 +48,8 @@ class Group:
             make_optimizer(c.train, total_steps=self.n * c.train.num_epochs) for c in cfgs
         ]
         self.txs, self.schedules = [o[0] for o in optimizers], [o[1] for o in optimizers]
-        # The update reads each trial's hyperparameters from its own optimizer state (inject_hyperparams).
+        # The update reads each trial's hyperparameters from its own optimizer state
+        # (inject_hyperparams).
         step = make_train_step(self.model, self.txs[0], reset_carry=dc.sampler == "random")
         self.plain_eval_step = make_eval_step(self.model)
         evaluate = make_stats_eval_step(self.model) if tc.layer_stats else self.plain_eval_step
@@ -73,7 +76,8 @@ class Group:
         )
 
     def init(self) -> tuple[Any, Any]:
-        """Each trial's step-0 train state and RNG key data, from its own seed (as a single run of it)."""
+        """Each trial's step-0 train state and RNG key data, from its own seed (as a single run of
+        it)."""
         states, rngs = [], []
         for c, tx in zip(self.cfgs, self.txs):
             init_key, rng = jax.random.split(jax.random.key(c.seed))
@@ -92,7 +96,8 @@ class Group:
         return self.stack([carry] * len(self.cfgs)), self.stack([metrics] * len(self.cfgs))
 
     def batches(self, epoch: int) -> tuple[jax.Array, jax.Array]:
-        """Each trial's minibatches of ``epoch`` (its own seed's order): [n, b, t], or [K, n, b, t]."""
+        """Each trial's minibatches of ``epoch`` (its own seed's order): [n, b, t], or [K, n, b,
+        t]."""
         xs, ys = zip(
             *(data.epoch_batches(self.corpus.train, c.data, c.seed, epoch) for c in self.cfgs)
         )
@@ -100,10 +105,11 @@ class Group:
             return self.dp.shard(xs[0], 1), self.dp.shard(ys[0], 1)
         return jnp.asarray(np.stack(xs)), jnp.asarray(np.stack(ys))
 
-    def evaluate(self, params) -> tuple[EvalMetrics, LayerStats | None, tuple[EvalMetrics, ...]]:
+    def evaluate(self, params) -> tuple[EvalSums, LayerStats | None, tuple[EvalSums, ...]]:
         """Dispatch the validation pass over each held-out part, each from a zero carry (with
         ``train.layer_stats`` also the per-layer statistics of the same pass): (all parts' sums,
-        statistics, each part's sums when there are several), on the device, read with the record."""
+        statistics, each part's sums when there are several), on the device, read with the
+        record."""
         dc, with_stats = self.cfgs[0].data, self.cfgs[0].train.layer_stats
         k, parts, stats = len(self.cfgs), [], None
         for _, ids in self.corpus.val_parts:
@@ -121,7 +127,10 @@ class Group:
                 sums = sums if with_stats else (sums,)
             else:
                 carry = self.stack([self.model.initial_carry(dc.batch_size)] * k)
-                zeros = (EvalMetrics.zeros(), LayerStats.zeros(num_layers=self.model.num_layers))
+                zeros = (
+                    eval_zeros(EVAL_METRICS),
+                    LayerStats.zeros(num_layers=self.model.num_layers),
+                )
                 sums = self.stack([zeros if with_stats else zeros[:1]] * k)
                 for x_bt, y_bt in data.eval_windows(ids, dc.batch_size, dc.num_steps):
                     carry, *sums = self.eval_step(params, carry, *sums, x_bt, y_bt)
@@ -130,5 +139,5 @@ class Group:
                 stats = sums[1] if stats is None else stats + sums[1]
         total = parts[0]
         for more in parts[1:]:
-            total = total + more
+            total = add_sums(total, more)
         return total, stats, tuple(parts) if len(parts) > 1 else ()

@@ -1,16 +1,9 @@
 """Host (CPU-side) memory settings for training processes.
 
-XLA:CPU allocates each jitted call's scratch space as one block (about 36 MB for the
-2-layer LSTM train step, more for deeper or wider models) and frees it when the call
-returns. glibc's malloc serves blocks that large with ``mmap`` and hands them back to the
-kernel on ``free``, so every step touches fresh pages: ~9,000 page faults per step, about
-a fifth of the step's time on a 2-core CPU (measured: 30.6 -> 25.4 ms/step, see
-BENCHMARKS.md). :func:`retain_freed_memory` makes malloc serve large blocks from its heap
-and keep freed memory for reuse, so the same pages serve every step.
-
-Every run path calls it (:func:`rnnjax.train.train_and_evaluate`, :func:`rnnjax.sweep.run_sweep`,
-``scripts/benchmark.py``, the PyTorch baseline); it is
-process-wide, a no-op off glibc, and off when ``RNNJAX_RETAIN_FREED_MEMORY=0``.
+:func:`retain_freed_memory` makes glibc's malloc serve large blocks from its heap and keep freed
+memory for reuse, so XLA:CPU's per-step scratch block does not re-fault fresh pages every step.
+Every run path calls it; it is process-wide, a no-op off glibc, and off when
+``RNNJAX_RETAIN_FREED_MEMORY=0``. Why and what it buys: docs/implementation.md, "Host memory".
 """
 
 from __future__ import annotations

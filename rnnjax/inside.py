@@ -76,9 +76,10 @@ _jit_trace = jax.jit(trace, static_argnums=0)
 def autocorrelation_times(
     x_lth: np.ndarray, threshold: float = 1 / math.e, max_lag: int | None = None
 ) -> np.ndarray:
-    """Per unit, the first lag at which the autocorrelation of x [..., t, h] falls below ``threshold``:
-    [..., h] float; ``max_lag`` (default t // 4) where it never does within it, NaN for a constant unit.
-    The autocorrelation is the usual (biased) estimate, sum_t (x_t - m)(x_{t+k} - m) / sum_t (x_t - m)^2."""
+    """Per unit, the first lag at which the autocorrelation of x [..., t, h] falls below
+    ``threshold``: [..., h] float; ``max_lag`` (default t // 4) where it never does within it, NaN
+    for a constant unit. The autocorrelation is the usual (biased) estimate, sum_t (x_t - m)(x_{t+k}
+    - m) / sum_t (x_t - m)^2."""
     x = np.asarray(x_lth, np.float64)
     t = x.shape[-2]
     max_lag = max(1, t // 4) if max_lag is None else max_lag
@@ -99,9 +100,10 @@ def autocorrelation_times(
 
 @dataclasses.dataclass
 class Timescales:
-    """How fast each layer's state changes: ``per_unit`` [layers, hidden] autocorrelation times (steps;
-    NaN for constant units), and per layer their ``median``, ``mean`` and the fraction ``censored``
-    (never fell below the threshold within ``max_lag``: their time is at least ``max_lag``)."""
+    """How fast each layer's state changes: ``per_unit`` [layers, hidden] autocorrelation times
+    (steps; NaN for constant units), and per layer their ``median``, ``mean`` and the fraction
+    ``censored`` (never fell below the threshold within ``max_lag``: their time is at least
+    ``max_lag``)."""
 
     state: str
     threshold: float

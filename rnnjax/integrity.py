@@ -18,10 +18,11 @@ from typing import Any
 
 import numpy as np
 
-# Storage errors (tensorstore status codes and messages) that mean the files are damaged, not the code.
+# Storage errors (tensorstore status codes and messages) that mean damaged files, not a bug.
 _STORAGE_DAMAGE = re.compile(
-    r"NOT_FOUND|DATA_LOSS|OUT_OF_RANGE|Error reading|Error opening|Error decoding|while reading array|"
-    r"Unexpected end|[Cc]orrupt|[Tt]runcated|[Cc]hecksum|Failed to decode|Failed to parse|Invalid .*(header|manifest)"
+    r"NOT_FOUND|DATA_LOSS|OUT_OF_RANGE|Error reading|Error opening|Error decoding|"
+    r"while reading array|Unexpected end|[Cc]orrupt|[Tt]runcated|[Cc]hecksum|Failed to decode|"
+    r"Failed to parse|Invalid .*(header|manifest)"
 )
 
 
@@ -55,7 +56,8 @@ def damaged_text_file(step_dir: pathlib.Path) -> str | None:
 
 
 def find_damage(step_dir: pathlib.Path) -> str | None:
-    """What is missing or unreadable in a step directory, checked before orbax reads it (None: looks whole)."""
+    """What is missing or unreadable in a step directory, checked before orbax reads it (None: looks
+    whole)."""
     if not step_dir.is_dir() or not any(step_dir.iterdir()):
         return "empty step directory"
     meta = step_dir / "meta" / "metadata"
@@ -82,7 +84,8 @@ def find_damage(step_dir: pathlib.Path) -> str | None:
 
 
 def storage_damage(error: BaseException) -> str | None:
-    """A one-line reason if ``error`` (raised while reading arrays) means damaged files; None otherwise."""
+    """A one-line reason if ``error`` (raised while reading arrays) means damaged files; None
+    otherwise."""
     while error is not None:
         text = str(error)
         damage = (FileNotFoundError, EOFError, json.JSONDecodeError, UnicodeDecodeError)
@@ -107,7 +110,8 @@ def orbax_errors_quiet():
 
 
 def disk_full(error: BaseException | None) -> bool:
-    """True if ``error`` (or what caused it) is "no space left on device", as OSError or as a tensorstore message."""
+    """True if ``error`` (or what caused it) is "no space left on device", as OSError or as a
+    tensorstore message."""
     while error is not None:
         if (
             isinstance(error, OSError) and error.errno == errno.ENOSPC

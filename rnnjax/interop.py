@@ -26,7 +26,8 @@ from rnnjax.model import Params
 def from_torch(
     rnn_state: Mapping[str, np.ndarray], linear_state: Mapping[str, np.ndarray]
 ) -> Params:
-    """state_dicts (as NumPy) of ``nn.LSTM/GRU/RNN`` and the output ``nn.Linear`` -> rnnjax params."""
+    """state_dicts (as NumPy) of ``nn.LSTM/GRU/RNN`` and the output ``nn.Linear`` -> rnnjax
+    params."""
     num_layers = sum(1 for k in rnn_state if k.startswith("weight_ih_l"))
     if num_layers == 0 or any(k.endswith("_reverse") for k in rnn_state):
         raise ValueError(
@@ -54,7 +55,8 @@ def from_torch(
 
 
 def _writable(x) -> np.ndarray:
-    """A C-contiguous, writable NumPy copy (``np.asarray`` of a JAX array is read-only, which torch warns about)."""
+    """A C-contiguous, writable NumPy copy (``np.asarray`` of a JAX array is read-only, which torch
+    warns about)."""
     return np.array(x, dtype=np.float32, order="C", copy=True)
 
 

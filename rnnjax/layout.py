@@ -1,11 +1,7 @@
 """What a training checkpoint holds, as arrays: a run's train state, RNG, carry and metric sums <->
-the ``params`` and ``state`` items of :mod:`rnnjax.checkpoint` (which owns the files).
-
-Layout 3 (``meta["layout"]``) stores the training sums by name,
-``state["metrics"] = {name: array}``, and their shapes in ``meta["metrics"]``. Layouts 1 and 2
-stored the four scalar sums as the array ``acc`` [4] (loss, grad_norm, steps, skipped) and,
-from 2026-11, the per-layer gradient norm sums as ``acc_layers`` [L + 1] (``meta["acc_layers"]``:
-its length); they restore into the same mapping.
+the ``params`` and ``state`` items of :mod:`rnnjax.checkpoint` (which owns the files). Layout 3
+stores the training sums by name; layouts 1 and 2 (the arrays ``acc`` and ``acc_layers``) restore
+into the same mapping (docs/implementation.md, "Checkpoint layouts").
 """
 
 from __future__ import annotations

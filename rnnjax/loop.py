@@ -23,16 +23,11 @@ from rnnjax.checkpoint import Checkpointer
 from rnnjax.console import PipeSafe, Preempted, StopFlag
 from rnnjax.finish import finish, samples
 from rnnjax.group import Group
-from rnnjax.layout import (
-    checkpoint_items,
-    fit_sums,
-    from_checkpoint_items,
-    saved_meta,
-    target_items,
-)
+from rnnjax.layout import checkpoint_items, saved_meta
 from rnnjax.metrics import best_record, to_host
 from rnnjax.profiling import Profiler
 from rnnjax.records import abort_error, commit, describe, kept_records, make_record, stopped_early
+from rnnjax.resume import restore
 from rnnjax.tensorboard_log import TensorBoardLog
 
 
@@ -128,9 +123,10 @@ def train_group(
             )
             val, stats, parts = group.evaluate(state.params)
             active = [j for j in range(k) if j not in failed]
-            # Written in this order: TensorBoard, the checkpoint (its meta holds the record), metrics.jsonl.
-            # A kill between any two leaves a run that resumes: events past the last checkpoint are purged,
-            # and a record missing from metrics.jsonl is restored from the checkpoint's meta.
+            # Written in this order: TensorBoard, the checkpoint (its meta holds the record),
+            # metrics.jsonl. A kill between any two leaves a run that resumes: events past the last
+            # checkpoint are purged, and a record missing from metrics.jsonl is restored from the
+            # checkpoint's meta.
             for j in active:
                 records[j].append(
                     make_record(
@@ -204,66 +200,6 @@ def train_group(
         ]
 
 
-def restore(group: Group, ckpts: list[Checkpointer]):
-    """The trials' latest common good checkpoint, or a fresh state: (state, rng_data, carry, metrics,
-    epoch, batch, step or None, each trial's saved record or None)."""
-    state, rng_data = group.init()
-    carry, metrics = group.fresh()
-    k = len(ckpts)
-
-    def target(j: int):
-        def of(
-            meta,
-        ):  # the metric sums as saved (their names and shapes, or an earlier layout's arrays)
-            one = (group.take(x, j) for x in (state, rng_data, carry, metrics))
-            return group.dp.abstract(target_items(*one, meta, group.dp.replicate))
-
-        return of
-
-    found = [ckpt.restore(target(j)) for j, ckpt in enumerate(ckpts)]
-    steps = {f[0] if f else None for f in found}
-    if (
-        len(steps) > 1
-    ):  # a kill between the trials' saves (or damage): go on from a step every trial has
-        common = None if None in steps else min(steps)
-        found = [
-            f
-            if f is None or f[0] == common
-            else ckpt.restore(target(j), common)
-            if common in ckpt.steps()
-            else None
-            for j, (f, ckpt) in enumerate(zip(found, ckpts))
-        ]
-        if any(f is None for f in found):
-            found = [None] * k
-    if found[0] is None:
-        return state, rng_data, carry, metrics, 1, 0, None, [None] * k
-    trials = []
-    for j, (_, params, item, meta) in enumerate(found):
-        s, r, c, sums = from_checkpoint_items(params, item)
-        # metrics added since (or layer_stats changed): 0 from an epoch's start, unknown mid-epoch
-        trials.append(
-            (
-                s,
-                r,
-                c,
-                fit_sums(sums, group.take(metrics, j), meta["batch"] != 0, group.dp.replicate),
-            )
-        )
-    state, rng_data, carry, metrics = (group.stack([t[i] for t in trials]) for i in range(4))
-    meta = found[0][3]
-    return (
-        state,
-        rng_data,
-        carry,
-        metrics,
-        meta["epoch"] + 1,
-        meta["batch"],
-        found[0][0],
-        [f[3].get("record") for f in found],
-    )
-
-
 def train_epoch(
     group: Group,
     ckpts,
@@ -279,8 +215,8 @@ def train_epoch(
     clock: dict[str, float],
 ):
     """Minibatches ``first`` .. n-1 of ``epoch``; on SIGTERM/SIGINT, save this step and raise
-    :class:`Preempted`; with ``checkpoint.every_minutes`` (``clock["every_s"]``), also save this step
-    once that long has passed since the last save (a kill then loses at most that much)."""
+    :class:`Preempted`; with ``checkpoint.every_minutes`` (``clock["every_s"]``), also save this
+    step once that long has passed since the last save (a kill then loses at most that much)."""
     xs_nbt, ys_nbt = group.batches(epoch)
     rng = jax.random.wrap_key_data(rng_data)
     for i in range(first, group.n):
@@ -309,6 +245,7 @@ def save(
     batch: int,
     record: dict[str, Any] | None = None,
 ) -> None:
-    """Checkpoint trial j at its current step (position ``epoch``, ``batch``; ``record`` at an epoch end)."""
+    """Checkpoint trial j at its current step (position ``epoch``, ``batch``; ``record`` at an epoch
+    end)."""
     one = [group.take(x, j) for x in (state, rng_data, carry, metrics)]
     ckpt.save(int(one[0].step), *checkpoint_items(*one), saved_meta(one[3], epoch, batch, record))

@@ -1,15 +1,16 @@
 """Named metrics: what a training or evaluation step sums on the device, and the epoch record
 built from those sums on the host (one builder for single runs and vectorized trials).
 
-A new training metric is one entry of :data:`rnnjax.steps.TRAIN_METRICS` (where it is computed):
-its sums travel as a mapping name -> array (:data:`TrainSums`), and the epoch record, ``metrics.jsonl``,
-TensorBoard, checkpoints and the sweep's CSV take every name. :class:`LayerStats` are the
-per-layer sums of the validation pass (hidden-state RMS, gate saturation, forget gate).
+A metric is one entry where it is computed (:data:`rnnjax.steps.TRAIN_METRICS`,
+:data:`rnnjax.steps.EVAL_METRICS`); its sums travel as a mapping name -> array, and the record,
+``metrics.jsonl``, TensorBoard and the sweep's table take every name. :class:`LayerStats` are
+the per-layer sums of the validation pass (hidden-state RMS, gate saturation, forget gate).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import jax
@@ -42,7 +43,8 @@ def add_step(sums: TrainSums, values: dict[str, Array], ok: Array) -> TrainSums:
 
 
 def to_host(sums: TrainSums) -> dict[str, np.ndarray]:
-    """The sums as float64 NumPy arrays (one device-to-host transfer each): what :func:`epoch_record` reads."""
+    """The sums as float64 NumPy arrays (one device-to-host transfer each): what
+    :func:`epoch_record` reads."""
     return {name: np.asarray(x, np.float64) for name, x in sums.items()}
 
 
@@ -58,8 +60,8 @@ RECORD_FORMS: dict[str, Any] = {
 
 
 def train_record(sums: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Each training metric's mean over the applied steps (NaN when none was applied), as :data:`RECORD_FORMS`
-    says, and ``skipped_steps``."""
+    """Each training metric's mean over the applied steps (NaN when none was applied), as
+    :data:`RECORD_FORMS` says, and ``skipped_steps``."""
     steps = float(sums["steps"])
     out: dict[str, Any] = {}
     for name, total in sums.items():
@@ -84,7 +86,8 @@ class LayerStats(NamedTuple):
     h2: Array  # sum over positions and units of h^2
     saturated: Array  # saturated gate activations: sigmoid < 0.01 or > 0.99, tanh beyond +-0.99
     gates: Array  # gate activations looked at (the denominator of the saturated fraction)
-    forget: Array  # sum of the forget (retain) coefficient over positions and units; 0 for the vanilla RNN
+    # sum of the forget (retain) coefficient over positions and units; 0 for the vanilla RNN
+    forget: Array
     positions: Array  # batch x time positions, times hidden units
 
     @classmethod
@@ -95,8 +98,8 @@ class LayerStats(NamedTuple):
         return LayerStats(*(a + b for a, b in zip(self, other)))
 
     def summary(self, has_forget: bool) -> dict[str, list[float]]:
-        """Per-layer values for the epoch record: RMS of h, saturated gate fraction, and (``has_forget``)
-        the mean forget gate f and its memory length 1 / (1 - f) in steps."""
+        """Per-layer values for the epoch record: RMS of h, saturated gate fraction, and
+        (``has_forget``) the mean forget gate f and its memory length 1 / (1 - f) in steps."""
         h2, sat, gates, forget, n = (np.asarray(x, np.float64) for x in self)
         with np.errstate(divide="ignore", invalid="ignore"):
             out = {"h_rms": np.sqrt(h2 / n), "gate_saturation": sat / gates}
@@ -106,34 +109,66 @@ class LayerStats(NamedTuple):
         return {k: [float(x) for x in v] for k, v in out.items()}
 
 
-class EvalMetrics(NamedTuple):
-    """Sums over evaluation windows: next-token negative log-likelihood and token count."""
+# The evaluation sums of a pass: a mapping name -> on-device sum over its tokens (float32; [k] when
+# vmapped), one entry per metric the evaluation step computes (rnnjax.steps.EVAL_METRICS), and the
+# token count "tokens". The record holds each metric's mean per token.
+EvalSums = dict[str, Array]
 
-    nll: Array
-    tokens: Array
 
-    @classmethod
-    def zeros(cls, lead: tuple[int, ...] = ()) -> EvalMetrics:
-        return cls(jnp.zeros(lead, jnp.float32), jnp.zeros(lead, jnp.float32))
+def eval_zeros(names: Iterable[str], lead: tuple[int, ...] = ()) -> EvalSums:
+    """Zero sums of these metrics, and the token count."""
+    return {name: jnp.zeros(lead, jnp.float32) for name in (*names, "tokens")}
 
-    def add(self, nll: Array) -> EvalMetrics:
-        """``nll`` [..., b, t] per-token values of one window (the leading axes are vmapped trials)."""
-        return EvalMetrics(
-            self.nll + nll.sum(axis=(-2, -1)),
-            self.tokens + jnp.float32(nll.shape[-2] * nll.shape[-1]),
-        )
 
-    def __add__(self, other: EvalMetrics) -> EvalMetrics:  # type: ignore[override]
-        """The sums of two passes (e.g. the held-out parts of several files)."""
-        return EvalMetrics(self.nll + other.nll, self.tokens + other.tokens)
+def add_window(sums: EvalSums, values: dict[str, Array]) -> EvalSums:
+    """One window: ``values`` maps each metric to its per-token values [..., b, t] (the leading
+    axes are vmapped trials)."""
+    b, t = next(iter(values.values())).shape[-2:]
+    out = {
+        name: sums[name] + x.astype(jnp.float32).sum(axis=(-2, -1)) for name, x in values.items()
+    }
+    return out | {"tokens": sums["tokens"] + jnp.float32(b * t)}
 
-    def perplexity(self) -> float:
-        nll, n = np.asarray(self.nll, np.float64), np.asarray(self.tokens, np.float64)
-        return perplexity_of(float(nll / n))
+
+def add_sums(a: EvalSums, b: EvalSums) -> EvalSums:
+    """The sums of two passes (e.g. the held-out parts of several files)."""
+    return {name: a[name] + b[name] for name in a}
+
+
+def eval_means(sums: EvalSums) -> dict[str, float]:
+    """Each metric's mean per token, read back from the device (float64)."""
+    n = np.asarray(sums["tokens"], np.float64)
+    return {
+        name: float(np.asarray(total, np.float64) / n)
+        for name, total in sums.items()
+        if name != "tokens"
+    }
+
+
+def eval_entries(means: dict[str, float], split: str) -> dict[str, float]:
+    """A pass's record entries: ``<split>_ppl`` from the mean next-token negative log-likelihood
+    (``nll``), ``<split>_<name>`` for every other metric's mean."""
+    ppl = {f"{split}_ppl": perplexity_of(means["nll"])} if "nll" in means else {}
+    return ppl | {f"{split}_{name}": m for name, m in means.items() if name != "nll"}
+
+
+def by_source(parts: dict[str, dict[str, float]], split: str) -> dict[str, dict[str, float]]:
+    """Each file's record entries (:func:`eval_entries`), regrouped by entry:
+    ``{"<split>_ppl_by_source": {file: ppl}, ...}``."""
+    entries = {source: eval_entries(means, split) for source, means in parts.items()}
+    keys = next(iter(entries.values()), {})
+    return {f"{k}_by_source": {source: e[k] for source, e in entries.items()} for k in keys}
+
+
+def sums_perplexity(sums: EvalSums) -> float:
+    """exp(mean next-token negative log-likelihood) of a pass's sums."""
+    n = np.asarray(sums["tokens"], np.float64)
+    return perplexity_of(float(np.asarray(sums["nll"], np.float64) / n))
 
 
 def perplexity_of(mean_nll: float) -> float:
-    """exp(mean next-token negative log-likelihood); ``inf`` where that overflows (a diverged run)."""
+    """exp(mean next-token negative log-likelihood); ``inf`` where that overflows (a diverged
+    run)."""
     try:
         return math.exp(mean_nll)
     except OverflowError:
@@ -149,20 +184,26 @@ def epoch_record(
     epoch: int,
     step: int,
     train: dict[str, np.ndarray],
-    val_ppl: float,
+    val: dict[str, float],
     tokens_per_sec: float,
     lr: float,
     wall_time: float,
     layers: dict[str, list[float]] | None = None,
     char_level: bool = True,
-    val_by_source: dict[str, float] | None = None,
+    val_by_source: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, Any]:
-    """One line of ``metrics.jsonl`` from an epoch's host-side training sums (``train``: :func:`to_host`,
-    every metric recorded by :func:`train_record`); ``layers``: :meth:`LayerStats.summary` of the validation
-    pass, None when not computed. ``char_level`` adds bits per character (``train_bpc``, ``val_bpc``);
-    ``val_by_source``: each file's validation perplexity."""
+    """One line of ``metrics.jsonl``.
+
+    ``train``: an epoch's host-side training sums (:func:`to_host`; every metric recorded by
+    :func:`train_record`). ``val``: the validation pass's means by name (:func:`eval_means`; every
+    metric recorded by :func:`eval_entries`), ``val_by_source``: each file's. ``layers``:
+    :meth:`LayerStats.summary` of the validation pass, None when not computed. ``char_level``
+    adds bits per character (``train_bpc``, ``val_bpc``).
+    """
     metrics = train_record(train)
     train_ppl = metrics.pop("train_ppl", math.nan)
+    evals = eval_entries(val, "val")
+    val_ppl = evals.pop("val_ppl")
     record = {
         "epoch": epoch,
         "step": step,
@@ -175,11 +216,12 @@ def epoch_record(
         "skipped_steps": metrics.pop("skipped_steps"),
         "wall_time": wall_time,
     }
-    if val_by_source:
-        record["val_ppl_by_source"] = dict(val_by_source)
+    sources = by_source(val_by_source or {}, "val")
+    if sources:
+        ppl = record["val_ppl_by_source"] = sources.pop("val_ppl_by_source")
         if char_level:
-            record["val_bpc_by_source"] = {k: bpc(v) for k, v in val_by_source.items()}
-    return record | metrics | (layers or {})
+            record["val_bpc_by_source"] = {k: bpc(v) for k, v in ppl.items()}
+    return record | metrics | evals | sources | (layers or {})
 
 
 def best_record(records: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -81,7 +81,8 @@ class DeepRNN:
         return self.activation[layer] if len(self.activation) > 1 else self.activation[0]
 
     def init(self, key: Array) -> Params:
-        """Params of ``impl``'s layout; rnnjax's: {"layers": [cell params] * L, "w_out": [h, V], "b_out": [V]}."""
+        """Params of ``impl``'s layout; rnnjax's: {"layers": [cell params] * L, "w_out": [h, V],
+        "b_out": [V]}."""
         return implementation(self.impl).init(self, key)
 
     def initial_carry(self, batch_size: int) -> Carry:

@@ -75,9 +75,8 @@ def optimizer_factory(cfg: TrainConfig) -> tuple[Factory, inspect.Signature]:
         )
     if cfg.weight_decay > 0 and "weight_decay" not in params:
         raise ConfigError(
-            f"config.train.weight_decay = {cfg.weight_decay} but optax.{name} takes "
-            "no weight_decay; set it to 0 or use an optimizer that takes it "
-            "(adamw, lion, ...)"
+            f"config.train.weight_decay = {cfg.weight_decay} but optax.{name} takes no "
+            "weight_decay; set it to 0 or use an optimizer that takes it (adamw, lion, ...)"
         )
     return factory, sig
 

@@ -1,10 +1,10 @@
 """Data parallelism with ``jax.sharding``: a 1-D device mesh with a ``"data"`` axis.
 
-Batches (and the carry, every layer's recurrent state) are split along the batch dimension; parameters,
-optimizer state and metric sums are replicated. The train step is the same jitted
-function: XLA inserts the gradient all-reduce. With several processes
-(``jax.distributed``), every process builds the same host batches from the seed and
-places only its own devices' rows (``make_array_from_callback``).
+Batches (and the carry, every layer's recurrent state) are split along the batch dimension;
+parameters, optimizer state and metric sums are replicated. The train step is the same jitted
+function: XLA inserts the gradient all-reduce. With several processes (``jax.distributed``), every
+process builds the same host batches from the seed and places only its own devices' rows
+(``make_array_from_callback``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ class DataParallel:
         n = len(devices) if num_devices == 0 else num_devices
         if n > len(devices):
             raise ConfigError(
-                f"config.parallel.num_devices = {n} but only {len(devices)} devices are visible; use 0 (all) or fewer"
+                f"config.parallel.num_devices = {n} but only {len(devices)} devices are visible; "
+                "use 0 (all) or fewer"
             )
         if batch_size % n:
             raise ConfigError(
@@ -129,16 +130,17 @@ def set_cpu_devices(cpu_devices: int, batch_size: int) -> int:
     except RuntimeError as e:
         if len(jax.devices("cpu")) != n:
             raise ConfigError(
-                f"config.parallel.cpu_devices = {cpu_devices} ({n} CPU devices) must be set before JAX starts; "
-                "run through scripts/train.py, or call rnnjax.parallel.set_cpu_devices right after import jax"
+                f"config.parallel.cpu_devices = {cpu_devices} ({n} CPU devices) must be set before "
+                "JAX starts; run through scripts/train.py, or call "
+                "rnnjax.parallel.set_cpu_devices right after import jax"
             ) from e
         return n
     cores = len(os.sched_getaffinity(0))
     if n > cores:  # JAX has not started: put the setting back and refuse
         jax.config.update("jax_num_cpu_devices", previous)
         raise ConfigError(
-            f"config.parallel.cpu_devices = {cpu_devices} is more than this host's {cores} usable cores; "
-            f"use 0 (one device per core) or a number up to {cores}"
+            f"config.parallel.cpu_devices = {cpu_devices} is more than this host's {cores} usable "
+            f"cores; use 0 (one device per core) or a number up to {cores}"
         )
     return n
 

@@ -1,23 +1,11 @@
 """A layer pipeline over CPU devices: every core runs its own layers at the full batch.
 
-The stack's layers are cut into S contiguous blocks of K layers, block s on device s (a 1-D
-mesh with axis ``"stage"``); the sequence is cut into C time chunks. At tick k, stage s runs its
-layers over chunk k - s and hands the top layer's [chunk, b, h] outputs to stage s + 1 with one
-``jax.lax.ppermute``: while stage 2 works on chunk k, stage 1 already works on chunk k + 1. The
-ticks are one ``jax.lax.scan`` inside ``jax.shard_map``, so JAX's autodiff of the same program is
-the backward pipeline (chunks in reverse, cotangents passed down with the transposed ppermute);
-each stage keeps the hand-written backward of :mod:`rnnjax.fused` (the layer function is the
-plain stack's). The model's math is unchanged: the same params pytree, carry and dropout masks as
-:func:`rnnjax.model.implementation`'s stack, so checkpoints are interchangeable and the numbers
-agree to float32 rounding (the gradient sums over chunks run in another order).
-
-Work: C + S - 1 ticks of K layers each for C chunks of K*S layers' work: the bubble is
-(S - 1) / (C + S - 1) of the pipeline's time (contiguous blocks; layer l on device l mod S would
-need C + L - 1 ticks). Layer 1's input projection (a row gather), the output layer and the loss
-run outside the pipeline, on every device (replicated).
-
-Contiguous blocks and the ``"stage"`` axis are an rnnjax convention; ``Pipeline.plan(L, D, T, C)``
-says what a configuration runs (stages, layers per stage, chunk length, bubble).
+The layers are cut into S contiguous blocks, block s on device s (mesh axis ``"stage"``), and
+the sequence into C time chunks; at tick k, stage s runs chunk k - s and hands its top layer's
+outputs to stage s + 1 (``jax.lax.ppermute``). The ticks are one ``lax.scan`` inside
+``jax.shard_map``, so autodiff of it is the backward pipeline. The params, carry and dropout masks
+are the plain stack's. :func:`plan` says what a configuration runs; the design and the bubble
+are in docs/devices.md.
 """
 
 from __future__ import annotations
@@ -25,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -81,6 +69,16 @@ def stages_for(num_layers: int, pipeline_stages: int) -> int:
 def mesh(stages: int) -> Mesh:
     """A 1-D mesh of the first ``stages`` devices along ``"stage"``."""
     return Mesh(np.asarray(jax.devices()[:stages]), (AXIS,))
+
+
+class _Slots(NamedTuple):
+    """A stage's K slots as the stack loop sees them (:class:`rnnjax.stack.Spec`): the layer
+    index of a slot depends on the stage, so its dropout is the slot's own."""
+
+    hidden_size: int
+    num_layers: int
+    dropout: float = 0.0
+    output_dropout: float = 0.0
 
 
 def _stack(trees: list[Any]) -> Any:
@@ -154,7 +152,8 @@ def pipelined_layers(
     xw0_c = xw0_tbg.reshape(C, tc, b, -1)
 
     def branch(l: int) -> Callable:
-        """A slot's work for layer l: (p, h_in, xw0, carry, keep) -> (h_out, carry); none for l >= L."""
+        """A slot's work for layer l: (p, h_in, xw0, carry, keep) -> (h_out, carry); none for l >=
+        L."""
         if l >= L:
             return lambda p, h_in, xw0, c, keep: (h_in, c)
 
@@ -180,15 +179,25 @@ def pipelined_layers(
             work = jnp.where(
                 (j >= 0) & (j < C), s, S
             )  # branch S: a tick in the bubble computes nothing
-            xw0, new = xw0_c[jc], []
-            for slot in range(K):
-                p, c = (jax.tree_util.tree_map(lambda x: x[slot], a) for a in (params_k, carry_k))
+            xw0 = xw0_c[jc]
+
+            def slot_layer(slot: int, p, h, c):
+                """The stack loop's layer: slot ``slot`` of this stage, i.e. layer s * K + slot."""
                 keep = keep_k[slot, jc] if dropout else keep_k[slot, 0]
                 branches = [branch(pl.layer(st, slot)) for st in range(S)] + [branch(L)]
-                h_in, c = jax.lax.switch(work, branches, p, h_in, xw0, c, keep)
-                new.append(c)
+                return (*jax.lax.switch(work, branches, p, h, xw0, c, keep), None)
+
+            # The stage's K slots through the one stack loop; dropout is the slot's own (above).
+            h_in, new, _ = stack.run(
+                _Slots(hidden, K),
+                slot_layer,
+                _unstack(params_k, K),
+                h_in,
+                tuple(_unstack(carry_k, K)),
+                None,
+            )
             h_up = jax.lax.ppermute(h_in, AXIS, [(i, i + 1) for i in range(S - 1)])
-            return (h_up, _stack(new)), h_in
+            return (h_up, _stack(list(new))), h_in
 
         h0 = jnp.zeros((tc, b, hidden), xw0_c.dtype)
         (_, carry_k), out_ktbh = jax.lax.scan(tick, (h0, carry_k), jnp.arange(C + S - 1))

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 
 from rnnjax import workdir as rundir
 from rnnjax.config import Config
+from rnnjax.lock import WorkdirLock
 from rnnjax.vocab import Vocab
 
 
@@ -25,15 +26,16 @@ def claimed(
     modes: Sequence[str],
     primary: bool = True,
 ) -> Iterator[list[list[str]]]:
-    """Hold every workdir's lock while the block runs; a busy or foreign workdir refuses all of them in one
-    line, before any is changed. ``modes``: each workdir's ``resume`` (:data:`rnnjax.workdir.RESUME_MODES`).
-    Yields each workdir's notes for the start block (what was set aside)."""
-    locks: list[rundir.WorkdirLock] = []
+    """Hold every workdir's lock while the block runs; a busy or foreign workdir refuses all of them
+    in one line, before any is changed. ``modes``: each workdir's ``resume``
+    (:data:`rnnjax.workdir.RESUME_MODES`). Yields each workdir's notes for the start block (what was
+    set aside)."""
+    locks: list[WorkdirLock] = []
     try:
         for d in workdirs:
             d.mkdir(parents=True, exist_ok=True)
             if primary:  # only process 0 writes files
-                lock = rundir.WorkdirLock(d)
+                lock = WorkdirLock(d)
                 lock.acquire()
                 locks.append(lock)
         modes = [_own_history(d, mode) for d, mode in zip(workdirs, modes)]
@@ -46,8 +48,8 @@ def claimed(
                     logging.warning("--resume=restart: moved the old run to %s", moved)
                 else:
                     note.append(
-                        f"no checkpoint covers the records there: set aside in {rundir.shown(moved)}, "
-                        "training from scratch"
+                        "no checkpoint covers the records there: set aside in "
+                        f"{rundir.shown(moved)}, training from scratch"
                     )
         yield notes
     finally:
@@ -56,7 +58,8 @@ def claimed(
 
 
 def set_aside_records(workdir: pathlib.Path, records: list[dict]) -> pathlib.Path:
-    """Keep ``records`` in ``WORKDIR/discarded/<UTC time>/metrics.jsonl`` (never deleted); returns that folder."""
+    """Keep ``records`` in ``WORKDIR/discarded/<UTC time>/metrics.jsonl`` (never deleted); returns
+    that folder."""
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
     dest = workdir / "discarded" / stamp
     dest.mkdir(parents=True)
@@ -65,9 +68,9 @@ def set_aside_records(workdir: pathlib.Path, records: list[dict]) -> pathlib.Pat
 
 
 def _own_history(workdir: pathlib.Path, mode: str) -> str:
-    """ "auto-restart" for a workdir that ``resume="auto"`` finds holding its own run's records (beside a
-    config.json, compared by :func:`rnnjax.workdir.check_resumable`) but no checkpoint, nor damaged ones:
-    a run killed before its first save. Else ``mode``."""
+    """ "auto-restart" for a workdir that ``resume="auto"`` finds holding its own run's records
+    (beside a config.json, compared by :func:`rnnjax.workdir.check_resumable`) but no checkpoint,
+    nor damaged ones: a run killed before its first save. Else ``mode``."""
     killed_early = (
         (workdir / "config.json").exists()
         and not rundir.has_checkpoint(workdir)

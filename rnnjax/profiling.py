@@ -11,7 +11,8 @@ import jax
 
 
 class Profiler:
-    """Call :meth:`after_step` after every training step (with its output) and :meth:`stop` at the end."""
+    """Call :meth:`after_step` after every training step (with its output) and :meth:`stop` at the
+    end."""
 
     def __init__(self, directory: pathlib.Path, num_steps: int):
         self.directory, self.num_steps = directory, num_steps

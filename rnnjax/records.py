@@ -18,12 +18,10 @@ from rnnjax import workdir as rundir
 from rnnjax.cells import CELLS
 from rnnjax.console import start_block
 from rnnjax.group import Group
-from rnnjax.metrics import EvalMetrics, LayerStats, best_record, epoch_record
+from rnnjax.metrics import EvalSums, LayerStats, best_record, epoch_record, eval_means
 from rnnjax.model import num_params
 from rnnjax.preflight import set_aside_records
-from rnnjax.steps import (
-    nonfinite_part,
-)
+from rnnjax.steps import nonfinite_part
 
 
 def kept_records(
@@ -33,9 +31,10 @@ def kept_records(
     primary: bool,
     notes: list[str],
 ) -> list[dict[str, Any]]:
-    """The records of the epochs before ``start_epoch``; one a damaged ``metrics.jsonl`` lost is taken
-    from the checkpoint's meta (``saved``). Those after the checkpoint (a kill past it) are redone,
-    identically: they are set aside in ``discarded/<time>/metrics.jsonl`` and ``notes`` says so."""
+    """The records of the epochs before ``start_epoch``; one a damaged ``metrics.jsonl`` lost is
+    taken from the checkpoint's meta (``saved``). Those after the checkpoint (a kill past it) are
+    redone, identically: they are set aside in ``discarded/<time>/metrics.jsonl`` and ``notes`` says
+    so."""
     path = workdir / "metrics.jsonl"
     every = rundir.read_metrics(path)
     records = [r for r in every if r["epoch"] < start_epoch]
@@ -54,8 +53,8 @@ def kept_records(
             else f"{later[0]['epoch']}"
         )
         notes.append(
-            f"no checkpoint covers the record(s) of epoch {epochs}: set aside in {rundir.shown(dest)}, "
-            "redone from the checkpoint"
+            f"no checkpoint covers the record(s) of epoch {epochs}: set aside in "
+            f"{rundir.shown(dest)}, redone from the checkpoint"
         )
     if primary:
         rundir.write_metrics(path, records)
@@ -68,9 +67,9 @@ def make_record(
     epoch: int,
     state,
     sums: dict[str, np.ndarray],
-    val: EvalMetrics,
+    val: EvalSums,
     stats: LayerStats | None,
-    parts: tuple[EvalMetrics, ...],
+    parts: tuple[EvalSums, ...],
     tokens_per_sec: float,
     start: float,
 ) -> dict[str, Any]:
@@ -81,7 +80,7 @@ def make_record(
         group.take(stats, j).summary(CELLS[c.model.cell].retains) if stats is not None else None
     )
     by_source = (
-        {name: group.take(m, j).perplexity() for (name, _), m in zip(group.corpus.val_parts, parts)}
+        {name: eval_means(group.take(m, j)) for (name, _), m in zip(group.corpus.val_parts, parts)}
         if parts
         else None
     )
@@ -89,7 +88,7 @@ def make_record(
         epoch,
         step,
         group.take(sums, j),
-        group.take(val, j).perplexity(),
+        eval_means(group.take(val, j)),
         tokens_per_sec,
         float(group.schedules[j](step - 1)),
         time.perf_counter() - start,
@@ -107,8 +106,9 @@ def commit(workdir: pathlib.Path, record: dict[str, Any], bar, primary: bool) ->
 
 
 def stopped_early(patience: int, records: Sequence[list[dict[str, Any]]]) -> int | None:
-    """The epoch at which every trial has gone ``train.early_stopping_patience`` epochs without a new best
-    validation perplexity (None: training goes on). Read from the records, so a resumed run knows too."""
+    """The epoch at which every trial has gone ``train.early_stopping_patience`` epochs without a
+    new best validation perplexity (None: training goes on). Read from the records, so a resumed run
+    knows too."""
     if not patience or not records or not all(records):
         return None
     for rs in records:
@@ -130,7 +130,10 @@ def abort_error(
     fix = "lower train.learning_rate" + (
         " or set train.grad_clip (e.g. 1.0)" if tc.grad_clip == 0 else ""
     )
-    with_what = f"train.optimizer = {tc.optimizer!r}, train.learning_rate = {tc.learning_rate}, {clip}; {fix}"
+    with_what = (
+        f"train.optimizer = {tc.optimizer!r}, train.learning_rate = {tc.learning_rate}, {clip}; "
+        f"{fix}"
+    )
     if int(one.nonfinite) >= tc.max_nonfinite:
         xs_nbt, ys_nbt = group.batches(epoch)
         x_bt, y_bt = group.take(xs_nbt, j)[group.n - 1], group.take(ys_nbt, j)[group.n - 1]
@@ -144,8 +147,9 @@ def abort_error(
             c.data.sampler == "random",
         )
         return FloatingPointError(
-            f"aborting at step {int(one.step)}: {int(one.nonfinite)} consecutive non-finite training steps "
-            f"(train.max_nonfinite = {tc.max_nonfinite}), none applied; the {what} was not finite with {with_what}"
+            f"aborting at step {int(one.step)}: {int(one.nonfinite)} consecutive non-finite "
+            f"training steps (train.max_nonfinite = {tc.max_nonfinite}), none applied; the {what} "
+            f"was not finite with {with_what}"
         )
     overflowed = [
         name
@@ -154,9 +158,9 @@ def abort_error(
     ]
     if overflowed:
         return FloatingPointError(
-            f"aborting at epoch {epoch} (step {int(one.step)}): the {' and '.join(overflowed)} perplexity "
-            f"{'is' if len(overflowed) == 1 else 'are'} inf "
-            f"(the mean loss overflows exp: the run diverged) with {with_what}"
+            f"aborting at epoch {epoch} (step {int(one.step)}): the {' and '.join(overflowed)} "
+            f"perplexity {'is' if len(overflowed) == 1 else 'are'} inf (the mean loss overflows "
+            f"exp: the run diverged) with {with_what}"
         )
     return None
 
@@ -174,12 +178,18 @@ def describe(
     """The start block (:func:`rnnjax.console.start_block`) of the group's first trial."""
     c = group.cfgs[0]
     m = c.model
-    what = f"{m.num_layers}-layer {m.cell} (hidden {m.hidden_size}, impl {m.impl}), {num_params(params):,} parameters"
+    what = (
+        f"{m.num_layers}-layer {m.cell} (hidden {m.hidden_size}, impl {m.impl}), "
+        f"{num_params(params):,} parameters"
+    )
     if len(group.cfgs) > 1:
         what += f", {len(group.cfgs)} trials vectorized"
     where = f"{group.dp.num_devices} {jax.default_backend()} device(s)"
     if not group.dp.split_batch:
-        where += f" (layer pipeline: {group.dp.num_devices} stages, {group.cfgs[0].parallel.pipeline_chunks} time chunks)"
+        where += (
+            f" (layer pipeline: {group.dp.num_devices} stages, "
+            f"{group.cfgs[0].parallel.pipeline_chunks} time chunks)"
+        )
     where += f"; workdir {rundir.shown(workdirs[0])}"
     patience = c.train.early_stopping_patience if stopped else None
     return start_block(

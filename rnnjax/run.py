@@ -48,12 +48,13 @@ class Run:
         at = f", val_ppl {val:.3f}" if isinstance(val, float) else ""
         where = f", best val_ppl {best['val_ppl']:.3f} at epoch {best['epoch']}" if best else ""
         return (
-            f"Run({str(self.workdir)!r}, step {self.step}{at}: {m.num_layers}-layer {m.cell}, hidden {m.hidden_size}, "
-            f"vocab {len(self.vocab)}, {len(self.metrics)} epochs{where})"
+            f"Run({str(self.workdir)!r}, step {self.step}{at}: {m.num_layers}-layer {m.cell}, "
+            f"hidden {m.hidden_size}, vocab {len(self.vocab)}, {len(self.metrics)} epochs{where})"
         )
 
     def describe_step(self) -> str:
-        """Which checkpoint this is, in words: ``step 480 (epoch 20, val_ppl 6.78, the best of the run)``."""
+        """Which checkpoint this is, in words: ``step 480 (epoch 20, val_ppl 6.78, the best of the
+        run)``."""
         rec = next((r for r in self.metrics if r.get("step") == self.step), None)
         best = best_record(self.metrics)
         text = f"step {self.step}"
@@ -88,7 +89,8 @@ class Run:
         )
 
     def perplexity(self, text: str) -> float:
-        """Perplexity of the model on ``text`` (preprocessed as in training; unknown tokens -> <unk>)."""
+        """Perplexity of the model on ``text`` (preprocessed as in training; unknown tokens ->
+        <unk>)."""
         d = self.config.data
         ids = self.vocab.encode(data.tokenize(data.preprocess(text, d.preprocess), d.tokenizer))
         if len(ids) < 2:
@@ -96,10 +98,10 @@ class Run:
         return perplexity(self.model, self.params, ids, 1, d.num_steps)
 
     def evaluate(self, text: str, batch_size: int | None = None) -> Evaluation:
-        """Perplexity and bits per character (token) of ``text``, preprocessed as in training and read as
-        ``batch_size`` rows (default: the run's ``data.batch_size``, as its validation; fewer for a short
-        text), so the run's own validation text scores its ``val_ppl``. Tokens outside the vocabulary
-        are scored as ``<unk>`` and counted in ``unknown``, never dropped."""
+        """Perplexity and bits per character (token) of ``text``, preprocessed as in training and
+        read as ``batch_size`` rows (default: the run's ``data.batch_size``, as its validation;
+        fewer for a short text), so the run's own validation text scores its ``val_ppl``. Tokens
+        outside the vocabulary are scored as ``<unk>`` and counted in ``unknown``, never dropped."""
         d = self.config.data
         tokens = data.Tokens(data.preprocess(text, d.preprocess), d.tokenizer)
         ids = tokens.encode(self.vocab)
@@ -109,8 +111,8 @@ class Run:
             )
         if batch_size is not None and batch_size > len(ids) - 1:
             raise ValueError(
-                f"batch_size = {batch_size} is more rows than the text has predictions ({len(ids) - 1}); "
-                "give a smaller one, or leave it out for the run's own"
+                f"batch_size = {batch_size} is more rows than the text has predictions "
+                f"({len(ids) - 1}); give a smaller one, or leave it out for the run's own"
             )
         b = max(1, min(batch_size or d.batch_size, len(ids) - 1))
         read = (
@@ -149,7 +151,8 @@ class Evaluation:
 
 
 def load(workdir: str | os.PathLike, step: int | str = "best", impl: str | None = None) -> Run:
-    """Restore a checkpoint of the run in ``workdir`` (relative paths are from the current directory).
+    """Restore a checkpoint of the run in ``workdir`` (relative paths are from the current
+    directory).
 
     ``step``: "best" (default: the step with the lowest validation perplexity that the run
     kept), "latest", or a step number. A damaged checkpoint is skipped with a warning (the
@@ -186,8 +189,8 @@ def load(workdir: str | os.PathLike, step: int | str = "best", impl: str | None 
         if impl is not None and impl != cfg.model.impl:
             if cfg.model.impl not in SAME_PARAMS_IMPLS:
                 raise ValueError(
-                    f"{workdir} was trained with model.impl = {cfg.model.impl!r}, whose params only "
-                    f"that implementation reads; load it without impl="
+                    f"{workdir} was trained with model.impl = {cfg.model.impl!r}, whose params "
+                    "only that implementation reads; load it without impl="
                 )
             try:
                 check_supported(impl, cfg.model.cell)
@@ -198,17 +201,19 @@ def load(workdir: str | os.PathLike, step: int | str = "best", impl: str | None 
                 ) from None
             if impl == "cudnn" and not cudnn.available():
                 raise ValueError(
-                    f"impl='cudnn' needs a CUDA GPU (JAX's backend here is {jax.default_backend()}); "
-                    "load it with impl='rnnjax' (the same params)"
+                    "impl='cudnn' needs a CUDA GPU (JAX's backend here is "
+                    f"{jax.default_backend()}); load it with impl='rnnjax' (the same params)"
                 )
             cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, impl=impl))
         if cfg.model.impl == "cudnn" and not cudnn.available():
             raise CheckpointError(
                 f"{workdir} was trained with model.impl = 'cudnn', which needs a CUDA GPU; load it "
-                "with impl='rnnjax' (rnnjax.load(..., impl='rnnjax'), --impl=rnnjax): the same params"
+                "with impl='rnnjax' (rnnjax.load(..., impl='rnnjax'), --impl=rnnjax): the same "
+                "params"
             )
         model = build_model(cfg, len(vocab))
-        # The params alone, onto this process's first device, whatever the mesh the run was saved from.
+        # The params alone, onto this process's first device, whatever the mesh the run was saved
+        # from.
         one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         abstract = jax.tree_util.tree_map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one),

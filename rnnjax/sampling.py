@@ -191,10 +191,10 @@ def generate(
     """Continue each prefix by ``num_chars`` tokens (characters with the char tokenizer); returns
     prefix + continuation.
 
-    Prefixes go through the run's preprocessing (``preprocess``, ``tokenizer``: its ``config.data``);
-    tokens outside the vocabulary map to ``<unk>``. Prompts of equal token length run as one batch. ``temperature`` 0 (the
-    default) is greedy and ignores ``top_k`` and ``seed``; ``top_k`` larger than the
-    vocabulary is clamped to the vocabulary size (= no truncation).
+    Prefixes go through the run's preprocessing (``preprocess``, ``tokenizer``: its
+    ``config.data``); tokens outside the vocabulary map to ``<unk>``. Prompts of equal token length
+    run as one batch. ``temperature`` 0 (the default) is greedy and ignores ``top_k`` and ``seed``;
+    ``top_k`` larger than the vocabulary is clamped to the vocabulary size (= no truncation).
 
     Raises ``ValueError`` before any compute for: no prefix, an empty prefix (also one empty
     after preprocessing), ``num_chars`` not an integer >= 1 or with ``num_chars`` x prefixes above
@@ -214,7 +214,8 @@ def generate(
     for i, ids in enumerate(encoded):
         if len(ids) == 0:
             raise ValueError(
-                f"prefix {i} ({raw[i]!r}) is empty after preprocessing ({preprocess!r}); give at least one token"
+                f"prefix {i} ({raw[i]!r}) is empty after preprocessing ({preprocess!r}); give at "
+                "least one token"
             )
         by_len.setdefault(len(ids), []).append(i)
     for idxs in by_len.values():

@@ -1,7 +1,8 @@
 """The jitted pieces of training: the train state, one training step, one evaluation step, and
 perplexity over a token stream. Metrics are summed on the device (:mod:`rnnjax.metrics`).
 
-Shape suffixes as in :mod:`rnnjax.model` (n = minibatches per epoch, b = batch, t = time, V = vocabulary).
+Shape suffixes as in :mod:`rnnjax.model` (n = minibatches per epoch, b = batch, t = time, V =
+vocabulary).
 """
 
 from __future__ import annotations
@@ -16,7 +17,16 @@ import numpy as np
 import optax
 
 from rnnjax import data
-from rnnjax.metrics import EvalMetrics, LayerStats, TrainSums, add_step, train_zeros
+from rnnjax.metrics import (
+    EvalSums,
+    LayerStats,
+    TrainSums,
+    add_step,
+    add_window,
+    eval_zeros,
+    sums_perplexity,
+    train_zeros,
+)
 from rnnjax.model import Carry, DeepRNN, Impl, Params
 from rnnjax.parallel import DataParallel
 from rnnjax.trace import layer_stats, trace
@@ -48,8 +58,8 @@ class Step(NamedTuple):
 
 
 class Metric(NamedTuple):
-    """A training metric: its value for one step (summed over the epoch's applied steps, recorded as the
-    mean), and whether it is computed only with ``train.layer_stats``."""
+    """A training metric: its value for one step (summed over the epoch's applied steps, recorded as
+    the mean), and whether it is computed only with ``train.layer_stats``."""
 
     fn: Callable[[Step], Array]
     layer_stats: bool = False
@@ -65,7 +75,8 @@ TRAIN_METRICS: dict[str, Metric] = {
 
 
 def train_sums(model: DeepRNN, params: Params, layer_stats: bool) -> TrainSums:
-    """Zero sums of every training metric this run computes (:data:`TRAIN_METRICS`), and the counters."""
+    """Zero sums of every training metric this run computes (:data:`TRAIN_METRICS`), and the
+    counters."""
     names = [n for n, m in TRAIN_METRICS.items() if layer_stats or not m.layer_stats]
     loss = jax.ShapeDtypeStruct((), jnp.float32)
     shapes = jax.eval_shape(
@@ -82,7 +93,8 @@ def cross_entropy(logits_btv: Array, targets_bt: Array) -> Array:
 
 
 def make_train_step(model: DeepRNN, tx: optax.GradientTransformation, reset_carry: bool):
-    """Returns ``train_step(state, carry, metrics, xs_nbt, ys_nbt, i, key) -> (state, carry, metrics)``.
+    """Returns ``train_step(state, carry, metrics, xs_nbt, ys_nbt, i, key) -> (state, carry,
+    metrics)``.
 
     Trains on minibatch i. The carry (every layer's recurrent state) comes in as data, so no
     gradient flows into earlier minibatches (truncated BPTT); ``reset_carry`` zeroes it
@@ -131,7 +143,8 @@ def make_train_step(model: DeepRNN, tx: optax.GradientTransformation, reset_carr
 
 
 def layer_grad_norms(model: DeepRNN, grads: Params) -> Array:
-    """[L + 1]: the norm of each layer's gradients, then of the output layer's (either params layout)."""
+    """[L + 1]: the norm of each layer's gradients, then of the output layer's (either params
+    layout)."""
     if model.impl == Impl.FLAX:
         groups = [grads[f"layer_{l}"] for l in range(model.num_layers)] + [grads["out"]]
     else:
@@ -139,23 +152,47 @@ def layer_grad_norms(model: DeepRNN, grads: Params) -> Array:
     return jnp.stack([optax.tree.norm(g) for g in groups])
 
 
+class Window(NamedTuple):
+    """What one evaluation window's metrics are computed from."""
+
+    logits: Array  # [b, t, V]
+    targets: Array  # [b, t] int32
+    nll: Array  # [b, t]: next-token cross-entropy
+
+
+# Every evaluation metric, by name, where it is computed: its per-token values [b, t] (summed over
+# the pass on the device; the record holds the mean per token as val_<name>, and "nll" as val_ppl).
+# A new one is one entry here.
+EVAL_METRICS: dict[str, Callable[[Window], Array]] = {
+    "nll": lambda w: w.nll,
+}
+
+
+def eval_window(metrics: EvalSums, logits_btv: Array, y_bt: Array) -> EvalSums:
+    """``metrics`` plus one window's sum of every metric it holds (:data:`EVAL_METRICS`)."""
+    w = Window(logits_btv, y_bt, cross_entropy(logits_btv, y_bt))
+    return add_window(metrics, {n: EVAL_METRICS[n](w) for n in metrics if n != "tokens"})
+
+
 def make_eval_step(model: DeepRNN):
-    """Returns ``eval_step(params, carry, metrics, x_bt, y_bt) -> (carry, metrics)`` (:class:`EvalMetrics`)."""
+    """Returns ``eval_step(params, carry, metrics, x_bt, y_bt) -> (carry, metrics)`` (sums of
+    :data:`EVAL_METRICS`, from :func:`eval_zeros`)."""
 
     @jax.jit
     def eval_step(params, carry, metrics, x_bt, y_bt):
         x_bt, y_bt = x_bt.astype(jnp.int32), y_bt.astype(jnp.int32)
         logits_btv, carry = model.apply(params, x_bt, carry)
-        return carry, metrics.add(cross_entropy(logits_btv, y_bt))
+        return carry, eval_window(metrics, logits_btv, y_bt)
 
     return eval_step
 
 
 def make_stats_eval_step(model: DeepRNN):
-    """Returns ``eval_step(params, carry, metrics, stats, x_bt, y_bt) -> (carry, metrics, stats)``: as
-    :func:`make_eval_step`, also summing each layer's :class:`LayerStats` on the device. The logits
-    come from :func:`rnnjax.trace.trace` (the same equations); under ``impl="flax"`` and ``"cudnn"``
-    from the implementation's own apply, the statistics from the trace (two forwards there)."""
+    """Returns ``eval_step(params, carry, metrics, stats, x_bt, y_bt) -> (carry, metrics, stats)``:
+    as :func:`make_eval_step`, also summing each layer's :class:`LayerStats` on the device. The
+    logits come from :func:`rnnjax.trace.trace` (the same equations); under ``impl="flax"`` and
+    ``"cudnn"`` from the implementation's own apply, the statistics from the trace (two forwards
+    there)."""
 
     @jax.jit
     def eval_step(params, carry, metrics, stats, x_bt, y_bt):
@@ -165,7 +202,7 @@ def make_stats_eval_step(model: DeepRNN):
             logits_btv, new_carry = model.apply(params, x_bt, carry)
         return (
             new_carry,
-            metrics.add(cross_entropy(logits_btv, y_bt)),
+            eval_window(metrics, logits_btv, y_bt),
             stats + layer_stats(model, traces),
         )
 
@@ -181,17 +218,18 @@ def eval_sums(
     eval_step=None,
     dp: DataParallel | None = None,
     with_stats: bool = False,
-) -> EvalMetrics | tuple[EvalMetrics, LayerStats]:
-    """Dispatch the evaluation of a token stream read as ``batch_size`` rows (the carry carried over)
-    and return its summed metrics on the device, not yet read: the host goes on while they compute
-    (JAX's asynchronous dispatch). ``with_stats``: also each layer's :class:`LayerStats` sums
-    (``eval_step`` then from :func:`make_stats_eval_step`). With ``dp``, the rows are split over its devices."""
+) -> EvalSums | tuple[EvalSums, LayerStats]:
+    """Dispatch the evaluation of a token stream read as ``batch_size`` rows (the carry carried
+    over) and return the sums of every metric of :data:`EVAL_METRICS` on the device, not yet read:
+    the host goes on while they compute (JAX's asynchronous dispatch). ``with_stats``: also each
+    layer's :class:`LayerStats` sums (``eval_step`` then from :func:`make_stats_eval_step`). With
+    ``dp``, the rows are split over its devices."""
     eval_step = eval_step or (make_stats_eval_step(model) if with_stats else make_eval_step(model))
     carry: Carry = model.initial_carry(batch_size)
     sums = (
-        (EvalMetrics.zeros(), LayerStats.zeros(num_layers=model.num_layers))
+        (eval_zeros(EVAL_METRICS), LayerStats.zeros(num_layers=model.num_layers))
         if with_stats
-        else (EvalMetrics.zeros(),)
+        else (eval_zeros(EVAL_METRICS),)
     )
     if dp is not None:
         carry = dp.shard_carry(carry)
@@ -203,22 +241,6 @@ def eval_sums(
     return tuple(sums) if with_stats else sums[0]
 
 
-def evaluate_with_stats(
-    model: DeepRNN,
-    params: Params,
-    tokens: np.ndarray,
-    batch_size: int,
-    num_steps: int,
-    eval_step=None,
-    dp: DataParallel | None = None,
-) -> tuple[float, LayerStats]:
-    """:func:`perplexity` and the per-layer statistics summed over the same pass (read back once)."""
-    metrics, stats = eval_sums(
-        model, params, tokens, batch_size, num_steps, eval_step, dp, with_stats=True
-    )
-    return metrics.perplexity(), stats
-
-
 def perplexity(
     model: DeepRNN,
     params: Params,
@@ -228,15 +250,16 @@ def perplexity(
     eval_step=None,
     dp: DataParallel | None = None,
 ) -> float:
-    """exp(mean next-token cross-entropy) over a token stream read as ``batch_size`` rows, the carry carried over.
-    With ``dp``, the rows are split over its devices."""
-    return eval_sums(model, params, tokens, batch_size, num_steps, eval_step, dp).perplexity()
+    """exp(mean next-token cross-entropy) over a token stream read as ``batch_size`` rows, the carry
+    carried over. With ``dp``, the rows are split over its devices."""
+    return sums_perplexity(eval_sums(model, params, tokens, batch_size, num_steps, eval_step, dp))
 
 
 def nonfinite_part(
     model: DeepRNN, tx, state: TrainState, carry: Carry, x_bt: Array, y_bt: Array, reset_carry: bool
 ) -> str:
-    """Which of loss, gradient or update is not finite on minibatch (x_bt, y_bt): the abort message names it."""
+    """Which of loss, gradient or update is not finite on minibatch (x_bt, y_bt): the abort message
+    names it."""
     if reset_carry:
         carry = jax.tree_util.tree_map(jnp.zeros_like, carry)
     x_bt, y_bt = jnp.asarray(x_bt, jnp.int32), jnp.asarray(y_bt, jnp.int32)

@@ -13,13 +13,9 @@ resumes it.
 from __future__ import annotations
 
 import contextlib
-import copy
-import hashlib
-import itertools
 import json
 import os
 import pathlib
-import re
 import signal
 import socket
 import statistics
@@ -32,16 +28,20 @@ import ml_collections
 import tqdm
 
 from rnnjax import cudnn, data
-from rnnjax.config import ConfigError, resolve
+from rnnjax.config import resolve
 from rnnjax.console import Preempted
+from rnnjax.grid import (
+    apply_overrides,
+    check_grid,
+    check_names,
+    parse_shard,
+    trial_dir,
+    trials,
+)
 from rnnjax.host import retain_freed_memory
 from rnnjax.metrics import best_record, bpc
 from rnnjax.train import train_and_evaluate
 from rnnjax.workdir import check_writable, has_checkpoint, resolve_path, write_atomic
-
-
-class SweepError(ValueError):
-    """A sweep that cannot run or be summarized as asked; the message says why and what to do."""
 
 
 class SweepInterrupted(Exception):
@@ -117,105 +117,9 @@ class _StopOnSignals:
                 sock.close()
 
 
-def trials(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
-    """Every combination of the grid's values, in order: [{"model.cell": "rnn", ...}, ...]."""
-    keys = list(grid)
-    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
-
-
-MAX_NAME = 200  # characters of a trial directory's name (file systems allow 255 bytes)
-
-
-def trial_name(overrides: Mapping[str, Any]) -> str:
-    """``cell=gru,num_layers=3``: the last part of each field, sanitised to [A-Za-z0-9._=,+-].
-
-    When sanitising changed the name (``paths=__a_b.txt__`` from ``['a/b.txt']``) or it was
-    too long, ``-`` and 6 hex digits of the overrides' sha256 are appended, so that values
-    differing only in replaced characters still get their own directories.
-    """
-    raw = ",".join(f"{k.split('.')[-1]}={v}" for k, v in overrides.items()) or "base"
-    name = re.sub(r"[^A-Za-z0-9._=,+-]", "_", raw)
-    name = "_" + name if name.startswith(".") else name
-    if name != raw or len(name) > MAX_NAME:
-        digest = hashlib.sha256(repr(dict(overrides)).encode()).hexdigest()[:6]
-        name = f"{name[:MAX_NAME]}-{digest}"
-    return name
-
-
-def trial_dir(root: pathlib.Path, overrides: Mapping[str, Any]) -> pathlib.Path:
-    path = (root / trial_name(overrides)).resolve()
-    if path.parent != root.resolve():
-        raise ValueError(f"trial directory {path} would be outside the sweep directory {root}")
-    return path
-
-
-def check_grid(grid: Any) -> None:
-    """Refuse a grid that is not ``{field: [value, ...]}`` with at least one field and one value per field."""
-    example = "e.g. {'model.cell': ['gru', 'lstm']}"
-    if not isinstance(grid, Mapping) or not grid:
-        raise SweepError(
-            f"the sweep grid is empty: get_sweep() must return {{field: [values]}} with a field, {example}"
-        )
-    for field, values in grid.items():
-        if not isinstance(values, list):
-            raise SweepError(
-                f"sweep axis {field}: give a list of values, e.g. [{values!r}], not {values!r}"
-            )
-        if not values:
-            raise SweepError(f"sweep axis {field} has no values; give at least one, {example}")
-
-
-def check_names(grid: Mapping[str, Sequence[Any]]) -> None:
-    """Refuse a grid in which two trials would write the same directory."""
-    seen: dict[str, dict[str, Any]] = {}
-    for t in trials(grid):
-        name = trial_name(t)
-        if name in seen:
-            raise SweepError(
-                f"sweep trials {_show(seen[name])} and {_show(t)} would both write the directory {name!r}; "
-                "remove the duplicate value from the grid"
-            )
-        seen[name] = t
-
-
-def _show(overrides: Mapping[str, Any]) -> str:
-    return ",".join(f"{k}={v!r}" for k, v in overrides.items()) or "{}"
-
-
-def apply_overrides(
-    base: ml_collections.ConfigDict, overrides: Mapping[str, Any]
-) -> ml_collections.ConfigDict:
-    cfg = copy.deepcopy(base)
-    with cfg.unlocked():
-        for field, value in overrides.items():
-            *groups, leaf = field.split(".")
-            node = cfg
-            for g in groups:
-                if g not in node:
-                    raise ConfigError(f"sweep axis {field}: config has no group {g!r}")
-                node = node[g]
-            if leaf not in node:
-                raise ConfigError(f"sweep axis {field}: config has no field {leaf!r}")
-            try:
-                node[leaf] = value
-            except TypeError:  # a typed ml_collections field
-                raise ConfigError(
-                    f"sweep axis {field}: {value!r} is not allowed: {field} takes values of type {node.get_type(leaf).__name__}"
-                ) from None
-    return cfg
-
-
-def parse_shard(shard: str) -> tuple[int, int]:
-    """'i/n' -> (i, n), 0 <= i < n."""
-    m = re.fullmatch(r"(\d+)/(\d+)", shard)
-    if not m or not int(m[1]) < int(m[2]):
-        raise ValueError(f"--shard={shard!r} is not allowed: give i/n with 0 <= i < n, e.g. 0/4")
-    return int(m[1]), int(m[2])
-
-
 def _resume_mode(d: pathlib.Path) -> str:
-    """A trial that failed before its first checkpoint starts over (its old files kept in discarded/);
-    every other trial resumes from its checkpoint if it has one."""
+    """A trial that failed before its first checkpoint starts over (its old files kept in
+    discarded/); every other trial resumes from its checkpoint if it has one."""
     result = d / "result.json"
     failed = result.exists() and json.loads(result.read_text()).get("status") == "failed"
     return "restart" if failed and not has_checkpoint(d) else "auto"
@@ -256,7 +160,8 @@ def run_sweep(
     }:  # a path or vocabulary mistake: one line, nothing made
         data.load_corpus(data_cfg)
     root.mkdir(parents=True, exist_ok=True)
-    retain_freed_memory()  # one-by-one trials get it from train_and_evaluate, vmapped groups from here
+    # one-by-one trials get it from train_and_evaluate, vmapped groups from here
+    retain_freed_memory()
     rows: dict[int, dict[str, Any]] = {}
     pending: dict[str, list[int]] = {}
     for k, t in enumerate(mine):
@@ -354,6 +259,11 @@ def _row(
                 k: v
                 for k, v in (best or {}).items()  # every metric of the best epoch, by name
                 if k not in ("epoch", "step", "wall_time") and isinstance(v, (int, float, list))
+            },
+            test={  # every test metric of evaluation.json (the best saved checkpoint's)
+                k: v
+                for k, v in summary.items()
+                if k.startswith("test_") and isinstance(v, (int, float))
             },
         )
     else:

@@ -13,7 +13,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rnnjax.sweep import SweepError
+from rnnjax.grid import SweepError
 from rnnjax.workdir import WorkdirError, read_metrics, resolve_path
 
 COLUMNS = [
@@ -60,7 +60,9 @@ def trial_overrides(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             out.append(dict(r["overrides"]))
         else:
             legacy = {
-                k: v for k, v in r.items() if k not in COLUMNS and k not in ("overrides", "metrics")
+                k: v
+                for k, v in r.items()
+                if k not in COLUMNS and k not in ("overrides", "metrics", "test")
             }
             out.append(
                 {(min(full[k]) if len(full.get(k, ())) == 1 else k): v for k, v in legacy.items()}
@@ -77,7 +79,8 @@ def axis_columns(overrides: Sequence[Mapping[str, Any]]) -> dict[str, str]:
 
 
 def summarize(workdir: str | os.PathLike) -> list[dict[str, Any]]:
-    """Merge every trial's result.json under ``workdir`` into results.csv, results.md and sweep.png."""
+    """Merge every trial's result.json under ``workdir`` into results.csv, results.md and
+    sweep.png."""
     root = resolve_path(workdir)
     hint = "give the directory a sweep wrote (its --workdir)"
     if not root.exists():
@@ -91,7 +94,8 @@ def summarize(workdir: str | os.PathLike) -> list[dict[str, Any]]:
                 f"{root} is one trial's directory; give the sweep directory above it, {root.parent}"
             )
         raise SweepError(
-            f"{root} holds no trial results (*/result.json); {hint}, after at least one trial finished"
+            f"{root} holds no trial results (*/result.json); {hint}, after at least one trial "
+            "finished"
         )
     rows = [json.loads(p.read_text()) for p in paths]
     overrides = trial_overrides(rows)
@@ -102,19 +106,25 @@ def summarize(workdir: str | os.PathLike) -> list[dict[str, Any]]:
         {**{c: r.get(c) for c in COLUMNS}, **{c: o.get(f) for f, c in axes.items()}}
         for r, o in zip(rows, overrides)
     ]
-    # Every metric of each trial's best epoch (result.json "metrics"), as "best_epoch.<name>" in the CSV.
+    # Every metric of each trial's best epoch (result.json "metrics"), as "best_epoch.<name>" in the
+    # CSV.
     metrics = list(dict.fromkeys(k for r in rows for k in (r.get("metrics") or {})))
+    # and every test metric (result.json "test") that no standard column shows, under its name.
+    tests = list(dict.fromkeys(k for r in rows for k in (r.get("test") or {}) if k not in COLUMNS))
     for t, r in zip(table, rows):
         t |= {f"best_epoch.{k}": (r.get("metrics") or {}).get(k) for k in metrics}
+        t |= {k: (r.get("test") or {}).get(k) for k in tests}
     with open(root / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[*header, *(f"best_epoch.{k}" for k in metrics)])
+        w = csv.DictWriter(f, fieldnames=[*header, *(f"best_epoch.{k}" for k in metrics), *tests])
         w.writeheader()
         w.writerows(table)
-    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
-    show = lambda c, v: (fmt(v) if c in COLUMNS else ("" if v is None else str(v))).replace(
-        "|", "\\|"
-    )  # noqa: E731
-    # The markdown shows only the columns some trial has (no test split: no test columns); the CSV has all.
+
+    def show(column: str, v: Any) -> str:
+        text = f"{v:.3f}" if isinstance(v, float) and column in COLUMNS else str(v)
+        return ("" if v is None else text).replace("|", "\\|")
+
+    # The markdown shows only the columns some trial has (no test split: no test columns); the CSV
+    # has all.
     cols = [
         c
         for c in header
@@ -248,7 +258,8 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], dirs: Sequence[pathlib.Path]):
 
 
 def _legend(ax, max_entries: int = 12) -> None:
-    """A legend that stays readable: inside for a few entries, below the axes for more, at most max_entries."""
+    """A legend that stays readable: inside for a few entries, below the axes for more, at most
+    max_entries."""
     handles, labels = ax.get_legend_handles_labels()
     if len(handles) > max_entries:
         more = len(handles) - max_entries + 1

@@ -1,22 +1,8 @@
 """TensorBoard event files of a run, written with tensorboardX (no TensorFlow), in ``WORKDIR``
-beside ``metrics.jsonl``; ``tensorboard --logdir runs`` shows every run under ``runs/``.
-
-The step of every point is the **epoch**, and every scalar is a value of that epoch's
-``metrics.jsonl`` record (``loss`` and ``bpc`` are log(ppl) and log2(ppl) of it):
-
-    loss/{train,val}  perplexity/{train,val}  bpc/{train,val}  lr  tokens_per_sec  skipped_steps
-    perplexity/val/<file>  bpc/val/<file>  (with several files split by fraction)
-    grad_norm/global  grad_norm/layer_1..L  grad_norm/output
-    h_rms/layer_l  gate_saturation/layer_l  forget_gate/layer_l  memory_length/layer_l
-    <name> (or <name>/layer_l for a list) for any other metric of the record
-
-plus the greedy samples as text (``samples``) every ``checkpoint.every_epochs`` and, when a run
-finishes, the resolved config as hparams with ``hparams/final_val_ppl`` and ``hparams/best_val_ppl``.
-
-A resumed run opens a new event file whose first event is a ``SessionLog.START`` at the epoch it
-resumes from (tensorboardX's ``purge_step``): TensorBoard then drops the points at or after that
-epoch from the earlier files, which a SIGKILL may have left ahead of the last checkpoint, so the
-curves hold each epoch once.
+beside ``metrics.jsonl``. The step of every point is the epoch and every scalar a value of that
+epoch's record (:func:`scalars`: every metric of the record, the tags listed in docs/inside.md);
+also the greedy samples and, at the end, the config as hparams. A resumed run's new event file
+purges the points at or after the epoch it resumes from (tensorboardX's ``purge_step``).
 """
 
 from __future__ import annotations
@@ -81,16 +67,16 @@ def scalars(record: dict[str, Any]) -> dict[str, float]:
     for key in PER_LAYER:
         for l, v in enumerate(record.get(key) or []):
             out[f"{key}/layer_{l + 1}"] = v
-    for (
-        key,
-        v,
-    ) in record.items():  # any other metric under its own name (a list: one value per layer)
-        if key not in _SHOWN_ABOVE and key not in PER_LAYER:
-            out |= (
-                {f"{key}/layer_{l + 1}": x for l, x in enumerate(v)}
-                if isinstance(v, list)
-                else {key: v}
-            )
+    # Any other metric under its own name (a list: one value per layer; a mapping: per file).
+    for key, v in record.items():
+        if key in _SHOWN_ABOVE or key in PER_LAYER:
+            continue
+        if isinstance(v, list):
+            out |= {f"{key}/layer_{l + 1}": x for l, x in enumerate(v)}
+        elif isinstance(v, dict):
+            out |= {f"{key}/{source}": x for source, x in v.items()}
+        else:
+            out[key] = v
     return {
         k: float(v)
         for k, v in out.items()
@@ -112,7 +98,8 @@ def flat_config(d: dict[str, Any], prefix: str = "") -> dict[str, bool | int | f
 
 
 class TensorBoardLog:
-    """One writer per process and run: ``record`` each epoch, ``samples`` at checkpoints, ``finish`` at the end."""
+    """One writer per process and run: ``record`` each epoch, ``samples`` at checkpoints, ``finish``
+    at the end."""
 
     def __init__(self, workdir: pathlib.Path, start_epoch: int):
         # Event files are read in name order, and the name holds the creation time in seconds: a new
@@ -143,7 +130,8 @@ class TensorBoardLog:
     def finish(
         self, config: dict[str, Any], records: list[dict[str, Any]], best_val_ppl: float
     ) -> None:
-        """The resolved config as hparams, with the final and best validation perplexity as their metrics."""
+        """The resolved config as hparams, with the final and best validation perplexity as their
+        metrics."""
         if not records:
             return
         epoch = records[-1]["epoch"]

@@ -65,7 +65,8 @@ def _layer(
 def trace(
     spec: DeepRNN, params: Params, tokens: Array, carry: Carry
 ) -> tuple[Array, Carry, list[LayerTrace]]:
-    """tokens [b, t] -> (logits [b, t, V], new carry, one :class:`LayerTrace` per layer); no dropout."""
+    """tokens [b, t] -> (logits [b, t, V], new carry, one :class:`LayerTrace` per layer); no
+    dropout."""
     if spec.impl == Impl.FLAX:
         params = flax_model.from_flax(params, spec)
     cell = CELLS[spec.cell]
@@ -75,8 +76,8 @@ def trace(
 
 
 def layer_stats(spec: DeepRNN, traces: list[LayerTrace]) -> LayerStats:
-    """Per-layer sums of one window (each [L]): sum h^2, saturated gate count (sigmoid < 0.01 or
-    > 0.99; tanh beyond +-0.99), gates looked at, sum of the retain coefficient, positions x units."""
+    """Per-layer sums of one window (each [L]): sum h^2, saturated gate count (sigmoid < 0.01 or >
+    0.99; tanh beyond +-0.99), gates looked at, sum of the retain coefficient, positions x units."""
     cell = CELLS[spec.cell]
     rows = []
     for t in traces:

@@ -27,7 +27,8 @@ from rnnjax.loop import train_group
 from rnnjax.parallel import DataParallel
 from rnnjax.preflight import claimed
 
-# Fields that may differ between the trials of one vectorized group (they live in the optimizer state).
+# Fields that may differ between the trials of one vectorized group (they live in the optimizer
+# state).
 VECTORIZABLE = ("seed", "train.learning_rate", "train.weight_decay")
 
 
@@ -45,10 +46,12 @@ def stack_trials(tree: Any, k: int) -> Any:
 
 
 def check_vectorizable(c: Config) -> None:
-    """Refuse, in one line, a config that vectorized trials cannot train (checked by the sweep before anything runs)."""
+    """Refuse, in one line, a config that vectorized trials cannot train (checked by the sweep
+    before anything runs)."""
     if c.parallel.cpu_pipeline:
         raise ConfigError(
-            "vectorized trials run on one device; set parallel.cpu_pipeline = False or drop --vectorize"
+            "vectorized trials run on one device; set parallel.cpu_pipeline = False or drop "
+            "--vectorize"
         )
     if c.model.impl == "cudnn":
         raise ConfigError(
@@ -62,8 +65,8 @@ def check_vectorizable(c: Config) -> None:
         )
     if c.data.num_test or c.data.test_fraction:
         raise ConfigError(
-            "vectorized trials have no test evaluation; set data.num_test = 0 and data.test_fraction = 0, "
-            "or drop --vectorize"
+            "vectorized trials have no test evaluation; set data.num_test = 0 and "
+            "data.test_fraction = 0, or drop --vectorize"
         )
 
 
@@ -72,14 +75,16 @@ def train_vectorized(
     workdirs: Sequence[str | pathlib.Path],
     resume: Sequence[str] | None = None,
 ) -> list[dict[str, Any] | Exception]:
-    """Train every config of one group together with the single-run loop (:func:`rnnjax.loop.train_group`
-    over a leading trial axis); returns one summary per trial (as train_and_evaluate), or the error that
-    ended that trial (its steps stayed non-finite). Each trial's workdir is locked and checked as a
-    single run's (``resume``: each trial's mode, default "auto"); a busy one refuses the group in one
-    line. Raises :class:`rnnjax.console.Preempted` on SIGTERM/SIGINT, after saving every trial."""
+    """Train every config of one group together with the single-run loop
+    (:func:`rnnjax.loop.train_group` over a leading trial axis); returns one summary per trial (as
+    train_and_evaluate), or the error that ended that trial (its steps stayed non-finite). Each
+    trial's workdir is locked and checked as a single run's (``resume``: each trial's mode, default
+    "auto"); a busy one refuses the group in one line. Raises :class:`rnnjax.console.Preempted` on
+    SIGTERM/SIGINT, after saving every trial."""
     if len({shape_key(c) for c in cfgs}) != 1:
         raise ConfigError(
-            f"vectorized trials may differ only in {', '.join(VECTORIZABLE)}; run the others one by one"
+            f"vectorized trials may differ only in {', '.join(VECTORIZABLE)}; run the others one "
+            "by one"
         )
     c0 = cfgs[0]
     if c0.train.schedule != "constant":

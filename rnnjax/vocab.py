@@ -60,7 +60,8 @@ class Vocab:
 
     def encode_chars(self, codepoints: np.ndarray) -> np.ndarray:
         """Characters given as Unicode code points [n] -> ids [n] in :attr:`id_dtype`, by one table
-        lookup (a 100M-character corpus in about a second); characters outside the vocabulary become ``<unk>``."""
+        lookup (a 100M-character corpus in about a second); characters outside the vocabulary become
+        ``<unk>``."""
         top = int(codepoints.max()) if codepoints.size else 0
         lut = np.full(top + 1, self.unk, self.id_dtype)
         for t, i in self.token_to_idx.items():

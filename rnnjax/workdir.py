@@ -1,15 +1,14 @@
 """The run directory's own files (everything but ``checkpoints/``, which orbax owns).
 
-``config.json`` and ``vocab.json`` (the run's config and vocabulary: their one home),
-``metrics.jsonl`` (read, append, truncate), atomic writes, the one-trainer lock, and what
-counts as a run's history (and so whether a workdir may be resumed). Paths are absolute from here on:
-:func:`resolve_path` is called once, where a user's path enters.
+``config.json`` and ``vocab.json`` (the run's one copy of each), ``metrics.jsonl`` (read, append,
+truncate), atomic writes, and what counts as a run's history (whether a workdir may be resumed).
+Paths are absolute from here on: :func:`resolve_path` is called once, where a user's path enters.
+The one-trainer lock is :mod:`rnnjax.lock`.
 """
 
 from __future__ import annotations
 
 import datetime
-import fcntl
 import json
 import logging
 import math
@@ -43,7 +42,8 @@ def resolve_path(path: str | os.PathLike) -> pathlib.Path:
 
 
 def shown(path: str | os.PathLike) -> str:
-    """``path`` relative to the current directory when it lies under it (as a user would type it)."""
+    """``path`` relative to the current directory when it lies under it (as a user would type
+    it)."""
     p = pathlib.Path(path)
     try:
         return str(p.relative_to(pathlib.Path.cwd()))
@@ -52,7 +52,8 @@ def shown(path: str | os.PathLike) -> str:
 
 
 def check_writable(workdir: pathlib.Path) -> None:
-    """Refuse, creating nothing, a workdir that is a file, lies under a file, or cannot be written."""
+    """Refuse, creating nothing, a workdir that is a file, lies under a file, or cannot be
+    written."""
     for p in [workdir, *workdir.parents]:
         if p.exists():
             if not p.is_dir():
@@ -81,7 +82,8 @@ def read_json(path: pathlib.Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise WorkdirError(
-            f"{path} is damaged ({type(e).__name__}); restore it from a copy, or use another --workdir"
+            f"{path} is damaged ({type(e).__name__}); restore it from a copy, or use another "
+            "--workdir"
         ) from None
 
 
@@ -92,14 +94,16 @@ def write_run(workdir: pathlib.Path, cfg: Config, vocab: Vocab) -> None:
 
 
 def read_config(workdir: pathlib.Path) -> dict[str, Any] | None:
-    """The run's config as saved (a dict, for :func:`rnnjax.config.resolve`); None if there is none yet."""
+    """The run's config as saved (a dict, for :func:`rnnjax.config.resolve`); None if there is none
+    yet."""
     path = workdir / "config.json"
     if not path.exists():
         return None
     saved = read_json(path)
     if not isinstance(saved, dict):
         raise WorkdirError(
-            f"{path} is damaged (not a JSON object); restore it from a copy, or use another --workdir"
+            f"{path} is damaged (not a JSON object); restore it from a copy, or use another "
+            "--workdir"
         )
     return saved
 
@@ -112,7 +116,8 @@ def read_vocab(workdir: pathlib.Path) -> Vocab | None:
     saved = read_json(path)
     if not isinstance(saved, dict) or not isinstance(saved.get("idx_to_token"), list):
         raise WorkdirError(
-            f"{path} is damaged (no idx_to_token list); restore it from a copy, or use another --workdir"
+            f"{path} is damaged (no idx_to_token list); restore it from a copy, or use another "
+            "--workdir"
         )
     return Vocab(tuple(saved["idx_to_token"]))
 
@@ -129,7 +134,8 @@ def _field(d: dict[str, Any], dotted: str) -> Any:
 
 
 def check_resumable(workdir: pathlib.Path, cfg: Config, vocab: Vocab, resume: str) -> None:
-    """Refuse a workdir that holds another run (config, vocabulary) or history without a checkpoint."""
+    """Refuse a workdir that holds another run (config, vocabulary) or history without a
+    checkpoint."""
     from rnnjax.checkpoint import (
         CheckpointError,
     )  # orbax is imported only where checkpoints are used
@@ -169,7 +175,8 @@ def _finite(value: Any) -> Any:
 
 
 def finite(record: dict[str, Any]) -> dict[str, Any]:
-    """The record with non-finite numbers (in per-layer lists too) as ``None`` (bare ``NaN`` is not JSON)."""
+    """The record with non-finite numbers (in per-layer lists too) as ``None`` (bare ``NaN`` is not
+    JSON)."""
     return {k: _finite(v) for k, v in record.items()}
 
 
@@ -214,16 +221,6 @@ def append_metrics(path: pathlib.Path, record: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
-class MetricsWriter:
-    """Appends one JSON object per line to ``metrics.jsonl``, flushed and fsynced each time."""
-
-    def __init__(self, path: pathlib.Path):
-        self.path = path
-
-    def write(self, record: dict[str, Any]) -> None:
-        append_metrics(self.path, record)
-
-
 def history(workdir: pathlib.Path) -> list[str]:
     """What a workdir holds that a fresh start would lose: metric records, damaged checkpoints."""
     found = []
@@ -237,7 +234,8 @@ def history(workdir: pathlib.Path) -> list[str]:
 
 
 def set_aside(workdir: pathlib.Path) -> pathlib.Path | None:
-    """Move a workdir's files (not the lock) into ``WORKDIR/discarded/<UTC time>/``; nothing is deleted."""
+    """Move a workdir's files (not the lock) into ``WORKDIR/discarded/<UTC time>/``; nothing is
+    deleted."""
     names = [p for p in workdir.iterdir() if p.name not in (".lock", "discarded")]
     if not names:
         return None
@@ -250,59 +248,3 @@ def set_aside(workdir: pathlib.Path) -> pathlib.Path | None:
     for p in names:
         shutil.move(str(p), str(dest / p.name))
     return dest
-
-
-class WorkdirLock:
-    """One trainer per workdir: an exclusive, non-blocking ``flock`` held on the workdir directory
-    itself for the trainer's lifetime, and (for trainers of earlier versions, which lock only that
-    file) on ``WORKDIR/.lock``.
-
-    The lock belongs to the open directory, not to a path: deleting or replacing ``.lock`` does not
-    release it, and the kernel releases it when the process ends, even on SIGKILL. Each
-    ``WorkdirLock`` is its own open file, so two in one process exclude each other too (a sweep
-    locking its trials). What it does not cover: a workdir deleted and created again (a new
-    directory), and filesystems without ``flock`` (see docs/reliability.md).
-    """
-
-    def __init__(self, workdir: pathlib.Path):
-        self.workdir = pathlib.Path(workdir)
-        self.path = self.workdir / ".lock"
-        self._fds: list[int] = []
-
-    def _lock(self, path: pathlib.Path, flags: int) -> None:
-        fd = os.open(path, flags, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            self.release()
-            raise WorkdirError(
-                f"{self.workdir} is in use by another trainer (it holds the workdir's lock); "
-                "wait for it or use another --workdir"
-            ) from None
-        except OSError as e:  # e.g. ENOLCK, EOPNOTSUPP: a filesystem that cannot lock
-            os.close(fd)
-            self.release()
-            raise WorkdirError(
-                f"cannot lock {path} ({e.strerror}): this filesystem does not support flock, so a second "
-                "trainer could not be kept out; use a --workdir on a local disk"
-            ) from None
-        self._fds.append(fd)
-
-    def acquire(self) -> None:
-        """Take the lock, or raise :class:`WorkdirError` (one line) if another process holds it."""
-        if self._fds:
-            return
-        self._lock(self.workdir, os.O_RDONLY | os.O_DIRECTORY)
-        self._lock(self.path, os.O_RDWR | os.O_CREAT)
-
-    @property
-    def held(self) -> bool:
-        return bool(self._fds)
-
-    def release(self) -> None:
-        """Let go of the lock (a no-op if not held); ``.lock`` stays, as an earlier version expects."""
-        while self._fds:
-            fd = self._fds.pop()
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)

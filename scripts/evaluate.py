@@ -1,7 +1,7 @@
 r"""Score any text with a trained run: perplexity and bits per character.
 
-    python scripts/evaluate.py --workdir=runs/deep_lstm --text=other_book.txt [--step=best|latest|N] \
-        [--batch_size=32]
+    python scripts/evaluate.py --workdir=runs/deep_lstm --text=other_book.txt \
+        [--step=best|latest|N] [--batch_size=32]
 
 The text is preprocessed as the run's training text was and read as ``--batch_size`` rows (default:
 the run's ``data.batch_size``, as its validation pass), the recurrent state carried across windows.
@@ -32,7 +32,8 @@ _IMPL = flags.DEFINE_enum(
     "impl",
     None,
     ["rnnjax", "autodiff", "cudnn"],
-    "Run the params with this model.impl instead of the run's own (e.g. rnnjax for a cudnn run on a CPU).",
+    "Run the params with this model.impl instead of the run's own (e.g. rnnjax for a cudnn run "
+    "on a CPU).",
 )
 _BATCH = flags.DEFINE_integer(
     "batch_size",
@@ -49,7 +50,8 @@ def read_text(path: str) -> str:
         cli.fail(f"--text={e}")
     if not p.is_file():
         cli.fail(
-            f"--text={path}: {'is not a regular file' if p.exists() else 'does not exist'}; give a text file"
+            f"--text={path}: {'is not a regular file' if p.exists() else 'does not exist'}; give "
+            "a text file"
         )
     try:
         return p.read_bytes().decode("utf-8")
@@ -75,7 +77,8 @@ def main(argv):
     print(f"# {run.describe_step()}", file=sys.stderr)
     unread = f"; the last {ev.unread:,} not read" if ev.unread else ""
     print(
-        f"{pathlib.Path(_TEXT.value).name}: perplexity {ev.perplexity:.4f}, {ev.bits_per_token:.4f} bits per {unit} "
+        f"{pathlib.Path(_TEXT.value).name}: perplexity {ev.perplexity:.4f}, "
+        f"{ev.bits_per_token:.4f} bits per {unit} "
         f"({ev.tokens:,} {unit}s scored, read as {ev.batch_size} rows{unread})"
     )
     if ev.unknown:

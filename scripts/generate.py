@@ -34,7 +34,8 @@ _IMPL = flags.DEFINE_enum(
     "impl",
     None,
     ["rnnjax", "autodiff", "cudnn"],
-    "Run the params with this model.impl instead of the run's own (e.g. rnnjax for a cudnn run on a CPU).",
+    "Run the params with this model.impl instead of the run's own (e.g. rnnjax for a cudnn run "
+    "on a CPU).",
 )
 _PREFIX = flags.DEFINE_multi_string(
     "prefix", ["time traveller"], "Prompt; repeat the flag for several (batched)."

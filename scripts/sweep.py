@@ -1,7 +1,7 @@
 r"""Run (or summarize) a grid sweep: one run directory per trial under --workdir.
 
-    python scripts/sweep.py --config=configs/sweep_depth_cell.py --workdir=runs/sweep [--shard=i/n] \
-        [--axis=seed=0,1,2 ...] [--vectorize] [--config.train.num_epochs=50 ...]
+    python scripts/sweep.py --config=configs/sweep_depth_cell.py --workdir=runs/sweep \
+        [--shard=i/n] [--axis=seed=0,1,2 ...] [--vectorize] [--config.train.num_epochs=50 ...]
     python scripts/sweep.py --summarize=runs/sweep
 
 SIGTERM/SIGINT stop the sweep (exit status 128 + signal number): rerun the same command to resume.
@@ -59,7 +59,8 @@ def _grid(config_path: str) -> dict:
     grid = module.get_sweep(arg or None)
     if not isinstance(grid, dict):
         sys.exit(
-            f"error: {path}: get_sweep() returned {type(grid).__name__}; return a dict {{field: [values]}}"
+            f"error: {path}: get_sweep() returned {type(grid).__name__}; return a dict "
+            f"{{field: [values]}}"
         )
     grid = dict(grid)
     for axis in _AXIS.value:

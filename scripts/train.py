@@ -27,13 +27,15 @@ _RESUME = flags.DEFINE_enum(
     "auto",
     list(RESUME_MODES),
     "auto: resume from the workdir's latest good checkpoint if any; must: fail if there is none; "
-    "never: refuse a workdir that holds checkpoints; restart: move the workdir's files to WORKDIR/discarded/ and start over.",
+    "never: refuse a workdir that holds checkpoints; restart: move the workdir's files to "
+    "WORKDIR/discarded/ and start over.",
 )
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed",
     False,
-    "Multi-process run: call jax.distributed.initialize (implied by --coordinator_address). Unset flags below are "
-    "auto-detected from SLURM / Open MPI / TPU / JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID.",
+    "Multi-process run: call jax.distributed.initialize (implied by --coordinator_address). Unset "
+    "flags below are auto-detected from SLURM / Open MPI / TPU / JAX_COORDINATOR_ADDRESS, "
+    "JAX_NUM_PROCESSES, JAX_PROCESS_ID.",
 )
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0, e.g. 10.0.0.1:1234."

@@ -28,7 +28,7 @@ def load_config_file(path, arg=None):
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))))
 def test_every_config_file_builds(path):
-    from rnnjax.sweep import apply_overrides, trials
+    from rnnjax.grid import apply_overrides, trials
 
     mod = load_module(path)
     extra = {

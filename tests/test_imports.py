@@ -22,7 +22,7 @@ LEVELS = [
         "vocab",
     ],
     ["cells"],  # the package and every cell file
-    ["config", "config_doc", "cli", "workdir", "preflight", "data", "optim", "checkpoint"],
+    ["config", "config_doc", "cli", "workdir", "lock", "preflight", "data", "optim", "checkpoint", "grid"],
     ["stack", "fused"],  # layers
     [
         "model",
@@ -36,7 +36,7 @@ LEVELS = [
         "build",
     ],
     ["steps", "layout", "evaluation", "sampling", "inside", "run"],
-    ["group", "records", "finish", "loop", "train", "vectorize"],
+    ["group", "records", "finish", "resume", "loop", "train", "vectorize"],
     ["sweep", "sweep_summary"],
 ]
 LEVEL = {name: i for i, names in enumerate(LEVELS) for name in names}

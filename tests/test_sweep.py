@@ -11,15 +11,15 @@ import pytest
 from conftest import small_config
 
 from rnnjax.config import ConfigError
-from rnnjax.sweep import (
+from rnnjax.grid import (
     SweepError,
     apply_overrides,
     parse_shard,
-    run_sweep,
     trial_dir,
     trial_name,
     trials,
 )
+from rnnjax.sweep import run_sweep
 from rnnjax.sweep_summary import summarize
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

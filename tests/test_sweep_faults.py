@@ -10,7 +10,8 @@ import pytest
 from conftest import small_config
 
 from rnnjax.config import ConfigError
-from rnnjax.sweep import SweepError, SweepInterrupted, run_sweep
+from rnnjax.grid import SweepError
+from rnnjax.sweep import SweepInterrupted, run_sweep
 from rnnjax.sweep_summary import summarize
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -3,7 +3,7 @@
 import csv
 import json
 
-from rnnjax.sweep import trial_name
+from rnnjax.grid import trial_name
 from rnnjax.sweep_summary import aggregate_depth, plot_sweep, summarize
 
 

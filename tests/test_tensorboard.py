@@ -219,3 +219,46 @@ def test_a_metric_added_in_one_line_reaches_metrics_jsonl_tensorboard_and_checkp
         2,
         3,
     ]
+
+
+def test_an_eval_metric_added_in_one_line_reaches_every_record(tmp_path, monkeypatch):
+    """Issue 24.5: a new evaluation metric is one entry where it is computed; its mean per token
+    reaches metrics.jsonl, TensorBoard, evaluation.json and the sweep's table."""
+    import csv
+    import json
+
+    import jax.numpy as jnp
+
+    import rnnjax
+    from rnnjax import data
+    from rnnjax.steps import EVAL_METRICS
+    from rnnjax.sweep_summary import summarize
+
+    monkeypatch.setitem(EVAL_METRICS, "accuracy", lambda w: w.logits.argmax(-1) == w.targets)
+    cfg = small_config(2, **{"train.layer_stats": False, "data.num_test": 200})
+    train_and_evaluate(cfg, tmp_path / "run")
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    # The same fraction counted here, from the last epoch's params over the validation windows.
+    run = rnnjax.load(tmp_path / "run", step="latest")
+    corpus = data.load_corpus(resolve(cfg).data)
+    carry, right, n = run.model.initial_carry(cfg.data.batch_size), 0, 0
+    for x_bt, y_bt in data.eval_windows(corpus.val, cfg.data.batch_size, cfg.data.num_steps):
+        logits, carry = run.model.apply(run.params, jnp.asarray(x_bt, jnp.int32), carry)
+        right, n = right + int((np.asarray(logits).argmax(-1) == y_bt).sum()), n + y_bt.size
+    assert records[-1]["val_accuracy"] == pytest.approx(right / n, abs=1e-6)
+    assert 0 < right < n
+    assert scalar(read_events(tmp_path / "run"), "val_accuracy") == expected(records, "val_accuracy")
+    ev = json.loads((tmp_path / "run" / "evaluation.json").read_text())
+    best = min(records, key=lambda r: r["val_ppl"])
+    assert ev["best_val_accuracy"] == best["val_accuracy"] and 0 < ev["test_accuracy"] < 1
+    assert ev["best_val_ppl"] == best["val_ppl"] and "test_ppl" in ev  # the others as before
+    # The sweep's table takes both from the trial's result.json, with no list to extend.
+    from rnnjax.sweep import _row
+
+    summary = train_and_evaluate(cfg, tmp_path / "run")  # finished: only read back
+    _row(tmp_path / "run", {"seed": cfg.seed}, resolve(cfg), summary, None)
+    summarize(tmp_path)
+    with open(tmp_path / "results.csv") as f:
+        (row,) = csv.DictReader(f)
+    assert float(row["best_epoch.val_accuracy"]) == best["val_accuracy"]
+    assert float(row["test_accuracy"]) == ev["test_accuracy"]

@@ -5,8 +5,9 @@ equations, the fused layer's backward step, its optional parallel form and its F
 cuDNN mappings. Every other module reads that definition; none branches on a cell's name.
 
 Adding a cell is one new file that defines ``CELL = Cell(...)`` (``rnnjax/cells/<name>.py``, or a
-module of your own) and one line in :data:`REGISTRY` (docs/cells.md#adding-a-cell). This module imports no JAX: the names are
-known (for config validation) before JAX loads; ``CELLS[name]`` imports the cell's file.
+module of your own) and one line in :data:`REGISTRY` (docs/cells.md#adding-a-cell). This module
+imports no JAX: the names are known (for config validation) before JAX loads; ``CELLS[name]``
+imports the cell's file.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from rnnjax.errors import ConfigError
 if TYPE_CHECKING:
     from rnnjax.cells.base import Cell
 
-# cell name -> the module that defines it as ``CELL`` (a cell of your own may live outside the package)
+# cell name -> the module that defines it as ``CELL`` (a cell of your own may live outside the
+# package)
 REGISTRY: dict[str, str] = {
     "rnn": "rnnjax.cells.rnn",
     "gru": "rnnjax.cells.gru",
@@ -64,8 +66,8 @@ IMPL_NEEDS: dict[str, tuple[str, str]] = {
 
 
 def check_supported(impl: str, cell: str) -> None:
-    """Refuse, in one line (:class:`rnnjax.errors.ConfigError`), a cell that ``model.impl`` cannot run.
-    Imports the cell's file (and so JAX)."""
+    """Refuse, in one line (:class:`rnnjax.errors.ConfigError`), a cell that ``model.impl`` cannot
+    run. Imports the cell's file (and so JAX)."""
     if cell not in REGISTRY:
         raise ConfigError(
             f"config.model.cell = {cell!r} is not allowed: one of {', '.join(map(repr, REGISTRY))}"

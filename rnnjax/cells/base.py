@@ -98,8 +98,8 @@ MATMUL = Recurrence(
 @dataclasses.dataclass(frozen=True, eq=False)
 class FlaxMapping:
     """The Flax cell that computes the same layer, and exact weight conversion both ways:
-    ``module(hidden_size, activation)`` -> a ``flax.linen`` cell for ``nn.RNN``;
-    ``to_flax(layer params)`` -> its params; ``from_flax(its params, hidden_size)`` -> layer params."""
+    ``module(hidden_size, activation)`` -> a ``flax.linen`` cell for ``nn.RNN``; ``to_flax(layer
+    params)`` -> its params; ``from_flax(its params, hidden_size)`` -> layer params."""
 
     module: Callable[[int, str], Any]
     to_flax: Callable[[Params], dict]
@@ -108,7 +108,8 @@ class FlaxMapping:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Cell:
-    """A recurrent cell, as data and pure functions (hashable by identity: safe to close over in jit).
+    """A recurrent cell, as data and pure functions (hashable by identity: safe to close over in
+    jit).
 
     * ``gates``: the names of the G slabs of the fused gate axis, in order (PyTorch's);
       ``sigmoid_gates`` / ``tanh_gates``: which of the traced gates saturate as a sigmoid / tanh.
@@ -154,7 +155,8 @@ class Cell:
 
     @property
     def fused(self) -> bool:
-        """Whether :mod:`rnnjax.fused` runs it: a backward step, or a whole-sequence form."""
+        """Whether :mod:`rnnjax.fused` runs it: a backward step, or a whole-sequence form (read by
+        name through ``IMPL_NEEDS``)."""
         return self.backward is not None or self.sequence is not None
 
     def recur(

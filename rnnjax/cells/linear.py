@@ -57,7 +57,8 @@ def sequence(coefficients: Coefficients, num_gates: int):
 
 
 def trace(coefficients: Coefficients, sigmoid_gates: tuple[str, ...]):
-    """The gates (sigmoids of their slabs, the candidate excepted) and a as the retain coefficient."""
+    """The gates (sigmoids of their slabs, the candidate excepted) and a as the retain
+    coefficient."""
 
     def inspect(xw, h_tbh, saved, carries, activation):
         return {k: jax.nn.sigmoid(x) for k, x in zip(sigmoid_gates, xw)}, coefficients(xw)[0], None
