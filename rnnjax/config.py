@@ -33,9 +33,9 @@ from rnnjax.fields import (
     thaw,
 )
 
-IMPLS = ("rnnjax", "autodiff", "flax", "cudnn")  # rnnjax.model.Impl's values (no JAX here)
+IMPLS = ("rnnjax", "autodiff", "flax", "cudnn", "native")  # rnnjax.model.Impl's values (no JAX here)
 # model.impl may change on resume among these (one params pytree, one optimizer state).
-SAME_PARAMS_IMPLS = ("rnnjax", "autodiff", "cudnn")
+SAME_PARAMS_IMPLS = ("rnnjax", "autodiff", "cudnn", "native")
 
 
 def _activations(v: Any) -> Any:

@@ -159,6 +159,7 @@ inline void S(float* p, v8 v, int w) { if (w == 8) st(p, v); else *p = v[0]; }
 
 struct Lstm {  // gates i, f, g, o; carry (c, h); saves i, f, g, o, c_t
   static constexpr int G = 4, NS = 2, S_ = 5;
+  static constexpr bool SEP = false;  // dhw == dxw
   static void fwd(int B, int H, int, const float* xw, const float* hw, const float* bh,
                   const float* c_prev, float* c, float* h, float* save) {
     const int GH = 4 * H;
@@ -202,6 +203,7 @@ struct Lstm {  // gates i, f, g, o; carry (c, h); saves i, f, g, o, c_t
 
 struct Gru {  // gates r, z, n; carry h; saves r, z, n, h W_hn + b_hn
   static constexpr int G = 3, NS = 1, S_ = 4;
+  static constexpr bool SEP = true;  // dhw's n slab is dn * r, dxw's is dn
   static void fwd(int B, int H, int, const float* xw, const float* hw, const float* bh,
                   const float* h_prev, float*, float* h, float* save) {
     const int GH = 3 * H;
@@ -241,6 +243,7 @@ struct Gru {  // gates r, z, n; carry h; saves r, z, n, h W_hn + b_hn
 
 struct Rnn {  // one slab; carry h; saves phi'(pre) (read off h)
   static constexpr int G = 1, NS = 1, S_ = 1;
+  static constexpr bool SEP = false;
   static void fwd(int B, int H, int act, const float* xw, const float* hw, const float* bh,
                   const float*, float*, float* h, float* save) {
     rows_by_8(B, H, [&](int b, int j, int w) {
@@ -351,7 +354,7 @@ void layer_bwd(int T, int B, int H, int act, int threads, const float* wh, const
   if (C::NS == 2) std::memcpy(dc.p, dstateT, sizeof(float) * B * H);
   std::memcpy(rec.p, dstateT + (size_t)(C::NS - 1) * B * H, sizeof(float) * B * H);
   std::memset(direct.p, 0, sizeof(float) * B * H);
-  const bool separate = C::G == 3;  // GRU: dhw != dxw
+  const bool separate = C::SEP;
   Barrier bar(threads);
   team(threads, [&](int k) {
     int p0, p1, b0, b1;
