@@ -33,7 +33,7 @@ from rnnjax.fields import (
     thaw,
 )
 
-IMPLS = ("rnnjax", "autodiff", "flax", "cudnn", "native")  # rnnjax.model.Impl's values (no JAX here)
+IMPLS = ("rnnjax", "autodiff", "flax", "cudnn", "native")  # rnnjax.model.Impl's values (no JAX)
 # model.impl may change on resume among these (one params pytree, one optimizer state).
 SAME_PARAMS_IMPLS = ("rnnjax", "autodiff", "cudnn", "native")
 

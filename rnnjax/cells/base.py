@@ -128,7 +128,7 @@ class Cell:
       forward's saves and carries over time (both None where ``sequence`` ran).
     * ``uses_activation``: reads phi_l (``model.activation``); ``retains``: has a retain (forget)
       coefficient; ``flax``, ``torch`` (the ``torch.nn`` module with this layout), ``cudnn``;
-      ``native``: the name of its kernel in rnnjax's native extension (:mod:`rnnjax.native`), or None.
+      ``native``: the name of its kernel in the native extension (:mod:`rnnjax.native`), or None.
     """
 
     name: str
