@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 import jax
 
-from rnnjax import cudnn, flax_model, pipeline, stack
+from rnnjax import cudnn, flax_model, native, pipeline, stack
 from rnnjax.cells import CELLS, check_supported
 from rnnjax.cells.base import uniform
 from rnnjax.fused import scan_layer
@@ -46,6 +46,7 @@ class Impl(str, enum.Enum):
     AUTODIFF = "autodiff"  # jax.lax.scan over cells.*.recur, differentiated by JAX
     FLAX = "flax"  # Flax's own cells under nn.RNN (rnnjax.flax_model): the reference
     CUDNN = "cudnn"  # cuDNN's fused LSTM per layer (rnnjax.cudnn; LSTM on a CUDA GPU only)
+    NATIVE = "native"  # each layer's time loop in one native FFI call (rnnjax.native; CPU)
 
     def __str__(self) -> str:
         return self.value
@@ -171,6 +172,8 @@ def implementation(impl: Impl | str) -> Stack:
             )
         case Impl.CUDNN:  # rnnjax's params, packed per call into cuDNN's flat vector
             return Stack(_init, cudnn.apply)
+        case Impl.NATIVE:  # rnnjax's params and stack; the layer's loop in native code
+            return Stack(_init, functools.partial(_apply, native.scan_layer))
 
 
 def _autodiff_layer(

@@ -58,6 +58,10 @@ IMPL_NEEDS: dict[str, tuple[str, str]] = {
         "has no fused backward for the {cell} cell (Cell.backward); use model.impl = 'autodiff'",
     ),
     "flax": ("flax", "has no {cell} cell (Flax has none: Cell.flax); use model.impl = 'rnnjax'"),
+    "native": (
+        "native",
+        "has no native kernel for the {cell} cell (Cell.native); use model.impl = 'rnnjax'",
+    ),
     "cudnn": (
         "cudnn",
         "is cuDNN's LSTM and has no {cell} cell; use model.cell = 'lstm' or model.impl = 'rnnjax'",

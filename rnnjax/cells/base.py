@@ -128,7 +128,8 @@ class Cell:
       :mod:`rnnjax.inside` shows, from a layer's gate inputs xw (G x [t, b, h]), outputs, the
       forward's saves and carries over time (both None where ``sequence`` ran).
     * ``uses_activation``: reads phi_l (``model.activation``); ``retains``: has a retain (forget)
-      coefficient; ``flax``, ``torch`` (the ``torch.nn`` module with this layout), ``cudnn``.
+      coefficient; ``flax``, ``torch`` (the ``torch.nn`` module with this layout), ``cudnn``;
+      ``native``: the name of its kernel in the native extension (:mod:`rnnjax.native`), or None.
     """
 
     name: str
@@ -148,6 +149,7 @@ class Cell:
     flax: FlaxMapping | None = None
     torch: str | None = None
     cudnn: bool = False
+    native: str | None = None
 
     @property
     def num_gates(self) -> int:

@@ -79,4 +79,5 @@ CELL = Cell(
     retains=True,
     flax=FlaxMapping(_flax_module, _to_flax, _from_flax),
     torch="GRU",
+    native="gru",
 )

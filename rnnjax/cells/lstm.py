@@ -83,4 +83,5 @@ CELL = Cell(
     flax=FlaxMapping(_flax_module, _to_flax, _from_flax),
     torch="LSTM",
     cudnn=True,
+    native="lstm",
 )

@@ -55,4 +55,5 @@ CELL = Cell(
     uses_activation=True,
     flax=FlaxMapping(_flax_module, _to_flax, _from_flax),
     torch="RNN",
+    native="rnn",
 )

@@ -8,9 +8,9 @@ from rnnjax import cells
 from rnnjax.errors import ConfigError
 from rnnjax.fields import Field, Rule, at_least, fraction, one_of
 
-IMPLS = ("rnnjax", "autodiff", "flax", "cudnn")  # rnnjax.model.Impl's values (no JAX here)
+IMPLS = ("rnnjax", "autodiff", "flax", "cudnn", "native")  # rnnjax.model.Impl (no JAX)
 # model.impl may change on resume among these (one params pytree, one optimizer state).
-SAME_PARAMS_IMPLS = ("rnnjax", "autodiff", "cudnn")
+SAME_PARAMS_IMPLS = ("rnnjax", "autodiff", "cudnn", "native")
 
 
 def _activations(v: Any) -> Any:
@@ -51,7 +51,8 @@ GROUPS: dict[str, tuple[str, list[Field | Rule]]] = {
                 "rnnjax",
                 "'rnnjax' (pure-function cells, hand-written backward), 'autodiff' (the same "
                 "cells, lax.scan differentiated by JAX), 'flax' (Flax's own cells; the "
-                "reference) or 'cudnn': rnnjax.model.Impl; same numbers.",
+                "reference), 'cudnn' or 'native' (C++ recurrent loops through jax.ffi, CPU; "
+                "docs/performance.md): rnnjax.model.Impl; same numbers.",
                 **one_of(*IMPLS),
                 resumable=lambda a, b: a in SAME_PARAMS_IMPLS and b in SAME_PARAMS_IMPLS,
             ),

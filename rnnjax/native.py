@@ -1,0 +1,186 @@
+"""Native recurrent layers on CPU (``model.impl = "native"``): each layer's whole time loop in one
+XLA FFI call.
+
+The compiled extension ``rnnjax._native_ext`` (``rnnjax/_native/``, built by ``pip install -e .``
+with the machine's C++ compiler) holds, per kernel, a forward that saves what the backward needs
+and a backward over the whole sequence; they run the recurrent GEMM (h_{t-1} W_h, W_h packed once
+per call) and the cell's gates in one pass per step, with no per-step launches. XLA keeps the rest:
+the input projections, the recurrent weights' gradients (one large matmul over all steps, as in
+:mod:`rnnjax.fused`), the loss and the update. A cell names its kernel in ``Cell.native``.
+
+:func:`scan_layer` has :func:`rnnjax.fused.scan_layer`'s signature and params, so checkpoints are
+interchangeable with ``impl="rnnjax"``. Where the extension is missing (no compiler at install,
+another OS) :func:`scan_layer` says so once, in one line, and runs the fused pure-JAX layer.
+docs/implementation.md#native-layers explains the build and the fallback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rnnjax import fused
+from rnnjax.cells import CELLS, check_supported
+from rnnjax.cells.base import Params
+
+Array = jax.Array
+
+
+def _load() -> tuple[Any, str | None]:
+    """The extension module and None, or None and why it cannot be used (one line)."""
+    try:
+        from rnnjax import _native_ext as ext
+    except ImportError as e:
+        return None, f"the native extension is not built here ({e})"
+    try:
+        for name, (*_, fwd, bwd) in ext.KERNELS.items():
+            jax.ffi.register_ffi_target(f"rnnjax_{name}_fwd", fwd, platform="cpu")
+            jax.ffi.register_ffi_target(f"rnnjax_{name}_bwd", bwd, platform="cpu")
+    except Exception as e:  # noqa: BLE001 -- an incompatible jaxlib: not available, said once
+        return None, f"the native extension cannot be registered with this jax ({e})"
+    return ext, None
+
+
+_EXT, WHY_NOT = _load()
+_said = False
+
+
+def available() -> bool:
+    """Whether the native kernels are built and registered (and JAX runs on a CPU)."""
+    return _EXT is not None and jax.default_backend() == "cpu"
+
+
+def why_not() -> str:
+    """One line: why :func:`available` is False (empty when it is True)."""
+    if _EXT is None:
+        return str(WHY_NOT)
+    return "" if available() else f"JAX's backend here is {jax.default_backend()}, not the CPU"
+
+
+def _say_fallback() -> None:
+    global _said
+    if not _said:
+        _said = True
+        print(
+            f"rnnjax: model.impl = 'native' runs the pure-JAX fused layer: {why_not()}; "
+            "reinstall with a C++ compiler (pip install -e .) to build it",
+            file=sys.stderr,
+        )
+
+
+def _check(cell: str, activation: str, rp: Params, xw_tbg: Array, leaves: list[Array]) -> None:
+    """Refuse, in one line, operands the kernel cannot read (before any call)."""
+    g = CELLS[cell].num_gates
+    if xw_tbg.ndim != 3 or xw_tbg.shape[-1] % g:
+        raise ValueError(
+            f"native {cell} layer: xw must be [time, batch, {g}*hidden], got {xw_tbg.shape}"
+        )
+    t, b, gh = xw_tbg.shape
+    want = {"xw": (xw_tbg, (t, b, gh)), "w_h": (rp["w_h"], (gh // g, gh))}
+    want |= {"b_h": (rp["b_h"], (gh,))}
+    want |= {f"carry[{i}]": (x, (b, gh // g)) for i, x in enumerate(leaves)}
+    for name, (x, shape) in want.items():
+        if x.dtype != jnp.float32:
+            raise ValueError(
+                f"native {cell} layer: {name} is {x.dtype}; the kernels are float32 only "
+                "(use model.impl = 'rnnjax' for other dtypes)"
+            )
+        if tuple(x.shape) != shape:
+            raise ValueError(f"native {cell} layer: {name} is {tuple(x.shape)}, expected {shape}")
+    if activation not in _EXT.ACTIVATIONS:
+        raise ValueError(
+            f"native {cell} layer: no kernel for the activation {activation!r} "
+            f"(one of {', '.join(map(repr, _EXT.ACTIVATIONS))})"
+        )
+
+
+def _kernel(cell: str) -> tuple[str, int, int, bool]:
+    """(kernel name, carry slabs, save slabs, separate dhw) of the cell's kernel."""
+    name = CELLS[cell].native
+    _, ns, s, sep, *_ = _EXT.KERNELS[name]
+    return name, ns, s, sep
+
+
+def _forward(cell, activation, threads, rp, xw_tbg, carry):
+    """The forward call: (h_tbh, final carry, saves)."""
+    name, _, s, _ = _kernel(cell)
+    leaves, tree = jax.tree_util.tree_flatten(carry)
+    t, b, gh = xw_tbg.shape
+    h = gh // CELLS[cell].num_gates
+    f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)  # noqa: E731
+    h_tbh, state, saves = jax.ffi.ffi_call(
+        f"rnnjax_{name}_fwd",
+        (f32(t, b, h), f32(len(leaves), b, h), f32(t, b, s * h)),
+        vmap_method="sequential",
+    )(
+        xw_tbg,
+        rp["w_h"],
+        rp["b_h"],
+        jnp.stack(leaves),
+        act=np.int64(_EXT.ACTIVATIONS[activation]),
+        threads=np.int64(threads),
+    )
+    return h_tbh, jax.tree_util.tree_unflatten(tree, list(state)), saves
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _layer(cell: str, activation: str, threads: int, rp: Params, xw_tbg: Array, carry: Any):
+    h_tbh, final, _ = _forward(cell, activation, threads, rp, xw_tbg, carry)
+    return h_tbh, final
+
+
+def _layer_fwd(cell, activation, threads, rp, xw_tbg, carry):
+    h_tbh, final, saves = _forward(cell, activation, threads, rp, xw_tbg, carry)
+    return (h_tbh, final), (rp, carry, h_tbh, saves)
+
+
+def _layer_bwd(cell, activation, threads, res, cot):
+    rp, carry0, h_tbh, saves = res
+    dh_tbh, dfinal = cot
+    name, ns, _, sep = _kernel(cell)
+    leaves, tree = jax.tree_util.tree_flatten(carry0)
+    t, b, h = h_tbh.shape
+    gh = rp["w_h"].shape[1]
+    f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)  # noqa: E731
+    dxw, dhw, dstate = jax.ffi.ffi_call(
+        f"rnnjax_{name}_bwd",
+        (f32(t, b, gh), f32(t, b, gh if sep else 0), f32(ns, b, h)),
+        vmap_method="sequential",
+    )(
+        rp["w_h"],
+        saves,
+        h_tbh,
+        jnp.stack(leaves),
+        dh_tbh,
+        jnp.stack(jax.tree_util.tree_leaves(dfinal)),
+        act=np.int64(_EXT.ACTIVATIONS[activation]),
+        threads=np.int64(threads),
+    )
+    c = CELLS[cell]
+    h_prev = fused._shift(c.hidden(carry0), h_tbh)
+    drp = c.recurrence.grads(rp, h_prev, dhw if sep else dxw)  # one matmul over all t*b rows
+    return drp, dxw, jax.tree_util.tree_unflatten(tree, list(dstate))
+
+
+_layer.defvjp(_layer_fwd, _layer_bwd)
+
+
+def scan_layer(
+    cell: str, activation: str, params: Params, xw_tbg: Array, carry: Any, threads: int = 1
+) -> tuple[Array, Any]:
+    """One layer over time in the native kernel: :func:`rnnjax.fused.scan_layer`'s contract.
+    xw_tbg [t, b, G*h] float32; ``params``: the layer's (w_x, b_x are not read); carry: the cell's.
+    Returns (h_tbh [t, b, h], final carry). ``threads`` workers split each step (the result does
+    not depend on it). Without the extension: the fused pure-JAX layer, said once on stderr."""
+    check_supported("native", cell)
+    if not available():
+        _say_fallback()
+        return fused.scan_layer(cell, activation, params, xw_tbg, carry)
+    rp = fused._recurrent_params(params)
+    _check(cell, activation, rp, xw_tbg, jax.tree_util.tree_leaves(carry))
+    return _layer(cell, activation, int(threads), rp, xw_tbg, carry)

@@ -1,0 +1,262 @@
+"""Native recurrent layers (``model.impl = "native"``, rnnjax/native.py, rnnjax/_native/).
+
+Against the pure-JAX fused layer (``impl="rnnjax"``): logits and carries within 1e-5, every
+gradient within 1e-4 of its largest entry, for every cell with a native kernel, 1-4 layers (L = 2
+by default; the rest in the exhaustive tier), a carried state and dropout; batch 1, odd sizes and
+T = 1; 1 and 2 threads give bitwise-equal results; checkpoints move between the implementations.
+Bad operands and a missing extension are one line; an install without a compiler still succeeds.
+"""
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import ROOT, small_config, tiered
+
+import rnnjax
+from rnnjax import native
+from rnnjax.cells import CELLS
+from rnnjax.config import ConfigError
+from rnnjax.model import DeepRNN, Impl
+from rnnjax.train import train_and_evaluate
+
+pytestmark = pytest.mark.skipif(
+    not native.available(), reason=f"no native kernels: {native.why_not()}"
+)
+
+KERNEL_CELLS = [c for c in CELLS if CELLS[c].native]
+ACTS = {
+    c: [("tanh",), ("relu", "tanh", "relu", "tanh")] if CELLS[c].uses_activation else [("tanh",)]
+    for c in KERNEL_CELLS
+}
+MATRIX = tiered(
+    [(c, L, acts) for c in KERNEL_CELLS for L in (1, 2, 3, 4) for acts in ACTS[c]],
+    lambda case: case[1] == 2 and case[2] == ACTS[case[0]][0],
+)
+SMALL = tiered(  # (cell, batch, time): batch 1 and T = 1
+    [(c, b, t) for c in KERNEL_CELLS for b, t in ((1, 1), (1, 6), (3, 1))],
+    lambda case: case == ("lstm", 1, 1),
+)
+
+
+def _rel(a, b) -> float:
+    """max |a - b| over max |b|: the relative error of a whole array."""
+    return float(jnp.max(jnp.abs(a - b)) / jnp.maximum(jnp.max(jnp.abs(b)), 1e-30))
+
+
+def _compare(spec: DeepRNN, b: int, t: int, dropout: bool = True) -> None:
+    """impl="native" against impl="rnnjax": forward <= 1e-5, gradients <= 1e-4 relative."""
+    ref = dataclasses.replace(spec, impl=Impl.FUSED)
+    params = ref.init(jax.random.key(0))
+    tokens = jax.random.randint(jax.random.key(1), (b, t + 1), 0, spec.vocab_size)
+    carry = jax.tree_util.tree_map(  # a carried, non-zero state
+        lambda x: x + jax.random.uniform(jax.random.key(2), x.shape, minval=-0.5, maxval=0.5),
+        ref.initial_carry(b),
+    )
+    key = jax.random.key(3) if dropout else None
+
+    def loss(model):
+        def f(params, carry):
+            logits, new = model.apply(params, tokens[:, :-1], carry, dropout_key=key)
+            nll = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+            return nll + 0.1 * sum(jnp.sum(jnp.sin(x)) for x in jax.tree_util.tree_leaves(new)), (
+                logits,
+                new,
+            )
+
+        return jax.jit(jax.grad(f, argnums=(0, 1), has_aux=True))
+
+    (g_n, (logits_n, carry_n)), (g_r, (logits_r, carry_r)) = (
+        loss(spec)(params, carry),
+        loss(ref)(params, carry),
+    )
+    assert float(jnp.max(jnp.abs(logits_n - logits_r))) <= 1e-5
+    for a, r in zip(jax.tree_util.tree_leaves(carry_n), jax.tree_util.tree_leaves(carry_r)):
+        assert float(jnp.max(jnp.abs(a - r))) <= 1e-5
+    flat_n, tree_n = jax.tree_util.tree_flatten(g_n)
+    flat_r, tree_r = jax.tree_util.tree_flatten(g_r)
+    assert tree_n == tree_r
+    for a, r in zip(flat_n, flat_r):
+        assert float(jnp.max(jnp.abs(r))) > 0.0
+        assert _rel(a, r) <= 1e-4
+
+
+@pytest.mark.parametrize("cell,num_layers,acts", MATRIX)
+def test_native_stack_equals_fused_with_carry_and_dropout(cell, num_layers, acts):
+    spec = DeepRNN(
+        11, 13, num_layers, cell, activation=acts, dropout=0.3, output_dropout=0.2, impl=Impl.NATIVE
+    )  # hidden 13, batch 5: odd sizes (the kernels' scalar tails)
+    _compare(spec, b=5, t=9)
+
+
+@pytest.mark.parametrize("cell,b,t", SMALL)
+def test_batch_one_and_a_single_step(cell, b, t):
+    _compare(DeepRNN(7, 16, 2, cell, impl=Impl.NATIVE), b=b, t=t, dropout=False)
+
+
+def _layer_case(cell, t=6, b=7, h=24):
+    c = CELLS[cell]
+    k = jax.random.split(jax.random.key(4), 4)
+    params = c.init(k[0], h, h)
+    xw = jax.random.normal(k[1], (t, b, c.num_gates * h))
+    carry = jax.tree_util.tree_map(lambda x: x + 0.3, c.initial_carry(b, h))
+    return params, xw, carry
+
+
+@pytest.mark.parametrize("cell", KERNEL_CELLS)
+def test_one_and_two_threads_give_the_same_bits(cell):
+    params, xw, carry = _layer_case(cell)
+
+    def run(threads):
+        def f(p, x, c):
+            h, new = native.scan_layer(cell, "tanh", p, x, c, threads=threads)
+            return jnp.sum(jnp.sin(h)) + sum(jnp.sum(y**2) for y in jax.tree_util.tree_leaves(new))
+
+        return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))(params, xw, carry)
+
+    one, two = jax.tree_util.tree_leaves(run(1)), jax.tree_util.tree_leaves(run(2))
+    assert [np.asarray(x).tobytes() for x in one] == [np.asarray(x).tobytes() for x in two]
+
+
+def test_native_layer_under_vmap_and_jit():
+    """vmap (vectorized trials) over the FFI call: each example's gradients, as one by one."""
+    params, xw, carry = _layer_case("lstm")
+    ws = jnp.stack([params["w_h"], params["w_h"] * 0.5])
+
+    def loss(w, x):
+        h, _ = native.scan_layer("lstm", "tanh", dict(params, w_h=w), x, carry)
+        return jnp.sum(h**2)
+
+    batched = jax.jit(jax.vmap(jax.grad(loss)))(ws, jnp.stack([xw, -xw]))
+    for i, (w, x) in enumerate([(ws[0], xw), (ws[1], -xw)]):
+        np.testing.assert_allclose(batched[i], jax.grad(loss)(w, x), rtol=1e-6, atol=1e-6)
+
+
+def test_bad_operands_are_refused_in_one_line():
+    params, xw, carry = _layer_case("gru")
+    with pytest.raises(
+        ValueError, match=r"^native gru layer: xw is bfloat16; the kernels are float32 only"
+    ):
+        native.scan_layer("gru", "tanh", params, xw.astype(jnp.bfloat16), carry)
+    with pytest.raises(
+        ValueError, match=r"^native gru layer: w_h is \(24, 48\), expected \(24, 72\)$"
+    ):
+        native.scan_layer("gru", "tanh", dict(params, w_h=params["w_h"][:, :48]), xw, carry)
+    with pytest.raises(
+        ValueError, match=r"^native gru layer: carry\[0\] is \(6, 24\), expected \(7, 24\)$"
+    ):
+        native.scan_layer("gru", "tanh", params, xw, carry[:6])
+    with pytest.raises(
+        ValueError, match=r"^native gru layer: xw must be \[time, batch, 3\*hidden\]"
+    ):
+        native.scan_layer("gru", "tanh", params, xw[..., :-1], carry)
+    with pytest.raises(
+        ConfigError, match=r"^config.model.impl = 'native' has no native kernel for the mingru cell"
+    ):
+        DeepRNN(11, 8, 1, "mingru", impl="native")
+
+
+def test_a_run_trained_with_rnnjax_resumes_under_native(tmp_path):
+    """One params pytree: an epoch with impl=rnnjax, then a second with impl=native, end where 2
+    epochs of rnnjax do; rnnjax.load(impl="native") reads it too."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    train_and_evaluate(small_config(1), a)
+    resumed = train_and_evaluate(small_config(2, **{"model.impl": "native"}), a)
+    straight = train_and_evaluate(small_config(2), b)
+    for x, y in zip(
+        jax.tree_util.tree_leaves(resumed["params"]), jax.tree_util.tree_leaves(straight["params"])
+    ):
+        assert _rel(x, y) <= 1e-4
+    run = rnnjax.load(a, impl="native")
+    assert run.model.impl == "native"
+
+
+def _package_copy(tmp_path):
+    """The package and its build files in ``tmp_path``, without any built extension."""
+    shutil.copytree(
+        ROOT / "rnnjax", tmp_path / "rnnjax", ignore=shutil.ignore_patterns("*.so", "__pycache__")
+    )
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    return tmp_path
+
+
+def test_without_the_extension_native_runs_the_fused_layer_and_says_so_once(tmp_path):
+    """The real missing library (a copy of the package with no built extension), not a mock."""
+    src = _package_copy(tmp_path)
+    script = textwrap.dedent("""
+        import jax, jax.numpy as jnp, rnnjax
+        from rnnjax import native
+        from rnnjax.model import DeepRNN
+        assert rnnjax.__file__.startswith(%r), rnnjax.__file__
+        assert not native.available()
+        spec = DeepRNN(11, 8, 2, "lstm", impl="native")
+        ref = DeepRNN(11, 8, 2, "lstm")
+        params = spec.init(jax.random.key(0))
+        tokens = jnp.arange(12).reshape(2, 6) %% 11
+        for _ in range(2):
+            a, _ = spec.apply(params, tokens, spec.initial_carry(2))
+        b, _ = ref.apply(params, tokens, ref.initial_carry(2))
+        assert float(jnp.max(jnp.abs(a - b))) == 0.0
+        print("ok")
+    """) % str(src)
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(src), JAX_PLATFORMS="cpu"),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["ok"]
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(
+        "rnnjax: model.impl = 'native' runs the pure-JAX fused layer: the native extension is not "
+        "built here (cannot import name '_native_ext'"
+    )
+    assert "Traceback" not in proc.stderr
+
+
+def test_building_without_a_compiler_succeeds_with_one_line(tmp_path):
+    """setup.py's extension is optional: CC=CXX=false (no working compiler) still builds rnnjax."""
+    src = _package_copy(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+        capture_output=True,
+        text=True,
+        cwd=src,
+        timeout=300,
+        env=dict(os.environ, CC="false", CXX="false"),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    said = [x for x in proc.stderr.splitlines() if x.startswith("rnnjax:")]
+    assert len(said) == 1 and said[0].startswith("rnnjax: the native extension was not built ("), (
+        proc.stderr
+    )
+    assert said[0].endswith("model.impl = 'native' will run the pure-JAX fused layer")
+    assert not list((src / "rnnjax").glob("_native_ext*"))
+
+
+@pytest.mark.exhaustive
+def test_premise_benchmark_builds_and_runs():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "native_premise.py"), "--rounds=1", "--reps=1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (
+        "| layer_fwd_bwd_ms |" in proc.stdout and "one layer, fwd+bwd: XLA / native" in proc.stdout
+    )
