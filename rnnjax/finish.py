@@ -84,24 +84,21 @@ def finish(
     best, last = best_record(records), records[-1] if records else {}
     if tb is not None:
         tb.finish(c.to_dict(), records, best["val_ppl"] if best else math.nan)
-    return (
-        out
-        | {
-            "params": one.params,
-            "model": group.model,
-            "vocab": group.corpus.vocab,
-            "num_params": num_params(one.params),
-            "train_ppl": last.get("train_ppl", math.nan),
-            "val_ppl": last.get("val_ppl", math.nan),
-            "best_val_ppl": best["val_ppl"] if best else math.nan,
-            "best_epoch": best["epoch"] if best else None,
-            # what rnnjax.load(workdir) restores: checkpoints are every_epochs apart
-            "best_saved_epoch": best_saved,
-            "workdir": workdir,
-            "wall_time": wall_time,
-            "num_devices": group.dp.num_devices,
-            "samples": texts,
-            "metrics": records,
-            "samples_from": "best" if c.train.early_stopping_patience else "final",
-        }
-    )
+    return out | {
+        "params": one.params,
+        "model": group.model,
+        "vocab": group.corpus.vocab,
+        "num_params": num_params(one.params),
+        "train_ppl": last.get("train_ppl", math.nan),
+        "val_ppl": last.get("val_ppl", math.nan),
+        "best_val_ppl": best["val_ppl"] if best else math.nan,
+        "best_epoch": best["epoch"] if best else None,
+        # what rnnjax.load(workdir) restores: checkpoints are every_epochs apart
+        "best_saved_epoch": best_saved,
+        "workdir": workdir,
+        "wall_time": wall_time,
+        "num_devices": group.dp.num_devices,
+        "samples": texts,
+        "metrics": records,
+        "samples_from": "best" if c.train.early_stopping_patience else "final",
+    }

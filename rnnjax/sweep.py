@@ -1,13 +1,10 @@
-"""Sweeps: a grid of config overrides, one run directory per trial, resumable and shardable.
+"""Running a sweep: every trial of a grid (:mod:`rnnjax.grid`) trains into its own run directory,
+resumable and shardable.
 
-A grid is plain data: ``{"model.cell": ["rnn", "gru", "lstm"], "model.num_layers": [1, 2]}``.
-Each trial is the base config with one combination set (as config overrides, never as
-generated files) and trains into ``DIR/<name>`` where the name is built from the
-overrides (``cell=gru,num_layers=3``). Finished trials (``result.json``) are skipped,
-interrupted ones resume from their checkpoints, failed ones record their error and the
-sweep goes on. SIGTERM/SIGINT stop the sweep: the running trial is recorded "interrupted"
-(its checkpoint kept) and :class:`SweepInterrupted` is raised; running the sweep again
-resumes it.
+Finished trials (``result.json``) are skipped, interrupted ones resume from their checkpoints,
+failed ones record their error and the sweep goes on. SIGTERM/SIGINT stop the sweep: the running
+trial is recorded "interrupted" (its checkpoint kept) and :class:`SweepInterrupted` is raised;
+running the sweep again resumes it.
 """
 
 from __future__ import annotations

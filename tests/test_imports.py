@@ -22,7 +22,18 @@ LEVELS = [
         "vocab",
     ],
     ["cells"],  # the package and every cell file
-    ["config", "config_doc", "cli", "workdir", "lock", "preflight", "data", "optim", "checkpoint", "grid"],
+    [
+        "config",
+        "config_doc",
+        "cli",
+        "workdir",
+        "lock",
+        "preflight",
+        "data",
+        "optim",
+        "checkpoint",
+        "grid",
+    ],
     ["stack", "fused", "native"],  # layers
     [
         "model",

@@ -247,7 +247,9 @@ def test_an_eval_metric_added_in_one_line_reaches_every_record(tmp_path, monkeyp
         right, n = right + int((np.asarray(logits).argmax(-1) == y_bt).sum()), n + y_bt.size
     assert records[-1]["val_accuracy"] == pytest.approx(right / n, abs=1e-6)
     assert 0 < right < n
-    assert scalar(read_events(tmp_path / "run"), "val_accuracy") == expected(records, "val_accuracy")
+    assert scalar(read_events(tmp_path / "run"), "val_accuracy") == expected(
+        records, "val_accuracy"
+    )
     ev = json.loads((tmp_path / "run" / "evaluation.json").read_text())
     best = min(records, key=lambda r: r["val_ppl"])
     assert ev["best_val_accuracy"] == best["val_accuracy"] and 0 < ev["test_accuracy"] < 1
