@@ -46,7 +46,7 @@ setup(
         Extension(
             "rnnjax._native_ext",
             sources=["rnnjax/_native/ffi.cc"],
-            depends=["rnnjax/_native/kernels.h"],
+            depends=["rnnjax/_native/kernels.h", "rnnjax/_native/gemm.h"],
             include_dirs=[p for p in [jaxlib_include()] if p],
             language="c++",
             extra_compile_args=[

@@ -19,7 +19,7 @@ from harness import REPO_ROOT, config, median_ms, repo_path, torch
 from sections import Settings
 from workload import V
 
-from rnnjax import cudnn
+from rnnjax import cudnn, native
 from rnnjax import data as rdata
 from rnnjax.build import build_model
 from rnnjax.checkpoint import Checkpointer
@@ -193,9 +193,10 @@ def _train_command(tmp: str, name: str, s: Settings, *extra: str) -> list[str]:
 
 def end_to_end(s: Settings) -> dict[str, Any] | None:
     """Wall time of the whole seed experiment, process start to exit: ``scripts/train.py
-    --config=configs/deep_lstm.py`` (as is; with impl=cudnn on CUDA; over one CPU device per core;
-    with the layer pipeline) vs ``benchmarks/torch_baseline.py`` (same data, epochs, optimizer,
-    per-epoch validation), one after the other; None when ``e2e_epochs`` is 0."""
+    --config=configs/deep_lstm.py`` (as is; with impl=cudnn on CUDA; with impl=native if built;
+    over one CPU device per core; with the layer pipeline) vs ``benchmarks/torch_baseline.py``
+    (same data, epochs, optimizer, per-epoch validation), one after the other; None when
+    ``e2e_epochs`` is 0."""
     if s.e2e_epochs <= 0:
         return None
     out: dict[str, Any] = {"epochs": s.e2e_epochs}
@@ -204,6 +205,10 @@ def end_to_end(s: Settings) -> dict[str, Any] | None:
         if cudnn.available():
             runs["rnnjax, impl=cudnn"] = _train_command(
                 tmp, "cudnn", s, "--config.model.impl=cudnn"
+            )
+        if native.available():
+            runs["rnnjax, impl=native"] = _train_command(
+                tmp, "native", s, "--config.model.impl=native"
             )
         if jax.default_backend() == "cpu" and len(jax.devices()) > 1:
             runs["rnnjax, cpu_devices=0"] = _train_command(

@@ -33,7 +33,7 @@ from harness import (
 )
 from workload import REFERENCE, V, Workload
 
-from rnnjax import cudnn
+from rnnjax import cudnn, native
 from rnnjax.build import build_model
 from rnnjax.cells import CELLS
 from rnnjax.cells.base import split_gates
@@ -72,8 +72,9 @@ def _row(s: Settings, w: Workload, extra: dict[str, Any] | None = None) -> dict[
     builders = {
         name: (lambda i=impl: jax_variant(w, i, s.steps)) for name, impl in JAX_IMPLS.items()
     }
-    if cudnn.available():  # cuDNN's fused LSTM: the config says which cells it runs
-        builders["cudnn"] = lambda: jax_variant(w, "cudnn", s.steps)
+    for impl, module in {"cudnn": cudnn, "native": native}.items():  # where they run here
+        if module.available():  # (the config refuses the cells without one: listed as skipped)
+            builders[impl] = lambda i=impl: jax_variant(w, i, s.steps)
     if mesh := cpu_mesh_name():
         n = len(jax.devices())
         builders[mesh] = lambda: jax_variant(w, "rnnjax", s.steps, DataParallel.create(n, w.batch))

@@ -36,11 +36,12 @@ def variant_note(name: str) -> str | None:
             "cores (`config.parallel.cpu_devices`; opt-in); `rnnjax` is the default "
             "single-device run."
         )
-    if name == "cudnn":
-        return (
-            '`cudnn` is `config.model.impl = "cudnn"` (rnnjax/cudnn.py: cuDNN\'s fused LSTM '
-            "per layer)."
-        )
+    impls = {
+        "cudnn": "rnnjax/cudnn.py: cuDNN's fused LSTM per layer",
+        "native": "rnnjax/native.py: each layer's time loop in one native XLA FFI call",
+    }
+    if name in impls:
+        return f'`{name}` is `config.model.impl = "{name}"` ({impls[name]}).'
     return None
 
 

@@ -27,6 +27,7 @@ import tables  # noqa: E402
 import workload  # noqa: E402
 from workload import Workload  # noqa: E402
 
+from rnnjax import native  # noqa: E402
 from rnnjax.cells import CELLS  # noqa: E402
 
 ENV = dict(
@@ -146,6 +147,9 @@ def test_rows_take_every_registered_cell_and_say_why_a_variant_is_skipped():
         assert "torch" in by_cell["gru"]["results"] and "torch" in by_cell["minlstm"]["skipped"]
     text = "\n".join(tables.rows({"rows": rows}))
     assert "Not run:" in text and "`flax` not run: config.model.impl = 'flax' has no mingru" in text
+    if native.available():  # the native column: cells with a kernel measured, the others skipped
+        assert "native" in by_cell["lstm"]["results"] and "native" in by_cell["mingru"]["skipped"]
+        assert "`native` not run: config.model.impl = 'native' has no native kernel" in text
 
 
 @pytest.mark.slow
@@ -225,7 +229,8 @@ def test_seed_experiment_end_to_end_runs_both_scripts():
         and res["rnnjax"]["seconds"] > 0
     )
     if has_torch():
-        assert res["torch"]["val_ppl"] < 28 and set(res["speedup"]) == {"rnnjax"}
+        built = {"rnnjax, impl=native"} if native.available() else set()
+        assert res["torch"]["val_ppl"] < 28 and set(res["speedup"]) == {"rnnjax"} | built
     assert runs.end_to_end(sections.Settings(e2e_epochs=0)) is None
 
 
