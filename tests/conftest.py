@@ -36,7 +36,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def with_fields(cfg: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
-    """``cfg`` with dotted fields set in place, e.g. ``with_fields(cfg, **{"model.cell": "gru", "seed": 1})``."""
+    """``cfg`` with dotted fields set in place, e.g.
+    ``with_fields(cfg, **{"model.cell": "gru", "seed": 1})``."""
     for path, value in fields.items():
         *groups, leaf = path.split(".")
         node = cfg
@@ -63,7 +64,8 @@ def param_bytes(params) -> list[bytes]:
 
 
 def snapshot(workdir) -> dict[str, str]:
-    """A sha256 per file under ``workdir`` (every file): equal snapshots mean nothing was touched."""
+    """A sha256 per file under ``workdir`` (every file): equal snapshots mean nothing was
+    touched."""
     return {
         str(p.relative_to(workdir)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(pathlib.Path(workdir).rglob("*"))
@@ -84,8 +86,9 @@ def train_cli(workdir, *flags) -> list[str]:
 
 
 def run_notebook(name: str, cwd, **env: str) -> tuple[str, int]:
-    """Execute ``notebooks/<name>`` with nbclient (environment variables ``env`` set meanwhile, working
-    directory ``cwd``); returns its code cells' text output and how many PNG images they drew."""
+    """Execute ``notebooks/<name>`` with nbclient (environment variables ``env`` set meanwhile,
+    working directory ``cwd``); returns its code cells' text output and how many PNG images they
+    drew."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -109,8 +112,8 @@ def run_notebook(name: str, cwd, **env: str) -> tuple[str, int]:
 
 
 def tiered(cases: list, representative) -> list:
-    """A test matrix's cases: those for which ``representative(case)`` holds run by default; the rest
-    are marked ``exhaustive`` (``python -m pytest -m exhaustive``; .ci/run runs both tiers)."""
+    """A test matrix's cases: those for which ``representative(case)`` holds run by default; the
+    rest are marked ``exhaustive`` (``python -m pytest -m exhaustive``; .ci/run runs both tiers)."""
     import pytest
 
     return [

@@ -21,8 +21,8 @@ from rnnjax.config import default_config
 from rnnjax.train import train_and_evaluate
 
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-# A 2-epoch run of a 2-layer LSTM (hidden 8) trained by main at bea6fc2, before the params-only layout;
-# its expected.json holds what rnnjax.load returned then.
+# A 2-epoch run of a 2-layer LSTM (hidden 8) trained by main at bea6fc2, before the params-only
+# layout; its expected.json holds what rnnjax.load returned then.
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "run_v1"
 
 
@@ -251,10 +251,11 @@ def test_old_checkpoint_resumes_training(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", ["run_v2", "run_v3"])
 def test_a_run_saved_by_an_earlier_layout_loads_and_resumes_bitwise(tmp_path, monkeypatch, name):
-    """tests/fixtures/<name> was written by tests/fixtures/make_run.py with the code of its expected.json's
-    commit (run_v2: main 4059f9e, layout 2 with per-layer sums; run_v3: layout 3, the sums by name); loading
-    it gives what that code loaded, and resuming it to epoch 3 gives that code's records and params bit for
-    bit (the same for both: the layout changed, not the numbers)."""
+    """tests/fixtures/<name> was written by tests/fixtures/make_run.py with the code of its
+    expected.json's commit (run_v2: main 4059f9e, layout 2 with per-layer sums; run_v3: layout 3,
+    the sums by name); loading it gives what that code loaded, and resuming it to epoch 3 gives
+    that code's records and params bit for bit (the same for both: the layout changed, not the
+    numbers)."""
     fixture = pathlib.Path(__file__).parent / "fixtures" / name
     expected = json.loads((fixture / "expected.json").read_text())
     monkeypatch.chdir(tmp_path)

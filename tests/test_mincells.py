@@ -95,7 +95,8 @@ def test_values_and_gradients_stay_finite_for_large_inputs_and_long_sequences(ce
 
 @pytest.mark.parametrize("cell", MIN_CELLS)
 def test_stack_parallel_equals_sequential_impl_with_dropout(cell):
-    """impl 'rnnjax' (parallel scan) and 'autodiff' (lax.scan of the step): same logits, carry and gradients."""
+    """impl 'rnnjax' (parallel scan) and 'autodiff' (lax.scan of the step): same logits, carry and
+    gradients."""
     tokens = jax.random.randint(jax.random.key(1), (4, 35), 0, 28)
     models = [DeepRNN(28, 16, 3, cell, dropout=0.3, impl=impl) for impl in ("rnnjax", "autodiff")]
     params = models[0].init(jax.random.key(0))

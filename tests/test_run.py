@@ -1,4 +1,5 @@
-"""``rnnjax.load``: a read-only restore that generates and scores text, as the CLI and the notebook use it."""
+"""``rnnjax.load``: a read-only restore that generates and scores text, as the CLI and the notebook
+use it."""
 
 import os
 import pathlib
@@ -62,9 +63,11 @@ def test_notebook_runs_against_a_tiny_run(tmp_path):
 
 
 def test_load_never_imports_the_trainer():
-    """rnnjax.load (rnnjax/run.py) builds the model from rnnjax.build: the training loop is not imported."""
+    """rnnjax.load (rnnjax/run.py) builds the model from rnnjax.build: the training loop is not
+    imported."""
     code = (
-        "import sys, rnnjax.run; print(sorted(m for m in sys.modules if m in ('rnnjax.train', 'rnnjax.loop', "
+        "import sys, rnnjax.run; "
+        "print(sorted(m for m in sys.modules if m in ('rnnjax.train', 'rnnjax.loop', "
         "'rnnjax.vectorize', 'rnnjax.sweep', 'rnnjax.preflight')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -27,7 +27,12 @@ def get_config(arg=None):
 
 
 def get_sweep(arg=None):
-    return {"empty": {}, "no_values": {"seed": []}, "not_a_list": {"model.cell": "gru"}, "none": None}[arg]
+    return {
+        "empty": {},
+        "no_values": {"seed": []},
+        "not_a_list": {"model.cell": "gru"},
+        "none": None,
+    }[arg]
 """
 
 

@@ -44,7 +44,8 @@ def test_second_trainer_on_a_workdir_exits_at_once(tmp_path):
             sys.executable,
             "-c",
             (
-                "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX); "
+                "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); "
+                "fcntl.flock(fd, fcntl.LOCK_EX); "
                 "print('locked', flush=True); time.sleep(60)"
             ),
             str(tmp_path / ".lock"),
@@ -101,7 +102,8 @@ def test_deleting_the_lock_file_does_not_let_a_second_trainer_in(tmp_path):
         )
         assert second.returncode == 1
         assert second.stderr.strip().splitlines() == [
-            f"error: {run} is in use by another trainer (it holds the workdir's lock); wait for it or use another "
+            f"error: {run} is in use by another trainer (it holds the workdir's lock); "
+            "wait for it or use another "
             "--workdir"
         ], second.stderr[-2000:]
         assert first.poll() is None  # the first trainer is untouched by the attempt
