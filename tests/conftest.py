@@ -29,6 +29,7 @@ import sys  # noqa: E402
 
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 from rnnjax.config import default_config, smoke  # noqa: E402
 
@@ -122,3 +123,21 @@ def tiered(cases: list, representative) -> list:
         else pytest.param(*(c if isinstance(c, tuple) else (c,)), marks=pytest.mark.exhaustive)
         for c in cases
     ]
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """A finished 3-epoch smoke run (checkpoints at steps 24, 48, 72) and what
+    ``train_and_evaluate`` returned, trained once per test worker and shared by the tests that only
+    read it; a test that changes a run copies it first (:func:`copy_run`)."""
+    from rnnjax.train import train_and_evaluate
+
+    workdir = tmp_path_factory.mktemp("smoke_run") / "run"
+    out = train_and_evaluate(small_config(3), workdir)
+    return workdir, out
+
+
+def copy_run(src, dst) -> pathlib.Path:
+    """A copy of the run at ``src`` in ``dst`` (its own files: changing it leaves ``src`` alone)."""
+    shutil.copytree(src, dst)
+    return pathlib.Path(dst)

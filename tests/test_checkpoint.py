@@ -13,7 +13,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import param_bytes, small_config, snapshot, train_cli
+from conftest import copy_run, param_bytes, small_config, snapshot, train_cli
 
 import rnnjax
 from rnnjax.checkpoint import CheckpointError
@@ -75,11 +75,11 @@ def test_best_checkpoint_survives_later_sessions(tmp_path):
     assert rnnjax.load(tmp_path).step == best["step"] and out["best_saved_epoch"] == best["epoch"]
 
 
-def test_resume_modes(tmp_path):
+def test_resume_modes(tmp_path, smoke_run):
     with pytest.raises(CheckpointError, match="--resume=must"):
         train_and_evaluate(small_config(), tmp_path / "none", resume="must")
     assert not (tmp_path / "none").exists()  # created nothing
-    train_and_evaluate(small_config(), tmp_path / "run")
+    copy_run(smoke_run[0], tmp_path / "run")  # a finished run of small_config()
     before = snapshot(tmp_path / "run")
     with pytest.raises(CheckpointError, match="--resume=never"):
         train_and_evaluate(small_config(), tmp_path / "run", resume="never")
@@ -129,6 +129,10 @@ def test_all_checkpoints_damaged_fails_naming_the_steps(tmp_path):
         rnnjax.load(tmp_path)
 
 
+# Six CLI runs of 12 epochs: the exhaustive tier. The default run keeps the deterministic kills:
+# test_sigterm_saves_the_current_step_and_resume_is_exact (bitwise), test_train's SIGKILL before
+# and past a checkpoint, and its kill at a mid-epoch save (bitwise).
+@pytest.mark.exhaustive
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_is_bitwise_exact(tmp_path):
     epochs = "--config.train.num_epochs=12"

@@ -13,7 +13,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import param_bytes, small_config
+from conftest import copy_run, param_bytes, small_config
 
 import rnnjax
 from rnnjax import checkpoint, integrity
@@ -45,22 +45,11 @@ def biggest_array_file(step_dir):
     return max(files, key=lambda p: p.stat().st_size)
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """A finished 3-epoch run (checkpoints at steps 24, 48, 72), copied per test."""
-    d = tmp_path_factory.mktemp("finished") / "run"
-    out = train_and_evaluate(small_config(3), d)
-    return d, out
-
-
 @pytest.fixture
-def run_copy(finished, tmp_path):
-    import shutil
-
-    src, out = finished
-    dst = tmp_path / "run"
-    shutil.copytree(src, dst)
-    return dst, out
+def run_copy(smoke_run, tmp_path):
+    """The shared finished 3-epoch run (checkpoints at steps 24, 48, 72), copied per test."""
+    src, out = smoke_run
+    return copy_run(src, tmp_path / "run"), out
 
 
 def test_flipped_bytes_are_caught_by_checksums_and_fall_back(run_copy, caplog):
@@ -88,8 +77,8 @@ def test_flipped_bytes_are_caught_by_checksums_and_fall_back(run_copy, caplog):
     assert [r["epoch"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2, 3]
 
 
-def test_checksums_are_recorded_for_every_array(finished):
-    run, _ = finished
+def test_checksums_are_recorded_for_every_array(smoke_run):
+    run, _ = smoke_run
     meta = json.loads((run / "checkpoints" / "72" / "meta" / "metadata").read_text())
     assert len(meta["checksums"]) >= 10 and all(len(v) == 64 for v in meta["checksums"].values())
 

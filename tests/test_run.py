@@ -17,8 +17,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
 
 
-def test_load_is_read_only_and_generates(tmp_path):
-    out = train_and_evaluate(small_config(3), tmp_path)
+def test_load_is_read_only_and_generates(smoke_run):
+    tmp_path, out = smoke_run
     before = snapshot(tmp_path)
     run = rnnjax.load(tmp_path, step="latest")
     assert snapshot(tmp_path) == before
