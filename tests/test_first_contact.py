@@ -56,6 +56,10 @@ def test_relative_workdir_trains_resumes_and_loads(in_tmp):
     assert not list(in_tmp.rglob("*.orbax-checkpoint-tmp*"))
 
 
+# The exhaustive tier: tests/test_readme.py's quick start runs the same path by default (the
+# README's commands: default workdir runs/deep_lstm, its resume, the smoke variant's own workdir,
+# generate.py from the relative workdir).
+@pytest.mark.exhaustive
 @pytest.mark.slow
 def test_cli_default_workdir_is_relative_and_per_variant(in_tmp):
     first = run_cli(

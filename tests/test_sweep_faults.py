@@ -278,6 +278,10 @@ def test_signal_during_a_vectorized_group_stops_the_sweep(tmp_path, monkeypatch)
     }
 
 
+# The exhaustive tier: the default run keeps the CLI's SIGTERM-then-rerun of a sweep in
+# test_vectorize (test_an_interrupted_vectorized_group_resumes_with_every_record_once) and the
+# sweep's signal handling in-process (the three tests above).
+@pytest.mark.exhaustive
 @pytest.mark.slow
 def test_sigterm_stops_the_cli_sweep_and_a_rerun_finishes_it(tmp_path):
     import signal

@@ -61,6 +61,9 @@ def test_run_writes_its_files(tmp_path, cell, sampler, dropout):
     assert out["val_ppl"] == records[-1]["val_ppl"]
 
 
+# The exhaustive tier: by default the CLI trains end to end in tests/test_readme.py (the README's
+# commands) and test_cells.py (a --config.model override reaching config.json, then generate.py).
+@pytest.mark.exhaustive
 @pytest.mark.slow
 def test_cli_trains_the_smoke_config_end_to_end(tmp_path):
     proc = subprocess.run(
