@@ -415,9 +415,8 @@ def test_load_best_latest_and_step(in_tmp):
     )
 
 
-def test_run_and_api_generate_share_one_greedy_default(tmp_path):
-    train_and_evaluate(small_config(1), tmp_path)
-    run = rnnjax.load(tmp_path)
+def test_run_and_api_generate_share_one_greedy_default(smoke_run):
+    run = rnnjax.load(smoke_run[0])
     api = rnnjax.generate(run.model, run.params, run.vocab, "time", 15)
     assert run.generate("time", 15) == api == run.generate("time", 15, temperature=0.0)
 

@@ -7,11 +7,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import param_bytes, run_notebook, small_config, snapshot
+from conftest import param_bytes, run_notebook, snapshot
 
 import rnnjax
 from rnnjax.checkpoint import CheckpointError
-from rnnjax.train import train_and_evaluate
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
@@ -48,12 +47,11 @@ def test_load_is_read_only_and_generates(smoke_run):
     assert proc.returncode == 0 and proc.stdout.rstrip("\n") == out["samples"][0][:24]
 
 
-def test_notebook_runs_against_a_tiny_run(tmp_path):
+def test_notebook_runs_against_a_tiny_run(tmp_path, smoke_run):
     pytest.importorskip("nbformat")
-    train_and_evaluate(small_config(2), tmp_path / "run")
     text, images = run_notebook(
-        "restore_and_generate.ipynb", tmp_path, RNNJAX_WORKDIR=str(tmp_path / "run")
-    )
+        "restore_and_generate.ipynb", tmp_path, RNNJAX_WORKDIR=str(smoke_run[0])
+    )  # rnnjax.load is read-only: the shared run
     assert (
         "2-layer lstm, hidden 32" in text
         and "using step " in text

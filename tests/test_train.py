@@ -122,13 +122,15 @@ class _Killed(Exception):
 
 
 @pytest.mark.parametrize("when", ["before the metrics line", "after the metrics line"])
-def test_a_kill_around_the_first_record_resumes_with_every_record(tmp_path, monkeypatch, when):
+def test_a_kill_around_the_first_record_resumes_with_every_record(
+    tmp_path, monkeypatch, when, smoke_run
+):
     """The first epoch's checkpoint is saved before its metrics.jsonl line: a run stopped just
     before or just after that line resumes (it is never left with records but no checkpoint, which a
     rerun would refuse), and ends with the records of an uninterrupted run."""
     from rnnjax import workdir as rundir
 
-    ref = train_and_evaluate(small_config(3), tmp_path / "ref")
+    ref = smoke_run[1]  # small_config(3) uninterrupted
     real = rundir.append_metrics
 
     def dies(path, record):
