@@ -141,3 +141,11 @@ def copy_run(src, dst) -> pathlib.Path:
     """A copy of the run at ``src`` in ``dst`` (its own files: changing it leaves ``src`` alone)."""
     shutil.copytree(src, dst)
     return pathlib.Path(dst)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The end-to-end runs (marked ``slow``) first, each part in its own order: pytest-xdist hands
+    the tests out in this order, so the longest start early and the short ones fill the workers'
+    last minutes (in file order, test_vectorize's and test_workdir's CLI runs came last, with one
+    worker idle)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
