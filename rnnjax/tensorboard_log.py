@@ -9,11 +9,21 @@ from __future__ import annotations
 
 import math
 import pathlib
+import sys
 import time
 from typing import Any
 
-from tensorboardX import SummaryWriter
-from tensorboardX.summary import hparams
+# tensorboardX's writer imports torch when it is installed (seconds of CPU in every training
+# process), only to accept torch tensors, which rnnjax never passes: import it with torch hidden.
+_TORCH_LOADED = "torch" in sys.modules
+if not _TORCH_LOADED:
+    sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` raises ImportError
+try:
+    from tensorboardX import SummaryWriter
+    from tensorboardX.summary import hparams
+finally:
+    if not _TORCH_LOADED:
+        del sys.modules["torch"]
 
 PER_LAYER = ("h_rms", "gate_saturation", "forget_gate", "memory_length")
 # The record keys scalars() writes under tags of their own (or not at all: epoch, step, wall_time).

@@ -29,6 +29,7 @@ import sys  # noqa: E402
 
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 from rnnjax.config import default_config, smoke  # noqa: E402
 
@@ -36,7 +37,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def with_fields(cfg: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
-    """``cfg`` with dotted fields set in place, e.g. ``with_fields(cfg, **{"model.cell": "gru", "seed": 1})``."""
+    """``cfg`` with dotted fields set in place, e.g.
+    ``with_fields(cfg, **{"model.cell": "gru", "seed": 1})``."""
     for path, value in fields.items():
         *groups, leaf = path.split(".")
         node = cfg
@@ -63,7 +65,8 @@ def param_bytes(params) -> list[bytes]:
 
 
 def snapshot(workdir) -> dict[str, str]:
-    """A sha256 per file under ``workdir`` (every file): equal snapshots mean nothing was touched."""
+    """A sha256 per file under ``workdir`` (every file): equal snapshots mean nothing was
+    touched."""
     return {
         str(p.relative_to(workdir)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(pathlib.Path(workdir).rglob("*"))
@@ -84,8 +87,9 @@ def train_cli(workdir, *flags) -> list[str]:
 
 
 def run_notebook(name: str, cwd, **env: str) -> tuple[str, int]:
-    """Execute ``notebooks/<name>`` with nbclient (environment variables ``env`` set meanwhile, working
-    directory ``cwd``); returns its code cells' text output and how many PNG images they drew."""
+    """Execute ``notebooks/<name>`` with nbclient (environment variables ``env`` set meanwhile,
+    working directory ``cwd``); returns its code cells' text output and how many PNG images they
+    drew."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -109,8 +113,8 @@ def run_notebook(name: str, cwd, **env: str) -> tuple[str, int]:
 
 
 def tiered(cases: list, representative) -> list:
-    """A test matrix's cases: those for which ``representative(case)`` holds run by default; the rest
-    are marked ``exhaustive`` (``python -m pytest -m exhaustive``; .ci/run runs both tiers)."""
+    """A test matrix's cases: those for which ``representative(case)`` holds run by default; the
+    rest are marked ``exhaustive`` (``python -m pytest -m exhaustive``; .ci/run runs both tiers)."""
     import pytest
 
     return [
@@ -119,3 +123,29 @@ def tiered(cases: list, representative) -> list:
         else pytest.param(*(c if isinstance(c, tuple) else (c,)), marks=pytest.mark.exhaustive)
         for c in cases
     ]
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """A finished 3-epoch smoke run (checkpoints at steps 24, 48, 72) and what
+    ``train_and_evaluate`` returned, trained once per test worker and shared by the tests that only
+    read it; a test that changes a run copies it first (:func:`copy_run`)."""
+    from rnnjax.train import train_and_evaluate
+
+    workdir = tmp_path_factory.mktemp("smoke_run") / "run"
+    out = train_and_evaluate(small_config(3), workdir)
+    return workdir, out
+
+
+def copy_run(src, dst) -> pathlib.Path:
+    """A copy of the run at ``src`` in ``dst`` (its own files: changing it leaves ``src`` alone)."""
+    shutil.copytree(src, dst)
+    return pathlib.Path(dst)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The end-to-end runs (marked ``slow``) first, each part in its own order: pytest-xdist hands
+    the tests out in this order, so the longest start early and the short ones fill the workers'
+    last minutes (in file order, test_vectorize's and test_workdir's CLI runs came last, with one
+    worker idle)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -44,7 +44,8 @@ def test_max_tokens_zero_trains_on_everything_before_the_held_out_tokens():
 
 @pytest.mark.parametrize("text", [BOOK[:20_000], "naïve café — “quoted” €5\n" * 300 + BOOK[:3000]])
 def test_compact_char_path_equals_the_token_list_path(text):
-    """The code-point path (no Python list of characters) gives the vocabulary and ids of Vocab.build/encode."""
+    """The code-point path (no Python list of characters) gives the vocabulary and ids of
+    Vocab.build/encode."""
     tokens = data.Tokens(text, "char")
     vocab = Vocab.from_counts(tokens.counts(0, 5000), reserved_tokens=["<pad>"])
     assert vocab == Vocab.build(list(text[:5000]), reserved_tokens=["<pad>"])
@@ -150,8 +151,8 @@ def test_vectorized_sweeps_refuse_early_stopping_and_test_splits_before_anything
 
 def test_early_stopping_keeps_the_best_epoch_and_tests_with_it(tmp_path):
     """Adam at a high rate overfits the 2,000-token smoke corpus within a few epochs: the run stops
-    `patience` epochs after its best, has that epoch's checkpoint, and its test perplexity is the best
-    checkpoint's on the test split. Rerunning trains nothing; a larger patience goes on."""
+    `patience` epochs after its best, has that epoch's checkpoint, and its test perplexity is the
+    best checkpoint's on the test split. Rerunning trains nothing; a larger patience goes on."""
     fields = {
         "train.optimizer": "adam",
         "train.learning_rate": 0.02,

@@ -38,10 +38,10 @@ def np_gru(p, h, x):
 
 def np_lstm(p, c, h, x):
     H = h.shape[-1]
-    pre = (
+    pre = (  # noqa: E731
         lambda k: (
             x @ p["w_x"][:, k * H : (k + 1) * H]
-            + h @ p["w_h"][:, k * H : (k + 1) * H]  # noqa: E731
+            + h @ p["w_h"][:, k * H : (k + 1) * H]
             + p["b_x"][k * H : (k + 1) * H]
             + p["b_h"][k * H : (k + 1) * H]
         )
@@ -112,7 +112,8 @@ def _documented_example() -> str:
 
 def test_the_documented_example_cell_trains_with_exact_gradients(tmp_path, monkeypatch):
     """docs/cells.md's complete example, as a user adds it: a file of their own and one registry
-    line. Its fused gradients equal autodiff's, and it trains and generates through the CLI's code."""
+    line. Its fused gradients equal autodiff's, and it trains and generates through the CLI's
+    code."""
     (tmp_path / "janet_cell.py").write_text(_documented_example())
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setitem(cells.REGISTRY, "janet", "janet_cell")

@@ -13,7 +13,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import param_bytes, small_config, snapshot, train_cli
+from conftest import copy_run, param_bytes, small_config, snapshot, train_cli
 
 import rnnjax
 from rnnjax.checkpoint import CheckpointError
@@ -21,8 +21,8 @@ from rnnjax.config import default_config
 from rnnjax.train import train_and_evaluate
 
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-# A 2-epoch run of a 2-layer LSTM (hidden 8) trained by main at bea6fc2, before the params-only layout;
-# its expected.json holds what rnnjax.load returned then.
+# A 2-epoch run of a 2-layer LSTM (hidden 8) trained by main at bea6fc2, before the params-only
+# layout; its expected.json holds what rnnjax.load returned then.
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "run_v1"
 
 
@@ -75,11 +75,11 @@ def test_best_checkpoint_survives_later_sessions(tmp_path):
     assert rnnjax.load(tmp_path).step == best["step"] and out["best_saved_epoch"] == best["epoch"]
 
 
-def test_resume_modes(tmp_path):
+def test_resume_modes(tmp_path, smoke_run):
     with pytest.raises(CheckpointError, match="--resume=must"):
         train_and_evaluate(small_config(), tmp_path / "none", resume="must")
     assert not (tmp_path / "none").exists()  # created nothing
-    train_and_evaluate(small_config(), tmp_path / "run")
+    copy_run(smoke_run[0], tmp_path / "run")  # a finished run of small_config()
     before = snapshot(tmp_path / "run")
     with pytest.raises(CheckpointError, match="--resume=never"):
         train_and_evaluate(small_config(), tmp_path / "run", resume="never")
@@ -93,10 +93,9 @@ def _latest_step(workdir):
 @pytest.mark.parametrize(
     "damage", ["truncated_array", "missing_metadata", "empty_step_dir", "leftover_tmp_dir"]
 )
-def test_damaged_checkpoint_falls_back_to_the_previous_step(tmp_path, damage, caplog):
+def test_damaged_checkpoint_falls_back_to_the_previous_step(tmp_path, damage, caplog, smoke_run):
     reference = train_and_evaluate(small_config(4), tmp_path / "ref")
-    run = tmp_path / "run"
-    train_and_evaluate(small_config(3), run)
+    run = copy_run(smoke_run[0], tmp_path / "run")  # small_config(3), finished
     last = run / "checkpoints" / str(_latest_step(run))
     if damage == "truncated_array":
         files = [
@@ -129,6 +128,10 @@ def test_all_checkpoints_damaged_fails_naming_the_steps(tmp_path):
         rnnjax.load(tmp_path)
 
 
+# Six CLI runs of 12 epochs: the exhaustive tier. The default run keeps the deterministic kills:
+# test_sigterm_saves_the_current_step_and_resume_is_exact (bitwise), test_train's SIGKILL before
+# and past a checkpoint, and its kill at a mid-epoch save (bitwise).
+@pytest.mark.exhaustive
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_is_bitwise_exact(tmp_path):
     epochs = "--config.train.num_epochs=12"
@@ -251,10 +254,11 @@ def test_old_checkpoint_resumes_training(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", ["run_v2", "run_v3"])
 def test_a_run_saved_by_an_earlier_layout_loads_and_resumes_bitwise(tmp_path, monkeypatch, name):
-    """tests/fixtures/<name> was written by tests/fixtures/make_run.py with the code of its expected.json's
-    commit (run_v2: main 4059f9e, layout 2 with per-layer sums; run_v3: layout 3, the sums by name); loading
-    it gives what that code loaded, and resuming it to epoch 3 gives that code's records and params bit for
-    bit (the same for both: the layout changed, not the numbers)."""
+    """tests/fixtures/<name> was written by tests/fixtures/make_run.py with the code of its
+    expected.json's commit (run_v2: main 4059f9e, layout 2 with per-layer sums; run_v3: layout 3,
+    the sums by name); loading it gives what that code loaded, and resuming it to epoch 3 gives
+    that code's records and params bit for bit (the same for both: the layout changed, not the
+    numbers)."""
     fixture = pathlib.Path(__file__).parent / "fixtures" / name
     expected = json.loads((fixture / "expected.json").read_text())
     monkeypatch.chdir(tmp_path)

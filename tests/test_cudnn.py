@@ -110,22 +110,26 @@ SHARDED = textwrap.dedent("""
     key = jax.random.key(3)
     def loss(apply, p, tok, c):
         logits, new_carry = apply(p, tok, c)
-        return jnp.mean(logits ** 2) + sum(jnp.mean(x) for x in jax.tree_util.tree_leaves(new_carry))
+        leaves = jax.tree_util.tree_leaves(new_carry)
+        return jnp.mean(logits ** 2) + sum(jnp.mean(x) for x in leaves)
     plain = lambda p, tok, c: spec.apply(p, tok, c, dropout_key=key)
     ref = lambda p, tok, c: cudnn.apply(spec, p, tok, c, key, four, kernel=cudnn.reference_kernel)
     want = jax.jit(jax.value_and_grad(functools.partial(loss, plain)))(params, tokens, carry)
     got = jax.jit(jax.value_and_grad(functools.partial(loss, ref)))(params, s_tokens, s_carry)
-    diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree_util.tree_leaves(want), jax.tree_util.tree_leaves(got)))
-    text = jax.jit(lambda p, tok, c: cudnn.apply(spec, p, tok, c, None, four, kernel=cudnn.reference_kernel)).lower(
+    leaves = jax.tree_util.tree_leaves
+    diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(leaves(want), leaves(got)))
+    kernel = cudnn.reference_kernel
+    text = jax.jit(lambda p, tok, c: cudnn.apply(spec, p, tok, c, None, four, kernel=kernel)).lower(
         params, s_tokens, s_carry).as_text()
-    print("RESULT " + json.dumps({"devices": len(jax.devices()), "diff": diff, "shard_map": "shard_map" in text
-                                  or "sdy.manual_computation" in text}))
+    sharded = "shard_map" in text or "sdy.manual_computation" in text
+    result = {"devices": len(jax.devices()), "diff": diff, "shard_map": sharded}
+    print("RESULT " + json.dumps(result))
 """)
 
 
 def test_data_parallel_wraps_the_call_in_shard_map_on_four_devices():
-    """The cuDNN stack under ``Placement(data_devices=4)`` (each device its own rows, lstm_ref standing in for
-    cuDNN's call) gives the single-device rnnjax loss and gradients."""
+    """The cuDNN stack under ``Placement(data_devices=4)`` (each device its own rows, lstm_ref
+    standing in for cuDNN's call) gives the single-device rnnjax loss and gradients."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     proc = subprocess.run(
         [sys.executable, "-c", SHARDED],
@@ -155,7 +159,8 @@ def test_cudnn_on_a_machine_without_cuda_is_one_line_before_anything_is_written(
     assert proc.returncode != 0
     lines = [x for x in proc.stderr.splitlines() if x.strip()]
     assert lines == [
-        "error: config.model.impl = 'cudnn' needs an NVIDIA GPU with CUDA (JAX's backend here is cpu, "
+        "error: config.model.impl = 'cudnn' needs an NVIDIA GPU with CUDA "
+        "(JAX's backend here is cpu, "
         "devices cpu); use model.impl = 'rnnjax' (the same params: checkpoints are interchangeable)"
     ]
     assert not (tmp_path / "run").exists()
@@ -184,7 +189,8 @@ def test_gpu_check_script_stops_in_one_line_on_a_machine_without_a_gpu(tmp_path)
     )
     assert proc.returncode == 2
     assert (proc.stdout + proc.stderr).strip().splitlines() == [
-        "error: no NVIDIA GPU here (nvidia-smi finds none); run scripts/gpu_check.sh on a machine with one"
+        "error: no NVIDIA GPU here (nvidia-smi finds none); "
+        "run scripts/gpu_check.sh on a machine with one"
     ]
     assert not (tmp_path / "out").exists()
 
@@ -204,13 +210,14 @@ def test_cudnn_refusals_name_the_fix():
         check_vectorizable(resolve(small_config(**{"model.impl": "cudnn"})))
 
 
-def test_impl_may_change_on_resume_within_one_params_layout(tmp_path):
-    """A run resumes under another implementation that reads the same params (here autodiff -> rnnjax; cudnn
-    is the third), to the params of a run that never changed; load(impl=) picks one; flax is refused."""
-    a, b = tmp_path / "a", tmp_path / "b"
+def test_impl_may_change_on_resume_within_one_params_layout(tmp_path, smoke_run):
+    """A run resumes under another implementation that reads the same params (here autodiff ->
+    rnnjax; cudnn is the third), to the params of a run that never changed; load(impl=) picks one;
+    flax is refused."""
+    a = tmp_path / "a"
     train_and_evaluate(small_config(2, **{"model.impl": "autodiff"}), a)
     resumed = train_and_evaluate(small_config(3), a)
-    straight = train_and_evaluate(small_config(3), b)
+    straight = smoke_run[1]  # small_config(3) trained straight through
     assert _max_diff(resumed["params"], straight["params"]) <= 1e-5
     assert (
         json.loads((a / "config.json").read_text())["model"]["impl"] == "rnnjax"

@@ -1,5 +1,5 @@
-"""Reading the corpus (bad files and a corpus too short are refused), preprocessing, tokenizing, and the
-two samplers."""
+"""Reading the corpus (bad files and a corpus too short are refused), preprocessing, tokenizing, and
+the two samplers."""
 
 import dataclasses
 

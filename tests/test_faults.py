@@ -13,7 +13,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import param_bytes, small_config
+from conftest import copy_run, param_bytes, small_config
 
 import rnnjax
 from rnnjax import checkpoint, integrity
@@ -45,22 +45,11 @@ def biggest_array_file(step_dir):
     return max(files, key=lambda p: p.stat().st_size)
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """A finished 3-epoch run (checkpoints at steps 24, 48, 72), copied per test."""
-    d = tmp_path_factory.mktemp("finished") / "run"
-    out = train_and_evaluate(small_config(3), d)
-    return d, out
-
-
 @pytest.fixture
-def run_copy(finished, tmp_path):
-    import shutil
-
-    src, out = finished
-    dst = tmp_path / "run"
-    shutil.copytree(src, dst)
-    return dst, out
+def run_copy(smoke_run, tmp_path):
+    """The shared finished 3-epoch run (checkpoints at steps 24, 48, 72), copied per test."""
+    src, out = smoke_run
+    return copy_run(src, tmp_path / "run"), out
 
 
 def test_flipped_bytes_are_caught_by_checksums_and_fall_back(run_copy, caplog):
@@ -88,8 +77,8 @@ def test_flipped_bytes_are_caught_by_checksums_and_fall_back(run_copy, caplog):
     assert [r["epoch"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2, 3]
 
 
-def test_checksums_are_recorded_for_every_array(finished):
-    run, _ = finished
+def test_checksums_are_recorded_for_every_array(smoke_run):
+    run, _ = smoke_run
     meta = json.loads((run / "checkpoints" / "72" / "meta" / "metadata").read_text())
     assert len(meta["checksums"]) >= 10 and all(len(v) == 64 for v in meta["checksums"].values())
 
@@ -227,7 +216,8 @@ def test_bad_workdirs_are_refused_creating_nothing(tmp_path):
 
 
 def _in_own_mount_namespace(script, cwd):
-    """Run a shell script with a private mount namespace (a tmpfs mounted there vanishes with it)."""
+    """Run a shell script with a private mount namespace (a tmpfs mounted there vanishes with
+    it)."""
     import shutil
 
     unshare = shutil.which("unshare")
@@ -249,7 +239,10 @@ def _in_own_mount_namespace(script, cwd):
     )
 
 
-TRAIN_SMOKE = f"{sys.executable} {ROOT / 'scripts' / 'train.py'} --config={ROOT / 'configs' / 'deep_lstm.py'}:smoke"
+TRAIN_SMOKE = (
+    f"{sys.executable} {ROOT / 'scripts' / 'train.py'} "
+    f"--config={ROOT / 'configs' / 'deep_lstm.py'}:smoke"
+)
 
 
 @pytest.mark.slow
@@ -260,24 +253,32 @@ def test_read_only_workdir_is_one_line(tmp_path):
     )
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines() == [
-        f"error: workdir {tmp_path / 'ro' / 'run'}: {tmp_path / 'ro'} is not writable; give a writable --workdir"
+        f"error: workdir {tmp_path / 'ro' / 'run'}: {tmp_path / 'ro'} is not writable; "
+        "give a writable --workdir"
     ]
 
 
 @pytest.mark.slow
 def test_disk_full_while_saving_is_one_line_and_keeps_the_previous_checkpoint(tmp_path):
     (tmp_path / "d").mkdir()
-    fill = "import os; s = os.statvfs('d'); open('d/fill', 'wb').write(bytes(s.f_bavail * s.f_frsize - 16384))"
+    fill = (
+        "import os; s = os.statvfs('d'); "
+        "open('d/fill', 'wb').write(bytes(s.f_bavail * s.f_frsize - 16384))"
+    )
     script = (
-        f"mount -t tmpfs -o size=2m tmpfs d; {TRAIN_SMOKE} --workdir=d/run --config.train.num_epochs=1 "
+        f"mount -t tmpfs -o size=2m tmpfs d; {TRAIN_SMOKE} --workdir=d/run "
+        "--config.train.num_epochs=1 "
         f'--config.train.progress=False >/dev/null; {sys.executable} -c "{fill}"; '
-        f"{TRAIN_SMOKE} --workdir=d/run --config.train.num_epochs=2 --config.train.progress=False || echo rc=$?; "
+        f"{TRAIN_SMOKE} --workdir=d/run --config.train.num_epochs=2 --config.train.progress=False "
+        "|| echo rc=$?; "
         "ls -a d/run/checkpoints; cat d/run/metrics.jsonl | wc -l"
     )
     proc = _in_own_mount_namespace(script, tmp_path)
     assert proc.stderr.strip().splitlines() == [
-        f"error: disk full while saving checkpoint step 48 in {tmp_path / 'd' / 'run' / 'checkpoints'}: it needs about "
-        "0.1 MiB, 0.0 MiB are free; the previous checkpoint (step 24) is intact. Free some space and rerun the same "
+        "error: disk full while saving checkpoint step 48 in "
+        f"{tmp_path / 'd' / 'run' / 'checkpoints'}: it needs about "
+        "0.1 MiB, 0.0 MiB are free; the previous checkpoint (step 24) is intact. "
+        "Free some space and rerun the same "
         "command to resume"
     ], proc.stderr[-3000:]
     listing = proc.stdout.split()

@@ -207,17 +207,13 @@ DAMAGE_KINDS = ("random_bytes", "flipped_byte", "non_utf8", "truncated")
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
+def finished_run(smoke_run):
     """A finished 3-epoch smoke run (steps 24, 48, 72), the abstract trees of its two array items
     (from orbax's own metadata: whatever the items hold) and each step's arrays as restored."""
     import jax
     import orbax.checkpoint as ocp
-    from conftest import small_config
 
-    from rnnjax.train import train_and_evaluate
-
-    run = tmp_path_factory.mktemp("damage") / "run"
-    train_and_evaluate(small_config(3), run)
+    run, _ = smoke_run  # read only here: the tests damage copies
     one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
 
     def abstract(item):

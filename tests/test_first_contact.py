@@ -30,7 +30,8 @@ def run_cli(cwd, *args, timeout=300):
 
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
-    """Work from a fresh temporary directory holding a copy of configs/, as a user in a clone would."""
+    """Work from a fresh temporary directory holding a copy of configs/, as a user in a clone
+    would."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "configs").mkdir()
     for p in (ROOT / "configs").glob("*.py"):
@@ -55,6 +56,10 @@ def test_relative_workdir_trains_resumes_and_loads(in_tmp):
     assert not list(in_tmp.rglob("*.orbax-checkpoint-tmp*"))
 
 
+# The exhaustive tier: tests/test_readme.py's quick start runs the same path by default (the
+# README's commands: default workdir runs/deep_lstm, its resume, the smoke variant's own workdir,
+# generate.py from the relative workdir).
+@pytest.mark.exhaustive
 @pytest.mark.slow
 def test_cli_default_workdir_is_relative_and_per_variant(in_tmp):
     first = run_cli(
@@ -162,16 +167,19 @@ def test_console_is_short_and_quiet(in_tmp):
         (["extra"], "error: unexpected argument 'extra'"),
         (
             ["--config.data.paths="],
-            "error: flag --config.data.paths=: the value is empty; give a,b or write [] for an empty list",
+            "error: flag --config.data.paths=: the value is empty; "
+            "give a,b or write [] for an empty list",
         ),
         (["--workdir="], "error: --workdir is empty; give a directory"),
         (
             ["--config.train.optimizer=lino"],
-            "error: config.train.optimizer = 'lino' is not an optax optimizer; did you mean 'lion'?",
+            "error: config.train.optimizer = 'lino' is not an optax optimizer; "
+            "did you mean 'lion'?",
         ),
         (
             ["--config.train.optimizer_kwargs={'b3': 1.0}"],
-            "error: config.train.optimizer_kwargs: optax.sgd takes no argument 'b3'; it takes momentum",
+            "error: config.train.optimizer_kwargs: optax.sgd takes no argument 'b3'; "
+            "it takes momentum",
         ),
     ],
 )
@@ -214,7 +222,8 @@ def test_a_sweep_refuses_an_unknown_optimizer_before_any_trial(in_tmp):
             ["--config=configs/deep_lstm.py:smoke", "--workdir="],
             "error: --workdir is empty",
         ),
-        # issue 25 item 10: absl said "The flag 'config.train.num_epochs' is defined twice. First ..."
+        # issue 25 item 10: absl said "The flag 'config.train.num_epochs' is defined twice. First
+        # ..."
         (
             "train.py",
             [
@@ -222,7 +231,8 @@ def test_a_sweep_refuses_an_unknown_optimizer_before_any_trial(in_tmp):
                 "--config=configs/deep_lstm.py",
                 "--config.train.num_epochs=1",
             ],
-            "error: --config was given twice (configs/deep_lstm.py:smoke, configs/deep_lstm.py); give it",
+            "error: --config was given twice "
+            "(configs/deep_lstm.py:smoke, configs/deep_lstm.py); give it",
         ),
         (
             "sweep.py",
@@ -235,7 +245,8 @@ def test_a_sweep_refuses_an_unknown_optimizer_before_any_trial(in_tmp):
             ],
             "error: --config was given twice",
         ),
-        # issue 25 item 6: passed validation, trained epoch 1, then a 31-line traceback in the sampler
+        # issue 25 item 6: passed validation, trained epoch 1, then a 31-line traceback in the
+        # sampler
         (
             "train.py",
             ["--config=configs/deep_lstm.py:smoke", "--config.generate.num_chars=0"],
@@ -290,7 +301,8 @@ def test_the_package_imports_lazily_and_exports_what_it_did():
     """``import rnnjax`` alone does not import JAX; every name in ``rnnjax.__all__`` resolves, and
     ``rnnjax.generate`` is the function (its module is ``rnnjax.sampling``)."""
     code = (
-        "import sys, importlib, rnnjax, rnnjax.cli, rnnjax.config; assert 'jax' not in sys.modules; "
+        "import sys, importlib, rnnjax, rnnjax.cli, rnnjax.config; "
+        "assert 'jax' not in sys.modules; "
         "import rnnjax.sampling; assert callable(rnnjax.generate), rnnjax.generate; "
         "assert importlib.import_module('rnnjax.sampling').sample; "
         "assert all(getattr(rnnjax, n) is not None for n in rnnjax.__all__); "
@@ -403,9 +415,8 @@ def test_load_best_latest_and_step(in_tmp):
     )
 
 
-def test_run_and_api_generate_share_one_greedy_default(tmp_path):
-    train_and_evaluate(small_config(1), tmp_path)
-    run = rnnjax.load(tmp_path)
+def test_run_and_api_generate_share_one_greedy_default(smoke_run):
+    run = rnnjax.load(smoke_run[0])
     api = rnnjax.generate(run.model, run.params, run.vocab, "time", 15)
     assert run.generate("time", 15) == api == run.generate("time", 15, temperature=0.0)
 

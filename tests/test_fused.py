@@ -16,7 +16,8 @@ from rnnjax.model import DeepRNN, Impl
 from rnnjax.optim import make_optimizer
 from rnnjax.steps import init_train_state, make_train_step, train_sums
 
-# every registered cell the fused layer runs with its own backward step; phi-reading cells with each phi
+# every registered cell the fused layer runs with its own backward step; phi-reading cells with each
+# phi
 CASES = [
     (c, acts)
     for c in CELLS

@@ -1,5 +1,6 @@
-"""Generation: greedy, sampled and batched prompts; the API refuses bad arguments before any compute,
-clamps top_k, and scripts/generate.py turns every refusal into one line, ``error: <message>``."""
+"""Generation: greedy, sampled and batched prompts; the API refuses bad arguments before any
+compute, clamps top_k, and scripts/generate.py turns every refusal into one line, ``error:
+<message>``."""
 
 import importlib
 import math
@@ -167,7 +168,8 @@ def cli(*flags):
 def test_cli_default_is_greedy(trained):
     workdir, out = trained
     proc = cli(f"--workdir={workdir}", "--prefix=time traveller", "--num_chars=10")
-    # no library warnings by default: stderr only says which checkpoint was used (the best by default)
+    # no library warnings by default: stderr only says which checkpoint was used (the best by
+    # default)
     assert (
         proc.returncode == 0
         and proc.stderr

@@ -52,7 +52,8 @@ def test_scratch_pages_are_reused_not_refaulted():
     pages = 40 * 1024 * 1024 // os.sysconf("SC_PAGE_SIZE")
     off, on = _probe("0"), _probe("1")
     assert not off["on"] and on["on"]
-    # malloc default: the 40 MB block is mmapped and unmapped on every call, so every page faults again
+    # malloc default: the 40 MB block is mmapped and unmapped on every call, so every page faults
+    # again
     assert off["faults_per_call"] > 0.5 * pages
     assert (
         on["faults_per_call"] < 0.05 * pages

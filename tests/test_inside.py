@@ -1,6 +1,7 @@
 """Inside the stack: the trace runs the same equations as ``apply`` (equal logits), the per-layer
-statistics of metrics.jsonl equal a NumPy recomputation, ``rnnjax.inspect`` and ``rnnjax.timescales``
-on a loaded run, autocorrelation times of signals whose answer is known, and the notebook."""
+statistics of metrics.jsonl equal a NumPy recomputation, ``rnnjax.inspect`` and
+``rnnjax.timescales`` on a loaded run, autocorrelation times of signals whose answer is known, and
+the notebook."""
 
 import pathlib
 
@@ -74,7 +75,8 @@ def raw_run(tmp_path_factory):
 
 
 def test_metrics_jsonl_layer_stats_equal_a_numpy_recomputation(raw_run):
-    """The last epoch's statistics (summed on the device during validation) recomputed from the trace."""
+    """The last epoch's statistics (summed on the device during validation) recomputed from the
+    trace."""
     d, out = raw_run
     cfg = rnnjax.load(d, step="latest").config
     corpus = data.load_corpus(cfg.data)

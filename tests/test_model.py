@@ -103,8 +103,9 @@ def test_dropout_only_between_layers_and_only_in_training():
 
 
 def test_output_dropout_drops_the_top_layers_output_in_training_only_the_same_in_every_impl():
-    """model.output_dropout: the top layer's output, before the output layer; its carry is untouched,
-    evaluation ignores it, and rnnjax, autodiff and the cuDNN stack (lstm_ref standing in) draw one mask."""
+    """model.output_dropout: the top layer's output, before the output layer; its carry is
+    untouched, evaluation ignores it, and rnnjax, autodiff and the cuDNN stack (lstm_ref standing
+    in) draw one mask."""
     import dataclasses
     import functools
 

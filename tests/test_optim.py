@@ -120,13 +120,15 @@ def test_any_optax_optimizer_trains_by_name(tmp_path):
     [
         (
             {"train.optimizer": "lino"},
-            r"^config.train.optimizer = 'lino' is not an optax optimizer; did you mean 'lion'\? give the "
+            r"^config.train.optimizer = 'lino' is not an optax optimizer; "
+            r"did you mean 'lion'\? give the "
             r"name of a function in optax that takes learning_rate",
         ),
         ({"train.optimizer": "tree"}, r"'tree' is not an optax optimizer"),  # a module of optax
         (
             {"train.optimizer": "adam", "train.optimizer_kwargs": {"b3": 0.9}},
-            r"^config.train.optimizer_kwargs: optax.adam takes no argument 'b3'; it takes b1, b2, eps",
+            r"^config.train.optimizer_kwargs: optax.adam takes no argument 'b3'; "
+            r"it takes b1, b2, eps",
         ),
         (
             {"train.optimizer": "sgd", "train.weight_decay": 0.1},

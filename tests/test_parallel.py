@@ -33,12 +33,15 @@ FOUR_DEVICES = textwrap.dedent("""
         s = train_and_evaluate(cfg, sys.argv[1] + f"/d{n}")
         out[f"loss{n}"] = [float(np.log(r["train_ppl"])) for r in s["metrics"]]
         out[f"val{n}"] = [float(np.log(r["val_ppl"])) for r in s["metrics"]]
-        np.savez(sys.argv[1] + f"/params{n}.npz", *[np.asarray(x) for x in jax.tree_util.tree_leaves(s["params"])])
+        leaves = jax.tree_util.tree_leaves(s["params"])
+        np.savez(sys.argv[1] + f"/params{n}.npz", *[np.asarray(x) for x in leaves])
         if n == 4:
             leaf = jax.tree_util.tree_leaves(s["params"])[0]
-            out["params_replicated"] = leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == 4
+            where = leaf.sharding
+            out["params_replicated"] = where.is_fully_replicated and len(where.device_set) == 4
     dp = DataParallel.create(0, 8)
-    out["batch_shard_shape"] = list(dp.shard(np.zeros((3, 8, 10)), 1).sharding.shard_shape((3, 8, 10)))
+    batch = dp.shard(np.zeros((3, 8, 10)), 1)
+    out["batch_shard_shape"] = list(batch.sharding.shard_shape((3, 8, 10)))
     try:
         DataParallel.create(0, 6)
     except ConfigError as e:
@@ -78,7 +81,8 @@ def test_four_devices_train_like_one_and_their_checkpoint_resumes_on_one(
     for k in p1.files:
         np.testing.assert_allclose(p4[k], p1[k], atol=1e-5, rtol=0)
     assert out["indivisible"] == (
-        "config.data.batch_size = 6 does not divide by the 4 devices; use a multiple of 4 or set config.parallel.num_devices"
+        "config.data.batch_size = 6 does not divide by the 4 devices; use a multiple of 4 or set "
+        "config.parallel.num_devices"
     )
     # the checkpoint saved on four devices restores on one, bit for bit, and resumes there
     assert len(jax.devices()) == 1
@@ -198,7 +202,8 @@ def test_set_cpu_devices_before_and_after_jax_starts():
 @pytest.mark.exhaustive
 @pytest.mark.slow
 def test_cli_trains_on_one_cpu_device_per_core_like_on_one(tmp_path):
-    """--config.parallel.cpu_devices=2 splits the CPU into 2 devices; the run matches the 1-device run."""
+    """--config.parallel.cpu_devices=2 splits the CPU into 2 devices; the run matches the 1-device
+    run."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["JAX_PLATFORMS"] = "cpu"
     ppl = {}

@@ -66,11 +66,13 @@ EXACT = textwrap.dedent("""
     xs, ys = (jnp.asarray(rng.integers(0, V, (10, b, t))) for _ in range(2))
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(1.0))
 
-    def train(model):  # 10 steps of the real train step, everything replicated on the pipeline's devices
-        stages = pipeline.stages_for(model.num_layers, model.placement.pipeline_stages) if isinstance(model, Placed) else 1
+    def train(model):  # 10 steps of the real train step, replicated on the pipeline's devices
+        stages = (pipeline.stages_for(model.num_layers, model.placement.pipeline_stages)
+                  if isinstance(model, Placed) else 1)
         rep = NamedSharding(Mesh(np.asarray(jax.devices()[:stages]), ("d",)), P())
         state = init_train_state(model, tx, jax.random.PRNGKey(0))
-        state, carry, metrics = jax.device_put((state, model.initial_carry(b), train_sums(model, state.params, False)), rep)
+        state, carry, metrics = jax.device_put(
+            (state, model.initial_carry(b), train_sums(model, state.params, False)), rep)
         step = make_train_step(model, tx, reset_carry=False)
         for i in range(10):
             state, carry, metrics = step(state, carry, metrics, xs, ys, i, jax.random.PRNGKey(1))
@@ -82,7 +84,8 @@ EXACT = textwrap.dedent("""
         piped = Placed(m, Placement(pipeline_stages=D, pipeline_chunks=3))
         (a, la), (p, lp) = train(m), train(piped)
         diff = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(a, p))
-        out.append({"case": [cell, L, D, dropout], "stages": pipeline.stages_for(L, D), "diff": diff,
+        out.append({"case": [cell, L, D, dropout], "stages": pipeline.stages_for(L, D),
+                    "diff": diff,
                     "loss": [la, lp]})
     print("RESULT " + json.dumps(out))
 """)
@@ -98,10 +101,10 @@ EXTRAS = [
 @pytest.mark.slow
 @pytest.mark.parametrize("first", tiered([*CELLS, "extras"], lambda c: c == "lstm"))
 def test_pipeline_trains_like_the_plain_stack_for_every_cell_and_depth(first):
-    """Same params and carry after 10 steps (<= 1e-5) for L in 2..4 and every cell, on fake CPU devices
-    (L = 1 has one stage: the plain stack itself, see test_plan_blocks_chunks_and_bubble); L = 3 on 2
-    devices runs blocks [2, 1] (an empty slot). One process per cell (and one for the extra cases),
-    so that the test workers share them."""
+    """Same params and carry after 10 steps (<= 1e-5) for L in 2..4 and every cell, on fake CPU
+    devices (L = 1 has one stage: the plain stack itself, see test_plan_blocks_chunks_and_bubble);
+    L = 3 on 2 devices runs blocks [2, 1] (an empty slot). One process per cell (and one for the
+    extra cases), so that the test workers share them."""
     cases = EXTRAS if first == "extras" else [c for c in EVERY_CELL if c[0] == first]
     assert len(cases) == 3
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
@@ -127,8 +130,9 @@ def test_pipeline_trains_like_the_plain_stack_for_every_cell_and_depth(first):
 @pytest.mark.exhaustive
 @pytest.mark.slow
 def test_cli_pipeline_run_matches_and_swaps_checkpoints_with_the_plain_stack(tmp_path):
-    """scripts/train.py with --config.parallel.cpu_pipeline=True (relative workdir, 2 CPU devices) gives the plain
-    run's metrics; its checkpoint resumes without the pipeline to the plain run's params."""
+    """scripts/train.py with --config.parallel.cpu_pipeline=True (relative workdir, 2 CPU devices)
+    gives the plain run's metrics; its checkpoint resumes without the pipeline to the plain run's
+    params."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["JAX_PLATFORMS"] = "cpu"
 

@@ -20,6 +20,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import tiered
 from test_docs import Command, commands
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -246,17 +247,28 @@ def test_python_blocks(repo, quick_start):
     assert proc.stdout.startswith("time traveller")  # the README's generated text comes first
 
 
+# The own-text commands: my_book.txt runs by default; the raw-text and word-level variants (whose
+# reading of the files tests/test_data.py checks in-process) run in the exhaustive tier.
+OWN_TEXT = [(OWN, "runs/my_book"), (RAW, "runs/raw"), (WORDS, "runs/words")]
+
+
 @pytest.mark.slow
-def test_own_text_commands(repo):
-    for start, workdir in [(OWN, "runs/my_book"), (RAW, "runs/raw"), (WORDS, "runs/words")]:
-        argv = page_command(start)
-        run(repo, argv, *shrink(argv))
-        assert (repo / workdir / "checkpoints").is_dir()
-        assert (repo / workdir / "samples.txt").read_text().strip()
-    raw_vocab = json.loads((repo / "runs" / "raw" / "vocab.json").read_text())["idx_to_token"]
-    assert "T" in raw_vocab  # preprocess none keeps case
-    words = (repo / "runs" / "words" / "samples.txt").read_text().split()
-    assert words[:2] == ["the", "time"] and len(words) == 2 + 50
+@pytest.mark.parametrize(
+    "start, workdir",
+    tiered(OWN_TEXT, lambda c: c[0] == OWN),
+    ids=[pathlib.PurePath(w).name for _, w in OWN_TEXT],
+)
+def test_own_text_commands(repo, start, workdir):
+    argv = page_command(start)
+    run(repo, argv, *shrink(argv))
+    assert (repo / workdir / "checkpoints").is_dir()
+    assert (repo / workdir / "samples.txt").read_text().strip()
+    if start == RAW:
+        raw_vocab = json.loads((repo / workdir / "vocab.json").read_text())["idx_to_token"]
+        assert "T" in raw_vocab  # preprocess none keeps case
+    if start == WORDS:
+        words = (repo / workdir / "samples.txt").read_text().split()
+        assert words[:2] == ["the", "time"] and len(words) == 2 + 50
 
 
 @pytest.mark.slow

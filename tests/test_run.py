@@ -1,4 +1,5 @@
-"""``rnnjax.load``: a read-only restore that generates and scores text, as the CLI and the notebook use it."""
+"""``rnnjax.load``: a read-only restore that generates and scores text, as the CLI and the notebook
+use it."""
 
 import os
 import pathlib
@@ -6,18 +7,17 @@ import subprocess
 import sys
 
 import pytest
-from conftest import param_bytes, run_notebook, small_config, snapshot
+from conftest import param_bytes, run_notebook, snapshot
 
 import rnnjax
 from rnnjax.checkpoint import CheckpointError
-from rnnjax.train import train_and_evaluate
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
 
 
-def test_load_is_read_only_and_generates(tmp_path):
-    out = train_and_evaluate(small_config(3), tmp_path)
+def test_load_is_read_only_and_generates(smoke_run):
+    tmp_path, out = smoke_run
     before = snapshot(tmp_path)
     run = rnnjax.load(tmp_path, step="latest")
     assert snapshot(tmp_path) == before
@@ -47,12 +47,11 @@ def test_load_is_read_only_and_generates(tmp_path):
     assert proc.returncode == 0 and proc.stdout.rstrip("\n") == out["samples"][0][:24]
 
 
-def test_notebook_runs_against_a_tiny_run(tmp_path):
+def test_notebook_runs_against_a_tiny_run(tmp_path, smoke_run):
     pytest.importorskip("nbformat")
-    train_and_evaluate(small_config(2), tmp_path / "run")
     text, images = run_notebook(
-        "restore_and_generate.ipynb", tmp_path, RNNJAX_WORKDIR=str(tmp_path / "run")
-    )
+        "restore_and_generate.ipynb", tmp_path, RNNJAX_WORKDIR=str(smoke_run[0])
+    )  # rnnjax.load is read-only: the shared run
     assert (
         "2-layer lstm, hidden 32" in text
         and "using step " in text
@@ -83,9 +82,11 @@ def test_notebooks_without_a_run_say_how_to_make_one(tmp_path, name, variable, s
 
 
 def test_load_never_imports_the_trainer():
-    """rnnjax.load (rnnjax/run.py) builds the model from rnnjax.build: the training loop is not imported."""
+    """rnnjax.load (rnnjax/run.py) builds the model from rnnjax.build: the training loop is not
+    imported."""
     code = (
-        "import sys, rnnjax.run; print(sorted(m for m in sys.modules if m in ('rnnjax.train', 'rnnjax.loop', "
+        "import sys, rnnjax.run; "
+        "print(sorted(m for m in sys.modules if m in ('rnnjax.train', 'rnnjax.loop', "
         "'rnnjax.vectorize', 'rnnjax.sweep', 'rnnjax.preflight')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -1,4 +1,5 @@
-"""The train step's non-finite guard: a non-finite step changes nothing and is counted; a run of them aborts."""
+"""The train step's non-finite guard: a non-finite step changes nothing and is counted; a run of
+them aborts."""
 
 import json
 

@@ -28,7 +28,12 @@ def get_config(arg=None):
 
 
 def get_sweep(arg=None):
-    return {"empty": {}, "no_values": {"seed": []}, "not_a_list": {"model.cell": "gru"}, "none": None}[arg]
+    return {
+        "empty": {},
+        "no_values": {"seed": []},
+        "not_a_list": {"model.cell": "gru"},
+        "none": None,
+    }[arg]
 """
 
 
@@ -274,6 +279,10 @@ def test_signal_during_a_vectorized_group_stops_the_sweep(tmp_path, monkeypatch)
     }
 
 
+# The exhaustive tier: the default run keeps the CLI's SIGTERM-then-rerun of a sweep in
+# test_vectorize (test_an_interrupted_vectorized_group_resumes_with_every_record_once) and the
+# sweep's signal handling in-process (the three tests above).
+@pytest.mark.exhaustive
 @pytest.mark.slow
 def test_sigterm_stops_the_cli_sweep_and_a_rerun_finishes_it(tmp_path):
     import signal

@@ -1,4 +1,5 @@
-"""A sweep's results read back: the table's columns per axis, depth aggregated over seeds, the plot."""
+"""A sweep's results read back: the table's columns per axis, depth aggregated over seeds, the
+plot."""
 
 import csv
 import json
@@ -8,7 +9,8 @@ from rnnjax.sweep_summary import aggregate_depth, plot_sweep, summarize
 
 
 def fake_trial(root, overrides, best, status="done", cell="gru", num_layers=1, epochs=3):
-    """A trial directory as run_sweep leaves it (result.json with the overrides, metrics.jsonl), no training."""
+    """A trial directory as run_sweep leaves it (result.json with the overrides, metrics.jsonl), no
+    training."""
     d = root / trial_name(overrides)
     d.mkdir(parents=True)
     o = {"model.cell": cell, "model.num_layers": num_layers, **overrides}
@@ -69,7 +71,8 @@ def test_summary_has_a_column_per_axis(tmp_path):
     )
     md = (tmp_path / "results.md").read_text().splitlines()
     assert md[0] == (
-        "| cell | num_layers | hidden_size | seed | learning_rate | num_params | train_ppl | best_val_ppl "
+        "| cell | num_layers | hidden_size | seed | learning_rate | num_params | train_ppl "
+        "| best_val_ppl "
         "| tokens_per_sec | wall_time | status |"
     )
     assert "| gru | 1 | 32 | 2 | 1.0 | 1000 | 14.000 | 13.000 |" in "\n".join(md)

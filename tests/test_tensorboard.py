@@ -1,6 +1,6 @@
-"""TensorBoard event files, read back with TensorBoard's own reader (EventAccumulator, no TensorFlow):
-every scalar equals its ``metrics.jsonl`` value, a SIGKILLed and resumed run holds each epoch once,
-sweeps write one run per trial; and the profiler hook writes a trace."""
+"""TensorBoard event files, read back with TensorBoard's own reader (EventAccumulator, no
+TensorFlow): every scalar equals its ``metrics.jsonl`` value, a SIGKILLed and resumed run holds each
+epoch once, sweeps write one run per trial; and the profiler hook writes a trace."""
 
 import math
 import os
@@ -84,8 +84,9 @@ def test_a_run_writes_event_files_equal_to_metrics_jsonl(tmp_path):
 
 
 def test_sigkill_then_resume_keeps_each_epoch_once(tmp_path):
-    """A SIGKILL after epoch 4 (checkpoint at 3) leaves events past the checkpoint; the resumed run's
-    purge step makes TensorBoard drop them, so epochs 1..6 appear exactly once, equal to metrics.jsonl."""
+    """A SIGKILL after epoch 4 (checkpoint at 3) leaves events past the checkpoint; the resumed
+    run's purge step makes TensorBoard drop them, so epochs 1..6 appear exactly once, equal to
+    metrics.jsonl."""
     run = tmp_path / "run"
     flags = [
         "--config.train.num_epochs=6",
@@ -168,7 +169,8 @@ def test_bad_profile_steps_and_layer_stats_are_one_line_errors():
 
 def test_the_reader_needs_no_tensorflow():
     code = (
-        "import sys; from tensorboard.backend.event_processing.event_accumulator import EventAccumulator; "
+        "import sys; "
+        "from tensorboard.backend.event_processing.event_accumulator import EventAccumulator; "
         "import tensorboardX; print('tensorflow' in sys.modules)"
     )
     proc = subprocess.run(

@@ -1,4 +1,5 @@
-"""Training runs: bitwise determinism from the seed, learning, the files a run writes, the CLI end to end."""
+"""Training runs: bitwise determinism from the seed, learning, the files a run writes, the CLI end
+to end."""
 
 import json
 import os
@@ -60,6 +61,9 @@ def test_run_writes_its_files(tmp_path, cell, sampler, dropout):
     assert out["val_ppl"] == records[-1]["val_ppl"]
 
 
+# The exhaustive tier: by default the CLI trains end to end in tests/test_readme.py (the README's
+# commands) and test_cells.py (a --config.model override reaching config.json, then generate.py).
+@pytest.mark.exhaustive
 @pytest.mark.slow
 def test_cli_trains_the_smoke_config_end_to_end(tmp_path):
     proc = subprocess.run(
@@ -83,8 +87,8 @@ def test_cli_trains_the_smoke_config_end_to_end(tmp_path):
 
 
 def test_each_val_ppl_is_the_perplexity_of_that_epochs_params(tmp_path):
-    """Records are the same whatever the checkpoint interval, and each epoch's val_ppl is the perplexity
-    of that epoch's params (rnnjax.load of its checkpoint) on the validation tokens."""
+    """Records are the same whatever the checkpoint interval, and each epoch's val_ppl is the
+    perplexity of that epoch's params (rnnjax.load of its checkpoint) on the validation tokens."""
     import rnnjax
     from rnnjax.steps import perplexity
 
@@ -118,13 +122,15 @@ class _Killed(Exception):
 
 
 @pytest.mark.parametrize("when", ["before the metrics line", "after the metrics line"])
-def test_a_kill_around_the_first_record_resumes_with_every_record(tmp_path, monkeypatch, when):
-    """The first epoch's checkpoint is saved before its metrics.jsonl line: a run stopped just before
-    or just after that line resumes (it is never left with records but no checkpoint, which a rerun
-    would refuse), and ends with the records of an uninterrupted run."""
+def test_a_kill_around_the_first_record_resumes_with_every_record(
+    tmp_path, monkeypatch, when, smoke_run
+):
+    """The first epoch's checkpoint is saved before its metrics.jsonl line: a run stopped just
+    before or just after that line resumes (it is never left with records but no checkpoint, which a
+    rerun would refuse), and ends with the records of an uninterrupted run."""
     from rnnjax import workdir as rundir
 
-    ref = train_and_evaluate(small_config(3), tmp_path / "ref")
+    ref = smoke_run[1]  # small_config(3) uninterrupted
     real = rundir.append_metrics
 
     def dies(path, record):
@@ -162,8 +168,8 @@ def test_a_loss_too_large_for_exp_has_perplexity_inf():
 
 @pytest.mark.parametrize("grad_clip", [1.0, 0.0])
 def test_a_learning_rate_that_overflows_the_loss_aborts_in_one_line(tmp_path, grad_clip):
-    """Issue 25.5: --config.train.learning_rate=1e6 made math.exp overflow; now the run stops after the
-    epoch with the one-line abort naming the perplexity, its record written with null."""
+    """Issue 25.5: --config.train.learning_rate=1e6 made math.exp overflow; now the run stops after
+    the epoch with the one-line abort naming the perplexity, its record written with null."""
     cmd = [
         sys.executable,
         os.path.join(ROOT, "scripts", "train.py"),
@@ -194,8 +200,8 @@ def _lines(path) -> int:
 
 @pytest.mark.slow
 def test_the_same_command_after_sigkill_restarts_or_resumes_by_itself(tmp_path):
-    """Issue 25.11: killed before its first checkpoint, then past one; the same command each time goes on
-    by itself, sets aside (never deletes) the records no checkpoint covers and says so."""
+    """Issue 25.11: killed before its first checkpoint, then past one; the same command each time
+    goes on by itself, sets aside (never deletes) the records no checkpoint covers and says so."""
     import time
 
     from conftest import train_cli
@@ -247,8 +253,9 @@ def test_the_same_command_after_sigkill_restarts_or_resumes_by_itself(tmp_path):
 
 
 def test_every_minutes_saves_mid_epoch_and_a_kill_there_resumes_bitwise(tmp_path):
-    """checkpoint.every_minutes: a save once that long has passed, mid-epoch too; a run cut back to
-    such a save (as a kill there leaves it) resumes to the uninterrupted run's params, bit for bit."""
+    """checkpoint.every_minutes: a save once that long has passed, mid-epoch too; a run cut back
+    to such a save (as a kill there leaves it) resumes to the uninterrupted run's params, bit for
+    bit."""
     import shutil
 
     cfg = small_config(

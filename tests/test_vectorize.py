@@ -1,4 +1,5 @@
-"""Vectorized trials (one vmapped program) give the numbers and checkpoints of trials run one by one."""
+"""Vectorized trials (one vmapped program) give the numbers and checkpoints of trials run one by
+one."""
 
 import json
 import os
@@ -107,7 +108,8 @@ def test_a_vectorized_sweep_leaves_a_running_trainers_trial_alone(tmp_path):
 
 @pytest.mark.slow
 def test_the_same_vectorized_sweep_twice_at_once_loses_no_record(tmp_path):
-    """Issue 25.1: the second of two identical vectorized sweeps is refused; the first's records stay."""
+    """Issue 25.1: the second of two identical vectorized sweeps is refused; the first's records
+    stay."""
     cmd = [
         *SWEEP,
         "--axis=seed=0,1",
@@ -153,8 +155,9 @@ def test_a_vectorized_group_refuses_history_as_a_single_run_does(tmp_path):
 
 @pytest.mark.slow
 def test_an_interrupted_vectorized_group_resumes_with_every_record_once(tmp_path):
-    """Issue 24.3: SIGTERM mid-epoch, then SIGKILL between checkpoints; the same command resumes each
-    time, and the trials end as an uninterrupted group: every epoch's record once, bitwise equal."""
+    """Issue 24.3: SIGTERM mid-epoch, then SIGKILL between checkpoints; the same command resumes
+    each time, and the trials end as an uninterrupted group: every epoch's record once, bitwise
+    equal."""
     import rnnjax
 
     def cmd(root):

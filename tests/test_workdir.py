@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import small_config, snapshot, train_cli
+from conftest import copy_run, small_config, snapshot, train_cli
 
 from rnnjax.checkpoint import CheckpointError
 from rnnjax.train import train_and_evaluate
@@ -22,41 +22,42 @@ ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
         ("cell", "gru", "model.cell"),
     ],
 )
-def test_other_architecture_is_refused_naming_the_field(tmp_path, field, value, name):
-    train_and_evaluate(small_config(), tmp_path)
-    before = snapshot(tmp_path)
+def test_other_architecture_is_refused_naming_the_field(tmp_path, field, value, name, smoke_run):
+    run = copy_run(smoke_run[0], tmp_path / "run")  # a finished run of small_config()
+    before = snapshot(run)
     with pytest.raises(
         CheckpointError,
         match=f"different config.{name} \\(.* there, {value!r} here\\); use another",
     ):
-        train_and_evaluate(small_config(**{f"model.{field}": value}), tmp_path)
+        train_and_evaluate(small_config(**{f"model.{field}": value}), run)
     cfg = small_config()
     cfg.train.optimizer = "adam"
     with pytest.raises(CheckpointError, match="different config.train.optimizer"):
-        train_and_evaluate(cfg, tmp_path)
-    assert snapshot(tmp_path) == before
+        train_and_evaluate(cfg, run)
+    assert snapshot(run) == before
 
 
-def test_second_trainer_on_a_workdir_exits_at_once(tmp_path):
-    train_and_evaluate(small_config(), tmp_path)
+def test_second_trainer_on_a_workdir_exits_at_once(tmp_path, smoke_run):
+    run = copy_run(smoke_run[0], tmp_path / "run")  # a finished run of small_config()
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
             (
-                "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX); "
+                "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); "
+                "fcntl.flock(fd, fcntl.LOCK_EX); "
                 "print('locked', flush=True); time.sleep(60)"
             ),
-            str(tmp_path / ".lock"),
+            str(run / ".lock"),
         ],
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
-        before = snapshot(tmp_path)
+        before = snapshot(run)
         proc = subprocess.run(
-            train_cli(tmp_path, "--config.train.num_epochs=5"),
+            train_cli(run, "--config.train.num_epochs=5"),
             capture_output=True,
             text=True,
             env=ENV,
@@ -64,7 +65,7 @@ def test_second_trainer_on_a_workdir_exits_at_once(tmp_path):
         )
         assert proc.returncode != 0
         assert "is in use by another trainer" in proc.stderr.strip().splitlines()[-1]
-        assert snapshot(tmp_path) == before
+        assert snapshot(run) == before
     finally:
         holder.kill()
 
@@ -101,7 +102,8 @@ def test_deleting_the_lock_file_does_not_let_a_second_trainer_in(tmp_path):
         )
         assert second.returncode == 1
         assert second.stderr.strip().splitlines() == [
-            f"error: {run} is in use by another trainer (it holds the workdir's lock); wait for it or use another "
+            f"error: {run} is in use by another trainer (it holds the workdir's lock); "
+            "wait for it or use another "
             "--workdir"
         ], second.stderr[-2000:]
         assert first.poll() is None  # the first trainer is untouched by the attempt
