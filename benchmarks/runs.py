@@ -16,8 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from harness import REPO_ROOT, config, median_ms, repo_path, torch
-from sections import Settings
-from workload import V
+from workload import Settings, V
 
 from rnnjax import cudnn, native
 from rnnjax import data as rdata

@@ -31,7 +31,7 @@ from harness import (
     stepper,
     torch_variant,
 )
-from workload import REFERENCE, V, Workload
+from workload import Settings, V, Workload
 
 from rnnjax import cudnn, native
 from rnnjax.build import build_model
@@ -48,19 +48,6 @@ from rnnjax.vectorize import stack_trials
 JAX_IMPLS = {"rnnjax": "rnnjax", "rnnjax-autodiff": "autodiff", "flax": "flax"}  # column -> impl
 PIPELINE_CHUNK_COUNTS = (1, 5, 7, 35)  # at t = 35: chunks of 35, 7, 5 and 1 steps
 SEQ_FACTORS = (35, 256, 1024)  # the sequence section's lengths at the reference t = 35
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    """What one run measures: rounds, steps per round, its base workload and rows."""
-
-    repeats: int = 7
-    steps: int = 10
-    e2e_epochs: int = 500
-    base: Workload = REFERENCE  # the reference shape (h, b, t); smaller for smoke runs
-    rows: tuple[tuple[str, int], ...] = ()  # (cell, layers) of the rows section
-    fake_devices: int = 4  # CPU devices of the devices section's child process (0: real ones)
-    peak_gflops: float = 1.0  # the measured matmul peak: MFU's denominator
 
 
 def workload(s: Settings, **changes: Any) -> Workload:

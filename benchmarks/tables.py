@@ -76,18 +76,16 @@ def rows(results: dict) -> list[str]:
 
 def large(results: dict) -> list[str]:
     lg = results["large"]
-    return (
-        [
-            f"## Large shapes: {lg['label']}",
-            "",
-            "Where accelerators shine; torch runs on the same device (cuDNN on CUDA).",
-            "",
-            STEP_COLUMNS,
-            "|---|---|---|---|---|---|---|",
-        ]
-        + [f"| {name} | " + _step_line(r) for name, r in lg["results"].items()]
-        + _skipped([lg])
-    )
+    lines = [
+        f"## Large shapes: {lg['label']}",
+        "",
+        "Where accelerators shine; torch runs on the same device (cuDNN on CUDA).",
+        "",
+        STEP_COLUMNS,
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {name} | " + _step_line(r) for name, r in lg["results"].items()]
+    return lines + _skipped([lg])
 
 
 def pipeline(results: dict) -> list[str]:
@@ -113,48 +111,44 @@ def epoch(results: dict) -> list[str]:
     ep = results["epoch"]
     tr, va = ep["train"], ep["validation"]
     seq, ovl = ep["train + validation, one after the other"], ep["train + validation, overlapped"]
-    return (
-        [
-            "## Per-epoch overhead (reference experiment: 8 training steps, validation over 5,000 "
-            "tokens)",
-            "",
-            "Medians of interleaved rounds, ms per epoch. `rnnjax.train` runs an epoch's steps, "
-            "then its validation pass; `overlapped` is the alternative measured against it: the "
-            "validation pass read only after the next epoch's steps are dispatched behind it.",
-            "",
-            "| part | ms per epoch | share of the training steps |",
-            "|---|---|---|",
-        ]
-        + [f"| {name} | {v:.1f} | {v / tr:.0%} |" for name, v in ep.items()]
-        + [
-            "",
-            f"Overlapped, the epoch costs {ovl:.0f} ms against {seq:.0f} ms one after the other "
-            f"({ovl - seq:+.0f} ms, {(ovl - seq) / seq:+.0%}); train and validation measured apart "
-            f"sum to {tr + va:.0f} ms. Outside the training steps: {max(0.0, seq - tr):.0f} ms "
-            f"({max(0.0, seq - tr) / seq:.0%} of the epoch).",
-        ]
-    )
+    lines = [
+        "## Per-epoch overhead (reference experiment: 8 training steps, validation over 5,000 "
+        "tokens)",
+        "",
+        "Medians of interleaved rounds, ms per epoch. `rnnjax.train` runs an epoch's steps, "
+        "then its validation pass; `overlapped` is the alternative measured against it: the "
+        "validation pass read only after the next epoch's steps are dispatched behind it.",
+        "",
+        "| part | ms per epoch | share of the training steps |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {name} | {v:.1f} | {v / tr:.0%} |" for name, v in ep.items()]
+    return lines + [
+        "",
+        f"Overlapped, the epoch costs {ovl:.0f} ms against {seq:.0f} ms one after the other "
+        f"({ovl - seq:+.0f} ms, {(ovl - seq) / seq:+.0%}); train and validation measured apart "
+        f"sum to {tr + va:.0f} ms. Outside the training steps: {max(0.0, seq - tr):.0f} ms "
+        f"({max(0.0, seq - tr) / seq:.0%} of the epoch).",
+    ]
 
 
 def scaling(results: dict) -> list[str]:
-    return (
-        [
-            "## Scaling (2-layer LSTM)",
-            "",
-            "Cost relative to the base row, next to the analytic FLOPs ratio: a cost ratio below "
-            "the FLOPs ratio means larger shapes run more efficiently.",
-            "",
-            "| workload | implementation | ms/step | tokens/s | cost vs base | FLOPs vs base |",
-            "|---|---|---|---|---|---|",
-        ]
-        + [
-            f"| {row['label']} | {name} | {r['ms_per_step']:.1f} | {r['tokens_per_sec']:.0f} | "
-            f"{r['cost_ratio']:.2f}x | {row['flops_ratio']:.2f}x |"
-            for row in results["scaling"]
-            for name, r in row["results"].items()
-        ]
-        + _skipped(results["scaling"])
-    )
+    lines = [
+        "## Scaling (2-layer LSTM)",
+        "",
+        "Cost relative to the base row, next to the analytic FLOPs ratio: a cost ratio below "
+        "the FLOPs ratio means larger shapes run more efficiently.",
+        "",
+        "| workload | implementation | ms/step | tokens/s | cost vs base | FLOPs vs base |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {row['label']} | {name} | {r['ms_per_step']:.1f} | {r['tokens_per_sec']:.0f} | "
+        f"{r['cost_ratio']:.2f}x | {row['flops_ratio']:.2f}x |"
+        for row in results["scaling"]
+        for name, r in row["results"].items()
+    ]
+    return lines + _skipped(results["scaling"])
 
 
 def sequence(results: dict) -> list[str]:

@@ -1,4 +1,5 @@
-"""A benchmark workload (the reference training step with some fields changed) and its FLOPs.
+"""A benchmark workload (the reference training step with some fields changed), its FLOPs, and
+the :class:`Settings` of one benchmark run.
 
 No JAX at import: ``scripts/benchmark.py`` checks its flags against the reference with it.
 """
@@ -45,3 +46,16 @@ class Workload:
 
 
 REFERENCE = Workload()  # the 2-layer LSTM of the reference experiment: the targets are judged on it
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What one run measures: rounds, steps per round, its base workload and rows."""
+
+    repeats: int = 7
+    steps: int = 10
+    e2e_epochs: int = 500
+    base: Workload = REFERENCE  # the reference shape (h, b, t); smaller for smoke runs
+    rows: tuple[tuple[str, int], ...] = ()  # (cell, layers) of the rows section
+    fake_devices: int = 4  # CPU devices of the devices section's child process (0: real ones)
+    peak_gflops: float = 1.0  # the measured matmul peak: MFU's denominator
