@@ -23,7 +23,7 @@ LEVELS = [
     ],
     ["cells"],  # the package and every cell file
     ["config", "config_doc", "cli", "workdir", "preflight", "data", "optim", "checkpoint"],
-    ["stack", "fused"],  # layers
+    ["stack", "fused", "native"],  # layers
     [
         "model",
         "cudnn",
