@@ -17,6 +17,9 @@ docs/implementation.md#native-layers explains the build and the fallback.
 from __future__ import annotations
 
 import functools
+import importlib.machinery
+import importlib.util
+import pathlib
 import sys
 from typing import Any
 
@@ -31,12 +34,22 @@ from rnnjax.cells.base import Params
 Array = jax.Array
 
 
+_SUFFIXES = [f"_native_ext{s}" for s in importlib.machinery.EXTENSION_SUFFIXES]
+
+
 def _load() -> tuple[Any, str | None]:
     """The extension module and None, or None and why it cannot be used (one line)."""
+    # the extension built next to this file (setup.py), never one of another checkout of rnnjax
+    here = pathlib.Path(__file__).parent
+    found = [p for p in map(here.joinpath, _SUFFIXES) if p.is_file()]
+    if not found:
+        return None, f"the native extension is not built here (no {_SUFFIXES[0]} in {here})"
     try:
-        from rnnjax import _native_ext as ext
+        spec = importlib.util.spec_from_file_location("rnnjax._native_ext", found[0])
+        ext = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(ext)
     except ImportError as e:
-        return None, f"the native extension is not built here ({e})"
+        return None, f"the native extension cannot be loaded ({e})"
     try:
         for name, (*_, fwd, bwd) in ext.KERNELS.items():
             jax.ffi.register_ffi_target(f"rnnjax_{name}_fwd", fwd, platform="cpu")
