@@ -193,11 +193,7 @@ def _package_copy(tmp_path):
 def test_without_the_extension_native_runs_the_fused_layer_and_says_so_once(tmp_path):
     """The real missing library (a copy of the package with no built extension), not a mock."""
     src = _package_copy(tmp_path)
-    # An editable install's import hook would find the checkout's built extension for any
-    # rnnjax.* submodule the copy lacks: drop it, so this process sees only the copy.
     script = textwrap.dedent("""
-        import sys
-        sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f)]
         import jax, jax.numpy as jnp, rnnjax
         from rnnjax import native
         from rnnjax.model import DeepRNN
