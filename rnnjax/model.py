@@ -69,6 +69,10 @@ class DeepRNN:
     impl: Impl = Impl.FUSED
     # Dropout on the top layer's output, before the output layer (training only; 0 = off).
     output_dropout: float = 0.0
+    # Locked dropout (one mask per sequence: input, between layers, output) and DropConnect on
+    # the recurrent weights (one mask per minibatch): rnnjax.stack; training only; 0 = off.
+    locked_dropout: float = 0.0
+    weight_drop: float = 0.0
 
     def __post_init__(self):
         if isinstance(self.activation, str):
@@ -206,6 +210,7 @@ def _apply(
     placement: Placement = Placement(),
 ) -> tuple[Array, Carry]:
     tokens_tb = tokens.T
+    params = {**params, "layers": stack.drop_weights(spec, params["layers"], dropout_key)}
     # the pipeline needs time to overlap: a single step (generation) runs the plain stack
     stages = pipeline.stages_for(spec.num_layers, placement.pipeline_stages)
     if stages > 1 and tokens_tb.shape[0] > 1:

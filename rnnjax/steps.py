@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rnnjax import data
+from rnnjax import data, stack
 from rnnjax.metrics import EvalMetrics, LayerStats, TrainSums, add_step, train_zeros
 from rnnjax.model import Carry, DeepRNN, Impl, Params
 from rnnjax.parallel import DataParallel
@@ -100,11 +100,7 @@ def make_train_step(model: DeepRNN, tx: optax.GradientTransformation, reset_carr
         )  # ids come in their smallest dtype
         if reset_carry:
             carry = jax.tree_util.tree_map(jnp.zeros_like, carry)
-        dropout_key = (
-            jax.random.fold_in(key, state.step)
-            if model.dropout > 0 or model.output_dropout > 0
-            else None
-        )
+        dropout_key = jax.random.fold_in(key, state.step) if stack.draws_masks(model) else None
 
         def loss_fn(params):
             logits_btv, new_carry = model.apply(params, x_bt, carry, dropout_key=dropout_key)

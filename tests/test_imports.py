@@ -22,7 +22,8 @@ LEVELS = [
         "vocab",
     ],
     ["cells"],  # the package and every cell file
-    ["config", "config_doc", "cli", "workdir", "preflight", "data", "optim", "checkpoint"],
+    ["config", "config_doc", "cli", "workdir", "preflight", "text", "data", "optim", "checkpoint"],
+    ["budget"],  # the run's length (reads the config and the workdir)
     ["stack", "fused"],  # layers
     [
         "model",
