@@ -62,7 +62,8 @@ class Group:
         self.txs, self.schedules = [o[0] for o in optimizers], [o[1] for o in optimizers]
         # The update reads each trial's hyperparameters from its own optimizer state.
         reset = self.cfgs[0].data.sampler == "random"
-        step = make_train_step(self.model, self.txs[0], reset_carry=reset)
+        tc = self.cfgs[0].train
+        step = make_train_step(self.model, self.txs[0], reset, (tc.ar, tc.tar))
         if self.vmapped:
             step = jax.jit(
                 jax.vmap(step, in_axes=(0, 0, 0, 0, 0, None, 0)), donate_argnums=(0, 1, 2)

@@ -78,6 +78,19 @@ def run(
     """The stack over a sequence: tokens [t, b] -> (top layer's outputs [t, b, h] after output
     dropout, the new carry (one per layer), each layer's ``extra``). ``dropout_key`` None:
     evaluation (no dropout)."""
+    h_tbh, new_carry, extras = run_layers(spec, layer, layers, tokens_tb, carry, dropout_key)
+    return output_dropout(spec, dropout_key, h_tbh), new_carry, extras
+
+
+def run_layers(
+    spec: Spec,
+    layer: Layer,
+    layers: list[Params],
+    tokens_tb: Array,
+    carry: tuple,
+    dropout_key: Array | None,
+) -> tuple[Array, tuple, list]:
+    """:func:`run` without the output dropout: the top layer's own outputs [t, b, h]."""
     x, new_carry, extras = locked_input(spec, dropout_key, tokens_tb, layers[0]), [], []
     for l, (p, layer_carry) in enumerate(zip(layers, carry)):
         x, layer_carry, extra = layer(l, p, x, layer_carry)
@@ -87,7 +100,19 @@ def run(
             x = apply_dropout(x, dropout_keep(dropout_key, l, spec.dropout, x.shape), spec.dropout)
         if l < spec.num_layers - 1:
             x = locked(spec, dropout_key, l + 1, x)
-    return output_dropout(spec, dropout_key, x), tuple(new_carry), extras
+    return x, tuple(new_carry), extras
+
+
+def activation_penalty(ar: float, tar: float, h_tbh: Array, dropped_tbh: Array) -> Array:
+    """AWD-LSTM's activation regularisers of the top layer's outputs [t, b, h]: AR, ``ar`` times
+    the mean square of the outputs after output dropout, plus TAR, ``tar`` times the mean square
+    of the change from one time step to the next of the outputs before it."""
+    penalty = jnp.float32(0.0)
+    if ar > 0:
+        penalty += ar * jnp.mean(dropped_tbh**2)
+    if tar > 0 and h_tbh.shape[0] > 1:
+        penalty += tar * jnp.mean((h_tbh[1:] - h_tbh[:-1]) ** 2)
+    return penalty
 
 
 def locked(spec: Spec, dropout_key: Array | None, site: int, h_tbh: Array) -> Array:

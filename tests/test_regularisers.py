@@ -100,6 +100,35 @@ def test_locked_dropout_draws_one_mask_per_sequence_and_autodiff_agrees():
     assert float(loss) != float(plain_loss)
 
 
+def test_ar_and_tar_penalise_the_top_outputs_and_their_gradient_reaches_the_weights():
+    h = jnp.asarray(np.random.default_rng(1).normal(size=(T, B, 8)), jnp.float32)
+    d = h * 2
+    want = 3 * np.mean(np.asarray(d) ** 2) + 5 * np.mean(np.diff(np.asarray(h), axis=0) ** 2)
+    assert float(stack.activation_penalty(3.0, 5.0, h, d)) == pytest.approx(want, rel=1e-6)
+    x, y = batch()
+    import optax
+
+    from rnnjax.steps import init_train_state, make_train_step, train_sums
+
+    def one_step(impl, ar_tar):
+        model = DeepRNN(V, 8, 2, output_dropout=0.3, impl=impl)
+        tx = optax.sgd(0.5)
+        state = init_train_state(model, tx, jax.random.key(0))
+        step = make_train_step(model, tx, False, ar_tar)
+        sums = train_sums(model, state.params, False)
+        xs, ys = x[None], y[None]
+        state, _, sums = step(state, model.initial_carry(B), sums, xs, ys, 0, jax.random.key(3))
+        return state.params, float(sums["loss"])
+
+    plain, loss0 = one_step("rnnjax", (0.0, 0.0))
+    fused, loss1 = one_step("rnnjax", (2.0, 3.0))
+    auto, loss2 = one_step("autodiff", (2.0, 3.0))
+    assert loss0 == pytest.approx(loss1) == pytest.approx(loss2)  # the recorded loss: cross-entropy
+    close(fused, auto)  # the penalty's gradient through the hand-written backward
+    diff = np.abs(np.asarray(fused["layers"][0]["w_h"]) - np.asarray(plain["layers"][0]["w_h"]))
+    assert diff.max() > 1e-6
+
+
 def test_off_by_default_draws_no_key_and_changes_nothing():
     m = DeepRNN(V, 8, 2)
     assert not stack.draws_masks(m) and stack.draws_masks(DeepRNN(V, 8, 2, weight_drop=0.1))
@@ -113,6 +142,8 @@ def test_both_regularisers_resume_bitwise_from_a_mid_epoch_save(tmp_path):
         **{
             "model.weight_drop": 0.3,
             "model.locked_dropout": 0.2,
+            "train.ar": 2.0,
+            "train.tar": 1.0,
             "checkpoint.every_minutes": 1e-9,
             "checkpoint.max_to_keep": 1000,
         },
@@ -140,6 +171,8 @@ def test_both_regularisers_resume_bitwise_from_a_mid_epoch_save(tmp_path):
         ({"model.weight_drop": 0.2, "model.cell": "mingru"}, "cell 'mingru' has none"),
         ({"model.locked_dropout": 0.2, "parallel.cpu_pipeline": True}, "not in the layer pipe"),
         ({"model.weight_drop": 1.0}, "config.model.weight_drop"),
+        ({"train.tar": 1.0, "model.impl": "flax"}, "train.ar and train.tar read the top layer"),
+        ({"train.ar": -1.0}, "config.train.ar"),
     ],
 )
 def test_where_a_regulariser_cannot_apply_it_is_refused_in_one_line(fields, message):

@@ -39,6 +39,15 @@ def _kwargs_not_hyperparams(c: Any) -> str | None:
     return None
 
 
+def _ar_tar_apply(c: Any) -> str | None:
+    if (c.train.ar > 0 or c.train.tar > 0) and c.model.impl not in ("rnnjax", "autodiff"):
+        return (
+            f"config.train.ar and train.tar read the top layer's outputs in rnnjax's stack, not "
+            f"impl {c.model.impl!r}; use model.impl = 'rnnjax' or 'autodiff', or set them to 0"
+        )
+    return None
+
+
 def _budget_measurable(c: Any) -> str | None:
     """A time budget's step time is measured during warm-up, before the decay depends on it."""
     t = c.train
@@ -129,6 +138,23 @@ GROUPS: dict[str, tuple[str, list[Field | Rule]]] = {
                 added=True,
             ),
             Rule("max_minutes is measured during warm-up.", _budget_measurable),
+            Field(
+                "ar",
+                0.0,
+                "Activation regularisation (AWD-LSTM's AR): add ar times the mean square of the "
+                "top layer's outputs, after output dropout, to the training loss (0 = off).",
+                **real("a number >= 0 (0 = off)", lambda v: v >= 0),
+                added=True,
+            ),
+            Field(
+                "tar",
+                0.0,
+                "Temporal activation regularisation (TAR): add tar times the mean square of the "
+                "top layer's step-to-step output change to the training loss (0 = off).",
+                **real("a number >= 0 (0 = off)", lambda v: v >= 0),
+                added=True,
+            ),
+            Rule("ar and tar read rnnjax's stack.", _ar_tar_apply),
             Field("progress", True, "Show a tqdm progress bar.", **boolean(), resumable=True),
             Field(
                 "max_nonfinite",
