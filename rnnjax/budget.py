@@ -69,6 +69,18 @@ class TimeBudget:
         self.end = max(warm, start_step + 2)  # at least one timed step after the compiled one
         self.first: tuple[int, float] | None = None
 
+    def notes(self) -> list[str]:
+        """The start block's line on the run's length (none for an epoch count)."""
+        g, tc = self.group, self.tc
+        if self.pending:
+            return [
+                f"time budget {tc.max_minutes:g} min: the steps are set after warm-up step "
+                f"{self.end} (WORKDIR/{BUDGET_FILE}); the learning rate ends at 0 with it"
+            ]
+        if tc.max_minutes or tc.max_steps:
+            return [f"budget: {g.total:,} steps, into epoch {g.last_epoch} ({g.n:,} per epoch)"]
+        return []
+
     def after_step(self, done: int, state: Any) -> None:
         """``done``: steps taken so far (the run's position); ``state``: the train state."""
         if not self.pending or (self.first is not None and done < self.end):
@@ -107,3 +119,9 @@ def group_budget(group: Any, workdirs: Sequence[pathlib.Path], position: int) ->
     if steps:
         group.set_total(steps)
     return TimeBudget(group, workdirs, position)
+
+
+def shown_epochs(group: Any) -> int:
+    """The last epoch the start block names: the budget's, or num_epochs before a time budget is
+    measured (its note says so)."""
+    return group.cfgs[0].train.num_epochs if group.total == UNMEASURED else group.last_epoch

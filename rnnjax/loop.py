@@ -60,6 +60,8 @@ def train_group(
             group, ckpts
         )
         notes = [list(n) for n in notes] or [[] for _ in workdirs]
+        timer = group_budget(group, workdirs, (start_epoch - 1) * group.n + start_batch)
+        notes[0] += timer.notes()
         records = [
             kept_records(d, start_epoch, s, primary, n) for d, s, n in zip(workdirs, saved, notes)
         ]
@@ -80,7 +82,6 @@ def train_group(
                 )
                 + "\n"
             )
-        timer = group_budget(group, workdirs, (start_epoch - 1) * group.n + start_batch)
         last_epoch = stopped if stopped else group.last_epoch
         boards = [
             TensorBoardLog(d, start_epoch) if primary and start_epoch <= last_epoch else None
