@@ -23,6 +23,7 @@ from rnnjax.config.train_fields import MEASURED_STEPS
 
 BUDGET_FILE = "budget.json"
 UNMEASURED = 10**9  # a time budget's length before it is measured (only warm-up steps run)
+clock = time.perf_counter  # seconds (tests replace it with a clock of their own)
 
 
 def planned_steps(tc: TrainConfig, n: int, recorded: int | None = None) -> int:
@@ -64,7 +65,7 @@ class TimeBudget:
         tc = group.cfgs[0].train
         self.group, self.workdirs, self.tc = group, list(workdirs), tc
         self.pending = tc.max_minutes > 0 and group.total == UNMEASURED
-        self.began = time.perf_counter()  # the run's (or this resumed part's) start
+        self.began = clock()  # the run's (or this resumed part's) start
         warm = tc.warmup_steps if tc.schedule == "warmup_cosine" else MEASURED_STEPS + 1
         self.end = max(warm, start_step + 2)  # at least one timed step after the compiled one
         self.first: tuple[int, float] | None = None
@@ -86,7 +87,7 @@ class TimeBudget:
         if not self.pending or (self.first is not None and done < self.end):
             return
         jax.block_until_ready(state)
-        now = time.perf_counter()
+        now = clock()
         if self.first is None:
             self.first = (done, now)
             return

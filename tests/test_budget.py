@@ -1,6 +1,8 @@
 """Budgets that anneal: train.max_steps and the time budget train.max_minutes (rnnjax/budget.py)."""
 
+import itertools
 import json
+import math
 import shutil
 
 import jax
@@ -56,15 +58,23 @@ def test_max_steps_resumes_bitwise_from_a_mid_epoch_save(tmp_path):
     assert [r["step"] for r in resumed["metrics"]] == [24, 40]
 
 
-def test_a_time_budget_is_measured_recorded_and_kept_on_resume(tmp_path):
-    cfg = cosine(**{"train.max_minutes": 1.0, "checkpoint.max_to_keep": 1000})
+def test_a_time_budget_is_measured_recorded_and_kept_on_resume(tmp_path, monkeypatch):
+    # A clock of our own (this machine's load would decide the length otherwise): the run starts
+    # at 0 s, its compiled first step ends at 2 s, step 20 at 3.9 s (0.1 s per step).
+    times = itertools.chain([0.0, 2.0, 3.9], itertools.repeat(100.0))
+    monkeypatch.setattr(budget, "clock", lambda: next(times))
+    cfg = cosine(**{"train.max_minutes": 0.15, "checkpoint.max_to_keep": 1000})
     run = tmp_path / "run"
     straight = train_and_evaluate(cfg, run)
     saved = json.loads((run / budget.BUDGET_FILE).read_text())
-    assert saved["max_minutes"] == 1.0 and saved["timed_steps"] == [1, 20]
+    assert saved["timed_steps"] == [1, 20] and saved["step_seconds"] == pytest.approx(0.1)
+    # 9 s - 3.9 s spent - 2 s for the second compile = 3.1 s; a step plus its share of the
+    # validation passes (500 tokens = 6.25 windows of 8 x 10, forward only: / 3; 24 steps an
+    # epoch) is 0.1 * (1 + 6.25 / 3 / 24) s: 28 more steps
     total = saved["max_steps"]
-    assert total > 24 and straight["metrics"][-1]["step"] == total  # past epoch 1 (24 steps)
-    assert straight["metrics"][-1]["lr"] < 0.1 * 0.01  # the cosine ran (nearly) to its end
+    assert total == 20 + math.floor(3.1 / (0.1 * (1 + 6.25 / 3 / 24))) == 48
+    assert straight["metrics"][-1]["step"] == total
+    assert straight["metrics"][-1]["lr"] < 0.05 * 0.01  # the cosine ran to its end
     for p in (run / "checkpoints").iterdir():  # a kill after epoch 1's save
         if p.name.isdigit() and int(p.name) > 24:
             shutil.rmtree(p)
