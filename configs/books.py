@@ -4,7 +4,7 @@ that does not continue the training text), a 15-minute budget over which the lea
 and then decays to 0, test perplexity and bits per character at the end.
 
     python scripts/train.py --config=configs/books.py --config.data.paths=a.txt,b.txt
-    python scripts/train.py --config=configs/books.py --config.train.max_minutes=5   # another budget
+    python scripts/train.py --config=configs/books.py --config.train.max_minutes=5  # 5 minutes
 
 Chosen on the whole bundled book with the far-end split, at step budgets equal to what 2 idle
 cores train in 1 and 5 minutes (docs/results.md, "A recipe that holds on unseen text"): a 2-layer

@@ -1,11 +1,14 @@
-r"""The sweep that chose ``configs/books.py``'s recipe, on d2l's split (the bundled book, first 10,000
-characters train, next 5,000 validate; the split where the reference LSTM's best validation
-perplexity is 6.71).
+r"""The sweep that chose ``configs/books.py:d2l_split``'s recipe (the earlier
+``configs/books.py``), on d2l's split (the bundled book, first 10,000 characters train, next 5,000
+validate; the split where the reference LSTM's best validation perplexity is 6.71). The recipe
+for any text is chosen at book scale instead (docs/results.md, "A recipe that holds on unseen
+text").
 
     python scripts/sweep.py --config=configs/sweep_books.py --workdir=runs/sweep_books
-    python scripts/sweep.py --config=configs/sweep_books.py:stage2 --workdir=runs/sweep_books2   # around stage 1's best
-    python scripts/sweep.py --config=configs/sweep_books.py:stage3 --workdir=runs/sweep_books3   # width x depth
-    python scripts/sweep.py --config=configs/sweep_books.py:stage4 --workdir=runs/sweep_books4   # more dropout
+    # around stage 1's best; width x depth; more dropout
+    python scripts/sweep.py --config=configs/sweep_books.py:stage2 --workdir=runs/sweep_books2
+    python scripts/sweep.py --config=configs/sweep_books.py:stage3 --workdir=runs/sweep_books3
+    python scripts/sweep.py --config=configs/sweep_books.py:stage4 --workdir=runs/sweep_books4
     python scripts/sweep.py --config=configs/sweep_books.py:cells --workdir=runs/sweep_books_cells
     python scripts/sweep.py --summarize=runs/sweep_books
 
@@ -36,13 +39,15 @@ def get_config(arg: str | None = None):
 
 
 def _stage2(c):
-    """Stage 1's best (dropout 0.5, lr 5e-3, batch 16), to which stage 2 adds dropout on the top layer's output."""
+    """Stage 1's best (dropout 0.5, lr 5e-3, batch 16), to which stage 2 adds dropout on the top
+    layer's output."""
     c.model.dropout, c.train.learning_rate, c.data.batch_size = 0.5, 5e-3, 16
     return c
 
 
 def _stage3(c):
-    """Stage 2's best (output dropout 0.5, weight decay 0.01, lr 1e-2): stage 3 varies width and depth, "cells" the cell."""
+    """Stage 2's best (output dropout 0.5, weight decay 0.01, lr 1e-2): stage 3 varies width and
+    depth, "cells" the cell."""
     c = _stage2(c)
     c.model.output_dropout, c.train.weight_decay, c.train.learning_rate = 0.5, 0.01, 1e-2
     return c

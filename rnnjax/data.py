@@ -30,10 +30,11 @@ from rnnjax.vocab import UNK, Vocab
 
 @dataclasses.dataclass(frozen=True)
 class Corpus:
-    """Vocabulary and token ids ([n] each, in ``vocab.id_dtype``): ``train``, ``val`` and ``test`` (empty
-    without a test split). ``val_parts`` and ``test_parts`` are the held-out streams per source, as
-    ``(name, ids)``: one part (named "all") unless several files are split by fraction; ``val`` and
-    ``test`` are their concatenation. Evaluation reads each part on its own, so no window crosses files."""
+    """Vocabulary and token ids ([n] each, in ``vocab.id_dtype``): ``train``, ``val`` and ``test``
+    (empty without a test split). ``val_parts`` and ``test_parts`` are the held-out streams per
+    source, as ``(name, ids)``: one part (named "all") unless several files are split by fraction
+    per file (or ``data.test_paths`` names files); ``val`` and ``test`` are their concatenation.
+    Evaluation reads each part on its own, so no window crosses files."""
 
     vocab: Vocab
     train: np.ndarray
@@ -58,11 +59,11 @@ def load_corpus(cfg: DataConfig, vocab: Vocab | None = None) -> Corpus:
     """Read, preprocess, tokenize and split; the vocabulary is built on the training split
     unless given (e.g. restored from a checkpoint). Raises ConfigError when the corpus is too short.
 
-    By count (``data.val_fraction`` = 0): the files are concatenated, then the first ``max_tokens``
-    tokens train (0: all but the held-out ones), the next ``num_val`` validate, the next ``num_test``
-    test. By fraction: each file is split on its own (``data.holdout = "file"``: train, then
-    validation, then test at its end) or the concatenated files are (``"end"``: validation, then
-    test at the corpus's far end); the training text is capped at ``max_tokens`` (0: no cap).
+    By count (``data.val_fraction`` = 0): the files are concatenated, then the first
+    ``max_tokens`` tokens train (0: all but the held-out ones), the next ``num_val`` validate, the
+    next ``num_test`` test. By fraction: each file is split on its own (``data.holdout =
+    "file"``: train, then validation, then test at its end) or the concatenated files are
+    (``"end"``: validation, then test at the corpus's far end); the training text is capped at ``max_tokens`` (0: no cap).
     ``data.test_paths``: whole files that only test, each scored on its own."""
     if cfg.by_fraction:
         return _load_by_fraction(cfg, vocab)
@@ -78,12 +79,14 @@ def load_corpus(cfg: DataConfig, vocab: Vocab | None = None) -> Corpus:
     test = " + config.data.num_test" if cfg.num_test else ""
     if cfg.max_tokens and len(tokens) < need:
         raise ConfigError(
-            f"config.data.max_tokens + config.data.num_val{test} = {need} but the corpus has {len(tokens)} "
+            f"config.data.max_tokens + config.data.num_val{test} = {need} but the corpus has "
+            f"{len(tokens)} "
             f"{cfg.tokenizer} tokens{emptied}; lower them or add text"
         )
     if train_len < 2:
         raise ConfigError(
-            f"config.data.num_val{test} = {held_out} leaves {max(train_len, 0)} of the corpus's {len(tokens)} "
+            f"config.data.num_val{test} = {held_out} leaves {max(train_len, 0)} of the corpus's "
+            f"{len(tokens)} "
             f"{cfg.tokenizer} tokens to train{emptied}; lower them or add text"
         )
     if vocab is None:
@@ -113,7 +116,8 @@ def _load_by_fraction(cfg: DataConfig, vocab: Vocab | None) -> Corpus:
     if len(set(resolved)) < len(resolved):
         twice = next(p for p, r in zip(cfg.paths, resolved) if resolved.count(r) > 1)
         raise ConfigError(
-            f"config.data.paths lists {twice!r} twice; with data.val_fraction each file is split and "
+            f"config.data.paths lists {twice!r} twice; with data.val_fraction each file is split "
+            "and "
             "scored on its own: give each file once"
         )
     parts = []  # (name, tokens, train end, val end)
@@ -214,7 +218,8 @@ def _build_vocab(cfg: DataConfig, counts: collections.Counter) -> Vocab:
 def _check_trainable(cfg: DataConfig, num_train: int) -> None:
     if batches_per_epoch(cfg, num_train) < 1:
         raise ConfigError(
-            f"config.data.num_steps = {cfg.num_steps} with batch_size {cfg.batch_size} needs at least "
+            f"config.data.num_steps = {cfg.num_steps} with batch_size {cfg.batch_size} needs at "
+            "least "
             f"{cfg.batch_size * (cfg.num_steps + 1) + 1} training tokens, have {num_train}; "
             "lower num_steps or batch_size, or raise data.max_tokens"
         )

@@ -1,7 +1,8 @@
 """Configuration: every field declared once, the default ``ConfigDict`` and its frozen form.
 
 Each field is one :class:`~rnnjax.fields.Field` (default, one-line doc, rule), declared in its
-group's module (``data_fields``, ``model_fields``, ``train_fields``). From these lists come :func:`default_config` (the ``ConfigDict`` that ``configs/*.py`` start from), the frozen
+group's module (``data_fields``, ``model_fields``, ``train_fields``). From these lists come
+:func:`default_config` (the ``ConfigDict`` that ``configs/*.py`` start from), the frozen
 dataclasses (:class:`Config`, ``cfg.model.cell``), :func:`resolve`'s checks, :func:`allowed`, the
 command line's messages, what a resume may change and ``docs/config.md``
 (``python -m rnnjax.config_doc``). Nothing inside jitted code ever sees a ``ConfigDict``.
