@@ -63,8 +63,9 @@ def load_corpus(cfg: DataConfig, vocab: Vocab | None = None) -> Corpus:
     ``max_tokens`` tokens train (0: all but the held-out ones), the next ``num_val`` validate, the
     next ``num_test`` test. By fraction: each file is split on its own (``data.holdout =
     "file"``: train, then validation, then test at its end) or the concatenated files are
-    (``"end"``: validation, then test at the corpus's far end); the training text is capped at ``max_tokens`` (0: no cap).
-    ``data.test_paths``: whole files that only test, each scored on its own."""
+    (``"end"``: validation, then test at the corpus's far end); the training text is capped at
+    ``max_tokens`` (0: no cap). ``data.test_paths``: whole files that only test, each scored on
+    its own."""
     if cfg.by_fraction:
         return _load_by_fraction(cfg, vocab)
     raw = read_texts(cfg.paths, cfg.max_file_mb)
