@@ -116,6 +116,8 @@ def test_the_model_spec_holds_no_device_placement():
         "activation",
         "dropout",
         "output_dropout",
+        "locked_dropout",
+        "weight_drop",
         "impl",
     }
     placed = Placed(DeepRNN(5, 4, 2, "gru"), Placement(pipeline_stages=2))
