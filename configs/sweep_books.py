@@ -1,13 +1,13 @@
-r"""The sweep that chose ``configs/books.py``'s recipe, on d2l's split (the bundled book, first
-10,000 characters train, next 5,000 validate; the split where the reference LSTM's best validation
-perplexity is 6.71).
+r"""The sweep that chose ``configs/books.py:d2l_split``'s recipe (the earlier
+``configs/books.py``), on d2l's split (the bundled book, first 10,000 characters train, next 5,000
+validate; the split where the reference LSTM's best validation perplexity is 6.71). The recipe
+for any text is chosen at book scale instead (docs/results.md, "A recipe that holds on unseen
+text").
 
     python scripts/sweep.py --config=configs/sweep_books.py --workdir=runs/sweep_books
-    # around stage 1's best
+    # around stage 1's best; width x depth; more dropout
     python scripts/sweep.py --config=configs/sweep_books.py:stage2 --workdir=runs/sweep_books2
-    # width x depth
     python scripts/sweep.py --config=configs/sweep_books.py:stage3 --workdir=runs/sweep_books3
-    # more dropout
     python scripts/sweep.py --config=configs/sweep_books.py:stage4 --workdir=runs/sweep_books4
     python scripts/sweep.py --config=configs/sweep_books.py:cells --workdir=runs/sweep_books_cells
     python scripts/sweep.py --summarize=runs/sweep_books

@@ -26,6 +26,8 @@ def build_model(cfg: Config, vocab_size: int) -> DeepRNN | Placed:
         m.dropout,
         Impl(m.impl),
         output_dropout=m.output_dropout,
+        locked_dropout=m.locked_dropout,
+        weight_drop=m.weight_drop,
     )
     stages = pipeline_device_count(p.cpu_devices, m.num_layers) if p.cpu_pipeline else 1
     # cuDNN's call runs under shard_map over the data-parallel devices (XLA cannot partition it)

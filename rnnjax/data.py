@@ -1,4 +1,4 @@
-"""Corpus loading, preprocessing, tokenization and the two minibatch samplers.
+"""The corpus and its splits (train, validation, test), and the two minibatch samplers.
 
 Notation: n = number of minibatches, b = batch, t = num_steps.
 Samplers are pure functions of (tokens, seed, epoch), so any epoch's batches can be
@@ -9,120 +9,32 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import importlib.resources
 import pathlib
-import re
-from collections.abc import Sequence
 
 import numpy as np
 
 from rnnjax.config import ConfigError, DataConfig
+from rnnjax.text import (  # noqa: F401  (re-exported: rnnjax.data is where callers find them)
+    BUNDLED,
+    Tokens,
+    bundled_path,
+    codepoints,
+    detokenize,
+    preprocess,
+    read_files,
+    read_texts,
+    tokenize,
+)
 from rnnjax.vocab import UNK, Vocab
-
-BUNDLED = "timemachine.txt"
-
-
-def bundled_path() -> str:
-    """Path of the bundled copy of H.G. Wells' *The Time Machine* (public domain)."""
-    return str(importlib.resources.files("rnnjax") / "corpora" / BUNDLED)
-
-
-def read_files(paths: Sequence[str], max_file_mb: int = 1024) -> list[tuple[str, str]]:
-    """Read UTF-8 files ([] = the bundled book) as ``(source name, text)``; bad files raise ConfigError.
-    Relative paths are from the current directory; only regular files up to ``max_file_mb`` MiB. A
-    source's name is its file name, or the path as given where two files share a name."""
-    paths = list(paths) or [bundled_path()]
-    names = [pathlib.Path(p).name for p in paths]
-    out = []
-    for path, name in zip(paths, names):
-        p = pathlib.Path(path).expanduser()
-        if p.exists() and not p.is_file():
-            raise ConfigError(f"config.data.paths: {path!r} is not a regular file; give text files")
-        if p.is_file() and p.stat().st_size > max_file_mb * 2**20:
-            raise ConfigError(
-                f"config.data.paths: {path!r} is {p.stat().st_size / 2**20:,.0f} MiB, above config.data.max_file_mb = "
-                f"{max_file_mb}; raise that limit if this is the right file"
-            )
-        try:
-            with open(p, "rb") as f:
-                raw = f.read()
-        except OSError as e:
-            raise ConfigError(
-                f"config.data.paths: cannot read {path!r} ({e.strerror}); give existing text files"
-            ) from None
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise ConfigError(
-                f"config.data.paths: {path!r} is not UTF-8 (byte {e.start}); convert it, e.g. iconv -t utf-8"
-            ) from None
-        del raw
-        if not text.strip():
-            raise ConfigError(f"config.data.paths: {path!r} is empty; give a file with text")
-        out.append((name if names.count(name) == 1 else str(path), text))
-    return out
-
-
-def read_texts(paths: Sequence[str], max_file_mb: int = 1024) -> str:
-    """The files of :func:`read_files`, concatenated in order with a newline between them."""
-    return "\n".join(text for _, text in read_files(paths, max_file_mb))
-
-
-def preprocess(text: str, mode: str) -> str:
-    """ "d2l": every run of non-letters becomes one space, then lower-case. "none": unchanged."""
-    return re.sub("[^A-Za-z]+", " ", text).lower() if mode == "d2l" else text
-
-
-def tokenize(text: str, tokenizer: str) -> list[str]:
-    """Characters, or whitespace-separated words."""
-    return list(text) if tokenizer == "char" else text.split()
-
-
-def detokenize(tokens: Sequence[str], tokenizer: str) -> str:
-    return "".join(tokens) if tokenizer == "char" else " ".join(tokens)
-
-
-def codepoints(text: str) -> np.ndarray:
-    """A text's characters as Unicode code points [n]: uint8 for ASCII text, else uint32 (no Python list)."""
-    if text.isascii():
-        return np.frombuffer(text.encode("ascii"), np.uint8)
-    return np.frombuffer(text.encode("utf-32-le"), np.uint32)
-
-
-class Tokens:
-    """A preprocessed text's tokens, held compactly: code points for characters, a list for words."""
-
-    def __init__(self, text: str, tokenizer: str):
-        self.tokenizer = tokenizer
-        self.items: np.ndarray | list[str] = (
-            codepoints(text) if tokenizer == "char" else text.split()
-        )
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def counts(self, start: int = 0, stop: int | None = None) -> collections.Counter:
-        """Each token's count in ``[start, stop)`` (what the vocabulary is built from)."""
-        part = self.items[start:stop]
-        if self.tokenizer == "word":
-            return collections.Counter(part)
-        counts = np.bincount(part) if len(part) else np.zeros(0, np.int64)
-        return collections.Counter({chr(c): int(counts[c]) for c in np.flatnonzero(counts)})
-
-    def encode(self, vocab: Vocab, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Ids of ``[start, stop)`` in ``vocab.id_dtype``; tokens outside it become ``<unk>``."""
-        part = self.items[start:stop]
-        if self.tokenizer == "char":
-            return vocab.encode_chars(part)
-        return vocab.encode(part).astype(vocab.id_dtype)
 
 
 @dataclasses.dataclass(frozen=True)
 class Corpus:
-    """Vocabulary and token ids ([n] each, in ``vocab.id_dtype``): ``train``, ``val`` and ``test`` (empty
-    without a test split). ``val_parts`` and ``test_parts`` are the held-out streams per source, as
-    ``(name, ids)``: one part (named "all") unless several files are split by fraction; ``val`` and
-    ``test`` are their concatenation. Evaluation reads each part on its own, so no window crosses files."""
+    """Vocabulary and token ids ([n] each, in ``vocab.id_dtype``): ``train``, ``val`` and ``test``
+    (empty without a test split). ``val_parts`` and ``test_parts`` are the held-out streams per
+    source, as ``(name, ids)``: one part (named "all") unless several files are split by fraction
+    per file (or ``data.test_paths`` names files); ``val`` and ``test`` are their concatenation.
+    Evaluation reads each part on its own, so no window crosses files."""
 
     vocab: Vocab
     train: np.ndarray
@@ -147,10 +59,13 @@ def load_corpus(cfg: DataConfig, vocab: Vocab | None = None) -> Corpus:
     """Read, preprocess, tokenize and split; the vocabulary is built on the training split
     unless given (e.g. restored from a checkpoint). Raises ConfigError when the corpus is too short.
 
-    By count (``data.val_fraction`` = 0): the files are concatenated, then the first ``max_tokens``
-    tokens train (0: all but the held-out ones), the next ``num_val`` validate, the next ``num_test``
-    test. By fraction: each file is split on its own (train, then validation, then test at its end),
-    the training parts are concatenated and capped at ``max_tokens`` (0: no cap)."""
+    By count (``data.val_fraction`` = 0): the files are concatenated, then the first
+    ``max_tokens`` tokens train (0: all but the held-out ones), the next ``num_val`` validate, the
+    next ``num_test`` test. By fraction: each file is split on its own (``data.holdout =
+    "file"``: train, then validation, then test at its end) or the concatenated files are
+    (``"end"``: validation, then test at the corpus's far end); the training text is capped at
+    ``max_tokens`` (0: no cap). ``data.test_paths``: whole files that only test, each scored on
+    its own."""
     if cfg.by_fraction:
         return _load_by_fraction(cfg, vocab)
     raw = read_texts(cfg.paths, cfg.max_file_mb)
@@ -165,12 +80,14 @@ def load_corpus(cfg: DataConfig, vocab: Vocab | None = None) -> Corpus:
     test = " + config.data.num_test" if cfg.num_test else ""
     if cfg.max_tokens and len(tokens) < need:
         raise ConfigError(
-            f"config.data.max_tokens + config.data.num_val{test} = {need} but the corpus has {len(tokens)} "
+            f"config.data.max_tokens + config.data.num_val{test} = {need} but the corpus has "
+            f"{len(tokens)} "
             f"{cfg.tokenizer} tokens{emptied}; lower them or add text"
         )
     if train_len < 2:
         raise ConfigError(
-            f"config.data.num_val{test} = {held_out} leaves {max(train_len, 0)} of the corpus's {len(tokens)} "
+            f"config.data.num_val{test} = {held_out} leaves {max(train_len, 0)} of the corpus's "
+            f"{len(tokens)} "
             f"{cfg.tokenizer} tokens to train{emptied}; lower them or add text"
         )
     if vocab is None:
@@ -200,11 +117,15 @@ def _load_by_fraction(cfg: DataConfig, vocab: Vocab | None) -> Corpus:
     if len(set(resolved)) < len(resolved):
         twice = next(p for p, r in zip(cfg.paths, resolved) if resolved.count(r) > 1)
         raise ConfigError(
-            f"config.data.paths lists {twice!r} twice; with data.val_fraction each file is split and "
+            f"config.data.paths lists {twice!r} twice; with data.val_fraction each file is split "
+            "and "
             "scored on its own: give each file once"
         )
     parts = []  # (name, tokens, train end, val end)
-    for name, raw in read_files(cfg.paths, cfg.max_file_mb):
+    sources = read_files(cfg.paths, cfg.max_file_mb)
+    if cfg.holdout == "end":  # one stream, held out at its far end
+        sources = [("all", "\n".join(text for _, text in sources))]
+    for name, raw in sources:
         text = preprocess(raw, cfg.preprocess)
         emptied = _emptied_by_preprocessing(cfg, raw, text)
         tokens = Tokens(text, cfg.tokenizer)
@@ -217,9 +138,10 @@ def _load_by_fraction(cfg: DataConfig, vocab: Vocab | None) -> Corpus:
         ):
             if count and count < cfg.batch_size + 1 or (split == "validation" and not count):
                 raise ConfigError(
-                    f"config.data.{field} = {getattr(cfg, field)} leaves {name} {count} {split} tokens, fewer than "
-                    f"data.batch_size + 1 = {cfg.batch_size + 1}{emptied}; raise data.{field} or "
-                    "give a longer file"
+                    f"config.data.{field} = {getattr(cfg, field)} leaves "
+                    f"{name if name != 'all' else 'the corpus'} {count} {split} tokens, fewer "
+                    f"than data.batch_size + 1 = {cfg.batch_size + 1}{emptied}; raise "
+                    f"data.{field} or give a longer file"
                 )
         parts.append((name, tokens, n - num_val - num_test, n - num_test))
     if vocab is None:
@@ -237,10 +159,12 @@ def _load_by_fraction(cfg: DataConfig, vocab: Vocab | None) -> Corpus:
         (name, tokens.encode(vocab, b, None)) for name, tokens, _, b in parts if len(tokens) > b
     )
     del parts
+    test_parts += _test_files(cfg, vocab)
     _check_trainable(cfg, len(train))
-    concat = lambda ps: (
-        np.concatenate([ids for _, ids in ps]) if ps else np.zeros(0, vocab.id_dtype)
-    )  # noqa: E731
+
+    def concat(ps: tuple[tuple[str, np.ndarray], ...]) -> np.ndarray:
+        return np.concatenate([ids for _, ids in ps]) if ps else np.zeros(0, vocab.id_dtype)
+
     return Corpus(
         vocab=vocab,
         train=train,
@@ -249,6 +173,22 @@ def _load_by_fraction(cfg: DataConfig, vocab: Vocab | None) -> Corpus:
         val_parts=val_parts,
         test_parts=test_parts,
     )
+
+
+def _test_files(cfg: DataConfig, vocab: Vocab) -> tuple[tuple[str, np.ndarray], ...]:
+    """``data.test_paths``, each file's ids (name, [n]): held out whole, never trained on."""
+    parts: list[tuple[str, np.ndarray]] = []
+    for name, raw in (
+        read_files(cfg.test_paths, cfg.max_file_mb, "test_paths") if cfg.test_paths else []
+    ):
+        ids = Tokens(preprocess(raw, cfg.preprocess), cfg.tokenizer).encode(vocab)
+        if len(ids) < cfg.batch_size + 1:
+            raise ConfigError(
+                f"config.data.test_paths: {name!r} has {len(ids)} {cfg.tokenizer} tokens, fewer "
+                f"than data.batch_size + 1 = {cfg.batch_size + 1}; give a longer file"
+            )
+        parts.append((name, ids))
+    return tuple(parts)
 
 
 def _emptied_by_preprocessing(cfg: DataConfig, raw: str, text: str) -> str:
@@ -279,7 +219,8 @@ def _build_vocab(cfg: DataConfig, counts: collections.Counter) -> Vocab:
 def _check_trainable(cfg: DataConfig, num_train: int) -> None:
     if batches_per_epoch(cfg, num_train) < 1:
         raise ConfigError(
-            f"config.data.num_steps = {cfg.num_steps} with batch_size {cfg.batch_size} needs at least "
+            f"config.data.num_steps = {cfg.num_steps} with batch_size {cfg.batch_size} needs at "
+            "least "
             f"{cfg.batch_size * (cfg.num_steps + 1) + 1} training tokens, have {num_train}; "
             "lower num_steps or batch_size, or raise data.max_tokens"
         )

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnnjax import data
+from rnnjax import budget, data
 from rnnjax.build import build_model
 from rnnjax.config import Config
 from rnnjax.metrics import EvalSums, LayerStats, TrainSums, add_sums, eval_zeros
@@ -44,26 +44,42 @@ class Group:
         dc, tc = cfgs[0].data, cfgs[0].train
         self.model = build_model(cfgs[0], len(corpus.vocab))
         self.n = data.batches_per_epoch(dc, len(corpus.train))
-        optimizers = [
-            make_optimizer(c.train, total_steps=self.n * c.train.num_epochs) for c in cfgs
-        ]
-        self.txs, self.schedules = [o[0] for o in optimizers], [o[1] for o in optimizers]
-        # The update reads each trial's hyperparameters from its own optimizer state
-        # (inject_hyperparams).
-        step = make_train_step(self.model, self.txs[0], reset_carry=dc.sampler == "random")
+        self.set_total(budget.planned_steps(tc, self.n))
         self.plain_eval_step = make_eval_step(self.model)
         evaluate = make_stats_eval_step(self.model) if tc.layer_stats else self.plain_eval_step
         if vmapped:
-            step = jax.jit(
-                jax.vmap(step, in_axes=(0, 0, 0, 0, 0, None, 0)), donate_argnums=(0, 1, 2)
-            )
             evaluate = jax.jit(
                 jax.vmap(evaluate, in_axes=(0, 0, 0, *([0] if tc.layer_stats else []), None, None))
             )
-        self.train_step, self.eval_step = step, evaluate
+        self.eval_step = evaluate
         self.zero_sums = train_sums(
             self.model, jax.eval_shape(self.model.init, jax.random.key(0)), tc.layer_stats
         )
+
+    def set_total(self, total: int) -> None:
+        """Make every schedule run over ``total`` steps (:mod:`rnnjax.budget`): the optimizers
+        and the training step (compiled at its next call)."""
+        self.total = total
+        optimizers = [make_optimizer(c.train, total_steps=total) for c in self.cfgs]
+        self.txs, self.schedules = [o[0] for o in optimizers], [o[1] for o in optimizers]
+        # The update reads each trial's hyperparameters from its own optimizer state.
+        reset = self.cfgs[0].data.sampler == "random"
+        tc = self.cfgs[0].train
+        step = make_train_step(self.model, self.txs[0], reset, (tc.ar, tc.tar))
+        if self.vmapped:
+            step = jax.jit(
+                jax.vmap(step, in_axes=(0, 0, 0, 0, 0, None, 0)), donate_argnums=(0, 1, 2)
+            )
+        self.train_step = step
+
+    @property
+    def last_epoch(self) -> int:
+        """The epoch in which the run's last step falls."""
+        return budget.last_epoch(self.total, self.n)
+
+    def stop_batch(self, epoch: int) -> int:
+        """The minibatches ``epoch`` trains: n, or fewer in the run's last epoch."""
+        return budget.stop_batch(self.total, self.n, epoch)
 
     def take(self, tree: Any, j: int) -> Any:
         """Trial j's part of a group's pytree."""

@@ -19,6 +19,7 @@ import jax
 import tqdm
 
 from rnnjax import workdir as rundir
+from rnnjax.budget import TimeBudget, group_budget
 from rnnjax.checkpoint import Checkpointer
 from rnnjax.console import PipeSafe, Preempted, StopFlag
 from rnnjax.finish import finish, samples
@@ -54,6 +55,8 @@ def train_group(
             group, ckpts
         )
         notes = [list(n) for n in notes] or [[] for _ in workdirs]
+        timer = group_budget(group, workdirs, (start_epoch - 1) * group.n + start_batch)
+        notes[0] += timer.notes()
         records = [
             kept_records(d, start_epoch, s, primary, n) for d, s, n in zip(workdirs, saved, notes)
         ]
@@ -74,7 +77,7 @@ def train_group(
                 )
                 + "\n"
             )
-        last_epoch = stopped if stopped else tc.num_epochs
+        last_epoch = stopped if stopped else group.last_epoch
         boards = [
             TensorBoardLog(d, start_epoch) if primary and start_epoch <= last_epoch else None
             for d in workdirs
@@ -97,6 +100,8 @@ def train_group(
         # Each epoch: its steps, one read of their metric sums, its validation pass, its records.
         for epoch in bar:
             first = start_batch if epoch == start_epoch else 0
+            if epoch > group.last_epoch:  # a time budget set after the bar began
+                break
             if first == 0:
                 carry, metrics = group.fresh()
             t0 = time.perf_counter()
@@ -113,10 +118,12 @@ def train_group(
                 first,
                 failed,
                 clock,
+                timer,
             )
+            bar.total = min(bar.total, group.last_epoch - start_epoch + 1)
             sums = to_host(metrics)  # the one host sync of the training steps
             tokens_per_sec = (
-                (group.n - first)
+                (group.stop_batch(epoch) - first)
                 * cfg.data.batch_size
                 * cfg.data.num_steps
                 / (time.perf_counter() - t0)
@@ -144,7 +151,7 @@ def train_group(
             active = [j for j in active if j not in failed]
             saving = (
                 epoch % cfg.checkpoint.every_epochs == 0
-                or epoch == tc.num_epochs
+                or epoch == group.last_epoch
                 or 0 < clock["every_s"] <= time.monotonic() - clock["saved"]
             )
             stopped = stopped_early(tc.early_stopping_patience, [records[j] for j in active])
@@ -213,17 +220,19 @@ def train_epoch(
     first: int,
     failed: dict[int, Exception],
     clock: dict[str, float],
+    timer: TimeBudget,
 ):
     """Minibatches ``first`` .. n-1 of ``epoch``; on SIGTERM/SIGINT, save this step and raise
     :class:`Preempted`; with ``checkpoint.every_minutes`` (``clock["every_s"]``), also save this
     step once that long has passed since the last save (a kill then loses at most that much)."""
     xs_nbt, ys_nbt = group.batches(epoch)
     rng = jax.random.wrap_key_data(rng_data)
-    for i in range(first, group.n):
+    for i in range(first, group.stop_batch(epoch)):
         state, carry, metrics = group.train_step(state, carry, metrics, xs_nbt, ys_nbt, i, rng)
+        timer.after_step((epoch - 1) * group.n + i + 1, state)
         profiler.after_step(state)
         timed = clock["every_s"] > 0 and time.monotonic() - clock["saved"] >= clock["every_s"]
-        if stop.signum is not None or (timed and i + 1 < group.n):
+        if stop.signum is not None or (timed and i + 1 < group.stop_batch(epoch)):
             for j, ckpt in enumerate(ckpts):
                 if j not in failed:
                     save(group, ckpt, j, state, rng_data, carry, metrics, epoch - 1, i + 1)

@@ -70,6 +70,10 @@ class DeepRNN:
     impl: Impl = Impl.FUSED
     # Dropout on the top layer's output, before the output layer (training only; 0 = off).
     output_dropout: float = 0.0
+    # Locked dropout (one mask per sequence: input, between layers, output) and DropConnect on
+    # the recurrent weights (one mask per minibatch): rnnjax.stack; training only; 0 = off.
+    locked_dropout: float = 0.0
+    weight_drop: float = 0.0
 
     def __post_init__(self):
         if isinstance(self.activation, str):
@@ -94,15 +98,23 @@ class DeepRNN:
         )
 
     def apply(
-        self, params: Params, tokens: Array, carry: Carry, *, dropout_key: Array | None = None
+        self,
+        params: Params,
+        tokens: Array,
+        carry: Carry,
+        *,
+        dropout_key: Array | None = None,
+        with_hidden: bool = False,
     ) -> tuple[Array, Carry]:
         """tokens [b, t] int -> (logits [b, t, V], new carry).
 
         ``dropout_key`` turns on dropout (rate ``self.dropout``) on every layer's
         output but the last, as PyTorch's ``dropout`` argument, and (rate ``self.output_dropout``)
-        on the top layer's output; None = evaluation.
+        on the top layer's output; None = evaluation. ``with_hidden`` (impl rnnjax and autodiff):
+        also the top layer's outputs before and after output dropout, ([t, b, h], [t, b, h]).
         """
-        return implementation(self.impl).apply(self, params, tokens, carry, dropout_key)
+        more = {"with_hidden": True} if with_hidden else {}
+        return implementation(self.impl).apply(self, params, tokens, carry, dropout_key, **more)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,10 +149,17 @@ class Placed:
         return self.spec.initial_carry(batch_size)
 
     def apply(
-        self, params: Params, tokens: Array, carry: Carry, *, dropout_key: Array | None = None
+        self,
+        params: Params,
+        tokens: Array,
+        carry: Carry,
+        *,
+        dropout_key: Array | None = None,
+        with_hidden: bool = False,
     ) -> tuple[Array, Carry]:
+        more = {"with_hidden": True} if with_hidden else {}
         return implementation(self.spec.impl).apply(
-            self.spec, params, tokens, carry, dropout_key, self.placement
+            self.spec, params, tokens, carry, dropout_key, self.placement, **more
         )
 
 
@@ -208,8 +227,10 @@ def _apply(
     carry: Carry,
     dropout_key: Array | None,
     placement: Placement = Placement(),
+    with_hidden: bool = False,
 ) -> tuple[Array, Carry]:
     tokens_tb = tokens.T
+    params = {**params, "layers": stack.drop_weights(spec, params["layers"], dropout_key)}
     # the pipeline needs time to overlap: a single step (generation) runs the plain stack
     stages = pipeline.stages_for(spec.num_layers, placement.pipeline_stages)
     if stages > 1 and tokens_tb.shape[0] > 1:
@@ -223,16 +244,20 @@ def _apply(
             stages,
             placement.pipeline_chunks,
         )
-        return stack.logits(params, stack.output_dropout(spec, dropout_key, h_tbh)), new_carry
+    else:
 
-    def layer(l, p, x, layer_carry):
-        h_tbh, layer_carry = layer_fn(
-            spec.cell, spec.layer_activation(l), p, stack.input_projection(l, p, x), layer_carry
+        def layer(l, p, x, layer_carry):
+            h_tbh, layer_carry = layer_fn(
+                spec.cell, spec.layer_activation(l), p, stack.input_projection(l, p, x), layer_carry
+            )
+            return h_tbh, layer_carry, None
+
+        h_tbh, new_carry, _ = stack.run_layers(
+            spec, layer, params["layers"], tokens_tb, carry, dropout_key
         )
-        return h_tbh, layer_carry, None
-
-    h_tbh, new_carry, _ = stack.run(spec, layer, params["layers"], tokens_tb, carry, dropout_key)
-    return stack.logits(params, h_tbh), new_carry
+    dropped_tbh = stack.output_dropout(spec, dropout_key, h_tbh)
+    out = stack.logits(params, dropped_tbh), new_carry
+    return (*out, (h_tbh, dropped_tbh)) if with_hidden else out
 
 
 def num_params(params: Params) -> int:

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from rnnjax import workdir as rundir
+from rnnjax.budget import shown_epochs
 from rnnjax.cells import CELLS
 from rnnjax.console import start_block
 from rnnjax.group import Group
@@ -193,5 +194,5 @@ def describe(
     where += f"; workdir {rundir.shown(workdirs[0])}"
     patience = c.train.early_stopping_patience if stopped else None
     return start_block(
-        what, where, step, start_epoch, start_batch, c.train.num_epochs, patience, notes
+        what, where, step, start_epoch, start_batch, shown_epochs(group), patience, notes
     )

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rnnjax import data
+from rnnjax import data, stack
 from rnnjax.metrics import (
     EvalSums,
     LayerStats,
@@ -92,9 +92,15 @@ def cross_entropy(logits_btv: Array, targets_bt: Array) -> Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits_btv, targets_bt)
 
 
-def make_train_step(model: DeepRNN, tx: optax.GradientTransformation, reset_carry: bool):
+def make_train_step(
+    model: DeepRNN,
+    tx: optax.GradientTransformation,
+    reset_carry: bool,
+    ar_tar: tuple[float, float] = (0.0, 0.0),
+):
     """Returns ``train_step(state, carry, metrics, xs_nbt, ys_nbt, i, key) -> (state, carry,
-    metrics)``.
+    metrics)``. ``ar_tar``: ``train.ar`` and ``train.tar``
+    (:func:`rnnjax.stack.activation_penalty`).
 
     Trains on minibatch i. The carry (every layer's recurrent state) comes in as data, so no
     gradient flows into earlier minibatches (truncated BPTT); ``reset_carry`` zeroes it
@@ -112,17 +118,20 @@ def make_train_step(model: DeepRNN, tx: optax.GradientTransformation, reset_carr
         )  # ids come in their smallest dtype
         if reset_carry:
             carry = jax.tree_util.tree_map(jnp.zeros_like, carry)
-        dropout_key = (
-            jax.random.fold_in(key, state.step)
-            if model.dropout > 0 or model.output_dropout > 0
-            else None
-        )
+        dropout_key = jax.random.fold_in(key, state.step) if stack.draws_masks(model) else None
 
         def loss_fn(params):
-            logits_btv, new_carry = model.apply(params, x_bt, carry, dropout_key=dropout_key)
-            return cross_entropy(logits_btv, y_bt).mean(), new_carry
+            if not any(ar_tar):
+                logits_btv, new_carry = model.apply(params, x_bt, carry, dropout_key=dropout_key)
+                loss = cross_entropy(logits_btv, y_bt).mean()
+                return loss, (loss, new_carry)
+            logits_btv, new_carry, hidden = model.apply(
+                params, x_bt, carry, dropout_key=dropout_key, with_hidden=True
+            )  # train.ar and train.tar: the gradient's loss, not the one recorded
+            loss = cross_entropy(logits_btv, y_bt).mean()
+            return loss + stack.activation_penalty(*ar_tar, *hidden), (loss, new_carry)
 
-        (loss, new_carry), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (_, (loss, new_carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         gnorm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         step = Step(model, loss, state.params, grads, updates)

@@ -63,7 +63,7 @@ def check_vectorizable(c: Config) -> None:
             "vectorized trials train every epoch together; set train.early_stopping_patience = 0 "
             "or drop --vectorize"
         )
-    if c.data.num_test or c.data.test_fraction:
+    if c.data.num_test or c.data.test_fraction or c.data.test_paths:
         raise ConfigError(
             "vectorized trials have no test evaluation; set data.num_test = 0 and "
             "data.test_fraction = 0, or drop --vectorize"

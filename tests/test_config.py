@@ -32,7 +32,7 @@ def test_every_config_file_builds(path):
 
     mod = load_module(path)
     extra = {
-        "books.py": ["d2l_split"],
+        "books.py": ["d2l_split", "plain"],
         "sweep_books.py": ["stage2", "stage3", "stage4", "cells"],
     }.get(os.path.basename(path), [])
     for arg in (None, "smoke", *extra):
@@ -45,8 +45,11 @@ def test_every_config_file_builds(path):
                 assert {getattr(getattr(c, group), name) for c in built} == set(values), field
         elif os.path.basename(path) != "books.py":  # deep_<cell>.py trains that cell
             assert cfg.model.cell in os.path.basename(path)
-        else:  # the recipe for any text: raw, split 90/5/5 per file, early stopping
-            assert cfg.train.early_stopping_patience > 0
+        else:  # the recipe for any text: raw, split 90/5/5 at the far end, a time budget
+            assert cfg.train.early_stopping_patience > 0 or arg == "plain"
+            # a budget that anneals, except at the smoke config's sizes and on d2l's split
+            assert (cfg.train.max_minutes > 0) == (arg in (None, "plain"))
+            assert cfg.data.holdout == ("file" if arg == "d2l_split" else "end")
             if (
                 arg == "d2l_split"
             ):  # d2l's experiment: first 10,000 characters train, next 5,000 validate
@@ -62,7 +65,7 @@ def test_every_config_file_builds(path):
                     0.05,
                     0.05,
                 )
-                assert cfg.data.max_tokens == (2_000 if arg else 0)
+                assert cfg.data.max_tokens == (2_000 if arg == "smoke" else 0)
 
 
 def test_seed_config_is_the_reference_experiment():

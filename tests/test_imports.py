@@ -29,11 +29,13 @@ LEVELS = [
         "workdir",
         "lock",
         "preflight",
+        "text",
         "data",
         "optim",
         "checkpoint",
         "grid",
     ],
+    ["budget"],  # the run's length (reads the config and the workdir)
     ["stack", "fused", "native"],  # layers
     [
         "model",
@@ -128,6 +130,8 @@ def test_the_model_spec_holds_no_device_placement():
         "activation",
         "dropout",
         "output_dropout",
+        "locked_dropout",
+        "weight_drop",
         "impl",
     }
     placed = Placed(DeepRNN(5, 4, 2, "gru"), Placement(pipeline_stages=2))

@@ -76,6 +76,8 @@ SHRINK = {
     "data.batch_size": 8,
     "data.num_steps": 10,
     "model.hidden_size": 32,
+    "train.max_steps": 0,  # epochs, not a step or time budget
+    "train.max_minutes": 0.0,
 }
 
 
@@ -279,15 +281,13 @@ def test_books_and_evaluate_commands(repo):
         "--config.train.num_epochs=2",
         "--config.data.max_tokens=5000",
         "--config.model.hidden_size=32",
+        "--config.train.max_minutes=0",
     )
     assert "workdir runs/books" in out.stdout and "bpc" in out.stdout
     assert "test perplexity" in out.stdout
-    assert "  a.txt: " in out.stdout and "  b.txt: " in out.stdout
     evaluation = json.loads((repo / "runs" / "books" / "evaluation.json").read_text())
-    assert set(evaluation["test_ppl_by_source"]) == {"a.txt", "b.txt"}
-    assert evaluation["test_bpc"] > 0
-    last = json.loads((repo / "runs" / "books" / "metrics.jsonl").read_text().splitlines()[-1])
-    assert set(last["val_ppl_by_source"]) == {"a.txt", "b.txt"}
+    assert evaluation["test_bpc"] > 0  # the far end of a.txt + b.txt: one held-out stream
+    assert "test_ppl_by_source" not in evaluation
     scored = run(repo, page_command(EVALUATE))
     assert scored.stdout.startswith("b.txt: perplexity ") and "bits per character" in scored.stdout
 

@@ -122,6 +122,7 @@ def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.data.num_steps = 10
     config.model.hidden_size = 32
     config.train.num_epochs = 3
+    config.train.max_steps, config.train.max_minutes = 0, 0.0  # 3 epochs, not a budget
     config.checkpoint.every_epochs = 1
     config.generate.num_chars = 20
     return config

@@ -28,6 +28,23 @@ def _test_needs_val(c: Any) -> str | None:
     return None
 
 
+def _needs_fraction(c: Any) -> str | None:
+    dt = c.data
+    if dt.val_fraction > 0:
+        return None
+    if dt.holdout != "file":
+        return (
+            f"config.data.holdout = {dt.holdout!r} needs config.data.val_fraction > 0 (it places "
+            "the split by fraction); e.g. val_fraction 0.05 and test_fraction 0.05"
+        )
+    if dt.test_paths:
+        return (
+            "config.data.test_paths needs config.data.val_fraction > 0 (a split by fraction); "
+            "e.g. --config.data.val_fraction=0.05"
+        )
+    return None
+
+
 def _fractions_leave_training(c: Any) -> str | None:
     dt = c.data
     if dt.val_fraction + dt.test_fraction < 0.9:
@@ -118,6 +135,26 @@ GROUPS: dict[str, tuple[str, list[Field | Rule]]] = {
                 **fraction(),
                 added=True,
             ),
+            Field(
+                "holdout",
+                "file",
+                "Where splits by fraction hold text out: 'file' (each file's validation then "
+                "test part at its own end, right after its training text) or 'end' (the files "
+                "concatenated, validation then test at the far end of the corpus: text that "
+                "does not continue the training text).",
+                **one_of("file", "end"),
+                added=True,
+            ),
+            Field(
+                "test_paths",
+                [],
+                "Files held out whole as the test split, never trained on, each scored on its "
+                "own (with val_fraction > 0; test_fraction then adds the corpus's own part).",
+                "a list of file paths",
+                lambda v, c: strings()["ok"](v, c) and all(v),
+                added=True,
+            ),
+            Rule("test_paths and holdout split by fraction.", _needs_fraction),
             Rule("test_fraction needs val_fraction > 0.", _test_needs_val),
             Rule(
                 "val_fraction + test_fraction leave at least 10% of each file to train.",

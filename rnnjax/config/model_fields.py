@@ -41,6 +41,31 @@ def _cell_and_impl(c: Any) -> str | None:
     return None
 
 
+def _param_names(cell: str) -> set[str]:
+    """The names of a cell's params (shapes only: nothing is computed)."""
+    import jax
+
+    init = cells.CELLS[cell].init
+    return set(jax.eval_shape(lambda k: init(k, 2, 2), jax.random.key(0)))
+
+
+def _regularisers_apply(c: Any) -> str | None:
+    """locked_dropout and weight_drop live in rnnjax's stack; weight_drop needs W_h."""
+    m = c.model
+    for name in ("locked_dropout", "weight_drop"):
+        if getattr(m, name) > 0 and m.impl not in ("rnnjax", "autodiff"):
+            return (
+                f"config.model.{name} runs in rnnjax's stack, not impl {m.impl!r}; "
+                "use model.impl = 'rnnjax' or 'autodiff', or set it to 0"
+            )
+    if m.weight_drop > 0 and "w_h" not in _param_names(m.cell):
+        return (
+            f"config.model.weight_drop drops recurrent weights W_h and cell {m.cell!r} has none; "
+            "use cell 'rnn', 'gru' or 'lstm', or set it to 0"
+        )
+    return None
+
+
 # Each group: its one-line doc, then its fields and cross-field rules, checked in this order.
 GROUPS: dict[str, tuple[str, list[Field | Rule]]] = {
     "model": (
@@ -95,6 +120,31 @@ GROUPS: dict[str, tuple[str, list[Field | Rule]]] = {
                 "(0 = off).",
                 **fraction(),
                 added=True,
+            ),
+            Field(
+                "locked_dropout",
+                0.0,
+                "Locked (variational) dropout, training only (0 = off): one mask per sequence, "
+                "the same at every time step, on the one-hot input (a sequence drops whole "
+                "token types), between layers and on the top layer's output; with dropout and "
+                "output_dropout if those are set too (AWD-LSTM's dropouti/dropouth/dropout).",
+                **fraction(),
+                added=True,
+            ),
+            Field(
+                "weight_drop",
+                0.0,
+                "DropConnect on each layer's recurrent weights W_h, training only (0 = off): one "
+                "mask per minibatch, shared by its sequences and time steps; the weights' "
+                "gradients are masked too (AWD-LSTM's weight drop). Cells with W_h: rnn, gru, "
+                "lstm.",
+                **fraction(),
+                added=True,
+            ),
+            Rule(
+                "locked_dropout and weight_drop run in rnnjax's stack, on cells with W_h.",
+                _regularisers_apply,
+                last=True,
             ),
         ],
     ),

@@ -7,12 +7,20 @@ from typing import Any
 
 from rnnjax.fields import Field, Rule, at_least, boolean, one_of, real, strings
 
+# The time budget (train.max_minutes) is set once this many warm-up steps have run.
+MEASURED_STEPS = 20
+
 
 def _pipeline_needs_our_stack(c: Any) -> str | None:
     if c.parallel.cpu_pipeline and c.model.impl in ("flax", "cudnn"):
         return (
             "config.parallel.cpu_pipeline needs rnnjax's stack; "
             "use model.impl = 'rnnjax' or 'autodiff'"
+        )
+    if c.parallel.cpu_pipeline and c.model.locked_dropout > 0:
+        return (
+            "config.model.locked_dropout is not in the layer pipeline (its masks span the whole "
+            "sequence); set parallel.cpu_pipeline = False or model.locked_dropout = 0"
         )
     return None
 
@@ -28,6 +36,31 @@ def _kwargs_not_hyperparams(c: Any) -> str | None:
                 f"config.train.optimizer_kwargs sets {name}; set config.train.{name} instead "
                 "(the schedule and the vectorized sweeps read it there)"
             )
+    return None
+
+
+def _ar_tar_apply(c: Any) -> str | None:
+    if (c.train.ar > 0 or c.train.tar > 0) and c.model.impl not in ("rnnjax", "autodiff"):
+        return (
+            f"config.train.ar and train.tar read the top layer's outputs in rnnjax's stack, not "
+            f"impl {c.model.impl!r}; use model.impl = 'rnnjax' or 'autodiff', or set them to 0"
+        )
+    return None
+
+
+def _budget_measurable(c: Any) -> str | None:
+    """A time budget's step time is measured during warm-up, before the decay depends on it."""
+    t = c.train
+    if t.max_minutes > 0 and t.max_steps > 0:
+        return (
+            "config.train.max_minutes and config.train.max_steps both set the run's length; "
+            "set one of them to 0"
+        )
+    if t.max_minutes > 0 and t.schedule == "warmup_cosine" and t.warmup_steps < MEASURED_STEPS:
+        return (
+            f"config.train.max_minutes measures the step time during warm-up: with "
+            f"schedule 'warmup_cosine' set config.train.warmup_steps >= {MEASURED_STEPS}"
+        )
     return None
 
 
@@ -86,6 +119,42 @@ GROUPS: dict[str, tuple[str, list[Field | Rule]]] = {
                 **one_of("constant", "warmup_cosine"),
             ),
             Field("warmup_steps", 0, "Warm-up steps of 'warmup_cosine'.", **at_least(0)),
+            Field(
+                "max_steps",
+                0,
+                "The run's length in training steps (the last epoch may be partial); every "
+                "schedule runs over it. 0 = train.num_epochs epochs.",
+                **at_least(0, "0 = train.num_epochs epochs"),
+                added=True,
+            ),
+            Field(
+                "max_minutes",
+                0.0,
+                "A time budget: the run's length in steps is set from the step time measured "
+                "during warm-up (compilation, evaluation passes and the time already spent "
+                "included) and recorded in WORKDIR/budget.json, which a resumed run keeps. "
+                "0 = off.",
+                **real("a number >= 0 (0 = off)", lambda v: v >= 0),
+                added=True,
+            ),
+            Rule("max_minutes is measured during warm-up.", _budget_measurable),
+            Field(
+                "ar",
+                0.0,
+                "Activation regularisation (AWD-LSTM's AR): add ar times the mean square of the "
+                "top layer's outputs, after output dropout, to the training loss (0 = off).",
+                **real("a number >= 0 (0 = off)", lambda v: v >= 0),
+                added=True,
+            ),
+            Field(
+                "tar",
+                0.0,
+                "Temporal activation regularisation (TAR): add tar times the mean square of the "
+                "top layer's step-to-step output change to the training loss (0 = off).",
+                **real("a number >= 0 (0 = off)", lambda v: v >= 0),
+                added=True,
+            ),
+            Rule("ar and tar read rnnjax's stack.", _ar_tar_apply),
             Field("progress", True, "Show a tqdm progress bar.", **boolean(), resumable=True),
             Field(
                 "max_nonfinite",
@@ -183,7 +252,10 @@ GROUPS: dict[str, tuple[str, list[Field | Rule]]] = {
                 resumable=True,
                 added=True,
             ),
-            Rule("cpu_pipeline needs rnnjax's stack.", _pipeline_needs_our_stack),
+            Rule(
+                "cpu_pipeline needs rnnjax's stack, without locked_dropout.",
+                _pipeline_needs_our_stack,
+            ),
             Field(
                 "pipeline_chunks",
                 5,

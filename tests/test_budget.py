@@ -1,0 +1,97 @@
+"""Budgets that anneal: train.max_steps and the time budget train.max_minutes (rnnjax/budget.py)."""
+
+import itertools
+import json
+import math
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from conftest import small_config
+
+from rnnjax import budget
+from rnnjax.config import ConfigError, resolve
+from rnnjax.train import train_and_evaluate
+
+
+def tree_equal(a, b):
+    leaves = zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+    return all(np.array_equal(x, y) for x, y in leaves)
+
+
+def cosine(**fields):
+    base = {
+        "train.optimizer": "adam",
+        "train.learning_rate": 0.01,
+        "train.schedule": "warmup_cosine",
+        "train.warmup_steps": 20,
+    }
+    return small_config(50, **{**base, **fields})
+
+
+def test_epoch_arithmetic_of_a_step_budget():
+    assert budget.last_epoch(30, 24) == 2 and budget.last_epoch(48, 24) == 2
+    assert [budget.stop_batch(30, 24, e) for e in (1, 2, 3)] == [24, 6, 0]
+
+
+def test_max_steps_ends_the_run_part_way_through_an_epoch_at_a_decayed_rate(tmp_path):
+    out = train_and_evaluate(cosine(**{"train.max_steps": 30}), tmp_path)  # 24 steps per epoch
+    records = out["metrics"]
+    assert [r["epoch"] for r in records] == [1, 2]  # num_epochs (50) is not what ends it
+    assert records[-1]["step"] == 30
+    assert records[-1]["lr"] < 0.03 * 0.01 and records[0]["lr"] > 0.5 * 0.01
+
+
+def test_max_steps_resumes_bitwise_from_a_mid_epoch_save(tmp_path):
+    cfg = cosine(**{"train.max_steps": 40, "checkpoint.every_minutes": 1e-9})
+    cfg.checkpoint.max_to_keep = 1000
+    run = tmp_path / "run"
+    straight = train_and_evaluate(cfg, run)
+    steps = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps[-1] == 40
+    for s in steps:
+        if s > 33:  # a kill at step 33 of 40 (in the last, partial epoch)
+            shutil.rmtree(run / "checkpoints" / str(s))
+    resumed = train_and_evaluate(cfg, run)
+    assert tree_equal(resumed["params"], straight["params"])
+    assert [r["step"] for r in resumed["metrics"]] == [24, 40]
+
+
+def test_a_time_budget_is_measured_recorded_and_kept_on_resume(tmp_path, monkeypatch):
+    # A clock of our own (this machine's load would decide the length otherwise): the run starts
+    # at 0 s, its compiled first step ends at 2 s, step 20 at 3.9 s (0.1 s per step).
+    times = itertools.chain([0.0, 2.0, 3.9], itertools.repeat(100.0))
+    monkeypatch.setattr(budget, "clock", lambda: next(times))
+    cfg = cosine(**{"train.max_minutes": 0.15, "checkpoint.max_to_keep": 1000})
+    run = tmp_path / "run"
+    straight = train_and_evaluate(cfg, run)
+    saved = json.loads((run / budget.BUDGET_FILE).read_text())
+    assert saved["timed_steps"] == [1, 20] and saved["step_seconds"] == pytest.approx(0.1)
+    # 9 s - 3.9 s spent - 2 s for the second compile = 3.1 s; a step plus its share of the
+    # validation passes (500 tokens = 6.25 windows of 8 x 10, forward only: / 3; 24 steps an
+    # epoch) is 0.1 * (1 + 6.25 / 3 / 24) s: 28 more steps
+    total = saved["max_steps"]
+    assert total == 20 + math.floor(3.1 / (0.1 * (1 + 6.25 / 3 / 24))) == 48
+    assert straight["metrics"][-1]["step"] == total
+    assert straight["metrics"][-1]["lr"] < 0.05 * 0.01  # the cosine ran to its end
+    for p in (run / "checkpoints").iterdir():  # a kill after epoch 1's save
+        if p.name.isdigit() and int(p.name) > 24:
+            shutil.rmtree(p)
+    resumed = train_and_evaluate(cfg, run)  # the recorded budget, not a new measurement
+    assert json.loads((run / budget.BUDGET_FILE).read_text()) == saved
+    assert resumed["metrics"][-1]["step"] == total
+    assert tree_equal(resumed["params"], straight["params"])
+
+
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        ({"train.max_minutes": 1.0, "train.max_steps": 10}, "set one of them to 0"),
+        ({"train.max_minutes": 1.0, "train.warmup_steps": 5}, "warmup_steps >= 20"),
+    ],
+)
+def test_budgets_that_cannot_be_measured_are_refused_in_one_line(fields, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        resolve(cosine(**fields))
+    assert "\n" not in str(e.value)
