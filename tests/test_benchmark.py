@@ -188,6 +188,7 @@ def test_benchmark_script_writes_the_report_of_one_run(tmp_path):
         else set()
     )
     impls = {"rnnjax", "rnnjax-autodiff", "flax"} | ({"torch"} if has_torch() else set())
+    impls |= {"native"} if native.available() else set()
     assert set(results["rows"][0]["results"]) == impls | mesh
     assert results["peak"]["peak"] >= results["peak"]["jax"] > 1.0
     assert set(results["generation"]) == {"1", "64"}
