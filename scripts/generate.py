@@ -23,6 +23,7 @@ from rnnjax import (
     cli,
 )  # light modules only up to main(): flag mistakes are answered before JAX imports
 from rnnjax.workdir import WorkdirError
+from rnnjax.config import SAME_PARAMS_IMPLS
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run directory written by scripts/train.py.", required=True
@@ -33,7 +34,7 @@ _STEP = flags.DEFINE_string(
 _IMPL = flags.DEFINE_enum(
     "impl",
     None,
-    ["rnnjax", "autodiff", "cudnn"],
+    list(SAME_PARAMS_IMPLS),
     "Run the params with this model.impl instead of the run's own (e.g. rnnjax for a cudnn run "
     "on a CPU).",
 )
