@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import importlib.machinery
 import importlib.util
+import os
 import pathlib
 import sys
 from typing import Any
@@ -61,6 +62,24 @@ def _load() -> tuple[Any, str | None]:
 
 _EXT, WHY_NOT = _load()
 _said = False
+
+MAX_THREADS = 8  # a step's GEMM is 32 x 4h: past a few workers the per-step barrier dominates
+
+
+def default_threads() -> int:
+    """Workers per step when a caller does not say: ``RNNJAX_NATIVE_THREADS`` if set, else the
+    cores this process may run on (at most :data:`MAX_THREADS`). Results do not depend on it: each
+    output is computed by one worker in one order (tests/test_native.py checks 1 vs 2 bitwise)."""
+    env = os.environ.get("RNNJAX_NATIVE_THREADS", "").strip()
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise ValueError(
+                f"RNNJAX_NATIVE_THREADS={env!r}: expected a whole number of threads >= 1 "
+                "(or unset it to use every core this process may run on)"
+            )
+        return int(env)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(MAX_THREADS, cores or 1))
 
 
 def available() -> bool:
@@ -184,16 +203,23 @@ _layer.defvjp(_layer_fwd, _layer_bwd)
 
 
 def scan_layer(
-    cell: str, activation: str, params: Params, xw_tbg: Array, carry: Any, threads: int = 1
+    cell: str,
+    activation: str,
+    params: Params,
+    xw_tbg: Array,
+    carry: Any,
+    threads: int | None = None,
 ) -> tuple[Array, Any]:
     """One layer over time in the native kernel: :func:`rnnjax.fused.scan_layer`'s contract.
     xw_tbg [t, b, G*h] float32; ``params``: the layer's (w_x, b_x are not read); carry: the cell's.
-    Returns (h_tbh [t, b, h], final carry). ``threads`` workers split each step (the result does
-    not depend on it). Without the extension: the fused pure-JAX layer, said once on stderr."""
+    Returns (h_tbh [t, b, h], final carry). ``threads`` workers split each step (None:
+    :func:`default_threads`; the result does not depend on it). Without the extension: the fused
+    pure-JAX layer, said once on stderr."""
     check_supported("native", cell)
     if not available():
         _say_fallback()
         return fused.scan_layer(cell, activation, params, xw_tbg, carry)
     rp = fused._recurrent_params(params)
     _check(cell, activation, rp, xw_tbg, jax.tree_util.tree_leaves(carry))
-    return _layer(cell, activation, int(threads), rp, xw_tbg, carry)
+    threads = default_threads() if threads is None else int(threads)
+    return _layer(cell, activation, threads, rp, xw_tbg, carry)

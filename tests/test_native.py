@@ -127,6 +127,21 @@ def test_one_and_two_threads_give_the_same_bits(cell):
     assert [np.asarray(x).tobytes() for x in one] == [np.asarray(x).tobytes() for x in two]
 
 
+def test_threads_default_to_the_cores_and_the_environment_overrides_them(monkeypatch):
+    """Unset: a worker per core this process may run on (at most MAX_THREADS); set: that many;
+    a bad value: one line naming the variable and the fix."""
+    monkeypatch.delenv("RNNJAX_NATIVE_THREADS", raising=False)
+    cores = len(os.sched_getaffinity(0))
+    assert native.default_threads() == max(1, min(native.MAX_THREADS, cores))
+    monkeypatch.setenv("RNNJAX_NATIVE_THREADS", "3")
+    assert native.default_threads() == 3
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("RNNJAX_NATIVE_THREADS", bad)
+        with pytest.raises(ValueError, match="RNNJAX_NATIVE_THREADS=.*whole number") as e:
+            native.default_threads()
+        assert "\n" not in str(e.value)
+
+
 def test_native_layer_under_vmap_and_jit():
     """vmap (vectorized trials) over the FFI call: each example's gradients, as one by one."""
     params, xw, carry = _layer_case("lstm")
