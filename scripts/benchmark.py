@@ -14,6 +14,7 @@ import _startup  # noqa: F401, I001  (first: Ctrl-C while JAX imports is one lin
 import json
 import os
 import pathlib
+import signal
 import sys
 import time
 
@@ -26,6 +27,7 @@ import report  # noqa: E402  (no JAX: flags are checked before JAX imports)
 
 from rnnjax import cli  # noqa: E402
 from rnnjax.cli import user_path  # noqa: E402
+from rnnjax.workdir import shown  # noqa: E402
 
 _SECTIONS = flags.DEFINE_list(
     "sections",
@@ -193,26 +195,43 @@ def main(argv):
     results = {"machine": harness.machine(), "vocab": V, "peak": harness.matmul_peak()}
     s = dataclasses.replace(s, peak_gflops=results["peak"]["peak"])
     failed = results["failed"] = {}
+    done: list[str] = []
+
+    def settle() -> None:
+        results["load_end"] = os.getloadavg()[0]
+        results["settings"] = {
+            "repeats": s.repeats,
+            "steps_per_round": s.steps,
+            "e2e_epochs": s.e2e_epochs,
+            "workload": dataclasses.asdict(base),
+            "reference": dataclasses.asdict(REFERENCE),
+            "sections": list(done),
+            "fake_devices": s.fake_devices,
+            "started": started,
+            "minutes": (time.time() - t0) / 60,
+        }
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # subprocess.run kills a section's child on the way out
+
+    signal.signal(signal.SIGTERM, stop)
     for name in (x for x in report.SECTIONS if x in _SECTIONS.value):
         try:  # a section that fails is named in the report; the others' figures are kept
             results[name] = (getattr(sections, name, None) or getattr(runs, name))(s)
+        except KeyboardInterrupt:
+            kept = f"{shown(out)} has the sections before it ({', '.join(done)})"
+            kept = kept if done else "nothing was written"
+            cli.fail(f"stopped during the {name} section: {kept}; rerun to measure the rest")
         except Exception as e:  # noqa: BLE001 - reported, and the exit status says so
             if name == "rows":
                 raise
             said = (getattr(e, "stderr", None) or str(e)).strip().splitlines()  # a child's too
             failed[name] = f"{type(e).__name__}: {said[-1] if said else ''}"
-    results["load_end"] = os.getloadavg()[0]
-    results["settings"] = {
-        "repeats": s.repeats,
-        "steps_per_round": s.steps,
-        "e2e_epochs": s.e2e_epochs,
-        "workload": dataclasses.asdict(base),
-        "reference": dataclasses.asdict(REFERENCE),
-        "sections": [x for x in report.SECTIONS if x in _SECTIONS.value],
-        "fake_devices": s.fake_devices,
-        "started": started,
-        "minutes": (time.time() - t0) / 60,
-    }
+        done.append(name)
+        settle()  # the sections so far, on disk: a run stopped later keeps them
+        for path in filter(None, (out, json_path)):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        report.write_report(results, out, json_path)
     write(results, out, json_path)
     if failed:
         cli.fail(f"sections {', '.join(failed)} failed (named in the report); the others are in it")

@@ -269,6 +269,34 @@ def test_benchmark_rejects_bad_flags_in_one_line(tmp_path, args, message):
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_stopped_benchmark_keeps_the_sections_it_finished(tmp_path):
+    """SIGTERM during a long section: the report on disk has every section finished before it, the
+    section's child process is stopped too, and the console says so in one line."""
+    import signal
+    import time
+
+    cmd = [sys.executable, SCRIPT, "--repeats=1", "--steps=1", "--sections=rows,end_to_end"]
+    cmd += ["--rows=lstm:2", *TINY_FLAGS, "--e2e_epochs=100000", "--out=r.md"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stderr=subprocess.PIPE, text=True)
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    deadline = time.monotonic() + 300
+    while not ((tmp_path / "r.md").exists() and children.read_text().split()):  # end_to_end's
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.2)
+    kids = children.read_text().split()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert err.strip() == (
+        "error: stopped during the end_to_end section: r.md has the sections before it (rows); "
+        "rerun to measure the rest"
+    )
+    text = (tmp_path / "r.md").read_text()
+    assert "Sections: rows. **A reduced run**" in text and TINY.label in text
+    time.sleep(1)
+    assert not [k for k in kids if Path(f"/proc/{k}").exists()], "the section's child still runs"
+
+
 def test_unwritable_out_is_refused_before_measuring(tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir()
