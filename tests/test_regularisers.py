@@ -236,6 +236,17 @@ def test_evaluation_samples_and_load_use_the_averaged_weights(tmp_path):
     assert (run / "samples.txt").read_text() == "".join(
         t + "\n" for t in last.generate(prefixes, n)
     )
+    # scripts/generate.py --weights=raw: the raw params' text, and it says which weights
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "generate.py"), f"--workdir={run}"]
+        + ["--step=latest", "--weights=raw", "--prefix=time", "--num_chars=30"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT)),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "raw weights" in proc.stderr and proc.stdout == raw.generate("time", 30) + "\n"
     with pytest.raises(ValueError, match="trained without weight averaging") as e:
         rnnjax.load(tmp_path / "plain", weights="average")
     assert "\n" not in str(e.value)
