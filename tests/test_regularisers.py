@@ -254,6 +254,39 @@ def test_evaluation_samples_and_load_use_the_averaged_weights(tmp_path):
         rnnjax.load(run, weights="ema")
 
 
+def test_the_average_is_its_own_checkpoint_item_read_on_request(tmp_path):
+    from rnnjax.checkpoint import Checkpointer, CheckpointError
+
+    params = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(3, np.float32)}
+    average = jax.tree_util.tree_map(lambda x: x / 2, params)
+    state = {"step": np.int32(7)}
+    target = jax.eval_shape(lambda: (params, state))
+    ckpt = Checkpointer(tmp_path, max_to_keep=5)
+    try:
+        ckpt.save(7, params, state, {"epoch": 1, "batch": 0, "val_ppl": 3.0}, average=average)
+        ckpt.save(8, params, state, {"epoch": 1, "batch": 0, "val_ppl": 2.0})
+        _, (p, a), _, meta = ckpt.restore(lambda meta: target, 7, with_average=True)
+        assert meta["average"] is True and "['average']" in str(meta["checksums"])
+        assert all(
+            np.array_equal(x, y) for x, y in zip(*map(jax.tree_util.tree_leaves, (a, average)))
+        )
+        assert all(
+            np.array_equal(x, y) for x, y in zip(*map(jax.tree_util.tree_leaves, (p, params)))
+        )
+        plain = ckpt.restore(lambda meta: target, 8)
+        assert (
+            "average" not in plain[3] and not (tmp_path / "checkpoints" / "8" / "average").exists()
+        )
+        with pytest.raises(CheckpointError, match="step 8 .* holds no averaged weights") as e:
+            ckpt.restore(lambda meta: target, 8, with_average=True)
+        assert "\n" not in str(e.value)
+        (tmp_path / "checkpoints" / "7" / "average" / "manifest.ocdbt").unlink()  # damage
+        with pytest.raises(CheckpointError, match=r"missing array data \(average/manifest"):
+            ckpt.restore(lambda meta: target, 7, with_average=True)
+    finally:
+        ckpt.close()
+
+
 PIPED_AVERAGE = textwrap.dedent("""
     import sys
     sys.path.insert(0, sys.argv[2])
