@@ -105,20 +105,22 @@ class Checkpointer:
     def steps(self) -> list[int]:
         return sorted(self._mngr.all_steps())
 
-    def save(self, step: int, params: Any, state: Any, meta: dict[str, Any]) -> None:
+    def save(
+        self, step: int, params: Any, state: Any, meta: dict[str, Any], average: Any = None
+    ) -> None:
         """Write step ``step`` as the items ``params``, ``state`` and ``meta`` (see the module
-        docstring). A step that exists is left as it is. ``meta`` gains ``layout`` and a sha256 of
-        every array."""
+        docstring), and ``average`` (``train.weight_average``'s params, shaped as ``params``) when
+        given. A step that exists is left as it is. ``meta`` gains ``layout``, a sha256 of every
+        array and, with an average, ``"average": true``."""
         if step in self._mngr.all_steps():
             return
-        meta = {
-            **meta,
-            "layout": LAYOUT,
-            "checksums": checksums({"params": params, "state": state}),
-        }
+        arrays = {"params": params, "state": state}
+        if average is not None:
+            arrays["average"] = average
+            meta = {**meta, "average": True}
+        meta = {**meta, "layout": LAYOUT, "checksums": checksums(arrays)}
         args = ocp.args.Composite(
-            params=ocp.args.StandardSave(params),
-            state=ocp.args.StandardSave(state),
+            **{name: ocp.args.StandardSave(tree) for name, tree in arrays.items()},
             meta=ocp.args.JsonSave(meta),
         )
         with (
@@ -184,14 +186,19 @@ class Checkpointer:
         return [-s for _, s in sorted(scored)]
 
     def restore(
-        self, target: Callable[[dict[str, Any]], tuple[Any, Any]], step: int | str | None = None
+        self,
+        target: Callable[[dict[str, Any]], tuple[Any, Any]],
+        step: int | str | None = None,
+        with_average: bool = False,
     ) -> tuple[int, Any, Any, dict[str, Any]] | None:
         """Restore ``step`` (an int), or the latest (``None``/"latest") or best-by-validation
         ("best") step that restores cleanly, falling back in that order (None: no checkpoint).
 
         ``target(meta)`` gives the abstract ``(params, state)`` to restore into (``jax.eval_shape``
         of fresh ones); ``state`` None restores the params alone. Returns ``(step, params, state
-        or None, meta)``. Only real damage (:func:`rnnjax.integrity.find_damage`, a checksum
+        or None, meta)``; ``with_average``: ``params`` is then ``(params, average)``, the
+        ``average`` item read into the params' target (:class:`CheckpointError` for a step that
+        holds none). Only real damage (:func:`rnnjax.integrity.find_damage`, a checksum
         mismatch, or a storage error while reading the arrays) makes a step be skipped with a
         warning; when writable, a damaged step is moved to ``WORKDIR/damaged/`` (kept, never
         deleted) so training can save that step again. Any other error (a bug, a version
@@ -218,10 +225,15 @@ class Checkpointer:
             problem = find_damage(self.directory / str(s))
             if problem is None:
                 meta = self.read_meta(s)
+                if with_average and not meta.get("average"):
+                    raise CheckpointError(
+                        f"checkpoint step {s} in {self.directory} holds no averaged weights "
+                        "(its run was trained with train.weight_average = '')"
+                    )
                 params, state = target(meta)
                 try:
                     with orbax_errors_quiet():
-                        restored, problem = self._read(s, meta, params, state)
+                        restored, problem = self._read(s, meta, params, state, with_average)
                 except Exception as e:
                     problem = storage_damage(e)
                     if problem is None:
@@ -254,19 +266,20 @@ class Checkpointer:
         return None
 
     def _read(
-        self, step: int, meta: dict[str, Any], params: Any, state: Any
+        self, step: int, meta: dict[str, Any], params: Any, state: Any, with_average: bool = False
     ) -> tuple[tuple[Any, Any], str | None]:
-        """The arrays of one step as ``(params, state or None)``, and the checksum problem (None:
-        verified)."""
+        """The arrays of one step as ``(params, state or None)`` (``params`` as ``(params,
+        average)`` ``with_average``), and the checksum problem (None: verified)."""
         if meta.get("layout", 1) >= 2:
             items = {"params": ocp.args.StandardRestore(params)}
+            if with_average:
+                items["average"] = ocp.args.StandardRestore(params)
             if state is not None:
                 items["state"] = ocp.args.StandardRestore(state)
             arrays = self._mngr.restore(step, args=ocp.args.Composite(**items))
             arrays = {name: arrays[name] for name in items}
-            return (arrays["params"], arrays.get("state")), verify_checksums(
-                arrays, meta.get("checksums")
-            )
+            weights = (arrays["params"], arrays["average"]) if with_average else arrays["params"]
+            return (weights, arrays.get("state")), verify_checksums(arrays, meta.get("checksums"))
         # Layout 1: the params are state["train"]["params"].
         if state is None:  # the params alone: a partial restore of the state item
             item = {"train": {"params": params}}

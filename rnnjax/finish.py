@@ -16,6 +16,7 @@ from rnnjax.metrics import best_record
 from rnnjax.model import num_params
 from rnnjax.plotting import plot_curves
 from rnnjax.sampling import generate
+from rnnjax.steps import evaluated
 from rnnjax.tensorboard_log import TensorBoardLog
 
 
@@ -54,16 +55,19 @@ def finish(
     c, one = group.cfgs[j], group.take(state, j)
     best_step = next(iter(ckpt.best_steps()), None)
     best_saved = next((r["epoch"] for r in records if r["step"] == best_step), None)
-    best_params = (
-        one.params
-        if best_step in (None, int(one.step))
-        else ckpt.restore(lambda meta: (group.dp.abstract(one.params), None), best_step)[1]
-    )
+    # with train.weight_average, the averaged params: those the records' validation used
+    averaged = one.average is not None
+    if best_step in (None, int(one.step)):
+        best_params = evaluated(one)
+    else:
+        target = (group.dp.abstract(one.params), None)
+        best_params = ckpt.restore(lambda meta: target, best_step, averaged)[1]
+        best_params = best_params[1] if averaged else best_params
     if primary:
         plot_curves(
             records, workdir / "curves.png", title=f"{c.model.num_layers}-layer {c.model.cell}"
         )
-    texts = samples(group, best_params if c.train.early_stopping_patience else one.params)
+    texts = samples(group, best_params if c.train.early_stopping_patience else evaluated(one))
     if primary:
         rundir.write_atomic(workdir / "samples.txt", "".join(s + "\n" for s in texts))
     test = (
@@ -86,6 +90,8 @@ def finish(
         tb.finish(c.to_dict(), records, best["val_ppl"] if best else math.nan)
     return out | {
         "params": one.params,
+        # train.weight_average's averaged params (None: off), what was evaluated and sampled
+        "average": one.average,
         "model": group.model,
         "vocab": group.corpus.vocab,
         "num_params": num_params(one.params),

@@ -23,6 +23,7 @@ from rnnjax.optim import make_optimizer
 from rnnjax.parallel import DataParallel
 from rnnjax.steps import (
     EVAL_METRICS,
+    Average,
     eval_sums,
     init_train_state,
     make_eval_step,
@@ -65,7 +66,7 @@ class Group:
         # The update reads each trial's hyperparameters from its own optimizer state.
         reset = self.cfgs[0].data.sampler == "random"
         tc = self.cfgs[0].train
-        step = make_train_step(self.model, self.txs[0], reset, (tc.ar, tc.tar))
+        step = make_train_step(self.model, self.txs[0], reset, (tc.ar, tc.tar), Average.of(tc))
         if self.vmapped:
             step = jax.jit(
                 jax.vmap(step, in_axes=(0, 0, 0, 0, 0, None, 0)), donate_argnums=(0, 1, 2)
@@ -98,7 +99,7 @@ class Group:
         for c, tx in zip(self.cfgs, self.txs):
             init_key, rng = jax.random.split(jax.random.key(c.seed))
             init = jax.jit(
-                lambda k, tx=tx: init_train_state(self.model, tx, k),
+                lambda k, tx=tx, c=c: init_train_state(self.model, tx, k, Average.of(c.train)),
                 out_shardings=self.dp.replicated,
             )
             states.append(init(init_key))

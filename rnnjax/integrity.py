@@ -72,6 +72,8 @@ def find_damage(step_dir: pathlib.Path) -> str | None:
     items = (
         ("params", "state") if meta.get("layout", 1) >= 2 else ("state",)
     )  # layout 1: params inside state
+    if meta.get("average"):  # train.weight_average's params
+        items += ("average",)
     for item in items:
         for name in ("_METADATA", "manifest.ocdbt"):
             if not (step_dir / item / name).is_file():

@@ -24,7 +24,8 @@ def checkpoint_items(
     state: TrainState, rng_data: Array, carry: Carry, sums: TrainSums
 ) -> tuple[Params, dict]:
     """A checkpoint's ``params`` and ``state`` items (layout 3); ``rng_data`` is
-    ``jax.random.key_data(key)``."""
+    ``jax.random.key_data(key)``. ``state.average`` is not in them: it is its own item
+    (``Checkpointer.save(..., average=state.average)``)."""
     train = {"step": state.step, "opt_state": state.opt_state, "nonfinite": state.nonfinite}
     return state.params, {"train": train, "rng": rng_data, "carry": carry, "metrics": dict(sums)}
 
@@ -47,11 +48,13 @@ def target_items(
 
 
 def from_checkpoint_items(
-    params: Params, item: dict[str, Any]
+    params: Params, item: dict[str, Any], average: Params | None = None
 ) -> tuple[TrainState, Array, Carry, TrainSums]:
-    """Inverse of :func:`checkpoint_items`, for any layout: (train state, rng_data, carry, sums)."""
+    """Inverse of :func:`checkpoint_items`, for any layout: (train state, rng_data, carry, sums).
+    ``average``: the checkpoint's ``average`` item (``train.weight_average``; the state's own,
+    saved beside the params by :meth:`rnnjax.checkpoint.Checkpointer.save`)."""
     train = item["train"]
-    state = TrainState(train["step"], params, train["opt_state"], train["nonfinite"])
+    state = TrainState(train["step"], params, train["opt_state"], train["nonfinite"], average)
     if "metrics" in item:
         sums = dict(item["metrics"])
     else:

@@ -29,6 +29,7 @@ from rnnjax.metrics import best_record, to_host
 from rnnjax.profiling import Profiler
 from rnnjax.records import abort_error, commit, describe, kept_records, make_record, stopped_early
 from rnnjax.resume import restore
+from rnnjax.steps import evaluated
 from rnnjax.tensorboard_log import TensorBoardLog
 
 
@@ -128,7 +129,7 @@ def train_group(
                 * cfg.data.num_steps
                 / (time.perf_counter() - t0)
             )
-            val, stats, parts = group.evaluate(state.params)
+            val, stats, parts = group.evaluate(evaluated(state))
             active = [j for j in range(k) if j not in failed]
             # Written in this order: TensorBoard, the checkpoint (its meta holds the record),
             # metrics.jsonl. A kill between any two leaves a run that resumes: events past the last
@@ -183,7 +184,7 @@ def train_group(
                     boards[j].samples(
                         epoch,
                         list(cfg.generate.prefixes),
-                        samples(group, group.take(state.params, j)),
+                        samples(group, group.take(evaluated(state), j)),
                     )
             if stopped or not active:
                 break
@@ -257,4 +258,9 @@ def save(
     """Checkpoint trial j at its current step (position ``epoch``, ``batch``; ``record`` at an epoch
     end)."""
     one = [group.take(x, j) for x in (state, rng_data, carry, metrics)]
-    ckpt.save(int(one[0].step), *checkpoint_items(*one), saved_meta(one[3], epoch, batch, record))
+    ckpt.save(
+        int(one[0].step),
+        *checkpoint_items(*one),
+        saved_meta(one[3], epoch, batch, record),
+        average=one[0].average,
+    )

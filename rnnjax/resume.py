@@ -24,7 +24,8 @@ def restore(group: Group, ckpts: list[Checkpointer]):
 
         return of
 
-    found = [ckpt.restore(target(j)) for j, ckpt in enumerate(ckpts)]
+    averaged = bool(group.cfgs[0].train.weight_average)  # the average: its own item
+    found = [ckpt.restore(target(j), with_average=averaged) for j, ckpt in enumerate(ckpts)]
     steps = {f[0] if f else None for f in found}
     if (
         len(steps) > 1
@@ -33,7 +34,7 @@ def restore(group: Group, ckpts: list[Checkpointer]):
         found = [
             f
             if f is None or f[0] == common
-            else ckpt.restore(target(j), common)
+            else ckpt.restore(target(j), common, averaged)
             if common in ckpt.steps()
             else None
             for j, (f, ckpt) in enumerate(zip(found, ckpts))
@@ -44,7 +45,8 @@ def restore(group: Group, ckpts: list[Checkpointer]):
         return state, rng_data, carry, metrics, 1, 0, None, [None] * k
     trials = []
     for j, (_, params, item, meta) in enumerate(found):
-        s, r, c, sums = from_checkpoint_items(params, item)
+        params, average = params if averaged else (params, None)
+        s, r, c, sums = from_checkpoint_items(params, item, average)
         # metrics added since (or layer_stats changed): 0 from an epoch's start, unknown mid-epoch
         trials.append(
             (

@@ -2,7 +2,8 @@
 
 Read-only: it never writes to the run. It needs only the workdir: the config and the
 vocabulary come from its ``config.json`` and ``vocab.json``, never from a ``.py`` config file,
-and only the ``params`` item of the checkpoint is read (no optimizer state is rebuilt).
+and only the ``params`` item of the checkpoint is read (no optimizer state is rebuilt), with the
+``average`` item when the run averaged its weights (``train.weight_average``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from rnnjax.workdir import read_config, read_metrics, read_vocab, resolve_path
 
 @dataclasses.dataclass
 class Run:
-    """A restored run: its config, params at ``step``, vocabulary and metric history."""
+    """A restored run: its config, params at ``step`` (the averaged ones for a run trained with
+    ``train.weight_average``, unless loaded with ``weights="raw"``), vocabulary and metric
+    history."""
 
     workdir: pathlib.Path
     step: int
@@ -40,6 +43,8 @@ class Run:
     params: Params
     vocab: Vocab
     metrics: list[dict[str, Any]]
+    # which weights ``params`` are: "raw" (the trained params) or "average" (train.weight_average's)
+    weights: str = "raw"
 
     def __repr__(self) -> str:
         m = self.config.model
@@ -47,6 +52,7 @@ class Run:
         val = next((r.get("val_ppl") for r in self.metrics if r.get("step") == self.step), None)
         at = f", val_ppl {val:.3f}" if isinstance(val, float) else ""
         where = f", best val_ppl {best['val_ppl']:.3f} at epoch {best['epoch']}" if best else ""
+        at += ", averaged weights" if self.weights == "average" else ""
         return (
             f"Run({str(self.workdir)!r}, step {self.step}{at}: {m.num_layers}-layer {m.cell}, "
             f"hidden {m.hidden_size}, vocab {len(self.vocab)}, {len(self.metrics)} epochs{where})"
@@ -63,6 +69,9 @@ class Run:
             text += (
                 ", the best of the run)" if best is not None and best["step"] == self.step else ")"
             )
+        if self.config.train.weight_average:
+            mode = self.config.train.weight_average
+            text += f", {mode} weights" if self.weights == "average" else ", raw weights"
         return text
 
     def generate(
@@ -150,7 +159,12 @@ class Evaluation:
         return sum(self.unknown.values())
 
 
-def load(workdir: str | os.PathLike, step: int | str = "best", impl: str | None = None) -> Run:
+def load(
+    workdir: str | os.PathLike,
+    step: int | str = "best",
+    impl: str | None = None,
+    weights: str | None = None,
+) -> Run:
     """Restore a checkpoint of the run in ``workdir`` (relative paths are from the current
     directory).
 
@@ -160,7 +174,12 @@ def load(workdir: str | os.PathLike, step: int | str = "best", impl: str | None 
     ``impl``: run the params with this ``model.impl`` instead of the run's own, among those that
     share its params ("rnnjax", "autodiff", "cudnn"), e.g. ``impl="rnnjax"`` for a run trained with
     ``"cudnn"`` on a machine without CUDA.
+    ``weights``: "average" (the default for a run trained with ``train.weight_average``: the
+    averaged params, those its validation, best step, evaluation.json and samples used) or "raw"
+    (the trained params themselves; the default otherwise). ``Run.weights`` says which.
     """
+    if weights not in (None, "average", "raw"):
+        raise ValueError(f"weights = {weights!r} is not allowed: 'average', 'raw' or None")
     if not (step in ("best", "latest") or (isinstance(step, int) and not isinstance(step, bool))):
         raise ValueError(f"step = {step!r} is not allowed: 'best', 'latest' or a step number")
     if impl is not None and impl not in SAME_PARAMS_IMPLS:
@@ -186,6 +205,13 @@ def load(workdir: str | os.PathLike, step: int | str = "best", impl: str | None 
                 f"{workdir} has no {missing} beside its checkpoints; restore it from a copy"
             )
         cfg = resolve(saved)
+        averaged = bool(cfg.train.weight_average)
+        if weights == "average" and not averaged:
+            raise ValueError(
+                f"weights = 'average' but {workdir} was trained without weight averaging "
+                "(train.weight_average = ''); load it with weights='raw' or without weights="
+            )
+        weights = weights or ("average" if averaged else "raw")
         if impl is not None and impl != cfg.model.impl:
             if cfg.model.impl not in SAME_PARAMS_IMPLS:
                 raise ValueError(
@@ -219,9 +245,12 @@ def load(workdir: str | os.PathLike, step: int | str = "best", impl: str | None 
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one),
             jax.eval_shape(model.init, jax.random.key(0)),
         )
-        step, params, _, _ = ckpt.restore(lambda meta: (abstract, None), step)
+        step, params, _, _ = ckpt.restore(
+            lambda meta: (abstract, None), step, with_average=weights == "average"
+        )
     finally:
         ckpt.close()
+    params = params[1] if weights == "average" else params
     params = jax.tree_util.tree_map(np.asarray, params)
     metrics = read_metrics(workdir / "metrics.jsonl")
-    return Run(workdir, step, cfg, model, params, vocab, metrics)
+    return Run(workdir, step, cfg, model, params, vocab, metrics, weights)

@@ -39,12 +39,61 @@ class TrainState(NamedTuple):
     params: Params
     opt_state: optax.OptState
     nonfinite: Array  # int32 scalar: consecutive non-finite steps so far
+    # train.weight_average: the averaged params, shaped as params (None: off, no leaves)
+    average: Params | None = None
 
 
-def init_train_state(model: DeepRNN, tx: optax.GradientTransformation, key: Array) -> TrainState:
-    """Step 0: fresh params from ``key``, their optimizer state, no non-finite steps."""
+class Average(NamedTuple):
+    """``train.weight_average`` and its settings, as the training step reads them."""
+
+    mode: str = ""  # "" (off), "ema" or "polyak"
+    decay: float = 0.999  # EMA's
+    start: int = 0  # the average is the params themselves up to this step
+
+    @classmethod
+    def of(cls, tc) -> Average:
+        """From a :class:`rnnjax.config.TrainConfig`."""
+        return cls(tc.weight_average, tc.weight_average_decay, tc.weight_average_start)
+
+
+NO_AVERAGE = Average()  # train.weight_average = "" (the default)
+
+
+def init_train_state(
+    model: DeepRNN, tx: optax.GradientTransformation, key: Array, average: Average = NO_AVERAGE
+) -> TrainState:
+    """Step 0: fresh params from ``key``, their optimizer state, no non-finite steps; with
+    ``average.mode``, the average starts as a copy of the params."""
     params = model.init(key)
-    return TrainState(jnp.int32(0), params, tx.init(params), jnp.int32(0))
+    avg = jax.tree_util.tree_map(jnp.copy, params) if average.mode else None
+    return TrainState(jnp.int32(0), params, tx.init(params), jnp.int32(0), avg)
+
+
+def update_average(average: Average, avg: Params, params: Params, step: Array) -> Params:
+    """The average after step ``step`` (steps taken, this one included) whose params are
+    ``params``. Up to ``average.start``: the params themselves. After it, "ema": ``decay * avg +
+    (1 - decay) * params``; "polyak": the running mean of the params after steps start + 1 ..
+    ``step`` (ASGD's average)."""
+    after = step > average.start
+    if average.mode == "ema":
+        d = jnp.float32(average.decay)
+
+        def one(a, p):
+            return jnp.where(after, d * a + (1 - d) * p, p)
+
+    else:
+        n = (step - average.start).astype(jnp.float32)
+
+        def one(a, p):
+            return jnp.where(n > 1, a + (p - a) / n, p)
+
+    return jax.tree_util.tree_map(one, avg, params)
+
+
+def evaluated(state: TrainState) -> Params:
+    """The params that validation, test, samples and the best checkpoint use: the average when
+    ``train.weight_average`` is on, else the params."""
+    return state.params if state.average is None else state.average
 
 
 class Step(NamedTuple):
@@ -97,10 +146,12 @@ def make_train_step(
     tx: optax.GradientTransformation,
     reset_carry: bool,
     ar_tar: tuple[float, float] = (0.0, 0.0),
+    average: Average = NO_AVERAGE,
 ):
     """Returns ``train_step(state, carry, metrics, xs_nbt, ys_nbt, i, key) -> (state, carry,
     metrics)``. ``ar_tar``: ``train.ar`` and ``train.tar``
-    (:func:`rnnjax.stack.activation_penalty`).
+    (:func:`rnnjax.stack.activation_penalty`); ``average``: ``train.weight_average``
+    (:func:`update_average`, after every step, a skipped one with its unchanged params).
 
     Trains on minibatch i. The carry (every layer's recurrent state) comes in as data, so no
     gradient flows into earlier minibatches (truncated BPTT); ``reset_carry`` zeroes it
@@ -143,8 +194,12 @@ def make_train_step(
             return jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
 
         nonfinite = jnp.where(ok, 0, state.nonfinite + 1)
+        params = keep(params, state.params)
+        avg = state.average
+        if average.mode:
+            avg = update_average(average, avg, params, state.step + 1)
         new_state = TrainState(
-            state.step + 1, keep(params, state.params), keep(opt_state, state.opt_state), nonfinite
+            state.step + 1, params, keep(opt_state, state.opt_state), nonfinite, avg
         )
         return new_state, keep(new_carry, carry), add_step(metrics, values, ok)
 

@@ -1,7 +1,7 @@
 r"""Score any text with a trained run: perplexity and bits per character.
 
     python scripts/evaluate.py --workdir=runs/deep_lstm --text=other_book.txt \
-        [--step=best|latest|N] [--batch_size=32]
+        [--step=best|latest|N] [--batch_size=32] [--weights=average|raw]
 
 The text is preprocessed as the run's training text was and read as ``--batch_size`` rows (default:
 the run's ``data.batch_size``, as its validation pass), the recurrent state carried across windows.
@@ -35,6 +35,13 @@ _IMPL = flags.DEFINE_enum(
     list(SAME_PARAMS_IMPLS),
     "Run the params with this model.impl instead of the run's own (e.g. rnnjax for a cudnn run "
     "on a CPU).",
+)
+_WEIGHTS = flags.DEFINE_enum(
+    "weights",
+    None,
+    ["average", "raw"],
+    "For a run trained with train.weight_average: its averaged weights (the default) or the raw "
+    "ones.",
 )
 _BATCH = flags.DEFINE_integer(
     "batch_size",
@@ -70,7 +77,12 @@ def main(argv):
     from rnnjax.run import load
 
     try:
-        run = load(cli.user_path(_WORKDIR.value), cli.checkpoint_step(_STEP.value), _IMPL.value)
+        run = load(
+            cli.user_path(_WORKDIR.value),
+            cli.checkpoint_step(_STEP.value),
+            _IMPL.value,
+            _WEIGHTS.value,
+        )
         ev = run.evaluate(text, _BATCH.value)
     except (ValueError, CheckpointError, WorkdirError) as e:
         cli.fail(str(e))

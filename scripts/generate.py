@@ -1,7 +1,8 @@
 r"""Sample text from a trained run.
 
     python scripts/generate.py --workdir=runs/deep_lstm --prefix="time traveller" --num_chars=100 \
-        [--step=best|latest|N] [--temperature=0.8] [--top_k=5] [--seed=0]
+        [--step=best|latest|N] [--temperature=0.8] [--top_k=5] [--seed=0] \
+        [--weights=average|raw]
 
 Uses the best checkpoint (lowest validation perplexity) unless ``--step`` says otherwise, and
 says which on stderr before generating. Greedy (temperature 0) by default, as
@@ -38,6 +39,13 @@ _IMPL = flags.DEFINE_enum(
     "Run the params with this model.impl instead of the run's own (e.g. rnnjax for a cudnn run "
     "on a CPU).",
 )
+_WEIGHTS = flags.DEFINE_enum(
+    "weights",
+    None,
+    ["average", "raw"],
+    "For a run trained with train.weight_average: its averaged weights (the default) or the raw "
+    "ones.",
+)
 _PREFIX = flags.DEFINE_multi_string(
     "prefix", ["time traveller"], "Prompt; repeat the flag for several (batched)."
 )
@@ -71,7 +79,12 @@ def main(argv):
     args = (_PREFIX.value, _NUM_CHARS.value, _TEMPERATURE.value, _TOP_K.value, _SEED.value)
     try:
         check_args(*args)  # NaN/inf temperature, an empty prefix: refused before the (slow) restore
-        run = load(cli.user_path(_WORKDIR.value), cli.checkpoint_step(_STEP.value), _IMPL.value)
+        run = load(
+            cli.user_path(_WORKDIR.value),
+            cli.checkpoint_step(_STEP.value),
+            _IMPL.value,
+            _WEIGHTS.value,
+        )
     except (
         ValueError,
         CheckpointError,

@@ -1,8 +1,13 @@
 """AWD-LSTM's regularisers in the one stack loop (rnnjax/stack.py): model.weight_drop (DropConnect
 on W_h, one mask per minibatch, its gradients masked under the fused backward too) and
-model.locked_dropout (one mask per sequence); their gradients, bitwise resume and refusals."""
+model.locked_dropout (one mask per sequence); train.ar and train.tar; train.weight_average (EMA or
+Polyak weights in the train step, used for evaluation); their gradients, bitwise resume and
+refusals."""
 
+import functools
 import json
+import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -12,15 +17,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import small_config
+from conftest import small_config, tiered
 
-from rnnjax import stack
+import rnnjax
+from rnnjax import data, stack
 from rnnjax.config import ConfigError, resolve
+from rnnjax.metrics import add_sums
 from rnnjax.model import DeepRNN
 from rnnjax.steps import cross_entropy
 from rnnjax.train import train_and_evaluate
 
 V, B, T = 11, 3, 7
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 KEY = jax.random.key(5)
 
 
@@ -129,6 +137,206 @@ def test_ar_and_tar_penalise_the_top_outputs_and_their_gradient_reaches_the_weig
     assert diff.max() > 1e-6
 
 
+def train_steps(impl, average, n=6):
+    """n steps of the real train step (SGD, dropout on): the raw params and the average after each
+    step, and the final state."""
+    import optax
+
+    from rnnjax.steps import init_train_state, make_train_step, train_sums
+
+    model = DeepRNN(V, 8, 2, dropout=0.2, impl=impl)
+    tx = optax.sgd(0.5)
+    state = init_train_state(model, tx, jax.random.key(0), average)
+    step = make_train_step(model, tx, False, average=average)
+    sums, carry = train_sums(model, state.params, False), model.initial_carry(B)
+    rng = np.random.default_rng(0)
+    xs, ys = (jnp.asarray(rng.integers(0, V, (n, B, T))) for _ in range(2))
+
+    def copy(tree):  # the step donates its state: copies, not views of its buffers
+        return [np.array(x) for x in jax.tree_util.tree_leaves(tree)]
+
+    seen, averages = [copy(state.params)], [copy(state.average)]
+    for i in range(n):
+        state, carry, sums = step(state, carry, sums, xs, ys, i, jax.random.key(3))
+        seen.append(copy(state.params))
+        averages.append(copy(state.average))
+    return seen, averages, state
+
+
+@pytest.mark.parametrize("impl", tiered(["rnnjax", "autodiff", "flax"], lambda i: i != "flax"))
+def test_ema_and_polyak_weights_match_an_independent_numpy_average(impl):
+    from rnnjax.steps import NO_AVERAGE, Average
+
+    raw, _, plain = train_steps(impl, NO_AVERAGE)
+    assert plain.average is None  # off: no extra state
+    # EMA from step 2: the params themselves up to it, then decay * avg + (1 - decay) * params
+    seen, averages, ema = train_steps(impl, Average("ema", 0.7, 2))
+    for k in range(3):  # steps 0, 1, 2: the params, bitwise
+        assert all(np.array_equal(a, p) for a, p in zip(averages[k], seen[k]))
+    want = [p.astype(np.float64) for p in seen[2]]
+    for params in seen[3:]:
+        want = [0.7 * a + 0.3 * p for a, p in zip(want, params)]
+    for got, w, params in zip(jax.tree_util.tree_leaves(ema.average), want, seen[-1]):
+        np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-6)
+        assert np.abs(got - params).max() > 1e-4  # not the params themselves
+    # Polyak from step 2: the plain mean of the params after steps 3 .. 6
+    seen, _, polyak = train_steps(impl, Average("polyak", 0.999, 2))
+    for i, got in enumerate(jax.tree_util.tree_leaves(polyak.average)):
+        mean = np.mean([s[i].astype(np.float64) for s in seen[3:]], axis=0)
+        np.testing.assert_allclose(got, mean, rtol=1e-5, atol=1e-6)
+    # the raw params do not see the average: bitwise those of a run without it
+    for a, b, c in zip(raw[-1], seen[-1], jax.tree_util.tree_leaves(plain.params)):
+        assert np.array_equal(a, b) and np.array_equal(a, c)
+
+
+def test_evaluation_samples_and_load_use_the_averaged_weights(tmp_path):
+    from rnnjax.metrics import sums_perplexity
+    from rnnjax.steps import eval_sums
+
+    fields = {"data.num_test": 300, "checkpoint.max_to_keep": 1000}
+    cfg = small_config(
+        2, **fields, **{"train.weight_average": "ema", "train.weight_average_decay": 0.8}
+    )
+    run = tmp_path / "ema"
+    out = train_and_evaluate(cfg, run)
+    plain = train_and_evaluate(small_config(2, **fields), tmp_path / "plain")
+    # off by default: the raw params are bitwise a plain run's; its checkpoints hold no average
+    for a, b in zip(
+        jax.tree_util.tree_leaves(out["params"]), jax.tree_util.tree_leaves(plain["params"])
+    ):
+        assert np.array_equal(a, b)
+    assert plain["average"] is None
+    for step in (tmp_path / "plain" / "checkpoints").iterdir():
+        assert not (step / "average").exists()
+        assert "average" not in json.loads((step / "meta" / "metadata").read_text())
+    assert all((s / "average").is_dir() for s in (run / "checkpoints").iterdir())
+    # the validation records come from the averaged params, computed here by hand
+    corpus = data.load_corpus(resolve(cfg).data)
+    d, model = resolve(cfg).data, out["model"]
+
+    def ppl(params, parts):
+        sums = [eval_sums(model, params, ids, d.batch_size, d.num_steps) for _, ids in parts]
+        return sums_perplexity(functools.reduce(add_sums, sums))
+
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["val_ppl"] == pytest.approx(ppl(out["average"], corpus.val_parts), rel=1e-6)
+    assert records[-1]["val_ppl"] != pytest.approx(ppl(out["params"], corpus.val_parts), rel=1e-4)
+    assert records[-1]["val_ppl"] != plain["val_ppl"]
+    # rnnjax.load: the best step's averaged params (evaluation.json's test figure), or the raw
+    best = rnnjax.load(run)
+    assert best.weights == "average" and "ema weights" in best.describe_step()
+    evaluation = json.loads((run / "evaluation.json").read_text())
+    assert evaluation["test_ppl"] == pytest.approx(ppl(best.params, corpus.test_parts), rel=1e-6)
+    last, raw = rnnjax.load(run, "latest"), rnnjax.load(run, "latest", weights="raw")
+    for name, a, b in (("average", last, out["average"]), ("raw", raw, out["params"])):
+        for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b)):
+            assert np.array_equal(x, y), name
+    # the end-of-run samples: greedy from the final averaged params
+    prefixes, n = list(resolve(cfg).generate.prefixes), resolve(cfg).generate.num_chars
+    assert (run / "samples.txt").read_text() == "".join(
+        t + "\n" for t in last.generate(prefixes, n)
+    )
+    # scripts/generate.py --weights=raw: the raw params' text, and it says which weights
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "generate.py"), f"--workdir={run}"]
+        + ["--step=latest", "--weights=raw", "--prefix=time", "--num_chars=30"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT)),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "raw weights" in proc.stderr and proc.stdout == raw.generate("time", 30) + "\n"
+    with pytest.raises(ValueError, match="trained without weight averaging") as e:
+        rnnjax.load(tmp_path / "plain", weights="average")
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="'average', 'raw' or None"):
+        rnnjax.load(run, weights="ema")
+
+
+def test_the_average_is_its_own_checkpoint_item_read_on_request(tmp_path):
+    from rnnjax.checkpoint import Checkpointer, CheckpointError
+
+    params = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(3, np.float32)}
+    average = jax.tree_util.tree_map(lambda x: x / 2, params)
+    state = {"step": np.int32(7)}
+    target = jax.eval_shape(lambda: (params, state))
+    ckpt = Checkpointer(tmp_path, max_to_keep=5)
+    try:
+        ckpt.save(7, params, state, {"epoch": 1, "batch": 0, "val_ppl": 3.0}, average=average)
+        ckpt.save(8, params, state, {"epoch": 1, "batch": 0, "val_ppl": 2.0})
+        _, (p, a), _, meta = ckpt.restore(lambda meta: target, 7, with_average=True)
+        assert meta["average"] is True and "['average']" in str(meta["checksums"])
+        assert all(
+            np.array_equal(x, y) for x, y in zip(*map(jax.tree_util.tree_leaves, (a, average)))
+        )
+        assert all(
+            np.array_equal(x, y) for x, y in zip(*map(jax.tree_util.tree_leaves, (p, params)))
+        )
+        plain = ckpt.restore(lambda meta: target, 8)
+        assert (
+            "average" not in plain[3] and not (tmp_path / "checkpoints" / "8" / "average").exists()
+        )
+        with pytest.raises(CheckpointError, match="step 8 .* holds no averaged weights") as e:
+            ckpt.restore(lambda meta: target, 8, with_average=True)
+        assert "\n" not in str(e.value)
+        (tmp_path / "checkpoints" / "7" / "average" / "manifest.ocdbt").unlink()  # damage
+        with pytest.raises(CheckpointError, match=r"missing array data \(average/manifest"):
+            ckpt.restore(lambda meta: target, 7, with_average=True)
+    finally:
+        ckpt.close()
+
+
+PIPED_AVERAGE = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, sys.argv[2])
+    import conftest, jax, numpy as np
+    from conftest import small_config, tiered
+    from rnnjax.train import train_and_evaluate
+    cfg = small_config(1, **{"parallel.cpu_pipeline": True, "train.weight_average": "ema",
+                             "train.weight_average_decay": 0.8})
+    out = train_and_evaluate(cfg, sys.argv[1])
+    np.savez(sys.argv[1] + ".npz", *jax.tree_util.tree_leaves(out["average"]))
+    print("RESULT", repr(out["val_ppl"]), out["num_devices"])
+""")
+
+
+def test_weight_average_under_the_layer_pipeline_equals_the_plain_stack(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run(
+        [sys.executable, "-c", PIPED_AVERAGE, str(tmp_path / "piped"), str(ROOT / "tests")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(env, JAX_PLATFORMS="cpu"),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1].split()
+    assert line[2] == "2"  # two stages
+    cfg = small_config(1, **{"train.weight_average": "ema", "train.weight_average_decay": 0.8})
+    plain = train_and_evaluate(cfg, tmp_path / "plain")
+    assert abs(np.log(float(line[1])) - np.log(plain["val_ppl"])) <= 1e-5
+    piped = np.load(str(tmp_path / "piped") + ".npz")
+    for i, x in enumerate(jax.tree_util.tree_leaves(plain["average"])):
+        np.testing.assert_allclose(piped[f"arr_{i}"], x, atol=1e-5, rtol=0)
+
+
+def test_vectorized_trials_average_as_one_by_one(tmp_path):
+    from rnnjax.sweep import run_sweep
+
+    grid = {"seed": [0, 1]}
+    cfg = small_config(1, **{"train.weight_average": "polyak", "train.weight_average_start": 5})
+    seq = run_sweep(cfg, grid, tmp_path / "seq")
+    vec = run_sweep(cfg, grid, tmp_path / "vec", vectorize=True)
+    assert [r["status"] for r in vec] == ["done"] * 2
+    for a, b in zip(seq, vec):
+        assert b["best_val_ppl"] == pytest.approx(a["best_val_ppl"], rel=1e-5)
+        pa, pb = (rnnjax.load(tmp_path / w / r["name"]) for w, r in (("seq", a), ("vec", b)))
+        assert pa.weights == pb.weights == "average"
+        for x, y in zip(jax.tree_util.tree_leaves(pa.params), jax.tree_util.tree_leaves(pb.params)):
+            np.testing.assert_allclose(x, y, atol=1e-5, rtol=0)
+
+
 def test_off_by_default_draws_no_key_and_changes_nothing():
     m = DeepRNN(V, 8, 2)
     assert not stack.draws_masks(m) and stack.draws_masks(DeepRNN(V, 8, 2, weight_drop=0.1))
@@ -136,7 +344,7 @@ def test_off_by_default_draws_no_key_and_changes_nothing():
     assert stack.drop_weights(m, params["layers"], KEY) is params["layers"]
 
 
-def test_both_regularisers_resume_bitwise_from_a_mid_epoch_save(tmp_path):
+def test_every_regulariser_resumes_bitwise_from_a_mid_epoch_save(tmp_path):
     cfg = small_config(
         2,
         **{
@@ -144,6 +352,8 @@ def test_both_regularisers_resume_bitwise_from_a_mid_epoch_save(tmp_path):
             "model.locked_dropout": 0.2,
             "train.ar": 2.0,
             "train.tar": 1.0,
+            "train.weight_average": "polyak",
+            "train.weight_average_start": 20,  # inside epoch 1: the resumed run averages too
             "checkpoint.every_minutes": 1e-9,
             "checkpoint.max_to_keep": 1000,
         },
@@ -155,10 +365,12 @@ def test_both_regularisers_resume_bitwise_from_a_mid_epoch_save(tmp_path):
         if s > 30:  # a kill inside epoch 2
             shutil.rmtree(run / "checkpoints" / str(s))
     resumed = train_and_evaluate(cfg, run)
-    for a, b in zip(
-        jax.tree_util.tree_leaves(resumed["params"]), jax.tree_util.tree_leaves(straight["params"])
-    ):
-        assert np.array_equal(a, b)
+    for key in ("params", "average"):
+        for a, b in zip(
+            jax.tree_util.tree_leaves(resumed[key]), jax.tree_util.tree_leaves(straight[key])
+        ):
+            assert np.array_equal(a, b)
+    assert resumed["val_ppl"] == straight["val_ppl"]
     plain = train_and_evaluate(small_config(2), tmp_path / "plain")
     assert plain["val_ppl"] != straight["val_ppl"]
 
@@ -173,6 +385,12 @@ def test_both_regularisers_resume_bitwise_from_a_mid_epoch_save(tmp_path):
         ({"model.weight_drop": 1.0}, "config.model.weight_drop"),
         ({"train.tar": 1.0, "model.impl": "flax"}, "train.ar and train.tar read the top layer"),
         ({"train.ar": -1.0}, "config.train.ar"),
+        ({"train.weight_average": "swa"}, r"config.train.weight_average = 'swa' .*'ema' or"),
+        (
+            {"train.weight_average_decay": 1.0},
+            r"config.train.weight_average_decay = 1.0 .*\(0, 1\)",
+        ),
+        ({"train.weight_average_start": -1}, "config.train.weight_average_start = -1"),
     ],
 )
 def test_where_a_regulariser_cannot_apply_it_is_refused_in_one_line(fields, message):

@@ -155,6 +155,32 @@ GROUPS: dict[str, tuple[str, list[Field | Rule]]] = {
                 added=True,
             ),
             Rule("ar and tar read rnnjax's stack.", _ar_tar_apply),
+            Field(
+                "weight_average",
+                "",
+                "Average the weights over training and evaluate with the average: 'ema' "
+                "(exponential moving average) or 'polyak' (the mean since weight_average_start); "
+                "validation, best, evaluation.json, samples and rnnjax.load use it, the raw "
+                "weights are checkpointed beside it. '' = off.",
+                "'' (off), 'ema' or 'polyak'",
+                lambda v, c: v in ("", "ema", "polyak"),
+                added=True,
+            ),
+            Field(
+                "weight_average_decay",
+                0.999,
+                "EMA's decay: after each step, average = decay * average + (1 - decay) * params.",
+                **real("a number in (0, 1)", lambda v: 0 < v < 1),
+                added=True,
+            ),
+            Field(
+                "weight_average_start",
+                0,
+                "The average is the params themselves up to this step, then averages the params "
+                "after each later step (Polyak: their plain mean, as ASGD; EMA: from there on).",
+                **at_least(0, "0 = from the first step"),
+                added=True,
+            ),
             Field("progress", True, "Show a tqdm progress bar.", **boolean(), resumable=True),
             Field(
                 "max_nonfinite",
