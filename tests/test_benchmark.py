@@ -152,6 +152,7 @@ def test_rows_take_every_registered_cell_and_say_why_a_variant_is_skipped():
         assert "`native` not run: config.model.impl = 'native' has no native kernel" in text
 
 
+@pytest.mark.exhaustive  # by default: test_a_stopped_benchmark_keeps_the_sections_it_finished
 @pytest.mark.slow
 def test_benchmark_script_writes_the_report_of_one_run(tmp_path):
     committed = hashlib.sha256((ROOT / "BENCHMARKS.md").read_bytes()).hexdigest()
@@ -535,6 +536,7 @@ def test_sequence_section_measures_every_cell_and_both_scan_forms(tmp_path):
     )
 
 
+@pytest.mark.exhaustive  # by default: test_every_section_table_renders
 def test_epoch_and_vectorized_sections_measure_and_render(tmp_path):
     s = sections.Settings(repeats=1, steps=1, base=TINY)
     ep = runs.epoch(s)

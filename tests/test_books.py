@@ -199,6 +199,7 @@ def test_early_stopping_keeps_the_best_epoch_and_tests_with_it(tmp_path):
     ]
 
 
+@pytest.mark.exhaustive  # by default: test_early_stopping_keeps_the_best_epoch_and_tests_with_it
 def test_several_files_are_validated_and_tested_one_by_one(tmp_path):
     for name, text in (("a.txt", BOOK[:40_000]), ("b.txt", BOOK[100_000:130_000])):
         (tmp_path / name).write_text(text)

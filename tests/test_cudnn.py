@@ -127,6 +127,8 @@ SHARDED = textwrap.dedent("""
 """)
 
 
+# by default: test_parallel.py::test_four_devices_train_like_one_and_their_checkpoint_resumes_on_one
+@pytest.mark.exhaustive
 def test_data_parallel_wraps_the_call_in_shard_map_on_four_devices():
     """The cuDNN stack under ``Placement(data_devices=4)`` (each device its own rows, lstm_ref
     standing in for cuDNN's call) gives the single-device rnnjax loss and gradients."""
@@ -210,6 +212,8 @@ def test_cudnn_refusals_name_the_fix():
         check_vectorizable(resolve(small_config(**{"model.impl": "cudnn"})))
 
 
+# by default: test_native.py::test_a_run_trained_with_rnnjax_resumes_under_native
+@pytest.mark.exhaustive
 def test_impl_may_change_on_resume_within_one_params_layout(tmp_path, smoke_run):
     """A run resumes under another implementation that reads the same params (here autodiff ->
     rnnjax; cudnn is the third), to the params of a run that never changed; load(impl=) picks one;

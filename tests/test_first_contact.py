@@ -10,7 +10,7 @@ import sys
 
 import jax
 import pytest
-from conftest import param_bytes, small_config
+from conftest import param_bytes, small_config, tiered
 
 import rnnjax
 from rnnjax.checkpoint import CheckpointError
@@ -124,64 +124,80 @@ def test_console_is_short_and_quiet(in_tmp):
     )  # --verbosity raises library logging again
 
 
+DEFAULT_MISTAKES = (
+    "hiden_size",
+    "seed = -1",
+    "cannot read 'missing.txt'",
+    "GiB is available",
+    "cpu_devices = 999",
+    "'lino'",
+    "unexpected argument",
+)
+
+
 @pytest.mark.parametrize(
     "args, message",
-    [
-        (
-            ["--config.model.hiden_size=128"],
-            "error: --config.model.hiden_size is not a config field; did you mean "
-            "--config.model.hidden_size?",
-        ),
-        (["--config.modle.cell=gru"], "did you mean --config.model.cell?"),
-        (
-            ["--config.model.num_layers=abc"],
-            "error: flag --config.model.num_layers=abc: invalid literal for int()",
-        ),
-        (
-            ["--config.model.output_dropout=abc"],
-            "could not convert string to float: 'abc'; config.model.output_dropout takes "
-            "a number in [0, 1)",
-        ),
-        (
-            ["--config.train.early_stopping_patience=1.5"],
-            "; config.train.early_stopping_patience takes an integer >= 0",
-        ),
-        (
-            ["--config.train.progress=maybe"],
-            "boolean flag: 'maybe'; config.train.progress takes True or False",
-        ),
-        (["--config.seed=-1"], "error: config.seed = -1 is not allowed"),
-        (["--config.seed=4294967296"], "error: config.seed = 4294967296 is not allowed"),
-        (
-            ["--config.data.paths=missing.txt"],
-            "error: config.data.paths: cannot read 'missing.txt'",
-        ),
-        (["--config.data.paths=/dev/zero"], "is not a regular file"),
-        (["--config.data.paths=[oops"], "is not a Python list"),
-        (["--config.model.hidden_size=10000000"], "GiB is available; make them smaller"),
-        (["--resume=sometimes"], "error: flag --resume=sometimes"),
-        (
-            ["--config.parallel.cpu_devices=999"],
-            "error: config.parallel.cpu_devices = 999 is more than this host's",
-        ),
-        (["extra"], "error: unexpected argument 'extra'"),
-        (
-            ["--config.data.paths="],
-            "error: flag --config.data.paths=: the value is empty; "
-            "give a,b or write [] for an empty list",
-        ),
-        (["--workdir="], "error: --workdir is empty; give a directory"),
-        (
-            ["--config.train.optimizer=lino"],
-            "error: config.train.optimizer = 'lino' is not an optax optimizer; "
-            "did you mean 'lion'?",
-        ),
-        (
-            ["--config.train.optimizer_kwargs={'b3': 1.0}"],
-            "error: config.train.optimizer_kwargs: optax.sgd takes no argument 'b3'; "
-            "it takes momentum",
-        ),
-    ],
+    tiered(
+        [
+            (
+                ["--config.model.hiden_size=128"],
+                "error: --config.model.hiden_size is not a config field; did you mean "
+                "--config.model.hidden_size?",
+            ),
+            (["--config.modle.cell=gru"], "did you mean --config.model.cell?"),
+            (
+                ["--config.model.num_layers=abc"],
+                "error: flag --config.model.num_layers=abc: invalid literal for int()",
+            ),
+            (
+                ["--config.model.output_dropout=abc"],
+                "could not convert string to float: 'abc'; config.model.output_dropout takes "
+                "a number in [0, 1)",
+            ),
+            (
+                ["--config.train.early_stopping_patience=1.5"],
+                "; config.train.early_stopping_patience takes an integer >= 0",
+            ),
+            (
+                ["--config.train.progress=maybe"],
+                "boolean flag: 'maybe'; config.train.progress takes True or False",
+            ),
+            (["--config.seed=-1"], "error: config.seed = -1 is not allowed"),
+            (["--config.seed=4294967296"], "error: config.seed = 4294967296 is not allowed"),
+            (
+                ["--config.data.paths=missing.txt"],
+                "error: config.data.paths: cannot read 'missing.txt'",
+            ),
+            (["--config.data.paths=/dev/zero"], "is not a regular file"),
+            (["--config.data.paths=[oops"], "is not a Python list"),
+            (["--config.model.hidden_size=10000000"], "GiB is available; make them smaller"),
+            (["--resume=sometimes"], "error: flag --resume=sometimes"),
+            (
+                ["--config.parallel.cpu_devices=999"],
+                "error: config.parallel.cpu_devices = 999 is more than this host's",
+            ),
+            (["extra"], "error: unexpected argument 'extra'"),
+            (
+                ["--config.data.paths="],
+                "error: flag --config.data.paths=: the value is empty; "
+                "give a,b or write [] for an empty list",
+            ),
+            (["--workdir="], "error: --workdir is empty; give a directory"),
+            (
+                ["--config.train.optimizer=lino"],
+                "error: config.train.optimizer = 'lino' is not an optax optimizer; "
+                "did you mean 'lion'?",
+            ),
+            (
+                ["--config.train.optimizer_kwargs={'b3': 1.0}"],
+                "error: config.train.optimizer_kwargs: optax.sgd takes no argument 'b3'; "
+                "it takes momentum",
+            ),
+        ],
+        # by default one mistake per layer that answers it: flag parsing, a field's rule, the
+        # corpus, memory, devices, the optimizer, argv; the exhaustive tier runs the rest
+        lambda case: any(k in case[1] for k in DEFAULT_MISTAKES),
+    ),
 )
 def test_cli_mistakes_are_one_line_and_create_nothing(in_tmp, args, message):
     proc = run_cli(in_tmp, TRAIN, "--config=configs/deep_lstm.py:smoke", *args)

@@ -55,6 +55,7 @@ def test_flax_lstm_cell_and_optimized_cell_agree():
     np.testing.assert_allclose(a[1], b[1], atol=1e-6)
 
 
+@pytest.mark.exhaustive  # by default: test_flax_reference_gives_equal_logits
 def test_flax_impl_trains_like_rnnjax(tmp_path):
     """Both start from the same weights; they differ only in bias layout (PyTorch's two biases
     per gate vs Flax's one, so SGD moves the summed bias twice as fast), hence loose agreement."""

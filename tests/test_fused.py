@@ -85,6 +85,7 @@ def test_fused_layer_under_vmap_and_jit():
             np.testing.assert_allclose(b_[i], a, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.exhaustive  # by default: test_fused_layer_equals_autodiff_of_scan
 def test_train_steps_with_fused_and_plain_layers_agree():
     """Ten SGD + clipping steps of the reference model: same params either way."""
     cfg = default_config()

@@ -165,6 +165,7 @@ def test_autocorrelation_times_of_known_signals():
         autocorrelation_times(x, max_lag=0)
 
 
+@pytest.mark.exhaustive  # by default: test_run.py::test_notebook_runs_against_a_tiny_run
 def test_notebook_runs_on_a_tiny_run(tmp_path):
     pytest.importorskip("nbformat")
     train_and_evaluate(small_config(3, **{"model.num_layers": 3}), tmp_path / "run")

@@ -292,6 +292,7 @@ def test_books_and_evaluate_commands(repo):
     assert scored.stdout.startswith("b.txt: perplexity ") and "bits per character" in scored.stdout
 
 
+@pytest.mark.exhaustive  # by default: test_sweep.py::test_sweep_runs_records_failures_and_resumes
 @pytest.mark.slow
 def test_sweep_and_summarize(repo):
     run(repo, page_command(SWEEP), "--config.train.num_epochs=1")

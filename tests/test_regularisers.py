@@ -301,6 +301,8 @@ PIPED_AVERAGE = textwrap.dedent("""
 """)
 
 
+# by default: test_weight_drop_under_the_layer_pipeline_equals_the_plain_stack
+@pytest.mark.exhaustive
 def test_weight_average_under_the_layer_pipeline_equals_the_plain_stack(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     proc = subprocess.run(
@@ -321,6 +323,8 @@ def test_weight_average_under_the_layer_pipeline_equals_the_plain_stack(tmp_path
         np.testing.assert_allclose(piped[f"arr_{i}"], x, atol=1e-5, rtol=0)
 
 
+# by default: test_ema_and_polyak_weights_match_an_independent_numpy_average
+@pytest.mark.exhaustive
 def test_vectorized_trials_average_as_one_by_one(tmp_path):
     from rnnjax.sweep import run_sweep
 

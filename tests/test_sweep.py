@@ -132,6 +132,7 @@ def test_interrupted_trial_resumes_from_its_checkpoint(tmp_path):
     assert row["status"] == "done" and [json.loads(x)["epoch"] for x in lines] == [1, 2]
 
 
+@pytest.mark.exhaustive  # by default: test_sweep_runs_records_failures_and_resumes
 @pytest.mark.slow
 def test_sweep_cli_with_shards_and_summarize(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu")

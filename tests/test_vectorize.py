@@ -106,6 +106,7 @@ def test_a_vectorized_sweep_leaves_a_running_trainers_trial_alone(tmp_path):
     assert epochs == list(range(1, len(epochs) + 1))  # every record kept, each once, in order
 
 
+@pytest.mark.exhaustive  # by default: test_a_vectorized_group_refuses_history_as_a_single_run_does
 @pytest.mark.slow
 def test_the_same_vectorized_sweep_twice_at_once_loses_no_record(tmp_path):
     """Issue 25.1: the second of two identical vectorized sweeps is refused; the first's records
@@ -153,6 +154,7 @@ def test_a_vectorized_group_refuses_history_as_a_single_run_does(tmp_path):
     assert [_epochs(p) for p in (trial / "discarded").glob("*/metrics.jsonl")] == [[1]]
 
 
+@pytest.mark.exhaustive  # by default: test_vectorized_trials_equal_one_by_one
 @pytest.mark.slow
 def test_an_interrupted_vectorized_group_resumes_with_every_record_once(tmp_path):
     """Issue 24.3: SIGTERM mid-epoch, then SIGKILL between checkpoints; the same command resumes
