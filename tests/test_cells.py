@@ -142,6 +142,7 @@ def test_the_documented_example_cell_trains_with_exact_gradients(tmp_path, monke
     assert summary["samples"] and summary["samples"][0].startswith("time traveller")
 
 
+@pytest.mark.exhaustive  # by default: test_the_documented_example_cell_trains_with_exact_gradients
 @pytest.mark.slow
 def test_indrnn_trains_from_the_cli_and_generates(tmp_path):
     """--config.model.cell=indrnn from the command line, then scripts/generate.py on its run."""

@@ -287,6 +287,8 @@ def test_disk_full_while_saving_is_one_line_and_keeps_the_previous_checkpoint(tm
     assert listing[-1] == "2"  # both epochs' records kept
 
 
+# by default: test_train.py::test_a_learning_rate_that_overflows_the_loss_aborts_in_one_line
+@pytest.mark.exhaustive
 def test_nonfinite_abort_names_the_part_and_the_settings(tmp_path):
     bad = small_config(2)
     bad.train.learning_rate, bad.train.grad_clip = 1e38, 1.0

@@ -117,6 +117,7 @@ def test_stack_parallel_equals_sequential_impl_with_dropout(cell):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.exhaustive  # by default: test_checkpoint.py::test_resume_continues_exactly
 @pytest.mark.parametrize("cell", FIRST_ONLY)
 def test_trains_resumes_exactly_loads_and_generates(tmp_path, cell):
     full = train_and_evaluate(small_config(3, **{"model.cell": cell}), tmp_path / "full")

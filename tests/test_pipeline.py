@@ -99,14 +99,17 @@ EXTRAS = [
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("first", tiered([*CELLS, "extras"], lambda c: c == "lstm"))
+@pytest.mark.parametrize("first", tiered(["lstm:3", *CELLS, "extras"], lambda c: c == "lstm:3"))
 def test_pipeline_trains_like_the_plain_stack_for_every_cell_and_depth(first):
     """Same params and carry after 10 steps (<= 1e-5) for L in 2..4 and every cell, on fake CPU
     devices (L = 1 has one stage: the plain stack itself, see test_plan_blocks_chunks_and_bubble);
     L = 3 on 2 devices runs blocks [2, 1] (an empty slot). One process per cell (and one for the
     extra cases), so that the test workers share them."""
-    cases = EXTRAS if first == "extras" else [c for c in EVERY_CELL if c[0] == first]
-    assert len(cases) == 3
+    if first == "lstm:3":  # by default: blocks [2, 1] on 2 devices, an empty slot included
+        cases = [["lstm", 3, 2, 0.0]]
+    else:
+        cases = EXTRAS if first == "extras" else [c for c in EVERY_CELL if c[0] == first]
+        assert len(cases) == 3
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     proc = subprocess.run(
         [sys.executable, "-c", EXACT, json.dumps(cases)],
