@@ -83,6 +83,13 @@ def _writable(flag: str, value: str) -> pathlib.Path:
             f"--{flag}={value}: cannot write there ({parent} is not a writable directory); "
             "give another path"
         )
+    try:  # permissions can pass where a write fails (root, /proc, a read-only mount): try one
+        import tempfile
+
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".benchmark-probe-"):
+            pass
+    except OSError as e:
+        cli.fail(f"--{flag}={value}: cannot write there ({e.strerror}); give another path")
     return path
 
 

@@ -298,6 +298,17 @@ def test_a_stopped_benchmark_keeps_the_sections_it_finished(tmp_path):
     assert not [k for k in kids if Path(f"/proc/{k}").exists()], "the section's child still runs"
 
 
+@pytest.mark.parametrize("where", ["/proc/B.md", "/proc/self/B.md"])
+def test_an_out_that_passes_the_permission_check_but_cannot_be_written_is_refused(tmp_path, where):
+    """/proc grants root every permission bit and refuses every new file: found before measuring,
+    in one line (a run used to measure for minutes and then lose its report)."""
+    proc = subprocess.run(
+        [sys.executable, SCRIPT, f"--out={where}"], capture_output=True, text=True, env=ENV
+    )
+    assert proc.returncode == 1 and proc.stderr.startswith(f"error: --out={where}: cannot write")
+    assert len(proc.stderr.strip().splitlines()) == 1 and "measur" not in proc.stdout
+
+
 def test_unwritable_out_is_refused_before_measuring(tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir()
