@@ -38,7 +38,13 @@ from rnnjax.grid import (
 from rnnjax.host import retain_freed_memory
 from rnnjax.metrics import best_record, bpc
 from rnnjax.train import train_and_evaluate
-from rnnjax.workdir import check_writable, has_checkpoint, resolve_path, write_atomic
+from rnnjax.workdir import (
+    WorkdirError,
+    check_writable,
+    has_checkpoint,
+    resolve_path,
+    write_atomic,
+)
 
 
 class SweepInterrupted(Exception):
@@ -138,6 +144,11 @@ def run_sweep(
 
     root = resolve_path(workdir)
     check_writable(root)  # a file, or under a file, or read-only: one line, nothing created
+    if has_checkpoint(root) or (root / "metrics.jsonl").exists():
+        raise WorkdirError(
+            f"workdir {root} holds a training run (checkpoints/, metrics.jsonl), not a sweep; "
+            "give the sweep a --workdir of its own"
+        )
     i, n = parse_shard(shard)
     check_grid(grid)
     check_names(grid)

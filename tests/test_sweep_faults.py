@@ -68,6 +68,20 @@ def test_a_data_mistake_is_refused_before_any_trial_directory(tmp_path):
     assert not (tmp_path / "s").exists()
 
 
+def test_a_training_runs_workdir_is_refused_as_a_sweeps_and_left_alone(tmp_path, smoke_run):
+    """A sweep pointed at a training run's folder would put trial folders inside it: one line,
+    and the run's files are untouched."""
+    from conftest import copy_run, snapshot
+
+    from rnnjax.workdir import WorkdirError
+
+    run = copy_run(smoke_run[0], tmp_path / "run")
+    before = snapshot(run)
+    with pytest.raises(WorkdirError, match="holds a training run .*; give the sweep a --workdir"):
+        run_sweep(small_config(1), {"seed": [0, 1]}, run)
+    assert snapshot(run) == before
+
+
 def test_summarize_refuses_what_is_not_a_sweep_directory(tmp_path):
     (tmp_path / "file").write_text("x")
     (tmp_path / "empty").mkdir()
