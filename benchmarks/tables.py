@@ -217,7 +217,8 @@ def end_to_end(results: dict) -> list[str]:
         f"## Seed experiment end to end ({e2e['epochs']} epochs, process start to exit)",
         "",
         "`python scripts/train.py --config=configs/deep_lstm.py` (with per-epoch validation, "
-        "checkpoints, plot, samples) vs `python benchmarks/torch_baseline.py` (the same "
+        "checkpoints, plot, samples; `--config.model.impl=rnnjax` on the rnnjax rows, the "
+        "implementation each row names on the others) vs `python benchmarks/torch_baseline.py` (the same "
         "minibatches, optimizer and per-epoch validation with `nn.LSTM`). One run each, one "
         "after the other.",
         "",
