@@ -218,9 +218,9 @@ def end_to_end(results: dict) -> list[str]:
         "",
         "`python scripts/train.py --config=configs/deep_lstm.py` (with per-epoch validation, "
         "checkpoints, plot, samples; `--config.model.impl=rnnjax` on the rnnjax rows, the "
-        "implementation each row names on the others) vs `python benchmarks/torch_baseline.py` (the same "
-        "minibatches, optimizer and per-epoch validation with `nn.LSTM`). One run each, one "
-        "after the other.",
+        "implementation each row names on the others) vs `python benchmarks/torch_baseline.py` "
+        "(the same minibatches, optimizer and per-epoch validation with `nn.LSTM`). One run "
+        "each, one after the other.",
         "",
         "| run | seconds | final train ppl | final val ppl |",
         "|---|---|---|---|",

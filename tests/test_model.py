@@ -158,11 +158,13 @@ def test_gradients_match_finite_differences(cell):
 
 def test_every_impl_value_builds_its_model():
     from rnnjax.config import IMPLS
-    from rnnjax.model import Impl
+    from rnnjax.model import Impl, resolve_impl
     from rnnjax.train import build_model
 
     assert set(IMPLS) == {i.value for i in Impl}
     for value in IMPLS:
         cfg = default_config()
         cfg.model.impl = value
-        assert build_model(resolve(cfg), 28).impl is Impl(value)
+        built = build_model(resolve(cfg), 28).impl
+        assert built is resolve_impl(value, cfg.model.cell) and built is not Impl.AUTO
+        assert built is Impl(value) or value == "auto"
