@@ -59,7 +59,9 @@ def rows(results: dict) -> list[str]:
     lines = [
         '## Training step: rnnjax vs impl="flax" vs PyTorch',
         "",
-        "`rnnjax` is the default model (`rnnjax/fused.py` layers); `rnnjax-autodiff` is "
+        '`rnnjax` is `impl="rnnjax"` (`rnnjax/fused.py` layers, the pure-JAX reference; '
+        "the default `auto` runs the `native` column's kernels on a CPU where they are built); "
+        "`rnnjax-autodiff` is "
         '`impl="autodiff"`: `lax.scan` over the cell, differentiated by JAX. Compile = '
         "first call of one step (compilation + the step; torch: its first step). One row per "
         "`--rows` item; the cells come from `rnnjax.cells.CELLS`.",

@@ -78,8 +78,9 @@ GROUPS: dict[str, tuple[str, list[Field | Rule]]] = {
             Field(
                 "impl",
                 "auto",
-                "'auto' ('native' on a CPU where its kernels are built and the cell has one, "
-                "else 'rnnjax'), 'rnnjax' (pure-function cells, hand-written backward), "
+                "'auto' ('native' on a CPU where its kernels are built, for a cell with one and "
+                "a batch on one device; else 'rnnjax': rnnjax.model.resolve_impl), 'rnnjax' "
+                "(pure-function cells, hand-written backward), "
                 "'autodiff' (the same cells, lax.scan differentiated by JAX), 'flax' (Flax's own "
                 "cells; the reference), 'cudnn' or 'native' (C++ recurrent loops through "
                 "jax.ffi, CPU; docs/performance.md): rnnjax.model.Impl; same numbers.",
