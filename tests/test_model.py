@@ -181,7 +181,8 @@ def test_auto_runs_rnnjax_without_the_kernels_and_on_a_gpu_where_only_a_missing_
 
     monkeypatch.setattr(native, "_EXT", None)
     monkeypatch.setattr(native, "WHY_NOT", "the native extension is not built here (test)")
-    assert resolve_impl("auto", "lstm") is Impl.FUSED and DeepRNN(5, 4, 1).impl is Impl.FUSED
+    assert resolve_impl("auto", "lstm") is Impl.FUSED
+    assert DeepRNN(5, 4, 1, impl="auto").impl is Impl.FUSED
     assert auto_fallback_note("auto", "lstm") == (
         "model.impl = 'auto' runs the pure-JAX layer (rnnjax), not the native kernels: the native "
         "extension is not built here (test); reinstall with a C++ compiler (pip install -e .) to "
