@@ -35,8 +35,8 @@ class OptionalBuildExt(build_ext):
         except Exception as e:  # noqa: BLE001 -- optional: never fail the install
             line = " ".join(f"{type(e).__name__}: {e}".split())[:160]
             print(
-                f"rnnjax: the native extension was not built ({line}); model.impl = 'native' "
-                "will run the pure-JAX fused layer",
+                f"rnnjax: the native extension was not built ({line}); model.impl = 'auto' (the "
+                "default) and 'native' will run the pure-JAX fused layer",
                 file=sys.stderr,
             )
 

@@ -192,15 +192,16 @@ def _train_command(tmp: str, name: str, s: Settings, *extra: str) -> list[str]:
 
 def end_to_end(s: Settings) -> dict[str, Any] | None:
     """Wall time of the whole seed experiment, process start to exit: ``scripts/train.py
-    --config=configs/deep_lstm.py`` (as is; with impl=cudnn on CUDA; with impl=native if built;
-    over one CPU device per core; with the layer pipeline) vs ``benchmarks/torch_baseline.py``
+    --config=configs/deep_lstm.py`` (with impl=rnnjax, not the default auto, so the row stays the
+    pure-JAX layer; with impl=cudnn on CUDA; with impl=native if built; rnnjax over one CPU device
+    per core; rnnjax with the layer pipeline) vs ``benchmarks/torch_baseline.py``
     (same data, epochs, optimizer, per-epoch validation), one after the other; None when
     ``e2e_epochs`` is 0."""
     if s.e2e_epochs <= 0:
         return None
     out: dict[str, Any] = {"epochs": s.e2e_epochs}
     with tempfile.TemporaryDirectory() as tmp:
-        runs = {"rnnjax": _train_command(tmp, "run", s)}
+        runs = {"rnnjax": _train_command(tmp, "run", s, "--config.model.impl=rnnjax")}
         if cudnn.available():
             runs["rnnjax, impl=cudnn"] = _train_command(
                 tmp, "cudnn", s, "--config.model.impl=cudnn"
@@ -211,10 +212,10 @@ def end_to_end(s: Settings) -> dict[str, Any] | None:
             )
         if jax.default_backend() == "cpu" and len(jax.devices()) > 1:
             runs["rnnjax, cpu_devices=0"] = _train_command(
-                tmp, "cpu", s, "--config.parallel.cpu_devices=0"
+                tmp, "cpu", s, "--config.parallel.cpu_devices=0", "--config.model.impl=rnnjax"
             )
             runs["rnnjax, cpu_pipeline"] = _train_command(
-                tmp, "pipe", s, "--config.parallel.cpu_pipeline=True"
+                tmp, "pipe", s, "--config.parallel.cpu_pipeline=True", "--config.model.impl=rnnjax"
             )
         for name, cmd in runs.items():
             t0 = time.perf_counter()

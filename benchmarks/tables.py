@@ -59,8 +59,8 @@ def rows(results: dict) -> list[str]:
     lines = [
         '## Training step: rnnjax vs impl="flax" vs PyTorch',
         "",
-        "`rnnjax` is the default model (`rnnjax/fused.py` layers); `rnnjax-autodiff` is "
-        '`impl="autodiff"`: `lax.scan` over the cell, differentiated by JAX. Compile = '
+        '`rnnjax` is `impl="rnnjax"` (pure JAX; the default `auto` runs `native` where built); '
+        '`rnnjax-autodiff` is `impl="autodiff"`: `lax.scan` differentiated by JAX. Compile = '
         "first call of one step (compilation + the step; torch: its first step). One row per "
         "`--rows` item; the cells come from `rnnjax.cells.CELLS`.",
         "",
@@ -217,9 +217,9 @@ def end_to_end(results: dict) -> list[str]:
         f"## Seed experiment end to end ({e2e['epochs']} epochs, process start to exit)",
         "",
         "`python scripts/train.py --config=configs/deep_lstm.py` (with per-epoch validation, "
-        "checkpoints, plot, samples) vs `python benchmarks/torch_baseline.py` (the same "
-        "minibatches, optimizer and per-epoch validation with `nn.LSTM`). One run each, one "
-        "after the other.",
+        "checkpoints, plot, samples; each row's impl, `rnnjax` for the rnnjax rows) vs `python "
+        "benchmarks/torch_baseline.py` (the same minibatches, optimizer and per-epoch "
+        "validation with `nn.LSTM`). One run each, one after the other.",
         "",
         "| run | seconds | final train ppl | final val ppl |",
         "|---|---|---|---|",

@@ -7,7 +7,7 @@ import jax
 
 from rnnjax import pipeline
 from rnnjax.config import Config, ConfigError
-from rnnjax.model import DeepRNN, Impl, Placed, Placement
+from rnnjax.model import DeepRNN, Impl, Placed, Placement, resolve_impl
 from rnnjax.parallel import DataParallel, pipeline_device_count
 
 
@@ -15,8 +15,12 @@ def build_model(cfg: Config, vocab_size: int) -> DeepRNN | Placed:
     """The model the config asks for (``model.impl``: an :class:`Impl` value) and, where it runs
     other than on one device, its :class:`Placement` (``parallel.cpu_pipeline``: its layers
     pipelined over the CPU devices; ``impl="cudnn"``: cuDNN's call split over the data-parallel
-    devices)."""
+    devices). ``model.impl = "auto"`` is resolved here for the devices the run's batch is split
+    over (:func:`rnnjax.model.resolve_impl`)."""
     m, p = cfg.model, cfg.parallel
+    # the devices each step's batch is split over (the pipeline replicates it over its stages)
+    split_over = 1 if p.cpu_pipeline else (p.num_devices or len(jax.devices()))
+    impl = resolve_impl(m.impl, m.cell, split_over)
     spec = DeepRNN(
         vocab_size,
         m.hidden_size,
@@ -24,14 +28,14 @@ def build_model(cfg: Config, vocab_size: int) -> DeepRNN | Placed:
         m.cell,
         tuple(m.activation),
         m.dropout,
-        Impl(m.impl),
+        impl,
         output_dropout=m.output_dropout,
         locked_dropout=m.locked_dropout,
         weight_drop=m.weight_drop,
     )
     stages = pipeline_device_count(p.cpu_devices, m.num_layers) if p.cpu_pipeline else 1
     # cuDNN's call runs under shard_map over the data-parallel devices (XLA cannot partition it)
-    data_devices = (p.num_devices or len(jax.devices())) if m.impl == "cudnn" else 1
+    data_devices = split_over if impl is Impl.CUDNN else 1
     placement = Placement(stages, p.pipeline_chunks, data_devices)
     return (
         spec

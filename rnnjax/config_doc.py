@@ -54,8 +54,8 @@ arguments sit in the optimizer state (`optax.inject_hyperparams`) like the learn
 are static.
 
 **Resume** marks the fields a resumed run may change; any other difference from the run's
-`config.json` is refused, naming the field (`model.impl` may change among `rnnjax`, `autodiff`
-and `cudnn`).
+`config.json` is refused, naming the field (`model.impl` may change among `auto`, `rnnjax`,
+`autodiff`, `cudnn` and `native`: one params pytree).
 """
 
 

@@ -16,7 +16,8 @@ projection one_hot(X) @ W_x is a row gather W_x[X]: the same math as d2l's one-h
 input, without materialising the one-hot matrix.
 
 The carry (every layer's recurrent state) is data: ``apply(params, tokens, carry)``
-returns the new one. :func:`implementation` is where ``DeepRNN.impl`` picks the code.
+returns the new one. :func:`implementation` is where ``DeepRNN.impl`` picks the code, and
+:func:`resolve_impl` is where ``"auto"`` picks the implementation.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ Carry = tuple[Any, ...]  # one per layer: h [b, h] (rnn, gru) or (c, h) (lstm)
 class Impl(str, enum.Enum):
     """How the stack is computed (``config.model.impl``); every one gives the same numbers."""
 
-    FUSED = "rnnjax"  # rnnjax.fused.scan_layer per layer: hand-written backward (the default)
+    AUTO = "auto"  # NATIVE on a CPU where the kernels are built, else FUSED (resolve_impl)
+    FUSED = "rnnjax"  # rnnjax.fused.scan_layer per layer: hand-written backward (the reference)
     AUTODIFF = "autodiff"  # jax.lax.scan over cells.*.recur, differentiated by JAX
     FLAX = "flax"  # Flax's own cells under nn.RNN (rnnjax.flax_model): the reference
     CUDNN = "cudnn"  # cuDNN's fused LSTM per layer (rnnjax.cudnn; LSTM on a CUDA GPU only)
@@ -58,7 +60,8 @@ class DeepRNN:
 
     Frozen and hashable: safe to close over in jitted functions. ``activation``
     (vanilla RNN only) holds one name for every layer or one per layer; ``impl``
-    (:class:`Impl` or its value) picks the implementation, not the math.
+    (:class:`Impl` or its value) picks the implementation, not the math: ``"auto"`` is resolved
+    here, once (:func:`resolve_impl`), so ``impl`` is never AUTO after construction.
     """
 
     vocab_size: int
@@ -78,7 +81,7 @@ class DeepRNN:
     def __post_init__(self):
         if isinstance(self.activation, str):
             object.__setattr__(self, "activation", (self.activation,))
-        object.__setattr__(self, "impl", Impl(self.impl))
+        object.__setattr__(self, "impl", resolve_impl(self.impl, self.cell))
         check_supported(self.impl.value, self.cell)
 
     def layer_activation(self, layer: int) -> str:
@@ -171,6 +174,38 @@ class Stack(NamedTuple):
     apply: Callable[..., tuple[Array, Carry]]
 
 
+def resolve_impl(impl: Impl | str, cell: str, split_over: int = 1) -> Impl:
+    """The implementation ``impl`` runs for ``cell``: ``impl`` itself, or for ``"auto"`` (the
+    config's default) the one place the choice is made: NATIVE where its kernels run (a CPU backend
+    with the extension built: :func:`rnnjax.native.available`), the cell has one (``Cell.native``)
+    and the batch is on one device (``split_over`` devices: XLA cannot split the FFI call, so
+    data-parallel CPU devices would each run the whole batch); else FUSED (the reference: on
+    GPU/TPU, for cells without a kernel, where the extension was not built, or data-parallel), or
+    AUTODIFF for a cell without a fused backward either. The same machine and config always
+    resolve the same way; every choice reads the same params."""
+    impl = Impl(impl)
+    if impl is not Impl.AUTO or cell not in CELLS:
+        return impl  # (an unknown cell is refused by check_supported, in one line)
+    c = CELLS[cell]
+    if c.native and split_over == 1 and native.available():
+        return Impl.NATIVE
+    return Impl.FUSED if c.fused else Impl.AUTODIFF
+
+
+def auto_fallback_note(impl: Impl | str, cell: str) -> str | None:
+    """One line for the start of a run whose ``"auto"`` could not pick the native kernels on this
+    CPU (the extension was not built or cannot load); None otherwise (another impl, a cell without a
+    kernel, or a GPU/TPU backend, where ``"auto"`` runs rnnjax by design)."""
+    if Impl(impl) is not Impl.AUTO or cell not in CELLS or not CELLS[cell].native:
+        return None
+    if native.available() or jax.default_backend() != "cpu":
+        return None
+    return (
+        f"model.impl = 'auto' runs the pure-JAX layer (rnnjax), not the native kernels: "
+        f"{native.why_not()}; reinstall with a C++ compiler (pip install -e .) to build them"
+    )
+
+
 def implementation(impl: Impl | str) -> Stack:
     """The one place an :class:`Impl` is dispatched.
 
@@ -181,6 +216,8 @@ def implementation(impl: Impl | str) -> Stack:
     :mod:`rnnjax.cells` and needs nothing here.
     """
     match Impl(impl):
+        case Impl.AUTO:
+            raise ValueError("impl 'auto' has no stack of its own: resolve_impl(impl, cell) first")
         case Impl.FUSED:
             return Stack(_init, functools.partial(_apply, scan_layer))
         case Impl.AUTODIFF:

@@ -20,7 +20,7 @@ from rnnjax.cells import CELLS
 from rnnjax.console import start_block
 from rnnjax.group import Group
 from rnnjax.metrics import EvalSums, LayerStats, best_record, epoch_record, eval_means
-from rnnjax.model import num_params
+from rnnjax.model import auto_fallback_note, num_params
 from rnnjax.preflight import set_aside_records
 from rnnjax.steps import nonfinite_part
 
@@ -176,13 +176,20 @@ def describe(
     stopped: int | None,
     notes: tuple[str, ...] = (),
 ) -> str:
-    """The start block (:func:`rnnjax.console.start_block`) of the group's first trial."""
+    """The start block (:func:`rnnjax.console.start_block`) of the group's first trial. The impl is
+    the one the model runs: ``auto: native`` where the config's ``auto`` resolved
+    (:func:`rnnjax.model.resolve_impl`), with one line more where it could not pick the native
+    kernels on this CPU."""
     c = group.cfgs[0]
     m = c.model
+    runs = str(group.model.impl)
+    impl = runs if runs == m.impl else f"{m.impl}: {runs}"
     what = (
-        f"{m.num_layers}-layer {m.cell} (hidden {m.hidden_size}, impl {m.impl}), "
+        f"{m.num_layers}-layer {m.cell} (hidden {m.hidden_size}, impl {impl}), "
         f"{num_params(params):,} parameters"
     )
+    if note := auto_fallback_note(m.impl, m.cell):
+        notes = (note, *notes)
     if len(group.cfgs) > 1:
         what += f", {len(group.cfgs)} trials vectorized"
     where = f"{group.dp.num_devices} {jax.default_backend()} device(s)"

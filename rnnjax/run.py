@@ -172,8 +172,10 @@ def load(
     kept), "latest", or a step number. A damaged checkpoint is skipped with a warning (the
     next best or next latest is used); an explicit step number never falls back.
     ``impl``: run the params with this ``model.impl`` instead of the run's own, among those that
-    share its params ("rnnjax", "autodiff", "cudnn"), e.g. ``impl="rnnjax"`` for a run trained with
-    ``"cudnn"`` on a machine without CUDA.
+    share its params (``SAME_PARAMS_IMPLS``: "auto", "rnnjax", "autodiff", "cudnn", "native"), e.g.
+    ``impl="rnnjax"`` for a run trained with ``"cudnn"`` on a machine without CUDA. An ``"auto"``
+    run is resolved here as in training (:func:`rnnjax.model.resolve_impl`): ``run.model.impl``
+    says what runs, ``run.config.model.impl`` what the run asked for.
     ``weights``: "average" (the default for a run trained with ``train.weight_average``: the
     averaged params, those its validation, best step, evaluation.json and samples used) or "raw"
     (the trained params themselves; the default otherwise). ``Run.weights`` says which.

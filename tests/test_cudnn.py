@@ -216,26 +216,27 @@ def test_cudnn_refusals_name_the_fix():
 @pytest.mark.exhaustive
 def test_impl_may_change_on_resume_within_one_params_layout(tmp_path, smoke_run):
     """A run resumes under another implementation that reads the same params (here autodiff ->
-    rnnjax; cudnn is the third), to the params of a run that never changed; load(impl=) picks one;
-    flax is refused."""
+    auto, the default: native or rnnjax; cudnn is another), to the params of a run that never
+    changed; load(impl=) picks one; flax is refused."""
     a = tmp_path / "a"
     train_and_evaluate(small_config(2, **{"model.impl": "autodiff"}), a)
     resumed = train_and_evaluate(small_config(3), a)
     straight = smoke_run[1]  # small_config(3) trained straight through
     assert _max_diff(resumed["params"], straight["params"]) <= 1e-5
     assert (
-        json.loads((a / "config.json").read_text())["model"]["impl"] == "rnnjax"
-    )  # the latest session's
+        json.loads((a / "config.json").read_text())["model"]["impl"] == "auto"
+    )  # the latest session's (the default)
     import rnnjax
     from rnnjax.checkpoint import CheckpointError
 
     with pytest.raises(
-        CheckpointError, match=r"a different config.model.impl \('rnnjax' there, 'flax' here\)"
+        CheckpointError, match=r"a different config.model.impl \('auto' there, 'flax' here\)"
     ):
         train_and_evaluate(small_config(4, **{"model.impl": "flax"}), a)
 
     with pytest.raises(
-        ValueError, match=r"impl = 'flax' is not allowed: one of 'rnnjax', 'autodiff', 'cudnn'"
+        ValueError,
+        match=r"impl = 'flax' is not allowed: one of 'auto', 'rnnjax', 'autodiff', 'cudnn'",
     ):
         rnnjax.load(a, impl="flax")
     with pytest.raises(

@@ -122,7 +122,7 @@ def test_a_cell_without_a_backward_step_is_refused_in_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "no_backward_cell", module)
     monkeypatch.setitem(cells.REGISTRY, "nobwd", "no_backward_cell")
     cfg = default_config()
-    cfg.model.cell = "nobwd"
+    cfg.model.cell, cfg.model.impl = "nobwd", "rnnjax"  # (auto would run its native kernel)
     with pytest.raises(
         ConfigError,
         match=r"^config.model.impl = 'rnnjax' has no fused backward for the nobwd cell "

@@ -3,6 +3,7 @@ statistics of metrics.jsonl equal a NumPy recomputation, ``rnnjax.inspect`` and
 ``rnnjax.timescales`` on a loaded run, autocorrelation times of signals whose answer is known, and
 the notebook."""
 
+import functools
 import pathlib
 
 import jax
@@ -120,8 +121,15 @@ def test_inspect_returns_layers_time_hidden_and_reports_unknown_characters(raw_r
     )
     ids = jnp.asarray(run.vocab.encode(list(text)))[None]
     logits, carry = run.model.apply(run.params, ids, run.model.initial_carry(1))
-    np.testing.assert_array_equal(inside.logits, logits[0])  # the same apply, no second model
-    np.testing.assert_array_equal(inside.h[:, -1], np.stack([c[1][0] for c in carry]))
+    # the trace runs rnnjax's equations: apply's numbers bit for bit under impl rnnjax; the default
+    # auto runs the native kernels here, which agree within float32 rounding (tests/test_native.py)
+    same = (
+        np.testing.assert_array_equal
+        if run.model.impl == "rnnjax"
+        else functools.partial(np.testing.assert_allclose, rtol=0, atol=1e-5)
+    )
+    same(inside.logits, logits[0])  # the same apply, no second model
+    same(inside.h[:, -1], np.stack([c[1][0] for c in carry]))
     with pytest.raises(ValueError, match="at least 1 token"):
         rnnjax.inspect(run, "")
 

@@ -158,11 +158,39 @@ def test_gradients_match_finite_differences(cell):
 
 def test_every_impl_value_builds_its_model():
     from rnnjax.config import IMPLS
-    from rnnjax.model import Impl
+    from rnnjax.model import Impl, resolve_impl
     from rnnjax.train import build_model
 
     assert set(IMPLS) == {i.value for i in Impl}
     for value in IMPLS:
         cfg = default_config()
         cfg.model.impl = value
-        assert build_model(resolve(cfg), 28).impl is Impl(value)
+        built = build_model(resolve(cfg), 28).impl
+        assert built is resolve_impl(value, cfg.model.cell) and built is not Impl.AUTO
+        assert built is Impl(value) or value == "auto"
+
+
+def test_auto_runs_rnnjax_without_the_kernels_and_on_a_gpu_where_only_a_missing_build_is_said(
+    monkeypatch,
+):
+    """resolve_impl's fallbacks without needing the extension (tests/test_native.py runs the real
+    missing library): no kernels on a CPU -> rnnjax and one line naming why and how to build them;
+    a GPU/TPU backend -> rnnjax and nothing said; an explicit impl is never reinterpreted."""
+    from rnnjax import native
+    from rnnjax.model import Impl, auto_fallback_note, resolve_impl
+
+    monkeypatch.setattr(native, "_EXT", None)
+    monkeypatch.setattr(native, "WHY_NOT", "the native extension is not built here (test)")
+    assert resolve_impl("auto", "lstm") is Impl.FUSED
+    assert DeepRNN(5, 4, 1, impl="auto").impl is Impl.FUSED
+    assert auto_fallback_note("auto", "lstm") == (
+        "model.impl = 'auto' runs the pure-JAX layer (rnnjax), not the native kernels: the native "
+        "extension is not built here (test); reinstall with a C++ compiler (pip install -e .) to "
+        "build them"
+    )
+    assert auto_fallback_note("rnnjax", "lstm") is None  # asked for: nothing to explain
+    assert auto_fallback_note("auto", "mingru") is None  # no kernel: rnnjax by design
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert resolve_impl("auto", "lstm") is Impl.FUSED and auto_fallback_note("auto", "lstm") is None
+    assert resolve_impl("native", "lstm") is Impl.NATIVE  # (native falls back in its own line)
+    assert resolve_impl("flax", "gru") is Impl.FLAX

@@ -184,15 +184,92 @@ def test_a_run_trained_with_rnnjax_resumes_under_native(tmp_path):
     """One params pytree: an epoch with impl=rnnjax, then a second with impl=native, end where 2
     epochs of rnnjax do; rnnjax.load(impl="native") reads it too."""
     a, b = tmp_path / "a", tmp_path / "b"
-    train_and_evaluate(small_config(1), a)
+    rnnjax_impl = {"model.impl": "rnnjax"}
+    train_and_evaluate(small_config(1, **rnnjax_impl), a)
     resumed = train_and_evaluate(small_config(2, **{"model.impl": "native"}), a)
-    straight = train_and_evaluate(small_config(2), b)
+    straight = train_and_evaluate(small_config(2, **rnnjax_impl), b)
     for x, y in zip(
         jax.tree_util.tree_leaves(resumed["params"]), jax.tree_util.tree_leaves(straight["params"])
     ):
         assert _rel(x, y) <= 1e-4
     run = rnnjax.load(a, impl="native")
     assert run.model.impl == "native"
+
+
+def test_auto_is_the_default_and_runs_native_here_rnnjax_where_there_is_no_kernel():
+    """model.impl = "auto" (the config's default) resolves once, in rnnjax.model.resolve_impl:
+    native on this CPU with the extension for the cells with a kernel; rnnjax for the others;
+    rnnjax where the batch is split over several devices (XLA would gather it for the FFI call)."""
+    from rnnjax.build import build_model
+    from rnnjax.config import default_config, resolve
+    from rnnjax.model import resolve_impl
+
+    cfg = resolve(default_config())
+    assert cfg.model.impl == "auto" and build_model(cfg, 28).impl is Impl.NATIVE
+    for cell in CELLS:
+        want = Impl.NATIVE if CELLS[cell].native else Impl.FUSED
+        assert DeepRNN(11, 8, 2, cell, impl="auto").impl is want, cell
+        assert resolve_impl("auto", cell) is want
+        assert resolve_impl("auto", cell, split_over=2) is Impl.FUSED
+        assert resolve_impl("rnnjax", cell) is Impl.FUSED  # an explicit impl stays itself
+    assert resolve_impl("native", "mingru") is Impl.NATIVE  # (and check_supported refuses it)
+    mingru = resolve(small_config(**{"model.cell": "mingru"}))
+    assert build_model(mingru, 28).impl is Impl.FUSED
+    pipelined = resolve(small_config(**{"parallel.cpu_pipeline": True}))
+    assert build_model(pipelined, 28).spec.impl is Impl.NATIVE  # one stage's batch: one device
+
+
+def test_auto_falls_back_to_autodiff_for_a_cell_with_neither_kernel_nor_fused_backward(
+    monkeypatch,
+):
+    import dataclasses as dc
+    import types
+
+    from rnnjax import cells
+    from rnnjax.model import resolve_impl
+
+    module = types.ModuleType("bare_cell")
+    module.CELL = dc.replace(CELLS["gru"], name="bare", backward=None, native=None)
+    monkeypatch.setitem(sys.modules, "bare_cell", module)
+    monkeypatch.setitem(cells.REGISTRY, "bare", "bare_cell")
+    assert resolve_impl("auto", "bare") is Impl.AUTODIFF
+    assert DeepRNN(5, 4, 1, "bare", impl="auto").impl is Impl.AUTODIFF
+
+
+def test_the_start_block_names_what_auto_runs(tmp_path, capsys):
+    train_and_evaluate(small_config(1, progress=True), tmp_path / "auto")
+    out = capsys.readouterr().out
+    assert "2-layer lstm (hidden 32, impl auto: native)" in out, out
+    assert "pure-JAX" not in out
+    train_and_evaluate(small_config(1, progress=True, **{"model.impl": "rnnjax"}), tmp_path / "r")
+    out = capsys.readouterr().out
+    assert "2-layer lstm (hidden 32, impl rnnjax)" in out, out
+
+
+def test_a_run_resumes_between_auto_and_rnnjax_and_auto_resumes_bitwise(tmp_path):
+    """auto and rnnjax read one params pytree: either resumes the other (the requested config's
+    impl runs, and config.json keeps it); a run stored with rnnjax loads as rnnjax, one stored with
+    auto as what auto resolves to; the same config and seed give the same run bit for bit, also
+    when it is resumed."""
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    train_and_evaluate(small_config(1, **{"model.impl": "rnnjax"}), a)
+    assert rnnjax.load(a).model.impl is Impl.FUSED
+    resumed = train_and_evaluate(small_config(2), a)  # the default: auto
+    run = rnnjax.load(a, step="latest")
+    assert run.config.model.impl == "auto" and run.model.impl is Impl.NATIVE
+    straight = train_and_evaluate(small_config(2), b)
+    for x, y in zip(
+        jax.tree_util.tree_leaves(resumed["params"]), jax.tree_util.tree_leaves(straight["params"])
+    ):
+        assert _rel(x, y) <= 1e-4
+    train_and_evaluate(small_config(1), c)  # auto, then auto again: bit for bit
+    again = train_and_evaluate(small_config(2), c)
+    assert [np.asarray(x).tobytes() for x in jax.tree_util.tree_leaves(again["params"])] == [
+        np.asarray(x).tobytes() for x in jax.tree_util.tree_leaves(straight["params"])
+    ]
+    back = train_and_evaluate(small_config(3, **{"model.impl": "rnnjax"}), c)  # auto -> rnnjax
+    assert rnnjax.load(c, step="latest").model.impl is Impl.FUSED
+    assert np.isfinite(back["val_ppl"])
 
 
 def _package_copy(tmp_path):
@@ -244,6 +321,43 @@ def test_without_the_extension_native_runs_the_fused_layer_and_says_so_once(tmp_
     assert "Traceback" not in proc.stderr
 
 
+def test_without_the_extension_auto_runs_rnnjax_and_says_so_in_one_line(tmp_path):
+    """The real missing library: a run with the default impl (auto) trains the pure-JAX layer, its
+    start block names it and says, in one line, why and how to build the kernels; nothing else is
+    said (native's own fallback line is not reached) and there is no traceback."""
+    src = _package_copy(tmp_path)
+    script = textwrap.dedent("""
+        import rnnjax
+        from rnnjax import native
+        from rnnjax.config import default_config, smoke
+        from rnnjax.model import DeepRNN, Impl
+        from rnnjax.train import train_and_evaluate
+        assert rnnjax.__file__.startswith(%r), rnnjax.__file__
+        assert not native.available()
+        assert DeepRNN(11, 8, 2, "lstm", impl="auto").impl is Impl.FUSED
+        cfg = smoke(default_config())
+        cfg.train.num_epochs, cfg.train.progress = 1, True
+        train_and_evaluate(cfg, %r)
+    """) % (str(src), str(tmp_path / "run"))
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(src), JAX_PLATFORMS="cpu"),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "2-layer lstm (hidden 32, impl auto: rnnjax)" in proc.stdout, proc.stdout
+    said = [x for x in proc.stdout.splitlines() if "pure-JAX" in x]
+    assert said == [
+        "model.impl = 'auto' runs the pure-JAX layer (rnnjax), not the native kernels: the native "
+        f"extension is not built here (no _native_ext{importlib.machinery.EXTENSION_SUFFIXES[0]} "
+        f"in {src / 'rnnjax'}); reinstall with a C++ compiler (pip install -e .) to build them"
+    ], proc.stdout
+    assert "pure-JAX" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
 def test_building_without_a_compiler_succeeds_with_one_line(tmp_path):
     """setup.py's extension is optional: CC=CXX=false (no working compiler) still builds rnnjax."""
     src = _package_copy(tmp_path)
@@ -260,7 +374,9 @@ def test_building_without_a_compiler_succeeds_with_one_line(tmp_path):
     assert len(said) == 1 and said[0].startswith("rnnjax: the native extension was not built ("), (
         proc.stderr
     )
-    assert said[0].endswith("model.impl = 'native' will run the pure-JAX fused layer")
+    assert said[0].endswith(
+        "model.impl = 'auto' (the default) and 'native' will run the pure-JAX fused layer"
+    )
     assert not list((src / "rnnjax").glob("_native_ext*"))
 
 

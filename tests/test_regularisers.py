@@ -20,7 +20,7 @@ import pytest
 from conftest import small_config, tiered
 
 import rnnjax
-from rnnjax import data, stack
+from rnnjax import data, native, stack
 from rnnjax.config import ConfigError, resolve
 from rnnjax.metrics import add_sums
 from rnnjax.model import DeepRNN
@@ -339,6 +339,39 @@ def test_vectorized_trials_average_as_one_by_one(tmp_path):
         assert pa.weights == pb.weights == "average"
         for x, y in zip(jax.tree_util.tree_leaves(pa.params), jax.tree_util.tree_leaves(pb.params)):
             np.testing.assert_allclose(x, y, atol=1e-5, rtol=0)
+
+
+@pytest.mark.skipif(not native.available(), reason=f"no native kernels: {native.why_not()}")
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_native_runs_the_regularisers_in_rnnjax_s_stack_as_rnnjax_does(cell):
+    """impl native (and so auto) shares rnnjax's stack: locked dropout's masks, weight drop's W_h
+    masked before the layer runs, and the top outputs AR/TAR read; one step agrees with rnnjax's."""
+    import optax
+
+    from rnnjax.steps import init_train_state, make_train_step, train_sums
+
+    x, y = batch()
+
+    def one_step(impl):
+        model = DeepRNN(
+            V, 8, 2, cell, output_dropout=0.2, locked_dropout=0.3, weight_drop=0.4, impl=impl
+        )
+        tx = optax.sgd(0.5)
+        state = init_train_state(model, tx, jax.random.key(0))
+        step = make_train_step(model, tx, False, (2.0, 3.0))
+        sums = train_sums(model, state.params, False)
+        state, _, sums = step(
+            state, model.initial_carry(B), sums, x[None], y[None], 0, jax.random.key(3)
+        )
+        return state.params, float(sums["loss"])
+
+    (fused, loss), (nat, nat_loss) = one_step("rnnjax"), one_step("native")
+    assert nat_loss == pytest.approx(loss, rel=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(nat), jax.tree_util.tree_leaves(fused)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    for impl in ("native", "auto"):
+        fields = {"model.weight_drop": 0.2, "model.locked_dropout": 0.2, "train.ar": 1.0}
+        assert resolve(small_config(**fields, **{"model.impl": impl})).model.impl == impl
 
 
 def test_off_by_default_draws_no_key_and_changes_nothing():

@@ -8,9 +8,13 @@ from rnnjax import cells
 from rnnjax.errors import ConfigError
 from rnnjax.fields import Field, Rule, at_least, fraction, one_of
 
-IMPLS = ("rnnjax", "autodiff", "flax", "cudnn", "native")  # rnnjax.model.Impl (no JAX)
-# model.impl may change on resume among these (one params pytree, one optimizer state).
-SAME_PARAMS_IMPLS = ("rnnjax", "autodiff", "cudnn", "native")
+IMPLS = ("auto", "rnnjax", "autodiff", "flax", "cudnn", "native")  # rnnjax.model.Impl (no JAX)
+# model.impl may change on resume among these (one params pytree, one optimizer state); "auto" is
+# one of them wherever it resolves (rnnjax.model.resolve_impl: native, rnnjax or autodiff).
+SAME_PARAMS_IMPLS = ("auto", "rnnjax", "autodiff", "cudnn", "native")
+# The implementations that run rnnjax's own stack (rnnjax.model._apply): its dropout masks,
+# DropConnect on W_h before each layer runs, and the top layer's outputs for AR/TAR.
+OUR_STACK_IMPLS = ("auto", "rnnjax", "autodiff", "native")
 
 
 def _activations(v: Any) -> Any:
@@ -53,10 +57,10 @@ def _regularisers_apply(c: Any) -> str | None:
     """locked_dropout and weight_drop live in rnnjax's stack; weight_drop needs W_h."""
     m = c.model
     for name in ("locked_dropout", "weight_drop"):
-        if getattr(m, name) > 0 and m.impl not in ("rnnjax", "autodiff"):
+        if getattr(m, name) > 0 and m.impl not in OUR_STACK_IMPLS:
             return (
                 f"config.model.{name} runs in rnnjax's stack, not impl {m.impl!r}; "
-                "use model.impl = 'rnnjax' or 'autodiff', or set it to 0"
+                "use model.impl = 'auto', 'rnnjax', 'native' or 'autodiff', or set it to 0"
             )
     if m.weight_drop > 0 and "w_h" not in _param_names(m.cell):
         return (
@@ -73,11 +77,13 @@ GROUPS: dict[str, tuple[str, list[Field | Rule]]] = {
         [
             Field(
                 "impl",
-                "rnnjax",
-                "'rnnjax' (pure-function cells, hand-written backward), 'autodiff' (the same "
-                "cells, lax.scan differentiated by JAX), 'flax' (Flax's own cells; the "
-                "reference), 'cudnn' or 'native' (C++ recurrent loops through jax.ffi, CPU; "
-                "docs/performance.md): rnnjax.model.Impl; same numbers.",
+                "auto",
+                "'auto' ('native' on a CPU where its kernels are built, for a cell with one and "
+                "a batch on one device; else 'rnnjax': rnnjax.model.resolve_impl), 'rnnjax' "
+                "(pure-function cells, hand-written backward), "
+                "'autodiff' (the same cells, lax.scan differentiated by JAX), 'flax' (Flax's own "
+                "cells; the reference), 'cudnn' or 'native' (C++ recurrent loops through "
+                "jax.ffi, CPU; docs/performance.md): rnnjax.model.Impl; same numbers.",
                 **one_of(*IMPLS),
                 resumable=lambda a, b: a in SAME_PARAMS_IMPLS and b in SAME_PARAMS_IMPLS,
             ),
@@ -142,7 +148,8 @@ GROUPS: dict[str, tuple[str, list[Field | Rule]]] = {
                 added=True,
             ),
             Rule(
-                "locked_dropout and weight_drop run in rnnjax's stack, on cells with W_h.",
+                "locked_dropout and weight_drop run in rnnjax's stack (impl auto, rnnjax, native, "
+                "autodiff), on cells with W_h.",
                 _regularisers_apply,
                 last=True,
             ),

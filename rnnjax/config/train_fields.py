@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from rnnjax.config.model_fields import OUR_STACK_IMPLS
 from rnnjax.fields import Field, Rule, at_least, boolean, one_of, real, strings
 
 # The time budget (train.max_minutes) is set once this many warm-up steps have run.
@@ -40,10 +41,11 @@ def _kwargs_not_hyperparams(c: Any) -> str | None:
 
 
 def _ar_tar_apply(c: Any) -> str | None:
-    if (c.train.ar > 0 or c.train.tar > 0) and c.model.impl not in ("rnnjax", "autodiff"):
+    if (c.train.ar > 0 or c.train.tar > 0) and c.model.impl not in OUR_STACK_IMPLS:
         return (
             f"config.train.ar and train.tar read the top layer's outputs in rnnjax's stack, not "
-            f"impl {c.model.impl!r}; use model.impl = 'rnnjax' or 'autodiff', or set them to 0"
+            f"impl {c.model.impl!r}; use model.impl = 'auto', 'rnnjax', 'native' or 'autodiff', "
+            "or set them to 0"
         )
     return None
 
