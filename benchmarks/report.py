@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import tables
+from workload import E2E_RUN_NAMES
 
 # Sections in the order they run and are written; all but "large" (for accelerators) by default.
 SECTIONS = tuple(tables.TABLES)
@@ -161,6 +162,9 @@ def command(results: dict) -> str:
         flags += [f"--{flag}={value}"] if value != standard else []
     if "end_to_end" in st["sections"] and st["e2e_epochs"] != STANDARD_E2E_EPOCHS:
         flags.append(f"--e2e_epochs={st['e2e_epochs']}")
+    chosen = st.get("e2e_runs")  # (absent from reports before the flag)
+    if "end_to_end" in st["sections"] and chosen and tuple(chosen) != E2E_RUN_NAMES:
+        flags.append(f"--e2e_runs={','.join(chosen)}")
     w, ref = st["workload"], st["reference"]
     flags += [f"--{k}={w[k]}" for k in ("hidden", "batch", "seq") if w[k] != ref[k]]
     return "python scripts/benchmark.py " + " ".join(flags)

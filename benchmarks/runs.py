@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from harness import REPO_ROOT, config, median_ms, repo_path, torch
-from workload import Settings, V
+from workload import E2E_RUN_NAMES, Settings, V
 
 from rnnjax import cudnn, native
 from rnnjax import data as rdata
@@ -190,33 +190,46 @@ def _train_command(tmp: str, name: str, s: Settings, *extra: str) -> list[str]:
     ]
 
 
+def _cpus() -> bool:
+    return jax.default_backend() == "cpu" and len(jax.devices()) > 1
+
+
+# The end-to-end runs: --e2e_runs name -> (row label, flags of scripts/train.py, where it runs).
+# The rnnjax rows ask for impl=rnnjax (not the default auto) so that they stay the pure-JAX layer.
+E2E_RUNS: dict[str, tuple[str, tuple[str, ...], Any]] = {
+    "rnnjax": ("rnnjax", ("--config.model.impl=rnnjax",), lambda: True),
+    "cudnn": ("rnnjax, impl=cudnn", ("--config.model.impl=cudnn",), cudnn.available),
+    "native": ("rnnjax, impl=native", ("--config.model.impl=native",), native.available),
+    "cpu_devices": (
+        "rnnjax, cpu_devices=0",
+        ("--config.parallel.cpu_devices=0", "--config.model.impl=rnnjax"),
+        _cpus,
+    ),
+    "cpu_pipeline": (
+        "rnnjax, cpu_pipeline",
+        ("--config.parallel.cpu_pipeline=True", "--config.model.impl=rnnjax"),
+        _cpus,
+    ),
+}
+
+
+assert tuple(E2E_RUNS) == E2E_RUN_NAMES  # the names scripts/benchmark.py checks
+
+
 def end_to_end(s: Settings) -> dict[str, Any] | None:
     """Wall time of the whole seed experiment, process start to exit: ``scripts/train.py
-    --config=configs/deep_lstm.py`` (with impl=rnnjax, not the default auto, so the row stays the
-    pure-JAX layer; with impl=cudnn on CUDA; with impl=native if built; rnnjax over one CPU device
-    per core; rnnjax with the layer pipeline) vs ``benchmarks/torch_baseline.py``
-    (same data, epochs, optimizer, per-epoch validation), one after the other; None when
-    ``e2e_epochs`` is 0."""
+    --config=configs/deep_lstm.py`` for each of ``s.e2e_runs`` that can run here (:data:`E2E_RUNS`)
+    vs ``benchmarks/torch_baseline.py`` (same data, epochs, optimizer, per-epoch validation), one
+    after the other; None when ``e2e_epochs`` is 0."""
     if s.e2e_epochs <= 0:
         return None
     out: dict[str, Any] = {"epochs": s.e2e_epochs}
     with tempfile.TemporaryDirectory() as tmp:
-        runs = {"rnnjax": _train_command(tmp, "run", s, "--config.model.impl=rnnjax")}
-        if cudnn.available():
-            runs["rnnjax, impl=cudnn"] = _train_command(
-                tmp, "cudnn", s, "--config.model.impl=cudnn"
-            )
-        if native.available():
-            runs["rnnjax, impl=native"] = _train_command(
-                tmp, "native", s, "--config.model.impl=native"
-            )
-        if jax.default_backend() == "cpu" and len(jax.devices()) > 1:
-            runs["rnnjax, cpu_devices=0"] = _train_command(
-                tmp, "cpu", s, "--config.parallel.cpu_devices=0", "--config.model.impl=rnnjax"
-            )
-            runs["rnnjax, cpu_pipeline"] = _train_command(
-                tmp, "pipe", s, "--config.parallel.cpu_pipeline=True", "--config.model.impl=rnnjax"
-            )
+        runs = {
+            label: _train_command(tmp, name, s, *flags)
+            for name, (label, flags, here) in E2E_RUNS.items()
+            if name in s.e2e_runs and here()
+        }
         for name, cmd in runs.items():
             t0 = time.perf_counter()
             subprocess.run(cmd, check=True, capture_output=True, text=True)

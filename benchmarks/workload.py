@@ -48,6 +48,10 @@ class Workload:
 REFERENCE = Workload()  # the 2-layer LSTM of the reference experiment: the targets are judged on it
 
 
+# runs.E2E_RUNS' names (scripts/benchmark.py --e2e_runs; checked before JAX starts)
+E2E_RUN_NAMES = ("rnnjax", "cudnn", "native", "cpu_devices", "cpu_pipeline")
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """What one run measures: rounds, steps per round, its base workload and rows."""
@@ -59,3 +63,4 @@ class Settings:
     rows: tuple[tuple[str, int], ...] = ()  # (cell, layers) of the rows section
     fake_devices: int = 4  # CPU devices of the devices section's child process (0: real ones)
     peak_gflops: float = 1.0  # the measured matmul peak: MFU's denominator
+    e2e_runs: tuple[str, ...] = E2E_RUN_NAMES  # runs.E2E_RUNS' names that the run measures

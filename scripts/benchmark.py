@@ -1,7 +1,8 @@
 r"""Side-by-side benchmarks of rnnjax; writes one Markdown report (and optionally JSON).
 
     python scripts/benchmark.py [--sections=rows,epoch,...] [--rows=lstm:2,mingru:2,...]
-        [--repeats=7] [--steps=10] [--e2e_epochs=500] [--out=FILE] [--json=FILE]
+        [--repeats=7] [--steps=10] [--e2e_epochs=500] [--e2e_runs=rnnjax,native]
+        [--out=FILE] [--json=FILE]
         [--hidden=8 --batch=4 --seq=8]   # a smoke run on a small workload (targets not judged)
 
 The report goes to runs/benchmarks/BENCHMARKS-<UTC timestamp>.md unless --out says otherwise;
@@ -48,6 +49,12 @@ _E2E = flags.DEFINE_integer(
     "e2e_epochs",
     report.STANDARD_E2E_EPOCHS,
     "Epochs of the end-to-end seed experiment (0: skip it).",
+)
+_E2E_RUNS = flags.DEFINE_list(
+    "e2e_runs",
+    None,
+    "End-to-end runs of scripts/train.py beside the PyTorch baseline, from rnnjax, cudnn, native, "
+    "cpu_devices, cpu_pipeline (default: every one this host can run).",
 )
 _HIDDEN = flags.DEFINE_integer("hidden", None, "Hidden size of every workload (default: 256).")
 _BATCH = flags.DEFINE_integer("batch", None, "Batch of every workload (default: 32).")
@@ -113,8 +120,15 @@ def check_flags() -> list[tuple[str, int]]:
             + (f"unknown {unknown}" if unknown else "'rows' missing")
             + f"; choose from {list(report.SECTIONS)} and include rows"
         )
-    from workload import REFERENCE
+    from workload import E2E_RUN_NAMES, REFERENCE
 
+    if _E2E_RUNS.value is not None and (
+        not _E2E_RUNS.value or set(_E2E_RUNS.value) - set(E2E_RUN_NAMES)
+    ):
+        cli.fail(
+            f"--e2e_runs={','.join(_E2E_RUNS.value)}: choose one or more of "
+            f"{','.join(E2E_RUN_NAMES)}"
+        )
     from rnnjax.cells import CELLS  # imports JAX (does not start it)
 
     items = (
@@ -195,6 +209,8 @@ def main(argv):
     import sections
 
     s = sections.Settings(_REPEATS.value, _STEPS.value, _E2E.value, base, tuple(rows), _FAKE.value)
+    if _E2E_RUNS.value is not None:
+        s = dataclasses.replace(s, e2e_runs=tuple(_E2E_RUNS.value))
     if _DEVICES_ONLY.value:
         print("RESULT " + json.dumps(sections.devices_here(s)))
         return
@@ -210,6 +226,7 @@ def main(argv):
             "repeats": s.repeats,
             "steps_per_round": s.steps,
             "e2e_epochs": s.e2e_epochs,
+            "e2e_runs": list(s.e2e_runs),
             "workload": dataclasses.asdict(base),
             "reference": dataclasses.asdict(REFERENCE),
             "sections": list(done),

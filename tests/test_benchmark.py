@@ -250,6 +250,7 @@ def test_seed_experiment_end_to_end_runs_both_scripts():
         (["--repeats=-1"], "--repeats=-1: must be >= 1"),
         (["--steps=0"], "--steps=0: must be >= 1"),
         (["--e2e_epochs=-5"], "--e2e_epochs=-5: must be >= 0"),
+        (["--e2e_runs=rnnjax,jit"], "--e2e_runs=rnnjax,jit: choose one or more of rnnjax,"),
         (["--hidden=0"], "--hidden=0: must be >= 1"),
         (["--repeats=many"], "--repeats"),
         (["--no_such_flag=1"], "no_such_flag"),
@@ -465,6 +466,15 @@ def test_targets_are_judged_at_the_standard(tmp_path):
         "**no**",
         "not judged: 1 epochs, below the report's standard of 500",
     ]
+
+
+def test_the_reproduce_line_names_the_end_to_end_runs_chosen():
+    results = synthetic(7, 10, e2e_epochs=500)
+    results["settings"]["sections"] = ["rows", "end_to_end"]
+    assert "--e2e_runs" not in report.command(results)  # every run: the default
+    results["settings"]["e2e_runs"] = ["rnnjax", "native"]
+    assert report.command(results).endswith("--e2e_runs=rnnjax,native")
+    assert set(runs.E2E_RUNS) == set(workload.E2E_RUN_NAMES)  # the names the flag checks
 
 
 def test_header_names_the_run_the_host_and_shared_cores(tmp_path):
