@@ -70,6 +70,7 @@ def test_packing_round_trips_exactly_in_pytorchs_layout():
         assert all(np.array_equal(np.asarray(back[n]), np.asarray(layer[n])) for n in layer)
 
 
+@pytest.mark.exhaustive  # by default: test_packing_round_trips_exactly_in_pytorchs_layout
 def test_lstm_ref_on_packed_weights_equals_rnnjax_with_dropout_and_carry():
     spec, params, tokens, carry = _case()
     key = jax.random.key(2)

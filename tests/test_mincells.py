@@ -85,6 +85,7 @@ def test_parallel_scan_gradients_equal_the_step_loop(cell, t, nonzero):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max()))
 
 
+@pytest.mark.exhaustive  # by default: test_stack_parallel_equals_sequential_impl_with_dropout
 @pytest.mark.parametrize("cell", FIRST_ONLY)
 def test_values_and_gradients_stay_finite_for_large_inputs_and_long_sequences(cell):
     xw, h0 = inputs(cell, 4096, 2, scale=1.0)

@@ -180,6 +180,8 @@ def test_bad_operands_are_refused_in_one_line():
         DeepRNN(11, 8, 1, "mingru", impl="native")
 
 
+# by default: test_a_run_resumes_between_auto_and_rnnjax_and_auto_resumes_bitwise
+@pytest.mark.exhaustive
 def test_a_run_trained_with_rnnjax_resumes_under_native(tmp_path):
     """One params pytree: an epoch with impl=rnnjax, then a second with impl=native, end where 2
     epochs of rnnjax do; rnnjax.load(impl="native") reads it too."""

@@ -273,6 +273,8 @@ def test_own_text_commands(repo, start, workdir):
         assert words[:2] == ["the", "time"] and len(words) == 2 + 50
 
 
+# by default: test_books.py::test_early_stopping_keeps_the_best_epoch_and_tests_with_it
+@pytest.mark.exhaustive
 @pytest.mark.slow
 def test_books_and_evaluate_commands(repo):
     out = run(

@@ -121,6 +121,7 @@ def test_sigkill_then_resume_keeps_each_epoch_once(tmp_path):
     assert [t.step for t in acc.Tensors("samples/text_summary")] == [3, 6]
 
 
+@pytest.mark.exhaustive  # by default: test_sweep.py::test_sweep_runs_records_failures_and_resumes
 def test_sweeps_write_one_tensorboard_run_per_trial(tmp_path):
     from rnnjax.sweep import run_sweep
 

@@ -63,6 +63,7 @@ def _wait_for_records(path: pathlib.Path, proc: subprocess.Popen, n: int = 1) ->
         time.sleep(0.05)
 
 
+@pytest.mark.exhaustive  # by default: test_workdir.py's lock tests
 @pytest.mark.slow
 def test_a_vectorized_sweep_leaves_a_running_trainers_trial_alone(tmp_path):
     """Issue 25.1: a trainer runs in a trial directory when a vectorized sweep over it starts."""
