@@ -18,14 +18,6 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-# The tests' programs are compiled with LLVM at -O0: XLA's own passes (fusion, layouts, the order of
-# every reduction) are the same, so are the numbers the tests check, and compiling, most of a test's
-# time on these tiny models, takes about a third less. Users and the benchmarks compile at XLA's
-# default; so do the tests' subprocesses that set XLA_FLAGS of their own (devices).
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
-    ).strip()
 
 import jax  # noqa: E402
 
