@@ -78,9 +78,10 @@ def shared(results: dict) -> bool:
 
 
 def _ours(results: dict) -> list[str]:
-    """The rnnjax variants of the reference row: the default, cuDNN, over the CPU devices."""
+    """The rnnjax variants of the reference row: the pure-JAX layer, the native kernels (the
+    default on CPU), cuDNN, over the CPU devices."""
     ref = reference_row(results)["results"]
-    return [k for k in ref if k in ("rnnjax", "cudnn") or k.startswith("rnnjax, ")]
+    return [k for k in ref if k in ("rnnjax", "native", "cudnn") or k.startswith("rnnjax, ")]
 
 
 def reference_row(results: dict) -> dict:

@@ -477,6 +477,15 @@ def test_the_reproduce_line_names_the_end_to_end_runs_chosen():
     assert set(runs.E2E_RUNS) == set(workload.E2E_RUN_NAMES)  # the names the flag checks
 
 
+def test_the_targets_read_the_native_column_too(tmp_path):
+    """native is an rnnjax variant (the default on CPU): the targets judge it beside the others."""
+    results = synthetic(7, 10)
+    results["rows"][0]["results"]["native"] = dict(results["rows"][0]["results"]["rnnjax"])
+    assert set(report._ours(results)) == {"rnnjax", "native", "rnnjax, 2 CPU devices"}
+    line = next(x for x in write(tmp_path, results).splitlines() if "1.2x torch, 2-layer" in x)
+    assert "rnnjax: 1.50x" in line and "native: 1.50x" in line
+
+
 def test_header_names_the_run_the_host_and_shared_cores(tmp_path):
     results = synthetic(7, 10)
     text = write(tmp_path, results)
