@@ -236,6 +236,17 @@ def run(main: Callable[[list[str]], Any]) -> None:
     app.run(wrapped, flags_parser=parse_flags)
 
 
+def define_weights_flag() -> Any:
+    """``--weights`` of the scripts that restore a run (generate, evaluate): the one definition."""
+    return flags.DEFINE_enum(
+        "weights",
+        None,
+        ["average", "raw"],
+        "For a run trained with train.weight_average: its averaged weights (the default) or the "
+        "raw ones.",
+    )
+
+
 def checkpoint_step(text: str) -> int | str:
     """A ``--step`` flag's value for :func:`rnnjax.load`: "best", "latest" or a step number (else
     one error line)."""

@@ -36,13 +36,7 @@ _IMPL = flags.DEFINE_enum(
     "Run the params with this model.impl instead of the run's own (e.g. rnnjax for a cudnn run "
     "on a CPU).",
 )
-_WEIGHTS = flags.DEFINE_enum(
-    "weights",
-    None,
-    ["average", "raw"],
-    "For a run trained with train.weight_average: its averaged weights (the default) or the raw "
-    "ones.",
-)
+_WEIGHTS = cli.define_weights_flag()
 _BATCH = flags.DEFINE_integer(
     "batch_size",
     None,
