@@ -284,6 +284,18 @@ def _package_copy(tmp_path):
     return tmp_path
 
 
+def _run_in_copy(src, script: str, cwd) -> subprocess.CompletedProcess:
+    """``python -c script`` importing rnnjax from the package copy ``src`` (no extension there)."""
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(src), JAX_PLATFORMS="cpu"),
+    )
+
+
 def test_without_the_extension_native_runs_the_fused_layer_and_says_so_once(tmp_path):
     """The real missing library (a copy of the package with no built extension), not a mock."""
     src = _package_copy(tmp_path)
@@ -303,14 +315,7 @@ def test_without_the_extension_native_runs_the_fused_layer_and_says_so_once(tmp_
         assert float(jnp.max(jnp.abs(a - b))) == 0.0
         print("ok")
     """) % str(src)
-    proc = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=300,
-        env=dict(os.environ, PYTHONPATH=str(src), JAX_PLATFORMS="cpu"),
-    )
+    proc = _run_in_copy(src, script, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["ok"]
     lines = [x for x in proc.stderr.splitlines() if x.strip()]
@@ -341,14 +346,7 @@ def test_without_the_extension_auto_runs_rnnjax_and_says_so_in_one_line(tmp_path
         cfg.train.num_epochs, cfg.train.progress = 1, True
         train_and_evaluate(cfg, %r)
     """) % (str(src), str(tmp_path / "run"))
-    proc = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=300,
-        env=dict(os.environ, PYTHONPATH=str(src), JAX_PLATFORMS="cpu"),
-    )
+    proc = _run_in_copy(src, script, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "2-layer lstm (hidden 32, impl auto: rnnjax)" in proc.stdout, proc.stdout
     said = [x for x in proc.stdout.splitlines() if "pure-JAX" in x]
