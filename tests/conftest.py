@@ -1,30 +1,69 @@
 """Tests run on the CPU (``RNNJAX_TEST_PLATFORMS=cuda`` for the GPU checks of scripts/gpu_check.sh),
-with float32 matmuls at full precision and one XLA compilation cache for the session.
+with float32 matmuls at full precision and one XLA compilation cache for the checkout's runs.
 
 Below, what several test files share (imported as ``from conftest import small_config``: pytest
 puts tests/ on sys.path): the small config they train, and how they compare runs."""
 
 import atexit
 import os
+import pathlib
 import shutil
 import tempfile
 
 os.environ["JAX_PLATFORMS"] = os.environ.get("RNNJAX_TEST_PLATFORMS", "cpu")
-# One XLA compilation cache for the session, shared by the CLI subprocesses the tests start (they
-# inherit the environment): the same small programs are compiled once, not once per test. Results
-# are the same with or without it; a JAX_COMPILATION_CACHE_DIR of your own is used as given.
+# One XLA compilation cache for this checkout's test runs (.pytest_cache/xla, git-ignored), shared
+# by the workers and by the CLI subprocesses the tests start (they inherit the environment): a small
+# program is compiled once, and the next run of the suite compiles only what changed (JAX keys an
+# entry by the program, its options and the jax version). Results are the same with or without it;
+# delete the folder for a cold run. A JAX_COMPILATION_CACHE_DIR of your own is used as given.
+XLA_CACHE_MAX_BYTES = 2 << 30
+
+
+def _xla_cache_dir() -> pathlib.Path | None:
+    """The checkout's cache folder, or None where it cannot be made (a read-only checkout)."""
+    cache = pathlib.Path(__file__).resolve().parents[1] / ".pytest_cache" / "xla"
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return cache
+
+
+def _tidy_xla_cache(cache: pathlib.Path) -> None:
+    """Make the cache fit for this run (once, in the first process, before the xdist workers start):
+    drop the entries that a killed process left half-written (they no longer decompress, and JAX
+    would warn about them on every read), and start again empty past XLA_CACHE_MAX_BYTES."""
+    from jax._src.compilation_cache import decompress_executable
+
+    entries = list(cache.glob("*-cache"))
+    if sum(p.stat().st_size for p in entries) > XLA_CACHE_MAX_BYTES:
+        shutil.rmtree(cache, ignore_errors=True)
+        cache.mkdir(parents=True, exist_ok=True)
+        return
+    for p in entries:
+        try:
+            decompress_executable(p.read_bytes())
+        except Exception:  # truncated: zlib/zstd say so
+            p.unlink(missing_ok=True)
+
+
+_cache = None
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="rnnjax-tests-xla-")
-    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+    _cache = _xla_cache_dir()
+    if _cache is None:
+        _cache = pathlib.Path(tempfile.mkdtemp(prefix="rnnjax-tests-xla-"))
+        atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(_cache)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+if _cache is not None and "PYTEST_XDIST_WORKER" not in os.environ:
+    _tidy_xla_cache(_cache)
 
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
 import hashlib  # noqa: E402
-import pathlib  # noqa: E402
 import sys  # noqa: E402
 
 import ml_collections  # noqa: E402
