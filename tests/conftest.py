@@ -19,13 +19,14 @@ os.environ["JAX_PLATFORMS"] = os.environ.get("RNNJAX_TEST_PLATFORMS", "cpu")
 XLA_CACHE_MAX_BYTES = 2 << 30
 
 
-def _xla_cache_dir() -> pathlib.Path | None:
-    """The checkout's cache folder, or None where it cannot be made (a read-only checkout)."""
+def _xla_cache_dir() -> pathlib.Path:
+    """The checkout's cache folder, or a temporary one (removed at exit) in a read-only checkout."""
     cache = pathlib.Path(__file__).resolve().parents[1] / ".pytest_cache" / "xla"
     try:
         cache.mkdir(parents=True, exist_ok=True)
     except OSError:
-        return None
+        cache = pathlib.Path(tempfile.mkdtemp(prefix="rnnjax-tests-xla-"))
+        atexit.register(shutil.rmtree, cache, ignore_errors=True)
     return cache
 
 
@@ -47,17 +48,13 @@ def _tidy_xla_cache(cache: pathlib.Path) -> None:
             p.unlink(missing_ok=True)
 
 
-_cache = None
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    _cache = _xla_cache_dir()
-    if _cache is None:
-        _cache = pathlib.Path(tempfile.mkdtemp(prefix="rnnjax-tests-xla-"))
-        atexit.register(shutil.rmtree, _cache, ignore_errors=True)
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(_cache)
+_ours = "JAX_COMPILATION_CACHE_DIR" not in os.environ  # a user's own cache is theirs to tidy
+if _ours:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(_xla_cache_dir())
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-if _cache is not None and "PYTEST_XDIST_WORKER" not in os.environ:
-    _tidy_xla_cache(_cache)
+if _ours and "PYTEST_XDIST_WORKER" not in os.environ:  # after the settings: it imports jax
+    _tidy_xla_cache(pathlib.Path(os.environ["JAX_COMPILATION_CACHE_DIR"]))
 
 import jax  # noqa: E402
 
