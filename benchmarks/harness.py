@@ -55,10 +55,12 @@ class Unsupported(Exception):
     """A variant cannot run a workload (e.g. torch has no minGRU); the message says why."""
 
 
-def config(w: Workload, impl: str = "rnnjax", pipeline_chunks: int = 0) -> Any:
-    """The workload's resolved config (``pipeline_chunks`` > 0: layers pipelined over the CPU
-    devices); :class:`Unsupported` with the config's own message when it rejects the pair."""
+def config(w: Workload, impl: str = "rnnjax", pipeline_chunks: int = 0, devices: int = 1) -> Any:
+    """The workload's resolved config on ``devices`` data-parallel devices (``pipeline_chunks`` >
+    0: layers pipelined over the CPU devices); :class:`Unsupported` with the config's own message
+    when it rejects the pair."""
     cfg = default_config()
+    cfg.parallel.num_devices = devices
     cfg.parallel.cpu_pipeline = pipeline_chunks > 0
     cfg.parallel.pipeline_chunks = max(1, pipeline_chunks)
     cfg.model.impl, cfg.model.cell = impl, w.cell
@@ -82,7 +84,7 @@ def jax_variant(
 ) -> Variant:
     """impl: a ``config.model.impl`` ("rnnjax", "autodiff", "flax", "cudnn"); ``dp``: data
     parallel over a mesh; ``pipeline_chunks`` > 0: the layer pipeline over the CPU devices."""
-    cfg = config(w, impl, pipeline_chunks)
+    cfg = config(w, impl, pipeline_chunks, dp.num_devices if dp is not None else 1)
     model = build_model(cfg, V)
     if pipeline_chunks:
         dp = make_placement(cfg)
@@ -238,11 +240,11 @@ def matmul_peak(n: int | None = None, repeats: int = 7) -> dict[str, float]:
     return result
 
 
-def cpu_mesh_name() -> str | None:
-    """The column for rnnjax data-parallel over this process's CPU devices
+def cpu_mesh_name(impl: str = "rnnjax") -> str | None:
+    """The column for ``impl`` data-parallel over this process's CPU devices
     (config.parallel.cpu_devices), or None on one device or off the CPU."""
     n = len(jax.devices())
-    return f"rnnjax, {n} CPU devices" if jax.default_backend() == "cpu" and n > 1 else None
+    return f"{impl}, {n} CPU devices" if jax.default_backend() == "cpu" and n > 1 else None
 
 
 def pipeline_name() -> str | None:
@@ -253,10 +255,29 @@ def pipeline_name() -> str | None:
     return None
 
 
+# What holds torch's CPU code to an older ISA (oneDNN's LSTM, MKL's GEMM): set for a run that
+# judges the AVX2 build against torch on an AVX-512 host (docs/performance.md).
+TORCH_ISA_ENV = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def isa_line() -> str:
+    """The ISA of the host and of each side: the native kernels' build (rnnjax.native.isa()) and
+    the limits torch was held to (TORCH_ISA_ENV): "host AVX-512, native kernels avx512, torch as
+    built"."""
+    from rnnjax import native
+
+    held = [f"{k}={os.environ[k]}" for k in TORCH_ISA_ENV if os.environ.get(k)]
+    torch_isa = ("held to " + ", ".join(held)) if held else "as built"
+    kernels = native.isa() if hasattr(native, "isa") else "8-lane (an rnnjax before #34)"
+    host = native.cpu_isa() if hasattr(native, "cpu_isa") else "?"
+    return f"host {host}, native kernels {kernels}, torch {torch_isa}"
+
+
 def machine() -> dict[str, Any]:
-    """The host: platform, cores, JAX/torch versions, devices, and the load average (1 min)."""
+    """The host: platform, cores, ISA, JAX/torch versions, devices, and the load average (1 min)."""
     t = torch()
     return {
+        "isa": isa_line(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cores": len(os.sched_getaffinity(0)),

@@ -11,6 +11,9 @@
 #ifdef WITH_OPENBLAS
 #include <cblas.h>
 #endif
+#ifdef WITH_MKL
+#include <mkl.h>
+#endif
 
 using namespace rnnjax;
 using Clock = std::chrono::steady_clock;
@@ -42,7 +45,8 @@ static void spin_until(const std::atomic<int>& a, int v) {
 }
 
 int main(int argc, char** argv) {
-  const int T = 35, B = 32, H = 256, GH = 4 * H, reps = argc > 1 ? std::stoi(argv[1]) : 20;
+  const int T = 35, B = argc > 2 ? std::stoi(argv[2]) : 32, H = 256, GH = 4 * H,
+            reps = argc > 1 ? std::stoi(argv[1]) : 20;
   std::mt19937 g(0);
   const float s = 1.0f / 16;
   auto xw1 = rnd((size_t)T * B * GH, 1.0f, g), wh1 = rnd((size_t)H * GH, s, g), bh1 = rnd(GH, s, g);
@@ -53,6 +57,9 @@ int main(int argc, char** argv) {
   std::vector<float> dx1((size_t)T * B * GH), dx2(dx1.size()), xw2(dx1.size()), dh1(h1.size());
 #ifdef WITH_OPENBLAS
   scipy_openblas_set_num_threads(1);  // one core, as the microkernel
+#endif
+#ifdef WITH_MKL
+  mkl_set_num_threads(1);  // one core, as the microkernel
 #endif
   std::string out = "{";
   auto put = [&](const char* k, double v) {
@@ -90,16 +97,47 @@ int main(int argc, char** argv) {
       }));
 #endif
 
+#ifdef WITH_MKL
+  // MKL's packed GEMM (B packed once, as the microkernel's panels) and its JIT small GEMM.
+  {
+    float* bp = (float*)mkl_malloc(cblas_sgemm_pack_get_size(CblasBMatrix, B, GH, H), 64);
+    cblas_sgemm_pack(CblasRowMajor, CblasBMatrix, CblasNoTrans, B, GH, H, 1.f, wh1.data(), GH, bp);
+    put("gemm_fwd_mkl_packed_ms", median_ms(reps, [&] {
+          for (int t = 0; t < T; ++t)
+            cblas_sgemm_compute(CblasRowMajor, CblasNoTrans, CblasPacked, B, GH, H,
+                                h1.data() + (size_t)t * B * H, H, bp, GH, 0.f, c.p, GH);
+        }));
+    mkl_free(bp);
+    float* btp = (float*)mkl_malloc(cblas_sgemm_pack_get_size(CblasBMatrix, B, H, GH), 64);
+    cblas_sgemm_pack(CblasRowMajor, CblasBMatrix, CblasTrans, B, H, GH, 1.f, wh1.data(), GH, btp);
+    put("gemm_bwd_mkl_packed_ms", median_ms(reps, [&] {
+          for (int t = 0; t < T; ++t)
+            cblas_sgemm_compute(CblasRowMajor, CblasNoTrans, CblasPacked, B, H, GH,
+                                dx1.data() + (size_t)t * B * GH, GH, btp, GH, 0.f, c.p, H);
+        }));
+    mkl_free(btp);
+    void* jit = nullptr;
+    if (mkl_jit_create_sgemm(&jit, MKL_ROW_MAJOR, MKL_NOTRANS, MKL_NOTRANS, B, GH, H, 1.f, H, GH,
+                             0.f, GH) != MKL_JIT_ERROR) {
+      sgemm_jit_kernel_t k = mkl_jit_get_sgemm_ptr(jit);
+      put("gemm_fwd_mkl_jit_ms", median_ms(reps, [&] {
+            for (int t = 0; t < T; ++t) k(jit, h1.data() + (size_t)t * B * H, wh1.data(), c.p);
+          }));
+      mkl_jit_destroy(jit);
+    }
+  }
+#endif
+
   // One layer: forward with saves, then backward over the whole sequence (1 and 2 threads).
   for (int th = 1; th <= 2; ++th) {
     put(th == 1 ? "layer_fwd_ms" : "layer_fwd_2threads_ms", median_ms(reps, [&] {
-          layer_fwd<Lstm>(T, B, H, 0, th, xw1.data(), wh1.data(), bh1.data(), st0.data(), h1.data(),
+          layer_fwd<Lstm>(T, B, H, 0, th, ThreadSpawn().fn(), xw1.data(), wh1.data(), bh1.data(), st0.data(), h1.data(),
                           stT.data(), sv1.data());
         }));
     put(th == 1 ? "layer_fwd_bwd_ms" : "layer_fwd_bwd_2threads_ms", median_ms(reps, [&] {
-          layer_fwd<Lstm>(T, B, H, 0, th, xw1.data(), wh1.data(), bh1.data(), st0.data(), h1.data(),
+          layer_fwd<Lstm>(T, B, H, 0, th, ThreadSpawn().fn(), xw1.data(), wh1.data(), bh1.data(), st0.data(), h1.data(),
                           stT.data(), sv1.data());
-          layer_bwd<Lstm>(T, B, H, 0, th, wh1.data(), sv1.data(), h1.data(), st0.data(), dtop.data(),
+          layer_bwd<Lstm>(T, B, H, 0, th, ThreadSpawn().fn(), wh1.data(), sv1.data(), h1.data(), st0.data(), dtop.data(),
                           dstT.data(), dx1.data(), nullptr, dst0.data());
         }));
   }
@@ -108,17 +146,17 @@ int main(int argc, char** argv) {
   // backward) as one large GEMM over all T*B rows between the layers.
   Buf wx2p(packed_size(H, GH)), wx2tp(packed_size(GH, H));
   put("two_in_turn_ms", median_ms(reps, [&] {
-        layer_fwd<Lstm>(T, B, H, 0, 1, xw1.data(), wh1.data(), bh1.data(), st0.data(), h1.data(),
+        layer_fwd<Lstm>(T, B, H, 0, 1, ThreadSpawn().fn(), xw1.data(), wh1.data(), bh1.data(), st0.data(), h1.data(),
                         stT.data(), sv1.data());
         pack(wx2.data(), H, GH, false, GH, wx2p.p);
         gemm(h1.data(), H, T * B, wx2p.p, H, GH, xw2.data(), GH);
-        layer_fwd<Lstm>(T, B, H, 0, 1, xw2.data(), wh2.data(), b2.data(), st0.data(), h2.data(),
+        layer_fwd<Lstm>(T, B, H, 0, 1, ThreadSpawn().fn(), xw2.data(), wh2.data(), b2.data(), st0.data(), h2.data(),
                         stT.data(), sv2.data());
-        layer_bwd<Lstm>(T, B, H, 0, 1, wh2.data(), sv2.data(), h2.data(), st0.data(), dtop.data(),
+        layer_bwd<Lstm>(T, B, H, 0, 1, ThreadSpawn().fn(), wh2.data(), sv2.data(), h2.data(), st0.data(), dtop.data(),
                         dstT.data(), dx2.data(), nullptr, dst0.data());
         pack(wx2.data(), GH, H, true, GH, wx2tp.p);
         gemm(dx2.data(), GH, T * B, wx2tp.p, GH, H, dh1.data(), H);
-        layer_bwd<Lstm>(T, B, H, 0, 1, wh1.data(), sv1.data(), h1.data(), st0.data(), dh1.data(),
+        layer_bwd<Lstm>(T, B, H, 0, 1, ThreadSpawn().fn(), wh1.data(), sv1.data(), h1.data(), st0.data(), dh1.data(),
                         dstT.data(), dx1.data(), nullptr, dst0.data());
       }));
 

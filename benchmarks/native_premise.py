@@ -31,6 +31,18 @@ T, B, H = 35, 32, 256
 HERE = Path(__file__).resolve().parent
 
 
+def mkl_prefix() -> Path | None:
+    """The prefix where pip put MKL's library and headers (the ``mkl`` and ``mkl-include`` wheels
+    install lib/libmkl_rt.so.3 and include/mkl.h under it), or None. ``RNNJAX_MKL_PREFIX`` names
+    another prefix (``pip install --prefix=DIR mkl mkl-include``)."""
+    candidates = [os.environ.get("RNNJAX_MKL_PREFIX", ""), sys.prefix, sys.base_prefix]
+    for c in filter(None, candidates):
+        p = Path(c)
+        if (p / "lib" / "libmkl_rt.so.3").is_file() and (p / "include" / "mkl.h").is_file():
+            return p
+    return None
+
+
 def build(out: Path) -> list[str]:
     """Compile the native benchmark; returns the command that runs it."""
     cmd = ["g++", "-O3", "-march=native", "-std=c++17", "-pthread", str(HERE / "native_premise.cc")]
@@ -42,6 +54,13 @@ def build(out: Path) -> list[str]:
         cmd += [f"-l{sob.get_library()}", f"-Wl,-rpath,{lib}"]
     except ImportError:
         print("scipy-openblas32 is not installed: the OpenBLAS rows are left out", file=sys.stderr)
+    mkl = mkl_prefix()
+    if mkl is not None:  # pip install mkl mkl-include (about 1 GB with its dependencies)
+        lib = mkl / "lib"
+        cmd += ["-DWITH_MKL", f"-I{mkl / 'include'}", f"-L{lib}", "-l:libmkl_rt.so.3"]
+        cmd += [f"-Wl,-rpath,{lib}"]
+    else:
+        print("mkl and mkl-include are not installed: the MKL rows are left out", file=sys.stderr)
     subprocess.run([*cmd, "-o", str(out)], check=True)
     return [str(out)]
 

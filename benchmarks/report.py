@@ -189,6 +189,8 @@ def header(results: dict) -> list[str]:
         f"Host: {m['backend']}, {m['devices']} device(s) of kind `{m['device_kind']}`, {cores} "
         f"cores, JAX {m['jax']}, torch {m['torch']}, {m['processor']}, {m['platform']}.",
         "",
+        f"ISA: {m.get('isa', 'not recorded')}.",
+        "",
         f"Load: 1-minute load average {start:.1f} at the start and {end:.1f} at the end, on "
         f"{cores} cores"
         + (

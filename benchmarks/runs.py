@@ -197,6 +197,7 @@ def _cpus() -> bool:
 # The end-to-end runs: --e2e_runs name -> (row label, flags of scripts/train.py, where it runs).
 # The rnnjax rows ask for impl=rnnjax (not the default auto) so that they stay the pure-JAX layer.
 E2E_RUNS: dict[str, tuple[str, tuple[str, ...], Any]] = {
+    "default": ("the README's command (impl auto)", (), lambda: True),
     "rnnjax": ("rnnjax", ("--config.model.impl=rnnjax",), lambda: True),
     "cudnn": ("rnnjax, impl=cudnn", ("--config.model.impl=cudnn",), cudnn.available),
     "native": ("rnnjax, impl=native", ("--config.model.impl=native",), native.available),
@@ -204,6 +205,11 @@ E2E_RUNS: dict[str, tuple[str, tuple[str, ...], Any]] = {
         "rnnjax, cpu_devices=0",
         ("--config.parallel.cpu_devices=0", "--config.model.impl=rnnjax"),
         _cpus,
+    ),
+    "native_cpu_devices": (
+        "rnnjax, impl=native, cpu_devices=0",
+        ("--config.parallel.cpu_devices=0", "--config.model.impl=native"),
+        lambda: _cpus() and native.available(),
     ),
     "cpu_pipeline": (
         "rnnjax, cpu_pipeline",

@@ -65,6 +65,10 @@ def _row(s: Settings, w: Workload, extra: dict[str, Any] | None = None) -> dict[
     if mesh := cpu_mesh_name():
         n = len(jax.devices())
         builders[mesh] = lambda: jax_variant(w, "rnnjax", s.steps, DataParallel.create(n, w.batch))
+        if native.available():  # the kernel per device, one worker each (rnnjax.native)
+            builders[cpu_mesh_name("native")] = lambda: jax_variant(
+                w, "native", s.steps, DataParallel.create(n, w.batch)
+            )
         builders[pipeline_name()] = lambda: jax_variant(
             w, "rnnjax", s.steps, pipeline_chunks=PIPELINE_CHUNKS
         )

@@ -49,7 +49,15 @@ REFERENCE = Workload()  # the 2-layer LSTM of the reference experiment: the targ
 
 
 # runs.E2E_RUNS' names (scripts/benchmark.py --e2e_runs; checked before JAX starts)
-E2E_RUN_NAMES = ("rnnjax", "cudnn", "native", "cpu_devices", "cpu_pipeline")
+E2E_RUN_NAMES = (
+    "default",
+    "rnnjax",
+    "cudnn",
+    "native",
+    "cpu_devices",
+    "native_cpu_devices",
+    "cpu_pipeline",
+)
 
 
 @dataclasses.dataclass(frozen=True)

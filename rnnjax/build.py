@@ -14,13 +14,13 @@ from rnnjax.parallel import DataParallel, pipeline_device_count
 def build_model(cfg: Config, vocab_size: int) -> DeepRNN | Placed:
     """The model the config asks for (``model.impl``: an :class:`Impl` value) and, where it runs
     other than on one device, its :class:`Placement` (``parallel.cpu_pipeline``: its layers
-    pipelined over the CPU devices; ``impl="cudnn"``: cuDNN's call split over the data-parallel
-    devices). ``model.impl = "auto"`` is resolved here for the devices the run's batch is split
-    over (:func:`rnnjax.model.resolve_impl`)."""
+    pipelined over the CPU devices; ``impl="cudnn"`` and ``"native"``: the kernel's call split over
+    the data-parallel devices). ``model.impl = "auto"`` is resolved here
+    (:func:`rnnjax.model.resolve_impl`)."""
     m, p = cfg.model, cfg.parallel
     # the devices each step's batch is split over (the pipeline replicates it over its stages)
     split_over = 1 if p.cpu_pipeline else (p.num_devices or len(jax.devices()))
-    impl = resolve_impl(m.impl, m.cell, split_over)
+    impl = resolve_impl(m.impl, m.cell)
     spec = DeepRNN(
         vocab_size,
         m.hidden_size,
@@ -34,8 +34,9 @@ def build_model(cfg: Config, vocab_size: int) -> DeepRNN | Placed:
         weight_drop=m.weight_drop,
     )
     stages = pipeline_device_count(p.cpu_devices, m.num_layers) if p.cpu_pipeline else 1
-    # cuDNN's call runs under shard_map over the data-parallel devices (XLA cannot partition it)
-    data_devices = split_over if impl is Impl.CUDNN else 1
+    # a kernel call (cuDNN's, native's) runs under shard_map over the data-parallel devices: XLA
+    # cannot partition it, and would otherwise run the whole batch on every device
+    data_devices = split_over if impl in (Impl.CUDNN, Impl.NATIVE) else 1
     placement = Placement(stages, p.pipeline_chunks, data_devices)
     return (
         spec

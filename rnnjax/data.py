@@ -259,12 +259,27 @@ def epoch_batches(
     return tokens[idx].reshape(n, b, t), tokens[idx + 1].reshape(n, b, t)
 
 
+# Tokens of one evaluation window, all rows together: a held-out pass reads windows of
+# max(t, EVAL_WINDOW_TOKENS // b) steps, so a split of up to this size is one call over its whole
+# length (the native kernel's one loop), and the memory of a window (logits, the kernel's saves)
+# stays bounded on a large split. The carry goes on between windows: the same numbers as t-step
+# windows, up to the order of the sums.
+EVAL_WINDOW_TOKENS = 8192
+
+
+def eval_steps(batch_size: int, num_steps: int) -> int:
+    """Steps per evaluation window (:data:`EVAL_WINDOW_TOKENS`), never fewer than training's t."""
+    return max(num_steps, EVAL_WINDOW_TOKENS // batch_size)
+
+
 def eval_windows(
     tokens: np.ndarray, batch_size: int, num_steps: int
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The held-out stream as b contiguous rows, cut into windows of at most t steps
-    (the last may be shorter) to be read in order with the state carried: [(X [b, <=t], Y)]."""
+    """The held-out stream as b contiguous rows, cut into windows of at most
+    :func:`eval_steps` steps (the last may be shorter) to be read in order with the state carried:
+    [(X [b, <=w], Y)]."""
     row = (len(tokens) - 1) // batch_size
     xs = tokens[: batch_size * row].reshape(batch_size, row)
     ys = tokens[1 : 1 + batch_size * row].reshape(batch_size, row)
-    return [(xs[:, i : i + num_steps], ys[:, i : i + num_steps]) for i in range(0, row, num_steps)]
+    w = eval_steps(batch_size, num_steps)
+    return [(xs[:, i : i + w], ys[:, i : i + w]) for i in range(0, row, w)]

@@ -125,7 +125,8 @@ class Placement:
     """Where a model runs, not what it computes: every placement gives the same numbers and reads
     the same params. ``pipeline_stages`` > 1: the layers pipelined over that many CPU devices
     (:mod:`rnnjax.pipeline`), the sequence in about ``pipeline_chunks`` chunks; ``data_devices``:
-    the devices cuDNN's call is split over (``impl="cudnn"``, under ``shard_map``)."""
+    the devices a kernel call is split over, under ``shard_map`` (``impl="cudnn"``'s and
+    ``impl="native"``'s: XLA cannot partition a custom call)."""
 
     pipeline_stages: int = 1
     pipeline_chunks: int = 5
@@ -174,20 +175,20 @@ class Stack(NamedTuple):
     apply: Callable[..., tuple[Array, Carry]]
 
 
-def resolve_impl(impl: Impl | str, cell: str, split_over: int = 1) -> Impl:
+def resolve_impl(impl: Impl | str, cell: str) -> Impl:
     """The implementation ``impl`` runs for ``cell``: ``impl`` itself, or for ``"auto"`` (the
     config's default) the one place the choice is made: NATIVE where its kernels run (a CPU backend
-    with the extension built: :func:`rnnjax.native.available`), the cell has one (``Cell.native``)
-    and the batch is on one device (``split_over`` devices: XLA cannot split the FFI call, so
-    data-parallel CPU devices would each run the whole batch); else FUSED (the reference: on
-    GPU/TPU, for cells without a kernel, where the extension was not built, or data-parallel), or
-    AUTODIFF for a cell without a fused backward either. The same machine and config always
-    resolve the same way; every choice reads the same params."""
+    with the extension built: :func:`rnnjax.native.available`) and the cell has one
+    (``Cell.native``), on one device or data-parallel over CPU devices (the kernel then runs per
+    device under ``shard_map``, measured faster than FUSED there too:
+    docs/performance.md); else FUSED (the reference: on GPU/TPU, for cells without a kernel, where
+    the extension was not built), or AUTODIFF for a cell without a fused backward either. The same
+    machine and config always resolve the same way; every choice reads the same params."""
     impl = Impl(impl)
     if impl is not Impl.AUTO or cell not in CELLS:
         return impl  # (an unknown cell is refused by check_supported, in one line)
     c = CELLS[cell]
-    if c.native and split_over == 1 and native.available():
+    if c.native and native.available():
         return Impl.NATIVE
     return Impl.FUSED if c.fused else Impl.AUTODIFF
 
@@ -282,6 +283,8 @@ def _apply(
             placement.pipeline_chunks,
         )
     else:
+        if placement.data_devices > 1:  # native's kernel call split over the data devices
+            layer_fn = functools.partial(layer_fn, devices=placement.data_devices)
 
         def layer(l, p, x, layer_carry):
             h_tbh, layer_carry = layer_fn(

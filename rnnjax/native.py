@@ -27,6 +27,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from rnnjax import fused
 from rnnjax.cells import CELLS, check_supported
@@ -35,18 +37,52 @@ from rnnjax.cells.base import Params
 Array = jax.Array
 
 
-_SUFFIXES = [f"_native_ext{s}" for s in importlib.machinery.EXTENSION_SUFFIXES]
+ISA_ENV = "RNNJAX_NATIVE_ISA"
+# Which build runs (setup.py): the host's own vector code (16 lanes on AVX-512, else 8), or the
+# 8-lane AVX2 build (x86-64 only), which an AVX-512 host runs to test and measure an AVX2 host's
+# path.
+BUILDS = {"host": "_native_ext", "avx2": "_native_ext_avx2"}
+
+
+def _cpu_flags() -> set[str] | None:
+    """The CPU's flags from /proc/cpuinfo (None where there is none to read)."""
+    try:
+        return set(pathlib.Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return None
+
+
+def _cpu_has(*flags: str) -> bool:
+    """Whether the CPU lists every flag (True where there is no /proc/cpuinfo to read)."""
+    have = _cpu_flags()
+    return have is None or all(f in have for f in flags)
+
+
+def cpu_isa() -> str:
+    """The widest x86 vector ISA of this CPU: "AVX-512", "AVX2" (with FMA) or "other"."""
+    flags = _cpu_flags() or set()
+    return "AVX-512" if "avx512f" in flags else "AVX2" if {"avx2", "fma"} <= flags else "other"
 
 
 def _load() -> tuple[Any, str | None]:
     """The extension module and None, or None and why it cannot be used (one line)."""
+    build = os.environ.get(ISA_ENV, "").strip() or "host"
+    if build not in BUILDS:
+        return None, (
+            f"{ISA_ENV}={build!r} names no build: expected one of {', '.join(BUILDS)} "
+            "(or unset it for the host's own)"
+        )
+    if build == "avx2" and not _cpu_has("avx2", "fma"):
+        return None, f"{ISA_ENV}=avx2 asks for AVX2 code and this CPU has no AVX2 + FMA"
+    module = BUILDS[build]
     # the extension built next to this file (setup.py), never one of another checkout of rnnjax
     here = pathlib.Path(__file__).parent
-    found = [p for p in map(here.joinpath, _SUFFIXES) if p.is_file()]
+    suffixes = [f"{module}{s}" for s in importlib.machinery.EXTENSION_SUFFIXES]
+    found = [p for p in map(here.joinpath, suffixes) if p.is_file()]
     if not found:
-        return None, f"the native extension is not built here (no {_SUFFIXES[0]} in {here})"
+        return None, f"the native extension is not built here (no {suffixes[0]} in {here})"
     try:
-        spec = importlib.util.spec_from_file_location("rnnjax._native_ext", found[0])
+        spec = importlib.util.spec_from_file_location(f"rnnjax.{module}", found[0])
         ext = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(ext)
     except ImportError as e:
@@ -80,6 +116,12 @@ def default_threads() -> int:
         return int(env)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, min(MAX_THREADS, cores or 1))
+
+
+def isa() -> str:
+    """The vector code of the loaded kernels: "avx512" (16 lanes), "avx2" (8 lanes + FMA) or
+    "generic"; "none" where they are not loaded."""
+    return getattr(_EXT, "ISA", "none") if _EXT is not None else "none"
 
 
 def available() -> bool:
@@ -202,6 +244,35 @@ def _layer_bwd(cell, activation, threads, res, cot):
 _layer.defvjp(_layer_fwd, _layer_bwd)
 
 
+def forward_with_saves(
+    cell: str, activation: str, params: Params, xw_tbg: Array, carry: Any
+) -> tuple[Array, Any, tuple[Array, ...]]:
+    """The kernel's forward alone (no gradient): (h_tbh [t, b, h], final carry, its saves as slabs,
+    each [t, b, h]: ``Cell.from_native`` reads them). For the validation pass's statistics
+    (:mod:`rnnjax.trace`): one forward gives the logits and the gates. Needs :func:`available`."""
+    rp = fused._recurrent_params(params)
+    _check(cell, activation, rp, xw_tbg, jax.tree_util.tree_leaves(carry))
+    h_tbh, final, saves = _forward(cell, activation, default_threads(), rp, xw_tbg, carry)
+    s = _kernel(cell)[2]
+    return h_tbh, final, tuple(jnp.split(saves, s, axis=-1))
+
+
+def _per_device(cell: str, activation: str, devices: int, rp: Params, xw_tbg: Array, carry: Any):
+    """The layer under ``shard_map`` over the first ``devices`` devices' batch rows: each device
+    runs the kernel on its own rows with one worker (a device is a core), with no hand-off between
+    devices inside the loop; XLA sums the replicated weights' gradients over the devices."""
+    rows, batch_rows = P("data"), P(None, "data")
+    mesh = Mesh(np.asarray(jax.devices()[:devices]), ("data",))
+    run = functools.partial(_layer, cell, activation, 1)
+    return jax.shard_map(
+        run,
+        mesh=mesh,
+        in_specs=(P(), batch_rows, jax.tree_util.tree_map(lambda _: rows, carry)),
+        out_specs=(batch_rows, jax.tree_util.tree_map(lambda _: rows, carry)),
+        check_vma=False,
+    )(rp, xw_tbg, carry)
+
+
 def scan_layer(
     cell: str,
     activation: str,
@@ -209,17 +280,22 @@ def scan_layer(
     xw_tbg: Array,
     carry: Any,
     threads: int | None = None,
+    devices: int = 1,
 ) -> tuple[Array, Any]:
     """One layer over time in the native kernel: :func:`rnnjax.fused.scan_layer`'s contract.
     xw_tbg [t, b, G*h] float32; ``params``: the layer's (w_x, b_x are not read); carry: the cell's.
     Returns (h_tbh [t, b, h], final carry). ``threads`` workers split each step (None:
-    :func:`default_threads`; the result does not depend on it). Without the extension: the fused
-    pure-JAX layer, said once on stderr."""
+    :func:`default_threads`; the result does not depend on it). ``devices`` > 1 (data parallel,
+    :class:`rnnjax.model.Placement`): the batch rows split over the first ``devices`` devices, one
+    kernel call and one worker each (where the batch divides; else one call over the whole batch).
+    Without the extension: the fused pure-JAX layer, said once on stderr."""
     check_supported("native", cell)
     if not available():
         _say_fallback()
         return fused.scan_layer(cell, activation, params, xw_tbg, carry)
     rp = fused._recurrent_params(params)
     _check(cell, activation, rp, xw_tbg, jax.tree_util.tree_leaves(carry))
+    if devices > 1 and xw_tbg.shape[1] % devices == 0:
+        return _per_device(cell, activation, devices, rp, xw_tbg, carry)
     threads = default_threads() if threads is None else int(threads)
     return _layer(cell, activation, threads, rp, xw_tbg, carry)

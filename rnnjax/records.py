@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from rnnjax import native
 from rnnjax import workdir as rundir
 from rnnjax.budget import shown_epochs
 from rnnjax.cells import CELLS
@@ -183,6 +184,8 @@ def describe(
     c = group.cfgs[0]
     m = c.model
     runs = str(group.model.impl)
+    if runs == "native" and native.available():  # which vector code: rnnjax.native.isa()
+        runs += f" {native.isa()}"
     impl = runs if runs == m.impl else f"{m.impl}: {runs}"
     what = (
         f"{m.num_layers}-layer {m.cell} (hidden {m.hidden_size}, impl {impl}), "

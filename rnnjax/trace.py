@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rnnjax import flax_model, stack
+from rnnjax import flax_model, native, stack
 from rnnjax.cells import CELLS
 from rnnjax.cells.base import Cell, split_gates
 from rnnjax.metrics import LayerStats
@@ -35,13 +35,16 @@ class LayerTrace(NamedTuple):
 def _layer(
     spec: DeepRNN, cell: Cell, p: Params, l: int, x: Array, carry: Any
 ) -> tuple[Array, Any, LayerTrace]:
-    """One layer as ``spec.impl`` computes it, with its gates: the forward loop of
-    :mod:`rnnjax.fused` keeping the saves and carries, or the cell's whole-sequence form (the
-    autodiff implementation's scan of steps under AUTODIFF)."""
+    """One layer as ``spec.impl`` computes it, with its gates: the native kernel's forward and its
+    saves under NATIVE, the forward loop of :mod:`rnnjax.fused` keeping the saves and carries, or
+    the cell's whole-sequence form (the autodiff implementation's scan of steps under AUTODIFF)."""
     activation = spec.layer_activation(l)
     xw_tbg = stack.input_projection(l, p, x)
     saved = carries = None
-    if cell.sequence is not None and spec.impl != Impl.AUTODIFF:
+    if spec.impl == Impl.NATIVE and cell.from_native is not None and native.available():
+        h_tbh, carry, slabs = native.forward_with_saves(spec.cell, activation, p, xw_tbg, carry)
+        saved, carries = cell.from_native(slabs, h_tbh)
+    elif cell.sequence is not None and spec.impl != Impl.AUTODIFF:
         h_tbh, carry = cell.sequence(xw_tbg, carry)
     elif cell.recurrence is None:
         carry, h_tbh = jax.lax.scan(

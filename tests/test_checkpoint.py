@@ -18,6 +18,7 @@ from conftest import copy_run, param_bytes, small_config, snapshot, train_cli
 import rnnjax
 from rnnjax.checkpoint import CheckpointError
 from rnnjax.config import default_config
+from rnnjax.native import cpu_isa
 from rnnjax.train import train_and_evaluate
 
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
@@ -280,11 +281,15 @@ def test_a_run_saved_by_an_earlier_layout_loads_and_resumes_bitwise(tmp_path, mo
     c.model.impl = "rnnjax"  # the fixture's own (config.json): its expected numbers are rnnjax's
     out = train_and_evaluate(c, name)
     resumed = expected["resumed"]
-    assert (
-        _sums(out["params"]) == resumed["param_sums"]
-        and out["metrics"][-1]["step"] == resumed["step"]
-    )
-    assert [
+    records = [
         {k: r[k] for k in ("epoch", "step", "train_ppl", "val_ppl", "grad_norm")}
         for r in out["metrics"]
-    ] == (resumed["records"])
+    ]
+    assert out["metrics"][-1]["step"] == resumed["step"]
+    if expected.get("isa") == cpu_isa():  # the fixture's own kind of host: bit for bit
+        assert _sums(out["params"]) == resumed["param_sums"] and records == resumed["records"]
+    else:  # XLA:CPU's matmuls sum in an order of the host's vector width (AVX2 or AVX-512)
+        assert _sums(out["params"]) == pytest.approx(resumed["param_sums"], rel=1e-5)
+        assert [r["epoch"] for r in records] == [r["epoch"] for r in resumed["records"]]
+        for got, want in zip(records, resumed["records"]):
+            assert got == pytest.approx(want, rel=1e-5)

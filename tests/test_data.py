@@ -72,13 +72,17 @@ def test_random_batches_are_disjoint_subsequences():
 
 
 def test_eval_windows_cover_the_stream_in_order():
-    tokens = np.arange(101, dtype=np.int32)
-    windows = data.eval_windows(tokens, batch_size=4, num_steps=7)
-    xs = np.concatenate([x for x, _ in windows], axis=1)
-    ys = np.concatenate([y for _, y in windows], axis=1)
-    np.testing.assert_array_equal(xs.ravel(), np.arange(100))
-    np.testing.assert_array_equal(ys, xs + 1)
-    assert [x.shape[1] for x, _ in windows] == [7, 7, 7, 4]
+    """Windows of max(t, EVAL_WINDOW_TOKENS // b) steps: a small split is one window, a long one
+    several (the last shorter), read in order."""
+    for n, t, widths in [(101, 7, [25]), (4 * 5000 + 1, 7, [2048, 2048, 904])]:
+        tokens = np.arange(n, dtype=np.int32)
+        windows = data.eval_windows(tokens, batch_size=4, num_steps=t)
+        xs = np.concatenate([x for x, _ in windows], axis=1)
+        ys = np.concatenate([y for _, y in windows], axis=1)
+        np.testing.assert_array_equal(xs.ravel(), np.arange(n - 1))
+        np.testing.assert_array_equal(ys, xs + 1)
+        assert [x.shape[1] for x, _ in windows] == widths
+    assert data.eval_steps(batch_size=4, num_steps=4096) == 4096  # never shorter than t
 
 
 @pytest.mark.parametrize("tokenizer", ["char", "word"])

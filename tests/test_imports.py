@@ -53,7 +53,7 @@ LEVELS = [
     ["sweep", "sweep_summary"],
 ]
 # Compiled extensions (setup.py): they import nothing of rnnjax, so any module may import them.
-COMPILED = {"_native_ext"}
+COMPILED = {"_native_ext", "_native_ext_avx2"}
 LEVEL = {name: i for i, names in enumerate(LEVELS) for name in names}
 
 

@@ -200,8 +200,8 @@ def test_a_run_trained_with_rnnjax_resumes_under_native(tmp_path):
 
 def test_auto_is_the_default_and_runs_native_here_rnnjax_where_there_is_no_kernel():
     """model.impl = "auto" (the config's default) resolves once, in rnnjax.model.resolve_impl:
-    native on this CPU with the extension for the cells with a kernel; rnnjax for the others;
-    rnnjax where the batch is split over several devices (XLA would gather it for the FFI call)."""
+    native on this CPU with the extension for the cells with a kernel, on one device or data
+    parallel (the kernel per device); rnnjax for the others."""
     from rnnjax.build import build_model
     from rnnjax.config import default_config, resolve
     from rnnjax.model import resolve_impl
@@ -212,7 +212,6 @@ def test_auto_is_the_default_and_runs_native_here_rnnjax_where_there_is_no_kerne
         want = Impl.NATIVE if CELLS[cell].native else Impl.FUSED
         assert DeepRNN(11, 8, 2, cell, impl="auto").impl is want, cell
         assert resolve_impl("auto", cell) is want
-        assert resolve_impl("auto", cell, split_over=2) is Impl.FUSED
         assert resolve_impl("rnnjax", cell) is Impl.FUSED  # an explicit impl stays itself
     assert resolve_impl("native", "mingru") is Impl.NATIVE  # (and check_supported refuses it)
     mingru = resolve(small_config(**{"model.cell": "mingru"}))
@@ -241,7 +240,7 @@ def test_auto_falls_back_to_autodiff_for_a_cell_with_neither_kernel_nor_fused_ba
 def test_the_start_block_names_what_auto_runs(tmp_path, capsys):
     train_and_evaluate(small_config(1, progress=True), tmp_path / "auto")
     out = capsys.readouterr().out
-    assert "2-layer lstm (hidden 32, impl auto: native)" in out, out
+    assert f"2-layer lstm (hidden 32, impl auto: native {native.isa()})" in out, out
     assert "pure-JAX" not in out
     train_and_evaluate(small_config(1, progress=True, **{"model.impl": "rnnjax"}), tmp_path / "r")
     out = capsys.readouterr().out
@@ -292,7 +291,7 @@ def _run_in_copy(src, script: str, cwd) -> subprocess.CompletedProcess:
         text=True,
         cwd=cwd,
         timeout=300,
-        env=dict(os.environ, PYTHONPATH=str(src), JAX_PLATFORMS="cpu"),
+        env=dict(os.environ, PYTHONPATH=str(src), JAX_PLATFORMS="cpu", RNNJAX_NATIVE_ISA="host"),
     )
 
 

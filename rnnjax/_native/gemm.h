@@ -1,6 +1,9 @@
 // The GEMM and the vector math of rnnjax's native layers (kernels.h): a register-blocked
-// microkernel over weights packed once per call, and exp / sigmoid / tanh on 8 lanes.
-// GCC vector extensions (no intrinsics): -march picks AVX2+FMA or AVX-512 code.
+// microkernel over weights packed once per call, and exp / sigmoid / tanh on VL lanes.
+// GCC vector extensions (no intrinsics). The width is chosen at build time from what the compiler
+// targets: VL = 16 (512-bit vectors, 32 registers) where -march has AVX-512F, else VL = 8 (256-bit:
+// AVX2 + FMA, or whatever the target makes of them). RNNJAX_ISA_AVX2 forces the 8-lane path, so an
+// AVX-512 host can build and test the path an AVX2 host runs (setup.py builds both there).
 #pragma once
 
 #include <algorithm>
@@ -11,13 +14,29 @@
 
 namespace rnnjax {
 
-typedef float v8 __attribute__((vector_size(32)));
-typedef float v8u __attribute__((vector_size(32), aligned(4)));
-typedef int32_t i8v __attribute__((vector_size(32)));
+// The microkernel's shape, MR rows x NV vectors of accumulators, was measured on the LSTM's GEMMs
+// (b 32 and 16 rows, h 256, 4h 1024; benchmarks/native_premise.py, docs/performance.md): with 32
+// registers 6 x 4 (24 accumulators) beat 8 x 2, 12 x 2, 16 x 1 and 8 x 3; with 16, 6 x 2.
+#if defined(__AVX512F__) && !defined(RNNJAX_ISA_AVX2)
+constexpr int VL = 16;  // floats per vector
+constexpr int MR = 6;
+constexpr int NV = 4;
+constexpr const char* ISA = "avx512";
+#else
+constexpr int VL = 8;
+constexpr int MR = 6;
+constexpr int NV = 2;
+#if defined(__AVX2__) && defined(__FMA__)
+constexpr const char* ISA = "avx2";
+#else
+constexpr const char* ISA = "generic";
+#endif
+#endif
+constexpr int NR = VL * NV;  // columns of a packed panel
 
-constexpr int MR = 6;       // rows of the microkernel
-constexpr int NV = 2;       // 8-float vectors per row
-constexpr int NR = 8 * NV;  // columns of a packed panel
+typedef float v8 __attribute__((vector_size(VL * 4)));  // VL floats (the name is historical)
+typedef float v8u __attribute__((vector_size(VL * 4), aligned(4)));
+typedef int32_t i8v __attribute__((vector_size(VL * 4)));
 
 inline int panels(int n) { return (n + NR - 1) / NR; }
 inline size_t packed_size(int k, int n) { return (size_t)panels(n) * NR * k; }
@@ -52,7 +71,7 @@ inline void micro(const float* __restrict A, int lda, const float* __restrict bp
   v8 c[M][NV] = {};
   for (int k = 0; k < K; ++k) {
     v8 b[NV];
-    for (int v = 0; v < NV; ++v) b[v] = *reinterpret_cast<const v8*>(bp + (size_t)k * NR + 8 * v);
+    for (int v = 0; v < NV; ++v) b[v] = *reinterpret_cast<const v8*>(bp + (size_t)k * NR + VL * v);
     for (int i = 0; i < M; ++i) {
       const float a = A[(size_t)i * lda + k];
       for (int v = 0; v < NV; ++v) c[i][v] += a * b[v];
@@ -62,14 +81,23 @@ inline void micro(const float* __restrict A, int lda, const float* __restrict bp
     float* ci = C + (size_t)i * ldc;
     if (nn == NR) {
       for (int v = 0; v < NV; ++v) {
-        v8u* d = reinterpret_cast<v8u*>(ci + 8 * v);
+        v8u* d = reinterpret_cast<v8u*>(ci + VL * v);
         *d = acc ? *d + c[i][v] : c[i][v];
       }
     } else {
-      alignas(32) float tmp[NR];
-      for (int v = 0; v < NV; ++v) *reinterpret_cast<v8*>(tmp + 8 * v) = c[i][v];
+      alignas(64) float tmp[NR];
+      for (int v = 0; v < NV; ++v) *reinterpret_cast<v8*>(tmp + VL * v) = c[i][v];
       for (int j = 0; j < nn; ++j) ci[j] = acc ? ci[j] + tmp[j] : tmp[j];
     }
+  }
+}
+
+// The last m < MR rows: micro<m>, found by counting down from R at compile time.
+template <int R>
+inline void tail(int m, const float* A, int lda, const float* bp, int K, float* C, int ldc, int nn, bool acc) {
+  if constexpr (R > 0) {
+    if (m == R) micro<R>(A, lda, bp, K, C, ldc, nn, acc);
+    else tail<R - 1>(m, A, lda, bp, K, C, ldc, nn, acc);
   }
 }
 
@@ -82,18 +110,11 @@ inline void gemm(const float* A, int lda, int M, const float* bpacked, int K, in
     const int n0 = p * NR, nn = std::min(NR, N - n0);
     int i = 0;
     for (; i + MR <= M; i += MR) micro<MR>(A + (size_t)i * lda, lda, bp, K, C + (size_t)i * ldc + n0, ldc, nn, acc);
-    switch (M - i) {
-      case 5: micro<5>(A + (size_t)i * lda, lda, bp, K, C + (size_t)i * ldc + n0, ldc, nn, acc); break;
-      case 4: micro<4>(A + (size_t)i * lda, lda, bp, K, C + (size_t)i * ldc + n0, ldc, nn, acc); break;
-      case 3: micro<3>(A + (size_t)i * lda, lda, bp, K, C + (size_t)i * ldc + n0, ldc, nn, acc); break;
-      case 2: micro<2>(A + (size_t)i * lda, lda, bp, K, C + (size_t)i * ldc + n0, ldc, nn, acc); break;
-      case 1: micro<1>(A + (size_t)i * lda, lda, bp, K, C + (size_t)i * ldc + n0, ldc, nn, acc); break;
-      default: break;
-    }
+    if (i < M) tail<MR - 1>(M - i, A + (size_t)i * lda, lda, bp, K, C + (size_t)i * ldc + n0, ldc, nn, acc);
   }
 }
 
-// exp on 8 lanes: 2^n * p(r), r = x - n ln2 (Cephes expf polynomial, ~1 ulp on [-87, 88]).
+// exp on VL lanes: 2^n * p(r), r = x - n ln2 (Cephes expf polynomial, ~1 ulp on [-87, 88]).
 inline v8 vexp(v8 x) {
   x = x < 88.3762626647949f ? x : 88.3762626647949f;
   x = x > -87.3365447504f ? x : -87.3365447504f;

@@ -12,6 +12,8 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -20,21 +22,21 @@
 namespace rnnjax {
 
 // Per-cell pointwise steps. Each reads pre-activation halves xw [B, GH] and hw [B, GH] (no b_h yet)
-// and works over one batch row at a time; vectors of 8 over the hidden units, scalar for the tail.
+// and works over one batch row at a time; vectors of VL over the hidden units, scalar for the tail.
 enum Act { TANH = 0, RELU = 1 };
 
 template <class F>
-inline void rows_by_8(int B, int H, F f) {  // f(b, j, width) with width 8 or 1
+inline void rows_by_lanes(int B, int H, F f) {  // f(b, j, width) with width VL or 1
   for (int b = 0; b < B; ++b) {
     int j = 0;
-    for (; j + 8 <= H; j += 8) f(b, j, 8);
+    for (; j + VL <= H; j += VL) f(b, j, VL);
     for (; j < H; ++j) f(b, j, 1);
   }
 }
 
-// A lane-generic load/store: width 8 (vector) or 1 (scalar in lane 0).
-inline v8 L(const float* p, int w) { return w == 8 ? ld(p) : (v8){} + *p; }
-inline void S(float* p, v8 v, int w) { if (w == 8) st(p, v); else *p = v[0]; }
+// A lane-generic load/store: width VL (vector) or 1 (scalar in lane 0).
+inline v8 L(const float* p, int w) { return w == VL ? ld(p) : (v8){} + *p; }
+inline void S(float* p, v8 v, int w) { if (w == VL) st(p, v); else *p = v[0]; }
 
 struct Lstm {  // gates i, f, g, o; carry (c, h); saves i, f, g, o, c_t
   static constexpr int G = 4, NS = 2, S_ = 5;
@@ -42,7 +44,7 @@ struct Lstm {  // gates i, f, g, o; carry (c, h); saves i, f, g, o, c_t
   static void fwd(int B, int H, int, const float* xw, const float* hw, const float* bh,
                   const float* c_prev, float* c, float* h, float* save) {
     const int GH = 4 * H;
-    rows_by_8(B, H, [&](int b, int j, int w) {
+    rows_by_lanes(B, H, [&](int b, int j, int w) {
       const float* x = xw + (size_t)b * GH + j;
       const float* r = hw + (size_t)b * GH + j;
       const float* bb = bh + j;
@@ -62,7 +64,7 @@ struct Lstm {  // gates i, f, g, o; carry (c, h); saves i, f, g, o, c_t
   static void bwd(int B, int H, int, const float* dh, float* dc, const float* save,
                   const float* c_prev, const float*, float* dxw, float*, float* dh_direct) {
     const int GH = 4 * H;
-    rows_by_8(B, H, [&](int b, int j, int w) {
+    rows_by_lanes(B, H, [&](int b, int j, int w) {
       const float* s = save + (size_t)b * 5 * H + j;
       const v8 i = L(s, w), f = L(s + H, w), g = L(s + 2 * H, w), o = L(s + 3 * H, w);
       const v8 tc = vtanh(L(s + 4 * H, w));
@@ -86,7 +88,7 @@ struct Gru {  // gates r, z, n; carry h; saves r, z, n, h W_hn + b_hn
   static void fwd(int B, int H, int, const float* xw, const float* hw, const float* bh,
                   const float* h_prev, float*, float* h, float* save) {
     const int GH = 3 * H;
-    rows_by_8(B, H, [&](int b, int j, int w) {
+    rows_by_lanes(B, H, [&](int b, int j, int w) {
       const float* x = xw + (size_t)b * GH + j;
       const float* r_ = hw + (size_t)b * GH + j;
       const float* bb = bh + j;
@@ -103,7 +105,7 @@ struct Gru {  // gates r, z, n; carry h; saves r, z, n, h W_hn + b_hn
   static void bwd(int B, int H, int, const float* dh, float*, const float* save, const float*,
                   const float* h_prev, float* dxw, float* dhw, float* dh_direct) {
     const int GH = 3 * H;
-    rows_by_8(B, H, [&](int b, int j, int w) {
+    rows_by_lanes(B, H, [&](int b, int j, int w) {
       const float* s = save + (size_t)b * 4 * H + j;
       const v8 r = L(s, w), z = L(s + H, w), n = L(s + 2 * H, w), hn = L(s + 3 * H, w);
       const size_t bj = (size_t)b * H + j;
@@ -125,7 +127,7 @@ struct Rnn {  // one slab; carry h; saves phi'(pre) (read off h)
   static constexpr bool SEP = false;
   static void fwd(int B, int H, int act, const float* xw, const float* hw, const float* bh,
                   const float*, float*, float* h, float* save) {
-    rows_by_8(B, H, [&](int b, int j, int w) {
+    rows_by_lanes(B, H, [&](int b, int j, int w) {
       const size_t bj = (size_t)b * H + j;
       const v8 pre = L(xw + bj, w) + L(hw + bj, w) + L(bh + j, w);
       v8 y, d;
@@ -142,7 +144,7 @@ struct Rnn {  // one slab; carry h; saves phi'(pre) (read off h)
   }
   static void bwd(int B, int H, int, const float* dh, float*, const float* save, const float*,
                   const float*, float* dxw, float*, float* dh_direct) {
-    rows_by_8(B, H, [&](int b, int j, int w) {
+    rows_by_lanes(B, H, [&](int b, int j, int w) {
       const size_t bj = (size_t)b * H + j;
       S(dxw + bj, L(dh + bj, w) * L(save + bj, w), w);
       S(dh_direct + bj, (v8){}, w);
@@ -150,70 +152,106 @@ struct Rnn {  // one slab; carry h; saves phi'(pre) (read off h)
   }
 };
 
-// Split of a GEMM's column panels over `threads` workers: worker k's range.
-inline void split(int n_panels, int threads, int k, int* p0, int* p1) {
-  *p0 = (int)((long)n_panels * k / threads);
-  *p1 = (int)((long)n_panels * (k + 1) / threads);
-}
-
-// A spin barrier for a fixed team (the steps are ~100 us: a futex sleep would cost as much).
-struct Barrier {
-  std::atomic<int> count{0};
-  std::atomic<int> phase{0};
-  int n;
-  explicit Barrier(int n_) : n(n_) {}
-  void wait() {
-    const int ph = phase.load(std::memory_order_acquire);
-    if (count.fetch_add(1, std::memory_order_acq_rel) + 1 == n) {
-      count.store(0, std::memory_order_relaxed);
-      phase.fetch_add(1, std::memory_order_release);
-    } else {
-      int spins = 0;
-      while (phase.load(std::memory_order_acquire) == ph)
-        if (++spins > 2000) std::this_thread::yield();
-    }
+// Each step of a layer's loop is two phases, the step's GEMM (one item per column panel) and its
+// pointwise part (one item per chunk of batch rows); phase q may start once every item of the
+// phases before it is done. Items are numbered in that order and claimed from one atomic counter
+// by whichever workers are there: the caller always, and up to threads - 1 helpers when they get a
+// core (Spawn runs them: XLA's own intra-op thread pool inside a JAX program, so the helper never
+// competes with XLA's workers for the 2 cores; else plain threads). A worker that claims an item
+// of a later phase waits for the earlier phases; the caller never waits for a helper that has not
+// started, so the loop also completes on the caller alone. Every output element is computed by one
+// item in one order: the result does not depend on the thread count or on who ran what.
+struct Phases {
+  long per_step, in_a, total;  // items per step, of them in phase A; T * per_step
+  std::atomic<long> next{0}, done{0};
+  // the first item of the phase holding item i (the count of items that must be done before it)
+  long phase_start(long i) const {
+    const long t = i / per_step, r = i % per_step;
+    return t * per_step + (r < in_a ? 0 : in_a);
   }
 };
 
-// Run body(k) for k in [0, threads): k = 0 on the calling thread.
+// Claim and run items until none is left. item(t, phase, index).
 template <class F>
-inline void team(int threads, F body) {
-  if (threads <= 1) { body(0); return; }
-  std::vector<std::thread> ts;
-  for (int k = 1; k < threads; ++k) ts.emplace_back(body, k);
-  body(0);
-  for (auto& t : ts) t.join();
+inline void work(Phases& ph, const F& item) {
+  for (;;) {
+    const long i = ph.next.fetch_add(1, std::memory_order_relaxed);
+    if (i >= ph.total) return;
+    const long need = ph.phase_start(i);
+    for (int spins = 0; ph.done.load(std::memory_order_acquire) < need;)
+      if (++spins > 2000) std::this_thread::yield();
+    const long t = i / ph.per_step, r = i % ph.per_step;
+    if (r < ph.in_a) item(t, 0, r);
+    else item(t, 1, r - ph.in_a);
+    ph.done.fetch_add(1, std::memory_order_acq_rel);
+  }
 }
 
-// One layer's forward over T steps (see the top of this file). `threads` workers split each
-// step's GEMM by column panels; the pointwise part splits the batch rows. Every output element is
-// computed by one worker in one order: the result does not depend on `threads`.
+// How helpers are started: spawn(task) runs task() soon, on another thread.
+using Spawn = std::function<void(std::function<void()>)>;
+
+// Plain threads, joined when this goes away (the default, and the premise benchmark's).
+struct ThreadSpawn {
+  std::vector<std::thread> ts;
+  Spawn fn() {
+    return [this](std::function<void()> task) { ts.emplace_back(std::move(task)); };
+  }
+  ~ThreadSpawn() {
+    for (auto& t : ts) t.join();
+  }
+};
+
+// Run T steps of (phase A: na items, phase B: nb items) on the caller and threads - 1 helpers.
+template <class F>
+inline void run_steps(int T, int na, int nb, int threads, const Spawn& spawn, const F& item) {
+  auto ph = std::make_shared<Phases>();
+  ph->per_step = na + nb;
+  ph->in_a = na;
+  ph->total = (long)T * (na + nb);
+  if (ph->total == 0) return;
+  // A helper that starts after the caller has returned claims nothing: it only touches *ph, which
+  // it keeps alive; `item` (the caller's frame) is called for claimed items, all done before the
+  // caller returns.
+  auto live = std::make_shared<std::atomic<bool>>(true);
+  for (int k = 1; k < threads; ++k)
+    spawn([ph, live, &item] {
+      if (live->load(std::memory_order_acquire)) work(*ph, item);
+    });
+  work(*ph, item);
+  for (int spins = 0; ph->done.load(std::memory_order_acquire) < ph->total;)
+    if (++spins > 2000) std::this_thread::yield();
+  live->store(false, std::memory_order_release);
+}
+
+// Items per phase: the GEMM's column panels, and batch rows in chunks of ROWS.
+constexpr int ROWS = 4;
+inline int row_chunks(int B) { return (B + ROWS - 1) / ROWS; }
+
+// One layer's forward over T steps (see the top of this file): each step's GEMM split by column
+// panels, its pointwise part by batch rows (run_steps).
 template <class C>
-void layer_fwd(int T, int B, int H, int act, int threads, const float* xw, const float* wh,
-               const float* bh, const float* state0, float* h_out, float* stateT, float* saves) {
+void layer_fwd(int T, int B, int H, int act, int threads, const Spawn& spawn, const float* xw,
+               const float* wh, const float* bh, const float* state0, float* h_out,
+               float* stateT, float* saves) {
   const int GH = C::G * H;
   Buf wp(packed_size(H, GH)), hw((size_t)B * GH), cbuf((size_t)2 * B * H);
   pack(wh, H, GH, false, GH, wp.p);
   const float* h0 = state0 + (size_t)(C::NS - 1) * B * H;
   float* cs[2] = {cbuf.p, cbuf.p + (size_t)B * H};
   if (C::NS == 2) std::memcpy(cs[1], state0, sizeof(float) * B * H);
-  Barrier bar(threads);
-  team(threads, [&](int k) {
-    int p0, p1, b0, b1;
-    split(panels(GH), threads, k, &p0, &p1);
-    split(B, threads, k, &b0, &b1);
-    for (int t = 0; t < T; ++t) {
-      const float* hp = t == 0 ? h0 : h_out + (size_t)(t - 1) * B * H;
-      gemm(hp, H, B, wp.p, H, GH, hw.p, GH, false, p0, p1);
-      bar.wait();
-      const float* cp = cs[(t + 1) & 1];  // LSTM: c_{t-1}; GRU/RNN: unused
-      float* cn = cs[t & 1];
-      const size_t off = (size_t)b0 * H;
-      C::fwd(b1 - b0, H, act, xw + ((size_t)t * B + b0) * GH, hw.p + (size_t)b0 * GH, bh,
-             C::NS == 2 ? cp + off : hp + off, cn + off, h_out + (size_t)t * B * H + off,
-             saves + ((size_t)t * B + b0) * C::S_ * H);
-      bar.wait();
+  run_steps(T, panels(GH), row_chunks(B), threads, spawn, [&](long t, int phase, long k) {
+    const float* hp = t == 0 ? h0 : h_out + (size_t)(t - 1) * B * H;
+    if (phase == 0) {
+      gemm(hp, H, B, wp.p, H, GH, hw.p, GH, false, (int)k, (int)k + 1);
+      return;
     }
+    const int b0 = (int)k * ROWS, b1 = std::min(B, b0 + ROWS);
+    const float* cp = cs[(t + 1) & 1];  // LSTM: c_{t-1}; GRU/RNN: unused
+    float* cn = cs[t & 1];
+    const size_t off = (size_t)b0 * H;
+    C::fwd(b1 - b0, H, act, xw + ((size_t)t * B + b0) * GH, hw.p + (size_t)b0 * GH, bh,
+           C::NS == 2 ? cp + off : hp + off, cn + off, h_out + (size_t)t * B * H + off,
+           saves + ((size_t)t * B + b0) * C::S_ * H);
   });
   if (C::NS == 2) std::memcpy(stateT, cs[(T - 1) & 1], sizeof(float) * B * H);
   std::memcpy(stateT + (size_t)(C::NS - 1) * B * H, T > 0 ? h_out + (size_t)(T - 1) * B * H : h0,
@@ -221,11 +259,12 @@ void layer_fwd(int T, int B, int H, int act, int threads, const float* xw, const
 }
 
 // One layer's backward over the whole sequence: dh_tbh [T, B, H], dstateT [NS, B, H] -> dxw
-// [T, B, GH], dhw [T, B, GH] (GRU only; else not written), dstate0 [NS, B, H].
+// [T, B, GH], dhw [T, B, GH] (GRU only; else not written), dstate0 [NS, B, H]. Each step: the
+// pointwise part by batch rows, then the GEMM dGates W_h^T by column panels of H (run_steps).
 template <class C>
-void layer_bwd(int T, int B, int H, int act, int threads, const float* wh, const float* saves,
-               const float* h_out, const float* state0, const float* dh_tbh, const float* dstateT,
-               float* dxw, float* dhw, float* dstate0) {
+void layer_bwd(int T, int B, int H, int act, int threads, const Spawn& spawn, const float* wh,
+               const float* saves, const float* h_out, const float* state0, const float* dh_tbh,
+               const float* dstateT, float* dxw, float* dhw, float* dstate0) {
   const int GH = C::G * H;
   Buf wtp(packed_size(GH, H)), dh((size_t)B * H), dc((size_t)B * H), direct((size_t)B * H),
       rec((size_t)B * H);
@@ -234,29 +273,26 @@ void layer_bwd(int T, int B, int H, int act, int threads, const float* wh, const
   std::memcpy(rec.p, dstateT + (size_t)(C::NS - 1) * B * H, sizeof(float) * B * H);
   std::memset(direct.p, 0, sizeof(float) * B * H);
   const bool separate = C::SEP;
-  Barrier bar(threads);
-  team(threads, [&](int k) {
-    int p0, p1, b0, b1;
-    split(panels(H), threads, k, &p0, &p1);
-    split(B, threads, k, &b0, &b1);
-    for (int t = T - 1; t >= 0; --t) {
-      const size_t off = (size_t)b0 * H, n = (size_t)(b1 - b0) * H;
-      const float* dht = dh_tbh + (size_t)t * B * H;
-      for (size_t i = 0; i < n; ++i) dh.p[off + i] = dht[off + i] + rec.p[off + i] + direct.p[off + i];
-      const float* hp = t == 0 ? state0 + (size_t)(C::NS - 1) * B * H : h_out + (size_t)(t - 1) * B * H;
-      const float* cp = t == 0 ? state0 : saves + (size_t)(t - 1) * B * C::S_ * H + 4 * H;
-      // c_prev rows: LSTM saves hold c_t at offset 4H of each row of width 5H
-      const int cld = t == 0 ? H : C::S_ * H;
-      float* dxt = dxw + (size_t)t * B * GH;
-      float* dht_w = separate ? dhw + (size_t)t * B * GH : dxt;
-      for (int b = b0; b < b1; ++b)
-        C::bwd(1, H, act, dh.p + (size_t)b * H, dc.p + (size_t)b * H,
-               saves + ((size_t)t * B + b) * C::S_ * H, cp + (size_t)b * cld, hp + (size_t)b * H,
-               dxt + (size_t)b * GH, dht_w + (size_t)b * GH, direct.p + (size_t)b * H);
-      bar.wait();
-      gemm(dht_w, GH, B, wtp.p, GH, H, rec.p, H, false, p0, p1);
-      bar.wait();
+  run_steps(T, row_chunks(B), panels(H), threads, spawn, [&](long i, int phase, long k) {
+    const int t = T - 1 - (int)i;
+    float* dxt = dxw + (size_t)t * B * GH;
+    float* dht_w = separate ? dhw + (size_t)t * B * GH : dxt;
+    if (phase == 1) {
+      gemm(dht_w, GH, B, wtp.p, GH, H, rec.p, H, false, (int)k, (int)k + 1);
+      return;
     }
+    const int b0 = (int)k * ROWS, b1 = std::min(B, b0 + ROWS);
+    const size_t off = (size_t)b0 * H, n = (size_t)(b1 - b0) * H;
+    const float* dht = dh_tbh + (size_t)t * B * H;
+    for (size_t j = 0; j < n; ++j) dh.p[off + j] = dht[off + j] + rec.p[off + j] + direct.p[off + j];
+    const float* hp = t == 0 ? state0 + (size_t)(C::NS - 1) * B * H : h_out + (size_t)(t - 1) * B * H;
+    // c_prev rows: LSTM saves hold c_t at offset 4H of each row of width 5H
+    const float* cp = t == 0 ? state0 : saves + (size_t)(t - 1) * B * C::S_ * H + 4 * H;
+    const int cld = t == 0 ? H : C::S_ * H;
+    for (int b = b0; b < b1; ++b)
+      C::bwd(1, H, act, dh.p + (size_t)b * H, dc.p + (size_t)b * H,
+             saves + ((size_t)t * B + b) * C::S_ * H, cp + (size_t)b * cld, hp + (size_t)b * H,
+             dxt + (size_t)b * GH, dht_w + (size_t)b * GH, direct.p + (size_t)b * H);
   });
   for (size_t i = 0; i < (size_t)B * H; ++i) rec.p[i] += direct.p[i];
   if (C::NS == 2) std::memcpy(dstate0, dc.p, sizeof(float) * B * H);

@@ -129,7 +129,10 @@ class Cell:
       forward's saves and carries over time (both None where ``sequence`` ran).
     * ``uses_activation``: reads phi_l (``model.activation``); ``retains``: has a retain (forget)
       coefficient; ``flax``, ``torch`` (the ``torch.nn`` module with this layout), ``cudnn``;
-      ``native``: the name of its kernel in the native extension (:mod:`rnnjax.native`), or None.
+      ``native``: the name of its kernel in the native extension (:mod:`rnnjax.native`), or None;
+      ``from_native(slabs, h_tbh) -> (saved, carries)``: the kernel's saves (its slabs, each
+      [t, b, h]) as ``trace`` reads them, so that the validation pass's statistics come from the
+      kernel's own forward.
     """
 
     name: str
@@ -150,6 +153,7 @@ class Cell:
     torch: str | None = None
     cudnn: bool = False
     native: str | None = None
+    from_native: Callable[[tuple[Array, ...], Array], tuple[Any, Any]] | None = None
 
     @property
     def num_gates(self) -> int:

@@ -80,4 +80,5 @@ CELL = Cell(
     flax=FlaxMapping(_flax_module, _to_flax, _from_flax),
     torch="GRU",
     native="gru",
+    from_native=lambda s, h: (tuple(s), None),  # saves r, z, n, h W_hn + b_hn
 )

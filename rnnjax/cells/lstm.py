@@ -84,4 +84,5 @@ CELL = Cell(
     torch="LSTM",
     cudnn=True,
     native="lstm",
+    from_native=lambda s, h: ((None, *s[:4]), (s[4], h)),  # saves i, f, g, o, c_t
 )
