@@ -45,6 +45,7 @@ TARGETS = (
     ),
     Target("compile of the default step < 5 s", "compile_s", "<", 5.0, any_variant=False),
     Target("seed experiment end to end >= 1.2x nn.LSTM script", "speedup", ">=", 1.2),
+    Target("AVX2 build >= 1.2x torch held to AVX2, 2-layer LSTM", "avx2_vs_torch", ">=", 1.2),
 )
 UNITS = {"mfu": lambda v: f"{100 * v:.0f}%", "compile_s": lambda v: f"{v:.1f} s"}
 
@@ -81,7 +82,11 @@ def _ours(results: dict) -> list[str]:
     """The rnnjax variants of the reference row: the pure-JAX layer, the native kernels (the
     default on CPU), cuDNN, over the CPU devices."""
     ref = reference_row(results)["results"]
-    return [k for k in ref if k in ("rnnjax", "native", "cudnn") or k.startswith("rnnjax, ")]
+    return [
+        k
+        for k in ref
+        if k in ("rnnjax", "native", "cudnn") or k.startswith(("rnnjax, ", "native, "))
+    ]
 
 
 def reference_row(results: dict) -> dict:
@@ -98,6 +103,21 @@ def judge(t: Target, results: dict) -> tuple[str, bool | str] | None:
     fmt = UNITS.get(t.metric, lambda v: f"{v:.2f}x")
     ok = (lambda v: v >= t.value) if t.op == ">=" else (lambda v: v < t.value)
     variants = _ours(results) if t.any_variant else ["rnnjax"]
+    if t.metric == "avx2_vs_torch":
+        a = results.get("avx2") or {}
+        ref = results["settings"]["reference"]
+        row = next(
+            (
+                r
+                for r in a.get("rows", [])
+                if all(r["workload"][k] == ref[k] for k in ("cell", "num_layers"))
+            ),
+            None,
+        )
+        if row is None or "vs_torch" not in row["results"].get("native", {}):
+            return None
+        v = row["results"]["native"]["vs_torch"]
+        return f"native (AVX2 build): {fmt(v)}", ok(v)
     if t.metric == "speedup":
         e2e = results.get("end_to_end") or {}
         if "speedup" not in e2e:

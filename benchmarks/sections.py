@@ -24,6 +24,7 @@ from harness import (
     cpu_mesh_name,
     data,
     interleave,
+    isa_line,
     jax_variant,
     median_ms,
     pipeline_name,
@@ -274,6 +275,52 @@ def devices_here(s: Settings) -> dict[str, Any]:
         "visible": len(jax.devices()),
         "results": interleave(variants, s.repeats, s.steps, w.tokens_per_step),
     }
+
+
+# The AVX2 section's child: the native kernels' AVX2 build, and torch held to AVX2 (oneDNN, MKL).
+AVX2_ENV = {
+    "RNNJAX_NATIVE_ISA": "avx2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+}
+
+
+def avx2_here(s: Settings) -> dict[str, Any]:
+    """Each row's native step (one device) beside torch's, interleaved, in this process (the child
+    of :func:`avx2`, which sets :data:`AVX2_ENV`)."""
+    out = []
+    for cell, layers in s.rows:
+        w = workload(s, cell=cell, num_layers=layers)
+        builders = {"native": lambda w=w: jax_variant(w, "native", s.steps)}
+        builders["torch"] = lambda w=w: torch_variant(w, s.steps)
+        variants, skipped = build(builders)
+        res = interleave(variants, s.repeats, s.steps, w.tokens_per_step)
+        if "torch" in res:
+            for r in res.values():
+                r["vs_torch"] = res["torch"]["ms_per_step"] / r["ms_per_step"]
+        out.append(
+            {
+                "workload": dataclasses.asdict(w),
+                "label": w.label,
+                "results": res,
+                "skipped": skipped,
+            }
+        )
+    return {"isa": isa_line(), "rows": out}
+
+
+def avx2(s: Settings) -> dict[str, Any]:
+    """The AVX2 build of the native kernels against torch held to AVX2, on this (AVX-512) host: what
+    an AVX2 host runs, each side at that ISA. A child process (the ISA is chosen at import)."""
+    if native.cpu_isa() != "AVX-512":
+        return {"skipped": f"this host's widest ISA is {native.cpu_isa()}: the rows are that"}
+    cmd = [sys.executable, str(repo_path("scripts", "benchmark.py")), "--avx2_only"]
+    cmd += [f"--repeats={s.repeats}", f"--steps={s.steps}", f"--hidden={s.base.hidden}"]
+    cmd += [f"--batch={s.base.batch}", f"--seq={s.base.seq}"]
+    cmd += ["--rows=" + ",".join(f"{c}:{n}" for c, n in s.rows)]
+    env = dict(os.environ, **AVX2_ENV)
+    child = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+    return json.loads([x for x in child.stdout.splitlines() if x.startswith("RESULT ")][-1][7:])
 
 
 def devices(s: Settings) -> dict[str, Any]:

@@ -265,6 +265,30 @@ def devices(results: dict) -> list[str]:
     ]
 
 
+def avx2(results: dict) -> list[str]:
+    a = results["avx2"]
+    if "skipped" in a:
+        return ["## The AVX2 build against torch held to AVX2", "", f"Not run: {a['skipped']}."]
+    lines = [
+        "## The AVX2 build against torch held to AVX2",
+        "",
+        "What an AVX2 host runs, measured on this AVX-512 host, in a child process: the native "
+        "kernels' AVX2 build (`RNNJAX_NATIVE_ISA=avx2`, 8-lane code) beside torch with "
+        "`ONEDNN_MAX_CPU_ISA=AVX2` and `MKL_ENABLE_INSTRUCTIONS=AVX2`, interleaved. "
+        f"ISA: {a['isa']}.",
+        "",
+        "| workload | implementation | ms/step | tokens/s | vs torch |",
+        "|---|---|---|---|---|",
+    ]
+    for row in a["rows"]:
+        lines += [
+            f"| {row['label']} | {name} | {r['ms_per_step']:.1f} | {r['tokens_per_sec']:.0f} | "
+            f"{r.get('vs_torch', float('nan')):.2f}x |"
+            for name, r in row["results"].items()
+        ]
+    return lines + _skipped(a["rows"])
+
+
 def checkpoint(results: dict) -> list[str]:
     ck = results["checkpoint"]
     return [
@@ -296,5 +320,6 @@ TABLES: dict[str, Callable[[dict], list[str]]] = {
     "checkpoint": checkpoint,
     "vectorized": vectorized,
     "devices": devices,
+    "avx2": avx2,
     "end_to_end": end_to_end,
 }

@@ -70,6 +70,7 @@ _FROM_JSON = flags.DEFINE_string(
     "Measure nothing: write the report of the results a previous run saved with --json.",
 )
 _DEVICES_ONLY = flags.DEFINE_bool("devices_only", False, "Internal: the devices section's child.")
+_AVX2_ONLY = flags.DEFINE_bool("avx2_only", False, "Internal: the avx2 section's child.")
 
 
 def _writable(flag: str, value: str) -> pathlib.Path:
@@ -175,7 +176,8 @@ def write(results: dict, out: pathlib.Path, json_path: pathlib.Path | None) -> N
 def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected argument {argv[1]!r}; flags look like --sections=rows,epoch")
-    if not _DEVICES_ONLY.value:
+    child = _DEVICES_ONLY.value or _AVX2_ONLY.value  # a section's child: prints RESULT, no report
+    if not child:
         out = _writable("out", _OUT.value or str(report.default_report_path()))
         json_path = _writable("json", _JSON.value) if _JSON.value else None
     if _FROM_JSON.value:
@@ -202,7 +204,7 @@ def main(argv):
             if f.value is not None
         },
     )
-    if not _DEVICES_ONLY.value:  # before JAX starts: one CPU device per core (dividing the batch)
+    if not child:  # before JAX starts: one CPU device per core (dividing the batch)
         set_cpu_devices(0, base.batch)
     import harness
     import runs
@@ -211,8 +213,9 @@ def main(argv):
     s = sections.Settings(_REPEATS.value, _STEPS.value, _E2E.value, base, tuple(rows), _FAKE.value)
     if _E2E_RUNS.value is not None:
         s = dataclasses.replace(s, e2e_runs=tuple(_E2E_RUNS.value))
-    if _DEVICES_ONLY.value:
-        print("RESULT " + json.dumps(sections.devices_here(s)))
+    if child:
+        here = sections.devices_here if _DEVICES_ONLY.value else sections.avx2_here
+        print("RESULT " + json.dumps(here(s)))
         return
     t0, started = time.time(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results = {"machine": harness.machine(), "vocab": V, "peak": harness.matmul_peak()}
