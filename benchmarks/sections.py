@@ -7,10 +7,6 @@ Only rnnjax's public functions are used; variants a workload cannot run are list
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import subprocess
-import sys
 from typing import Any
 
 import jax
@@ -24,11 +20,9 @@ from harness import (
     cpu_mesh_name,
     data,
     interleave,
-    isa_line,
     jax_variant,
     median_ms,
     pipeline_name,
-    repo_path,
     stepper,
     torch_variant,
 )
@@ -261,85 +255,5 @@ def vectorized(s: Settings, k: int = 8) -> dict[str, Any]:
     return interleave(variants, max(3, s.repeats // 2), s.steps, s.base.tokens_per_step)
 
 
-def devices_here(s: Settings) -> dict[str, Any]:
-    """The plain step vs the data-parallel step on meshes of 1, 2, 4, ... of this process's
-    devices (the devices section's child process runs this)."""
-    w = s.base
-    variants = {"plain (no mesh)": jax_variant(w, "rnnjax", s.steps)}
-    n = 1
-    while n <= len(jax.devices()):
-        dp = DataParallel.create(n, w.batch)
-        variants[f"mesh of {n}"] = jax_variant(w, "rnnjax", s.steps, dp)
-        n *= 2
-    return {
-        "visible": len(jax.devices()),
-        "results": interleave(variants, s.repeats, s.steps, w.tokens_per_step),
-    }
-
-
-# The AVX2 section's child: the native kernels' AVX2 build, and torch held to AVX2 (oneDNN, MKL).
-AVX2_ENV = {
-    "RNNJAX_NATIVE_ISA": "avx2",
-    "ONEDNN_MAX_CPU_ISA": "AVX2",
-    "MKL_ENABLE_INSTRUCTIONS": "AVX2",
-}
-
-
-def avx2_here(s: Settings) -> dict[str, Any]:
-    """Each row's native step (one device) beside torch's, interleaved, in this process (the child
-    of :func:`avx2`, which sets :data:`AVX2_ENV`)."""
-    out = []
-    for cell, layers in s.rows:
-        w = workload(s, cell=cell, num_layers=layers)
-        builders = {"native": lambda w=w: jax_variant(w, "native", s.steps)}
-        builders["torch"] = lambda w=w: torch_variant(w, s.steps)
-        variants, skipped = build(builders)
-        res = interleave(variants, s.repeats, s.steps, w.tokens_per_step)
-        if "torch" in res:
-            for r in res.values():
-                r["vs_torch"] = res["torch"]["ms_per_step"] / r["ms_per_step"]
-        out.append(
-            {
-                "workload": dataclasses.asdict(w),
-                "label": w.label,
-                "results": res,
-                "skipped": skipped,
-            }
-        )
-    return {"isa": isa_line(), "rows": out}
-
-
-def avx2(s: Settings) -> dict[str, Any]:
-    """The AVX2 build of the native kernels against torch held to AVX2, on this (AVX-512) host: what
-    an AVX2 host runs, each side at that ISA. A child process (the ISA is chosen at import)."""
-    if native.cpu_isa() != "AVX-512":
-        return {"skipped": f"this host's widest ISA is {native.cpu_isa()}: the rows are that"}
-    cmd = [sys.executable, str(repo_path("scripts", "benchmark.py")), "--avx2_only"]
-    cmd += [f"--repeats={s.repeats}", f"--steps={s.steps}", f"--hidden={s.base.hidden}"]
-    cmd += [f"--batch={s.base.batch}", f"--seq={s.base.seq}"]
-    cmd += ["--rows=" + ",".join(f"{c}:{n}" for c, n in s.rows)]
-    env = dict(os.environ, **AVX2_ENV)
-    child = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
-    return json.loads([x for x in child.stdout.splitlines() if x.startswith("RESULT ")][-1][7:])
-
-
-def devices(s: Settings) -> dict[str, Any]:
-    """:func:`devices_here` in a child process with ``fake_devices`` CPU devices (the device count
-    is fixed when JAX starts)."""
-    env = dict(os.environ)
-    if s.fake_devices:
-        flag = f" --xla_force_host_platform_device_count={s.fake_devices}"
-        env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + flag
-    b = s.base
-    cmd = [
-        sys.executable,
-        str(repo_path("scripts", "benchmark.py")),
-        "--devices_only",
-        f"--repeats={s.repeats}",
-        f"--steps={s.steps}",
-        f"--hidden={b.hidden}",
-        f"--batch={b.batch}",
-        f"--seq={b.seq}",
-    ]
-    child = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
-    return json.loads([x for x in child.stdout.splitlines() if x.startswith("RESULT ")][-1][7:])
+# Sections measured in a child process (child_sections.py), re-exported as sections.
+from child_sections import avx2, avx2_here, devices, devices_here  # noqa: E402, F401

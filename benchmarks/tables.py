@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import child_sections
+
 
 def _ratio(r: dict, key: str) -> str:
     return f"{r[key]:.2f}x" if key in r else "n/a"
@@ -245,50 +247,6 @@ def vectorized(results: dict) -> list[str]:
     ]
 
 
-def devices(results: dict) -> list[str]:
-    dev = results["devices"]
-    plain = dev["results"]["plain (no mesh)"]["ms_per_step"]
-    return [
-        "## Data parallelism (device count)",
-        "",
-        f"Run in a child process with {dev['visible']} device(s) visible. On fake CPU devices "
-        "(`--xla_force_host_platform_device_count`) all 'devices' share the same cores: this "
-        "shows that the sharded step works and what it costs, not a speed-up. 'mesh of 1' vs "
-        "'plain' is the single-device cost of the data-parallel path.",
-        "",
-        "| variant | ms/step | tokens/s | throughput vs plain |",
-        "|---|---|---|---|",
-    ] + [
-        f"| {name} | {r['ms_per_step']:.1f} | {r['tokens_per_sec']:.0f} | "
-        f"{plain / r['ms_per_step']:.2f}x |"
-        for name, r in dev["results"].items()
-    ]
-
-
-def avx2(results: dict) -> list[str]:
-    a = results["avx2"]
-    if "skipped" in a:
-        return ["## The AVX2 build against torch held to AVX2", "", f"Not run: {a['skipped']}."]
-    lines = [
-        "## The AVX2 build against torch held to AVX2",
-        "",
-        "What an AVX2 host runs, measured on this AVX-512 host, in a child process: the native "
-        "kernels' AVX2 build (`RNNJAX_NATIVE_ISA=avx2`, 8-lane code) beside torch with "
-        "`ONEDNN_MAX_CPU_ISA=AVX2` and `MKL_ENABLE_INSTRUCTIONS=AVX2`, interleaved. "
-        f"ISA: {a['isa']}.",
-        "",
-        "| workload | implementation | ms/step | tokens/s | vs torch |",
-        "|---|---|---|---|---|",
-    ]
-    for row in a["rows"]:
-        lines += [
-            f"| {row['label']} | {name} | {r['ms_per_step']:.1f} | {r['tokens_per_sec']:.0f} | "
-            f"{r.get('vs_torch', float('nan')):.2f}x |"
-            for name, r in row["results"].items()
-        ]
-    return lines + _skipped(a["rows"])
-
-
 def checkpoint(results: dict) -> list[str]:
     ck = results["checkpoint"]
     return [
@@ -319,7 +277,7 @@ TABLES: dict[str, Callable[[dict], list[str]]] = {
     "generation": generation,
     "checkpoint": checkpoint,
     "vectorized": vectorized,
-    "devices": devices,
-    "avx2": avx2,
+    "devices": child_sections.devices_table,
+    "avx2": child_sections.avx2_table,
     "end_to_end": end_to_end,
 }

@@ -15,12 +15,12 @@ def build_model(cfg: Config, vocab_size: int) -> DeepRNN | Placed:
     """The model the config asks for (``model.impl``: an :class:`Impl` value) and, where it runs
     other than on one device, its :class:`Placement` (``parallel.cpu_pipeline``: its layers
     pipelined over the CPU devices; ``impl="cudnn"`` and ``"native"``: the kernel's call split over
-    the data-parallel devices). ``model.impl = "auto"`` is resolved here
-    (:func:`rnnjax.model.resolve_impl`)."""
+    the data-parallel devices). ``model.impl = "auto"`` is resolved here for the devices the run's
+    batch is split over (:func:`rnnjax.model.resolve_impl`)."""
     m, p = cfg.model, cfg.parallel
     # the devices each step's batch is split over (the pipeline replicates it over its stages)
     split_over = 1 if p.cpu_pipeline else (p.num_devices or len(jax.devices()))
-    impl = resolve_impl(m.impl, m.cell)
+    impl = resolve_impl(m.impl, m.cell, split_over)
     spec = DeepRNN(
         vocab_size,
         m.hidden_size,

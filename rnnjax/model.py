@@ -175,20 +175,20 @@ class Stack(NamedTuple):
     apply: Callable[..., tuple[Array, Carry]]
 
 
-def resolve_impl(impl: Impl | str, cell: str) -> Impl:
+def resolve_impl(impl: Impl | str, cell: str, split_over: int = 1) -> Impl:
     """The implementation ``impl`` runs for ``cell``: ``impl`` itself, or for ``"auto"`` (the
     config's default) the one place the choice is made: NATIVE where its kernels run (a CPU backend
-    with the extension built: :func:`rnnjax.native.available`) and the cell has one
-    (``Cell.native``), on one device or data-parallel over CPU devices (the kernel then runs per
-    device under ``shard_map``, measured faster than FUSED there too:
-    docs/performance.md); else FUSED (the reference: on GPU/TPU, for cells without a kernel, where
-    the extension was not built), or AUTODIFF for a cell without a fused backward either. The same
-    machine and config always resolve the same way; every choice reads the same params."""
+    with the extension built: :func:`rnnjax.native.available`), the cell has one (``Cell.native``)
+    and the batch is on one device; else FUSED (the reference: on GPU/TPU, for cells without a
+    kernel, where the extension was not built, and data parallel over ``split_over`` > 1 devices,
+    where the kernel per device measured slower than FUSED's data-parallel step on 2 cores:
+    docs/performance.md), or AUTODIFF for a cell without a fused backward either. The same machine
+    and config always resolve the same way; every choice reads the same params."""
     impl = Impl(impl)
     if impl is not Impl.AUTO or cell not in CELLS:
         return impl  # (an unknown cell is refused by check_supported, in one line)
     c = CELLS[cell]
-    if c.native and native.available():
+    if c.native and split_over == 1 and native.available():
         return Impl.NATIVE
     return Impl.FUSED if c.fused else Impl.AUTODIFF
 

@@ -398,6 +398,20 @@ def synthetic(
         },
         "peak": {"jax": 100.0, "torch": 90.0, "peak": 100.0, "n": 2048},
         "rows": rows,
+        "avx2": {  # the AVX2 build against torch held to AVX2 (child_sections.avx2)
+            "isa": "host AVX-512, native kernels avx2, torch held to ONEDNN_MAX_CPU_ISA=AVX2",
+            "rows": [
+                {
+                    "workload": dataclasses.asdict(Workload("lstm", 2)),
+                    "label": Workload("lstm", 2).label,
+                    "skipped": {},
+                    "results": {
+                        "native": res(10.0, vs_torch=1.5),
+                        "torch": res(15.0, vs_torch=1.0),
+                    },
+                }
+            ],
+        },
     }
     if e2e_epochs:
         out["end_to_end"] = {
@@ -467,7 +481,12 @@ def test_targets_are_judged_at_the_standard(tmp_path):
     assert verdicts(write(tmp_path, results)) == ["yes"] * 4 + [
         "**no**",
         "not judged: 1 epochs, below the report's standard of 500",
+        "yes",  # the AVX2 build's row
     ]
+    assert (
+        "| AVX2 build >= 1.2x torch held to AVX2, 2-layer LSTM | native (AVX2 build): 1.50x |"
+        in (write(tmp_path, results))
+    )
 
 
 def test_the_reproduce_line_names_the_end_to_end_runs_chosen():

@@ -9,6 +9,7 @@ Bad operands and a missing extension are one line; an install without a compiler
 
 import dataclasses
 import importlib.machinery
+import json
 import os
 import shutil
 import subprocess
@@ -200,8 +201,8 @@ def test_a_run_trained_with_rnnjax_resumes_under_native(tmp_path):
 
 def test_auto_is_the_default_and_runs_native_here_rnnjax_where_there_is_no_kernel():
     """model.impl = "auto" (the config's default) resolves once, in rnnjax.model.resolve_impl:
-    native on this CPU with the extension for the cells with a kernel, on one device or data
-    parallel (the kernel per device); rnnjax for the others."""
+    native on this CPU with the extension for the cells with a kernel and a batch on one device;
+    rnnjax for the others, and data parallel (where the kernel per device measured slower)."""
     from rnnjax.build import build_model
     from rnnjax.config import default_config, resolve
     from rnnjax.model import resolve_impl
@@ -212,6 +213,7 @@ def test_auto_is_the_default_and_runs_native_here_rnnjax_where_there_is_no_kerne
         want = Impl.NATIVE if CELLS[cell].native else Impl.FUSED
         assert DeepRNN(11, 8, 2, cell, impl="auto").impl is want, cell
         assert resolve_impl("auto", cell) is want
+        assert resolve_impl("auto", cell, split_over=2) is Impl.FUSED  # measured faster there
         assert resolve_impl("rnnjax", cell) is Impl.FUSED  # an explicit impl stays itself
     assert resolve_impl("native", "mingru") is Impl.NATIVE  # (and check_supported refuses it)
     mingru = resolve(small_config(**{"model.cell": "mingru"}))
@@ -392,3 +394,135 @@ def test_premise_benchmark_builds_and_runs():
     assert (
         "| layer_fwd_bwd_ms |" in proc.stdout and "one layer, fwd+bwd: XLA / native" in proc.stdout
     )
+
+
+DATA_PARALLEL = textwrap.dedent("""
+    import json
+    import jax, jax.numpy as jnp, numpy as np
+    from rnnjax.model import DeepRNN, Placed, Placement
+    from rnnjax.parallel import DataParallel
+    out = {}
+    for cell in ("lstm", "gru", "rnn"):
+        spec = DeepRNN(28, 16, 2, cell, impl="native")
+        placed = Placed(spec, Placement(data_devices=2))
+        params = spec.init(jax.random.key(0))
+        tokens = jax.random.randint(jax.random.key(1), (8, 7), 0, 28)
+        carry = jax.tree_util.tree_map(lambda x: x + 0.1, spec.initial_carry(8))
+        def loss(model, p, t, c):
+            logits, new = model.apply(p, t, c)
+            leaves = jax.tree_util.tree_leaves(new)
+            return jnp.mean(jax.nn.log_softmax(logits)[..., 0]) + sum(jnp.sum(x) for x in leaves)
+        one = jax.jit(jax.grad(lambda p: loss(spec, p, tokens, carry)))(params)
+        dp = DataParallel.create(2, 8)
+        f = jax.jit(jax.grad(lambda p, t, c: loss(placed, p, t, c)))
+        args = (jax.device_put(params, dp.replicated), dp.shard(np.asarray(tokens), 0),
+                dp.shard_carry(carry))
+        two = f(*args)
+        rel = lambda a, b: float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+        hlo = f.lower(*args).compile().as_text()
+        out[cell] = {
+            "rel": max(jax.tree_util.tree_leaves(jax.tree_util.tree_map(rel, two, one))),
+            "all_gather": "all-gather" in hlo,
+            "kernel_batches": sorted({int(line.split("f32[")[1].split(",")[1])
+                                      for line in hlo.splitlines()
+                                      if 'custom_call_target="rnnjax_' in line
+                                      and "_fwd" in line}),
+        }
+    print("RESULT " + json.dumps(out))
+""")
+
+
+def test_the_kernel_runs_per_device_under_data_parallelism():
+    """Over 2 CPU devices the kernel runs on each device's rows (shard_map): no all-gather in the
+    compiled step, the kernel sees batch 4 of 8, and the gradients equal one device's within
+    1e-5."""
+    flags = "--xla_force_host_platform_device_count=2"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags)
+    proc = subprocess.run(
+        [sys.executable, "-c", DATA_PARALLEL], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads([x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1][7:])
+    for cell, r in out.items():
+        assert r["rel"] <= 1e-5 and not r["all_gather"], (cell, r)
+        assert r["kernel_batches"] == [4], (cell, r)  # xw [t, b / 2, G*h] per device
+
+
+def test_the_isa_names_the_build_and_a_bad_choice_is_one_line():
+    """native.isa() is the vector code the kernels were built for: AVX-512's on an AVX-512 host
+    (-march=native); RNNJAX_NATIVE_ISA=avx2 loads the 8-lane build; a name of no build makes the
+    kernels unavailable with one line naming the variable and the choices (auto then runs rnnjax
+    and the run's start block says so)."""
+    host = {"AVX-512": "avx512", "AVX2": "avx2"}.get(native.cpu_isa(), "generic")
+    assert native.isa() == ("avx2" if os.environ.get(native.ISA_ENV) == "avx2" else host)
+    script = "from rnnjax import native; print(native.isa(), native.available(), native.why_not())"
+    run = lambda isa: subprocess.run(  # noqa: E731
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, JAX_PLATFORMS="cpu", RNNJAX_NATIVE_ISA=isa),
+        timeout=120,
+    )
+    bad = run("sse9")
+    assert bad.returncode == 0 and bad.stdout.strip() == (
+        "none False RNNJAX_NATIVE_ISA='sse9' names no build: expected one of host, avx2 (or unset "
+        "it for the host's own)"
+    ), bad.stdout + bad.stderr
+    if "avx2" in native.BUILDS and native.cpu_isa() in ("AVX-512", "AVX2"):
+        assert run("avx2").stdout.split()[:2] == ["avx2", "True"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    native.cpu_isa() != "AVX-512", reason="the host's own build is the AVX2 one (tested above)"
+)
+def test_the_avx2_build_passes_the_native_tests_on_an_avx512_host():
+    """The 8-lane AVX2 build (setup.py's _native_ext_avx2), which AVX2 hosts run, through this
+    file's default tests on this AVX-512 host (RNNJAX_NATIVE_ISA=avx2 in a child pytest)."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            __file__,
+            "-q",
+            "-n",
+            "0",
+            "-p",
+            "no:cacheprovider",
+            "-k",
+            "not avx2_build and not per_device",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, JAX_PLATFORMS="cpu", RNNJAX_NATIVE_ISA="avx2"),
+        timeout=900,
+    )
+    assert proc.returncode == 0 and " passed" in proc.stdout, proc.stdout[-3000:]
+
+
+@pytest.mark.parametrize("cell", KERNEL_CELLS)
+def test_the_trace_reads_the_kernels_saves(cell):
+    """Under native, rnnjax.trace (the validation pass's statistics, inspect) takes h, the gates and
+    the carry from the kernel's own forward (Cell.from_native): the same as the fused layer's within
+    float32 rounding, and its logits are apply's bit for bit."""
+    from rnnjax.trace import layer_stats, trace
+
+    spec = DeepRNN(28, 16, 2, cell, impl="native")
+    ref = dataclasses.replace(spec, impl=Impl.FUSED)
+    params = spec.init(jax.random.key(0))
+    tokens = jax.random.randint(jax.random.key(1), (3, 9), 0, 28)
+    logits, carry, traces = trace(spec, params, tokens, spec.initial_carry(3))
+    logits_r, carry_r, traces_r = trace(ref, params, tokens, ref.initial_carry(3))
+    np.testing.assert_array_equal(logits, spec.apply(params, tokens, spec.initial_carry(3))[0])
+    np.testing.assert_allclose(logits, logits_r, atol=1e-5)
+    for t, r in zip(traces, traces_r):
+        assert t.gates.keys() == r.gates.keys() and (t.c is None) == (r.c is None)
+        for k in t.gates:
+            np.testing.assert_allclose(t.gates[k], r.gates[k], atol=1e-6)
+        for a, b in ((t.retain, r.retain), (t.c, r.c)):
+            if b is not None:
+                np.testing.assert_allclose(a, b, atol=1e-6)
+    for a, b in zip(layer_stats(spec, traces), layer_stats(ref, traces_r)):
+        np.testing.assert_allclose(a, b, rtol=1e-5)
