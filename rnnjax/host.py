@@ -22,6 +22,23 @@ TRIM_THRESHOLD = 1 << 30
 
 _done = False
 
+THREADS_ENV = "RNNJAX_NATIVE_THREADS"
+
+
+def threads_from_env() -> int | None:
+    """``RNNJAX_NATIVE_THREADS`` as a count of native-kernel workers (>= 1), or None when unset.
+    A ValueError of one line, naming the variable and the fix, for anything else: the scripts check
+    it before they create a workdir (rnnjax.native reads it when a step is traced)."""
+    env = os.environ.get(THREADS_ENV, "").strip()
+    if not env:
+        return None
+    if not env.isdigit() or int(env) < 1:
+        raise ValueError(
+            f"{THREADS_ENV}={env!r}: expected a whole number of threads >= 1 "
+            "(or unset it to use every core this process may run on)"
+        )
+    return int(env)
+
 
 def retain_freed_memory() -> bool:
     """Serve large allocations from malloc's heap and keep freed memory (up to 1 GiB) for reuse.

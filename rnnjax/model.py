@@ -195,11 +195,15 @@ def resolve_impl(impl: Impl | str, cell: str, split_over: int = 1) -> Impl:
 
 def auto_fallback_note(impl: Impl | str, cell: str) -> str | None:
     """One line for the start of a run whose ``"auto"`` could not pick the native kernels on this
-    CPU (the extension was not built or cannot load); None otherwise (another impl, a cell without a
-    kernel, or a GPU/TPU backend, where ``"auto"`` runs rnnjax by design)."""
-    if Impl(impl) is not Impl.AUTO or cell not in CELLS or not CELLS[cell].native:
+    CPU (the extension was not built or cannot load), or whose ``"native"`` runs the pure-JAX layer
+    instead (:func:`rnnjax.native.fallback_note`: said there, not later mid-run); None otherwise
+    (another impl, a cell without a kernel, or ``"auto"`` on a GPU/TPU, where it runs rnnjax by
+    design)."""
+    if cell not in CELLS or not CELLS[cell].native or native.available():
         return None
-    if native.available() or jax.default_backend() != "cpu":
+    if Impl(impl) is Impl.NATIVE:
+        return native.fallback_note()
+    if Impl(impl) is not Impl.AUTO or jax.default_backend() != "cpu":
         return None
     return (
         f"model.impl = 'auto' runs the pure-JAX layer (rnnjax), not the native kernels: "

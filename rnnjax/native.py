@@ -30,7 +30,7 @@ import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from rnnjax import fused
+from rnnjax import fused, host
 from rnnjax.cells import CELLS, check_supported
 from rnnjax.cells.base import Params
 
@@ -64,6 +64,25 @@ def cpu_isa() -> str:
     return "AVX-512" if "avx512f" in flags else "AVX2" if {"avx2", "fma"} <= flags else "other"
 
 
+def _elf_damage(path: pathlib.Path) -> str | None:
+    """Why ``path`` is no whole ELF shared library (a cut-off copy, another format), or None. The
+    section headers come last in a linked library: the file must reach their end."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            size = os.fstat(f.fileno()).st_size
+    except OSError as e:
+        return f"cannot read it: {e.strerror}"
+    if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2:  # ELFCLASS64
+        return "not a 64-bit ELF library"
+    order = "little" if head[5] == 1 else "big"
+    shoff = int.from_bytes(head[0x28:0x30], order)
+    end = shoff + int.from_bytes(head[0x3A:0x3C], order) * int.from_bytes(head[0x3C:0x3E], order)
+    if size < end:
+        return f"{size:,} of its {end:,} bytes: cut off"
+    return None
+
+
 def _load() -> tuple[Any, str | None]:
     """The extension module and None, or None and why it cannot be used (one line)."""
     build = os.environ.get(ISA_ENV, "").strip() or "host"
@@ -81,6 +100,8 @@ def _load() -> tuple[Any, str | None]:
     found = [p for p in map(here.joinpath, suffixes) if p.is_file()]
     if not found:
         return None, f"the native extension is not built here (no {suffixes[0]} in {here})"
+    if damage := _elf_damage(found[0]):  # dlopen of a cut-off library dies of SIGBUS
+        return None, f"the native extension {found[0].name} is damaged ({damage})"
     try:
         spec = importlib.util.spec_from_file_location(f"rnnjax.{module}", found[0])
         ext = importlib.util.module_from_spec(spec)
@@ -106,14 +127,9 @@ def default_threads() -> int:
     """Workers per step when a caller does not say: ``RNNJAX_NATIVE_THREADS`` if set, else the
     cores this process may run on (at most :data:`MAX_THREADS`). Results do not depend on it: each
     output is computed by one worker in one order (tests/test_native.py checks 1 vs 2 bitwise)."""
-    env = os.environ.get("RNNJAX_NATIVE_THREADS", "").strip()
-    if env:
-        if not env.isdigit() or int(env) < 1:
-            raise ValueError(
-                f"RNNJAX_NATIVE_THREADS={env!r}: expected a whole number of threads >= 1 "
-                "(or unset it to use every core this process may run on)"
-            )
-        return int(env)
+    env = host.threads_from_env()
+    if env is not None:
+        return env
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, min(MAX_THREADS, cores or 1))
 
@@ -136,15 +152,20 @@ def why_not() -> str:
     return "" if available() else f"JAX's backend here is {jax.default_backend()}, not the CPU"
 
 
-def _say_fallback() -> None:
+def fallback_note() -> str:
+    """The one line that says ``impl="native"`` runs the pure-JAX fused layer here, and why; once
+    returned it counts as said (a run's start block shows it: :func:`scan_layer` is then quiet)."""
     global _said
+    _said = True
+    return (
+        f"model.impl = 'native' runs the pure-JAX fused layer: {why_not()}; "
+        "reinstall with a C++ compiler (pip install -e .) to build it"
+    )
+
+
+def _say_fallback() -> None:
     if not _said:
-        _said = True
-        print(
-            f"rnnjax: model.impl = 'native' runs the pure-JAX fused layer: {why_not()}; "
-            "reinstall with a C++ compiler (pip install -e .) to build it",
-            file=sys.stderr,
-        )
+        print(f"rnnjax: {fallback_note()}", file=sys.stderr)
 
 
 def _check(cell: str, activation: str, rp: Params, xw_tbg: Array, leaves: list[Array]) -> None:

@@ -132,9 +132,14 @@ def abort_error(
     fix = "lower train.learning_rate" + (
         " or set train.grad_clip (e.g. 1.0)" if tc.grad_clip == 0 else ""
     )
+    # the activation penalties are in the loss the gradient is taken of: name them where set
+    penalties = [f"train.{k} = {getattr(tc, k)}" for k in ("ar", "tar") if getattr(tc, k)]
+    if penalties:
+        fix += " or " + " / ".join(f"lower {p.split(' =')[0]}" for p in penalties)
     with_what = (
-        f"train.optimizer = {tc.optimizer!r}, train.learning_rate = {tc.learning_rate}, {clip}; "
-        f"{fix}"
+        f"train.optimizer = {tc.optimizer!r}, train.learning_rate = {tc.learning_rate}, {clip}"
+        + "".join(f", {p}" for p in penalties)
+        + f"; {fix}"
     )
     if int(one.nonfinite) >= tc.max_nonfinite:
         xs_nbt, ys_nbt = group.batches(epoch)
@@ -184,8 +189,8 @@ def describe(
     c = group.cfgs[0]
     m = c.model
     runs = str(group.model.impl)
-    if runs == "native" and native.available():  # which vector code: rnnjax.native.isa()
-        runs += f" {native.isa()}"
+    if runs == "native":  # which vector code (rnnjax.native.isa()), or the pure-JAX fallback
+        runs += f" {native.isa()}" if native.available() else " (falls back to rnnjax)"
     impl = runs if runs == m.impl else f"{m.impl}: {runs}"
     what = (
         f"{m.num_layers}-layer {m.cell} (hidden {m.hidden_size}, impl {impl}), "

@@ -63,13 +63,15 @@ def main(argv):
     workdir = cli.user_path(_WORKDIR.value) if _WORKDIR.value else cli.default_workdir()
     from rnnjax.checkpoint import CheckpointError
     from rnnjax.console import Preempted
+    from rnnjax.host import threads_from_env
     from rnnjax.integrity import disk_full
     from rnnjax.parallel import initialize_distributed, set_cpu_devices_for
     from rnnjax.train import train_and_evaluate
 
     try:  # before any JAX call: the CPU device count is fixed when the backend starts
         set_cpu_devices_for(cfg)
-    except ConfigError as e:
+        threads_from_env()  # before the workdir: the kernels read it when the step is traced
+    except (ConfigError, ValueError) as e:
         cli.fail(str(e))
     if _DISTRIBUTED.value or _COORDINATOR.value:
         initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)

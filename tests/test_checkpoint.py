@@ -293,3 +293,8 @@ def test_a_run_saved_by_an_earlier_layout_loads_and_resumes_bitwise(tmp_path, mo
         assert [r["epoch"] for r in records] == [r["epoch"] for r in resumed["records"]]
         for got, want in zip(records, resumed["records"]):
             assert got == pytest.approx(want, rel=1e-5)
+    # on one host, bit for bit: the same resume again, from a second copy of the fixture
+    shutil.copytree(fixture, f"{name}_again")
+    again = train_and_evaluate(c, f"{name}_again")
+    assert param_bytes(again["params"]) == param_bytes(out["params"])
+    assert again["metrics"] == out["metrics"]

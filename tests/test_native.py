@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import ROOT, small_config, tiered
+from conftest import ROOT, small_config, tiered, train_cli
 
 import rnnjax
 from rnnjax import native
@@ -526,3 +526,71 @@ def test_the_trace_reads_the_kernels_saves(cell):
                 np.testing.assert_allclose(a, b, atol=1e-6)
     for a, b in zip(layer_stats(spec, traces), layer_stats(ref, traces_r)):
         np.testing.assert_allclose(a, b, rtol=1e-5)
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1"])
+def test_a_bad_thread_count_is_one_line_before_the_workdir(tmp_path, value):
+    """RNNJAX_NATIVE_THREADS that is no count >= 1: train.py says so in one line, naming the
+    variable and the fix, before it creates the workdir (no traceback from inside the step)."""
+    proc = subprocess.run(
+        train_cli(tmp_path / "run"),
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, JAX_PLATFORMS="cpu", RNNJAX_NATIVE_THREADS=value),
+        timeout=300,
+    )
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert proc.returncode != 0 and lines == [
+        f"error: RNNJAX_NATIVE_THREADS={value!r}: expected a whole number of threads >= 1 (or "
+        "unset it to use every core this process may run on)"
+    ], proc.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_cut_off_extension_falls_back_in_one_line(tmp_path):
+    """A truncated _native_ext*.so (a copy interrupted, a full disk) is not loaded (dlopen of it
+    dies of SIGBUS): the kernels are unavailable, why_not() says the file is cut off, and auto
+    runs the pure-JAX layer."""
+    src = _package_copy(tmp_path)
+    built = next(p for p in (ROOT / "rnnjax").glob("_native_ext.*") if p.suffix == ".so")
+    data = built.read_bytes()
+    (src / "rnnjax" / built.name).write_bytes(data[: len(data) // 3])
+    script = textwrap.dedent("""
+        import rnnjax
+        from rnnjax import native
+        from rnnjax.model import DeepRNN, Impl
+        assert rnnjax.__file__.startswith(%r), rnnjax.__file__
+        assert DeepRNN(11, 8, 2, "lstm", impl="auto").impl is Impl.FUSED
+        print(native.available(), native.why_not())
+    """) % str(src)
+    proc = _run_in_copy(src, script, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == (
+        f"False the native extension {built.name} is damaged ({len(data) // 3:,} of its "
+        f"{len(data):,} bytes: cut off)"
+    ), proc.stdout
+
+
+def test_without_the_extension_an_explicit_native_run_says_so_at_its_start(tmp_path):
+    """impl="native" where the kernels are not built: the start block says it falls back to rnnjax,
+    with the reason in one line among the start lines, and nothing is printed mid-run."""
+    src = _package_copy(tmp_path)
+    script = textwrap.dedent("""
+        import rnnjax
+        from rnnjax.config import default_config, smoke
+        from rnnjax.train import train_and_evaluate
+        assert rnnjax.__file__.startswith(%r), rnnjax.__file__
+        cfg = smoke(default_config())
+        cfg.train.num_epochs, cfg.train.progress, cfg.model.impl = 1, True, "native"
+        train_and_evaluate(cfg, %r)
+    """) % (str(src), str(tmp_path / "run"))
+    proc = _run_in_copy(src, script, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "2-layer lstm (hidden 32, impl native (falls back to rnnjax))" in proc.stdout
+    said = [x for x in proc.stdout.splitlines() if "pure-JAX" in x]
+    assert said == [
+        "model.impl = 'native' runs the pure-JAX fused layer: the native extension is not built "
+        f"here (no _native_ext{importlib.machinery.EXTENSION_SUFFIXES[0]} in {src / 'rnnjax'}); "
+        "reinstall with a C++ compiler (pip install -e .) to build it"
+    ], proc.stdout
+    assert "pure-JAX" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]

@@ -427,6 +427,10 @@ def test_every_regulariser_resumes_bitwise_from_a_mid_epoch_save(tmp_path):
             {"train.weight_average_decay": 1.0},
             r"config.train.weight_average_decay = 1.0 .*\(0, 1\)",
         ),
+        (  # 1 in float32, where the average lives: it would never move
+            {"train.weight_average_decay": 0.9999999999999999},
+            r"weight_average_decay = 0\.9999999999999999.*float32 holds below 1",
+        ),
         ({"train.weight_average_start": -1}, "config.train.weight_average_start = -1"),
     ],
 )

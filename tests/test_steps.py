@@ -70,3 +70,13 @@ def test_validation_in_long_windows_equals_t_step_windows(impl):
         nll.append(np.asarray(cross_entropy(logits, jnp.asarray(ys[:, i : i + t]))).ravel())
     want = float(np.exp(np.concatenate(nll).astype(np.float64).mean()))
     assert perplexity(model, params, tokens, b, t) == pytest.approx(want, rel=1e-6)
+
+
+def test_an_abort_names_the_activation_penalty_in_the_loss(tmp_path):
+    """train.tar = 1e30 makes every step's loss (and gradient) non-finite: the one-line abort names
+    train.tar beside the learning rate, and lowering it as a fix."""
+    bad = small_config(3, **{"train.tar": 1e30})
+    with pytest.raises(FloatingPointError) as e:
+        train_and_evaluate(bad, tmp_path)
+    said = str(e.value)
+    assert "\n" not in said and "train.tar = 1e+30" in said and "lower train.tar" in said, said

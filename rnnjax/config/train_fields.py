@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping
 from typing import Any
 
@@ -172,7 +173,11 @@ GROUPS: dict[str, tuple[str, list[Field | Rule]]] = {
                 "weight_average_decay",
                 0.999,
                 "EMA's decay: after each step, average = decay * average + (1 - decay) * params.",
-                **real("a number in (0, 1)", lambda v: 0 < v < 1),
+                # the average is float32: a decay that rounds to 1 there would never move it
+                **real(
+                    "a number in (0, 1) that float32 holds below 1 (at most 0.99999994)",
+                    lambda v: 0 < v < 1 and struct.unpack("f", struct.pack("f", v))[0] < 1,
+                ),
                 added=True,
             ),
             Field(
