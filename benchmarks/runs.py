@@ -28,7 +28,14 @@ from rnnjax.layout import checkpoint_items
 from rnnjax.metrics import epoch_record, sums_perplexity, to_host
 from rnnjax.optim import make_optimizer
 from rnnjax.sampling import sample
-from rnnjax.steps import eval_sums, init_train_state, make_eval_step, make_train_step, train_sums
+from rnnjax.steps import (
+    eval_sums,
+    init_train_state,
+    make_eval_step,
+    make_stats_eval_step,
+    make_train_step,
+    train_sums,
+)
 from rnnjax.workdir import append_metrics
 
 
@@ -85,13 +92,16 @@ def epoch(s: Settings) -> dict[str, float]:
     building and appending the epoch record (fsynced)."""
     cfg = default_config()
     cfg.model.hidden_size = s.base.hidden
+    cfg.parallel.num_devices = 1  # what the README's command runs: one device (auto: native)
     cfg = resolve(cfg)
     corpus = rdata.load_corpus(cfg.data)
     model = build_model(cfg, len(corpus.vocab))
     tx, _ = make_optimizer(cfg.train, 1000)
     dc = cfg.data
     xs, ys = (jax.device_put(a) for a in rdata.epoch_batches(corpus.train, dc, cfg.seed, 1))
-    step, eval_step = make_train_step(model, tx, reset_carry=False), make_eval_step(model)
+    stats = cfg.train.layer_stats  # the default validation pass sums the layer statistics too
+    step = make_train_step(model, tx, reset_carry=False)
+    eval_step = make_stats_eval_step(model) if stats else make_eval_step(model)
     key, n = jax.random.key(1), rdata.batches_per_epoch(dc, len(corpus.train))
     box = {"state": init_train_state(model, tx, jax.random.key(0))}
 
@@ -104,9 +114,16 @@ def epoch(s: Settings) -> dict[str, float]:
         return m
 
     def val() -> Any:
-        return eval_sums(
-            model, box["state"].params, corpus.val, dc.batch_size, dc.num_steps, eval_step
+        sums = eval_sums(
+            model,
+            box["state"].params,
+            corpus.val,
+            dc.batch_size,
+            dc.num_steps,
+            eval_step,
+            with_stats=stats,
         )
+        return sums[0] if stats else sums
 
     def overlapped() -> None:
         v = val()

@@ -189,9 +189,9 @@ def describe(
     c = group.cfgs[0]
     m = c.model
     runs = str(group.model.impl)
-    if runs == "native":  # which vector code (rnnjax.native.isa()), or the pure-JAX fallback
-        runs += f" {native.isa()}" if native.available() else " (falls back to rnnjax)"
     impl = runs if runs == m.impl else f"{m.impl}: {runs}"
+    if runs == "native":  # which vector code (rnnjax.native.isa()), or the pure-JAX fallback
+        impl += f" {native.isa()}" if native.available() else " (falls back to rnnjax)"
     what = (
         f"{m.num_layers}-layer {m.cell} (hidden {m.hidden_size}, impl {impl}), "
         f"{num_params(params):,} parameters"

@@ -297,4 +297,7 @@ def test_a_run_saved_by_an_earlier_layout_loads_and_resumes_bitwise(tmp_path, mo
     shutil.copytree(fixture, f"{name}_again")
     again = train_and_evaluate(c, f"{name}_again")
     assert param_bytes(again["params"]) == param_bytes(out["params"])
-    assert again["metrics"] == out["metrics"]
+    timing = ("wall_time", "tokens_per_sec")  # the clock's, not the run's
+    assert [{k: v for k, v in r.items() if k not in timing} for r in again["metrics"]] == [
+        {k: v for k, v in r.items() if k not in timing} for r in out["metrics"]
+    ]
