@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from harness import Variant, isa_line, jax_variant, torch_variant  # noqa: E402
+from harness import Variant, isa_line, jax_variant, median_ms, torch_variant  # noqa: E402
 from workload import V, Workload  # noqa: E402
 
 from rnnjax import fused, host, native  # noqa: E402
@@ -43,14 +42,8 @@ PARTS = [  # (part, what it is), in the order of a step
 
 
 def timed(fn: Callable[[], object], reps: int) -> float:
-    """Median ms of ``reps`` calls (after one warm call)."""
-    jax.block_until_ready(fn())
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        ts.append(1e3 * (time.perf_counter() - t0))
-    return statistics.median(ts)
+    """Median ms of ``reps`` calls (after one warm call), each waited for."""
+    return median_ms({"part": lambda: jax.block_until_ready(fn())}, reps)["part"]
 
 
 def jax_parts(w: Workload) -> dict[str, Callable[[], object]]:
