@@ -190,6 +190,7 @@ def test_benchmark_script_writes_the_report_of_one_run(tmp_path):
     )
     impls = {"rnnjax", "rnnjax-autodiff", "flax"} | ({"torch"} if has_torch() else set())
     impls |= {"native"} if native.available() else set()
+    mesh |= {f"native, {n} CPU devices"} if native.available() and n > 1 else set()
     assert set(results["rows"][0]["results"]) == impls | mesh
     assert results["peak"]["peak"] >= results["peak"]["jax"] > 1.0
     assert set(results["generation"]) == {"1", "64"}
