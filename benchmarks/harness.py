@@ -268,9 +268,7 @@ def isa_line() -> str:
 
     held = [f"{k}={os.environ[k]}" for k in TORCH_ISA_ENV if os.environ.get(k)]
     torch_isa = ("held to " + ", ".join(held)) if held else "as built"
-    kernels = native.isa() if hasattr(native, "isa") else "8-lane (an rnnjax before #34)"
-    host = native.cpu_isa() if hasattr(native, "cpu_isa") else "?"
-    return f"host {host}, native kernels {kernels}, torch {torch_isa}"
+    return f"host {native.cpu_isa()}, native kernels {native.isa()}, torch {torch_isa}"
 
 
 def machine() -> dict[str, Any]:

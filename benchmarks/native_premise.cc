@@ -100,22 +100,20 @@ int main(int argc, char** argv) {
 #ifdef WITH_MKL
   // MKL's packed GEMM (B packed once, as the microkernel's panels) and its JIT small GEMM.
   {
-    float* bp = (float*)mkl_malloc(cblas_sgemm_pack_get_size(CblasBMatrix, B, GH, H), 64);
-    cblas_sgemm_pack(CblasRowMajor, CblasBMatrix, CblasNoTrans, B, GH, H, 1.f, wh1.data(), GH, bp);
-    put("gemm_fwd_mkl_packed_ms", median_ms(reps, [&] {
-          for (int t = 0; t < T; ++t)
-            cblas_sgemm_compute(CblasRowMajor, CblasNoTrans, CblasPacked, B, GH, H,
-                                h1.data() + (size_t)t * B * H, H, bp, GH, 0.f, c.p, GH);
-        }));
-    mkl_free(bp);
-    float* btp = (float*)mkl_malloc(cblas_sgemm_pack_get_size(CblasBMatrix, B, H, GH), 64);
-    cblas_sgemm_pack(CblasRowMajor, CblasBMatrix, CblasTrans, B, H, GH, 1.f, wh1.data(), GH, btp);
-    put("gemm_bwd_mkl_packed_ms", median_ms(reps, [&] {
-          for (int t = 0; t < T; ++t)
-            cblas_sgemm_compute(CblasRowMajor, CblasNoTrans, CblasPacked, B, H, GH,
-                                dx1.data() + (size_t)t * B * GH, GH, btp, GH, 0.f, c.p, H);
-        }));
-    mkl_free(btp);
+    // 35 steps of A_t [B, K] @ W_h (packed once; trans: W_h^T), as the microkernel rows above
+    auto packed = [&](const char* name, const float* a, int K, int N, bool trans) {
+      float* bp = (float*)mkl_malloc(cblas_sgemm_pack_get_size(CblasBMatrix, B, N, K), 64);
+      cblas_sgemm_pack(CblasRowMajor, CblasBMatrix, trans ? CblasTrans : CblasNoTrans, B, N, K,
+                       1.f, wh1.data(), GH, bp);
+      put(name, median_ms(reps, [&] {
+            for (int t = 0; t < T; ++t)
+              cblas_sgemm_compute(CblasRowMajor, CblasNoTrans, CblasPacked, B, N, K,
+                                  a + (size_t)t * B * K, K, bp, N, 0.f, c.p, N);
+          }));
+      mkl_free(bp);
+    };
+    packed("gemm_fwd_mkl_packed_ms", h1.data(), H, GH, false);
+    packed("gemm_bwd_mkl_packed_ms", dx1.data(), GH, H, true);
     void* jit = nullptr;
     if (mkl_jit_create_sgemm(&jit, MKL_ROW_MAJOR, MKL_NOTRANS, MKL_NOTRANS, B, GH, H, 1.f, H, GH,
                              0.f, GH) != MKL_JIT_ERROR) {

@@ -44,10 +44,11 @@ ISA_ENV = "RNNJAX_NATIVE_ISA"
 BUILDS = {"host": "_native_ext", "avx2": "_native_ext_avx2"}
 
 
-def _cpu_flags() -> set[str] | None:
-    """The CPU's flags from /proc/cpuinfo (None where there is none to read)."""
+@functools.cache
+def _cpu_flags() -> frozenset[str] | None:
+    """The CPU's flags from /proc/cpuinfo, read once (None where there is none to read)."""
     try:
-        return set(pathlib.Path("/proc/cpuinfo").read_text().split())
+        return frozenset(pathlib.Path("/proc/cpuinfo").read_text().split())
     except OSError:
         return None
 
@@ -60,7 +61,7 @@ def _cpu_has(*flags: str) -> bool:
 
 def cpu_isa() -> str:
     """The widest x86 vector ISA of this CPU: "AVX-512", "AVX2" (with FMA) or "other"."""
-    flags = _cpu_flags() or set()
+    flags = _cpu_flags() or frozenset()
     return "AVX-512" if "avx512f" in flags else "AVX2" if {"avx2", "fma"} <= flags else "other"
 
 
@@ -137,7 +138,7 @@ def default_threads() -> int:
 def isa() -> str:
     """The vector code of the loaded kernels: "avx512" (16 lanes), "avx2" (8 lanes + FMA) or
     "generic"; "none" where they are not loaded."""
-    return getattr(_EXT, "ISA", "none") if _EXT is not None else "none"
+    return getattr(_EXT, "ISA", "none")
 
 
 def available() -> bool:

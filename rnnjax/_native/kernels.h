@@ -209,18 +209,13 @@ inline void run_steps(int T, int na, int nb, int threads, const Spawn& spawn, co
   ph->in_a = na;
   ph->total = (long)T * (na + nb);
   if (ph->total == 0) return;
-  // A helper that starts after the caller has returned claims nothing: it only touches *ph, which
-  // it keeps alive; `item` (the caller's frame) is called for claimed items, all done before the
-  // caller returns.
-  auto live = std::make_shared<std::atomic<bool>>(true);
-  for (int k = 1; k < threads; ++k)
-    spawn([ph, live, &item] {
-      if (live->load(std::memory_order_acquire)) work(*ph, item);
-    });
+  // A helper that starts after the caller has returned finds every item claimed: it touches only
+  // *ph, which it keeps alive; `item` (the caller's frame) runs only for claimed items, all done
+  // before the caller returns.
+  for (int k = 1; k < threads; ++k) spawn([ph, &item] { work(*ph, item); });
   work(*ph, item);
   for (int spins = 0; ph->done.load(std::memory_order_acquire) < ph->total;)
     if (++spins > 2000) std::this_thread::yield();
-  live->store(false, std::memory_order_release);
 }
 
 // Items per phase: the GEMM's column panels, and batch rows in chunks of ROWS.
