@@ -13,6 +13,8 @@ from typing import Any
 import tables
 from workload import E2E_RUN_NAMES
 
+from rnnjax.workdir import write_atomic
+
 # Sections in the order they run and are written; all but "large" (for accelerators) by default.
 SECTIONS = tuple(tables.TABLES)
 DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s != "large")
@@ -261,6 +263,6 @@ def write_report(results: dict, path: str | Path, json_path: str | Path | None =
             lines += ["", *tables.TABLES[section](results)]
     for section, error in results.get("failed", {}).items():
         lines += ["", f"## {section}: failed", "", f"This section raised `{error}`."]
-    Path(path).write_text("\n".join(lines) + "\n")
+    write_atomic(Path(path), "\n".join(lines) + "\n")  # a failed write leaves the old report
     if json_path:
-        Path(json_path).write_text(json.dumps(results, indent=2))
+        write_atomic(Path(json_path), json.dumps(results, indent=2))

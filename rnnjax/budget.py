@@ -10,6 +10,7 @@ its schedule is the one the run started with (and resumes bitwise).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import pathlib
 import time
@@ -20,8 +21,10 @@ import jax
 
 from rnnjax.config import TrainConfig
 from rnnjax.config.train_fields import MEASURED_STEPS
+from rnnjax.workdir import WorkdirError, write_atomic
 
 BUDGET_FILE = "budget.json"
+ABSENT = "absent"  # a checkpoint saved before 2026-12-07: its meta has no "budget"
 UNMEASURED = 10**9  # a time budget's length before it is measured (only warm-up steps run)
 clock = time.perf_counter  # seconds (tests replace it with a clock of their own)
 
@@ -46,13 +49,65 @@ def stop_batch(total: int, n: int, epoch: int) -> int:
     return max(0, min(n, total - (epoch - 1) * n))
 
 
-def recorded(workdir: pathlib.Path, tc: TrainConfig) -> int | None:
-    """The step budget a run with ``tc.max_minutes`` recorded in ``workdir`` (None: not yet)."""
-    path = pathlib.Path(workdir) / BUDGET_FILE
-    if not tc.max_minutes or not path.exists():
+def _valid(budget: Any) -> bool:
+    """A budget as :class:`TimeBudget` records it: ``max_minutes`` and ``max_steps`` (>= 1)."""
+    return (
+        isinstance(budget, dict)
+        and isinstance(budget.get("max_minutes"), (int, float))
+        and not isinstance(budget.get("max_steps"), bool)
+        and isinstance(budget.get("max_steps"), int)
+        and budget["max_steps"] >= 1
+    )
+
+
+def read_budget(path: pathlib.Path) -> tuple[dict[str, Any] | None, str | None]:
+    """``budget.json`` as ``(budget, None)``; ``(None, None)`` if absent; ``(None, why)`` if it is
+    damaged (not JSON, not an object, ``max_steps`` missing or not a positive whole number)."""
+    if not path.is_file():
+        return None, "a directory" if path.is_dir() else None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        return None, f"not JSON: {type(e).__name__}"
+    return (saved, None) if _valid(saved) else (None, "no max_minutes and max_steps >= 1")
+
+
+def recorded(
+    workdir: pathlib.Path, tc: TrainConfig, in_checkpoint: Any = ABSENT, position: int = 0
+) -> dict[str, Any] | None:
+    """The time budget a run with ``tc.max_minutes`` recorded (``{"max_minutes", "max_steps",
+    ...}``; None: not yet, or recorded for another ``max_minutes``): the copy in the restored
+    checkpoint's meta (``in_checkpoint``: its ``"budget"``; None when saved before the budget was
+    measured, :data:`ABSENT` in checkpoints saved before 2026-12-07) or else
+    ``WORKDIR/budget.json``. A missing, damaged or different file is written again from the
+    checkpoint (logged). A run ``position`` steps in with neither is
+    refused in one line: measuring again would set another length part-way through its schedule.
+    """
+    if not tc.max_minutes:
         return None
-    saved = json.loads(path.read_text(encoding="utf-8"))
-    return int(saved["max_steps"]) if saved.get("max_minutes") == tc.max_minutes else None
+    path = pathlib.Path(workdir) / BUDGET_FILE
+    saved, damage = read_budget(path)
+    if damage == "a directory":
+        raise WorkdirError(f"{path} is a directory; move it aside and rerun")
+    if _valid(in_checkpoint) and saved != in_checkpoint:
+        logging.warning(
+            "%s is %s; the time budget (%d steps) is taken from the checkpoint and written back",
+            path,
+            f"damaged ({damage})" if damage else "different" if saved else "missing",
+            in_checkpoint["max_steps"],
+        )
+        write_atomic(path, json.dumps(in_checkpoint, indent=2))
+        saved = in_checkpoint
+    elif saved is None and position > 0 and in_checkpoint is ABSENT:
+        what = f"damaged ({damage})" if damage else "missing"
+        raise WorkdirError(
+            f"{path} is {what} and the checkpoint at step {position} does not record the time "
+            f"budget; restore {BUDGET_FILE} from a copy, or rerun with train.max_steps set to "
+            "the run's length"
+        )
+    if saved is None:
+        return None  # measured (again: the checkpoint was saved before it was measured)
+    return saved if saved["max_minutes"] == tc.max_minutes else None
 
 
 class TimeBudget:
@@ -69,6 +124,7 @@ class TimeBudget:
         warm = tc.warmup_steps if tc.schedule == "warmup_cosine" else MEASURED_STEPS + 1
         self.end = max(warm, start_step + 2)  # at least one timed step after the compiled one
         self.first: tuple[int, float] | None = None
+        self.record: dict[str, Any] | None = None  # the budget, once measured or read back
 
     def notes(self) -> list[str]:
         """The start block's line on the run's length (none for an epoch count)."""
@@ -105,21 +161,24 @@ class TimeBudget:
             "step_seconds": round(step_s, 6),
             "timed_steps": [self.first[0], done],
         }
-        from rnnjax.workdir import write_atomic
-
         for d in self.workdirs:
             write_atomic(pathlib.Path(d) / BUDGET_FILE, json.dumps(budget, indent=2))
-        self.pending = False
+        self.pending, self.record = False, budget
         g.set_total(max(total, done))
 
 
-def group_budget(group: Any, workdirs: Sequence[pathlib.Path], position: int) -> TimeBudget:
-    """Set ``group``'s length from a time budget its run recorded (a resume), and return the
+def group_budget(
+    group: Any, workdirs: Sequence[pathlib.Path], position: int, in_checkpoint: Any = ABSENT
+) -> TimeBudget:
+    """Set ``group``'s length from a time budget its run recorded (a resume: ``in_checkpoint``,
+    the restored checkpoint's meta ``"budget"``, or ``budget.json``), and return the
     :class:`TimeBudget` that measures it when none is recorded yet. ``position``: steps done."""
-    steps = recorded(workdirs[0], group.cfgs[0].train)
-    if steps:
-        group.set_total(steps)
-    return TimeBudget(group, workdirs, position)
+    budget = recorded(workdirs[0], group.cfgs[0].train, in_checkpoint, position)
+    if budget:
+        group.set_total(int(budget["max_steps"]))
+    timer = TimeBudget(group, workdirs, position)
+    timer.record = budget
+    return timer
 
 
 def shown_epochs(group: Any) -> int:

@@ -3,10 +3,15 @@ build a run from (no training code here)."""
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import jax
 
 from rnnjax import pipeline
+from rnnjax.cells import CELLS
 from rnnjax.config import Config, ConfigError
+from rnnjax.integrity import leaves
 from rnnjax.model import DeepRNN, Impl, Placed, Placement, resolve_impl
 from rnnjax.parallel import DataParallel, pipeline_device_count
 
@@ -57,3 +62,51 @@ def make_placement(cfg: Config) -> DataParallel:
         stages = pipeline_device_count(cfg.parallel.cpu_devices, cfg.model.num_layers)
         return DataParallel.replicated_over(pipeline.stages_for(cfg.model.num_layers, stages))
     return DataParallel.create(cfg.parallel.num_devices, cfg.data.batch_size)
+
+
+def param_shapes(cfg: Config, vocab_size: int) -> dict[str, tuple[int, ...]]:
+    """The shape of every parameter the config's model has, by key path (nothing is computed)."""
+    params = jax.eval_shape(build_model(cfg, vocab_size).init, jax.random.key(0))
+    return {name: tuple(x.shape) for name, x in leaves(params)}
+
+
+def shape_mismatch(
+    cfg: Config, vocab_size: int, stored: dict[str, tuple[int, ...]], source: str
+) -> str | None:
+    """Why params saved with the shapes ``stored`` do not fit the model ``cfg`` (from ``source``,
+    e.g. "config.json") makes, naming the field whose other value would make them fit where one
+    does (None: they fit). Tried: each model field that sets a shape, over the values the saved
+    shapes and the cell registry allow, and the vocabulary's size (vocab.json)."""
+    want = param_shapes(cfg, vocab_size)
+    if want == stored:
+        return None
+    first = next(n for n in sorted({*want, *stored}) if want.get(n) != stored.get(n))
+    detail = (
+        f"{first}: {stored.get(first, 'absent')} saved, {want.get(first, 'absent')} by {source}"
+    )
+    dims = sorted({d for shape in stored.values() for d in shape})
+    tries: list[tuple[str, Any]] = [
+        *(("cell", c) for c in CELLS),
+        *(("num_layers", n) for n in range(1, 33)),
+        *(("hidden_size", d) for d in dims),
+    ]
+    for field, value in tries:
+        if getattr(cfg.model, field) == value:
+            continue
+        other = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **{field: value}))
+        try:
+            fits = param_shapes(other, vocab_size) == stored
+        except Exception:  # noqa: BLE001 - a combination the model refuses: not the answer
+            continue
+        if fits:
+            return (
+                f"{source} has model.{field} = {getattr(cfg.model, field)!r} but the checkpoint's "
+                f"params are those of {value!r} ({detail}); set model.{field} back to {value!r}"
+            )
+    for size in dims:
+        if size != vocab_size and param_shapes(cfg, size) == stored:
+            return (
+                f"vocab.json has {vocab_size} tokens but the checkpoint's params are those of "
+                f"{size} ({detail}); restore vocab.json from a copy"
+            )
+    return f"the checkpoint's params do not fit {source} ({detail}); restore it from a copy"

@@ -172,6 +172,21 @@ class Checkpointer:
             "meta"
         ]
 
+    def stored_shapes(self, step: int) -> dict[str, tuple[int, ...]] | None:
+        """The shape of every array of step ``step``'s ``params`` item as saved, by key path (as
+        :func:`rnnjax.integrity.leaves` names them); None for layout 1 (no ``params`` item) or
+        when its metadata cannot be read (damage: :meth:`restore` finds and reports it)."""
+        path = self.directory / str(step) / "params"
+        if not path.is_dir():
+            return None
+        try:
+            with orbax_errors_quiet():
+                tree = ocp.StandardCheckpointHandler().metadata(path)
+            tree = getattr(tree, "tree", tree)
+            return {name: tuple(x.shape) for name, x in leaves(tree)}
+        except Exception:  # noqa: BLE001 - damaged metadata: restore() reports it
+            return None
+
     def best_steps(self) -> list[int]:
         """Steps saved at an epoch end, best validation perplexity first (mid-epoch saves have
         none)."""

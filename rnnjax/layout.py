@@ -78,10 +78,16 @@ def fit_sums(saved: TrainSums, want: TrainSums, mid_epoch: bool, place) -> Train
 
 
 def saved_meta(
-    sums: TrainSums, epoch: int, batch: int, record: dict[str, Any] | None
+    sums: TrainSums,
+    epoch: int,
+    batch: int,
+    record: dict[str, Any] | None,
+    budget: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A checkpoint's meta: its position, (at an epoch end) the epoch's record, so a damaged
-    ``metrics.jsonl`` can get it back, and the shape of each metric sum."""
+    ``metrics.jsonl`` can get it back, the shape of each metric sum, and the time budget
+    (``budget.json``'s content; None before it is measured or without one), so a missing or
+    damaged ``budget.json`` can get it back."""
     from rnnjax.workdir import finite
 
     return {
@@ -90,4 +96,5 @@ def saved_meta(
         "val_ppl": record["val_ppl"] if record else None,
         "record": finite(record) if record else None,
         "metrics": {n: list(jnp.shape(x)) for n, x in sums.items()},
+        "budget": budget,
     }

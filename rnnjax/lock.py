@@ -51,7 +51,9 @@ class WorkdirLock:
         if self._fds:
             return
         self._lock(self.workdir, os.O_RDONLY | os.O_DIRECTORY)
-        self._lock(self.path, os.O_RDWR | os.O_CREAT)
+        if self.path.is_symlink():  # never created or opened through a link: the dir lock holds
+            self.path.unlink()
+        self._lock(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW)
 
     def release(self) -> None:
         """Let go of the lock (a no-op if not held); ``.lock`` stays, as an earlier version

@@ -19,8 +19,9 @@ import jax
 import tqdm
 
 from rnnjax import workdir as rundir
-from rnnjax.budget import TimeBudget, group_budget
-from rnnjax.checkpoint import Checkpointer
+from rnnjax.budget import ABSENT, TimeBudget, group_budget
+from rnnjax.build import shape_mismatch
+from rnnjax.checkpoint import Checkpointer, CheckpointError
 from rnnjax.console import PipeSafe, Preempted, StopFlag
 from rnnjax.finish import finish, samples
 from rnnjax.group import Group
@@ -52,11 +53,19 @@ def train_group(
         ckpts = [Checkpointer(d, c.checkpoint.max_to_keep) for d, c in zip(workdirs, group.cfgs)]
         for ckpt in ckpts:
             cleanup.callback(ckpt.close)
+        for d, c, ckpt in zip(workdirs, group.cfgs, ckpts):  # a hand-edited config.json
+            stored = ckpt.stored_shapes(ckpt.steps()[-1]) if ckpt.steps() else None
+            if stored and (
+                why := shape_mismatch(c, len(group.corpus.vocab), stored, "config.json")
+            ):
+                raise CheckpointError(f"{d}: {why}")
         state, rng_data, carry, metrics, start_epoch, start_batch, step, saved = restore(
             group, ckpts
         )
         notes = [list(n) for n in notes] or [[] for _ in workdirs]
-        timer = group_budget(group, workdirs, (start_epoch - 1) * group.n + start_batch)
+        position = (start_epoch - 1) * group.n + start_batch
+        in_checkpoint = ckpts[0].read_meta(step).get("budget", ABSENT) if step else ABSENT
+        timer = group_budget(group, workdirs, position, in_checkpoint)
         notes[0] += timer.notes()
         records = [
             kept_records(d, start_epoch, s, primary, n) for d, s, n in zip(workdirs, saved, notes)
@@ -173,6 +182,7 @@ def train_group(
                             metrics,
                             epoch,
                             0,
+                            timer.record,
                             records[j][-1],
                         )
                     except BaseException:  # e.g. disk full: the epoch's record is still kept
@@ -236,7 +246,18 @@ def train_epoch(
         if stop.signum is not None or (timed and i + 1 < group.stop_batch(epoch)):
             for j, ckpt in enumerate(ckpts):
                 if j not in failed:
-                    save(group, ckpt, j, state, rng_data, carry, metrics, epoch - 1, i + 1)
+                    save(
+                        group,
+                        ckpt,
+                        j,
+                        state,
+                        rng_data,
+                        carry,
+                        metrics,
+                        epoch - 1,
+                        i + 1,
+                        timer.record,
+                    )
             clock["saved"] = time.monotonic()
         if stop.signum is not None:
             raise Preempted(stop.signum, int(group.take(state.step, 0)))
@@ -253,14 +274,15 @@ def save(
     metrics,
     epoch: int,
     batch: int,
+    budget: dict[str, Any] | None,
     record: dict[str, Any] | None = None,
 ) -> None:
-    """Checkpoint trial j at its current step (position ``epoch``, ``batch``; ``record`` at an epoch
-    end)."""
+    """Checkpoint trial j at its current step (position ``epoch``, ``batch``; ``budget``: the time
+    budget, once measured; ``record`` at an epoch end)."""
     one = [group.take(x, j) for x in (state, rng_data, carry, metrics)]
     ckpt.save(
         int(one[0].step),
         *checkpoint_items(*one),
-        saved_meta(one[3], epoch, batch, record),
+        saved_meta(one[3], epoch, batch, record, budget),
         average=one[0].average,
     )

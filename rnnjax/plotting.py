@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,7 +14,8 @@ def plot_curves(
     """Save a PNG of ``train_ppl`` and ``val_ppl`` (log scale) against ``epoch``.
 
     Drawn on a ``Figure`` with its own Agg canvas: pyplot and the process's matplotlib
-    backend are never touched, so a notebook keeps its inline plots.
+    backend are never touched, so a notebook keeps its inline plots. Written atomically, never
+    through a link (:func:`rnnjax.workdir.write_atomic`).
     """
     from matplotlib.figure import Figure
 
@@ -27,4 +29,6 @@ def plot_curves(
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    from rnnjax.workdir import write_atomic
+
+    write_atomic(pathlib.Path(path), lambda f: fig.savefig(f, format="png", dpi=100))

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from rnnjax import cudnn, data
-from rnnjax.build import build_model
+from rnnjax.build import build_model, shape_mismatch
 from rnnjax.cells import check_supported
 from rnnjax.checkpoint import Checkpointer, CheckpointError
 from rnnjax.config import SAME_PARAMS_IMPLS, Config, ConfigError, resolve
@@ -240,6 +240,9 @@ def load(
                 "params"
             )
         model = build_model(cfg, len(vocab))
+        stored = ckpt.stored_shapes(step if isinstance(step, int) else ckpt.steps()[-1])
+        if stored and (why := shape_mismatch(cfg, len(vocab), stored, "config.json")):
+            raise CheckpointError(f"{workdir}: {why}")
         # The params alone, onto this process's first device, whatever the mesh the run was saved
         # from.
         one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import pathlib
 import signal
@@ -37,6 +38,7 @@ from rnnjax.grid import (
 )
 from rnnjax.host import retain_freed_memory
 from rnnjax.metrics import best_record, bpc
+from rnnjax.sweep_summary import read_result
 from rnnjax.train import train_and_evaluate
 from rnnjax.workdir import (
     WorkdirError,
@@ -123,8 +125,8 @@ class _StopOnSignals:
 def _resume_mode(d: pathlib.Path) -> str:
     """A trial that failed before its first checkpoint starts over (its old files kept in
     discarded/); every other trial resumes from its checkpoint if it has one."""
-    result = d / "result.json"
-    failed = result.exists() and json.loads(result.read_text()).get("status") == "failed"
+    row, _ = read_result(d / "result.json")
+    failed = row is not None and row["status"] == "failed"
     return "restart" if failed and not has_checkpoint(d) else "auto"
 
 
@@ -174,8 +176,11 @@ def run_sweep(
     pending: dict[str, list[int]] = {}
     for k, t in enumerate(mine):
         result_path = trial_dir(root, t) / "result.json"
-        if result_path.exists() and json.loads(result_path.read_text())["status"] == "done":
-            rows[k] = json.loads(result_path.read_text())
+        row, why = read_result(result_path) if result_path.exists() else (None, None)
+        if why:
+            logging.warning("%s %s: the trial runs again (from its checkpoints)", result_path, why)
+        if row is not None and row["status"] == "done":
+            rows[k] = row
         else:
             pending.setdefault(shape_key(cfgs[k]) if vectorize else str(k), []).append(k)
     counts = {"done": 0, "failed": 0, "skipped": len(rows)}
@@ -277,6 +282,6 @@ def _row(
     else:
         row.update(status="failed", error=f"{type(error).__name__}: {error}".splitlines()[0])
         d.mkdir(parents=True, exist_ok=True)
-        (d / "error.txt").write_text("".join(traceback.format_exception(error)))
+        write_atomic(d / "error.txt", "".join(traceback.format_exception(error)))
     write_atomic(d / "result.json", json.dumps(row))
     return row

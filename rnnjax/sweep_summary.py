@@ -6,7 +6,9 @@ aggregated). Reads only what :func:`rnnjax.sweep.run_sweep` wrote; never trains.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import logging
 import os
 import pathlib
 import statistics
@@ -14,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rnnjax.grid import SweepError
-from rnnjax.workdir import WorkdirError, read_metrics, resolve_path
+from rnnjax.workdir import WorkdirError, read_metrics, resolve_path, write_atomic
 
 COLUMNS = [
     "name",
@@ -33,6 +35,45 @@ COLUMNS = [
     "status",
     "error",
 ]
+
+
+STATUSES = ("done", "failed", "interrupted")
+# The columns that hold numbers (or None: not measured).
+_NUMERIC = (
+    "num_layers",
+    "hidden_size",
+    "num_params",
+    "train_ppl",
+    "best_val_ppl",
+    "best_val_bpc",
+    "best_epoch",
+    "test_ppl",
+    "test_bpc",
+    "tokens_per_sec",
+    "wall_time",
+)
+
+
+def read_result(path: pathlib.Path) -> tuple[dict[str, Any] | None, str | None]:
+    """A trial's ``result.json`` as ``(row, None)``, or ``(None, why)`` when it is damaged: not
+    JSON, not an object, no ``name``/``status`` (one of :data:`STATUSES`), a number column that
+    holds something else, or ``overrides``/``metrics``/``test`` that are not objects."""
+    try:
+        row = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        return None, f"cannot be read ({getattr(e, 'strerror', None) or type(e).__name__})"
+    if not isinstance(row, dict):
+        return None, f"holds a JSON {type(row).__name__}, not an object"
+    if not isinstance(row.get("name"), str) or row.get("status") not in STATUSES:
+        return None, "has no name, or no status of " + "/".join(STATUSES)
+    for c in _NUMERIC:
+        v = row.get(c)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            return None, f"{c} is {v!r}, not a number"
+    for c in ("overrides", "metrics", "test"):
+        if row.get(c) is not None and not isinstance(row[c], dict):
+            return None, f"{c} is not an object"
+    return row, None
 
 
 # Overridden fields that a standard column shows already.
@@ -97,7 +138,22 @@ def summarize(workdir: str | os.PathLike) -> list[dict[str, Any]]:
             f"{root} holds no trial results (*/result.json); {hint}, after at least one trial "
             "finished"
         )
-    rows = [json.loads(p.read_text()) for p in paths]
+    read = {p: read_result(p) for p in paths}
+    for p, (_, why) in read.items():
+        if why:
+            logging.warning(
+                "%s %s: left out of the summary; delete it and rerun the sweep to redo that trial",
+                p,
+                why,
+            )
+    paths = [p for p, (row, _) in read.items() if row is not None]
+    if not paths:
+        first, (_, why) = next(iter(read.items()))
+        raise SweepError(
+            f"no trial result under {root} can be read ({first} {why}); delete the damaged "
+            "result.json files and rerun the sweep to redo those trials"
+        )
+    rows = [read[p][0] for p in paths]
     overrides = trial_overrides(rows)
     axes = axis_columns(overrides)  # field -> column
     k = COLUMNS.index("hidden_size") + 1  # the grid's other axes go after the model's shape
@@ -114,10 +170,13 @@ def summarize(workdir: str | os.PathLike) -> list[dict[str, Any]]:
     for t, r in zip(table, rows):
         t |= {f"best_epoch.{k}": (r.get("metrics") or {}).get(k) for k in metrics}
         t |= {k: (r.get("test") or {}).get(k) for k in tests}
-    with open(root / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[*header, *(f"best_epoch.{k}" for k in metrics), *tests])
-        w.writeheader()
-        w.writerows(table)
+    csv_text = io.StringIO(newline="")
+    w = csv.DictWriter(
+        csv_text, fieldnames=[*header, *(f"best_epoch.{k}" for k in metrics), *tests]
+    )
+    w.writeheader()
+    w.writerows(table)
+    write_atomic(root / "results.csv", csv_text.getvalue())
 
     def show(column: str, v: Any) -> str:
         text = f"{v:.3f}" if isinstance(v, float) and column in COLUMNS else str(v)
@@ -138,7 +197,7 @@ def summarize(workdir: str | os.PathLike) -> list[dict[str, Any]]:
         if r.get("status") in ("failed", "interrupted")
     ]
     lines += ["", *notes] if notes else []
-    (root / "results.md").write_text("\n".join(lines) + "\n")
+    write_atomic(root / "results.md", "\n".join(lines) + "\n")
     _plot(root / "sweep.png", rows, [p.parent for p in paths])
     return rows
 
@@ -284,4 +343,5 @@ def _legend(ax, max_entries: int = 12) -> None:
 def _plot(
     path: pathlib.Path, rows: Sequence[Mapping[str, Any]], dirs: Sequence[pathlib.Path]
 ) -> None:
-    plot_sweep(rows, dirs).savefig(path, dpi=100, bbox_inches="tight")
+    fig = plot_sweep(rows, dirs)
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-import os
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -78,12 +77,3 @@ class Vocab:
     @classmethod
     def from_json(cls, text: str) -> Vocab:
         return cls(tuple(json.loads(text)["idx_to_token"]))
-
-    def save(self, path: str | os.PathLike) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(self.to_json())
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> Vocab:
-        with open(path, encoding="utf-8") as f:
-            return cls.from_json(f.read())

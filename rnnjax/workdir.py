@@ -8,14 +8,17 @@ The one-trainer lock is :mod:`rnnjax.lock`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import errno
 import json
 import logging
 import math
 import os
 import pathlib
 import shutil
-from typing import Any
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 from rnnjax.config import Config, ConfigError, first_difference
 from rnnjax.config import resolve as resolve_config
@@ -66,14 +69,35 @@ def check_writable(workdir: pathlib.Path) -> None:
             return
 
 
-def write_atomic(path: pathlib.Path, text: str) -> None:
-    """Write a file so that a reader (or a killed writer) never sees it half-written."""
+def write_atomic(path: pathlib.Path, data: str | bytes | Callable[[BinaryIO], None]) -> None:
+    """Write ``path`` whole or not at all, and never through a link: into ``NAME.tmp`` beside it
+    (created afresh, ``O_EXCL | O_NOFOLLOW``; a left-over or planted one is removed first),
+    fsynced, then renamed over ``path``, which replaces a link there rather than following it.
+    ``data``: text (UTF-8), bytes, or a function that writes to the open binary file (a plot's
+    ``savefig``). On any error the temporary file is removed and ``path`` is as it was; a
+    directory where the file belongs is a one-line :class:`WorkdirError`."""
+    path = pathlib.Path(path)
+    if path.is_dir() and not path.is_symlink():
+        raise WorkdirError(
+            f"{path} is a directory where a file belongs; move it aside (or delete it) and rerun"
+        )
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    if tmp.is_symlink() or tmp.is_file():
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def read_json(path: pathlib.Path) -> Any:
@@ -148,6 +172,14 @@ def check_resumable(workdir: pathlib.Path, cfg: Config, vocab: Vocab, resume: st
     if resume == "restart":
         return  # the old run (config, vocabulary, history) is set aside whole: any config may start
     saved = read_config(workdir)
+    lost = [
+        n for n, v in (("config.json", saved), ("vocab.json", read_vocab(workdir))) if v is None
+    ]
+    if lost and has_checkpoint(workdir):  # the run's one copy: another config would pass unseen
+        raise WorkdirError(
+            f"{workdir} holds checkpoints but no {' or '.join(lost)}; restore it from a copy, or "
+            "--resume=restart to keep the run in discarded/ and start over"
+        )
     if saved is not None:
         try:  # fields added since the run was saved take their defaults (what the run trained with)
             saved = resolve_config(saved).to_dict()
@@ -185,27 +217,56 @@ def encode_record(record: dict[str, Any]) -> str:
     return json.dumps(finite(record), allow_nan=False) + "\n"
 
 
+# Record fields that hold a number (or null: not measured); the others are read as they are.
+_NUMBERS = ("step", "train_ppl", "val_ppl", "train_bpc", "val_bpc", "lr", "wall_time")
+
+
+def _record_problem(record: Any, previous: int) -> str | None:
+    """Why a ``metrics.jsonl`` record cannot be used (None: it can): it must be an object whose
+    ``epoch`` is a whole number after ``previous`` and whose :data:`_NUMBERS` are numbers."""
+    if not isinstance(record, dict):
+        return f"is a JSON {type(record).__name__}, not a record"
+    epoch = record.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+        return f"has epoch {epoch!r}, not a whole number >= 1"
+    if epoch <= previous:
+        return f"has epoch {epoch} after epoch {previous} (epochs must increase)"
+    for k in _NUMBERS:
+        v = record.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            return f"has {k} {v!r}, not a number"
+    return None
+
+
 def read_metrics(path: pathlib.Path) -> list[dict[str, Any]]:
-    """The records of ``metrics.jsonl`` ([] if absent). A torn last line (a kill mid-write) is
-    dropped with a warning; a damaged line before it is a :class:`WorkdirError`."""
+    """The records of ``metrics.jsonl`` ([] if absent), each an object with a whole ``epoch``,
+    epochs increasing. A torn last line (a kill mid-write) is dropped with a warning; any other
+    line that is not such a record is a one-line :class:`WorkdirError` naming it."""
     if not path.exists():
         return []
+    if path.is_dir():
+        raise WorkdirError(f"{path} is a directory where a file belongs; move it aside and rerun")
     lines = [
-        x for x in path.read_text(encoding="utf-8", errors="replace").splitlines() if x.strip()
+        (i, x)
+        for i, x in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines())
+        if x.strip()
     ]
-    records = []
-    for i, line in enumerate(lines):
+    records: list[dict[str, Any]] = []
+    for k, (i, line) in enumerate(lines):
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except ValueError:
-            if i == len(lines) - 1:
+            if k == len(lines) - 1:
                 logging.warning(
                     "%s: dropped a half-written last line (the run was killed mid-write)", path
                 )
                 break
-            raise WorkdirError(
-                f"{path} line {i + 1} is not JSON; fix or remove that line"
-            ) from None
+            problem = "is not JSON"
+        else:
+            problem = _record_problem(record, records[-1]["epoch"] if records else 0)
+        if problem:
+            raise WorkdirError(f"{path} line {i + 1} {problem}; fix or remove that line")
+        records.append(record)
     return records
 
 
@@ -214,8 +275,16 @@ def write_metrics(path: pathlib.Path, records: list[dict[str, Any]]) -> None:
 
 
 def append_metrics(path: pathlib.Path, record: dict[str, Any]) -> None:
-    """Append one record, flushed and fsynced."""
-    with open(path, "a", encoding="utf-8") as f:
+    """Append one record, flushed and fsynced. Never through a link: a ``metrics.jsonl`` that is
+    one is rewritten (atomically) as a file of the run's own, the records kept."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        write_metrics(path, [*read_metrics(path), record])
+        return
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(encode_record(record))
         f.flush()
         os.fsync(f.fileno())

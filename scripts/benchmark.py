@@ -28,7 +28,7 @@ import report  # noqa: E402  (no JAX: flags are checked before JAX imports)
 
 from rnnjax import cli  # noqa: E402
 from rnnjax.cli import user_path  # noqa: E402
-from rnnjax.workdir import shown  # noqa: E402
+from rnnjax.workdir import WorkdirError, shown  # noqa: E402
 
 _SECTIONS = flags.DEFINE_list(
     "sections",
@@ -169,6 +169,12 @@ def write(results: dict, out: pathlib.Path, json_path: pathlib.Path | None) -> N
         report.write_report(results, out, json_path)
     except (KeyError, TypeError, StopIteration) as e:
         cli.fail(f"--from_json={_FROM_JSON.value}: not the results of a run ({e!r} missing)")
+    except (OSError, WorkdirError) as e:  # written atomically: the old report is intact
+        why = e.strerror if isinstance(e, OSError) else str(e)
+        cli.fail(
+            f"writing the report failed ({why}); {out} is as it was: free some space or "
+            "give --out another file"
+        )
     print(out.read_text())
     print(f"wrote {out}" + (f" and {json_path}" if json_path else ""))
 

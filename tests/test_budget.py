@@ -13,6 +13,7 @@ from conftest import small_config
 from rnnjax import budget
 from rnnjax.config import ConfigError, resolve
 from rnnjax.train import train_and_evaluate
+from rnnjax.workdir import WorkdirError
 
 
 def tree_equal(a, b):
@@ -95,3 +96,76 @@ def test_budgets_that_cannot_be_measured_are_refused_in_one_line(fields, message
     with pytest.raises(ConfigError, match=message) as e:
         resolve(cosine(**fields))
     assert "\n" not in str(e.value)
+
+
+@pytest.fixture(scope="module")
+def budget_run(tmp_path_factory):
+    """A finished time-budget run (its clock our own: 48 steps, 2 epochs of 24), and its files."""
+    times = itertools.chain([0.0, 2.0, 3.9], itertools.repeat(100.0))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(budget, "clock", lambda: next(times))
+        cfg = cosine(**{"train.max_minutes": 0.15})
+        run = tmp_path_factory.mktemp("budget") / "run"
+        out = train_and_evaluate(cfg, run)
+    return cfg, run, out
+
+
+def _files(run):
+    return {
+        str(p.relative_to(run)): p.read_bytes()
+        for p in sorted(run.rglob("*"))
+        if p.is_file() and "events" not in p.name and p.name != budget.BUDGET_FILE
+    }
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        None,
+        b'{"max_minutes": 0.15, "max_st',
+        b"[1, 2]",
+        b'{"max_minutes": 0.15}',
+        b'{"max_minutes": 0.15, "max_steps": 9}',
+    ],
+    ids=["deleted", "truncated", "a list", "no max_steps", "edited"],
+)
+def test_a_finished_time_budget_run_keeps_its_length_when_budget_json_is_lost(
+    budget_run, tmp_path, damage, caplog
+):
+    cfg, src, out = budget_run
+    run = tmp_path / "run"
+    shutil.copytree(src, run)
+    saved = json.loads((run / budget.BUDGET_FILE).read_text())
+    assert out["metrics"][-1]["step"] == saved["max_steps"] == 48
+    before = _files(run)
+    if damage is None:
+        (run / budget.BUDGET_FILE).unlink()
+    else:
+        (run / budget.BUDGET_FILE).write_bytes(damage)
+    again = train_and_evaluate(cfg, run)  # the budget comes back from the checkpoint's meta
+    assert again["metrics"][-1]["step"] == 48 and tree_equal(again["params"], out["params"])
+    assert json.loads((run / budget.BUDGET_FILE).read_text()) == saved
+    assert "taken from the checkpoint and written back" in caplog.text
+    assert not (run / "discarded").exists()
+    after = _files(run)
+    assert {k: v for k, v in after.items() if k.startswith("checkpoints")} == {
+        k: v for k, v in before.items() if k.startswith("checkpoints")
+    }  # no step trained, none rotated away
+    assert after["samples.txt"] == before["samples.txt"]
+
+
+def test_a_checkpoint_without_the_budget_and_no_budget_json_is_refused_in_one_line(
+    budget_run, tmp_path
+):
+    cfg, src, _ = budget_run
+    run = tmp_path / "run"
+    shutil.copytree(src, run)
+    (run / budget.BUDGET_FILE).unlink()
+    for meta in (run / "checkpoints").glob("*/meta/metadata"):  # as saved before 2026-12-07
+        m = json.loads(meta.read_text())
+        del m["budget"]
+        meta.write_text(json.dumps(m))
+    before = _files(run)
+    with pytest.raises(WorkdirError, match="budget.json is missing .* train.max_steps") as e:
+        train_and_evaluate(cfg, run)
+    assert "\n" not in str(e.value) and _files(run) == before

@@ -4,7 +4,9 @@ plot."""
 import csv
 import json
 
-from rnnjax.grid import trial_name
+import pytest
+
+from rnnjax.grid import SweepError, trial_name
 from rnnjax.sweep_summary import aggregate_depth, plot_sweep, summarize
 
 
@@ -210,3 +212,42 @@ def test_sweep_plot_of_32_trials_is_readable_and_leaves_the_backend_alone(tmp_pa
     assert len(curves.get_lines()) == 32 and [
         t.get_text() for t in curves.get_legend().get_texts()
     ] == ["gru", "lstm"]
+
+
+@pytest.mark.parametrize(
+    "damage,why",
+    [
+        ({"name": "x"}, "has no name, or no status"),
+        ([1, 2], "holds a JSON list"),
+        ({"name": "x", "status": "done", "best_val_ppl": "9"}, "best_val_ppl is '9'"),
+        ("{not json", "cannot be read"),
+    ],
+)
+def test_a_damaged_trial_result_is_left_out_naming_its_file(tmp_path, caplog, damage, why):
+    fake_trial(tmp_path, {"seed": 0}, best=10.0)
+    bad = fake_trial(tmp_path, {"seed": 1}, best=11.0) / "result.json"
+    bad.write_text(damage if isinstance(damage, str) else json.dumps(damage))
+    rows = summarize(tmp_path)
+    assert [r["best_val_ppl"] for r in rows] == [10.0]
+    assert f"{bad} {why}" in caplog.text and "rerun the sweep to redo that trial" in caplog.text
+    assert len(read_csv(tmp_path / "results.csv")) == 1
+
+
+def test_a_summary_of_damaged_results_only_is_one_line(tmp_path):
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "result.json").write_text("{}")
+    with pytest.raises(SweepError, match="no trial result .* can be read .*result.json") as e:
+        summarize(tmp_path)
+    assert "\n" not in str(e.value) and not (tmp_path / "results.csv").exists()
+
+
+def test_the_summary_files_replace_links_and_leave_their_targets(tmp_path):
+    fake_trial(tmp_path, {"seed": 0}, best=10.0)
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    for name in ("results.csv", "results.md", "sweep.png"):
+        (outside / name).write_text("theirs")
+        (tmp_path / name).symlink_to(outside / name)
+    summarize(tmp_path)
+    for name in ("results.csv", "results.md", "sweep.png"):
+        assert (outside / name).read_text() == "theirs" and not (tmp_path / name).is_symlink()

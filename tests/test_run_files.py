@@ -1,0 +1,149 @@
+"""Nothing lost, part three (issue #35): the files of a run other than its checkpoints. Each is
+written whole or not at all and never through a link (a link where a file belongs is replaced,
+its target left as it was); a directory where a file belongs is one line naming it."""
+
+import json
+import os
+import shutil
+
+import pytest
+from conftest import copy_run, small_config
+
+import rnnjax
+from rnnjax.checkpoint import CheckpointError
+from rnnjax.train import train_and_evaluate
+from rnnjax.workdir import WorkdirError, append_metrics, write_atomic
+
+# Every file train.py writes in a workdir besides checkpoints/ and the event files (their names
+# are new each time).
+RUN_FILES = (
+    "config.json",
+    "vocab.json",
+    "metrics.jsonl",
+    "curves.png",
+    "samples.txt",
+    "evaluation.json",
+    ".lock",
+)
+
+
+def redo_last_epoch(run):
+    shutil.rmtree(run / "checkpoints" / "72")  # a kill after epoch 3's record, before its save
+
+
+@pytest.mark.parametrize("name", RUN_FILES)
+def test_a_link_in_a_run_is_replaced_and_its_target_never_written(smoke_run, tmp_path, name):
+    run = copy_run(smoke_run[0], tmp_path / "run")
+    outside = tmp_path / "outside" / name
+    outside.parent.mkdir()
+    shutil.move(run / name, outside)
+    os.symlink(outside, run / name)
+    (run / (name + ".tmp")).symlink_to(tmp_path / "outside" / "planted")  # a link at the temp name
+    before = outside.read_bytes()
+    redo_last_epoch(run)
+    train_and_evaluate(small_config(3), run)
+    assert outside.read_bytes() == before and not (tmp_path / "outside" / "planted").exists()
+    if name != ".lock":  # written again: a file of the run's own
+        assert not (run / name).is_symlink() and (run / name).is_file()
+    if name == "metrics.jsonl":
+        assert [r["epoch"] for r in map(json.loads, (run / name).read_text().splitlines())] == [
+            1,
+            2,
+            3,
+        ]
+
+
+@pytest.mark.parametrize("name", ["evaluation.json", "curves.png", "samples.txt"])
+def test_a_directory_where_a_run_file_belongs_is_one_line(smoke_run, tmp_path, name):
+    run = copy_run(smoke_run[0], tmp_path / "run")
+    (run / name).unlink()
+    (run / name).mkdir()
+    (run / name / "keep").write_text("mine")
+    with pytest.raises(WorkdirError, match=f"{name} is a directory where a file belongs") as e:
+        train_and_evaluate(small_config(3), run)
+    assert "\n" not in str(e.value) and (run / name / "keep").read_text() == "mine"
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "report.md"
+    path.write_text("old report\n")
+
+    def fail(f):
+        f.write(b"half a new rep")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        write_atomic(path, fail)
+    assert path.read_text() == "old report\n" and sorted(os.listdir(tmp_path)) == ["report.md"]
+
+
+def test_appending_a_record_to_a_link_replaces_the_link(tmp_path):
+    outside = tmp_path / "elsewhere.jsonl"
+    outside.write_text('{"epoch": 1}\n')
+    path = tmp_path / "metrics.jsonl"
+    path.symlink_to(outside)
+    append_metrics(path, {"epoch": 2})
+    assert outside.read_text() == '{"epoch": 1}\n' and not path.is_symlink()
+    assert path.read_text().splitlines() == ['{"epoch": 1}', '{"epoch": 2}']
+
+
+def test_written_files_keep_the_usual_permissions(tmp_path):
+    write_atomic(tmp_path / "a.txt", "x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+@pytest.mark.parametrize(
+    "line,problem",
+    [
+        ("5", "is a JSON int, not a record"),
+        ("[1, 2]", "is a JSON list, not a record"),
+        ('{"val_ppl": 3.0}', "has epoch None"),
+        ('{"epoch": "2", "val_ppl": 3.0}', "has epoch '2'"),
+        ('{"epoch": 2, "val_ppl": 3.0}', "has epoch 2 after epoch 2"),
+        ('{"epoch": 3, "val_ppl": "low"}', "has val_ppl 'low', not a number"),
+    ],
+)
+def test_a_damaged_metrics_line_is_one_line_naming_it_for_every_reader(
+    smoke_run, tmp_path, line, problem
+):
+    run = copy_run(smoke_run[0], tmp_path / "run")
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join([*lines[:2], line, *lines[2:]]) + "\n")
+    before = (run / "metrics.jsonl").read_bytes()
+    for read in (lambda: rnnjax.load(run), lambda: train_and_evaluate(small_config(3), run)):
+        with pytest.raises(WorkdirError, match=f"metrics.jsonl line 3 {problem}") as e:
+            read()
+        assert "\n" not in str(e.value) and "fix or remove that line" in str(e.value)
+    assert (run / "metrics.jsonl").read_bytes() == before
+
+
+def test_a_deleted_config_json_with_checkpoints_is_refused_not_replaced(smoke_run, tmp_path):
+    run = copy_run(smoke_run[0], tmp_path / "run")
+    (run / "config.json").unlink()
+    with pytest.raises(WorkdirError, match="holds checkpoints but no config.json; restore") as e:
+        train_and_evaluate(small_config(3, **{"train.learning_rate": 0.5}), run)
+    assert "\n" not in str(e.value) and not (run / "config.json").exists()
+
+
+@pytest.mark.parametrize(
+    "field,value,fix",
+    [
+        ("hidden_size", 48, "set model.hidden_size back to 32"),
+        ("num_layers", 3, "set model.num_layers back to 2"),
+        ("cell", "gru", "set model.cell back to 'lstm'"),
+    ],
+)
+def test_a_hand_edited_config_json_names_the_field_that_disagrees(
+    smoke_run, tmp_path, field, value, fix
+):
+    run = copy_run(smoke_run[0], tmp_path / "run")
+    saved = json.loads((run / "config.json").read_text())
+    saved["model"][field] = value
+    (run / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(CheckpointError, match=f"config.json has model.{field} = .*; {fix}") as e:
+        rnnjax.load(run)  # generate.py, evaluate.py and the notebooks load this way
+    assert "\n" not in str(e.value)
+    with pytest.raises(CheckpointError, match=fix):  # a resume with the edit as its config too
+        train_and_evaluate(small_config(3, **{f"model.{field}": value}), run)
