@@ -7,6 +7,7 @@ given step, skipping (and setting aside in ``damaged/``) damaged ones. Orbax own
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
@@ -23,9 +24,9 @@ from orbax.checkpoint import checkpoint_managers as cm
 
 from rnnjax.integrity import (
     checksums,
-    disk_full,
     find_damage,
     leaves,
+    no_space,
     orbax_errors_quiet,
     size,
     storage_damage,
@@ -33,6 +34,19 @@ from rnnjax.integrity import (
 )
 
 LAYOUT = 3
+
+
+def _denied(error: BaseException | None) -> str | None:
+    """The strerror if ``error`` (or its cause) is a write refused by the filesystem (read-only,
+    permission denied)."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return error.strerror
+        for code in (errno.EROFS, errno.EACCES):
+            if os.strerror(code) in str(error):
+                return os.strerror(code)
+        error = error.__cause__ or error.__context__
+    return None
 
 
 class CheckpointError(RuntimeError):
@@ -143,28 +157,39 @@ class Checkpointer:
                             Exception
                         ):  # its join() re-raises what it failed with
                             t.join(timeout=60)
-        if not disk_full(error):
-            raise error
+        why = no_space(error)
         for tmp in self.directory.glob(
             f"{step}.orbax-checkpoint-tmp*"
         ):  # the partial save: never left behind
             shutil.rmtree(tmp, ignore_errors=True)
         previous = [s for s in self.steps() if s != step]
+        kept = (
+            f"the previous checkpoint (step {previous[-1]}) is intact"
+            if previous
+            else "no checkpoint was saved yet"
+        )
+        if why is None and _denied(error):
+            raise CheckpointError(
+                f"cannot write checkpoint step {step} in {self.directory} ({_denied(error)}); "
+                f"{kept}. Make it writable and rerun the same command to resume"
+            ) from None
+        if why is None:
+            raise error
+        if "ulimit" in why:  # a limit on each file's size: free space is beside the point
+            raise CheckpointError(
+                f"{why} while saving checkpoint step {step} in {self.directory}; {kept}. Raise "
+                "the limit (ulimit -f unlimited) and rerun the same command to resume"
+            ) from None
         need = (
             size(self.directory / str(previous[-1]))
             if previous
             else sum(np.asarray(x).nbytes for _, x in leaves((params, state)))
         )
         free = shutil.disk_usage(self.directory).free
-        kept = (
-            f"the previous checkpoint (step {previous[-1]}) is intact"
-            if previous
-            else "no checkpoint was saved yet"
-        )
         raise CheckpointError(
-            f"disk full while saving checkpoint step {step} in {self.directory}: it needs about "
-            f"{need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free; {kept}. Free some space and "
-            "rerun the same command to resume"
+            f"{why} while saving checkpoint step {step} in {self.directory}: it needs about "
+            f"{need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free; {kept}. Free some space "
+            "and rerun the same command to resume"
         ) from None
 
     def read_meta(self, step: int) -> dict[str, Any]:

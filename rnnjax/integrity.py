@@ -12,6 +12,7 @@ import errno
 import hashlib
 import json
 import logging
+import os
 import pathlib
 import re
 from typing import Any
@@ -111,20 +112,39 @@ def orbax_errors_quiet():
         logger.setLevel(level)
 
 
-def disk_full(error: BaseException | None) -> bool:
-    """True if ``error`` (or what caused it) is "no space left on device", as OSError or as a
-    tensorstore message."""
+# What a full disk looks like to a writer, and how a message names it: errno, strerror.
+_NO_SPACE = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file size limit reached (ulimit -f)",
+}
+
+
+def no_space(error: BaseException | None) -> str | None:
+    """What ran out if ``error`` (or what caused it) is a writer out of room: "disk full", "disk
+    quota exceeded" or "file size limit reached (ulimit -f)", as an OSError or in a tensorstore
+    message; None for any other error."""
     while error is not None:
-        if (
-            isinstance(error, OSError) and error.errno == errno.ENOSPC
-        ) or "No space left on device" in str(error):
-            return True
+        if isinstance(error, OSError) and error.errno in _NO_SPACE:
+            return _NO_SPACE[error.errno]
+        for code, what in _NO_SPACE.items():
+            if os.strerror(code) in str(error):
+                return what
         error = error.__cause__ or error.__context__
-    return False
+    return None
+
+
+def disk_full(error: BaseException | None) -> bool:
+    """True if ``error`` (or what caused it) is a writer out of room (:func:`no_space`)."""
+    return no_space(error) is not None
 
 
 def size(path: pathlib.Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    """The disk space the files under ``path`` take (allocated blocks, not their lengths: a
+    checkpoint's dozens of small files each fill at least one block)."""
+    return sum(
+        max(p.stat().st_blocks * 512, p.stat().st_size) for p in path.rglob("*") if p.is_file()
+    )
 
 
 def leaves(tree: Any) -> list[tuple[str, Any]]:

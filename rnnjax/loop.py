@@ -31,7 +31,7 @@ from rnnjax.profiling import Profiler
 from rnnjax.records import abort_error, commit, describe, kept_records, make_record, stopped_early
 from rnnjax.resume import restore
 from rnnjax.steps import evaluated
-from rnnjax.tensorboard_log import TensorBoardLog
+from rnnjax.tensorboard_log import TensorBoardLog, has_hparams
 
 
 def train_group(
@@ -89,7 +89,9 @@ def train_group(
             )
         last_epoch = stopped if stopped else group.last_epoch
         boards = [
-            TensorBoardLog(d, start_epoch) if primary and start_epoch <= last_epoch else None
+            TensorBoardLog(d, start_epoch)
+            if primary and (start_epoch <= last_epoch or not has_hparams(d))
+            else None
             for d in workdirs
         ]
         for tb in boards:

@@ -7,11 +7,14 @@ purges the points at or after the epoch it resumes from (tensorboardX's ``purge_
 
 from __future__ import annotations
 
+import logging
 import math
 import pathlib
 import sys
 import time
 from typing import Any
+
+from rnnjax.integrity import no_space
 
 # tensorboardX's writer imports torch when it is installed (seconds of CPU in every training
 # process), only to accept torch tensors, which rnnjax never passes: import it with torch hidden.
@@ -25,6 +28,7 @@ finally:
     if not _TORCH_LOADED:
         del sys.modules["torch"]
 
+HPARAMS_TAG = b"_hparams_/session_start_info"  # the tag of the hparams summary, as written
 PER_LAYER = ("h_rms", "gate_saturation", "forget_gate", "memory_length")
 # The record keys scalars() writes under tags of their own (or not at all: epoch, step, wall_time).
 _SHOWN_ABOVE = (
@@ -124,15 +128,50 @@ class TensorBoardLog:
         )
         while int(time.time()) <= newest:
             time.sleep(0.05)
-        self.writer = SummaryWriter(str(workdir), purge_step=start_epoch, flush_secs=10)
+        self.stopped = False
+        try:
+            self.writer = SummaryWriter(str(workdir), purge_step=start_epoch, flush_secs=10)
+        except OSError as e:  # its first event is written here
+            self._stop(e)
+            return
+        # tensorboardX writes on a thread of its own and again at exit: a full disk there would
+        # print two tracebacks after the run's one line. Its file's writes go through _guard.
+        events = self.writer.file_writer.event_writer._ev_writer
+        for name in ("write_event", "flush", "close"):
+            setattr(events, name, self._guard(getattr(events, name)))
+
+    def _stop(self, error: OSError) -> None:
+        if no_space(error) is None:
+            raise error
+        if not self.stopped:
+            logging.warning(
+                "TensorBoard events stopped (%s); metrics.jsonl keeps every record", no_space(error)
+            )
+        self.stopped = True
+
+    def _guard(self, write):
+        def guarded(*args):
+            if self.stopped:
+                return None
+            try:
+                return write(*args)
+            except OSError as e:
+                self._stop(e)
+                return None
+
+        return guarded
 
     def record(self, record: dict[str, Any]) -> None:
+        if self.stopped:
+            return
         for tag, value in scalars(record).items():
             self.writer.add_scalar(tag, value, record["epoch"])
         self.writer.flush()
 
     def samples(self, epoch: int, prefixes: list[str], samples: list[str]) -> None:
         """Greedy samples as one text entry (markdown: one line per prefix)."""
+        if self.stopped:
+            return
         text = "\n\n".join(f"**{p}** → `{s}`" for p, s in zip(prefixes, samples))
         self.writer.add_text("samples", text, epoch)
         self.writer.flush()
@@ -142,7 +181,7 @@ class TensorBoardLog:
     ) -> None:
         """The resolved config as hparams, with the final and best validation perplexity as their
         metrics."""
-        if not records:
+        if not records or self.stopped:
             return
         epoch = records[-1]["epoch"]
         metrics = {
@@ -159,4 +198,11 @@ class TensorBoardLog:
         self.writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        if not self.stopped:
+            self.writer.close()
+
+
+def has_hparams(workdir: pathlib.Path) -> bool:
+    """Whether an event file of the run holds its hparams (:meth:`TensorBoardLog.finish`): a run
+    whose end could not write them (a full disk) gets them when the same command runs again."""
+    return any(HPARAMS_TAG in p.read_bytes() for p in event_files(workdir))

@@ -277,7 +277,7 @@ def test_disk_full_while_saving_is_one_line_and_keeps_the_previous_checkpoint(tm
     assert proc.stderr.strip().splitlines() == [
         "error: disk full while saving checkpoint step 48 in "
         f"{tmp_path / 'd' / 'run' / 'checkpoints'}: it needs about "
-        "0.1 MiB, 0.0 MiB are free; the previous checkpoint (step 24) is intact. "
+        "0.2 MiB, 0.0 MiB are free; the previous checkpoint (step 24) is intact. "
         "Free some space and rerun the same "
         "command to resume"
     ], proc.stderr[-3000:]
@@ -285,6 +285,43 @@ def test_disk_full_while_saving_is_one_line_and_keeps_the_previous_checkpoint(tm
     assert "rc=1" in listing and "24" in listing  # the previous checkpoint is there
     assert not [x for x in listing if "tmp" in x]  # no partial save left behind
     assert listing[-1] == "2"  # both epochs' records kept
+
+
+@pytest.mark.slow
+def test_a_file_size_limit_is_one_line_and_leaves_no_partial_save(tmp_path):
+    script = (
+        f"{TRAIN_SMOKE} --workdir=run --config.train.num_epochs=1 --config.train.progress=False "
+        f">/dev/null; ulimit -f 40; {TRAIN_SMOKE} --workdir=run --config.train.num_epochs=2 "
+        "--config.train.progress=False || echo rc=$?; ls -a run/checkpoints"
+    )
+    proc = subprocess.run(
+        ["sh", "-c", script], cwd=tmp_path, capture_output=True, text=True, env=ENV, timeout=600
+    )
+    assert proc.stderr.strip().splitlines() == [
+        "error: file size limit reached (ulimit -f) while saving checkpoint step 48 in "
+        f"{tmp_path / 'run' / 'checkpoints'}; the previous checkpoint (step 24) is intact. Raise "
+        "the limit (ulimit -f unlimited) and rerun the same command to resume"
+    ], proc.stderr[-3000:]
+    listing = proc.stdout.split()
+    assert "rc=1" in listing and "24" in listing and not [x for x in listing if "tmp" in x]
+
+
+@pytest.mark.slow
+def test_checkpoints_made_read_only_is_one_line(tmp_path):
+    script = (
+        f"{TRAIN_SMOKE} --workdir=run --config.train.num_epochs=1 --config.train.progress=False "
+        ">/dev/null; mount --bind run/checkpoints run/checkpoints; "
+        "mount -o remount,ro,bind run/checkpoints; "
+        f"{TRAIN_SMOKE} --workdir=run --config.train.num_epochs=2 --config.train.progress=False "
+        "|| echo rc=$?; wc -l < run/metrics.jsonl"
+    )
+    proc = _in_own_mount_namespace(script, tmp_path)
+    assert proc.stderr.strip().splitlines() == [
+        f"error: cannot write checkpoint step 48 in {tmp_path / 'run' / 'checkpoints'} "
+        "(Read-only file system); the previous checkpoint (step 24) is intact. Make it writable "
+        "and rerun the same command to resume"
+    ], proc.stderr[-3000:]
+    assert proc.stdout.split() == ["rc=1", "2"]  # epoch 2's record is kept
 
 
 # by default: test_train.py::test_a_learning_rate_that_overflows_the_loss_aborts_in_one_line

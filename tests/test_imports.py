@@ -16,7 +16,6 @@ LEVELS = [
         "host",
         "integrity",
         "metrics",
-        "plotting",
         "profiling",
         "tensorboard_log",
         "vocab",
@@ -34,6 +33,7 @@ LEVELS = [
         "optim",
         "checkpoint",
         "grid",
+        "plotting",  # writes through workdir.write_atomic
     ],
     ["budget"],  # the run's length (reads the config and the workdir)
     ["stack", "fused", "native"],  # layers

@@ -267,3 +267,46 @@ def test_an_eval_metric_added_in_one_line_reaches_every_record(tmp_path, monkeyp
         (row,) = csv.DictReader(f)
     assert float(row["best_epoch.val_accuracy"]) == best["val_accuracy"]
     assert float(row["test_accuracy"]) == ev["test_accuracy"]
+
+
+def test_a_full_disk_stops_the_events_with_one_warning_and_no_traceback(tmp_path, caplog):
+    import errno
+    import threading
+
+    from rnnjax.tensorboard_log import TensorBoardLog
+
+    tb = TensorBoardLog(tmp_path, 1)
+    recordio = tb.writer.file_writer.event_writer._ev_writer._py_recordio_writer
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    recordio.write = recordio.flush = full
+    raised = []
+    old_hook, threading.excepthook = threading.excepthook, raised.append
+    try:
+        tb.record({"epoch": 1, "train_ppl": 5.0, "val_ppl": 6.0})
+        tb.samples(1, ["the"], ["the time"])
+        tb.finish({"model": {"cell": "lstm"}}, [{"epoch": 1, "val_ppl": 6.0}], 6.0)
+        tb.close()
+    finally:
+        threading.excepthook = old_hook
+    assert tb.stopped and raised == []
+    assert caplog.text.count("TensorBoard events stopped (disk full)") == 1
+
+
+def test_a_finished_run_whose_hparams_were_lost_gets_them_on_the_rerun(tmp_path, monkeypatch):
+    from rnnjax import tensorboard_log
+
+    with monkeypatch.context() as m:  # the end of the run met a full disk: no hparams written
+        m.setattr(tensorboard_log.TensorBoardLog, "finish", lambda self, *a: None)
+        out = train_and_evaluate(small_config(2), tmp_path)
+    assert not tensorboard_log.has_hparams(tmp_path)
+    again = train_and_evaluate(small_config(2), tmp_path)  # the same command: nothing to train
+    assert [r["epoch"] for r in again["metrics"]] == [1, 2] and tensorboard_log.has_hparams(
+        tmp_path
+    )
+    acc = read_events(tmp_path)
+    assert "_hparams_/session_start_info" in acc.summary_metadata
+    assert scalar(acc, "hparams/best_val_ppl") == [(2, np.float32(out["best_val_ppl"]))]
+    assert scalar(acc, "perplexity/val") == expected(out["metrics"], "val_ppl")
