@@ -9,6 +9,10 @@ import pathlib
 from rnnjax.workdir import WorkdirError
 
 
+class WorkdirInUse(WorkdirError):
+    """Another process holds the workdir's lock (a sweep skips such a trial: it is not failed)."""
+
+
 class WorkdirLock:
     """One trainer per workdir: an exclusive, non-blocking ``flock`` held on the workdir directory
     itself for the trainer's lifetime, and (for trainers of earlier versions, which lock only that
@@ -33,7 +37,7 @@ class WorkdirLock:
         except BlockingIOError:
             os.close(fd)
             self.release()
-            raise WorkdirError(
+            raise WorkdirInUse(
                 f"{self.workdir} is in use by another trainer (it holds the workdir's lock); "
                 "wait for it or use another --workdir"
             ) from None

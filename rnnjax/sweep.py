@@ -37,6 +37,7 @@ from rnnjax.grid import (
     trials,
 )
 from rnnjax.host import retain_freed_memory
+from rnnjax.lock import WorkdirInUse
 from rnnjax.metrics import best_record, bpc
 from rnnjax.sweep_summary import read_result
 from rnnjax.train import train_and_evaluate
@@ -211,6 +212,13 @@ def run_sweep(
                 except (Preempted, _Signal) as e:  # recorded "interrupted"; the sweep stops
                     stop.stopping, signum = True, e.signum
                     summaries, errors = [None] * len(group), [e] * len(group)
+                except WorkdirInUse as e:  # another sweep (or trainer) runs it: not failed
+                    logging.warning("%s; skipped here, not recorded", e)
+                    for k, d in zip(group, dirs):
+                        rows[k] = {"name": d.name, "status": "busy", "error": str(e)}
+                    counts["busy"] = counts.get("busy", 0) + len(group)
+                    bar.update(len(group))
+                    continue
                 except Exception as e:  # a failed trial is recorded and the sweep goes on
                     summaries, errors = [None] * len(group), [e] * len(group)
                 for k, d, summary, error in zip(group, dirs, summaries, errors):
@@ -253,7 +261,6 @@ def _row(
         row.update(
             status="interrupted", error=f"stopped by {name}; rerun the sweep to resume this trial"
         )
-        d.mkdir(parents=True, exist_ok=True)
     elif error is None:
         best = best_record(summary["metrics"])
         row.update(
@@ -281,7 +288,20 @@ def _row(
         )
     else:
         row.update(status="failed", error=f"{type(error).__name__}: {error}".splitlines()[0])
+    try:  # a trial that cannot be recorded (read-only, disk full) runs again next time
         d.mkdir(parents=True, exist_ok=True)
-        write_atomic(d / "error.txt", "".join(traceback.format_exception(error)))
-    write_atomic(d / "result.json", json.dumps(row))
+        if row["status"] == "failed":
+            write_atomic(d / "error.txt", "".join(traceback.format_exception(error)))
+        elif row["status"] == "done":
+            (d / "error.txt").unlink(missing_ok=True)  # an earlier attempt's, no longer true
+        write_atomic(d / "result.json", json.dumps(row))
+    except (OSError, WorkdirError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        logging.warning(
+            "cannot record trial %s in %s (%s): it is not counted as finished and runs again "
+            "when the sweep is rerun",
+            d.name,
+            d,
+            why,
+        )
     return row

@@ -170,35 +170,14 @@ def summarize(workdir: str | os.PathLike) -> list[dict[str, Any]]:
     for t, r in zip(table, rows):
         t |= {f"best_epoch.{k}": (r.get("metrics") or {}).get(k) for k in metrics}
         t |= {k: (r.get("test") or {}).get(k) for k in tests}
-    csv_text = io.StringIO(newline="")
-    w = csv.DictWriter(
-        csv_text, fieldnames=[*header, *(f"best_epoch.{k}" for k in metrics), *tests]
-    )
-    w.writeheader()
-    w.writerows(table)
-    write_atomic(root / "results.csv", csv_text.getvalue())
-
-    def show(column: str, v: Any) -> str:
-        text = f"{v:.3f}" if isinstance(v, float) and column in COLUMNS else str(v)
-        return ("" if v is None else text).replace("|", "\\|")
-
-    # The markdown shows only the columns some trial has (no test split: no test columns); the CSV
-    # has all.
-    cols = [
-        c
-        for c in header
-        if c not in ("name", "error") and any(t[c] not in (None, "") for t in table)
-    ]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(show(c, t[c]) for c in cols) + " |" for t in table]
-    notes = [
-        f"- {r['name']} {r['status']}: {r.get('error')}"
-        for r in rows
-        if r.get("status") in ("failed", "interrupted")
-    ]
-    lines += ["", *notes] if notes else []
-    write_atomic(root / "results.md", "\n".join(lines) + "\n")
-    _plot(root / "sweep.png", rows, [p.parent for p in paths])
+    try:
+        _write(root, rows, paths, table, header, metrics, tests)
+    except (OSError, WorkdirError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise SweepError(
+            f"cannot write the summary in {root} ({why}); the trials' results are untouched: "
+            "make the folder writable, or summarize a copy of it"
+        ) from None
     return rows
 
 
@@ -338,6 +317,47 @@ def _legend(ax, max_entries: int = 12) -> None:
             bbox_to_anchor=(0.5, -0.15),
             frameon=False,
         )
+
+
+def _write(
+    root: pathlib.Path,
+    rows: list[dict[str, Any]],
+    paths: list[pathlib.Path],
+    table: list[dict[str, Any]],
+    header: list[str],
+    metrics: list[str],
+    tests: list[str],
+) -> None:
+    """results.csv, results.md and sweep.png (each written whole, never through a link)."""
+    csv_text = io.StringIO(newline="")
+    w = csv.DictWriter(
+        csv_text, fieldnames=[*header, *(f"best_epoch.{k}" for k in metrics), *tests]
+    )
+    w.writeheader()
+    w.writerows(table)
+    write_atomic(root / "results.csv", csv_text.getvalue())
+
+    def show(column: str, v: Any) -> str:
+        text = f"{v:.3f}" if isinstance(v, float) and column in COLUMNS else str(v)
+        return ("" if v is None else text).replace("|", "\\|")
+
+    # The markdown shows only the columns some trial has (no test split: no test columns); the CSV
+    # has all.
+    cols = [
+        c
+        for c in header
+        if c not in ("name", "error") and any(t[c] not in (None, "") for t in table)
+    ]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(show(c, t[c]) for c in cols) + " |" for t in table]
+    notes = [
+        f"- {r['name']} {r['status']}: {r.get('error')}"
+        for r in rows
+        if r.get("status") in ("failed", "interrupted")
+    ]
+    lines += ["", *notes] if notes else []
+    write_atomic(root / "results.md", "\n".join(lines) + "\n")
+    _plot(root / "sweep.png", rows, [p.parent for p in paths])
 
 
 def _plot(

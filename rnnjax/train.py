@@ -60,6 +60,11 @@ def train_and_evaluate(
         )
     workdir = rundir.resolve_path(workdir)
     rundir.check_writable(workdir)
+    if rundir.holds_sweep(workdir):
+        raise rundir.WorkdirError(
+            f"workdir {workdir} holds a sweep (its trials' result.json, results.csv), not a "
+            "training run; give the run a --workdir of its own"
+        )
     if resume == "must" and not rundir.has_checkpoint(workdir):
         raise CheckpointError(f"--resume=must but {workdir} has no checkpoint to resume from")
     if resume == "never" and rundir.has_checkpoint(workdir):

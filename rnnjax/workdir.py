@@ -151,6 +151,13 @@ def has_checkpoint(workdir: str | os.PathLike) -> bool:
     return d.is_dir() and any(p.name.isdigit() for p in d.iterdir())
 
 
+def holds_sweep(workdir: str | os.PathLike) -> bool:
+    """Whether ``workdir`` is a sweep's folder: trial folders with a ``result.json``, or the
+    sweep's ``results.csv``."""
+    d = pathlib.Path(workdir)
+    return (d / "results.csv").exists() or any(d.glob("*/result.json"))
+
+
 def _field(d: dict[str, Any], dotted: str) -> Any:
     for part in dotted.split("."):
         d = d.get(part) if isinstance(d, dict) else None

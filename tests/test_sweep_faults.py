@@ -346,3 +346,98 @@ def test_sigterm_stops_the_cli_sweep_and_a_rerun_finishes_it(tmp_path):
         timeout=120,
     )
     assert p.returncode == 0 and p.stdout.count("| done |") == 2, p.stderr[-2000:]
+
+
+def test_a_trial_that_cannot_be_recorded_does_not_stop_the_sweep(tmp_path, monkeypatch, caplog):
+    import errno
+
+    from rnnjax import sweep
+
+    calls = []
+
+    def fake_train(cfg, workdir, resume="auto"):
+        calls.append(workdir.name)
+        workdir.mkdir(exist_ok=True)
+        return _summary()
+
+    real_write = sweep.write_atomic
+
+    def read_only_gru(path, data):
+        if path.parent.name == "cell=gru" and len(calls) < 4:
+            raise OSError(errno.EROFS, "Read-only file system")
+        real_write(path, data)
+
+    monkeypatch.setattr("rnnjax.sweep.train_and_evaluate", fake_train)
+    monkeypatch.setattr(sweep, "write_atomic", read_only_gru)
+    grid = {"model.cell": ["gru", "lstm", "rnn"]}
+    run_sweep(small_config(2), grid, tmp_path)
+    assert calls == ["cell=gru", "cell=lstm", "cell=rnn"]  # the sweep went on
+    assert _statuses(tmp_path) == {"cell=lstm": "done", "cell=rnn": "done"}
+    assert "cannot record trial cell=gru" in caplog.text and "Read-only file system" in caplog.text
+    run_sweep(small_config(2), grid, tmp_path)  # the rerun runs the unrecorded trial only
+    assert calls == ["cell=gru", "cell=lstm", "cell=rnn", "cell=gru"]
+    assert set(_statuses(tmp_path).values()) == {"done"}
+
+
+def test_a_trial_another_sweep_is_running_is_skipped_not_failed(tmp_path, monkeypatch):
+    from rnnjax.lock import WorkdirLock
+
+    def fake_train(cfg, workdir, resume="auto"):
+        workdir.mkdir(exist_ok=True)
+        lock = WorkdirLock(workdir)
+        lock.acquire()  # as the trainer does: refused while another process holds it
+        lock.release()
+        return _summary()
+
+    monkeypatch.setattr("rnnjax.sweep.train_and_evaluate", fake_train)
+    (tmp_path / "cell=lstm").mkdir(parents=True)
+    other = WorkdirLock(tmp_path / "cell=lstm")  # a second sweep on the same folder runs it
+    other.acquire()
+    try:
+        rows = run_sweep(small_config(2), {"model.cell": ["gru", "lstm", "rnn"]}, tmp_path)
+    finally:
+        other.release()
+    assert [r["status"] for r in rows] == ["done", "busy", "done"]
+    assert _statuses(tmp_path) == {"cell=gru": "done", "cell=rnn": "done"}
+    assert not (tmp_path / "cell=lstm" / "error.txt").exists()
+
+
+def test_a_trial_done_on_a_rerun_leaves_no_stale_error_txt(tmp_path, monkeypatch):
+    attempts = []
+
+    def fake_train(cfg, workdir, resume="auto"):
+        attempts.append(workdir.name)
+        workdir.mkdir(exist_ok=True)
+        if len(attempts) == 1:
+            raise RuntimeError("out of luck")
+        return _summary()
+
+    monkeypatch.setattr("rnnjax.sweep.train_and_evaluate", fake_train)
+    run_sweep(small_config(2), {"seed": [0]}, tmp_path)
+    assert "out of luck" in (tmp_path / "seed=0" / "error.txt").read_text()
+    run_sweep(small_config(2), {"seed": [0]}, tmp_path)
+    assert _statuses(tmp_path) == {"seed=0": "done"}
+    assert not (tmp_path / "seed=0" / "error.txt").exists()
+
+
+def test_a_summary_that_cannot_be_written_is_one_line(tmp_path):
+    from test_sweep_summary import fake_trial
+
+    fake_trial(tmp_path, {"seed": 0}, best=10.0)
+    (tmp_path / "results.csv").mkdir()
+    with pytest.raises(SweepError, match="cannot write the summary in .*results.csv is a dir") as e:
+        summarize(tmp_path)
+    assert "\n" not in str(e.value) and (tmp_path / "results.csv").is_dir()
+
+
+def test_a_sweeps_folder_is_refused_as_a_training_runs(tmp_path):
+    from test_sweep_summary import fake_trial
+
+    from rnnjax.train import train_and_evaluate
+    from rnnjax.workdir import WorkdirError
+
+    fake_trial(tmp_path, {"seed": 0}, best=10.0)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(WorkdirError, match="holds a sweep .*; give the run a --workdir of its own"):
+        train_and_evaluate(small_config(1), tmp_path)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
