@@ -2,9 +2,11 @@
 ``train.num_epochs`` epochs, or a time budget (``train.max_minutes``).
 
 A time budget becomes a step budget once the warm-up steps have run (their learning rates do not
-depend on the length): from the measured step time, the time already spent and the validation
-passes still to come. It is written to ``WORKDIR/budget.json``; a resumed run reads it back, so
-its schedule is the one the run started with (and resumes bitwise).
+depend on the length): from the measured step time, the time already spent, and what each epoch
+costs besides its steps, measured then too (a validation pass, and a checkpoint save, which is
+kept: the run's first checkpoint). It is written to ``WORKDIR/budget.json`` and into every
+checkpoint's meta; a resumed run reads it back, so its schedule is the one the run started with
+(and resumes bitwise).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import math
 import pathlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -138,8 +140,17 @@ class TimeBudget:
             return [f"budget: {g.total:,} steps, into epoch {g.last_epoch} ({g.n:,} per epoch)"]
         return []
 
-    def after_step(self, done: int, state: Any) -> None:
-        """``done``: steps taken so far (the run's position); ``state``: the train state."""
+    def after_step(
+        self,
+        done: int,
+        state: Any,
+        epoch_end: Callable[[], tuple[float, float]] | None = None,
+    ) -> None:
+        """``done``: steps taken so far (the run's position); ``state``: the train state;
+        ``epoch_end``: measures what the run does besides its steps, returning ``(once, per
+        epoch)`` seconds (the validation pass's compile and the run's end; a validation pass and
+        a checkpoint save every ``checkpoint.every_epochs``), called once, when the budget is set.
+        """
         if not self.pending or (self.first is not None and done < self.end):
             return
         jax.block_until_ready(state)
@@ -149,16 +160,15 @@ class TimeBudget:
             return
         step_s = (now - self.first[1]) / (done - self.first[0])
         compile_s = self.first[1] - self.began  # a second compile follows (the new schedule)
+        once, per_epoch = epoch_end() if epoch_end else (0.0, 0.0)
         g = self.group
-        dc = g.cfgs[0].data
-        # a validation pass reads each held-out token once, forward only (~1/3 of a step's work)
-        eval_s = step_s * len(g.corpus.val) / (dc.batch_size * dc.num_steps) / 3
-        left = 60 * self.tc.max_minutes - (now - self.began) - compile_s
-        total = done + max(0, math.floor(left / (step_s + eval_s / g.n)))
+        left = 60 * self.tc.max_minutes - (clock() - self.began) - compile_s - once
+        total = done + max(0, math.floor(left / (step_s + per_epoch / g.n)))
         budget = {
             "max_minutes": self.tc.max_minutes,
             "max_steps": total,
             "step_seconds": round(step_s, 6),
+            "epoch_end_seconds": round(per_epoch, 6),
             "timed_steps": [self.first[0], done],
         }
         for d in self.workdirs:

@@ -15,6 +15,7 @@ import os
 import pathlib
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -244,6 +245,19 @@ class Checkpointer:
         deleted) so training can save that step again. Any other error (a bug, a version
         mismatch, memory) is raised as it is, and nothing is moved.
         """
+        for _attempt in range(3):  # a step the running trainer rotated away: look again
+            found = self._restore(target, step, with_average)
+            if found != "rotated":
+                return found
+            self._mngr.reload()
+        raise CheckpointError(
+            f"the checkpoints in {self.directory} were deleted while being read, three times "
+            "(the trainer saving there rotates them away); try again"
+        )
+
+    def _restore(self, target, step, with_average):
+        """:meth:`restore` over the steps there are now; "rotated" when every step it tried was
+        deleted while being read (the trainer's rotation, not damage)."""
         steps = self.steps()
         order = list(reversed(steps))  # latest first
         if step == "best":
@@ -260,27 +274,41 @@ class Checkpointer:
                     f"no checkpoint at step {step} in {self.directory}; have {steps}"
                 )
             order = [step]
-        damaged, problems = [], {}
+        damaged, problems, rotated = [], {}, []
         for s in order:
-            problem = find_damage(self.directory / str(s))
-            if problem is None:
-                meta = self.read_meta(s)
-                if with_average and not meta.get("average"):
-                    raise CheckpointError(
-                        f"checkpoint step {s} in {self.directory} holds no averaged weights "
-                        "(its run was trained with train.weight_average = '')"
-                    )
-                params, state = target(meta)
-                try:
-                    with orbax_errors_quiet():
-                        restored, problem = self._read(s, meta, params, state, with_average)
-                except Exception as e:
-                    problem = storage_damage(e)
-                    if problem is None:
-                        raise  # not damage: the checkpoint stays where it is
+            try:
+                problem = find_damage(self.directory / str(s))
                 if problem is None:
-                    self._quarantine(damaged)  # newer steps that were damaged: moved aside, kept
-                    return (s, *restored, meta)
+                    meta = self.read_meta(s)
+                    if with_average and not meta.get("average"):
+                        raise CheckpointError(
+                            f"checkpoint step {s} in {self.directory} holds no averaged weights "
+                            "(its run was trained with train.weight_average = '')"
+                        )
+                    params, state = target(meta)
+                    try:
+                        with orbax_errors_quiet():
+                            restored, problem = self._read(s, meta, params, state, with_average)
+                    except Exception as e:
+                        problem = storage_damage(e)
+                        if problem is None:
+                            raise  # not damage: the checkpoint stays where it is
+            except Exception:
+                if not self._rotated(s):
+                    raise
+                problem = "rotated"
+            if problem is None:
+                self._quarantine(damaged)  # newer steps that were damaged: moved aside, kept
+                return (s, *restored, meta)
+            if problem == "rotated" or self._rotated(s):
+                if step is not None:
+                    raise CheckpointError(
+                        f"checkpoint step {s} in {self.directory} was deleted while being read "
+                        f"(the trainer saving there keeps the latest and the best); have "
+                        f"{self.steps()}"
+                    )
+                rotated.append(s)
+                continue
             if step is not None:  # an explicit step never falls back: no "trying an earlier step"
                 raise CheckpointError(
                     f"checkpoint step {s} in {self.directory} is damaged: {problem}"
@@ -293,6 +321,8 @@ class Checkpointer:
             )
             damaged.append(s)
             problems[s] = problem
+        if rotated and (set(self._reloaded_steps()) - set(steps)):
+            return "rotated"  # newer steps were saved meanwhile: try them
         if damaged:
             self._quarantine(damaged)
             where = (
@@ -303,7 +333,20 @@ class Checkpointer:
                 f"every checkpoint in {self.directory} is damaged (steps {sorted(damaged)}, "
                 f"{where}; step {latest}: {problems[latest]}); start over with a new --workdir"
             )
-        return None
+        return "rotated" if rotated else None
+
+    def _rotated(self, step: int) -> bool:
+        """Whether step ``step``'s directory is gone, or goes within half a second: deleted by
+        the trainer's rotation (orbax's rmtree) while it was being read, which is not damage."""
+        for _ in range(10):
+            if not (self.directory / str(step)).exists():
+                return True
+            time.sleep(0.05)
+        return False
+
+    def _reloaded_steps(self) -> list[int]:
+        self._mngr.reload()
+        return self.steps()
 
     def _read(
         self, step: int, meta: dict[str, Any], params: Any, state: Any, with_average: bool = False

@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import tqdm
 
+from rnnjax import budget as time_budget
 from rnnjax import workdir as rundir
 from rnnjax.budget import ABSENT, TimeBudget, group_budget
 from rnnjax.build import shape_mismatch
@@ -240,9 +241,45 @@ def train_epoch(
     step once that long has passed since the last save (a kill then loses at most that much)."""
     xs_nbt, ys_nbt = group.batches(epoch)
     rng = jax.random.wrap_key_data(rng_data)
-    for i in range(first, group.stop_batch(epoch)):
+    i = first
+    while i < group.stop_batch(epoch):  # a time budget set mid-epoch may end this epoch early
         state, carry, metrics = group.train_step(state, carry, metrics, xs_nbt, ys_nbt, i, rng)
-        timer.after_step((epoch - 1) * group.n + i + 1, state)
+        if timer.pending:
+
+            def epoch_end(state=state, carry=carry, metrics=metrics, i=i):
+                """(once, per epoch) seconds besides the steps, as the epoch's end spends them:
+                the metric sums read, a validation pass read (twice: the first compiles it), the
+                greedy samples (twice, when there are prefixes) and a checkpoint of this step
+                (kept: a timed save), counted twice per save (a save past max_to_keep also
+                deletes one)."""
+                tick = time_budget.clock
+                t0 = tick()
+                jax.device_get((to_host(metrics), group.evaluate(evaluated(state))))
+                t1 = tick()
+                jax.device_get((to_host(metrics), group.evaluate(evaluated(state))))
+                t2 = tick()
+                eval_s, compiled = t2 - t1, t1 - t0 - (t2 - t1)
+                samples_s = 0.0
+                if group.cfgs[0].generate.prefixes:
+                    samples(group, group.take(evaluated(state), 0))
+                    t3 = tick()
+                    samples(group, group.take(evaluated(state), 0))
+                    samples_s = tick() - t3
+                    compiled += (t3 - t2) - samples_s
+                t4 = tick()
+                for j, ckpt in enumerate(ckpts):
+                    if j not in failed:
+                        position = (epoch - 1, i + 1, None)
+                        save(group, ckpt, j, state, rng_data, carry, metrics, *position)
+                clock["saved"] = time.monotonic()
+                save_s = tick() - t4
+                every = group.cfgs[0].checkpoint.every_epochs
+                # once: the compiles, and the run's end (the best checkpoint restored and
+                # evaluated, its samples and files: about a save, two passes and the samples)
+                once = compiled + save_s + 2 * eval_s + samples_s
+                return once, eval_s + (2 * save_s + samples_s) / every
+
+            timer.after_step((epoch - 1) * group.n + i + 1, state, epoch_end)
         profiler.after_step(state)
         timed = clock["every_s"] > 0 and time.monotonic() - clock["saved"] >= clock["every_s"]
         if stop.signum is not None or (timed and i + 1 < group.stop_batch(epoch)):
@@ -263,6 +300,7 @@ def train_epoch(
             clock["saved"] = time.monotonic()
         if stop.signum is not None:
             raise Preempted(stop.signum, int(group.take(state.step, 0)))
+        i += 1
     return state, carry, metrics
 
 

@@ -59,23 +59,31 @@ def test_max_steps_resumes_bitwise_from_a_mid_epoch_save(tmp_path):
     assert [r["step"] for r in resumed["metrics"]] == [24, 40]
 
 
+TIMES = [0.0, 2.0, 3.9, 3.9, 4.0, 4.02, 4.05, 4.06, 4.06, 4.16, 4.16]
+
+
 def test_a_time_budget_is_measured_recorded_and_kept_on_resume(tmp_path, monkeypatch):
     # A clock of our own (this machine's load would decide the length otherwise): the run starts
-    # at 0 s, its compiled first step ends at 2 s, step 20 at 3.9 s (0.1 s per step).
-    times = itertools.chain([0.0, 2.0, 3.9], itertools.repeat(100.0))
+    # at 0 s, its compiled first step ends at 2 s, step 20 at 3.9 s (0.1 s per step); then what an
+    # epoch's end costs is measured: a validation pass compiled and read (0.1 s), again (0.02 s),
+    # the samples compiled (0.03 s), again (0.01 s), a checkpoint saved (0.1 s).
+    times = itertools.chain(TIMES, itertools.repeat(100.0))
     monkeypatch.setattr(budget, "clock", lambda: next(times))
     cfg = cosine(**{"train.max_minutes": 0.15, "checkpoint.max_to_keep": 1000})
     run = tmp_path / "run"
     straight = train_and_evaluate(cfg, run)
     saved = json.loads((run / budget.BUDGET_FILE).read_text())
     assert saved["timed_steps"] == [1, 20] and saved["step_seconds"] == pytest.approx(0.1)
-    # 9 s - 3.9 s spent - 2 s for the second compile = 3.1 s; a step plus its share of the
-    # validation passes (500 tokens = 6.25 windows of 8 x 10, forward only: / 3; 24 steps an
-    # epoch) is 0.1 * (1 + 6.25 / 3 / 24) s: 28 more steps
+    # once: the compiles (0.08 + 0.02 s) and the run's end (a save, two passes, the samples:
+    # 0.15 s); each epoch (24 steps, a save every epoch, counted twice for the deletion past
+    # max_to_keep): 0.02 + 2 * 0.1 + 0.01 s. 9 s - 4.16 s spent - 2 s for the second compile -
+    # 0.25 s = 2.59 s, at 0.1 + 0.23 / 24 s a step: 23 more steps
+    assert saved["epoch_end_seconds"] == pytest.approx(0.23)
     total = saved["max_steps"]
-    assert total == 20 + math.floor(3.1 / (0.1 * (1 + 6.25 / 3 / 24))) == 48
+    assert total == 20 + math.floor((9 - 4.16 - 2 - 0.25) / (0.1 + 0.23 / 24)) == 43
     assert straight["metrics"][-1]["step"] == total
     assert straight["metrics"][-1]["lr"] < 0.05 * 0.01  # the cosine ran to its end
+    assert 20 in [int(p.name) for p in (run / "checkpoints").iterdir()]  # the timed save, kept
     for p in (run / "checkpoints").iterdir():  # a kill after epoch 1's save
         if p.name.isdigit() and int(p.name) > 24:
             shutil.rmtree(p)
@@ -100,8 +108,8 @@ def test_budgets_that_cannot_be_measured_are_refused_in_one_line(fields, message
 
 @pytest.fixture(scope="module")
 def budget_run(tmp_path_factory):
-    """A finished time-budget run (its clock our own: 48 steps, 2 epochs of 24), and its files."""
-    times = itertools.chain([0.0, 2.0, 3.9], itertools.repeat(100.0))
+    """A finished time-budget run (its clock our own, as above: 43 steps, into epoch 2)."""
+    times = itertools.chain(TIMES, itertools.repeat(100.0))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(budget, "clock", lambda: next(times))
         cfg = cosine(**{"train.max_minutes": 0.15})
@@ -136,14 +144,14 @@ def test_a_finished_time_budget_run_keeps_its_length_when_budget_json_is_lost(
     run = tmp_path / "run"
     shutil.copytree(src, run)
     saved = json.loads((run / budget.BUDGET_FILE).read_text())
-    assert out["metrics"][-1]["step"] == saved["max_steps"] == 48
+    assert out["metrics"][-1]["step"] == saved["max_steps"] == 43
     before = _files(run)
     if damage is None:
         (run / budget.BUDGET_FILE).unlink()
     else:
         (run / budget.BUDGET_FILE).write_bytes(damage)
     again = train_and_evaluate(cfg, run)  # the budget comes back from the checkpoint's meta
-    assert again["metrics"][-1]["step"] == 48 and tree_equal(again["params"], out["params"])
+    assert again["metrics"][-1]["step"] == 43 and tree_equal(again["params"], out["params"])
     assert json.loads((run / budget.BUDGET_FILE).read_text()) == saved
     assert "taken from the checkpoint and written back" in caplog.text
     assert not (run / "discarded").exists()
@@ -169,3 +177,13 @@ def test_a_checkpoint_without_the_budget_and_no_budget_json_is_refused_in_one_li
     with pytest.raises(WorkdirError, match="budget.json is missing .* train.max_steps") as e:
         train_and_evaluate(cfg, run)
     assert "\n" not in str(e.value) and _files(run) == before
+
+
+def test_a_budget_spent_by_warm_up_ends_the_run_inside_its_first_epoch(tmp_path, monkeypatch):
+    # the budget is gone by step 20 (the clock jumps to 100 s while the epoch's end is measured):
+    # the run stops there, not at the end of its epoch of 24 steps
+    times = itertools.chain([0.0, 2.0, 3.9], itertools.repeat(100.0))
+    monkeypatch.setattr(budget, "clock", lambda: next(times))
+    out = train_and_evaluate(cosine(**{"train.max_minutes": 0.15}), tmp_path)
+    assert json.loads((tmp_path / budget.BUDGET_FILE).read_text())["max_steps"] == 20
+    assert [(r["epoch"], r["step"]) for r in out["metrics"]] == [(1, 20)]

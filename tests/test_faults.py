@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -418,3 +419,42 @@ def test_generate_names_the_damaged_file_when_it_cannot_fall_back(run_copy):
         f"in place; step 72: {bad}); start over with a new --workdir"
     ), every.stderr[-3000:]
     assert steps(run) == [24, 48, 72] and not (run / "damaged").exists()  # read-only: nothing moved
+
+
+@pytest.mark.parametrize("step", ["latest", "best"])
+def test_a_reader_racing_the_trainers_rotation_never_calls_the_run_damaged(
+    run_copy, monkeypatch, caplog, step
+):
+    """The trainer deletes a step (its rotation) while ``rnnjax.load`` reads it: the reader goes
+    on to another step, warns of no damage and moves nothing."""
+    run, _ = run_copy
+    real_read = checkpoint.Checkpointer._read
+    deleted = []
+
+    def rotated_while_read(self, s, *args, **kwargs):
+        if not deleted:
+            deleted.append(s)
+            shutil.rmtree(self.directory / str(s))  # mid-read: the arrays go
+        return real_read(self, s, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "_read", rotated_while_read)
+    loaded = rnnjax.load(run, step=step)
+    assert deleted and loaded.step != deleted[0] and loaded.step in steps(run)
+    assert "damaged" not in caplog.text and not (run / "damaged").exists()
+
+
+def test_a_reader_whose_every_step_is_rotated_away_tries_the_new_ones(run_copy, monkeypatch):
+    run, _ = run_copy
+    real_read = checkpoint.Checkpointer._read
+    moved = {}
+
+    def all_rotated(self, s, *args, **kwargs):
+        if not moved:  # the trainer saved a new step and rotated every old one away
+            for old in steps(run):
+                shutil.move(run / "checkpoints" / str(old), run / f"kept{old}")
+            shutil.copytree(run / "kept72", run / "checkpoints" / "96")
+            moved["done"] = True
+        return real_read(self, s, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "_read", all_rotated)
+    assert rnnjax.load(run).step == 96

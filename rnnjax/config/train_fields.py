@@ -134,9 +134,9 @@ GROUPS: dict[str, tuple[str, list[Field | Rule]]] = {
                 "max_minutes",
                 0.0,
                 "A time budget: the run's length in steps is set from the step time measured "
-                "during warm-up (compilation, evaluation passes and the time already spent "
-                "included) and recorded in WORKDIR/budget.json, which a resumed run keeps. "
-                "0 = off.",
+                "during warm-up (compilation, each epoch's validation pass, samples and "
+                "checkpoint, and the time already spent included) and recorded in "
+                "WORKDIR/budget.json and the checkpoints, which a resumed run keeps. 0 = off.",
                 **real("a number >= 0 (0 = off)", lambda v: v >= 0),
                 added=True,
             ),
