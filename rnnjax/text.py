@@ -54,7 +54,7 @@ def read_files(
                 "give existing text files"
             ) from None
         try:
-            text = raw.decode("utf-8")
+            text = decode(raw)
         except UnicodeDecodeError as e:
             raise ConfigError(
                 f"config.data.{field}: {path!r} is not UTF-8 (byte {e.start}); "
@@ -65,6 +65,12 @@ def read_files(
             raise ConfigError(f"config.data.{field}: {path!r} is empty; give a file with text")
         out.append((name if names.count(name) == 1 else str(path), text))
     return out
+
+
+def decode(raw: bytes) -> str:
+    """A file's bytes as text: UTF-8, a leading byte order mark (U+FEFF, as Windows editors write
+    it) dropped, never a token of the text."""
+    return raw.decode("utf-8-sig")
 
 
 def read_texts(paths: Sequence[str], max_file_mb: int = 1024) -> str:

@@ -11,7 +11,9 @@ argument exits non-zero with one line, ``error: <message>``.
 """
 
 import _startup  # noqa: F401, I001  (first: Ctrl-C while JAX imports is one line)
+import os
 import pathlib
+import stat
 import sys
 
 from absl import flags
@@ -19,13 +21,14 @@ from absl import flags
 from rnnjax import (
     cli,
 )  # light modules only up to main(): flag mistakes are answered before JAX imports
+from rnnjax.text import decode
 from rnnjax.workdir import WorkdirError, resolve_path
 from rnnjax.config import SAME_PARAMS_IMPLS
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run directory written by scripts/train.py.", required=True
 )
-_TEXT = flags.DEFINE_string("text", None, "UTF-8 text file to score.", required=True)
+_TEXT = flags.DEFINE_string("text", None, "UTF-8 text file to score; - reads stdin.", required=True)
 _STEP = flags.DEFINE_string(
     "step", "best", "Checkpoint: best (lowest validation perplexity), latest, or a step number."
 )
@@ -46,21 +49,30 @@ _BATCH = flags.DEFINE_integer(
 
 
 def read_text(path: str) -> str:
+    """``--text``: a file, or ``-`` (or a pipe, e.g. ``/dev/stdin``) read to its end."""
+    if path == "-":
+        raw = sys.stdin.buffer.read()
+    else:
+        try:
+            resolve_path(path)
+        except WorkdirError as e:  # a symbolic link loop
+            cli.fail(f"--text={e}")
+        name = os.path.expanduser(path)  # /dev/stdin's link leads to a pipe: open the name
+        try:
+            kind = os.stat(name).st_mode
+        except OSError:
+            cli.fail(f"--text={path}: does not exist; give a text file, or - for stdin")
+        if not (stat.S_ISREG(kind) or stat.S_ISFIFO(kind) or stat.S_ISCHR(kind)):
+            cli.fail(f"--text={path}: is not a regular file; give a text file")
+        try:
+            with open(name, "rb") as f:
+                raw = f.read()
+        except OSError as e:
+            cli.fail(f"--text={path}: cannot read it ({e.strerror})")
     try:
-        p = resolve_path(path)
-    except WorkdirError as e:  # a symbolic link loop
-        cli.fail(f"--text={e}")
-    if not p.is_file():
-        cli.fail(
-            f"--text={path}: {'is not a regular file' if p.exists() else 'does not exist'}; give "
-            "a text file"
-        )
-    try:
-        return p.read_bytes().decode("utf-8")
+        return decode(raw)
     except UnicodeDecodeError as e:
         cli.fail(f"--text={path} is not UTF-8 (byte {e.start}); convert it, e.g. iconv -t utf-8")
-    except OSError as e:
-        cli.fail(f"--text={path}: cannot read it ({e.strerror})")
 
 
 def main(argv):

@@ -43,6 +43,17 @@ def test_preprocess_none_keeps_raw_characters_and_word_tokens(tmp_path):
     assert "Hello," in words.vocab.idx_to_token and "again." in words.vocab.idx_to_token
 
 
+def test_a_byte_order_mark_is_not_a_token(tmp_path):
+    f = tmp_path / "t.txt"
+    f.write_bytes(b"\xef\xbb\xbf" + b"Hello, World!\n" * 100)  # as Windows editors save
+    cfg = data_cfg(
+        paths=(str(f),), preprocess="none", max_tokens=1000, num_val=100, batch_size=2, num_steps=5
+    )
+    corpus = data.load_corpus(cfg)
+    assert "\ufeff" not in corpus.vocab.idx_to_token
+    assert corpus.vocab.decode(corpus.train[:5]) == list("Hello")  # the text starts at its text
+
+
 def test_sequential_batches_continue_each_row_exactly():
     cfg = data_cfg(batch_size=4, num_steps=5)
     tokens = np.arange(300, dtype=np.int32)

@@ -1,11 +1,13 @@
 """``rnnjax.load``: a read-only restore that generates and scores text, as the CLI and the notebook
 use it."""
 
+import json
 import os
 import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import param_bytes, run_notebook, snapshot
 
@@ -91,3 +93,51 @@ def test_load_never_imports_the_trainer():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("records", ["none", "null val_ppl"])
+def test_the_restore_notebook_without_records_or_with_null_perplexities(
+    tmp_path, smoke_run, records
+):
+    pytest.importorskip("nbformat")
+    from conftest import copy_run
+
+    run = copy_run(smoke_run[0], tmp_path / "run")
+    if records == "none":  # a run copied without its metrics.jsonl
+        (run / "metrics.jsonl").unlink()
+    else:  # an epoch whose validation pass gave no number
+        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        lines[0]["val_ppl"] = None
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    text, _ = run_notebook("restore_and_generate.ipynb", tmp_path, RNNJAX_WORKDIR=str(run))
+    if records == "none":
+        assert "has no epoch records (metrics.jsonl): no curves to plot" in text
+    else:
+        best = min(lines[1:], key=lambda r: r["val_ppl"])
+        assert f"best validation perplexity {best['val_ppl']:.2f} at epoch {best['epoch']}" in text
+
+
+@pytest.mark.exhaustive  # by default: the notebook's test_inside.py run covers its cells
+def test_the_inside_notebook_on_a_word_run_two_folders_of_one_name_and_an_empty_entry(
+    tmp_path, smoke_run
+):
+    pytest.importorskip("nbformat")
+    from conftest import copy_run, small_config
+
+    from rnnjax.data import load_corpus
+    from rnnjax.text import Tokens, detokenize
+    from rnnjax.train import train_and_evaluate
+
+    words = tmp_path / "a" / "run"
+    cfg = small_config(2, **{"data.tokenizer": "word", "data.max_tokens": 3000})
+    train_and_evaluate(cfg, words)
+    chars = copy_run(smoke_run[0], tmp_path / "b" / "run")
+    entries = os.pathsep.join([str(words), "", str(chars)])
+    text, _ = run_notebook("inside_the_stack.ipynb", tmp_path, RNNJAX_WORKDIRS=entries)
+    assert f"{words}: 2-layer lstm" in text and f"{chars}: 2-layer lstm" in text  # both, by path
+    assert str(tmp_path) + ":" not in text  # the empty entry is not the notebook's own folder
+    # the notebook's held-out text, as it builds it, reads back as the same words
+    run = rnnjax.load(words)
+    ids = load_corpus(run.config.data).val[:2000]
+    back = Tokens(detokenize(run.vocab.decode(ids), "word"), "word").encode(run.vocab)
+    assert np.array_equal(back, ids)

@@ -4,6 +4,7 @@ its target left as it was); a directory where a file belongs is one line naming 
 
 import json
 import os
+import pathlib
 import shutil
 
 import pytest
@@ -147,3 +148,24 @@ def test_a_hand_edited_config_json_names_the_field_that_disagrees(
     assert "\n" not in str(e.value)
     with pytest.raises(CheckpointError, match=fix):  # a resume with the edit as its config too
         train_and_evaluate(small_config(3, **{f"model.{field}": value}), run)
+
+
+@pytest.mark.parametrize("text_flag", ["-", "/dev/stdin"])
+def test_evaluate_reads_stdin_and_drops_a_byte_order_mark(smoke_run, text_flag):
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    args = [sys.executable, str(root / "scripts" / "evaluate.py"), f"--workdir={smoke_run[0]}"]
+    text = "the time traveller smiled round at us"
+    out = [
+        subprocess.run(
+            [*args, f"--text={text_flag}"], input=data, capture_output=True, env=env, timeout=120
+        )
+        for data in (text.encode(), b"\xef\xbb\xbf" + text.encode())
+    ]
+    assert [p.returncode for p in out] == [0, 0], out[0].stderr[-2000:]
+    plain, with_bom = (p.stdout.decode().splitlines()[0] for p in out)
+    # the same characters scored, the same perplexity: the mark is not read as text
+    assert "perplexity" in plain and plain.split(":", 1)[1] == with_bom.split(":", 1)[1]
