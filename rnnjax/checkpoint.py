@@ -213,6 +213,19 @@ class Checkpointer:
         except Exception:  # noqa: BLE001 - damaged metadata: restore() reports it
             return None
 
+    def saved_records(self) -> list[dict[str, Any]]:
+        """The epoch record each step saved at an epoch's end holds in its meta (what a damaged
+        ``metrics.jsonl`` gets back); a step whose meta cannot be read is left out."""
+        out = []
+        for s in self.steps():
+            try:
+                record = self.read_meta(s).get("record")
+            except Exception:  # noqa: BLE001 - damage: restore() finds and reports it
+                continue
+            if isinstance(record, dict) and isinstance(record.get("epoch"), int):
+                out.append(record)
+        return out
+
     def best_steps(self) -> list[int]:
         """Steps saved at an epoch end, best validation perplexity first (mid-epoch saves have
         none)."""

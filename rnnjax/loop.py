@@ -69,7 +69,8 @@ def train_group(
         timer = group_budget(group, workdirs, position, in_checkpoint)
         notes[0] += timer.notes()
         records = [
-            kept_records(d, start_epoch, s, primary, n) for d, s, n in zip(workdirs, saved, notes)
+            kept_records(d, start_epoch, [s, *ckpt.saved_records()], primary, n)
+            for d, s, n, ckpt in zip(workdirs, saved, notes, ckpts)
         ]
         stopped = stopped_early(
             tc.early_stopping_patience, records

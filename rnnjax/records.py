@@ -29,23 +29,27 @@ from rnnjax.steps import nonfinite_part
 def kept_records(
     workdir: pathlib.Path,
     start_epoch: int,
-    saved: dict[str, Any] | None,
+    saved: list[dict[str, Any]],
     primary: bool,
     notes: list[str],
 ) -> list[dict[str, Any]]:
     """The records of the epochs before ``start_epoch``; one a damaged ``metrics.jsonl`` lost is
-    taken from the checkpoint's meta (``saved``). Those after the checkpoint (a kill past it) are
-    redone, identically: they are set aside in ``discarded/<time>/metrics.jsonl`` and ``notes`` says
-    so."""
+    taken from the checkpoints' meta (``saved``: the record each kept checkpoint holds). Those
+    after the checkpoint (a kill past it) are redone, identically: they are set aside in
+    ``discarded/<time>/metrics.jsonl`` and ``notes`` says so."""
     path = workdir / "metrics.jsonl"
     every = rundir.read_metrics(path)
     records = [r for r in every if r["epoch"] < start_epoch]
-    if saved and not any(r["epoch"] == saved["epoch"] for r in records):
+    have = {r["epoch"] for r in records}
+    back = {
+        r["epoch"]: r for r in saved if r and r["epoch"] < start_epoch and r["epoch"] not in have
+    }
+    if back:
         logging.warning(
-            "metrics.jsonl lacked epoch %d: its record is restored from the checkpoint",
-            saved["epoch"],
+            "metrics.jsonl lacked epoch(s) %s: restored from the checkpoints",
+            ", ".join(map(str, sorted(back))),
         )
-        records = sorted([*records, saved], key=lambda r: r["epoch"])
+        records = sorted([*records, *back.values()], key=lambda r: r["epoch"])
     later = [r for r in every if r["epoch"] >= start_epoch]
     if primary and later:
         dest = set_aside_records(workdir, later)

@@ -316,3 +316,72 @@ def test_any_damage_to_any_checkpoint_file_falls_back_or_restores_intact(
     shutil.copytree(src, run)
     _damage(run / "checkpoints" / "72" / rel, kind, where, value)
     _check_damaged_run(run, target, clean, rel, kind)
+
+
+# --- Damage to any other file of a run --------------------------------------------------------
+
+
+def _run_files(run) -> list[str]:
+    """Every file of a run but its checkpoints and its lock: config, vocabulary, records, events,
+    plot, samples, evaluation."""
+    return sorted(
+        str(p.relative_to(run))
+        for p in run.rglob("*")
+        if p.is_file() and "checkpoints" not in p.parts and p.name != ".lock"
+    )
+
+
+def _checkpoint_bytes(run) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(run)): p.read_bytes()
+        for p in (run / "checkpoints").rglob("*")
+        if p.is_file()
+    }
+
+
+@settings(
+    max_examples=max(10, EXAMPLES // 3),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(st.data())
+def test_any_damage_to_any_other_run_file_is_one_line_naming_it_or_recovered(
+    smoke_run, tmp_path, data
+):
+    """Rerunning the finished run's command and ``rnnjax.load`` after damaging one file of the
+    run (kind x position x file): each either works, with every epoch's record back (from the
+    checkpoints' meta) and the files it writes whole, or stops in one line that names the file.
+    The checkpoints are never touched."""
+    import json
+
+    from conftest import small_config
+
+    import rnnjax
+    from rnnjax.checkpoint import CheckpointError
+    from rnnjax.train import train_and_evaluate
+    from rnnjax.workdir import WorkdirError
+
+    src, _ = smoke_run
+    rel = data.draw(st.sampled_from(_run_files(src)), label="file")
+    kind = data.draw(st.sampled_from(DAMAGE_KINDS), label="damage")
+    where = data.draw(st.floats(0, 1), label="where")
+    value = data.draw(st.integers(0, 2**32 - 1), label="seed")
+    run = tmp_path / "run"
+    shutil.rmtree(run, ignore_errors=True)
+    shutil.copytree(src, run)
+    _damage(run / rel, kind, where, value)
+    before = _checkpoint_bytes(run)
+    for attempt in (lambda: train_and_evaluate(small_config(3), run), lambda: rnnjax.load(run)):
+        try:
+            out = attempt()
+        except (WorkdirError, CheckpointError) as e:
+            assert "\n" not in str(e) and pathlib.Path(rel).name in str(e), (rel, kind, str(e))
+            assert rel in ("config.json", "vocab.json", "metrics.jsonl"), (rel, kind, str(e))
+            continue
+        records = out["metrics"] if isinstance(out, dict) else out.metrics
+        assert [r["epoch"] for r in records] == [1, 2, 3], (rel, kind)
+    assert _checkpoint_bytes(run) == before, (rel, kind)
+    if rel in ("curves.png", "evaluation.json", "samples.txt"):  # written again, whole
+        assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", (rel, kind)
+        json.loads((run / "evaluation.json").read_text())
+        assert len((run / "samples.txt").read_text().splitlines()) == 2, (rel, kind)
