@@ -75,8 +75,10 @@ _AVX2_ONLY = flags.DEFINE_bool("avx2_only", False, "Internal: the avx2 section's
 
 def _writable(flag: str, value: str) -> pathlib.Path:
     """``value`` resolved against the current directory; one line when it cannot be written
-    (checked before the measurements: a long run never ends without its report)."""
-    path = user_path(value)
+    (checked before the measurements: a long run never ends without its report). Its folder is
+    resolved, not its name: a link there is replaced by the report, never written through."""
+    given = pathlib.Path(value).expanduser()
+    path = user_path(given.parent) / given.name
     if path.is_dir():
         cli.fail(f"--{flag}={value} is a directory; give a file path")
     parent = path.parent

@@ -215,6 +215,20 @@ def test_benchmark_script_writes_the_report_of_one_run(tmp_path):
         env=ENV,
     )
     assert again.returncode == 0 and (tmp_path / "again.md").read_text() == text
+    (tmp_path / "theirs.md").write_text("someone else's file\n")  # a link where the report goes
+    (tmp_path / "linked.md").symlink_to(tmp_path / "theirs.md")
+    linked = subprocess.run(
+        [sys.executable, SCRIPT, "--from_json=j/b.json", "--out=linked.md"],
+        capture_output=True,
+        cwd=tmp_path,
+        env=ENV,
+    )
+    assert (
+        linked.returncode == 0 and (tmp_path / "theirs.md").read_text() == "someone else's file\n"
+    )
+    assert (
+        not (tmp_path / "linked.md").is_symlink() and (tmp_path / "linked.md").read_text() == text
+    )
     assert (
         "## Targets" in text
         and "## Generation" in text
