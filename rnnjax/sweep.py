@@ -44,6 +44,7 @@ from rnnjax.train import train_and_evaluate
 from rnnjax.workdir import (
     WorkdirError,
     check_writable,
+    finite,
     has_checkpoint,
     resolve_path,
     write_atomic,
@@ -294,7 +295,7 @@ def _row(
             write_atomic(d / "error.txt", "".join(traceback.format_exception(error)))
         elif row["status"] == "done":
             (d / "error.txt").unlink(missing_ok=True)  # an earlier attempt's, no longer true
-        write_atomic(d / "result.json", json.dumps(row))
+        write_atomic(d / "result.json", json.dumps(finite(row), allow_nan=False))
     except (OSError, WorkdirError) as e:
         why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         logging.warning(

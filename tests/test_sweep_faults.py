@@ -441,3 +441,14 @@ def test_a_sweeps_folder_is_refused_as_a_training_runs(tmp_path):
     with pytest.raises(WorkdirError, match="holds a sweep .*; give the run a --workdir of its own"):
         train_and_evaluate(small_config(1), tmp_path)
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_a_nan_metric_is_null_in_result_json(tmp_path, monkeypatch):
+    def fake_train(cfg, workdir, resume="auto"):
+        workdir.mkdir(exist_ok=True)
+        return {**_summary(), "train_ppl": float("nan")}
+
+    monkeypatch.setattr("rnnjax.sweep.train_and_evaluate", fake_train)
+    run_sweep(small_config(2), {"seed": [0]}, tmp_path)
+    text = (tmp_path / "seed=0" / "result.json").read_text()
+    assert "NaN" not in text and json.loads(text)["train_ppl"] is None
