@@ -40,7 +40,10 @@ Python list literal; dicts take a Python dict literal.
 
 `train.optimizer` names any function in
 [optax](https://optax.readthedocs.io/en/latest/api/optimizers.html) that takes `learning_rate`
-(`sgd`, `adam`, `adamw`, `lion`, `adafactor`, ...): no code change is needed.
+(`sgd`, `adam`, `adamw`, `lion`, `adafactor`, ...): no code change is needed. Every such function
+in the installed optax takes training steps (`tests/test_optim.py` runs each), except `lbfgs`,
+whose update needs the loss function too: refused in one line. Its float arguments sit in the
+optimizer state, the rest (ints such as adafactor's `min_dim_size_to_factor`) are static.
 `train.optimizer_kwargs` holds its other keyword arguments, checked against its signature before
 training:
 

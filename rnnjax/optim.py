@@ -23,6 +23,12 @@ _FIND = (
 )
 
 
+# optax optimizers whose update needs more than gradients, which a train step does not give.
+NEEDS_MORE = {
+    "lbfgs": "its update needs the loss value, its gradient and the loss function (a line search)",
+}
+
+
 def _takes_learning_rate(fn: object) -> bool:
     try:
         return callable(fn) and "learning_rate" in inspect.signature(fn).parameters
@@ -49,6 +55,11 @@ def optimizer_factory(cfg: TrainConfig) -> tuple[Factory, inspect.Signature]:
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise ConfigError(
             f"config.train.optimizer = {name!r} is not an optax optimizer; {hint}give {_FIND}"
+        )
+    if name in NEEDS_MORE:
+        raise ConfigError(
+            f"config.train.optimizer = {name!r} cannot train here: {NEEDS_MORE[name]}; give "
+            "another, e.g. 'adam'"
         )
     sig = inspect.signature(factory)
     params = sig.parameters
@@ -109,7 +120,19 @@ def make_optimizer(
     kwargs["learning_rate"] = cfg.learning_rate if cfg.schedule == "constant" else schedule
     if "weight_decay" in sig.parameters:
         kwargs["weight_decay"] = cfg.weight_decay
-    static = tuple(k for k, v in cfg.optimizer_kwargs.items() if not isinstance(v, float))
+    # Only floats are injected: every other value, given or a default (adafactor's
+    # min_dim_size_to_factor, lbfgs's memory_size: ints a traced value cannot stand in for), is
+    # static.
+    bound = sig.bind_partial(**kwargs)
+    bound.apply_defaults()
+    static = tuple(
+        k
+        for k, v in bound.arguments.items()
+        if k not in ("learning_rate", "weight_decay")
+        and sig.parameters[k].kind
+        not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        and not isinstance(v, float)
+    )
     opt = optax.inject_hyperparams(factory, static_args=static)(**kwargs)
     if cfg.grad_clip > 0:
         opt = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), opt)

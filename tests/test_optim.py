@@ -1,6 +1,7 @@
 """The optimizer's gradient clipping bounds the update."""
 
 import dataclasses
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -113,6 +114,44 @@ def test_any_optax_optimizer_trains_by_name(tmp_path):
     assert float(hp["weight_decay"]) == pytest.approx(0.01)
     assert float(hp["b1"]) == pytest.approx(0.95)
     assert "mu_dtype" not in hp  # a string: static, not a traced hyperparameter
+
+
+OPTAX_OPTIMIZERS = sorted(
+    n
+    for n in dir(optax)
+    if not n.startswith("_")
+    and inspect.isfunction(getattr(optax, n))
+    and "learning_rate" in inspect.signature(getattr(optax, n)).parameters
+)
+
+
+@pytest.mark.filterwarnings("ignore:Specifying a key will be required")  # noisy_sgd's own notice
+@pytest.mark.parametrize("name", OPTAX_OPTIMIZERS)
+def test_every_optax_optimizer_takes_steps_or_is_refused_in_one_line(name):
+    """Every function in optax's namespace that takes ``learning_rate``: two jitted updates of a
+    small tree give finite parameters, or the config is refused in one line naming why."""
+    from rnnjax.config import ConfigError
+    from rnnjax.optim import NEEDS_MORE
+
+    fields = {"train.optimizer": name, "train.schedule": "warmup_cosine", "train.warmup_steps": 1}
+    if name in NEEDS_MORE:
+        with pytest.raises(ConfigError, match=f"optimizer = '{name}' cannot train here") as e:
+            make_optimizer(resolve(small_config(1, **fields)).train, 10)
+        assert "\n" not in str(e.value)
+        return
+    tx, _ = make_optimizer(resolve(small_config(1, **fields)).train, 10)
+    params = {"w": jnp.ones((3, 4)), "b": jnp.ones((4,))}
+
+    @jax.jit
+    def step(params, state):
+        grads = jax.tree_util.tree_map(lambda x: 0.1 * x, params)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    state = tx.init(params)
+    for _ in range(2):
+        params, state = step(params, state)
+    assert all(jnp.isfinite(x).all() for x in jax.tree_util.tree_leaves(params))
 
 
 @pytest.mark.parametrize(
