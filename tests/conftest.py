@@ -179,6 +179,23 @@ def copy_run(src, dst) -> pathlib.Path:
     return pathlib.Path(dst)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config):
+    """Parallel workers by default (pytest-xdist: ``-n auto``, at most 4, test groups kept on one
+    worker), set here rather than in pyproject's addopts so that ``-p no:xdist`` (or pytest
+    without xdist) runs the suite in one process instead of failing on ``-n``. An ``-n`` of your
+    own wins."""
+    worker = "PYTEST_XDIST_WORKER" in os.environ or hasattr(config, "workerinput")
+    if (
+        not worker
+        and config.pluginmanager.hasplugin("xdist")
+        and config.getoption("numprocesses") is None
+    ):
+        config.option.numprocesses = "auto"
+        config.option.maxprocesses = 4
+        config.option.dist = "loadgroup"
+
+
 def pytest_collection_modifyitems(config, items):
     """The end-to-end runs (marked ``slow``) first, each part in its own order: pytest-xdist hands
     the tests out in this order, so the longest start early and the short ones fill the workers'
