@@ -29,7 +29,10 @@ _SHARD = flags.DEFINE_string(
     "shard", "0/1", "Run only trials k with k mod n == i (i/n), e.g. one shard per machine."
 )
 _AXIS = flags.DEFINE_multi_string(
-    "axis", [], "Extra grid axis FIELD=v1,v2,... (values as Python literals)."
+    "axis",
+    [],
+    "Extra grid axis FIELD=v1,v2,... (values as Python literals); for a field the grid has "
+    "already, its values replace the grid's.",
 )
 _VECTORIZE = flags.DEFINE_bool(
     "vectorize",
