@@ -90,7 +90,7 @@ def make_record(
         if parts
         else None
     )
-    return epoch_record(
+    record = epoch_record(
         epoch,
         step,
         group.take(sums, j),
@@ -102,6 +102,7 @@ def make_record(
         c.data.tokenizer == "char",
         by_source,
     )
+    return {**record, "impl": impl_ran(group)}  # what ran: a sweep compares tokens/s across it
 
 
 def commit(workdir: pathlib.Path, record: dict[str, Any], bar, primary: bool) -> None:
@@ -174,6 +175,15 @@ def abort_error(
             f"exp: the run diverged) with {with_what}"
         )
     return None
+
+
+def impl_ran(group: Group) -> str:
+    """The implementation the group's steps run, as records and sweep tables name it: "rnnjax",
+    "native avx512" (with the kernels' vector code), ..., and "rnnjax" where native falls back."""
+    runs = str(group.model.impl)
+    if runs == "native":
+        return f"native {native.isa()}" if native.available() else "rnnjax"
+    return runs
 
 
 def describe(

@@ -272,6 +272,7 @@ def _row(
             best_epoch=best["epoch"] if best else None,
             test_ppl=summary.get("test_ppl"),
             test_bpc=summary.get("test_bpc"),
+            impl=summary["metrics"][-1].get("impl"),
             tokens_per_sec=statistics.median(r["tokens_per_sec"] for r in summary["metrics"]),
             wall_time=summary["metrics"][-1]["wall_time"],
             status="done",

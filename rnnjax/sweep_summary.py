@@ -23,6 +23,7 @@ COLUMNS = [
     "cell",
     "num_layers",
     "hidden_size",
+    "impl",
     "num_params",
     "train_ppl",
     "best_val_ppl",

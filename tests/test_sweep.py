@@ -108,6 +108,12 @@ def test_sweep_runs_records_failures_and_resumes(tmp_path):
     with open(tmp_path / "results.csv") as f:
         table = list(csv.DictReader(f))
     assert {r["cell"] for r in table if r["status"] == "done"} == {"gru", "lstm"}
+    # the implementation each trial ran, as its records say (native where built, else rnnjax)
+    ran = json.loads(
+        (tmp_path / "cell=gru,learning_rate=1.0" / "metrics.jsonl").read_text().splitlines()[0]
+    )["impl"]
+    assert ran.split()[0] in ("native", "rnnjax")
+    assert {r["impl"] for r in table if r["status"] == "done" and r["cell"] == "gru"} == {ran}
     assert float(table[0]["best_val_ppl"]) > 1.0 and int(table[0]["num_params"]) > 0
     assert [(r["cell"], r["learning_rate"], r["status"]) for r in table] == [
         ("gru", "1.0", "done"),

@@ -98,6 +98,7 @@ def test_axis_columns_are_named_by_last_part_when_unambiguous(tmp_path):
         "train.x",
         "data.x",
         "data.status",
+        "impl",
         "num_params",
         "train_ppl",
         "best_val_ppl",
