@@ -98,13 +98,11 @@ class Run:
         )
 
     def perplexity(self, text: str) -> float:
-        """Perplexity of the model on ``text`` (preprocessed as in training; unknown tokens ->
-        <unk>)."""
-        d = self.config.data
-        ids = self.vocab.encode(data.tokenize(data.preprocess(text, d.preprocess), d.tokenizer))
-        if len(ids) < 2:
-            raise ValueError("perplexity needs a text of at least 2 tokens after preprocessing")
-        return perplexity(self.model, self.params, ids, 1, d.num_steps)
+        """Perplexity of the model on ``text`` read as one row, every token scored (preprocessed as
+        in training; unknown tokens -> <unk>): ``evaluate(text, batch_size=1).perplexity``.
+        :meth:`evaluate` without ``batch_size`` reads the run's ``data.batch_size`` rows, each
+        from a zero state, as its validation does: another number on the same text."""
+        return self.evaluate(text, batch_size=1).perplexity
 
     def evaluate(self, text: str, batch_size: int | None = None) -> Evaluation:
         """Perplexity and bits per character (token) of ``text``, preprocessed as in training and

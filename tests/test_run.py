@@ -141,3 +141,10 @@ def test_the_inside_notebook_on_a_word_run_two_folders_of_one_name_and_an_empty_
     ids = load_corpus(run.config.data).val[:2000]
     back = Tokens(detokenize(run.vocab.decode(ids), "word"), "word").encode(run.vocab)
     assert np.array_equal(back, ids)
+
+
+def test_perplexity_is_evaluate_read_as_one_row(smoke_run):
+    run = rnnjax.load(smoke_run[0])
+    text = "the time traveller smiled round at us and then he said that is the way of it"
+    assert run.perplexity(text) == run.evaluate(text, batch_size=1).perplexity
+    assert run.evaluate(text).perplexity != run.perplexity(text)  # 8 rows from zero states
