@@ -39,20 +39,9 @@ COLUMNS = [
 
 
 STATUSES = ("done", "failed", "interrupted")
-# The columns that hold numbers (or None: not measured).
-_NUMERIC = (
-    "num_layers",
-    "hidden_size",
-    "num_params",
-    "train_ppl",
-    "best_val_ppl",
-    "best_val_bpc",
-    "best_epoch",
-    "test_ppl",
-    "test_bpc",
-    "tokens_per_sec",
-    "wall_time",
-)
+# The columns that hold numbers (or None: not measured): all but these.
+_TEXT = ("name", "cell", "impl", "status", "error")
+_NUMERIC = tuple(c for c in COLUMNS if c not in _TEXT)
 
 
 def read_result(path: pathlib.Path) -> tuple[dict[str, Any] | None, str | None]:

@@ -259,6 +259,20 @@ def _damage(path: pathlib.Path, kind: str, where: float, value: int) -> None:
     path.write_bytes(bytes(data))
 
 
+def _damaged_copy(data, src, tmp_path, files: list[str], under: str):
+    """A fresh copy of the run ``src`` with one of ``files`` (relative to ``under`` in it)
+    damaged as hypothesis draws: (the copy, the file, the kind of damage)."""
+    rel = data.draw(st.sampled_from(files), label="file")
+    kind = data.draw(st.sampled_from(DAMAGE_KINDS), label="damage")
+    where = data.draw(st.floats(0, 1), label="where")
+    value = data.draw(st.integers(0, 2**32 - 1), label="seed")
+    run = tmp_path / "run"
+    shutil.rmtree(run, ignore_errors=True)
+    shutil.copytree(src, run)
+    _damage(run / under / rel, kind, where, value)
+    return run, rel, kind
+
+
 def _check_damaged_run(run, target, clean, rel: str, kind: str) -> None:
     """The latest step either still restores bit for bit (a file the restore does not need) or is
     moved to damaged/ and the previous step (48) is used: never an exception, never other arrays."""
@@ -307,14 +321,7 @@ def test_any_damage_to_any_checkpoint_file_falls_back_or_restores_intact(
     finished_run, tmp_path, data
 ):
     src, target, clean = finished_run
-    rel = data.draw(st.sampled_from(_orbax_files(src)), label="file")
-    kind = data.draw(st.sampled_from(DAMAGE_KINDS), label="damage")
-    where = data.draw(st.floats(0, 1), label="where")
-    value = data.draw(st.integers(0, 2**32 - 1), label="seed")
-    run = tmp_path / "run"
-    shutil.rmtree(run, ignore_errors=True)
-    shutil.copytree(src, run)
-    _damage(run / "checkpoints" / "72" / rel, kind, where, value)
+    run, rel, kind = _damaged_copy(data, src, tmp_path, _orbax_files(src), "checkpoints/72")
     _check_damaged_run(run, target, clean, rel, kind)
 
 
@@ -362,14 +369,7 @@ def test_any_damage_to_any_other_run_file_is_one_line_naming_it_or_recovered(
     from rnnjax.workdir import WorkdirError
 
     src, _ = smoke_run
-    rel = data.draw(st.sampled_from(_run_files(src)), label="file")
-    kind = data.draw(st.sampled_from(DAMAGE_KINDS), label="damage")
-    where = data.draw(st.floats(0, 1), label="where")
-    value = data.draw(st.integers(0, 2**32 - 1), label="seed")
-    run = tmp_path / "run"
-    shutil.rmtree(run, ignore_errors=True)
-    shutil.copytree(src, run)
-    _damage(run / rel, kind, where, value)
+    run, rel, kind = _damaged_copy(data, src, tmp_path, _run_files(src), ".")
     before = _checkpoint_bytes(run)
     for attempt in (lambda: train_and_evaluate(small_config(3), run), lambda: rnnjax.load(run)):
         try:
