@@ -21,7 +21,7 @@ from typing import Any
 
 import jax
 
-from rnnjax.config import TrainConfig
+from rnnjax.config import ConfigError, TrainConfig
 from rnnjax.config.train_fields import MEASURED_STEPS
 from rnnjax.workdir import WorkdirError, write_atomic
 
@@ -123,10 +123,20 @@ class TimeBudget:
         self.group, self.workdirs, self.tc = group, list(workdirs), tc
         self.pending = tc.max_minutes > 0 and group.total == UNMEASURED
         self.began = clock()  # the run's (or this resumed part's) start
-        warm = tc.warmup_steps if tc.schedule == "warmup_cosine" else MEASURED_STEPS + 1
+        # timed by the end of warm-up, and never later than step MEASURED_STEPS + 1: a warm-up
+        # longer than the budget is found then, not when the budget is long spent
+        warm = MEASURED_STEPS + 1
+        if tc.schedule == "warmup_cosine":
+            warm = min(tc.warmup_steps, warm)
         self.end = max(warm, start_step + 2)  # at least one timed step after the compiled one
         self.first: tuple[int, float] | None = None
         self.record: dict[str, Any] | None = None  # the budget, once measured or read back
+
+    def _check_warmup(self, total: int, step_s: float) -> None:
+        """A warm-up that the budget would end (a cosine that never anneals): one line."""
+        tc = self.tc
+        if tc.schedule == "warmup_cosine" and total < tc.warmup_steps:
+            raise ConfigError(_warmup_error(tc, total, step_s))
 
     def notes(self) -> list[str]:
         """The start block's line on the run's length (none for an epoch count)."""
@@ -160,10 +170,13 @@ class TimeBudget:
             return
         step_s = (now - self.first[1]) / (done - self.first[0])
         compile_s = self.first[1] - self.began  # a second compile follows (the new schedule)
-        once, per_epoch = epoch_end() if epoch_end else (0.0, 0.0)
         g = self.group
+        left = 60 * self.tc.max_minutes - (now - self.began) - compile_s
+        self._check_warmup(done + max(0, math.floor(left / step_s)), step_s)  # before any save
+        once, per_epoch = epoch_end() if epoch_end else (0.0, 0.0)
         left = 60 * self.tc.max_minutes - (clock() - self.began) - compile_s - once
         total = done + max(0, math.floor(left / (step_s + per_epoch / g.n)))
+        self._check_warmup(total, step_s)
         budget = {
             "max_minutes": self.tc.max_minutes,
             "max_steps": total,
@@ -175,6 +188,16 @@ class TimeBudget:
             write_atomic(pathlib.Path(d) / BUDGET_FILE, json.dumps(budget, indent=2))
         self.pending, self.record = False, budget
         g.set_total(max(total, done))
+
+
+def _warmup_error(tc: TrainConfig, total: int, step_s: float) -> str:
+    return (
+        f"config.train.warmup_steps = {tc.warmup_steps} is longer than the time budget: "
+        f"train.max_minutes = {tc.max_minutes:g} buys about {total} steps at the "
+        f"{1000 * step_s:.2f} ms per step measured, so the learning rate would never anneal; "
+        f"set warmup_steps to about a tenth of that ({max(MEASURED_STEPS, total // 10)}) or "
+        "raise max_minutes (rerun with --resume=restart or a new --workdir)"
+    )
 
 
 def group_budget(

@@ -113,7 +113,16 @@ class Checkpointer:
                 create=not read_only,
                 cleanup_tmp_directories=not read_only,
             )
-            self._mngr = ocp.CheckpointManager(self.directory, options=options)
+            # orbax lists the steps, then reads each one's metadata: a step the trainer rotates
+            # away in between is gone (FileNotFoundError), not damage. List again.
+            for attempt in range(5):
+                try:
+                    self._mngr = ocp.CheckpointManager(self.directory, options=options)
+                    break
+                except FileNotFoundError:
+                    if attempt == 4 or not read_only:
+                        raise
+                    time.sleep(0.05)
         finally:
             absl_logger.setLevel(level)
 
@@ -125,10 +134,19 @@ class Checkpointer:
     ) -> None:
         """Write step ``step`` as the items ``params``, ``state`` and ``meta`` (see the module
         docstring), and ``average`` (``train.weight_average``'s params, shaped as ``params``) when
-        given. A step that exists is left as it is. ``meta`` gains ``layout``, a sha256 of every
-        array and, with an average, ``"average": true``."""
+        given. A step that exists is left as it is, unless it was saved mid-epoch and this save
+        ends that epoch (``meta["batch"]`` 0): then this one replaces it. ``meta`` gains
+        ``layout``, a sha256 of every array and, with an average, ``"average": true``."""
         if step in self._mngr.all_steps():
-            return
+            try:
+                was = self.read_meta(step)
+            except Exception:  # noqa: BLE001 - damaged: restore() finds and reports it
+                return
+            if not (was.get("batch", 0) != 0 and meta.get("batch") == 0):
+                return
+            # the step was saved mid-epoch (a time budget's timed save, or checkpoint.every_minutes)
+            # and now ends its epoch: the epoch's save (its record) replaces it
+            self._mngr.delete(step)
         arrays = {"params": params, "state": state}
         if average is not None:
             arrays["average"] = average
@@ -262,7 +280,7 @@ class Checkpointer:
             found = self._restore(target, step, with_average)
             if found != "rotated":
                 return found
-            self._mngr.reload()
+            self._reloaded_steps()
         raise CheckpointError(
             f"the checkpoints in {self.directory} were deleted while being read, three times "
             "(the trainer saving there rotates them away); try again"
@@ -358,7 +376,12 @@ class Checkpointer:
         return False
 
     def _reloaded_steps(self) -> list[int]:
-        self._mngr.reload()
+        for _ in range(5):  # as in __init__: a step deleted while orbax lists them
+            try:
+                self._mngr.reload()
+                break
+            except FileNotFoundError:
+                time.sleep(0.05)
         return self.steps()
 
     def _read(

@@ -26,6 +26,17 @@ from rnnjax.preflight import set_aside_records
 from rnnjax.steps import nonfinite_part
 
 
+def _spans(epochs: list[int]) -> str:
+    """``[1, 2, 3, 7]`` as ``"1-3, 7"``."""
+    spans: list[list[int]] = []
+    for e in epochs:
+        if spans and e == spans[-1][1] + 1:
+            spans[-1][1] = e
+        else:
+            spans.append([e, e])
+    return ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in spans)
+
+
 def kept_records(
     workdir: pathlib.Path,
     start_epoch: int,
@@ -50,6 +61,13 @@ def kept_records(
             ", ".join(map(str, sorted(back))),
         )
         records = sorted([*records, *back.values()], key=lambda r: r["epoch"])
+    lost = sorted(set(range(1, start_epoch)) - {r["epoch"] for r in records})
+    if lost:
+        logging.warning(
+            "metrics.jsonl has no record of epoch(s) %s and no kept checkpoint holds them: those "
+            "records are lost (training resumes exactly; the curves and best epoch miss them)",
+            _spans(lost),
+        )
     later = [r for r in every if r["epoch"] >= start_epoch]
     if primary and later:
         dest = set_aside_records(workdir, later)

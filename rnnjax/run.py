@@ -65,7 +65,10 @@ class Run:
         best = best_record(self.metrics)
         text = f"step {self.step}"
         if rec is not None:
-            text += f" (epoch {rec['epoch']}, val_ppl {rec['val_ppl']:.3f}"
+            val = rec.get("val_ppl")  # null: not finite
+            text += f" (epoch {rec['epoch']}, val_ppl " + (
+                f"{val:.3f}" if val is not None else "null"
+            )
             text += (
                 ", the best of the run)" if best is not None and best["step"] == self.step else ")"
             )
@@ -204,7 +207,12 @@ def load(
             raise CheckpointError(
                 f"{workdir} has no {missing} beside its checkpoints; restore it from a copy"
             )
-        cfg = resolve(saved)
+        try:
+            cfg = resolve(saved)
+        except ConfigError as e:
+            raise CheckpointError(
+                f"{workdir / 'config.json'}: {e} (restore the file from a copy)"
+            ) from None
         averaged = bool(cfg.train.weight_average)
         if weights == "average" and not averaged:
             raise ValueError(

@@ -56,6 +56,11 @@ def read_result(path: pathlib.Path) -> tuple[dict[str, Any] | None, str | None]:
         return None, f"holds a JSON {type(row).__name__}, not an object"
     if not isinstance(row.get("name"), str) or row.get("status") not in STATUSES:
         return None, "has no name, or no status of " + "/".join(STATUSES)
+    if row["name"] != path.parent.name:
+        return None, f"names trial {row['name']!r}, not its folder's {path.parent.name!r}"
+    for c in _TEXT:
+        if row.get(c) is not None and not isinstance(row[c], str):
+            return None, f"{c} is {row[c]!r}, not text"
     for c in _NUMERIC:
         v = row.get(c)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
@@ -182,7 +187,7 @@ def aggregate_depth(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     names = axis_columns(overrides)
     acc: dict[tuple[str, str, int], list[float]] = {}
     for r, o in zip(rows, overrides):
-        if r.get("status") != "done":
+        if r.get("status") != "done" or r.get("best_val_ppl") is None:  # null: not finite
             continue
         other = [
             (f, v)
@@ -251,7 +256,8 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], dirs: Sequence[pathlib.Path]):
             continue
         try:
             metrics = read_metrics(d / "metrics.jsonl")
-        except (OSError, ValueError, WorkdirError):
+        except (OSError, ValueError, WorkdirError) as e:
+            logging.warning("%s: its validation curve is left out of sweep.png", e)
             continue
         val = [
             float("nan") if m["val_ppl"] is None else m["val_ppl"] for m in metrics

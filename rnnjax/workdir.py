@@ -82,7 +82,11 @@ def write_atomic(path: pathlib.Path, data: str | bytes | Callable[[BinaryIO], No
             f"{path} is a directory where a file belongs; move it aside (or delete it) and rerun"
         )
     tmp = path.with_name(path.name + ".tmp")
-    if tmp.is_symlink() or tmp.is_file():
+    if tmp.is_dir() and not tmp.is_symlink():
+        raise WorkdirError(
+            f"{tmp} is a directory where rnnjax writes {path.name} first; move it aside and rerun"
+        )
+    if tmp.is_symlink() or tmp.exists():
         tmp.unlink()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
     try:
@@ -94,14 +98,18 @@ def write_atomic(path: pathlib.Path, data: str | bytes | Callable[[BinaryIO], No
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(e, OSError) and e.filename is None:  # a failed write names no file
+            e.filename = str(path)
         raise
 
 
 def read_json(path: pathlib.Path) -> Any:
     """A JSON file of the run; a damaged one is a one-line :class:`WorkdirError`."""
+    if path.is_dir():
+        raise WorkdirError(f"{path} is a directory where a file belongs; move it aside and rerun")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
@@ -237,11 +245,16 @@ def _record_problem(record: Any, previous: int) -> str | None:
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
         return f"has epoch {epoch!r}, not a whole number >= 1"
     if epoch <= previous:
-        return f"has epoch {epoch} after epoch {previous} (epochs must increase)"
+        return (
+            f"has epoch {epoch} after epoch {previous} on the line before (epochs must "
+            "increase: one of the two is wrong)"
+        )
     for k in _NUMBERS:
         v = record.get(k)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
             return f"has {k} {v!r}, not a number"
+        if k.endswith("_ppl") and v is not None and not v >= 1:
+            return f"has {k} {v!r}, not a perplexity (>= 1)"
     return None
 
 
@@ -272,7 +285,7 @@ def read_metrics(path: pathlib.Path) -> list[dict[str, Any]]:
         else:
             problem = _record_problem(record, records[-1]["epoch"] if records else 0)
         if problem:
-            raise WorkdirError(f"{path} line {i + 1} {problem}; fix or remove that line")
+            raise WorkdirError(f"{path} line {i + 1} {problem}; fix or remove the wrong line")
         records.append(record)
     return records
 

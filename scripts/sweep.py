@@ -108,8 +108,11 @@ def main(argv):
         rows = run_sweep(_CONFIG.value, grid, workdir, _SHARD.value, _VECTORIZE.value)
     except SweepInterrupted as e:  # SIGTERM/SIGINT: summarize what finished, say how to resume
         if list(workdir.glob("*/result.json")):
-            summarize(workdir)
-            print((workdir / "results.md").read_text())
+            try:
+                summarize(workdir)
+                print((workdir / "results.md").read_text())
+            except ValueError as why:  # the summary cannot be written: said, the stop still is
+                print(f"error: {why}", file=sys.stderr)
         print(e, file=sys.stderr)
         return 128 + e.signum
     except (ConfigError, ValueError, WorkdirError) as e:
@@ -118,7 +121,10 @@ def main(argv):
         workdir.glob("*/result.json")
     ):  # this shard had no trials, and no other shard finished one yet
         return 0
-    summarize(workdir)
+    try:
+        summarize(workdir)
+    except ValueError as e:  # e.g. results.csv a directory: the trials' results are kept
+        sys.exit(f"error: {e}")
     failed = [r for r in rows if r["status"] == "failed"]
     print((workdir / "results.md").read_text())
     return 1 if failed else 0

@@ -64,7 +64,7 @@ def main(argv):
     from rnnjax.checkpoint import CheckpointError
     from rnnjax.console import Preempted
     from rnnjax.host import threads_from_env
-    from rnnjax.integrity import disk_full
+    from rnnjax.integrity import no_space
     from rnnjax.parallel import initialize_distributed, set_cpu_devices_for
     from rnnjax.train import train_and_evaluate
 
@@ -80,12 +80,11 @@ def main(argv):
     except (ConfigError, CheckpointError, WorkdirError, FloatingPointError) as e:
         cli.fail(str(e))
     except OSError as e:
-        if not disk_full(e):
+        if not (why := no_space(e)):
             raise
         where = e.filename or "the workdir"
-        cli.fail(
-            f"disk full while writing {where}: free some space and rerun the same command to resume"
-        )
+        fix = "raise the limit (ulimit -f unlimited)" if "ulimit" in why else "free some space"
+        cli.fail(f"{why} while writing {where}: {fix} and rerun the same command to resume")
     except Preempted as e:
         print(e, file=sys.stderr)
         sys.exit(128 + e.signum)

@@ -187,3 +187,32 @@ def test_a_budget_spent_by_warm_up_ends_the_run_inside_its_first_epoch(tmp_path,
     out = train_and_evaluate(cosine(**{"train.max_minutes": 0.15}), tmp_path)
     assert json.loads((tmp_path / budget.BUDGET_FILE).read_text())["max_steps"] == 20
     assert [(r["epoch"], r["step"]) for r in out["metrics"]] == [(1, 20)]
+
+
+def test_a_warm_up_longer_than_the_time_budget_is_one_line_at_step_21(tmp_path, monkeypatch):
+    # 0.1 s a step from step 1 (2 s) to 21 (4 s): 9 s buy ~50 steps, far fewer than 2,000
+    times = itertools.chain([0.0, 2.0, 4.0], itertools.repeat(100.0))
+    monkeypatch.setattr(budget, "clock", lambda: next(times))
+    cfg = cosine(**{"train.max_minutes": 0.15, "train.warmup_steps": 2000})
+    with pytest.raises(
+        ConfigError, match="warmup_steps = 2000 is longer than the time budget"
+    ) as e:
+        train_and_evaluate(cfg, tmp_path)
+    assert "\n" not in str(e.value)
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]  # no save
+
+
+def test_a_budget_that_ends_at_the_timed_save_is_finished_on_the_rerun(tmp_path, monkeypatch):
+    """The timed save at step 20 is replaced by the epoch's end save (its record, its budget): a
+    rerun finds the run finished, and a lost budget.json comes back from it."""
+    times = itertools.chain([0.0, 2.0, 3.9], itertools.repeat(100.0))
+    monkeypatch.setattr(budget, "clock", lambda: next(times))
+    cfg = cosine(**{"train.max_minutes": 0.15})
+    out = train_and_evaluate(cfg, tmp_path)
+    records = (tmp_path / "metrics.jsonl").read_bytes()
+    (tmp_path / budget.BUDGET_FILE).unlink()
+    again = train_and_evaluate(cfg, tmp_path)
+    assert [(r["epoch"], r["step"]) for r in again["metrics"]] == [(1, 20)]
+    assert (tmp_path / "metrics.jsonl").read_bytes() == records
+    assert not (tmp_path / "discarded").exists() and tree_equal(again["params"], out["params"])
+    assert json.loads((tmp_path / budget.BUDGET_FILE).read_text())["max_steps"] == 20

@@ -308,6 +308,23 @@ def test_a_file_size_limit_is_one_line_and_leaves_no_partial_save(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_file_size_limit_while_writing_a_run_file_names_it(tmp_path):
+    proc = subprocess.run(
+        ["sh", "-c", f"ulimit -f 1; {TRAIN_SMOKE} --workdir=run --config.train.progress=False"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=600,
+    )
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        "error: file size limit reached (ulimit -f) while writing "
+        f"{tmp_path / 'run' / 'config.json'}: raise the limit (ulimit -f unlimited) and rerun the "
+        "same command to resume"
+    ], proc.stderr[-3000:]
+
+
+@pytest.mark.slow
 def test_checkpoints_made_read_only_is_one_line(tmp_path):
     script = (
         f"{TRAIN_SMOKE} --workdir=run --config.train.num_epochs=1 --config.train.progress=False "
@@ -458,3 +475,21 @@ def test_a_reader_whose_every_step_is_rotated_away_tries_the_new_ones(run_copy, 
 
     monkeypatch.setattr(checkpoint.Checkpointer, "_read", all_rotated)
     assert rnnjax.load(run).step == 96
+
+
+def test_a_step_deleted_while_orbax_lists_them_is_listed_again(run_copy, monkeypatch):
+    """orbax's manager lists the steps, then stats each: one the trainer rotated away in between
+    raises FileNotFoundError there. A reader lists again; it never surfaces."""
+    run, _ = run_copy
+    real = checkpoint.ocp.CheckpointManager
+    calls = []
+
+    def racing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            shutil.rmtree(run / "checkpoints" / "24")  # rotated away mid-listing
+            raise FileNotFoundError(2, "No such file or directory", str(run / "checkpoints/24"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.ocp, "CheckpointManager", racing)
+    assert rnnjax.load(run, step="latest").step == 72 and len(calls) == 2

@@ -102,7 +102,7 @@ def test_written_files_keep_the_usual_permissions(tmp_path):
         ("[1, 2]", "is a JSON list, not a record"),
         ('{"val_ppl": 3.0}', "has epoch None"),
         ('{"epoch": "2", "val_ppl": 3.0}', "has epoch '2'"),
-        ('{"epoch": 2, "val_ppl": 3.0}', "has epoch 2 after epoch 2"),
+        ('{"epoch": 2, "val_ppl": 3.0}', "has epoch 2 after epoch 2 on the line before"),
         ('{"epoch": 3, "val_ppl": "low"}', "has val_ppl 'low', not a number"),
     ],
 )
@@ -116,7 +116,7 @@ def test_a_damaged_metrics_line_is_one_line_naming_it_for_every_reader(
     for read in (lambda: rnnjax.load(run), lambda: train_and_evaluate(small_config(3), run)):
         with pytest.raises(WorkdirError, match=f"metrics.jsonl line 3 {problem}") as e:
             read()
-        assert "\n" not in str(e.value) and "fix or remove that line" in str(e.value)
+        assert "\n" not in str(e.value) and "fix or remove the wrong line" in str(e.value)
     assert (run / "metrics.jsonl").read_bytes() == before
 
 
@@ -169,3 +169,46 @@ def test_evaluate_reads_stdin_and_drops_a_byte_order_mark(smoke_run, text_flag):
     plain, with_bom = (p.stdout.decode().splitlines()[0] for p in out)
     # the same characters scored, the same perplexity: the mark is not read as text
     assert "perplexity" in plain and plain.split(":", 1)[1] == with_bom.split(":", 1)[1]
+
+
+def test_records_lost_with_no_checkpoint_to_restore_them_are_named(smoke_run, tmp_path, caplog):
+    run = copy_run(smoke_run[0], tmp_path / "run")
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text(lines[0] + "\n")  # epochs 2 and 3 cut away
+    shutil.rmtree(run / "checkpoints" / "48")  # epoch 2's checkpoint rotated away long ago
+    out = train_and_evaluate(small_config(3), run)
+    assert [r["epoch"] for r in out["metrics"]] == [1, 3]  # epoch 3 back from its checkpoint
+    assert "no record of epoch(s) 2 and no kept checkpoint holds them" in caplog.text
+
+
+def test_a_negative_perplexity_in_metrics_is_refused(smoke_run, tmp_path):
+    run = copy_run(smoke_run[0], tmp_path / "run")
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    lines[1] = lines[1].replace('"val_ppl": ', '"val_ppl": -5.0, "was": ', 1)
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(WorkdirError, match="line 2 has val_ppl -5.0, not a perplexity"):
+        rnnjax.load(run)
+
+
+@pytest.mark.parametrize("name", ["config.json", "vocab.json", ".lock", "curves.png.tmp"])
+def test_a_directory_at_any_run_file_or_its_temporary_is_one_line(smoke_run, tmp_path, name):
+    run = copy_run(smoke_run[0], tmp_path / "run")
+    if (run / name).exists():
+        (run / name).unlink()
+    (run / name).mkdir()
+    with pytest.raises(WorkdirError, match="is a directory where") as e:
+        train_and_evaluate(small_config(3), run)
+    assert "\n" not in str(e.value) and (run / name).is_dir()
+
+
+def test_a_null_perplexity_at_the_restored_step_is_described_and_config_json_named(
+    smoke_run, tmp_path
+):
+    run = copy_run(smoke_run[0], tmp_path / "run")
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    records[-1]["val_ppl"] = None
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert "val_ppl null" in rnnjax.load(run, step="latest").describe_step()
+    (run / "config.json").write_text("{}")  # an object, but no run's config
+    with pytest.raises(CheckpointError, match="config.json: .*restore the file from a copy"):
+        rnnjax.load(run)

@@ -252,3 +252,25 @@ def test_the_summary_files_replace_links_and_leave_their_targets(tmp_path):
     summarize(tmp_path)
     for name in ("results.csv", "results.md", "sweep.png"):
         assert (outside / name).read_text() == "theirs" and not (tmp_path / name).is_symlink()
+
+
+def test_a_null_best_perplexity_and_a_misnamed_result_do_not_break_the_summary(tmp_path, caplog):
+    fake_trial(tmp_path, {"seed": 0}, best=10.0)
+    nan = fake_trial(tmp_path, {"seed": 1}, best=11.0) / "result.json"
+    row = json.loads(nan.read_text())
+    nan.write_text(json.dumps({**row, "best_val_ppl": None}))  # a NaN, written null
+    moved = fake_trial(tmp_path, {"seed": 2}, best=12.0) / "result.json"
+    moved.write_text(json.dumps({**json.loads(moved.read_text()), "name": "seed=0"}))
+    rows = summarize(tmp_path)
+    assert [r["name"] for r in rows] == ["seed=0", "seed=1"]
+    assert "names trial 'seed=0', not its folder's 'seed=2'" in caplog.text
+
+
+def test_a_damaged_trial_curve_is_named_not_dropped_silently(tmp_path, caplog):
+    d = fake_trial(tmp_path, {"seed": 0}, best=10.0)
+    (d / "metrics.jsonl").write_text('{"epoch": 1, "val_ppl": 3.0}\n5\n{"epoch": 3}\n')
+    summarize(tmp_path)
+    assert (
+        "metrics.jsonl line 2 is a JSON int" in caplog.text
+        and "left out of sweep.png" in caplog.text
+    )
