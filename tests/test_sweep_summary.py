@@ -220,7 +220,7 @@ def test_sweep_plot_of_32_trials_is_readable_and_leaves_the_backend_alone(tmp_pa
     [
         ({"name": "x"}, "has no name, or no status"),
         ([1, 2], "holds a JSON list"),
-        ({"name": "x", "status": "done", "best_val_ppl": "9"}, "best_val_ppl is '9'"),
+        ({"name": "seed=1", "status": "done", "best_val_ppl": "9"}, "best_val_ppl is '9'"),
         ("{not json", "cannot be read"),
     ],
 )
