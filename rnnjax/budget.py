@@ -193,8 +193,9 @@ class TimeBudget:
 def _warmup_error(tc: TrainConfig, total: int, step_s: float) -> str:
     return (
         f"config.train.warmup_steps = {tc.warmup_steps} is longer than the time budget: "
-        f"train.max_minutes = {tc.max_minutes:g} buys about {total} steps at the "
-        f"{1000 * step_s:.2f} ms per step measured, so the learning rate would never anneal; "
+        f"train.max_minutes = {tc.max_minutes:g} buys about {total} steps in all (what is left "
+        f"after start-up and compilation, at the {1000 * step_s:.2f} ms per step measured, "
+        "less each epoch's validation and checkpoint), so the learning rate would never anneal; "
         f"set warmup_steps to about a tenth of that ({max(MEASURED_STEPS, total // 10)}) or "
         "raise max_minutes (rerun with --resume=restart or a new --workdir)"
     )

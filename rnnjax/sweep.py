@@ -17,6 +17,7 @@ import pathlib
 import signal
 import socket
 import statistics
+import sys
 import threading
 import traceback
 from collections.abc import Mapping, Sequence
@@ -214,7 +215,7 @@ def run_sweep(
                     stop.stopping, signum = True, e.signum
                     summaries, errors = [None] * len(group), [e] * len(group)
                 except WorkdirInUse as e:  # another sweep (or trainer) runs it: not failed
-                    logging.warning("%s; skipped here, not recorded", e)
+                    bar.write(f"{e}; skipped here, not recorded", file=sys.stderr)
                     for k, d in zip(group, dirs):
                         rows[k] = {"name": d.name, "status": "busy", "error": str(e)}
                     counts["busy"] = counts.get("busy", 0) + len(group)

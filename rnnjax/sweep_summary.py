@@ -171,7 +171,7 @@ def summarize(workdir: str | os.PathLike) -> list[dict[str, Any]]:
         why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise SweepError(
             f"cannot write the summary in {root} ({why}); the trials' results are untouched: "
-            "make the folder writable, or summarize a copy of it"
+            "move aside what is in the way or make the folder writable, or summarize a copy"
         ) from None
     return rows
 
