@@ -195,13 +195,19 @@ def check_resumable(workdir: pathlib.Path, cfg: Config, vocab: Vocab, resume: st
             f"{workdir} holds checkpoints but no {' or '.join(lost)}; restore it from a copy, or "
             "--resume=restart to keep the run in discarded/ and start over"
         )
+    unresolved = None
     if saved is not None:
         try:  # fields added since the run was saved take their defaults (what the run trained with)
             saved = resolve_config(saved).to_dict()
-        except ConfigError:
-            pass  # compared as saved: the first difference names the field
+        except ConfigError as e:
+            unresolved = e  # compared as saved: the first difference names the field
     if saved is not None and (field := first_difference(saved, cfg.to_dict())):
         was, now = _field(saved, field), _field(cfg.to_dict(), field)
+        if unresolved is not None and was is None:  # a section or field the file lacks: damage
+            raise WorkdirError(
+                f"{workdir / 'config.json'} has no config.{field} ({unresolved}); restore it "
+                "from a copy, or --resume=restart to keep the run in discarded/ and start over"
+            )
         raise CheckpointError(
             f"{workdir} holds a run with a different config.{field} ({was!r} there, {now!r} here); "
             "use another --workdir, or the run's own config"
@@ -278,7 +284,11 @@ def read_metrics(path: pathlib.Path) -> list[dict[str, Any]]:
         except ValueError:
             if k == len(lines) - 1:
                 logging.warning(
-                    "%s: dropped a half-written last line (the run was killed mid-write)", path
+                    "%s: line %d, the last, is not JSON: dropped as a half-written last line (a "
+                    "run killed mid-write leaves one; its record comes back from a checkpoint "
+                    "that holds it)",
+                    path,
+                    i + 1,
                 )
                 break
             problem = "is not JSON"

@@ -212,3 +212,10 @@ def test_a_null_perplexity_at_the_restored_step_is_described_and_config_json_nam
     (run / "config.json").write_text("{}")  # an object, but no run's config
     with pytest.raises(CheckpointError, match="config.json: .*restore the file from a copy"):
         rnnjax.load(run)
+
+
+def test_training_on_a_config_json_that_is_no_runs_config_names_the_file(smoke_run, tmp_path):
+    run = copy_run(smoke_run[0], tmp_path / "run")
+    (run / "config.json").write_text("{}")
+    with pytest.raises(WorkdirError, match="config.json has no config.* restore it from a copy"):
+        train_and_evaluate(small_config(3), run)
