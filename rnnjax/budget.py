@@ -23,7 +23,7 @@ import jax
 
 from rnnjax.config import ConfigError, TrainConfig
 from rnnjax.config.train_fields import MEASURED_STEPS
-from rnnjax.workdir import WorkdirError, write_atomic
+from rnnjax.workdir import WorkdirError, refuse_directory, write_atomic
 
 BUDGET_FILE = "budget.json"
 ABSENT = "absent"  # a checkpoint saved before 2026-12-07: its meta has no "budget"
@@ -66,7 +66,7 @@ def read_budget(path: pathlib.Path) -> tuple[dict[str, Any] | None, str | None]:
     """``budget.json`` as ``(budget, None)``; ``(None, None)`` if absent; ``(None, why)`` if it is
     damaged (not JSON, not an object, ``max_steps`` missing or not a positive whole number)."""
     if not path.is_file():
-        return None, "a directory" if path.is_dir() else None
+        return None, "a directory" if path.is_dir() else None  # recorded() refuses it
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
@@ -89,8 +89,7 @@ def recorded(
         return None
     path = pathlib.Path(workdir) / BUDGET_FILE
     saved, damage = read_budget(path)
-    if damage == "a directory":
-        raise WorkdirError(f"{path} is a directory; move it aside and rerun")
+    refuse_directory(path)
     if _valid(in_checkpoint) and saved != in_checkpoint:
         logging.warning(
             "%s is %s; the time budget (%d steps) is taken from the checkpoint and written back",

@@ -6,7 +6,7 @@ import fcntl
 import os
 import pathlib
 
-from rnnjax.workdir import WorkdirError
+from rnnjax.workdir import WorkdirError, refuse_directory
 
 
 class WorkdirInUse(WorkdirError):
@@ -57,12 +57,11 @@ class WorkdirLock:
         self._lock(self.workdir, os.O_RDONLY | os.O_DIRECTORY)
         if self.path.is_symlink():  # never created or opened through a link: the dir lock holds
             self.path.unlink()
-        if self.path.is_dir():
+        try:
+            refuse_directory(self.path, "the workdir's lock file belongs")
+        except WorkdirError:
             self.release()
-            raise WorkdirError(
-                f"{self.path} is a directory where the workdir's lock file belongs; move it aside "
-                "and rerun"
-            )
+            raise
         self._lock(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW)
 
     def release(self) -> None:

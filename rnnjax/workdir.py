@@ -69,6 +69,13 @@ def check_writable(workdir: pathlib.Path) -> None:
             return
 
 
+def refuse_directory(path: pathlib.Path, where: str = "a file belongs") -> None:
+    """One line (:class:`WorkdirError`) when ``path`` is a directory (not a link to one) where
+    ``where`` says what belongs."""
+    if path.is_dir() and not path.is_symlink():
+        raise WorkdirError(f"{path} is a directory where {where}; move it aside and rerun")
+
+
 def write_atomic(path: pathlib.Path, data: str | bytes | Callable[[BinaryIO], None]) -> None:
     """Write ``path`` whole or not at all, and never through a link: into ``NAME.tmp`` beside it
     (created afresh, ``O_EXCL | O_NOFOLLOW``; a left-over or planted one is removed first),
@@ -77,15 +84,9 @@ def write_atomic(path: pathlib.Path, data: str | bytes | Callable[[BinaryIO], No
     ``savefig``). On any error the temporary file is removed and ``path`` is as it was; a
     directory where the file belongs is a one-line :class:`WorkdirError`."""
     path = pathlib.Path(path)
-    if path.is_dir() and not path.is_symlink():
-        raise WorkdirError(
-            f"{path} is a directory where a file belongs; move it aside (or delete it) and rerun"
-        )
+    refuse_directory(path)
     tmp = path.with_name(path.name + ".tmp")
-    if tmp.is_dir() and not tmp.is_symlink():
-        raise WorkdirError(
-            f"{tmp} is a directory where rnnjax writes {path.name} first; move it aside and rerun"
-        )
+    refuse_directory(tmp, f"rnnjax writes {path.name} first")
     if tmp.is_symlink() or tmp.exists():
         tmp.unlink()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
@@ -108,8 +109,7 @@ def write_atomic(path: pathlib.Path, data: str | bytes | Callable[[BinaryIO], No
 
 def read_json(path: pathlib.Path) -> Any:
     """A JSON file of the run; a damaged one is a one-line :class:`WorkdirError`."""
-    if path.is_dir():
-        raise WorkdirError(f"{path} is a directory where a file belongs; move it aside and rerun")
+    refuse_directory(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
@@ -270,8 +270,7 @@ def read_metrics(path: pathlib.Path) -> list[dict[str, Any]]:
     line that is not such a record is a one-line :class:`WorkdirError` naming it."""
     if not path.exists():
         return []
-    if path.is_dir():
-        raise WorkdirError(f"{path} is a directory where a file belongs; move it aside and rerun")
+    refuse_directory(path)
     lines = [
         (i, x)
         for i, x in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines())
