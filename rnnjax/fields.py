@@ -63,6 +63,8 @@ class Field:
     convert: Callable[[Any], Any] = freeze  # the value in the frozen form
     show: Callable[[Any], Any] = lambda v: v  # the value as an error message quotes it
     literal: bool = False  # untyped in the ConfigDict: any Python literal on the command line
+    # the weight of the loss term of the same name (rnnjax.steps.LOSS_TERMS; a train field, 0 = off)
+    loss_term: bool = False
 
     def rule_for(self, config: Any) -> str:
         return self.rule(config) if callable(self.rule) else self.rule

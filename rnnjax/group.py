@@ -26,6 +26,7 @@ from rnnjax.steps import (
     Average,
     eval_sums,
     init_train_state,
+    loss_weights,
     make_eval_step,
     make_stats_eval_step,
     make_train_step,
@@ -54,7 +55,10 @@ class Group:
             )
         self.eval_step = evaluate
         self.zero_sums = train_sums(
-            self.model, jax.eval_shape(self.model.init, jax.random.key(0)), tc.layer_stats
+            self.model,
+            jax.eval_shape(self.model.init, jax.random.key(0)),
+            tc.layer_stats,
+            loss_weights(tc),
         )
 
     def set_total(self, total: int) -> None:
@@ -66,7 +70,7 @@ class Group:
         # The update reads each trial's hyperparameters from its own optimizer state.
         reset = self.cfgs[0].data.sampler == "random"
         tc = self.cfgs[0].train
-        step = make_train_step(self.model, self.txs[0], reset, (tc.ar, tc.tar), Average.of(tc))
+        step = make_train_step(self.model, self.txs[0], reset, loss_weights(tc), Average.of(tc))
         if self.vmapped:
             step = jax.jit(
                 jax.vmap(step, in_axes=(0, 0, 0, 0, 0, None, 0)), donate_argnums=(0, 1, 2)

@@ -23,7 +23,7 @@ from rnnjax.group import Group
 from rnnjax.metrics import EvalSums, LayerStats, best_record, epoch_record, eval_means
 from rnnjax.model import auto_fallback_note, num_params
 from rnnjax.preflight import set_aside_records
-from rnnjax.steps import nonfinite_part
+from rnnjax.steps import loss_weights, nonfinite_part
 
 
 def _spans(epochs: list[int]) -> str:
@@ -156,7 +156,7 @@ def abort_error(
         " or set train.grad_clip (e.g. 1.0)" if tc.grad_clip == 0 else ""
     )
     # the activation penalties are in the loss the gradient is taken of: name them where set
-    penalties = [f"train.{k} = {getattr(tc, k)}" for k in ("ar", "tar") if getattr(tc, k)]
+    penalties = [f"train.{k} = {w}" for k, w in loss_weights(tc).items()]
     if penalties:
         fix += " or " + " / ".join(f"lower {p.split(' =')[0]}" for p in penalties)
     with_what = (

@@ -103,18 +103,6 @@ def run_layers(
     return x, tuple(new_carry), extras
 
 
-def activation_penalty(ar: float, tar: float, h_tbh: Array, dropped_tbh: Array) -> Array:
-    """AWD-LSTM's activation regularisers of the top layer's outputs [t, b, h]: AR, ``ar`` times
-    the mean square of the outputs after output dropout, plus TAR, ``tar`` times the mean square
-    of the change from one time step to the next of the outputs before it."""
-    penalty = jnp.float32(0.0)
-    if ar > 0:
-        penalty += ar * jnp.mean(dropped_tbh**2)
-    if tar > 0 and h_tbh.shape[0] > 1:
-        penalty += tar * jnp.mean((h_tbh[1:] - h_tbh[:-1]) ** 2)
-    return penalty
-
-
 def locked(spec: Spec, dropout_key: Array | None, site: int, h_tbh: Array) -> Array:
     """Locked (variational) dropout, ``spec.locked_dropout``: one mask per sequence [1, b, h],
     the same at every time step. ``site``: 1..L-1 between layers, L on the top layer's output."""

@@ -8,7 +8,7 @@ vocabulary).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple
 
 import jax
@@ -96,6 +96,44 @@ def evaluated(state: TrainState) -> Params:
     return state.params if state.average is None else state.average
 
 
+class Outputs(NamedTuple):
+    """What a loss term reads of one training step's forward pass."""
+
+    model: DeepRNN
+    params: Params
+    logits: Array  # [b, t, V]
+    targets: Array  # [b, t] int32
+    hidden: Array  # [t, b, h]: the top layer's outputs, before output dropout
+    dropped: Array  # [t, b, h]: the same after output dropout (what the output layer reads)
+
+
+def _tar(o: Outputs) -> Array:
+    if o.hidden.shape[0] < 2:
+        return jnp.float32(0.0)
+    return jnp.mean(jnp.diff(o.hidden, axis=0) ** 2)
+
+
+# Every loss term besides the cross-entropy, by name: its value for one step, a scalar. Its weight
+# is the train config field of the same name, declared with ``loss_term=True`` (0 = off). The
+# gradient is taken of cross-entropy + the sum of weight * value over the terms that are on, each
+# of which is recorded as the training metric "<name>_loss" (weight * value); train_ppl stays the
+# cross-entropy's. A new regulariser is one entry here and its field (docs/training.md).
+LOSS_TERMS: dict[str, Callable[[Outputs], Array]] = {
+    "ar": lambda o: jnp.mean(o.dropped**2),  # AWD-LSTM's AR: the outputs the output layer reads
+    "tar": _tar,  # TAR: their step-to-step change, before output dropout
+}
+
+
+def loss_weights(tc) -> dict[str, float]:
+    """The loss terms a :class:`rnnjax.config.TrainConfig` turns on: name -> weight (> 0)."""
+    return {n: float(getattr(tc, n)) for n in LOSS_TERMS if getattr(tc, n) > 0}
+
+
+def term_metric(name: str) -> str:
+    """The training metric (and record key) of loss term ``name``."""
+    return f"{name}_loss"
+
+
 class Step(NamedTuple):
     """What one training step's metrics are computed from."""
 
@@ -104,14 +142,20 @@ class Step(NamedTuple):
     params: Params  # before the update
     grads: Params
     updates: Params
+    # the top layer's outputs [t, b, h] (before output dropout) when a metric asks for them
+    # (``Metric.hidden``) or a loss term is on; else None
+    hidden: Array | None = None
 
 
 class Metric(NamedTuple):
     """A training metric: its value for one step (summed over the epoch's applied steps, recorded as
-    the mean), and whether it is computed only with ``train.layer_stats``."""
+    the mean), whether it is computed only with ``train.layer_stats``, and whether it reads
+    ``Step.hidden`` (the step then returns the top layer's outputs: ``model.impl`` rnnjax, native
+    or autodiff)."""
 
     fn: Callable[[Step], Array]
     layer_stats: bool = False
+    hidden: bool = False
 
 
 # Every training metric, by name, where it is computed: a new one is one entry here.
@@ -123,17 +167,23 @@ TRAIN_METRICS: dict[str, Metric] = {
 }
 
 
-def train_sums(model: DeepRNN, params: Params, layer_stats: bool) -> TrainSums:
-    """Zero sums of every training metric this run computes (:data:`TRAIN_METRICS`), and the
-    counters."""
+def train_sums(
+    model: DeepRNN, params: Params, layer_stats: bool, terms: Iterable[str] = ()
+) -> TrainSums:
+    """Zero sums of every training metric this run computes (:data:`TRAIN_METRICS`; ``terms``:
+    the loss terms that are on, :func:`loss_weights`), and the counters."""
     names = [n for n, m in TRAIN_METRICS.items() if layer_stats or not m.layer_stats]
     loss = jax.ShapeDtypeStruct((), jnp.float32)
+    hidden = jax.ShapeDtypeStruct((2, 1, model.hidden_size), jnp.float32)
     shapes = jax.eval_shape(
-        lambda loss, p: {n: TRAIN_METRICS[n].fn(Step(model, loss, p, p, p)) for n in names},
+        lambda loss, p, h: {n: TRAIN_METRICS[n].fn(Step(model, loss, p, p, p, h)) for n in names},
         loss,
         params,
+        hidden,
     )
-    return train_zeros({n: x.shape for n, x in shapes.items()})
+    return train_zeros(
+        {n: x.shape for n, x in shapes.items()} | {term_metric(n): () for n in terms}
+    )
 
 
 def cross_entropy(logits_btv: Array, targets_bt: Array) -> Array:
@@ -145,12 +195,12 @@ def make_train_step(
     model: DeepRNN,
     tx: optax.GradientTransformation,
     reset_carry: bool,
-    ar_tar: tuple[float, float] = (0.0, 0.0),
+    weights: Mapping[str, float] | None = None,
     average: Average = NO_AVERAGE,
 ):
     """Returns ``train_step(state, carry, metrics, xs_nbt, ys_nbt, i, key) -> (state, carry,
-    metrics)``. ``ar_tar``: ``train.ar`` and ``train.tar``
-    (:func:`rnnjax.stack.activation_penalty`); ``average``: ``train.weight_average``
+    metrics)``. ``weights``: the loss terms that are on, name -> weight (:func:`loss_weights`;
+    ``metrics`` then holds their sums, :func:`train_sums`); ``average``: ``train.weight_average``
     (:func:`update_average`, after every step, a skipped one with its unchanged params).
 
     Trains on minibatch i. The carry (every layer's recurrent state) comes in as data, so no
@@ -160,6 +210,10 @@ def make_train_step(
     whose loss, gradient or update is not finite changes nothing but the counters: params,
     optimizer state and carry stay as they were.
     """
+    weights = dict(weights or {})
+    unknown = sorted(set(weights) - set(LOSS_TERMS))
+    if unknown:
+        raise ValueError(f"no loss term {unknown[0]!r}; one of {', '.join(LOSS_TERMS)}")
 
     @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
     def train_step(state, carry, metrics, xs_nbt, ys_nbt, i, key):
@@ -172,21 +226,31 @@ def make_train_step(
         dropout_key = jax.random.fold_in(key, state.step) if stack.draws_masks(model) else None
 
         def loss_fn(params):
-            if not any(ar_tar):
+            if not with_hidden:
                 logits_btv, new_carry = model.apply(params, x_bt, carry, dropout_key=dropout_key)
                 loss = cross_entropy(logits_btv, y_bt).mean()
-                return loss, (loss, new_carry)
-            logits_btv, new_carry, hidden = model.apply(
+                return loss, (loss, new_carry, None, {})
+            logits_btv, new_carry, (h_tbh, dropped_tbh) = model.apply(
                 params, x_bt, carry, dropout_key=dropout_key, with_hidden=True
-            )  # train.ar and train.tar: the gradient's loss, not the one recorded
+            )
             loss = cross_entropy(logits_btv, y_bt).mean()
-            return loss + stack.activation_penalty(*ar_tar, *hidden), (loss, new_carry)
+            out = Outputs(model, params, logits_btv, y_bt, h_tbh, dropped_tbh)
+            terms = {n: w * LOSS_TERMS[n](out) for n, w in weights.items()}
+            # the gradient's loss; the recorded one is the cross-entropy
+            total = loss + sum(terms.values(), jnp.float32(0.0))
+            return total, (loss, new_carry, h_tbh, terms)
 
-        (_, (loss, new_carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        with_hidden = bool(weights) or any(
+            TRAIN_METRICS[n].hidden for n in metrics if n in TRAIN_METRICS
+        )
+        (_, (loss, new_carry, hidden, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params
+        )
         gnorm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        step = Step(model, loss, state.params, grads, updates)
+        step = Step(model, loss, state.params, grads, updates, hidden)
         values = {name: TRAIN_METRICS[name].fn(step) for name in metrics if name in TRAIN_METRICS}
+        values |= {term_metric(n): v for n, v in terms.items() if term_metric(n) in metrics}
         params = optax.apply_updates(state.params, updates)
         ok = jnp.isfinite(loss) & jnp.isfinite(gnorm) & jnp.isfinite(optax.tree.norm(updates))
 

@@ -24,7 +24,7 @@ from rnnjax import data, native, stack
 from rnnjax.config import ConfigError, resolve
 from rnnjax.metrics import add_sums
 from rnnjax.model import DeepRNN
-from rnnjax.steps import cross_entropy
+from rnnjax.steps import LOSS_TERMS, Outputs, cross_entropy
 from rnnjax.train import train_and_evaluate
 
 V, B, T = 11, 3, 7
@@ -111,26 +111,29 @@ def test_locked_dropout_draws_one_mask_per_sequence_and_autodiff_agrees():
 def test_ar_and_tar_penalise_the_top_outputs_and_their_gradient_reaches_the_weights():
     h = jnp.asarray(np.random.default_rng(1).normal(size=(T, B, 8)), jnp.float32)
     d = h * 2
-    want = 3 * np.mean(np.asarray(d) ** 2) + 5 * np.mean(np.diff(np.asarray(h), axis=0) ** 2)
-    assert float(stack.activation_penalty(3.0, 5.0, h, d)) == pytest.approx(want, rel=1e-6)
+    out = Outputs(None, None, None, None, h, d)
+    assert float(LOSS_TERMS["ar"](out)) == pytest.approx(np.mean(np.asarray(d) ** 2), rel=1e-6)
+    want = np.mean(np.diff(np.asarray(h), axis=0) ** 2)
+    assert float(LOSS_TERMS["tar"](out)) == pytest.approx(want, rel=1e-6)
+    assert float(LOSS_TERMS["tar"](out._replace(hidden=h[:1]))) == 0.0  # one step: no change
     x, y = batch()
     import optax
 
     from rnnjax.steps import init_train_state, make_train_step, train_sums
 
-    def one_step(impl, ar_tar):
+    def one_step(impl, weights):
         model = DeepRNN(V, 8, 2, output_dropout=0.3, impl=impl)
         tx = optax.sgd(0.5)
         state = init_train_state(model, tx, jax.random.key(0))
-        step = make_train_step(model, tx, False, ar_tar)
+        step = make_train_step(model, tx, False, weights)
         sums = train_sums(model, state.params, False)
         xs, ys = x[None], y[None]
         state, _, sums = step(state, model.initial_carry(B), sums, xs, ys, 0, jax.random.key(3))
         return state.params, float(sums["loss"])
 
-    plain, loss0 = one_step("rnnjax", (0.0, 0.0))
-    fused, loss1 = one_step("rnnjax", (2.0, 3.0))
-    auto, loss2 = one_step("autodiff", (2.0, 3.0))
+    plain, loss0 = one_step("rnnjax", {})
+    fused, loss1 = one_step("rnnjax", {"ar": 2.0, "tar": 3.0})
+    auto, loss2 = one_step("autodiff", {"ar": 2.0, "tar": 3.0})
     assert loss0 == pytest.approx(loss1) == pytest.approx(loss2)  # the recorded loss: cross-entropy
     close(fused, auto)  # the penalty's gradient through the hand-written backward
     diff = np.abs(np.asarray(fused["layers"][0]["w_h"]) - np.asarray(plain["layers"][0]["w_h"]))
@@ -358,7 +361,7 @@ def test_native_runs_the_regularisers_in_rnnjax_s_stack_as_rnnjax_does(cell):
         )
         tx = optax.sgd(0.5)
         state = init_train_state(model, tx, jax.random.key(0))
-        step = make_train_step(model, tx, False, (2.0, 3.0))
+        step = make_train_step(model, tx, False, {"ar": 2.0, "tar": 3.0})
         sums = train_sums(model, state.params, False)
         state, _, sums = step(
             state, model.initial_carry(B), sums, x[None], y[None], 0, jax.random.key(3)
@@ -420,7 +423,7 @@ def test_every_regulariser_resumes_bitwise_from_a_mid_epoch_save(tmp_path):
         ({"model.weight_drop": 0.2, "model.cell": "mingru"}, "cell 'mingru' has none"),
         ({"model.locked_dropout": 0.2, "parallel.cpu_pipeline": True}, "not in the layer pipe"),
         ({"model.weight_drop": 1.0}, "config.model.weight_drop"),
-        ({"train.tar": 1.0, "model.impl": "flax"}, "train.ar and train.tar read the top layer"),
+        ({"train.tar": 1.0, "model.impl": "flax"}, "config.train.tar reads the top layer"),
         ({"train.ar": -1.0}, "config.train.ar"),
         ({"train.weight_average": "swa"}, r"config.train.weight_average = 'swa' .*'ema' or"),
         (
@@ -472,3 +475,92 @@ def test_weight_drop_under_the_layer_pipeline_equals_the_plain_stack():
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
     a, b, diff = json.loads(line[len("RESULT ") :])
     assert abs(a - b) <= 1e-5 and diff <= 1e-5
+
+
+def test_every_loss_term_has_its_weight_field_and_each_weight_field_its_term():
+    from rnnjax.config.train_fields import loss_terms
+
+    assert loss_terms() == list(LOSS_TERMS) == ["ar", "tar"]
+    from rnnjax.steps import loss_weights
+
+    tc = resolve(small_config(**{"train.tar": 0.5})).train
+    assert loss_weights(tc) == {"tar": 0.5}
+
+
+def test_each_loss_term_that_is_on_is_recorded_under_its_name(tmp_path):
+    """train.ar and train.tar: ``ar_loss`` and ``tar_loss`` in every record, the epoch's mean of
+    weight * term; train_ppl stays the cross-entropy's (the same as a run without them at epoch 1's
+    first step is not checked: the penalty changes the updates)."""
+    out = train_and_evaluate(small_config(2, **{"train.ar": 2.0}), tmp_path / "a")
+    recs = out["metrics"]
+    assert all(r["ar_loss"] > 0 for r in recs) and all("tar_loss" not in r for r in recs)
+    assert recs[0]["ar_loss"] != recs[1]["ar_loss"]
+    plain = train_and_evaluate(small_config(1), tmp_path / "b")["metrics"][0]
+    assert "ar_loss" not in plain and "tar_loss" not in plain
+
+
+def test_a_metric_sees_the_top_layer_s_hidden_states(tmp_path, monkeypatch):
+    """A training metric with hidden=True reads Step.hidden, the top layer's outputs [t, b, h]."""
+    from rnnjax.steps import TRAIN_METRICS, Metric
+
+    seen = []
+
+    def fraction(s):
+        seen.append(s.hidden.shape)
+        return jnp.mean(jnp.abs(s.hidden) > 0.5)
+
+    monkeypatch.setitem(TRAIN_METRICS, "saturated", Metric(fraction, hidden=True))
+    cfg = small_config(1)
+    recs = train_and_evaluate(cfg, tmp_path / "run")["metrics"]
+    c = resolve(cfg)
+    assert (c.data.num_steps, c.data.batch_size, c.model.hidden_size) in seen
+    assert 0 < recs[0]["saturated"] < 1
+
+
+def _with_documented_edit(path: pathlib.Path, marker: str, anchor: str, after: bool) -> None:
+    """Insert docs/training.md's code block under ``<!-- example: MARKER -->`` into ``path``, on
+    the line after (or before) the line holding ``anchor``, as a user adds it."""
+    text = (ROOT / "docs" / "training.md").read_text()
+    block = text.split(f"<!-- example: {marker} -->", 1)[1].split("```python\n", 1)[1]
+    block = block.split("```", 1)[0]
+    lines = path.read_text().splitlines(keepends=True)
+    (at,) = [i for i, line in enumerate(lines) if anchor in line]
+    lines.insert(at + 1 if after else at, block)
+    path.write_text("".join(lines))
+
+
+@pytest.mark.slow
+def test_the_documented_regulariser_is_one_entry_and_one_field_and_trains(tmp_path):
+    """docs/training.md's z-loss, added as the page says to a copy of the package (its entry in
+    LOSS_TERMS, its field in the train group): --config.train.zloss trains with it, records
+    zloss_loss, and config.md's generator lists the field."""
+    pkg = tmp_path / "src" / "rnnjax"
+    shutil.copytree(ROOT / "rnnjax", pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    _with_documented_edit(pkg / "steps.py", "loss term", "LOSS_TERMS: dict[str,", after=True)
+    _with_documented_edit(
+        pkg / "config" / "train_fields.py", "loss term field", "_loss_terms_apply),", after=False
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "src"), "JAX_PLATFORMS": "cpu"}
+    run = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "train.py"),
+        f"--config={ROOT / 'configs' / 'deep_lstm.py'}:smoke",
+        "--config.train.num_epochs=2",
+        "--config.train.zloss=0.001",
+        "--config.train.progress=False",
+        f"--workdir={run}",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in recs] == [1, 2] and all(r["zloss_loss"] > 0 for r in recs)
+    doc = subprocess.run(
+        [sys.executable, "-c", "from rnnjax import config_doc; print(config_doc.render())"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert "`train.zloss`" in doc.stdout, doc.stderr[-1000:]

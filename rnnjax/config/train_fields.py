@@ -41,12 +41,19 @@ def _kwargs_not_hyperparams(c: Any) -> str | None:
     return None
 
 
-def _ar_tar_apply(c: Any) -> str | None:
-    if (c.train.ar > 0 or c.train.tar > 0) and c.model.impl not in OUR_STACK_IMPLS:
+def loss_terms() -> list[str]:
+    """The train fields that weigh a loss term (``loss_term=True``): rnnjax.steps.LOSS_TERMS's
+    names."""
+    return [f.name for f in GROUPS["train"][1] if isinstance(f, Field) and f.loss_term]
+
+
+def _loss_terms_apply(c: Any) -> str | None:
+    on = [n for n in loss_terms() if getattr(c.train, n) > 0]
+    if on and c.model.impl not in OUR_STACK_IMPLS:
         return (
-            f"config.train.ar and train.tar read the top layer's outputs in rnnjax's stack, not "
+            f"config.train.{on[0]} reads the top layer's outputs in rnnjax's stack, not "
             f"impl {c.model.impl!r}; use model.impl = 'auto', 'rnnjax', 'native' or 'autodiff', "
-            "or set them to 0"
+            f"or set train.{on[0]} to 0"
         )
     return None
 
@@ -148,6 +155,7 @@ GROUPS: dict[str, tuple[str, list[Field | Rule]]] = {
                 "top layer's outputs, after output dropout, to the training loss (0 = off).",
                 **real("a number >= 0 (0 = off)", lambda v: v >= 0),
                 added=True,
+                loss_term=True,
             ),
             Field(
                 "tar",
@@ -156,8 +164,9 @@ GROUPS: dict[str, tuple[str, list[Field | Rule]]] = {
                 "top layer's step-to-step output change to the training loss (0 = off).",
                 **real("a number >= 0 (0 = off)", lambda v: v >= 0),
                 added=True,
+                loss_term=True,
             ),
-            Rule("ar and tar read rnnjax's stack.", _ar_tar_apply),
+            Rule("Loss terms (ar, tar) read rnnjax's stack.", _loss_terms_apply),
             Field(
                 "weight_average",
                 "",
