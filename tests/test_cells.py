@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import ROOT, small_config, train_cli
+from test_mincells import numpy_layer
 
 from rnnjax import cells
 from rnnjax.model import DeepRNN, Impl
@@ -51,47 +52,54 @@ def np_lstm(p, c, h, x):
     return c, o * np.tanh(c)
 
 
-@pytest.mark.parametrize("name", ["rnn", "gru", "lstm"])  # their NumPy transcriptions above
+def np_indrnn(p, h, x, act):
+    """IndRNN (Li et al., 2018): h' = phi(x W_x + b_x + u * h), u element-wise."""
+    z = x @ p["w_x"] + p["b_x"] + p["u"] * h
+    return np.tanh(z) if act == "tanh" else np.maximum(z, 0.0)
+
+
+def np_min(name):
+    def step(p, h, x, act):
+        return numpy_layer(name, (x @ p["w_x"] + p["b_x"])[None], h)[0]
+
+    return step
+
+
+# One step of each cell's equations in float64, written out here apart from rnnjax's own code:
+# (params, carry, x, activation) -> new carry (its h is the output). A cell added to the registry
+# without an entry here is still checked by every test that takes CELLS (the stack against a loop
+# of its steps, gradients against finite differences, the fused backward against autodiff); this
+# test says what it lacks.
+EQUATIONS = {
+    "rnn": np_rnn,
+    "gru": lambda p, h, x, act: np_gru(p, h, x),
+    "lstm": lambda p, carry, x, act: np_lstm(p, *carry, x),
+    "indrnn": np_indrnn,
+    "mingru": np_min("mingru"),
+    "minlstm": np_min("minlstm"),
+}
+
+
+@pytest.mark.parametrize("name", list(cells.CELLS))
 def test_cell_step_matches_numpy_equations(name):
+    if name not in EQUATIONS:
+        pytest.skip(f"no NumPy transcription of {name!r} in tests/test_cells.py's EQUATIONS")
     cell = cells.CELLS[name]
     d, h, b = 3, 4, 2
     params = cell.init(jax.random.key(0), d, h)
     npp = {k: np.asarray(v, np.float64) for k, v in params.items()}
     rng = np.random.default_rng(0)
     x = rng.normal(size=(b, d)).astype(np.float32)
-    h0 = rng.normal(size=(b, h)).astype(np.float32)
+    carry = jax.tree_util.tree_map(
+        lambda a: rng.normal(size=a.shape).astype(np.float32), cell.initial_carry(b, h)
+    )
     assert params["w_x"].shape == (d, cell.num_gates * h)
-    if name == "lstm":
-        c0 = rng.normal(size=(b, h)).astype(np.float32)
-        (c1, h1), y = cell.step(params, (c0, h0), x)
-        c_ref, h_ref = np_lstm(npp, c0, h0, x)
-        np.testing.assert_allclose(c1, c_ref, rtol=1e-5, atol=1e-6)
-    elif name == "gru":
-        h1, y = cell.step(params, h0, x)
-        h_ref = np_gru(npp, h0, x)
-    else:
-        for act in ("tanh", "relu"):
-            h1, y = cell.step(params, h0, x, activation=act)
-            h_ref = np_rnn(npp, h0, x, act)
-            np.testing.assert_allclose(h1, h_ref, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(h1, h_ref, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(y, h1)
-
-
-def test_indrnn_step_matches_its_equation():
-    """IndRNN (Li et al., 2018): h' = phi(x W_x + b_x + u * h), u element-wise."""
-    cell = cells.CELLS["indrnn"]
-    d, h, b = 3, 4, 2
-    params = cell.init(jax.random.key(0), d, h)
-    assert set(params) == {"w_x", "b_x", "u"} and params["u"].shape == (h,)
-    rng = np.random.default_rng(1)
-    x, h0 = rng.normal(size=(b, d)).astype(np.float32), rng.normal(size=(b, h)).astype(np.float32)
-    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
-    for act, phi in (("tanh", np.tanh), ("relu", lambda z: np.maximum(z, 0.0))):
-        h1, y = cell.step(params, h0, x, act)
-        np.testing.assert_allclose(
-            h1, phi(x @ p["w_x"] + p["b_x"] + p["u"] * h0), rtol=1e-5, atol=1e-6
-        )
+    for act in ("tanh", "relu") if cell.uses_activation else ("tanh",):
+        new, y = cell.step(params, carry, x, act)
+        ref = EQUATIONS[name](npp, jax.tree_util.tree_map(np.float64, carry), x, act)
+        for got, want in zip(jax.tree_util.tree_leaves(new), jax.tree_util.tree_leaves(ref)):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(y, cell.hidden(new))
 
 
 def test_every_registered_cell_is_complete_and_named_by_its_entry():
