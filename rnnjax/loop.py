@@ -29,7 +29,15 @@ from rnnjax.group import Group
 from rnnjax.layout import checkpoint_items, saved_meta
 from rnnjax.metrics import best_record, to_host
 from rnnjax.profiling import Profiler
-from rnnjax.records import abort_error, commit, describe, kept_records, make_record, stopped_early
+from rnnjax.records import (
+    abort_error,
+    commit,
+    describe,
+    kept_records,
+    make_record,
+    start_notes,
+    stopped_early,
+)
 from rnnjax.resume import restore
 from rnnjax.steps import evaluated
 from rnnjax.tensorboard_log import TensorBoardLog, has_hparams
@@ -89,6 +97,9 @@ def train_group(
                 )
                 + "\n"
             )
+        else:  # no start block: its notes alone, one line each
+            for note in start_notes(group, tuple(notes[0])):
+                PipeSafe(sys.stderr).write(f"rnnjax: {note}\n")
         last_epoch = stopped if stopped else group.last_epoch
         boards = [
             TensorBoardLog(d, start_epoch)

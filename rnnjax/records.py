@@ -204,6 +204,15 @@ def impl_ran(group: Group) -> str:
     return runs
 
 
+def start_notes(group: Group, notes: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The start block's notes: where ``auto`` could not pick the native kernels on this CPU, then
+    ``notes`` (the resume's and the budget's). With ``train.progress`` off they are all the start
+    block that is said, on stderr."""
+    m = group.cfgs[0].model
+    note = auto_fallback_note(m.impl, m.cell)
+    return (note, *notes) if note else tuple(notes)
+
+
 def describe(
     group: Group,
     workdirs: Sequence[pathlib.Path],
@@ -228,8 +237,7 @@ def describe(
         f"{m.num_layers}-layer {m.cell} (hidden {m.hidden_size}, impl {impl}), "
         f"{num_params(params):,} parameters"
     )
-    if note := auto_fallback_note(m.impl, m.cell):
-        notes = (note, *notes)
+    notes = start_notes(group, notes)
     if len(group.cfgs) > 1:
         what += f", {len(group.cfgs)} trials vectorized"
     where = f"{group.dp.num_devices} {jax.default_backend()} device(s)"

@@ -279,3 +279,25 @@ def test_every_minutes_saves_mid_epoch_and_a_kill_there_resumes_bitwise(tmp_path
     resumed = train_and_evaluate(cfg, run)
     assert tree_equal(resumed["params"], straight["params"])
     assert [r["epoch"] for r in resumed["metrics"]] == [1, 2]
+
+
+def test_without_the_progress_bar_the_start_block_s_notes_still_reach_stderr(
+    tmp_path, monkeypatch, capsys
+):
+    """train.progress = False drops the bar and the start block, not what the block warns about:
+    auto falling back to the pure-JAX layer, and the time budget, one line each on stderr."""
+    from rnnjax import native
+
+    monkeypatch.setattr(native, "_EXT", None)
+    monkeypatch.setattr(native, "WHY_NOT", "the native extension is not built here (test)")
+    cfg = small_config(1, **{"train.max_steps": 3})
+    train_and_evaluate(cfg, tmp_path / "run")
+    err = capsys.readouterr().err.splitlines()
+    assert (
+        "rnnjax: model.impl = 'auto' runs the pure-JAX layer (rnnjax), not the native kernels: the "
+        "native extension is not built here (test); reinstall with a C++ compiler (pip install -e "
+        ".) to build them"
+    ) in err
+    assert any(line.startswith("rnnjax: budget: 3 steps") for line in err), err
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["impl"] == "rnnjax"

@@ -197,7 +197,15 @@ GROUPS: dict[str, tuple[str, list[Field | Rule]]] = {
                 **at_least(0, "0 = from the first step"),
                 added=True,
             ),
-            Field("progress", True, "Show a tqdm progress bar.", **boolean(), resumable=True),
+            Field(
+                "progress",
+                True,
+                "Show the start block and a tqdm progress bar. Off: the start block's notes "
+                "(auto falling back to the pure-JAX layer, the time budget) alone, on stderr, "
+                "one line each.",
+                **boolean(),
+                resumable=True,
+            ),
             Field(
                 "max_nonfinite",
                 10,
