@@ -36,6 +36,7 @@ _WHERE = {
     "Run": "run",
     "load": "run",
     "perplexity": "steps",
+    "sweep_results": "sweep_summary",
     "build_model": "build",
     "train_and_evaluate": "train",
     "Vocab": "vocab",
@@ -67,6 +68,7 @@ __all__ = [  # = _WHERE and _MODULES (tests/test_first_contact.py checks)
     "num_params",
     "perplexity",
     "resolve",
+    "sweep_results",
     "timescales",
     "to_flax",
     "train_and_evaluate",
@@ -99,5 +101,6 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from rnnjax.run import Run, load
     from rnnjax.sampling import generate
     from rnnjax.steps import perplexity
+    from rnnjax.sweep_summary import sweep_results
     from rnnjax.train import train_and_evaluate
     from rnnjax.vocab import Vocab

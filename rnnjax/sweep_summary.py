@@ -114,10 +114,17 @@ def axis_columns(overrides: Sequence[Mapping[str, Any]]) -> dict[str, str]:
     return {f: n if last.count(n) == 1 and n not in COLUMNS else f for f, n in zip(fields, last)}
 
 
-def summarize(workdir: str | os.PathLike) -> list[dict[str, Any]]:
-    """Merge every trial's result.json under ``workdir`` into results.csv, results.md and
-    sweep.png."""
+def sweep_results(workdir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every trial's ``result.json`` under a sweep's ``workdir``, read and checked, in trial-name
+    order: one dict per trial (``name``, ``status``, ``cell``, ``num_layers``, ``best_val_ppl``,
+    ...; docs/sweeps.md lists the keys). Writes nothing. A damaged result.json is left out with a
+    warning naming it; none readable, or no sweep there, is a :class:`SweepError` in one line."""
     root = resolve_path(workdir)
+    return [row for row, _ in _read_all(root)]
+
+
+def _read_all(root: pathlib.Path) -> list[tuple[dict[str, Any], pathlib.Path]]:
+    """(row, path) of every readable trial result under the sweep directory ``root``."""
     hint = "give the directory a sweep wrote (its --workdir)"
     if not root.exists():
         raise SweepError(f"sweep directory {root} does not exist; {hint}")
@@ -141,14 +148,23 @@ def summarize(workdir: str | os.PathLike) -> list[dict[str, Any]]:
                 p,
                 why,
             )
-    paths = [p for p, (row, _) in read.items() if row is not None]
-    if not paths:
+    rows = [(row, p) for p, (row, _) in read.items() if row is not None]
+    if not rows:
         first, (_, why) = next(iter(read.items()))
         raise SweepError(
             f"no trial result under {root} can be read ({first} {why}); delete the damaged "
             "result.json files and rerun the sweep to redo those trials"
         )
-    rows = [read[p][0] for p in paths]
+    return rows
+
+
+def summarize(workdir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Merge every trial's result.json under ``workdir`` (:func:`sweep_results`) into results.csv,
+    results.md and sweep.png; returns the rows."""
+    root = resolve_path(workdir)
+    read = _read_all(root)
+    paths = [p for _, p in read]
+    rows = [row for row, _ in read]
     overrides = trial_overrides(rows)
     axes = axis_columns(overrides)  # field -> column
     k = COLUMNS.index("hidden_size") + 1  # the grid's other axes go after the model's shape

@@ -1,6 +1,8 @@
 """The sweep runner: names, resumability, failures, shards and the summary files."""
 
+import contextlib
 import csv
+import io
 import json
 import os
 import pathlib
@@ -10,6 +12,7 @@ import sys
 import pytest
 from conftest import small_config
 
+import rnnjax
 from rnnjax.config import ConfigError
 from rnnjax.grid import (
     SweepError,
@@ -124,6 +127,21 @@ def test_sweep_runs_records_failures_and_resumes(tmp_path):
     assert failed["overrides"] == {"model.cell": "gru", "train.learning_rate": 1e38}
     assert "failed: FloatingPointError" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    # rnnjax.sweep_results: the same rows, read back without writing; docs/sweeps.md's block runs
+    listing = sorted(p.name for p in tmp_path.rglob("*"))
+    read = rnnjax.sweep_results(tmp_path)
+    assert read == summary and sorted(p.name for p in tmp_path.rglob("*")) == listing
+    assert [r["name"] for r in read] == sorted(r["name"] for r in read)
+    assert read[0]["learning_rate"] == 1.0 and read[0]["status"] == "done"
+    assert read[0]["metrics"]["val_ppl"] == read[0]["best_val_ppl"]  # the best epoch's record
+    text = (ROOT / "docs" / "sweeps.md").read_text()
+    block = text.split('rnnjax.sweep_results("DIR")', 1)[1].split("```python\n", 1)[1]
+    block = block.split("```", 1)[0].replace("runs/sweep_smoke", str(tmp_path))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(block, "docs/sweeps.md", "exec"), {})
+    best = min((r for r in rows if r["status"] == "done"), key=lambda r: r["best_val_ppl"])
+    assert out.getvalue() == f"{best['name']} {best['best_val_ppl']}\n"
 
 
 def test_interrupted_trial_resumes_from_its_checkpoint(tmp_path):
