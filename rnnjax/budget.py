@@ -21,11 +21,12 @@ from typing import Any
 
 import jax
 
+from rnnjax import workdir as rundir
 from rnnjax.config import ConfigError, TrainConfig
 from rnnjax.config.train_fields import MEASURED_STEPS
 from rnnjax.workdir import WorkdirError, refuse_directory, write_atomic
 
-BUDGET_FILE = "budget.json"
+BUDGET_FILE = rundir.BUDGET
 ABSENT = "absent"  # a checkpoint saved before 2026-12-07: its meta has no "budget"
 UNMEASURED = 10**9  # a time budget's length before it is measured (only warm-up steps run)
 clock = time.perf_counter  # seconds (tests replace it with a clock of their own)

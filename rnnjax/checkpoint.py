@@ -23,6 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
+from rnnjax import workdir as rundir
 from rnnjax.integrity import (
     checksums,
     find_damage,
@@ -93,7 +94,7 @@ class Checkpointer:
         self.workdir = pathlib.Path(
             workdir
         ).absolute()  # orbax rejects relative paths deep inside a save
-        self.directory = self.workdir / "checkpoints"
+        self.directory = self.workdir / rundir.CHECKPOINTS
         if read_only and not self.directory.is_dir():
             raise CheckpointError(
                 f"{self.workdir} has no checkpoints/ directory: it is not a finished or "

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from rnnjax import workdir as rundir
 from rnnjax.config import DataConfig
 from rnnjax.metrics import add_sums, best_record, bpc, by_source, eval_entries, eval_means
 from rnnjax.model import DeepRNN, Params
@@ -80,4 +81,4 @@ def evaluation(
 
 
 def write_evaluation(workdir: pathlib.Path, out: dict[str, Any]) -> None:
-    write_atomic(workdir / "evaluation.json", json.dumps(finite(out), indent=1) + "\n")
+    write_atomic(workdir / rundir.EVALUATION, json.dumps(finite(out), indent=1) + "\n")

@@ -65,11 +65,11 @@ def finish(
         best_params = best_params[1] if averaged else best_params
     if primary:
         plot_curves(
-            records, workdir / "curves.png", title=f"{c.model.num_layers}-layer {c.model.cell}"
+            records, workdir / rundir.CURVES, title=f"{c.model.num_layers}-layer {c.model.cell}"
         )
     texts = samples(group, best_params if c.train.early_stopping_patience else evaluated(one))
     if primary:
-        rundir.write_atomic(workdir / "samples.txt", "".join(s + "\n" for s in texts))
+        rundir.write_atomic(workdir / rundir.SAMPLES, "".join(s + "\n" for s in texts))
     test = (
         part_metrics(
             group.model,

@@ -6,6 +6,7 @@ import fcntl
 import os
 import pathlib
 
+from rnnjax import workdir as rundir
 from rnnjax.workdir import WorkdirError, refuse_directory
 
 
@@ -27,7 +28,7 @@ class WorkdirLock:
 
     def __init__(self, workdir: pathlib.Path):
         self.workdir = pathlib.Path(workdir)
-        self.path = self.workdir / ".lock"
+        self.path = self.workdir / rundir.LOCK
         self._fds: list[int] = []
 
     def _lock(self, path: pathlib.Path, flags: int) -> None:

@@ -65,7 +65,7 @@ def train_group(
         for d, c, ckpt in zip(workdirs, group.cfgs, ckpts):  # a hand-edited config.json
             stored = ckpt.stored_shapes(ckpt.steps()[-1]) if ckpt.steps() else None
             if stored and (
-                why := shape_mismatch(c, len(group.corpus.vocab), stored, "config.json")
+                why := shape_mismatch(c, len(group.corpus.vocab), stored, rundir.CONFIG)
             ):
                 raise CheckpointError(f"{d}: {why}")
         state, rng_data, carry, metrics, start_epoch, start_batch, step, saved = restore(

@@ -61,9 +61,9 @@ def set_aside_records(workdir: pathlib.Path, records: list[dict]) -> pathlib.Pat
     """Keep ``records`` in ``WORKDIR/discarded/<UTC time>/metrics.jsonl`` (never deleted); returns
     that folder."""
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-    dest = workdir / "discarded" / stamp
+    dest = workdir / rundir.DISCARDED / stamp
     dest.mkdir(parents=True)
-    rundir.write_metrics(dest / "metrics.jsonl", records)
+    rundir.write_metrics(dest / rundir.METRICS, records)
     return dest
 
 
@@ -72,7 +72,7 @@ def _own_history(workdir: pathlib.Path, mode: str) -> str:
     (beside a config.json, compared by :func:`rnnjax.workdir.check_resumable`) but no checkpoint,
     nor damaged ones: a run killed before its first save. Else ``mode``."""
     killed_early = (
-        (workdir / "config.json").exists()
+        (workdir / rundir.CONFIG).exists()
         and not rundir.has_checkpoint(workdir)
         and not (workdir / "damaged").is_dir()
         and rundir.history(workdir)

@@ -48,7 +48,7 @@ def kept_records(
     taken from the checkpoints' meta (``saved``: the record each kept checkpoint holds). Those
     after the checkpoint (a kill past it) are redone, identically: they are set aside in
     ``discarded/<time>/metrics.jsonl`` and ``notes`` says so."""
-    path = workdir / "metrics.jsonl"
+    path = workdir / rundir.METRICS
     every = rundir.read_metrics(path)
     records = [r for r in every if r["epoch"] < start_epoch]
     have = {r["epoch"] for r in records}
@@ -126,7 +126,7 @@ def make_record(
 def commit(workdir: pathlib.Path, record: dict[str, Any], bar, primary: bool) -> None:
     """Append an epoch's record to metrics.jsonl (fsynced) and show it on the progress bar."""
     if primary:
-        rundir.append_metrics(workdir / "metrics.jsonl", record)
+        rundir.append_metrics(workdir / rundir.METRICS, record)
     bar.set_postfix(train_ppl=f"{record['train_ppl']:.2f}", val_ppl=f"{record['val_ppl']:.2f}")
 
 

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from rnnjax import cudnn, data
+from rnnjax import workdir as rundir
 from rnnjax.build import build_model, shape_mismatch
 from rnnjax.cells import check_supported
 from rnnjax.checkpoint import Checkpointer, CheckpointError
@@ -202,7 +203,7 @@ def load(
         saved, vocab = read_config(workdir), read_vocab(workdir)
         if saved is None or vocab is None:
             missing = " and ".join(
-                name for name, v in (("config.json", saved), ("vocab.json", vocab)) if v is None
+                name for name, v in ((rundir.CONFIG, saved), (rundir.VOCAB, vocab)) if v is None
             )
             raise CheckpointError(
                 f"{workdir} has no {missing} beside its checkpoints; restore it from a copy"
@@ -247,7 +248,7 @@ def load(
             )
         model = build_model(cfg, len(vocab))
         stored = ckpt.stored_shapes(step if isinstance(step, int) else ckpt.steps()[-1])
-        if stored and (why := shape_mismatch(cfg, len(vocab), stored, "config.json")):
+        if stored and (why := shape_mismatch(cfg, len(vocab), stored, rundir.CONFIG)):
             raise CheckpointError(f"{workdir}: {why}")
         # The params alone, onto this process's first device, whatever the mesh the run was saved
         # from.
@@ -263,5 +264,5 @@ def load(
         ckpt.close()
     params = params[1] if weights == "average" else params
     params = jax.tree_util.tree_map(np.asarray, params)
-    metrics = read_metrics(workdir / "metrics.jsonl")
+    metrics = read_metrics(workdir / rundir.METRICS)
     return Run(workdir, step, cfg, model, params, vocab, metrics, weights)

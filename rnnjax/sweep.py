@@ -27,6 +27,7 @@ import ml_collections
 import tqdm
 
 from rnnjax import cudnn, data
+from rnnjax import workdir as rundir
 from rnnjax.config import resolve
 from rnnjax.console import Preempted
 from rnnjax.grid import (
@@ -128,7 +129,7 @@ class _StopOnSignals:
 def _resume_mode(d: pathlib.Path) -> str:
     """A trial that failed before its first checkpoint starts over (its old files kept in
     discarded/); every other trial resumes from its checkpoint if it has one."""
-    row, _ = read_result(d / "result.json")
+    row, _ = read_result(d / rundir.RESULT)
     failed = row is not None and row["status"] == "failed"
     return "restart" if failed and not has_checkpoint(d) else "auto"
 
@@ -149,7 +150,7 @@ def run_sweep(
 
     root = resolve_path(workdir)
     check_writable(root)  # a file, or under a file, or read-only: one line, nothing created
-    if has_checkpoint(root) or (root / "metrics.jsonl").exists():
+    if has_checkpoint(root) or (root / rundir.METRICS).exists():
         raise WorkdirError(
             f"workdir {root} holds a training run (checkpoints/, metrics.jsonl), not a sweep; "
             "give the sweep a --workdir of its own"
@@ -178,7 +179,7 @@ def run_sweep(
     rows: dict[int, dict[str, Any]] = {}
     pending: dict[str, list[int]] = {}
     for k, t in enumerate(mine):
-        result_path = trial_dir(root, t) / "result.json"
+        result_path = trial_dir(root, t) / rundir.RESULT
         row, why = read_result(result_path) if result_path.exists() else (None, None)
         if why:
             logging.warning("%s %s: the trial runs again (from its checkpoints)", result_path, why)
@@ -294,10 +295,10 @@ def _row(
     try:  # a trial that cannot be recorded (read-only, disk full) runs again next time
         d.mkdir(parents=True, exist_ok=True)
         if row["status"] == "failed":
-            write_atomic(d / "error.txt", "".join(traceback.format_exception(error)))
+            write_atomic(d / rundir.ERROR, "".join(traceback.format_exception(error)))
         elif row["status"] == "done":
-            (d / "error.txt").unlink(missing_ok=True)  # an earlier attempt's, no longer true
-        write_atomic(d / "result.json", json.dumps(finite(row), allow_nan=False))
+            (d / rundir.ERROR).unlink(missing_ok=True)  # an earlier attempt's, no longer true
+        write_atomic(d / rundir.RESULT, json.dumps(finite(row), allow_nan=False))
     except (OSError, WorkdirError) as e:
         why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         logging.warning(

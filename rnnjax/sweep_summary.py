@@ -15,6 +15,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from rnnjax import workdir as rundir
 from rnnjax.grid import SweepError
 from rnnjax.workdir import WorkdirError, read_metrics, resolve_path, write_atomic
 
@@ -130,9 +131,9 @@ def _read_all(root: pathlib.Path) -> list[tuple[dict[str, Any], pathlib.Path]]:
         raise SweepError(f"sweep directory {root} does not exist; {hint}")
     if not root.is_dir():
         raise SweepError(f"{root} is a file, not a sweep directory; {hint}")
-    paths = sorted(root.glob("*/result.json"))
+    paths = sorted(root.glob(f"*/{rundir.RESULT}"))
     if not paths:
-        if (root / "result.json").exists():
+        if (root / rundir.RESULT).exists():
             raise SweepError(
                 f"{root} is one trial's directory; give the sweep directory above it, {root.parent}"
             )
@@ -271,7 +272,7 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], dirs: Sequence[pathlib.Path]):
         if r.get("status") != "done":
             continue
         try:
-            metrics = read_metrics(d / "metrics.jsonl")
+            metrics = read_metrics(d / rundir.METRICS)
         except (OSError, ValueError, WorkdirError) as e:
             logging.warning("%s: its validation curve is left out of sweep.png", e)
             continue
@@ -347,7 +348,7 @@ def _write(
     )
     w.writeheader()
     w.writerows(table)
-    write_atomic(root / "results.csv", csv_text.getvalue())
+    write_atomic(root / rundir.RESULTS_CSV, csv_text.getvalue())
 
     def show(column: str, v: Any) -> str:
         text = f"{v:.3f}" if isinstance(v, float) and column in COLUMNS else str(v)
@@ -368,8 +369,8 @@ def _write(
         if r.get("status") in ("failed", "interrupted")
     ]
     lines += ["", *notes] if notes else []
-    write_atomic(root / "results.md", "\n".join(lines) + "\n")
-    _plot(root / "sweep.png", rows, [p.parent for p in paths])
+    write_atomic(root / rundir.RESULTS_MD, "\n".join(lines) + "\n")
+    _plot(root / rundir.SWEEP_PLOT, rows, [p.parent for p in paths])
 
 
 def _plot(

@@ -25,6 +25,23 @@ from rnnjax.config import resolve as resolve_config
 from rnnjax.vocab import Vocab
 
 # train_and_evaluate's ``resume``: how a run treats a workdir that already holds checkpoints.
+# The files of a run directory and of a sweep's, by name: every module names them through these.
+METRICS = "metrics.jsonl"  # one record per epoch (docs/training.md#files)
+CONFIG = "config.json"  # the run's resolved config
+VOCAB = "vocab.json"
+BUDGET = "budget.json"  # train.max_minutes's measured budget (rnnjax.budget)
+EVALUATION = "evaluation.json"  # what a finished run reports (rnnjax.evaluation)
+CURVES = "curves.png"
+SAMPLES = "samples.txt"
+LOCK = ".lock"  # held while a process trains in the workdir (rnnjax.lock)
+CHECKPOINTS = "checkpoints"  # orbax's directory (rnnjax.checkpoint)
+DISCARDED = "discarded"  # what --resume=restart and recoveries move aside, never deleted
+RESULT = "result.json"  # a sweep trial's row (rnnjax.sweep)
+ERROR = "error.txt"  # a failed trial's traceback
+RESULTS_CSV = "results.csv"  # a sweep's summary (rnnjax.sweep_summary)
+RESULTS_MD = "results.md"
+SWEEP_PLOT = "sweep.png"
+
 RESUME_MODES = ("auto", "must", "never", "restart")
 
 
@@ -121,14 +138,14 @@ def read_json(path: pathlib.Path) -> Any:
 
 def write_run(workdir: pathlib.Path, cfg: Config, vocab: Vocab) -> None:
     """Write the run's ``config.json`` and ``vocab.json`` (atomically)."""
-    write_atomic(workdir / "config.json", json.dumps(cfg.to_dict(), indent=2))
-    write_atomic(workdir / "vocab.json", vocab.to_json())
+    write_atomic(workdir / CONFIG, json.dumps(cfg.to_dict(), indent=2))
+    write_atomic(workdir / VOCAB, vocab.to_json())
 
 
 def read_config(workdir: pathlib.Path) -> dict[str, Any] | None:
     """The run's config as saved (a dict, for :func:`rnnjax.config.resolve`); None if there is none
     yet."""
-    path = workdir / "config.json"
+    path = workdir / CONFIG
     if not path.exists():
         return None
     saved = read_json(path)
@@ -142,7 +159,7 @@ def read_config(workdir: pathlib.Path) -> dict[str, Any] | None:
 
 def read_vocab(workdir: pathlib.Path) -> Vocab | None:
     """The run's vocabulary; None if there is none yet."""
-    path = workdir / "vocab.json"
+    path = workdir / VOCAB
     if not path.exists():
         return None
     saved = read_json(path)
@@ -155,7 +172,7 @@ def read_vocab(workdir: pathlib.Path) -> Vocab | None:
 
 
 def has_checkpoint(workdir: str | os.PathLike) -> bool:
-    d = pathlib.Path(workdir) / "checkpoints"
+    d = pathlib.Path(workdir) / CHECKPOINTS
     return d.is_dir() and any(p.name.isdigit() for p in d.iterdir())
 
 
@@ -163,7 +180,7 @@ def holds_sweep(workdir: str | os.PathLike) -> bool:
     """Whether ``workdir`` is a sweep's folder: trial folders with a ``result.json``, or the
     sweep's ``results.csv``."""
     d = pathlib.Path(workdir)
-    return (d / "results.csv").exists() or any(d.glob("*/result.json"))
+    return (d / RESULTS_CSV).exists() or any(d.glob(f"*/{RESULT}"))
 
 
 def _field(d: dict[str, Any], dotted: str) -> Any:
@@ -187,9 +204,7 @@ def check_resumable(workdir: pathlib.Path, cfg: Config, vocab: Vocab, resume: st
     if resume == "restart":
         return  # the old run (config, vocabulary, history) is set aside whole: any config may start
     saved = read_config(workdir)
-    lost = [
-        n for n, v in (("config.json", saved), ("vocab.json", read_vocab(workdir))) if v is None
-    ]
+    lost = [n for n, v in ((CONFIG, saved), (VOCAB, read_vocab(workdir))) if v is None]
     if lost and has_checkpoint(workdir):  # the run's one copy: another config would pass unseen
         raise WorkdirError(
             f"{workdir} holds checkpoints but no {' or '.join(lost)}; restore it from a copy, or "
@@ -322,7 +337,7 @@ def append_metrics(path: pathlib.Path, record: dict[str, Any]) -> None:
 def history(workdir: pathlib.Path) -> list[str]:
     """What a workdir holds that a fresh start would lose: metric records, damaged checkpoints."""
     found = []
-    n = len(read_metrics(workdir / "metrics.jsonl")) if (workdir / "metrics.jsonl").exists() else 0
+    n = len(read_metrics(workdir / METRICS)) if (workdir / METRICS).exists() else 0
     if n:
         found.append(f"{n} epoch record(s) in metrics.jsonl")
     damaged = workdir / "damaged"
@@ -334,12 +349,12 @@ def history(workdir: pathlib.Path) -> list[str]:
 def set_aside(workdir: pathlib.Path) -> pathlib.Path | None:
     """Move a workdir's files (not the lock) into ``WORKDIR/discarded/<UTC time>/``; nothing is
     deleted."""
-    names = [p for p in workdir.iterdir() if p.name not in (".lock", "discarded")]
+    names = [p for p in workdir.iterdir() if p.name not in (LOCK, DISCARDED)]
     if not names:
         return None
     dest = (
         workdir
-        / "discarded"
+        / DISCARDED
         / datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
     )
     dest.mkdir(parents=True)

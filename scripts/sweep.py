@@ -15,6 +15,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
+from rnnjax import workdir as rundir
 from rnnjax import (
     cli,
 )  # light modules only up to main(): flag mistakes are answered before JAX imports
@@ -86,7 +87,7 @@ def main(argv):
             summarize(root)
         except ValueError as e:
             sys.exit(f"error: {e}")
-        print((root / "results.md").read_text())
+        print((root / rundir.RESULTS_MD).read_text())
         return 0
     workdir = cli.user_path(_WORKDIR.value)
     try:
@@ -110,7 +111,7 @@ def main(argv):
         if list(workdir.glob("*/result.json")):
             try:
                 summarize(workdir)
-                print((workdir / "results.md").read_text())
+                print((workdir / rundir.RESULTS_MD).read_text())
             except ValueError as why:  # the summary cannot be written: said, the stop still is
                 print(f"error: {why}", file=sys.stderr)
         print(e, file=sys.stderr)
@@ -126,7 +127,7 @@ def main(argv):
     except ValueError as e:  # e.g. results.csv a directory: the trials' results are kept
         sys.exit(f"error: {e}")
     failed = [r for r in rows if r["status"] == "failed"]
-    print((workdir / "results.md").read_text())
+    print((workdir / rundir.RESULTS_MD).read_text())
     return 1 if failed else 0
 
 
