@@ -90,8 +90,7 @@ GROUPS: dict[str, tuple[str, list[Field | Rule]]] = {
             Field(
                 "cell",
                 "lstm",
-                "A registered cell (rnnjax/cells/, docs/cells.md): 'rnn', 'gru', 'lstm', 'indrnn', "
-                "or the parallel-scan cells 'mingru', 'minlstm' (no recurrent weights).",
+                "A cell of rnnjax/cells/'s REGISTRY (docs/cells.md): the rule lists them.",
                 rule=lambda c: "one of " + ", ".join(map(repr, cells.names())),
                 ok=lambda v, c: isinstance(v, str) and v in cells.REGISTRY,
             ),
