@@ -3,76 +3,35 @@
 The names below load on first use (PEP 562), so that ``import rnnjax.config`` or the scripts'
 flag parsing does not wait for JAX, Flax, Orbax and TensorBoard to import: a mistyped flag is
 answered in a second. ``import rnnjax; rnnjax.load(...)`` and ``from rnnjax import load`` work
-as usual.
+as usual. The public names are listed once, as the ``TYPE_CHECKING`` imports at the end (what
+editors and type checkers follow); a new one is one import line there.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
+import pathlib
 from typing import TYPE_CHECKING, Any
 
-# public name -> the module that defines it
-_WHERE = {
-    "CELLS": "cells",
-    "Cell": "cells",
-    "Config": "config",
-    "ConfigError": "config",
-    "default_config": "config",
-    "resolve": "config",
-    "Corpus": "data",
-    "load_corpus": "data",
-    "from_flax": "flax_model",
-    "to_flax": "flax_model",
-    "generate": "sampling",
-    "Inside": "inside",
-    "Timescales": "inside",
-    "inspect": "inside",
-    "timescales": "inside",
-    "DeepRNN": "model",
-    "Impl": "model",
-    "Placed": "model",
-    "Placement": "model",
-    "num_params": "model",
-    "Run": "run",
-    "load": "run",
-    "perplexity": "steps",
-    "sweep_results": "sweep_summary",
-    "build_model": "build",
-    "train_and_evaluate": "train",
-    "Vocab": "vocab",
-}
-_MODULES = ("interop",)
 
-__all__ = [  # = _WHERE and _MODULES (tests/test_first_contact.py checks)
-    "CELLS",
-    "Cell",
-    "Config",
-    "ConfigError",
-    "Corpus",
-    "DeepRNN",
-    "Impl",
-    "Inside",
-    "Placed",
-    "Placement",
-    "Timescales",
-    "Vocab",
-    "build_model",
-    "default_config",
-    "interop",
-    "from_flax",
-    "generate",
-    "inspect",
-    "load_corpus",
-    "Run",
-    "load",
-    "num_params",
-    "perplexity",
-    "resolve",
-    "sweep_results",
-    "timescales",
-    "to_flax",
-    "train_and_evaluate",
-]
+def _public() -> tuple[dict[str, str], tuple[str, ...]]:
+    """The public names, read from the ``if TYPE_CHECKING:`` imports at the end of this file (the
+    one list of them, which type checkers and editors follow): (name -> the module that defines
+    it, the submodules imported whole)."""
+    where, modules = {}, []
+    for node in ast.parse(pathlib.Path(__file__).read_text()).body:
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            for imp in node.body:
+                if imp.module == "rnnjax":
+                    modules += [a.name for a in imp.names]
+                else:
+                    where |= {a.name: imp.module.removeprefix("rnnjax.") for a in imp.names}
+    return where, tuple(modules)
+
+
+_WHERE, _MODULES = _public()
+__all__ = sorted([*_WHERE, *_MODULES], key=str.lower)
 
 
 def __getattr__(name: str) -> Any:
