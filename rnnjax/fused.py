@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from rnnjax.cells import CELLS, check_supported
 from rnnjax.cells.base import Cell, Params, split_gates
+from rnnjax.config.model_fields import Impl
 
 Array = jax.Array
 
@@ -94,7 +95,7 @@ def scan_layer(
     ``params``: the layer's params (w_x and b_x are not read); carry: the cell's carry.
     Returns (h_tbh [t, b, h], final carry). A cell with a whole-sequence form runs it (autodiff
     through it is already cheap); one with neither that nor a backward step is refused."""
-    check_supported("rnnjax", cell)  # never a silent fallback to another cell's backward
+    check_supported(Impl.FUSED, cell)  # never a silent fallback to another cell's backward
     c = CELLS[cell]
     if c.sequence is not None:
         return c.sequence(xw_tbg, carry)

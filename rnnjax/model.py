@@ -23,7 +23,6 @@ returns the new one. :func:`implementation` is where ``DeepRNN.impl`` picks the 
 from __future__ import annotations
 
 import dataclasses
-import enum
 import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -33,25 +32,12 @@ import jax
 from rnnjax import cudnn, flax_model, native, pipeline, stack
 from rnnjax.cells import CELLS, check_supported
 from rnnjax.cells.base import uniform
+from rnnjax.config.model_fields import Impl
 from rnnjax.fused import scan_layer
 
 Array = jax.Array
 Params = dict[str, Any]
 Carry = tuple[Any, ...]  # one per layer: h [b, h] (rnn, gru) or (c, h) (lstm)
-
-
-class Impl(str, enum.Enum):
-    """How the stack is computed (``config.model.impl``); every one gives the same numbers."""
-
-    AUTO = "auto"  # NATIVE on a CPU where the kernels are built, else FUSED (resolve_impl)
-    FUSED = "rnnjax"  # rnnjax.fused.scan_layer per layer: hand-written backward (the reference)
-    AUTODIFF = "autodiff"  # jax.lax.scan over cells.*.recur, differentiated by JAX
-    FLAX = "flax"  # Flax's own cells under nn.RNN (rnnjax.flax_model): the reference
-    CUDNN = "cudnn"  # cuDNN's fused LSTM per layer (rnnjax.cudnn; LSTM on a CUDA GPU only)
-    NATIVE = "native"  # each layer's time loop in one native FFI call (rnnjax.native; CPU)
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclasses.dataclass(frozen=True)

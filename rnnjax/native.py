@@ -33,6 +33,7 @@ from jax.sharding import PartitionSpec as P
 from rnnjax import fused, host
 from rnnjax.cells import CELLS, check_supported
 from rnnjax.cells.base import Params
+from rnnjax.config.model_fields import Impl
 
 Array = jax.Array
 
@@ -311,7 +312,7 @@ def scan_layer(
     :class:`rnnjax.model.Placement`): the batch rows split over the first ``devices`` devices, one
     kernel call and one worker each (where the batch divides; else one call over the whole batch).
     Without the extension: the fused pure-JAX layer, said once on stderr."""
-    check_supported("native", cell)
+    check_supported(Impl.NATIVE, cell)
     if not available():
         _say_fallback()
         return fused.scan_layer(cell, activation, params, xw_tbg, carry)

@@ -18,6 +18,7 @@ from rnnjax import native
 from rnnjax import workdir as rundir
 from rnnjax.budget import shown_epochs
 from rnnjax.cells import CELLS
+from rnnjax.config.model_fields import Impl
 from rnnjax.console import start_block
 from rnnjax.group import Group
 from rnnjax.metrics import EvalSums, LayerStats, best_record, epoch_record, eval_means
@@ -199,7 +200,7 @@ def impl_ran(group: Group) -> str:
     """The implementation the group's steps run, as records and sweep tables name it: "rnnjax",
     "native avx512" (with the kernels' vector code), ..., and "rnnjax" where native falls back."""
     runs = str(group.model.impl)
-    if runs == "native":
+    if runs == Impl.NATIVE:
         return f"native {native.isa()}" if native.available() else "rnnjax"
     return runs
 
@@ -231,7 +232,7 @@ def describe(
     m = c.model
     runs = str(group.model.impl)
     impl = runs if runs == m.impl else f"{m.impl}: {runs}"
-    if runs == "native":  # which vector code (rnnjax.native.isa()), or the pure-JAX fallback
+    if runs == Impl.NATIVE:  # which vector code (rnnjax.native.isa()), or the pure-JAX fallback
         impl += f" {native.isa()}" if native.available() else " (falls back to rnnjax)"
     what = (
         f"{m.num_layers}-layer {m.cell} (hidden {m.hidden_size}, impl {impl}), "

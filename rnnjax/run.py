@@ -23,6 +23,7 @@ from rnnjax.build import build_model, shape_mismatch
 from rnnjax.cells import check_supported
 from rnnjax.checkpoint import Checkpointer, CheckpointError
 from rnnjax.config import SAME_PARAMS_IMPLS, Config, ConfigError, resolve
+from rnnjax.config.model_fields import Impl
 from rnnjax.metrics import best_record, bpc
 from rnnjax.model import DeepRNN, Params
 from rnnjax.sampling import generate
@@ -234,13 +235,13 @@ def load(
                     f"impl={impl!r} cannot load {workdir}, a {cfg.model.cell} run ({e}); "
                     "load it without impl="
                 ) from None
-            if impl == "cudnn" and not cudnn.available():
+            if impl == Impl.CUDNN and not cudnn.available():
                 raise ValueError(
                     "impl='cudnn' needs a CUDA GPU (JAX's backend here is "
                     f"{jax.default_backend()}); load it with impl='rnnjax' (the same params)"
                 )
             cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, impl=impl))
-        if cfg.model.impl == "cudnn" and not cudnn.available():
+        if cfg.model.impl == Impl.CUDNN and not cudnn.available():
             raise CheckpointError(
                 f"{workdir} was trained with model.impl = 'cudnn', which needs a CUDA GPU; load it "
                 "with impl='rnnjax' (rnnjax.load(..., impl='rnnjax'), --impl=rnnjax): the same "

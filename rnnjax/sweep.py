@@ -29,6 +29,7 @@ import tqdm
 from rnnjax import cudnn, data
 from rnnjax import workdir as rundir
 from rnnjax.config import resolve
+from rnnjax.config.model_fields import Impl
 from rnnjax.console import Preempted
 from rnnjax.grid import (
     apply_overrides,
@@ -166,7 +167,7 @@ def run_sweep(
         cfgs[k] = resolve(cfg)
         if vectorize:
             check_vectorizable(cfgs[k])
-        if cfgs[k].model.impl == "cudnn":
+        if cfgs[k].model.impl == Impl.CUDNN:
             cudnn.check_available()  # one line, before any trial directory exists
         trial_dir(root, t)
     for data_cfg in {

@@ -21,6 +21,7 @@ from rnnjax.build import build_model, make_placement
 from rnnjax.capacity import check_fits
 from rnnjax.checkpoint import CheckpointError
 from rnnjax.config import Config, ConfigError, resolve
+from rnnjax.config.model_fields import Impl
 from rnnjax.console import Preempted, StopFlag
 from rnnjax.group import Group
 from rnnjax.host import retain_freed_memory
@@ -78,7 +79,7 @@ def train_and_evaluate(
         retain_freed_memory()  # XLA's per-step scratch block reuses its pages (rnnjax/host.py)
         set_cpu_devices_for(cfg)  # a no-op, or an error if JAX started otherwise
         dp = make_placement(cfg)
-        if cfg.model.impl == "cudnn":
+        if cfg.model.impl == Impl.CUDNN:
             cudnn.check_available()  # one line on a machine without CUDA: never a silent fallback
         check_fits(cfg, len(corpus.vocab))
         primary = (

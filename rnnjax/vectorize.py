@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from rnnjax import data
 from rnnjax import workdir as rundir
 from rnnjax.config import Config, ConfigError
+from rnnjax.config.model_fields import Impl
 from rnnjax.console import Preempted, StopFlag
 from rnnjax.group import Group
 from rnnjax.loop import train_group
@@ -53,7 +54,7 @@ def check_vectorizable(c: Config) -> None:
             "vectorized trials run on one device; set parallel.cpu_pipeline = False or drop "
             "--vectorize"
         )
-    if c.model.impl == "cudnn":
+    if c.model.impl == Impl.CUDNN:
         raise ConfigError(
             "vectorized trials vmap the model and cuDNN's LSTM call cannot be vmapped; "
             "set model.impl = 'rnnjax' or drop --vectorize"

@@ -2,19 +2,42 @@
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 from rnnjax import cells
 from rnnjax.errors import ConfigError
 from rnnjax.fields import Field, Rule, at_least, fraction, one_of
 
-IMPLS = ("auto", "rnnjax", "autodiff", "flax", "cudnn", "native")  # rnnjax.model.Impl (no JAX)
+
+class Impl(str, enum.Enum):
+    """How the stack is computed (``config.model.impl``); every one gives the same numbers. The one
+    list of the implementations' names (imports no JAX; :mod:`rnnjax.model` runs them)."""
+
+    AUTO = "auto"  # NATIVE on a CPU where the kernels are built, else FUSED (resolve_impl)
+    FUSED = "rnnjax"  # rnnjax.fused.scan_layer per layer: hand-written backward (the reference)
+    AUTODIFF = "autodiff"  # jax.lax.scan over cells.*.recur, differentiated by JAX
+    FLAX = "flax"  # Flax's own cells under nn.RNN (rnnjax.flax_model): the reference
+    CUDNN = "cudnn"  # cuDNN's fused LSTM per layer (rnnjax.cudnn; LSTM on a CUDA GPU only)
+    NATIVE = "native"  # each layer's time loop in one native FFI call (rnnjax.native; CPU)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+IMPLS = tuple(i.value for i in Impl)
 # model.impl may change on resume among these (one params pytree, one optimizer state); "auto" is
 # one of them wherever it resolves (rnnjax.model.resolve_impl: native, rnnjax or autodiff).
-SAME_PARAMS_IMPLS = ("auto", "rnnjax", "autodiff", "cudnn", "native")
+SAME_PARAMS_IMPLS = tuple(i.value for i in Impl if i is not Impl.FLAX)
 # The implementations that run rnnjax's own stack (rnnjax.model._apply): its dropout masks,
-# DropConnect on W_h before each layer runs, and the top layer's outputs for AR/TAR.
-OUR_STACK_IMPLS = ("auto", "rnnjax", "autodiff", "native")
+# DropConnect on W_h before each layer runs, and the top layer's outputs for the loss terms.
+OUR_STACK_IMPLS = tuple(i.value for i in (Impl.AUTO, Impl.FUSED, Impl.NATIVE, Impl.AUTODIFF))
+
+
+def one_of_impls(impls: tuple[str, ...]) -> str:
+    """'auto', 'rnnjax', 'native' or 'autodiff': the names for a message."""
+    quoted = [repr(i) for i in impls]
+    return ", ".join(quoted[:-1]) + " or " + quoted[-1]
 
 
 def _activations(v: Any) -> Any:
@@ -60,7 +83,7 @@ def _regularisers_apply(c: Any) -> str | None:
         if getattr(m, name) > 0 and m.impl not in OUR_STACK_IMPLS:
             return (
                 f"config.model.{name} runs in rnnjax's stack, not impl {m.impl!r}; "
-                "use model.impl = 'auto', 'rnnjax', 'native' or 'autodiff', or set it to 0"
+                f"use model.impl = {one_of_impls(OUR_STACK_IMPLS)}, or set it to 0"
             )
     if m.weight_drop > 0 and "w_h" not in _param_names(m.cell):
         return (

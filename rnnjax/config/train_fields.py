@@ -6,7 +6,7 @@ import struct
 from collections.abc import Mapping
 from typing import Any
 
-from rnnjax.config.model_fields import OUR_STACK_IMPLS
+from rnnjax.config.model_fields import OUR_STACK_IMPLS, one_of_impls
 from rnnjax.fields import Field, Rule, at_least, boolean, one_of, real, strings
 
 # The time budget (train.max_minutes) is set once this many warm-up steps have run.
@@ -14,7 +14,7 @@ MEASURED_STEPS = 20
 
 
 def _pipeline_needs_our_stack(c: Any) -> str | None:
-    if c.parallel.cpu_pipeline and c.model.impl in ("flax", "cudnn"):
+    if c.parallel.cpu_pipeline and c.model.impl not in OUR_STACK_IMPLS:
         return (
             "config.parallel.cpu_pipeline needs rnnjax's stack; "
             "use model.impl = 'rnnjax' or 'autodiff'"
@@ -52,7 +52,7 @@ def _loss_terms_apply(c: Any) -> str | None:
     if on and c.model.impl not in OUR_STACK_IMPLS:
         return (
             f"config.train.{on[0]} reads the top layer's outputs in rnnjax's stack, not "
-            f"impl {c.model.impl!r}; use model.impl = 'auto', 'rnnjax', 'native' or 'autodiff', "
+            f"impl {c.model.impl!r}; use model.impl = {one_of_impls(OUR_STACK_IMPLS)}, "
             f"or set train.{on[0]} to 0"
         )
     return None
