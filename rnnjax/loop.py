@@ -9,6 +9,7 @@ curves, samples and ``evaluation.json``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import pathlib
 import sys
 import time
@@ -43,6 +44,53 @@ from rnnjax.steps import evaluated
 from rnnjax.tensorboard_log import TensorBoardLog, has_hparams
 
 
+@dataclasses.dataclass
+class Live:
+    """What training carries from step to step (every trial, stacked): the train state, the data
+    order's key data, the recurrent carry and the epoch's metric sums."""
+
+    state: Any
+    rng_data: Any
+    carry: Any
+    metrics: Any
+
+
+@dataclasses.dataclass
+class SaveClock:
+    """``checkpoint.every_minutes``: a save is due once ``every_s`` seconds (0: never) have passed
+    since the last one."""
+
+    every_s: float
+    saved: float = dataclasses.field(default_factory=time.monotonic)
+
+    def due(self) -> bool:
+        return self.every_s > 0 and time.monotonic() - self.saved >= self.every_s
+
+    def mark(self) -> None:
+        self.saved = time.monotonic()
+
+
+@dataclasses.dataclass
+class Epochs:
+    """What each epoch of a run reads besides :class:`Live`: the trials, their checkpointers, the
+    profiler, the stop flag, the time budget, the timed saves' clock and the trials that failed."""
+
+    group: Group
+    ckpts: list[Checkpointer]
+    profiler: Profiler
+    stop: StopFlag
+    timer: TimeBudget
+    clock: SaveClock
+    failed: dict[int, Exception]
+
+    def save_all(self, live: Live, epoch: int, batch: int, budget: dict | None) -> None:
+        """Checkpoint every trial still training at this step (position ``epoch``, ``batch``)."""
+        for j, ckpt in enumerate(self.ckpts):
+            if j not in self.failed:
+                save(self.group, ckpt, j, live, epoch, batch, budget)
+        self.clock.mark()
+
+
 def train_group(
     group: Group,
     workdirs: Sequence[pathlib.Path],
@@ -71,6 +119,7 @@ def train_group(
         state, rng_data, carry, metrics, start_epoch, start_batch, step, saved = restore(
             group, ckpts
         )
+        live = Live(state, rng_data, carry, metrics)
         notes = [list(n) for n in notes] or [[] for _ in workdirs]
         position = (start_epoch - 1) * group.n + start_batch
         in_checkpoint = ckpts[0].read_meta(step).get("budget", ABSENT) if step else ABSENT
@@ -113,6 +162,8 @@ def train_group(
         profiler = Profiler(workdirs[0] / "profile", tc.profile_steps if primary else 0)
         cleanup.callback(profiler.stop)  # also when a signal or an error ends the run
         failed: dict[int, Exception] = {}
+        clock = SaveClock(60.0 * cfg.checkpoint.every_minutes)
+        epochs = Epochs(group, ckpts, profiler, stop, timer, clock, failed)
         start = time.perf_counter()
         bar = tqdm.trange(
             start_epoch,
@@ -121,32 +172,18 @@ def train_group(
             disable=not tc.progress or start_epoch > last_epoch,
             file=PipeSafe(sys.stderr),
         )
-        clock = {"every_s": 60.0 * cfg.checkpoint.every_minutes, "saved": time.monotonic()}
         # Each epoch: its steps, one read of their metric sums, its validation pass, its records.
         for epoch in bar:
             first = start_batch if epoch == start_epoch else 0
             if epoch > group.last_epoch:  # a time budget set after the bar began
                 break
             if first == 0:
-                carry, metrics = group.fresh()
+                live.carry, live.metrics = group.fresh()
             t0 = time.perf_counter()
-            state, carry, metrics = train_epoch(
-                group,
-                ckpts,
-                profiler,
-                stop,
-                state,
-                rng_data,
-                carry,
-                metrics,
-                epoch,
-                first,
-                failed,
-                clock,
-                timer,
-            )
+            train_epoch(epochs, live, epoch, first)
+            state = live.state
             bar.total = min(bar.total, group.last_epoch - start_epoch + 1)
-            sums = to_host(metrics)  # the one host sync of the training steps
+            sums = to_host(live.metrics)  # the one host sync of the training steps
             tokens_per_sec = (
                 (group.stop_batch(epoch) - first)
                 * cfg.data.batch_size
@@ -168,16 +205,14 @@ def train_group(
                 if boards[j]:
                     boards[j].record(records[j][-1])
             for j in active:
-                if error := abort_error(group, j, state, carry, epoch, records[j][-1]):
+                if error := abort_error(group, j, state, live.carry, epoch, records[j][-1]):
                     commit(workdirs[j], records[j][-1], bar, primary)
                     if not group.vmapped:
                         raise error
                     failed[j] = error
             active = [j for j in active if j not in failed]
             saving = (
-                epoch % cfg.checkpoint.every_epochs == 0
-                or epoch == group.last_epoch
-                or 0 < clock["every_s"] <= time.monotonic() - clock["saved"]
+                epoch % cfg.checkpoint.every_epochs == 0 or epoch == group.last_epoch or clock.due()
             )
             stopped = stopped_early(tc.early_stopping_patience, [records[j] for j in active])
             for j in active:
@@ -185,21 +220,9 @@ def train_group(
                     tc.early_stopping_patience > 0 and best_record(records[j]) is records[j][-1]
                 )
                 if saving or new_best or stopped:
-                    clock["saved"] = time.monotonic()
+                    clock.mark()
                     try:
-                        save(
-                            group,
-                            ckpts[j],
-                            j,
-                            state,
-                            rng_data,
-                            carry,
-                            metrics,
-                            epoch,
-                            0,
-                            timer.record,
-                            records[j][-1],
-                        )
+                        save(group, ckpts[j], j, live, epoch, 0, timer.record, records[j][-1])
                     except BaseException:  # e.g. disk full: the epoch's record is still kept
                         with contextlib.suppress(OSError):
                             commit(workdirs[j], records[j][-1], bar, primary)
@@ -233,57 +256,45 @@ def train_group(
         ]
 
 
-def train_epoch(
-    group: Group,
-    ckpts,
-    profiler: Profiler,
-    stop: StopFlag,
-    state,
-    rng_data,
-    carry,
-    metrics,
-    epoch: int,
-    first: int,
-    failed: dict[int, Exception],
-    clock: dict[str, float],
-    timer: TimeBudget,
-):
-    """Minibatches ``first`` .. n-1 of ``epoch``; on SIGTERM/SIGINT, save this step and raise
-    :class:`Preempted`; with ``checkpoint.every_minutes`` (``clock["every_s"]``), also save this
-    step once that long has passed since the last save (a kill then loses at most that much)."""
+def train_epoch(epochs: Epochs, live: Live, epoch: int, first: int) -> None:
+    """Minibatches ``first`` .. n-1 of ``epoch``, updating ``live``; on SIGTERM/SIGINT, save this
+    step and raise :class:`Preempted`; with ``checkpoint.every_minutes`` (:class:`SaveClock`),
+    also save this step once that long has passed since the last save (a kill then loses at most
+    that much)."""
+    group, timer = epochs.group, epochs.timer
     xs_nbt, ys_nbt = group.batches(epoch)
-    rng = jax.random.wrap_key_data(rng_data)
+    rng = jax.random.wrap_key_data(live.rng_data)
     i = first
     while i < group.stop_batch(epoch):  # a time budget set mid-epoch may end this epoch early
-        state, carry, metrics = group.train_step(state, carry, metrics, xs_nbt, ys_nbt, i, rng)
+        live.state, live.carry, live.metrics = group.train_step(
+            live.state, live.carry, live.metrics, xs_nbt, ys_nbt, i, rng
+        )
         if timer.pending:
+            now = dataclasses.replace(live)  # this step's, as epoch_end reads it
 
-            def epoch_end(state=state, carry=carry, metrics=metrics, i=i):
+            def epoch_end(now=now, i=i):
                 """(once, per epoch) seconds besides the steps, as the epoch's end spends them:
                 the metric sums read, a validation pass read (twice: the first compiles it), the
                 greedy samples (twice, when there are prefixes) and a checkpoint of this step
                 (kept: a timed save), counted twice per save (a save past max_to_keep also
                 deletes one)."""
                 tick = time_budget.clock
+                weights = evaluated(now.state)
                 t0 = tick()
-                jax.device_get((to_host(metrics), group.evaluate(evaluated(state))))
+                jax.device_get((to_host(now.metrics), group.evaluate(weights)))
                 t1 = tick()
-                jax.device_get((to_host(metrics), group.evaluate(evaluated(state))))
+                jax.device_get((to_host(now.metrics), group.evaluate(weights)))
                 t2 = tick()
                 eval_s, compiled = t2 - t1, t1 - t0 - (t2 - t1)
                 samples_s = 0.0
                 if group.cfgs[0].generate.prefixes:
-                    samples(group, group.take(evaluated(state), 0))
+                    samples(group, group.take(weights, 0))
                     t3 = tick()
-                    samples(group, group.take(evaluated(state), 0))
+                    samples(group, group.take(weights, 0))
                     samples_s = tick() - t3
                     compiled += (t3 - t2) - samples_s
                 t4 = tick()
-                for j, ckpt in enumerate(ckpts):
-                    if j not in failed:
-                        position = (epoch - 1, i + 1, None)
-                        save(group, ckpt, j, state, rng_data, carry, metrics, *position)
-                clock["saved"] = time.monotonic()
+                epochs.save_all(now, epoch - 1, i + 1, None)
                 save_s = tick() - t4
                 every = group.cfgs[0].checkpoint.every_epochs
                 # once: the compiles, and the run's end (the best checkpoint restored and
@@ -291,39 +302,21 @@ def train_epoch(
                 once = compiled + save_s + 2 * eval_s + samples_s
                 return once, eval_s + (2 * save_s + samples_s) / every
 
-            timer.after_step((epoch - 1) * group.n + i + 1, state, epoch_end)
-        profiler.after_step(state)
-        timed = clock["every_s"] > 0 and time.monotonic() - clock["saved"] >= clock["every_s"]
-        if stop.signum is not None or (timed and i + 1 < group.stop_batch(epoch)):
-            for j, ckpt in enumerate(ckpts):
-                if j not in failed:
-                    save(
-                        group,
-                        ckpt,
-                        j,
-                        state,
-                        rng_data,
-                        carry,
-                        metrics,
-                        epoch - 1,
-                        i + 1,
-                        timer.record,
-                    )
-            clock["saved"] = time.monotonic()
-        if stop.signum is not None:
-            raise Preempted(stop.signum, int(group.take(state.step, 0)))
+            timer.after_step((epoch - 1) * group.n + i + 1, live.state, epoch_end)
+        epochs.profiler.after_step(live.state)
+        stop = epochs.stop.signum is not None
+        if stop or (epochs.clock.due() and i + 1 < group.stop_batch(epoch)):
+            epochs.save_all(live, epoch - 1, i + 1, timer.record)
+        if stop:
+            raise Preempted(epochs.stop.signum, int(group.take(live.state.step, 0)))
         i += 1
-    return state, carry, metrics
 
 
 def save(
     group: Group,
     ckpt: Checkpointer,
     j: int,
-    state,
-    rng_data,
-    carry,
-    metrics,
+    live: Live,
     epoch: int,
     batch: int,
     budget: dict[str, Any] | None,
@@ -331,7 +324,7 @@ def save(
 ) -> None:
     """Checkpoint trial j at its current step (position ``epoch``, ``batch``; ``budget``: the time
     budget, once measured; ``record`` at an epoch end)."""
-    one = [group.take(x, j) for x in (state, rng_data, carry, metrics)]
+    one = [group.take(x, j) for x in (live.state, live.rng_data, live.carry, live.metrics)]
     ckpt.save(
         int(one[0].step),
         *checkpoint_items(*one),
