@@ -126,6 +126,24 @@ class Checkpointer:
                     time.sleep(0.05)
         finally:
             absl_logger.setLevel(level)
+        self._set_aside_strays()
+
+    def _set_aside_strays(self) -> None:
+        """A file (not a directory) named like a step in checkpoints/ is no checkpoint: orbax
+        skips it, and a save of that step would delete it. Move it to ``damaged/`` (kept, never
+        deleted) when writable; say so either way."""
+        if not self.directory.is_dir():
+            return
+        for p in sorted(self.directory.iterdir()):
+            if not p.name.isdigit() or p.is_dir():
+                continue
+            if self.read_only:
+                logging.warning("%s is a file where a checkpoint step belongs: left out", p)
+                continue
+            dest = self.workdir / rundir.DAMAGED
+            dest.mkdir(exist_ok=True)
+            shutil.move(str(p), str(dest / f"{p.name}.{os.getpid()}"))
+            logging.warning("%s is a file where a checkpoint step belongs: moved to %s", p, dest)
 
     def steps(self) -> list[int]:
         return sorted(self._mngr.all_steps())
@@ -358,7 +376,9 @@ class Checkpointer:
         if damaged:
             self._quarantine(damaged)
             where = (
-                f"moved to {self.workdir / 'damaged'}" if not self.read_only else "left in place"
+                f"moved to {self.workdir / rundir.DAMAGED}"
+                if not self.read_only
+                else "left in place"
             )
             latest = max(damaged)
             raise CheckpointError(
@@ -419,7 +439,7 @@ class Checkpointer:
     def _quarantine(self, steps: list[int]) -> None:
         if self.read_only or not steps:
             return
-        dest = self.workdir / "damaged"
+        dest = self.workdir / rundir.DAMAGED
         dest.mkdir(exist_ok=True)
         for s in steps:
             src = self.directory / str(s)

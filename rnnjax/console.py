@@ -76,22 +76,31 @@ def start_block(
     notes: tuple[str, ...] = (),
 ) -> str:
     """The lines a run prints when it starts: the model (``what``), where it runs (``where``), and
-    what it will do: train from scratch, resume, or nothing (already trained, or stopped early with
-    ``train.early_stopping_patience = stopped_patience``); then each of ``notes`` on its own
-    line."""
+    what it will do (:func:`todo_line`); then each of ``notes`` on its own line."""
+    todo = todo_line(step, start_epoch, start_batch, num_epochs, stopped_patience)
+    return "\n".join([what, where, todo, *notes])
+
+
+def todo_line(
+    step: int | None,
+    start_epoch: int,
+    start_batch: int,
+    num_epochs: int,
+    stopped_patience: int | None = None,
+) -> str:
+    """What a run will do: train from scratch, resume from checkpoint ``step``, or nothing (already
+    trained, or stopped early with ``train.early_stopping_patience = stopped_patience``)."""
     if step is None:
-        todo = f"training epochs 1-{num_epochs}"
-    elif start_epoch > num_epochs:
-        todo = (
+        return f"training epochs 1-{num_epochs}"
+    if start_epoch > num_epochs:
+        return (
             f"already trained {start_epoch - 1} epochs: nothing to resume (raise "
             "--config.train.num_epochs to extend)"
         )
-    elif stopped_patience:
-        todo = (
+    if stopped_patience:
+        return (
             f"stopped early at epoch {start_epoch - 1} (train.early_stopping_patience = "
             f"{stopped_patience}): "
             "nothing to resume (raise --config.train.early_stopping_patience to go on)"
         )
-    else:
-        todo = f"resuming from epoch {start_epoch}, step {step} (minibatch {start_batch})"
-    return "\n".join([what, where, todo, *notes])
+    return f"resuming from epoch {start_epoch}, step {step} (minibatch {start_batch})"

@@ -92,8 +92,13 @@ class Rule:
 # Rule builders: Field(name, default, doc, **at_least(1)).
 
 
+# Integers above this overflow where they become JAX's int32 (step counts, positions, schedules).
+INT_LIMIT = 2**31
+
+
 def is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    """An integer (not a bool) of magnitude below :data:`INT_LIMIT`."""
+    return isinstance(v, int) and not isinstance(v, bool) and -INT_LIMIT < v < INT_LIMIT
 
 
 def is_num(v: Any) -> bool:

@@ -83,11 +83,13 @@ def saved_meta(
     batch: int,
     record: dict[str, Any] | None,
     budget: dict[str, Any] | None = None,
+    vocab: str | None = None,
 ) -> dict[str, Any]:
     """A checkpoint's meta: its position, (at an epoch end) the epoch's record, so a damaged
     ``metrics.jsonl`` can get it back, the shape of each metric sum, and the time budget
     (``budget.json``'s content; None before it is measured or without one), so a missing or
-    damaged ``budget.json`` can get it back."""
+    damaged ``budget.json`` can get it back; ``vocab``: the vocabulary's
+    :meth:`rnnjax.vocab.Vocab.digest`, which readers check ``vocab.json`` against."""
     from rnnjax.workdir import finite
 
     return {
@@ -97,4 +99,5 @@ def saved_meta(
         "record": finite(record) if record else None,
         "metrics": {n: list(jnp.shape(x)) for n, x in sums.items()},
         "budget": budget,
+        "vocab_sha256": vocab,
     }

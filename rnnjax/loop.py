@@ -36,7 +36,7 @@ from rnnjax.records import (
     describe,
     kept_records,
     make_record,
-    start_notes,
+    quiet_start,
     stopped_early,
 )
 from rnnjax.resume import restore
@@ -146,9 +146,14 @@ def train_group(
                 )
                 + "\n"
             )
-        else:  # no start block: its notes alone, one line each
-            for note in start_notes(group, tuple(notes[0])):
-                PipeSafe(sys.stderr).write(f"rnnjax: {note}\n")
+        else:  # no start block: where it resumes (stdout) and its notes (stderr), a line each
+            todo, said = quiet_start(
+                group, step, start_epoch, start_batch, stopped, tuple(notes[0])
+            )
+            for line in todo:
+                PipeSafe(sys.stdout).write(line + "\n")
+            for line in said:
+                PipeSafe(sys.stderr).write(f"rnnjax: {line}\n")
         last_epoch = stopped if stopped else group.last_epoch
         boards = [
             TensorBoardLog(d, start_epoch)
@@ -328,6 +333,6 @@ def save(
     ckpt.save(
         int(one[0].step),
         *checkpoint_items(*one),
-        saved_meta(one[3], epoch, batch, record, budget),
+        saved_meta(one[3], epoch, batch, record, budget, group.corpus.vocab.digest()),
         average=one[0].average,
     )

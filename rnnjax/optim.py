@@ -12,6 +12,8 @@ import difflib
 import inspect
 from collections.abc import Callable
 
+import jax
+import jax.numpy as jnp
 import optax
 
 from rnnjax.config import ConfigError, TrainConfig
@@ -137,3 +139,23 @@ def make_optimizer(
     if cfg.grad_clip > 0:
         opt = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), opt)
     return opt, schedule
+
+
+def check_optimizer(cfg: TrainConfig) -> None:
+    """Refuse, in one line and before any compute, optimizer arguments of the wrong kind (a string
+    where optax computes with a number, ...): one update is traced on a small parameter tree
+    (``jax.eval_shape``: nothing runs)."""
+    opt, _ = make_optimizer(cfg, total_steps=10)
+    params = {
+        "w": jax.ShapeDtypeStruct((2, 3), jnp.float32),
+        "b": jax.ShapeDtypeStruct((3,), jnp.float32),
+    }
+    try:
+        jax.eval_shape(lambda p: opt.update(p, opt.init(p), p), params)
+    except Exception as e:  # noqa: BLE001 -- whatever optax raises while tracing, said in one line
+        why = " ".join(f"{type(e).__name__}: {e}".split())[:160]
+        raise ConfigError(
+            f"config.train.optimizer_kwargs = {dict(cfg.optimizer_kwargs)!r}: "
+            f"optax.{cfg.optimizer} cannot update with them ({why}); give each argument the type "
+            "optax documents"
+        ) from None

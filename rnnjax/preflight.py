@@ -74,7 +74,7 @@ def _own_history(workdir: pathlib.Path, mode: str) -> str:
     killed_early = (
         (workdir / rundir.CONFIG).exists()
         and not rundir.has_checkpoint(workdir)
-        and not (workdir / "damaged").is_dir()
+        and not (workdir / rundir.DAMAGED).is_dir()
         and rundir.history(workdir)
     )
     return "auto-restart" if mode == "auto" and killed_early else mode

@@ -19,7 +19,7 @@ from rnnjax import workdir as rundir
 from rnnjax.budget import shown_epochs
 from rnnjax.cells import CELLS
 from rnnjax.config.model_fields import Impl
-from rnnjax.console import start_block
+from rnnjax.console import start_block, todo_line
 from rnnjax.group import Group
 from rnnjax.metrics import EvalSums, LayerStats, best_record, epoch_record, eval_means
 from rnnjax.model import auto_fallback_note, num_params
@@ -207,11 +207,31 @@ def impl_ran(group: Group) -> str:
 
 def start_notes(group: Group, notes: tuple[str, ...] = ()) -> tuple[str, ...]:
     """The start block's notes: where ``auto`` could not pick the native kernels on this CPU, then
-    ``notes`` (the resume's and the budget's). With ``train.progress`` off they are all the start
-    block that is said, on stderr."""
+    ``notes`` (what the workdir's preflight set aside, the resume's and the budget's)."""
     m = group.cfgs[0].model
     note = auto_fallback_note(m.impl, m.cell)
     return (note, *notes) if note else tuple(notes)
+
+
+def quiet_start(
+    group: Group,
+    step: int | None,
+    start_epoch: int,
+    start_batch: int,
+    stopped: int | None,
+    notes: tuple[str, ...] = (),
+) -> tuple[list[str], list[str]]:
+    """With ``train.progress`` off, what the start block says that matters, one line each: (for
+    stdout, where a run resumes or why it does nothing, none for a fresh run; for stderr,
+    :func:`start_notes`)."""
+    c = group.cfgs[0]
+    patience = c.train.early_stopping_patience if stopped else None
+    todo = (
+        []
+        if step is None
+        else [todo_line(step, start_epoch, start_batch, shown_epochs(group), patience)]
+    )
+    return todo, list(start_notes(group, notes))
 
 
 def describe(

@@ -213,7 +213,7 @@ def load(
             cfg = resolve(saved)
         except ConfigError as e:
             raise CheckpointError(
-                f"{workdir / 'config.json'}: {e} (restore the file from a copy)"
+                f"{workdir / rundir.CONFIG}: {e} (restore the file from a copy)"
             ) from None
         averaged = bool(cfg.train.weight_average)
         if weights == "average" and not averaged:
@@ -261,6 +261,12 @@ def load(
         step, params, _, _ = ckpt.restore(
             lambda meta: (abstract, None), step, with_average=weights == "average"
         )
+        trained_on = ckpt.read_meta(step).get("vocab_sha256")  # None: saved before 2026-12-07
+        if trained_on is not None and trained_on != vocab.digest():
+            raise CheckpointError(
+                f"{workdir / rundir.VOCAB} is not the vocabulary checkpoint step {step} was "
+                "trained with (edited?); restore it from a copy, or use another --workdir"
+            )
     finally:
         ckpt.close()
     params = params[1] if weights == "average" else params

@@ -47,8 +47,9 @@ _NUMERIC = tuple(c for c in COLUMNS if c not in _TEXT)
 
 def read_result(path: pathlib.Path) -> tuple[dict[str, Any] | None, str | None]:
     """A trial's ``result.json`` as ``(row, None)``, or ``(None, why)`` when it is damaged: not
-    JSON, not an object, no ``name``/``status`` (one of :data:`STATUSES`), a number column that
-    holds something else, or ``overrides``/``metrics``/``test`` that are not objects."""
+    JSON, not an object, no ``name``/``status`` (one of :data:`STATUSES`), no ``cell`` or whole
+    ``num_layers``, a number column that holds something else, ``overrides``/``metrics``/``test``
+    that are not objects, or a metric that is not a number (or a list of them)."""
     try:
         row = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, UnicodeDecodeError) as e:
@@ -66,10 +67,23 @@ def read_result(path: pathlib.Path) -> tuple[dict[str, Any] | None, str | None]:
         v = row.get(c)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
             return None, f"{c} is {v!r}, not a number"
+    if not isinstance(row.get("cell"), str) or type(row.get("num_layers")) is not int:
+        return None, "has no cell, or no whole num_layers (every trial records its model)"
     for c in ("overrides", "metrics", "test"):
         if row.get(c) is not None and not isinstance(row[c], dict):
             return None, f"{c} is not an object"
+    for c in ("metrics", "test"):
+        for k, v in (row.get(c) or {}).items():
+            if not _number_or_numbers(v):
+                return None, f"{c}.{k} is {v!r}, not a number"
     return row, None
+
+
+def _number_or_numbers(v: Any) -> bool:
+    """A metric's value: a number, null (not finite), or a list of them (per layer)."""
+    if isinstance(v, list):
+        return all(_number_or_numbers(x) and not isinstance(x, list) for x in v)
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
 
 
 # Overridden fields that a standard column shows already.

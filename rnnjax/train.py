@@ -27,6 +27,7 @@ from rnnjax.group import Group
 from rnnjax.host import retain_freed_memory
 from rnnjax.layout import checkpoint_items, from_checkpoint_items
 from rnnjax.loop import train_group
+from rnnjax.optim import check_optimizer
 from rnnjax.parallel import set_cpu_devices_for
 from rnnjax.preflight import claimed
 from rnnjax.workdir import RESUME_MODES
@@ -81,6 +82,7 @@ def train_and_evaluate(
         dp = make_placement(cfg)
         if cfg.model.impl == Impl.CUDNN:
             cudnn.check_available()  # one line on a machine without CUDA: never a silent fallback
+        check_optimizer(cfg.train)  # arguments of the wrong kind: one line, before compute
         check_fits(cfg, len(corpus.vocab))
         primary = (
             jax.process_index() == 0

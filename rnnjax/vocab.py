@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -73,6 +74,11 @@ class Vocab:
 
     def to_json(self) -> str:
         return json.dumps({"idx_to_token": list(self.idx_to_token)}, ensure_ascii=False)
+
+    def digest(self) -> str:
+        """sha256 of the tokens in order: what a checkpoint records of the vocabulary it was
+        trained with (a reader compares vocab.json against it)."""
+        return hashlib.sha256(json.dumps(list(self.idx_to_token)).encode()).hexdigest()
 
     @classmethod
     def from_json(cls, text: str) -> Vocab:

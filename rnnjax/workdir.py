@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 
 from rnnjax.config import Config, ConfigError, first_difference
 from rnnjax.config import resolve as resolve_config
-from rnnjax.vocab import Vocab
+from rnnjax.vocab import UNK, Vocab
 
 # train_and_evaluate's ``resume``: how a run treats a workdir that already holds checkpoints.
 # The files of a run directory and of a sweep's, by name: every module names them through these.
@@ -36,6 +36,7 @@ SAMPLES = "samples.txt"
 LOCK = ".lock"  # held while a process trains in the workdir (rnnjax.lock)
 CHECKPOINTS = "checkpoints"  # orbax's directory (rnnjax.checkpoint)
 DISCARDED = "discarded"  # what --resume=restart and recoveries move aside, never deleted
+DAMAGED = "damaged"  # damaged checkpoint steps, moved aside by rnnjax.checkpoint
 RESULT = "result.json"  # a sweep trial's row (rnnjax.sweep)
 ERROR = "error.txt"  # a failed trial's traceback
 RESULTS_CSV = "results.csv"  # a sweep's summary (rnnjax.sweep_summary)
@@ -168,12 +169,26 @@ def read_vocab(workdir: pathlib.Path) -> Vocab | None:
             f"{path} is damaged (no idx_to_token list); restore it from a copy, or use another "
             "--workdir"
         )
-    return Vocab(tuple(saved["idx_to_token"]))
+    tokens = saved["idx_to_token"]
+    why = (
+        "a token is not a string"
+        if not all(isinstance(t, str) for t in tokens)
+        else "no '<unk>' token"
+        if UNK not in tokens
+        else f"token {next(t for t in tokens if tokens.count(t) > 1)!r} twice"
+        if len(set(tokens)) != len(tokens)
+        else None
+    )
+    if why:
+        raise WorkdirError(
+            f"{path} is damaged ({why}); restore it from a copy, or use another --workdir"
+        )
+    return Vocab(tuple(tokens))
 
 
 def has_checkpoint(workdir: str | os.PathLike) -> bool:
     d = pathlib.Path(workdir) / CHECKPOINTS
-    return d.is_dir() and any(p.name.isdigit() for p in d.iterdir())
+    return d.is_dir() and any(p.name.isdigit() and p.is_dir() for p in d.iterdir())
 
 
 def holds_sweep(workdir: str | os.PathLike) -> bool:
@@ -340,7 +355,7 @@ def history(workdir: pathlib.Path) -> list[str]:
     n = len(read_metrics(workdir / METRICS)) if (workdir / METRICS).exists() else 0
     if n:
         found.append(f"{n} epoch record(s) in metrics.jsonl")
-    damaged = workdir / "damaged"
+    damaged = workdir / DAMAGED
     if damaged.is_dir() and any(damaged.iterdir()):
         found.append(f"{sum(1 for _ in damaged.iterdir())} damaged checkpoint(s) in damaged/")
     return found

@@ -48,10 +48,20 @@ _BATCH = flags.DEFINE_integer(
 )
 
 
+_MAX_MB = flags.DEFINE_integer(
+    "max_mb",
+    1024,
+    "The most --text may hold, in MiB (a stream is read up to it), like data.max_file_mb.",
+    lower_bound=1,
+)
+
+
 def read_text(path: str) -> str:
-    """``--text``: a file, or ``-`` (or a pipe, e.g. ``/dev/stdin``) read to its end."""
+    """``--text``: a file, or ``-`` (or a pipe, e.g. ``/dev/stdin``) read to its end, up to
+    ``--max_mb`` MiB."""
+    limit = _MAX_MB.value * 2**20
     if path == "-":
-        raw = sys.stdin.buffer.read()
+        raw = sys.stdin.buffer.read(limit + 1)
     else:
         try:
             resolve_path(path)
@@ -66,9 +76,14 @@ def read_text(path: str) -> str:
             cli.fail(f"--text={path}: is not a regular file; give a text file")
         try:
             with open(name, "rb") as f:
-                raw = f.read()
+                raw = f.read(limit + 1)
         except OSError as e:
             cli.fail(f"--text={path}: cannot read it ({e.strerror})")
+    if len(raw) > limit:
+        cli.fail(
+            f"--text={path}: more than --max_mb={_MAX_MB.value} MiB; give a smaller text, or "
+            "raise --max_mb"
+        )
     try:
         return decode(raw)
     except UnicodeDecodeError as e:

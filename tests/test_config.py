@@ -98,6 +98,11 @@ BAD = [
     ("data.sampler", "shuffled", "data.sampler"),
     ("model.dropout", 1.0, "model.dropout"),
     ("parallel.cpu_devices", -1, "parallel.cpu_devices = -1"),
+    # integers JAX's int32 cannot hold (steps, positions, schedules): refused, not a traceback
+    ("train.num_epochs", 10**20, "train.num_epochs = 100000000000000000000 is not allowed: an"),
+    ("train.warmup_steps", 2**31, "train.warmup_steps = 2147483648 is not allowed: an integer"),
+    ("train.weight_average_start", 10**20, "train.weight_average_start = 1"),
+    ("train.max_nonfinite", 10**20, "train.max_nonfinite = 1"),
 ]
 
 

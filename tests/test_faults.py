@@ -339,7 +339,11 @@ def test_checkpoints_made_read_only_is_one_line(tmp_path):
         "(Read-only file system); the previous checkpoint (step 24) is intact. Make it writable "
         "and rerun the same command to resume"
     ], proc.stderr[-3000:]
-    assert proc.stdout.split() == ["rc=1", "2"]  # epoch 2's record is kept
+    assert proc.stdout.splitlines() == [  # where it resumed; epoch 2's record is kept
+        "resuming from epoch 2, step 24 (minibatch 0)",
+        "rc=1",
+        "2",
+    ]
 
 
 # by default: test_train.py::test_a_learning_rate_that_overflows_the_loss_aborts_in_one_line
@@ -493,3 +497,24 @@ def test_a_step_deleted_while_orbax_lists_them_is_listed_again(run_copy, monkeyp
 
     monkeypatch.setattr(checkpoint.ocp, "CheckpointManager", racing)
     assert rnnjax.load(run, step="latest").step == 72 and len(calls) == 2
+
+
+def test_a_file_where_a_checkpoint_step_belongs_is_set_aside_not_overwritten(run_copy, caplog):
+    """A file named like a step in checkpoints/ is no checkpoint: a reader leaves it out saying
+    so, and a resumed run moves it to damaged/ (kept) before a save of that step could delete it."""
+    run, _ = run_copy
+    *earlier, latest = steps(run)
+    last = run / "checkpoints" / str(latest)
+    shutil.rmtree(last)
+    last.write_text("USERDATA")
+    with caplog.at_level("WARNING"):
+        loaded = rnnjax.load(run, step="latest")
+    assert loaded.step == earlier[-1] and last.read_text() == "USERDATA"
+    assert f"{last} is a file where a checkpoint step belongs: left out" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        train_and_evaluate(small_config(4), run)  # resumes from the step before, saves over
+    kept = list((run / "damaged").glob(f"{last.name}.*"))
+    assert len(kept) == 1 and kept[0].read_text() == "USERDATA"
+    assert "is a file where a checkpoint step belongs: moved to" in caplog.text
+    assert last.is_dir()  # the resumed run's own step now

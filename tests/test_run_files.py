@@ -219,3 +219,67 @@ def test_training_on_a_config_json_that_is_no_runs_config_names_the_file(smoke_r
     (run / "config.json").write_text("{}")
     with pytest.raises(WorkdirError, match="config.json has no config.* restore it from a copy"):
         train_and_evaluate(small_config(3), run)
+
+
+@pytest.mark.parametrize("source", ["/dev/zero", "-"])
+def test_evaluate_bounds_an_endless_stream_in_one_line(smoke_run, source):
+    """--text=/dev/zero (or stdin without end) is read up to --max_mb, then refused in one line,
+    instead of filling the host's memory."""
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    cmd = [
+        sys.executable,
+        str(root / "scripts" / "evaluate.py"),
+        f"--workdir={smoke_run[0]}",
+        f"--text={source}",
+        "--max_mb=1",
+    ]
+    with open("/dev/zero", "rb") as zero:
+        feed = zero if source == "-" else subprocess.DEVNULL
+        p = subprocess.run(cmd, stdin=feed, capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 1
+    assert p.stderr.strip().splitlines() == [
+        f"error: --text={source}: more than --max_mb=1 MiB; give a smaller text, or raise --max_mb"
+    ]
+
+
+@pytest.mark.parametrize(
+    "edit,why",
+    [
+        (lambda t: [x for x in t if x != "<unk>"] + ["Q"], "no '<unk>' token"),
+        (lambda t: t[:5] + [t[6]] + t[6:], "twice"),
+        (lambda t: t[:2] + [7] + t[3:], "a token is not a string"),
+    ],
+)
+def test_a_vocab_json_that_is_no_vocabulary_is_named_by_every_reader(
+    smoke_run, tmp_path, edit, why
+):
+    run = copy_run(smoke_run[0], tmp_path / "run")
+    saved = json.loads((run / "vocab.json").read_text())
+    saved["idx_to_token"] = edit(saved["idx_to_token"])
+    (run / "vocab.json").write_text(json.dumps(saved))
+    for read in (lambda: rnnjax.load(run), lambda: train_and_evaluate(small_config(4), run)):
+        with pytest.raises(WorkdirError) as e:
+            read()
+        assert str(e.value).startswith(f"{run / 'vocab.json'} is damaged (") and why in str(e.value)
+
+
+def test_a_vocab_json_edited_after_training_is_refused_by_the_readers(smoke_run, tmp_path):
+    """Two tokens swapped: still a vocabulary, but not the one the checkpoints were trained with
+    (each checkpoint's meta holds its sha256); reading it would swap the characters silently."""
+    run = copy_run(smoke_run[0], tmp_path / "run")
+    saved = json.loads((run / "vocab.json").read_text())
+    t = saved["idx_to_token"]
+    t[5], t[6] = t[6], t[5]
+    (run / "vocab.json").write_text(json.dumps(saved))
+    with pytest.raises(
+        CheckpointError, match="is not the vocabulary checkpoint step .* was trained"
+    ):
+        rnnjax.load(run)
+    before = (run / "vocab.json").read_bytes()
+    with pytest.raises((WorkdirError, CheckpointError), match="different vocabulary"):
+        train_and_evaluate(small_config(4), run)
+    assert (run / "vocab.json").read_bytes() == before  # nothing rewritten

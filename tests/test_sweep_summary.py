@@ -220,8 +220,32 @@ def test_sweep_plot_of_32_trials_is_readable_and_leaves_the_backend_alone(tmp_pa
     [
         ({"name": "x"}, "has no name, or no status"),
         ([1, 2], "holds a JSON list"),
-        ({"name": "seed=1", "status": "done", "best_val_ppl": "9"}, "best_val_ppl is '9'"),
+        (
+            {
+                "name": "seed=1",
+                "status": "done",
+                "cell": "gru",
+                "num_layers": 1,
+                "best_val_ppl": "9",
+            },
+            "best_val_ppl is '9'",
+        ),
         ("{not json", "cannot be read"),
+        ({"name": "seed=1", "status": "done"}, "has no cell, or no whole num_layers"),
+        (
+            {"name": "seed=1", "status": "done", "cell": "gru", "num_layers": 1.5},
+            "has no cell, or no whole num_layers",
+        ),
+        (
+            {
+                "name": "seed=1",
+                "status": "done",
+                "cell": "gru",
+                "num_layers": 1,
+                "metrics": {"val_ppl": "x"},
+            },
+            "metrics.val_ppl is 'x', not a number",
+        ),
     ],
 )
 def test_a_damaged_trial_result_is_left_out_naming_its_file(tmp_path, caplog, damage, why):

@@ -301,3 +301,12 @@ def test_without_the_progress_bar_the_start_block_s_notes_still_reach_stderr(
     assert any(line.startswith("rnnjax: budget: 3 steps") for line in err), err
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["impl"] == "rnnjax"
+    assert not any("resuming" in line for line in err)  # a fresh run: no resume line
+    monkeypatch.undo()  # the kernels back: a plain run, then its resume
+    train_and_evaluate(small_config(1), tmp_path / "again")
+    assert capsys.readouterr().err == ""  # nothing to say
+    train_and_evaluate(small_config(2), tmp_path / "again")
+    said = capsys.readouterr()
+    assert said.err == "" and said.out.splitlines()[0] == (
+        "resuming from epoch 2, step 24 (minibatch 0)"
+    ), said

@@ -21,7 +21,7 @@ from ml_collections import config_dict
 from rnnjax.config import data_fields, model_fields, train_fields
 from rnnjax.config.model_fields import IMPLS, SAME_PARAMS_IMPLS
 from rnnjax.errors import ConfigError
-from rnnjax.fields import Field, Rule, annotation, is_int, thaw
+from rnnjax.fields import INT_LIMIT, Field, Rule, annotation, thaw
 
 __all__ = [
     "Config",
@@ -51,7 +51,7 @@ SEED = Field(
     0,
     "Seed for parameter init, the samplers' offsets and dropout.",
     "an integer in [0, 2**32)",
-    lambda v, c: is_int(v) and 0 <= v < 2**32,
+    lambda v, c: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32,
 )
 
 
@@ -235,8 +235,10 @@ def _validate(c: Config) -> None:
         value = getattr(getattr(c, group), item.name) if item is not SEED else c.seed
         if not item.accepts(value, c):
             name = item.name if item is SEED else f"{group}.{item.name}"
-            shown = item.show(value)
-            raise ConfigError(f"config.{name} = {shown!r} is not allowed: {item.rule_for(c)}")
+            shown, rule = item.show(value), item.rule_for(c)
+            if type(value) is int and abs(value) >= INT_LIMIT and item is not SEED:
+                rule += " below 2**31"  # rnnjax.fields.is_int: JAX's int32 holds no more
+            raise ConfigError(f"config.{name} = {shown!r} is not allowed: {rule}")
 
 
 @functools.cache

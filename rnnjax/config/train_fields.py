@@ -200,9 +200,9 @@ GROUPS: dict[str, tuple[str, list[Field | Rule]]] = {
             Field(
                 "progress",
                 True,
-                "Show the start block and a tqdm progress bar. Off: the start block's notes "
-                "(auto falling back to the pure-JAX layer, the time budget) alone, on stderr, "
-                "one line each.",
+                "Show the start block and a tqdm progress bar. Off: only where a resumed run "
+                "starts (stdout) and the start block's notes (files set aside, auto falling back "
+                "to the pure-JAX layer, the time budget; stderr), one line each.",
                 **boolean(),
                 resumable=True,
             ),
