@@ -173,6 +173,15 @@ def test_every_optax_optimizer_takes_steps_or_is_refused_in_one_line(name):
             {"train.optimizer": "sgd", "train.weight_decay": 0.1},
             r"^config.train.weight_decay = 0.1 but optax.sgd takes no weight_decay",
         ),
+        (  # a known argument of the wrong type: caught by one traced update, not the first step
+            {"train.optimizer": "adam", "train.optimizer_kwargs": {"b1": "x"}},
+            r"^config.train.optimizer_kwargs = \{'b1': 'x'\}: optax.adam cannot update with "
+            r"them \(TypeError: .*\); give each argument the type optax documents$",
+        ),
+        (
+            {"train.optimizer": "adam", "train.optimizer_kwargs": {"b1": [1, 2]}},
+            r"optax.adam cannot update with them \(TypeError",
+        ),
     ],
 )
 def test_bad_optimizer_is_one_line_before_training(fields, message, tmp_path):
