@@ -30,6 +30,7 @@ from rnnjax.integrity import (
     leaves,
     no_space,
     orbax_errors_quiet,
+    quiet_abandoned_reads,
     size,
     storage_damage,
     verify_checksums,
@@ -351,6 +352,7 @@ class Checkpointer:
                 self._quarantine(damaged)  # newer steps that were damaged: moved aside, kept
                 return (s, *restored, meta)
             if problem == "rotated" or self._rotated(s):
+                quiet_abandoned_reads()  # orbax's reads of the deleted step report later: noise
                 if step is not None:
                     raise CheckpointError(
                         f"checkpoint step {s} in {self.directory} was deleted while being read "

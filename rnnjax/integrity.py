@@ -15,6 +15,7 @@ import logging
 import os
 import pathlib
 import re
+import sys
 from typing import Any
 
 import numpy as np
@@ -110,6 +111,41 @@ def orbax_errors_quiet():
         yield
     finally:
         logger.setLevel(level)
+
+
+_abandoned_reads_quiet = False
+
+
+def quiet_abandoned_reads() -> None:
+    """Once a read raced the trainer's rotation (a step deleted while orbax read it; the reader
+    then reads another step), orbax's abandoned asyncio reads still finish later in tensorstore's
+    threads, each reporting ``RuntimeError: Event loop is closed`` as an unraisable exception; a
+    read coroutine of the deleted step is collected unawaited with its "Encountered error while
+    reading array index", and asyncio logs it as "exception was never retrieved". Those reports
+    are noise, not damage: from the first race on, this process drops exactly them."""
+    global _abandoned_reads_quiet
+    if _abandoned_reads_quiet:
+        return
+    _abandoned_reads_quiet = True
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        e = unraisable.exc_value
+        if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
+            return
+        if str(e).startswith("Encountered error while reading array index"):
+            return  # an orbax read coroutine of the deleted step, collected unawaited
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(
+        lambda r: (
+            not (
+                "exception was never retrieved" in r.getMessage()
+                and "while reading array index" in r.getMessage()
+            )
+        )
+    )
 
 
 # What a full disk looks like to a writer, and how a message names it: errno, strerror.

@@ -258,10 +258,10 @@ def load(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one),
             jax.eval_shape(model.init, jax.random.key(0)),
         )
-        step, params, _, _ = ckpt.restore(
+        step, params, _, meta = ckpt.restore(
             lambda meta: (abstract, None), step, with_average=weights == "average"
         )
-        trained_on = ckpt.read_meta(step).get("vocab_sha256")  # None: saved before 2026-12-07
+        trained_on = meta.get("vocab_sha256")  # None: saved before 2026-12-07
         if trained_on is not None and trained_on != vocab.digest():
             raise CheckpointError(
                 f"{workdir / rundir.VOCAB} is not the vocabulary checkpoint step {step} was "
