@@ -102,6 +102,8 @@ class Checkpointer:
                 "resumable run"
             )
         self.read_only = read_only
+        if read_only:  # a reader may race a trainer's rotation: orbax's abandoned reads are noise
+            quiet_abandoned_reads()
         policy = cm.AnyPreservationPolicy([cm.LatestN(n=max_to_keep), _BestByMeta(self.directory)])
         absl_logger = logging.getLogger("absl")
         level = absl_logger.level

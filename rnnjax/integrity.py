@@ -16,6 +16,7 @@ import os
 import pathlib
 import re
 import sys
+import warnings
 from typing import Any
 
 import numpy as np
@@ -117,12 +118,14 @@ _abandoned_reads_quiet = False
 
 
 def quiet_abandoned_reads() -> None:
-    """Once a read raced the trainer's rotation (a step deleted while orbax read it; the reader
-    then reads another step), orbax's abandoned asyncio reads still finish later in tensorstore's
-    threads, each reporting ``RuntimeError: Event loop is closed`` as an unraisable exception; a
-    read coroutine of the deleted step is collected unawaited with its "Encountered error while
-    reading array index", and asyncio logs it as "exception was never retrieved". Those reports
-    are noise, not damage: from the first race on, this process drops exactly them."""
+    """For a process that reads checkpoints a trainer may be rotating (a read-only
+    :class:`rnnjax.checkpoint.Checkpointer`, or a read that raced a rotation). When a step is
+    deleted while orbax reads it (the reader then reads another step), orbax's abandoned asyncio
+    reads still finish later in tensorstore's threads, each reporting ``RuntimeError: Event loop
+    is closed`` as an unraisable exception; a read coroutine of the deleted step is collected
+    unawaited (a RuntimeWarning) or with its "Encountered error while reading array index", and
+    asyncio logs a failed read task as "exception was never retrieved". Those reports are noise,
+    not damage: from the first call on, this process drops exactly them."""
     global _abandoned_reads_quiet
     if _abandoned_reads_quiet:
         return
@@ -138,13 +141,20 @@ def quiet_abandoned_reads() -> None:
         previous(unraisable)
 
     sys.unraisablehook = hook
-    logging.getLogger("asyncio").addFilter(
-        lambda r: (
-            not (
-                "exception was never retrieved" in r.getMessage()
-                and "while reading array index" in r.getMessage()
-            )
-        )
+    logging.getLogger("asyncio").addFilter(_not_an_abandoned_read)
+    warnings.filterwarnings(  # a read coroutine of the deleted step never awaited
+        "ignore",
+        message="coroutine '_read_array_index_and_device_put' was never awaited",
+        category=RuntimeWarning,
+    )
+
+
+def _not_an_abandoned_read(record: logging.LogRecord) -> bool:
+    """False for asyncio's "exception was never retrieved" report of an orbax/tensorstore read."""
+    text = record.getMessage()
+    return not (
+        "exception was never retrieved" in text
+        and any(k in text for k in ("while reading array index", "OCDBT", "TensorStore"))
     )
 
 

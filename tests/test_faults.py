@@ -543,3 +543,15 @@ def test_after_a_rotation_race_orbax_s_abandoned_reads_are_quiet(monkeypatch):
         )  # the fields CPython's UnraisableHookArgs has
         sys.unraisablehook(unraisable)
     assert seen == ["something else"]
+    import logging
+
+    def record(text):
+        return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, text, None, None)
+
+    dropped = (
+        "Task exception was never retrieved\nfuture: <Task finished exception=ValueError("
+        "'NOT_FOUND: "
+        'Error opening "zarr" driver: Metadata at ... in OCDBT database at local file ...\')>'
+    )
+    assert not integrity._not_an_abandoned_read(record(dropped))
+    assert integrity._not_an_abandoned_read(record("Task exception was never retrieved\nmine"))
