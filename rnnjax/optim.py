@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 from collections.abc import Callable
 
 import jax
@@ -73,6 +74,15 @@ def optimizer_factory(cfg: TrainConfig) -> tuple[Factory, inspect.Signature]:
             f"config.train.optimizer_kwargs: optax.{name} takes no argument "
             f"{unknown[0]!r}; it takes {takes or 'nothing else'}"
         )
+    for k, v in kwargs.items():  # what a traced update cannot catch: a flag or inf for a number
+        default = params[k].default if k in params else None
+        if isinstance(default, float) and (
+            isinstance(v, bool) or (isinstance(v, float) and not math.isfinite(v))
+        ):
+            raise ConfigError(
+                f"config.train.optimizer_kwargs: optax.{name}'s {k} = {v!r} is not a finite "
+                f"number (its default is {default!r}); give a number"
+            )
     given = set(kwargs) | {"learning_rate", "weight_decay"}
     variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
     missing = [

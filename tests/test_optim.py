@@ -182,6 +182,15 @@ def test_every_optax_optimizer_takes_steps_or_is_refused_in_one_line(name):
             {"train.optimizer": "adam", "train.optimizer_kwargs": {"b1": [1, 2]}},
             r"optax.adam cannot update with them \(TypeError",
         ),
+        (  # a flag or inf where optax's default is a float: no TypeError to trace, refused by type
+            {"train.optimizer": "adam", "train.optimizer_kwargs": {"b1": True}},
+            r"^config.train.optimizer_kwargs: optax.adam's b1 = True is not a finite number "
+            r"\(its default is 0.9\); give a number$",
+        ),
+        (
+            {"train.optimizer": "adam", "train.optimizer_kwargs": {"b1": float("inf")}},
+            r"b1 = inf is not a finite number",
+        ),
     ],
 )
 def test_bad_optimizer_is_one_line_before_training(fields, message, tmp_path):
