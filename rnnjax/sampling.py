@@ -212,6 +212,11 @@ def generate(
     by_len: dict[int, list[int]] = {}
     encoded = [vocab.encode(tokenize(t, tokenizer)) for t in texts]
     for i, ids in enumerate(encoded):
+        if raw[i].strip() and not texts[i].strip():  # every character dropped: blanks are left
+            raise ValueError(
+                f"prefix {i} ({raw[i]!r}) keeps no character after preprocessing "
+                f"({preprocess!r} leaves {texts[i]!r}); give text in the run's characters"
+            )
         if len(ids) == 0:
             raise ValueError(
                 f"prefix {i} ({raw[i]!r}) is empty after preprocessing ({preprocess!r}); give at "

@@ -78,7 +78,13 @@ def test_generation_greedy_sampled_and_batched():
         ({"prefixes": ["time", 3]}, "prefix 1 must be a non-empty string, got 3"),
         (
             {"prefixes": "!!", "tokenizer": "word"},
-            "prefix 0 ('!!') is empty after preprocessing ('d2l'); give at least one token",
+            "prefix 0 ('!!') keeps no character after preprocessing ('d2l' leaves ' '); give text "
+            "in the run's characters",
+        ),
+        (  # d2l's preprocessing turns what is not a letter into spaces: nothing to continue
+            {"prefixes": "ЖЖЖ"},
+            "prefix 0 ('ЖЖЖ') keeps no character after preprocessing ('d2l' leaves ' '); give "
+            "text in the run's characters",
         ),
         ({"num_chars": 0}, "num_chars must be an integer >= 1, got 0"),
         ({"num_chars": -3}, "num_chars must be an integer >= 1, got -3"),
