@@ -89,7 +89,7 @@ def saved_meta(
     ``metrics.jsonl`` can get it back, the shape of each metric sum, and the time budget
     (``budget.json``'s content; None before it is measured or without one), so a missing or
     damaged ``budget.json`` can get it back; ``vocab``: the vocabulary's
-    :meth:`rnnjax.vocab.Vocab.digest`, which readers check ``vocab.json`` against."""
+    :attr:`rnnjax.vocab.Vocab.digest`, which readers check ``vocab.json`` against."""
     from rnnjax.workdir import finite
 
     return {

@@ -333,6 +333,6 @@ def save(
     ckpt.save(
         int(one[0].step),
         *checkpoint_items(*one),
-        saved_meta(one[3], epoch, batch, record, budget, group.corpus.vocab.digest()),
+        saved_meta(one[3], epoch, batch, record, budget, group.corpus.vocab.digest),
         average=one[0].average,
     )

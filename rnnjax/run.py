@@ -262,7 +262,7 @@ def load(
             lambda meta: (abstract, None), step, with_average=weights == "average"
         )
         trained_on = meta.get("vocab_sha256")  # None: saved before 2026-12-07
-        if trained_on is not None and trained_on != vocab.digest():
+        if trained_on is not None and trained_on != vocab.digest:
             raise CheckpointError(
                 f"{workdir / rundir.VOCAB} is not the vocabulary checkpoint step {step} was "
                 "trained with (edited?); restore it from a copy, or use another --workdir"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -75,9 +76,10 @@ class Vocab:
     def to_json(self) -> str:
         return json.dumps({"idx_to_token": list(self.idx_to_token)}, ensure_ascii=False)
 
+    @functools.cached_property
     def digest(self) -> str:
-        """sha256 of the tokens in order: what a checkpoint records of the vocabulary it was
-        trained with (a reader compares vocab.json against it)."""
+        """sha256 of the tokens in order (computed once): what a checkpoint records of the
+        vocabulary it was trained with (a reader compares vocab.json against it)."""
         return hashlib.sha256(json.dumps(list(self.idx_to_token)).encode()).hexdigest()
 
     @classmethod

@@ -28,6 +28,14 @@ RUN_FILES = (
 )
 
 
+def evaluate_cli(workdir, *flags) -> list[str]:
+    """The argv of scripts/evaluate.py on ``workdir``."""
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    return [sys.executable, str(root / "scripts" / "evaluate.py"), f"--workdir={workdir}", *flags]
+
+
 def redo_last_epoch(run):
     shutil.rmtree(run / "checkpoints" / "72")  # a kill after epoch 3's record, before its save
 
@@ -153,11 +161,9 @@ def test_a_hand_edited_config_json_names_the_field_that_disagrees(
 @pytest.mark.parametrize("text_flag", ["-", "/dev/stdin"])
 def test_evaluate_reads_stdin_and_drops_a_byte_order_mark(smoke_run, text_flag):
     import subprocess
-    import sys
 
-    root = pathlib.Path(__file__).resolve().parents[1]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    args = [sys.executable, str(root / "scripts" / "evaluate.py"), f"--workdir={smoke_run[0]}"]
+    args = evaluate_cli(smoke_run[0])
     text = "the time traveller smiled round at us"
     out = [
         subprocess.run(
@@ -226,17 +232,9 @@ def test_evaluate_bounds_an_endless_stream_in_one_line(smoke_run, source):
     """--text=/dev/zero (or stdin without end) is read up to --max_mb, then refused in one line,
     instead of filling the host's memory."""
     import subprocess
-    import sys
 
-    root = pathlib.Path(__file__).resolve().parents[1]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    cmd = [
-        sys.executable,
-        str(root / "scripts" / "evaluate.py"),
-        f"--workdir={smoke_run[0]}",
-        f"--text={source}",
-        "--max_mb=1",
-    ]
+    cmd = evaluate_cli(smoke_run[0], f"--text={source}", "--max_mb=1")
     with open("/dev/zero", "rb") as zero:
         feed = zero if source == "-" else subprocess.DEVNULL
         p = subprocess.run(cmd, stdin=feed, capture_output=True, text=True, env=env, timeout=120)
