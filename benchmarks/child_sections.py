@@ -17,8 +17,8 @@ import jax
 from harness import build, interleave, isa_line, jax_variant, repo_path, torch_variant
 from workload import Settings
 
-from rnnjax import native
-from rnnjax.parallel import DataParallel
+from rnnjax.network.impls import native
+from rnnjax.network.parallel import DataParallel
 
 
 def devices_here(s: Settings) -> dict[str, Any]:

@@ -22,7 +22,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 LOAD = """
 import resource, sys, time
 t0 = time.perf_counter()
-from rnnjax import data
+from rnnjax.dataset import data
 from rnnjax.config import resolve
 sys.path.insert(0, {configs!r})
 import books

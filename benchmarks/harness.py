@@ -21,11 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 from workload import V, Workload
 
-from rnnjax.build import build_model, make_placement
 from rnnjax.config import ConfigError, default_config, resolve
-from rnnjax.optim import make_optimizer
-from rnnjax.parallel import DataParallel
-from rnnjax.steps import init_train_state, make_train_step, train_sums
+from rnnjax.network.build import build_model, make_placement
+from rnnjax.network.parallel import DataParallel
+from rnnjax.training.optim import make_optimizer
+from rnnjax.training.steps import init_train_state, make_train_step, train_sums
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent  # benchmarks/: the harness, sections, report
 REPO_ROOT = BENCHMARKS_DIR.parent  # the repository holding benchmarks/, scripts/ and configs/
@@ -261,10 +261,10 @@ TORCH_ISA_ENV = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 
 def isa_line() -> str:
-    """The ISA of the host and of each side: the native kernels' build (rnnjax.native.isa()) and
-    the limits torch was held to (TORCH_ISA_ENV): "host AVX-512, native kernels avx512, torch as
-    built"."""
-    from rnnjax import native
+    """The ISA of the host and of each side: the native kernels' build
+    (rnnjax.network.impls.native.isa()) and the limits torch was held to (TORCH_ISA_ENV): "host
+    AVX-512, native kernels avx512, torch as built"."""
+    from rnnjax.network.impls import native
 
     held = [f"{k}={os.environ[k]}" for k in TORCH_ISA_ENV if os.environ.get(k)]
     torch_isa = ("held to " + ", ".join(held)) if held else "as built"

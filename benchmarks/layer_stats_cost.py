@@ -12,7 +12,7 @@ import statistics
 import tempfile
 
 from rnnjax.config import default_config
-from rnnjax.train import train_and_evaluate
+from rnnjax.training.train import train_and_evaluate
 
 
 def epoch_times(layer_stats: bool, epochs: int, workdir: str) -> list[float]:

@@ -5,9 +5,9 @@
 Builds ``benchmarks/native_premise.cc`` with the machine's g++ (and OpenBLAS from the
 scipy-openblas32 wheel, if installed, for the GEMM comparison), then interleaves ``--rounds`` rounds
 of: the native binary (median of ``--reps`` runs of each variant) and XLA's fused layer
-(:mod:`rnnjax.fused` under ``jax.jit``, median of ``--reps`` runs) on the same shapes: an LSTM,
-T 35, b 32, h 256, forward with saves plus backward. Prints the medians over the rounds (ms) and
-the ratios the go/no-go reads (docs/performance.md#native-recurrent-layers-the-premise).
+(:mod:`rnnjax.network.impls.fused` under ``jax.jit``, median of ``--reps`` runs) on the same shapes:
+an LSTM, T 35, b 32, h 256, forward with saves plus backward. Prints the medians over the rounds
+(ms) and the ratios the go/no-go reads (docs/performance.md#native-recurrent-layers-the-premise).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from rnnjax.fused import scan_layer
+from rnnjax.network.impls.fused import scan_layer
 
 T, B, H = 35, 32, 256
 HERE = Path(__file__).resolve().parent

@@ -13,7 +13,7 @@ from typing import Any
 import tables
 from workload import E2E_RUN_NAMES
 
-from rnnjax.workdir import write_atomic
+from rnnjax.rundir.workdir import write_atomic
 
 # Sections in the order they run and are written; all but "large" (for accelerators) by default.
 SECTIONS = tuple(tables.TABLES)

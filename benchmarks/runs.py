@@ -18,17 +18,18 @@ import numpy as np
 from harness import REPO_ROOT, config, median_ms, repo_path, torch
 from workload import E2E_RUN_NAMES, Settings, V
 
-from rnnjax import cudnn, native
-from rnnjax import data as rdata
-from rnnjax.build import build_model
-from rnnjax.checkpoint import Checkpointer
 from rnnjax.config import default_config, resolve
-from rnnjax.integrity import checksums
-from rnnjax.layout import checkpoint_items
-from rnnjax.metrics import epoch_record, sums_perplexity, to_host
-from rnnjax.optim import make_optimizer
-from rnnjax.sampling import sample
-from rnnjax.steps import (
+from rnnjax.dataset import data as rdata
+from rnnjax.network.build import build_model
+from rnnjax.network.impls import cudnn, native
+from rnnjax.network.sampling import sample
+from rnnjax.rundir.checkpoint import Checkpointer
+from rnnjax.rundir.integrity import checksums
+from rnnjax.rundir.workdir import append_metrics
+from rnnjax.training.layout import checkpoint_items
+from rnnjax.training.metrics import epoch_record, sums_perplexity, to_host
+from rnnjax.training.optim import make_optimizer
+from rnnjax.training.steps import (
     eval_sums,
     init_train_state,
     make_eval_step,
@@ -36,7 +37,6 @@ from rnnjax.steps import (
     make_train_step,
     train_sums,
 )
-from rnnjax.workdir import append_metrics
 
 
 def generation(
@@ -87,9 +87,9 @@ def generation(
 def epoch(s: Settings) -> dict[str, float]:
     """Where a reference-experiment epoch goes (the bundled book: 8 training steps, validation over
     5,000 tokens), ms per epoch, interleaved: the steps then one read of the metric sums; the
-    validation pass alone; both one after the other (what ``rnnjax.train`` does); both overlapped
-    (the validation read after the next epoch's steps are dispatched: measured, dropped); and
-    building and appending the epoch record (fsynced)."""
+    validation pass alone; both one after the other (what ``rnnjax.training.train`` does); both
+    overlapped (the validation read after the next epoch's steps are dispatched: measured, dropped);
+    and building and appending the epoch record (fsynced)."""
     cfg = default_config()
     cfg.model.hidden_size = s.base.hidden
     cfg.parallel.num_devices = 1  # what the README's command runs: one device (auto: native)

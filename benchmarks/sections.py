@@ -28,17 +28,17 @@ from harness import (
 )
 from workload import Settings, V, Workload
 
-from rnnjax import cudnn, native
-from rnnjax.build import build_model
 from rnnjax.cells import CELLS
 from rnnjax.cells.base import split_gates
 from rnnjax.cells.linear import linear_scan
 from rnnjax.cells.mingru import coefficients as mingru_coefficients
-from rnnjax.optim import make_optimizer
-from rnnjax.parallel import DataParallel
-from rnnjax.pipeline import plan
-from rnnjax.steps import init_train_state, make_train_step, train_sums
-from rnnjax.vectorize import stack_trials
+from rnnjax.network.build import build_model
+from rnnjax.network.impls import cudnn, native
+from rnnjax.network.impls.pipeline import plan
+from rnnjax.network.parallel import DataParallel
+from rnnjax.training.optim import make_optimizer
+from rnnjax.training.steps import init_train_state, make_train_step, train_sums
+from rnnjax.training.vectorize import stack_trials
 
 JAX_IMPLS = {"rnnjax": "rnnjax", "rnnjax-autodiff": "autodiff", "flax": "flax"}  # column -> impl
 PIPELINE_CHUNK_COUNTS = (1, 5, 7, 35)  # at t = 35: chunks of 35, 7, 5 and 1 steps
@@ -60,7 +60,9 @@ def _row(s: Settings, w: Workload, extra: dict[str, Any] | None = None) -> dict[
     if mesh := cpu_mesh_name():
         n = len(jax.devices())
         builders[mesh] = lambda: jax_variant(w, "rnnjax", s.steps, DataParallel.create(n, w.batch))
-        if native.available():  # the kernel per device, one worker each (rnnjax.native)
+        if (
+            native.available()
+        ):  # the kernel per device, one worker each (rnnjax.network.impls.native)
             builders[cpu_mesh_name("native")] = lambda: jax_variant(
                 w, "native", s.steps, DataParallel.create(n, w.batch)
             )
@@ -223,7 +225,7 @@ def scan_forms(
 
 
 def _vmapped_variant(w: Workload, k: int, steps: int) -> Variant:
-    """k seeds of the workload as one vmapped train step (rnnjax.vectorize's program)."""
+    """k seeds of the workload as one vmapped train step (rnnjax.training.vectorize's program)."""
     cfg = config(w)
     model = build_model(cfg, V)
     tx, _ = make_optimizer(cfg.train, 1000)

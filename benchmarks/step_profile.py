@@ -27,8 +27,9 @@ import numpy as np  # noqa: E402
 from harness import Variant, isa_line, jax_variant, median_ms, torch_variant  # noqa: E402
 from workload import V, Workload  # noqa: E402
 
-from rnnjax import fused, host, native  # noqa: E402
+from rnnjax import host
 from rnnjax.cells import CELLS  # noqa: E402
+from rnnjax.network.impls import fused, native
 
 PARTS = [  # (part, what it is), in the order of a step
     ("input projections", "layer 1: W_x's rows by token; layers 2..L: [t*b, h] @ [h, G]"),

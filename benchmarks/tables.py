@@ -29,8 +29,8 @@ def variant_note(name: str) -> str | None:
     if "layer pipeline" in name:
         return (
             f"`{name}` runs each layer block on its own CPU device at the full batch, the "
-            "sequence in time chunks (`config.parallel.cpu_pipeline`, rnnjax/pipeline.py; "
-            "L = 1 has one stage: the plain stack)."
+            "sequence in time chunks (`config.parallel.cpu_pipeline`, "
+            "rnnjax/network/impls/pipeline.py; L = 1 has one stage: the plain stack)."
         )
     if name.endswith("CPU devices"):
         return (
@@ -39,8 +39,10 @@ def variant_note(name: str) -> str | None:
             "single-device run."
         )
     impls = {
-        "cudnn": "rnnjax/cudnn.py: cuDNN's fused LSTM per layer",
-        "native": "rnnjax/native.py: each layer's time loop in one native XLA FFI call",
+        "cudnn": "rnnjax/network/impls/cudnn.py: cuDNN's fused LSTM per layer",
+        "native": (
+            "rnnjax/network/impls/native.py: each layer's time loop in one native XLA FFI call"
+        ),
     }
     if name in impls:
         return f'`{name}` is `config.model.impl = "{name}"` ({impls[name]}).'
@@ -117,8 +119,8 @@ def epoch(results: dict) -> list[str]:
         "## Per-epoch overhead (reference experiment: 8 training steps, validation over 5,000 "
         "tokens)",
         "",
-        "Medians of interleaved rounds, ms per epoch. `rnnjax.train` runs an epoch's steps, "
-        "then its validation pass; `overlapped` is the alternative measured against it: the "
+        "Medians of interleaved rounds, ms per epoch. `rnnjax.training.train` runs an epoch's "
+        "steps, then its validation pass; `overlapped` is the alternative measured against it: the "
         "validation pass read only after the next epoch's steps are dispatched behind it.",
         "",
         "| part | ms per epoch | share of the training steps |",
@@ -201,8 +203,8 @@ def generation(results: dict) -> list[str]:
     return [
         "## Generation (2-layer LSTM, sampling at temperature 1)",
         "",
-        "rnnjax: `rnnjax.sampling.sample` (one compiled `lax.scan`); torch: a Python loop over "
-        "`nn.LSTM` steps.",
+        "rnnjax: `rnnjax.network.sampling.sample` (one compiled `lax.scan`); torch: a Python "
+        "loop over `nn.LSTM` steps.",
         "",
         "| streams | implementation | characters/s |",
         "|---|---|---|",

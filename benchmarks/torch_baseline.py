@@ -3,8 +3,8 @@ r"""The seed experiment written the way a PyTorch user would: ``nn.LSTM/GRU/RNN`
     python benchmarks/torch_baseline.py [--epochs=500] [--cell=lstm] [--num_layers=2] [--json=FILE]
 
 The end-to-end baseline of ``scripts/benchmark.py``: the minibatches of configs/deep_lstm.py
-(rnnjax.data, same seed), one-hot inputs, SGD after ``clip_grad_norm_``, the state carried across
-minibatches, validation after every epoch. Needs torch (the ``[bench]`` extra).
+(rnnjax.dataset.data, same seed), one-hot inputs, SGD after ``clip_grad_norm_``, the state carried
+across minibatches, validation after every epoch. Needs torch (the ``[bench]`` extra).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import math
 import os
 import time
 
-from rnnjax import data
 from rnnjax.cells import CELLS
 from rnnjax.config import default_config, resolve
+from rnnjax.dataset import data
 from rnnjax.host import retain_freed_memory
 
 

@@ -15,33 +15,29 @@ import pathlib
 from typing import TYPE_CHECKING, Any
 
 
-def _public() -> tuple[dict[str, str], tuple[str, ...]]:
+def _public() -> dict[str, str]:
     """The public names, read from the ``if TYPE_CHECKING:`` imports at the end of this file (the
-    one list of them, which type checkers and editors follow): (name -> the module that defines
-    it, the submodules imported whole)."""
-    where, modules = {}, []
+    one list of them, which type checkers and editors follow): name -> the module (or, for a
+    module imported whole, the package) it comes from."""
+    where = {}
     for node in ast.parse(pathlib.Path(__file__).read_text()).body:
         if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
-            for imp in node.body:
-                if imp.module == "rnnjax":
-                    modules += [a.name for a in imp.names]
-                else:
-                    where |= {a.name: imp.module.removeprefix("rnnjax.") for a in imp.names}
-    return where, tuple(modules)
+            where |= {a.name: imp.module for imp in node.body for a in imp.names}
+    return where
 
 
-_WHERE, _MODULES = _public()
-__all__ = sorted([*_WHERE, *_MODULES], key=str.lower)
+_WHERE = _public()
+__all__ = sorted(_WHERE, key=str.lower)
 
 
 def __getattr__(name: str) -> Any:
-    if name in _MODULES:
-        return importlib.import_module(f"rnnjax.{name}")
-    if name in _WHERE:
-        value = getattr(importlib.import_module(f"rnnjax.{_WHERE[name]}"), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    raise AttributeError(f"module 'rnnjax' has no attribute {name!r}")
+    if name not in _WHERE:
+        raise AttributeError(f"module 'rnnjax' has no attribute {name!r}")
+    module = importlib.import_module(_WHERE[name])
+    if (value := getattr(module, name, None)) is None:  # a submodule, imported whole
+        value = importlib.import_module(f"{_WHERE[name]}.{name}")
+    globals()[name] = value  # later lookups skip this function
+    return value
 
 
 def __dir__() -> list[str]:
@@ -49,17 +45,17 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
-    from rnnjax import interop
-    from rnnjax.build import build_model
     from rnnjax.cells import CELLS, Cell
     from rnnjax.config import Config, ConfigError, default_config, resolve
-    from rnnjax.data import Corpus, load_corpus
-    from rnnjax.flax_model import from_flax, to_flax
-    from rnnjax.inside import Inside, Timescales, inspect, timescales
-    from rnnjax.model import DeepRNN, Impl, Placed, Placement, num_params
-    from rnnjax.run import Run, load
-    from rnnjax.sampling import generate
-    from rnnjax.steps import perplexity
-    from rnnjax.sweep_summary import sweep_results
-    from rnnjax.train import train_and_evaluate
-    from rnnjax.vocab import Vocab
+    from rnnjax.dataset.data import Corpus, load_corpus
+    from rnnjax.dataset.vocab import Vocab
+    from rnnjax.network.build import build_model
+    from rnnjax.network.impls.flax_model import from_flax, to_flax
+    from rnnjax.network.model import DeepRNN, Impl, Placed, Placement, num_params
+    from rnnjax.network.sampling import generate
+    from rnnjax.sweeps.sweep_summary import sweep_results
+    from rnnjax.training.steps import perplexity
+    from rnnjax.training.train import train_and_evaluate
+    from rnnjax.use import interop
+    from rnnjax.use.inside import Inside, Timescales, inspect, timescales
+    from rnnjax.use.run import Run, load

@@ -22,7 +22,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from rnnjax.config import FIELDS, GROUPS, ConfigError, allowed
-from rnnjax.workdir import WorkdirError, resolve_path, shown
+from rnnjax.rundir.workdir import WorkdirError, resolve_path, shown
 
 
 class _ListValueError(ValueError):
@@ -63,8 +63,8 @@ def fail(message: str) -> NoReturn:
 
 
 def user_path(path: str | os.PathLike) -> pathlib.Path:
-    """A path from the command line made absolute (:func:`rnnjax.workdir.resolve_path`); a symbolic
-    link loop ends the script with one line."""
+    """A path from the command line made absolute (:func:`rnnjax.rundir.workdir.resolve_path`); a
+    symbolic link loop ends the script with one line."""
     try:
         return resolve_path(path)
     except WorkdirError as e:

@@ -28,7 +28,7 @@ THREADS_ENV = "RNNJAX_NATIVE_THREADS"
 def threads_from_env() -> int | None:
     """``RNNJAX_NATIVE_THREADS`` as a count of native-kernel workers (>= 1), or None when unset.
     A ValueError of one line, naming the variable and the fix, for anything else: the scripts check
-    it before they create a workdir (rnnjax.native reads it when a step is traced)."""
+    it before they create a workdir (rnnjax.network.impls.native reads it when a step is traced)."""
     env = os.environ.get(THREADS_ENV, "").strip()
     if not env:
         return None

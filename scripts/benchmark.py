@@ -28,7 +28,7 @@ import report  # noqa: E402  (no JAX: flags are checked before JAX imports)
 
 from rnnjax import cli  # noqa: E402
 from rnnjax.cli import user_path  # noqa: E402
-from rnnjax.workdir import WorkdirError, shown  # noqa: E402
+from rnnjax.rundir.workdir import WorkdirError, shown  # noqa: E402
 
 _SECTIONS = flags.DEFINE_list(
     "sections",
@@ -201,7 +201,7 @@ def main(argv):
     from workload import REFERENCE, V
 
     from rnnjax.host import retain_freed_memory
-    from rnnjax.parallel import set_cpu_devices
+    from rnnjax.network.parallel import set_cpu_devices
 
     retain_freed_memory()  # for every implementation in this process, torch included
     base = dataclasses.replace(

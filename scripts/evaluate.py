@@ -21,8 +21,8 @@ from absl import flags
 from rnnjax import (
     cli,
 )  # light modules only up to main(): flag mistakes are answered before JAX imports
-from rnnjax.text import decode
-from rnnjax.workdir import WorkdirError, resolve_path
+from rnnjax.dataset.text import decode
+from rnnjax.rundir.workdir import WorkdirError, resolve_path
 from rnnjax.config import SAME_PARAMS_IMPLS
 
 _WORKDIR = flags.DEFINE_string(
@@ -94,8 +94,8 @@ def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected argument {argv[1]!r}; give the file as --text=FILE")
     text = read_text(_TEXT.value)
-    from rnnjax.checkpoint import CheckpointError
-    from rnnjax.run import load
+    from rnnjax.rundir.checkpoint import CheckpointError
+    from rnnjax.use.run import load
 
     try:
         run = load(

@@ -7,7 +7,7 @@ r"""Sample text from a trained run.
 Uses the best checkpoint (lowest validation perplexity) unless ``--step`` says otherwise, and
 says which on stderr before generating. Greedy (temperature 0) by default, as
 ``rnnjax.generate.generate``. A bad flag or argument exits non-zero with one line,
-``error: <message>``. ``--num_chars`` x prefixes is at most ``rnnjax.sampling.MAX_TOKENS``
+``error: <message>``. ``--num_chars`` x prefixes is at most ``rnnjax.network.sampling.MAX_TOKENS``
 (10,000,000). Ctrl-C or SIGTERM stops it within one chunk of generation (about a thousand
 tokens) with one line saying what was printed; it writes no file.
 """
@@ -23,7 +23,7 @@ from absl import flags
 from rnnjax import (
     cli,
 )  # light modules only up to main(): flag mistakes are answered before JAX imports
-from rnnjax.workdir import WorkdirError
+from rnnjax.rundir.workdir import WorkdirError
 from rnnjax.config import SAME_PARAMS_IMPLS
 
 _WORKDIR = flags.DEFINE_string(
@@ -66,9 +66,9 @@ _SEED = flags.DEFINE_integer(
 def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected argument {argv[1]!r}; give the prompt as --prefix=...")
-    from rnnjax.checkpoint import CheckpointError
-    from rnnjax.run import load
-    from rnnjax.sampling import check_args
+    from rnnjax.network.sampling import check_args
+    from rnnjax.rundir.checkpoint import CheckpointError
+    from rnnjax.use.run import load
 
     args = (_PREFIX.value, _NUM_CHARS.value, _TEMPERATURE.value, _TOP_K.value, _SEED.value)
     try:

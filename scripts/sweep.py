@@ -15,12 +15,12 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from rnnjax import workdir as rundir
+from rnnjax.rundir import workdir as rundir
 from rnnjax import (
     cli,
 )  # light modules only up to main(): flag mistakes are answered before JAX imports
 from rnnjax.config import ConfigError, resolve
-from rnnjax.workdir import WorkdirError
+from rnnjax.rundir.workdir import WorkdirError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A config file with get_config() and get_sweep()."
@@ -79,7 +79,7 @@ def main(argv):
     del argv
     if not _SUMMARIZE.value and not (_CONFIG.value and _WORKDIR.value):
         sys.exit("error: give --config and --workdir (or --summarize=DIR)")
-    from rnnjax.sweep_summary import summarize
+    from rnnjax.sweeps.sweep_summary import summarize
 
     if _SUMMARIZE.value:
         root = cli.user_path(_SUMMARIZE.value)
@@ -94,9 +94,9 @@ def main(argv):
         base = resolve(_CONFIG.value)
     except ConfigError as e:
         sys.exit(f"error: {e}")
-    from rnnjax.optim import optimizer_factory
-    from rnnjax.parallel import set_cpu_devices_for
-    from rnnjax.sweep import SweepInterrupted, run_sweep
+    from rnnjax.network.parallel import set_cpu_devices_for
+    from rnnjax.sweeps.sweep import SweepInterrupted, run_sweep
+    from rnnjax.training.optim import optimizer_factory
 
     try:
         optimizer_factory(

@@ -14,7 +14,7 @@ from rnnjax import (
     cli,
 )  # light modules only up to main(): flag mistakes are answered before JAX imports
 from rnnjax.config import ConfigError, resolve
-from rnnjax.workdir import RESUME_MODES, WorkdirError
+from rnnjax.rundir.workdir import RESUME_MODES, WorkdirError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a configs/*.py file (file.py:variant).", lock_config=True
@@ -61,12 +61,12 @@ def main(argv):
     except ConfigError as e:
         cli.fail(str(e))
     workdir = cli.user_path(_WORKDIR.value) if _WORKDIR.value else cli.default_workdir()
-    from rnnjax.checkpoint import CheckpointError
-    from rnnjax.console import Preempted
     from rnnjax.host import threads_from_env
-    from rnnjax.integrity import no_space
-    from rnnjax.parallel import initialize_distributed, set_cpu_devices_for
-    from rnnjax.train import train_and_evaluate
+    from rnnjax.network.parallel import initialize_distributed, set_cpu_devices_for
+    from rnnjax.rundir.checkpoint import CheckpointError
+    from rnnjax.rundir.integrity import no_space
+    from rnnjax.training.console import Preempted
+    from rnnjax.training.train import train_and_evaluate
 
     try:  # before any JAX call: the CPU device count is fixed when the backend starts
         set_cpu_devices_for(cfg)

@@ -166,7 +166,7 @@ def smoke_run(tmp_path_factory):
     """A finished 3-epoch smoke run (checkpoints at steps 24, 48, 72) and what
     ``train_and_evaluate`` returned, trained once per test worker and shared by the tests that only
     read it; a test that changes a run copies it first (:func:`copy_run`)."""
-    from rnnjax.train import train_and_evaluate
+    from rnnjax.training.train import train_and_evaluate
 
     workdir = tmp_path_factory.mktemp("smoke_run") / "run"
     out = train_and_evaluate(small_config(3), workdir)

@@ -27,8 +27,8 @@ import tables  # noqa: E402
 import workload  # noqa: E402
 from workload import Workload  # noqa: E402
 
-from rnnjax import native  # noqa: E402
 from rnnjax.cells import CELLS  # noqa: E402
+from rnnjax.network.impls import native  # noqa: E402
 
 ENV = dict(
     os.environ,
@@ -61,8 +61,8 @@ def test_analytic_training_flops_per_token():
 
 
 def test_vocabulary_is_the_bundled_corpus_vocabulary():
-    from rnnjax import data
     from rnnjax.config import default_config, resolve
+    from rnnjax.dataset import data
 
     assert workload.V == len(data.load_corpus(resolve(default_config()).data).vocab) == 28
 

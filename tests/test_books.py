@@ -14,10 +14,10 @@ import pytest
 from conftest import ROOT, small_config
 
 import rnnjax
-from rnnjax import data
 from rnnjax.config import ConfigError, default_config, resolve
-from rnnjax.steps import perplexity
-from rnnjax.vocab import Vocab
+from rnnjax.dataset import data
+from rnnjax.dataset.vocab import Vocab
+from rnnjax.training.steps import perplexity
 
 BOOK = pathlib.Path(data.bundled_path()).read_text()
 ENV = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -140,7 +140,7 @@ def test_bad_splits_are_one_line_errors(fields, message):
 def test_vectorized_sweeps_refuse_early_stopping_and_test_splits_before_anything_runs(
     tmp_path, fields
 ):
-    from rnnjax.sweep import run_sweep
+    from rnnjax.sweeps.sweep import run_sweep
 
     with pytest.raises(
         ConfigError, match=r"vectorized trials .*(early_stopping_patience = 0|test_fraction = 0)"

@@ -1,4 +1,5 @@
-"""Budgets that anneal: train.max_steps and the time budget train.max_minutes (rnnjax/budget.py)."""
+"""Budgets that anneal: train.max_steps and the time budget train.max_minutes
+(rnnjax/training/budget.py)."""
 
 import itertools
 import json
@@ -10,10 +11,10 @@ import numpy as np
 import pytest
 from conftest import small_config
 
-from rnnjax import budget
 from rnnjax.config import ConfigError, resolve
-from rnnjax.train import train_and_evaluate
-from rnnjax.workdir import WorkdirError
+from rnnjax.rundir.workdir import WorkdirError
+from rnnjax.training import budget
+from rnnjax.training.train import train_and_evaluate
 
 
 def tree_equal(a, b):

@@ -13,9 +13,9 @@ from conftest import ROOT, small_config, train_cli
 from test_mincells import numpy_layer
 
 from rnnjax import cells
-from rnnjax.model import DeepRNN, Impl
-from rnnjax.steps import cross_entropy
-from rnnjax.train import train_and_evaluate
+from rnnjax.network.model import DeepRNN, Impl
+from rnnjax.training.steps import cross_entropy
+from rnnjax.training.train import train_and_evaluate
 
 
 def sigmoid(x):

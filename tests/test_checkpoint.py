@@ -16,10 +16,10 @@ import pytest
 from conftest import copy_run, param_bytes, small_config, snapshot, train_cli
 
 import rnnjax
-from rnnjax.checkpoint import CheckpointError
 from rnnjax.config import default_config
-from rnnjax.native import cpu_isa
-from rnnjax.train import train_and_evaluate
+from rnnjax.network.impls.native import cpu_isa
+from rnnjax.rundir.checkpoint import CheckpointError
+from rnnjax.training.train import train_and_evaluate
 
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
 # A 2-epoch run of a 2-layer LSTM (hidden 8) trained by main at bea6fc2, before the params-only

@@ -10,7 +10,7 @@ import pytest
 from conftest import with_fields
 
 from rnnjax.config import ConfigError, default_config, resolve
-from rnnjax.train import train_and_evaluate
+from rnnjax.training.train import train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,7 +28,7 @@ def load_config_file(path, arg=None):
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))))
 def test_every_config_file_builds(path):
-    from rnnjax.grid import apply_overrides, trials
+    from rnnjax.sweeps.grid import apply_overrides, trials
 
     mod = load_module(path)
     extra = {
@@ -165,9 +165,10 @@ def test_allowed_quotes_each_fields_rule_for_the_command_line():
 
 
 def test_docs_config_md_is_generated_from_the_declarations():
-    """docs/config.md is what ``python -m rnnjax.config_doc`` writes; it lists every field."""
+    """docs/config.md is what ``python -m rnnjax.config.config_doc`` writes; it lists every
+    field."""
     from rnnjax.config import FIELDS
-    from rnnjax.config_doc import COMMAND, PAGE, render
+    from rnnjax.config.config_doc import COMMAND, PAGE, render
 
     assert PAGE.read_text() == render(), f"docs/config.md is stale: run {COMMAND}"
     assert all(f"| `{name}` |" in render() for name in FIELDS)
@@ -244,7 +245,7 @@ def test_what_a_resume_may_change_is_declared_per_field(field, saved, now, refus
 def test_generate_num_chars_one_rule_for_config_and_sampler():
     """Issue 25 item 6: num_chars = 0 passed validation and failed in the sampler after epoch 1.
     Both now read the field's one rule."""
-    from rnnjax.sampling import check_args
+    from rnnjax.network.sampling import check_args
 
     rule = r"^config.generate.num_chars = 0 is not allowed: an integer >= 1$"
     with pytest.raises(ConfigError, match=rule):

@@ -1,4 +1,4 @@
-"""cuDNN's LSTM (``model.impl = "cudnn"``, rnnjax/cudnn.py).
+"""cuDNN's LSTM (``model.impl = "cudnn"``, rnnjax/network/impls/cudnn.py).
 
 Here (no GPU): the packing into cuDNN's flat weight vector round-trips exactly and is PyTorch's
 layout; ``jax.experimental.rnn.lstm_ref`` (JAX's reference of the cuDNN op) on the packed weights,
@@ -23,10 +23,12 @@ import numpy as np
 import pytest
 from conftest import ROOT, small_config, train_cli
 
-from rnnjax import DeepRNN, cudnn, interop
+from rnnjax import DeepRNN
 from rnnjax.config import ConfigError, resolve
-from rnnjax.train import train_and_evaluate
-from rnnjax.vectorize import check_vectorizable
+from rnnjax.network.impls import cudnn
+from rnnjax.training.train import train_and_evaluate
+from rnnjax.training.vectorize import check_vectorizable
+from rnnjax.use import interop
 
 gpu = pytest.mark.skipif(
     not cudnn.available(), reason="needs a CUDA GPU (scripts/gpu_check.sh runs these on one)"
@@ -98,8 +100,9 @@ SHARDED = textwrap.dedent("""
     import dataclasses, jax.numpy as jnp
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     import numpy as np
-    from rnnjax import DeepRNN, cudnn
-    from rnnjax.model import Placement
+    from rnnjax import DeepRNN
+    from rnnjax.network.impls import cudnn
+    from rnnjax.network.model import Placement
     spec = DeepRNN(11, 16, 2, "lstm", dropout=0.2)
     four = Placement(data_devices=4)
     params = spec.init(jax.random.key(0))
@@ -170,7 +173,7 @@ def test_cudnn_on_a_machine_without_cuda_is_one_line_before_anything_is_written(
 
 
 def test_a_cudnn_sweep_without_cuda_is_one_line_before_anything_is_written(tmp_path):
-    from rnnjax.sweep import run_sweep
+    from rnnjax.sweeps.sweep import run_sweep
 
     with pytest.raises(
         ConfigError, match=r"^config.model.impl = 'cudnn' needs an NVIDIA GPU with CUDA"
@@ -228,7 +231,7 @@ def test_impl_may_change_on_resume_within_one_params_layout(tmp_path, smoke_run)
         json.loads((a / "config.json").read_text())["model"]["impl"] == "auto"
     )  # the latest session's (the default)
     import rnnjax
-    from rnnjax.checkpoint import CheckpointError
+    from rnnjax.rundir.checkpoint import CheckpointError
 
     with pytest.raises(
         CheckpointError, match=r"a different config.model.impl \('auto' there, 'flax' here\)"

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from conftest import with_fields
 
-from rnnjax import data
 from rnnjax.config import ConfigError, default_config, resolve
-from rnnjax.train import train_and_evaluate
-from rnnjax.vocab import UNK
+from rnnjax.dataset import data
+from rnnjax.dataset.vocab import UNK
+from rnnjax.training.train import train_and_evaluate
 
 
 def data_cfg(**overrides):

@@ -17,11 +17,11 @@ import pytest
 from conftest import copy_run, param_bytes, small_config
 
 import rnnjax
-from rnnjax import checkpoint, integrity
-from rnnjax.checkpoint import CheckpointError
-from rnnjax.console import Preempted
-from rnnjax.train import train_and_evaluate
-from rnnjax.workdir import WorkdirError, read_metrics
+from rnnjax.rundir import checkpoint, integrity
+from rnnjax.rundir.checkpoint import CheckpointError
+from rnnjax.rundir.workdir import WorkdirError, read_metrics
+from rnnjax.training.console import Preempted
+from rnnjax.training.train import train_and_evaluate
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
@@ -181,7 +181,7 @@ def test_all_quarantined_then_rerun_refuses_and_keeps_the_history(run_copy):
 
 
 def test_metrics_nan_is_null_and_a_torn_last_line_is_dropped(run_copy, caplog):
-    from rnnjax.workdir import append_metrics
+    from rnnjax.rundir.workdir import append_metrics
 
     run, _ = run_copy
     path = run / "metrics.jsonl"
@@ -368,7 +368,7 @@ def test_nonfinite_abort_names_the_part_and_the_settings(tmp_path):
 
 
 def test_sigterm_before_training_starts_saves_nothing_and_says_so(tmp_path, monkeypatch):
-    from rnnjax import data
+    from rnnjax.dataset import data
 
     real = data.load_corpus
 
@@ -405,7 +405,7 @@ def test_a_torn_last_record_covered_by_a_checkpoint_comes_back_from_it(run_copy,
 
 
 def test_a_sweep_dir_that_is_a_file_is_refused(tmp_path):
-    from rnnjax.sweep import run_sweep
+    from rnnjax.sweeps.sweep import run_sweep
 
     (tmp_path / "afile").write_text("x")
     with pytest.raises(WorkdirError, match="is a file"):

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rnnjax.config import ConfigError, default_config, resolve
-from rnnjax.data import load_corpus
-from rnnjax.integrity import damaged_text_file
+from rnnjax.dataset.data import load_corpus
+from rnnjax.rundir.integrity import damaged_text_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
@@ -119,7 +119,7 @@ def test_any_corpus_bytes_load_or_say_why(tmp_path, raw, preprocess, tokenizer):
 def test_any_generation_arguments_are_checked_in_one_line(
     prefixes, num_chars, temperature, top_k, seed
 ):
-    from rnnjax.sampling import check_args
+    from rnnjax.network.sampling import check_args
 
     try:
         check_args(prefixes, num_chars, temperature, top_k, seed)
@@ -236,7 +236,7 @@ def _arrays(tree) -> list[bytes]:
 
 
 def _restore(run, target, step=None):
-    from rnnjax.checkpoint import Checkpointer
+    from rnnjax.rundir.checkpoint import Checkpointer
 
     ckpt = Checkpointer(run)  # writable, as the trainer's: a damaged step is moved to damaged/
     try:
@@ -364,9 +364,9 @@ def test_any_damage_to_any_other_run_file_is_one_line_naming_it_or_recovered(
     from conftest import small_config
 
     import rnnjax
-    from rnnjax.checkpoint import CheckpointError
-    from rnnjax.train import train_and_evaluate
-    from rnnjax.workdir import WorkdirError
+    from rnnjax.rundir.checkpoint import CheckpointError
+    from rnnjax.rundir.workdir import WorkdirError
+    from rnnjax.training.train import train_and_evaluate
 
     src, _ = smoke_run
     run, rel, kind = _damaged_copy(data, src, tmp_path, _run_files(src), ".")

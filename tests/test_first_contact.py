@@ -13,9 +13,9 @@ import pytest
 from conftest import param_bytes, small_config, tiered
 
 import rnnjax
-from rnnjax.checkpoint import CheckpointError
 from rnnjax.config import ConfigError
-from rnnjax.train import train_and_evaluate
+from rnnjax.rundir.checkpoint import CheckpointError
+from rnnjax.training.train import train_and_evaluate
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
@@ -295,7 +295,7 @@ def test_a_sweep_refuses_an_unknown_optimizer_before_any_trial(in_tmp):
 )
 def test_command_line_mistakes_are_answered_before_jax_imports(in_tmp, script, args, message):
     """A mistyped flag is answered in well under a second: the scripts import only light modules
-    (rnnjax.cli, rnnjax.config, rnnjax.workdir) before they have checked their flags. Here an
+    (rnnjax.cli, rnnjax.config, rnnjax.rundir.workdir) before they have checked their flags. Here an
     importable ``jax`` that fails on import proves none of these paths imports it."""
     (in_tmp / "fake" / "jax").mkdir(parents=True)
     (in_tmp / "fake" / "jax" / "__init__.py").write_text("raise ImportError('jax was imported')\n")
@@ -315,14 +315,14 @@ def test_command_line_mistakes_are_answered_before_jax_imports(in_tmp, script, a
 
 def test_the_package_imports_lazily_and_exports_what_it_did():
     """``import rnnjax`` alone does not import JAX; every name in ``rnnjax.__all__`` resolves, and
-    ``rnnjax.generate`` is the function (its module is ``rnnjax.sampling``)."""
+    ``rnnjax.generate`` is the function (its module is ``rnnjax.network.sampling``)."""
     code = (
         "import sys, importlib, rnnjax, rnnjax.cli, rnnjax.config; "
         "assert 'jax' not in sys.modules; "
-        "import rnnjax.sampling; assert callable(rnnjax.generate), rnnjax.generate; "
-        "assert importlib.import_module('rnnjax.sampling').sample; "
+        "import rnnjax.network.sampling; assert callable(rnnjax.generate), rnnjax.generate; "
+        "assert importlib.import_module('rnnjax.network.sampling').sample; "
         "assert all(getattr(rnnjax, n) is not None for n in rnnjax.__all__); "
-        "assert set(rnnjax.__all__) == set(rnnjax._WHERE) | set(rnnjax._MODULES); print('ok')"
+        "assert set(rnnjax.__all__) == set(rnnjax._WHERE); print('ok')"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120
@@ -440,7 +440,7 @@ def test_run_and_api_generate_share_one_greedy_default(smoke_run):
 def test_plotting_keeps_the_notebook_backend(tmp_path):
     import matplotlib
 
-    from rnnjax.plotting import plot_curves
+    from rnnjax.rundir.plotting import plot_curves
 
     matplotlib.use("svg")  # stands for a notebook's inline backend: anything but Agg
     plot_curves(

@@ -10,9 +10,9 @@ import pytest
 from conftest import small_config
 
 from rnnjax.cells import CELLS
-from rnnjax.flax_model import from_flax, to_flax
-from rnnjax.model import DeepRNN, Impl
-from rnnjax.train import train_and_evaluate
+from rnnjax.network.impls.flax_model import from_flax, to_flax
+from rnnjax.network.model import DeepRNN, Impl
+from rnnjax.training.train import train_and_evaluate
 
 V, H, B, T = 11, 16, 3, 7
 

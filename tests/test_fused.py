@@ -1,5 +1,6 @@
-"""The optimized layer (rnnjax.fused: hand-written backward) must give the numbers of the plain one
-(jax.lax.scan over cells.*.recur, differentiated by JAX): outputs, carries and every gradient."""
+"""The optimized layer (rnnjax.network.impls.fused: hand-written backward) must give the numbers of
+the plain one (jax.lax.scan over cells.*.recur, differentiated by JAX): outputs, carries and every
+gradient."""
 
 import dataclasses
 
@@ -11,10 +12,10 @@ import pytest
 
 from rnnjax.cells import CELLS
 from rnnjax.config import ConfigError, default_config, resolve
-from rnnjax.fused import scan_layer
-from rnnjax.model import DeepRNN, Impl
-from rnnjax.optim import make_optimizer
-from rnnjax.steps import init_train_state, make_train_step, train_sums
+from rnnjax.network.impls.fused import scan_layer
+from rnnjax.network.model import DeepRNN, Impl
+from rnnjax.training.optim import make_optimizer
+from rnnjax.training.steps import init_train_state, make_train_step, train_sums
 
 # every registered cell the fused layer runs with its own backward step; phi-reading cells with each
 # phi

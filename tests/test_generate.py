@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from conftest import small_config
 
-from rnnjax import data
 from rnnjax.config import default_config, resolve
-from rnnjax.model import DeepRNN
-from rnnjax.sampling import generate
-from rnnjax.train import train_and_evaluate
+from rnnjax.dataset import data
+from rnnjax.network.model import DeepRNN
+from rnnjax.network.sampling import generate
+from rnnjax.training.train import train_and_evaluate
 
-gen = importlib.import_module("rnnjax.sampling")
+gen = importlib.import_module("rnnjax.network.sampling")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENV = dict(
     os.environ,

@@ -6,9 +6,9 @@ import pathlib
 import numpy as np
 import pytest
 
-from rnnjax import data
 from rnnjax.config import ConfigError, default_config, resolve
-from rnnjax.vocab import Vocab
+from rnnjax.dataset import data
+from rnnjax.dataset.vocab import Vocab
 
 BOOK = pathlib.Path(data.bundled_path()).read_text()
 

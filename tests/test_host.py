@@ -1,4 +1,5 @@
-"""rnnjax.host.retain_freed_memory: XLA's per-call scratch block stops costing page faults."""
+"""rnnjax.host.retain_freed_memory: XLA's per-call scratch block stops costing page
+faults."""
 
 import json
 import os

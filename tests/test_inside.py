@@ -13,12 +13,12 @@ import pytest
 from conftest import run_notebook, small_config
 
 import rnnjax
-from rnnjax import data
 from rnnjax.cells import CELLS
-from rnnjax.inside import autocorrelation_times
-from rnnjax.model import DeepRNN
-from rnnjax.trace import layer_stats, trace
-from rnnjax.train import train_and_evaluate
+from rnnjax.dataset import data
+from rnnjax.network.model import DeepRNN
+from rnnjax.training.trace import layer_stats, trace
+from rnnjax.training.train import train_and_evaluate
+from rnnjax.use.inside import autocorrelation_times
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CASES = [

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from rnnjax.cells import CELLS
-from rnnjax.interop import from_torch, to_torch
-from rnnjax.model import DeepRNN
+from rnnjax.network.model import DeepRNN
+from rnnjax.use.interop import from_torch, to_torch
 
 V, H, B, T = 11, 16, 3, 7
 

@@ -13,8 +13,8 @@ from conftest import param_bytes, small_config, tiered
 import rnnjax
 from rnnjax.cells import CELLS
 from rnnjax.config import ConfigError, resolve
-from rnnjax.model import DeepRNN
-from rnnjax.train import train_and_evaluate
+from rnnjax.network.model import DeepRNN
+from rnnjax.training.train import train_and_evaluate
 
 MIN_CELLS = tuple(c for c in CELLS if CELLS[c].sequence)  # the cells with a parallel form
 # The end-to-end checks run the first of them by default, the others in the exhaustive tier; the
@@ -146,4 +146,4 @@ def test_flax_impl_and_torch_interop_refuse_min_cells_in_one_line():
         resolve(cfg)
     params = DeepRNN(28, 8, 1, "minlstm").init(jax.random.key(0))
     with pytest.raises(ValueError, match="no PyTorch module"):
-        rnnjax.interop.to_torch(params)
+        rnnjax.use.interop.to_torch(params)

@@ -9,8 +9,8 @@ from jax.test_util import check_grads
 
 from rnnjax import cells
 from rnnjax.config import default_config, resolve
-from rnnjax.model import DeepRNN
-from rnnjax.steps import cross_entropy
+from rnnjax.network.model import DeepRNN
+from rnnjax.training.steps import cross_entropy
 
 
 def loop_reference(model: DeepRNN, params, tokens, carry):
@@ -108,7 +108,7 @@ def test_output_dropout_drops_the_top_layers_output_in_training_only_the_same_in
     import dataclasses
     import functools
 
-    from rnnjax import cudnn
+    from rnnjax.network.impls import cudnn
 
     model = DeepRNN(
         vocab_size=7, hidden_size=16, num_layers=2, cell="lstm", dropout=0.25, output_dropout=0.5
@@ -157,8 +157,8 @@ def test_gradients_match_finite_differences(cell):
 
 def test_every_impl_value_builds_its_model():
     from rnnjax.config import IMPLS
-    from rnnjax.model import Impl, resolve_impl
-    from rnnjax.train import build_model
+    from rnnjax.network.model import Impl, resolve_impl
+    from rnnjax.training.train import build_model
 
     assert set(IMPLS) == {i.value for i in Impl}
     for value in IMPLS:
@@ -175,8 +175,8 @@ def test_auto_runs_rnnjax_without_the_kernels_and_on_a_gpu_where_only_a_missing_
     """resolve_impl's fallbacks without needing the extension (tests/test_native.py runs the real
     missing library): no kernels on a CPU -> rnnjax and one line naming why and how to build them;
     a GPU/TPU backend -> rnnjax and nothing said; an explicit impl is never reinterpreted."""
-    from rnnjax import native
-    from rnnjax.model import Impl, auto_fallback_note, resolve_impl
+    from rnnjax.network.impls import native
+    from rnnjax.network.model import Impl, auto_fallback_note, resolve_impl
 
     monkeypatch.setattr(native, "_EXT", None)
     monkeypatch.setattr(native, "WHY_NOT", "the native extension is not built here (test)")

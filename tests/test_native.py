@@ -1,4 +1,5 @@
-"""Native recurrent layers (``model.impl = "native"``, rnnjax/native.py, rnnjax/_native/).
+"""Native recurrent layers (``model.impl = "native"``, rnnjax/network/impls/native.py,
+rnnjax/_native/).
 
 Against the pure-JAX fused layer (``impl="rnnjax"``): logits and carries within 1e-5, every
 gradient within 1e-4 of its largest entry, for every cell with a native kernel, 1-4 layers (L = 2
@@ -24,11 +25,11 @@ import pytest
 from conftest import ROOT, small_config, tiered, train_cli
 
 import rnnjax
-from rnnjax import native
 from rnnjax.cells import CELLS
 from rnnjax.config import ConfigError
-from rnnjax.model import DeepRNN, Impl
-from rnnjax.train import train_and_evaluate
+from rnnjax.network.impls import native
+from rnnjax.network.model import DeepRNN, Impl
+from rnnjax.training.train import train_and_evaluate
 
 pytestmark = pytest.mark.skipif(
     not native.available(), reason=f"no native kernels: {native.why_not()}"
@@ -200,12 +201,13 @@ def test_a_run_trained_with_rnnjax_resumes_under_native(tmp_path):
 
 
 def test_auto_is_the_default_and_runs_native_here_rnnjax_where_there_is_no_kernel():
-    """model.impl = "auto" (the config's default) resolves once, in rnnjax.model.resolve_impl:
-    native on this CPU with the extension for the cells with a kernel and a batch on one device;
-    rnnjax for the others, and data parallel (where the kernel per device measured slower)."""
-    from rnnjax.build import build_model
+    """model.impl = "auto" (the config's default) resolves once, in
+    rnnjax.network.model.resolve_impl: native on this CPU with the extension for the cells with a
+    kernel and a batch on one device; rnnjax for the others, and data parallel (where the kernel per
+    device measured slower)."""
     from rnnjax.config import default_config, resolve
-    from rnnjax.model import resolve_impl
+    from rnnjax.network.build import build_model
+    from rnnjax.network.model import resolve_impl
 
     cfg = resolve(default_config())
     assert cfg.model.impl == "auto" and build_model(cfg, 28).impl is Impl.NATIVE
@@ -229,7 +231,7 @@ def test_auto_falls_back_to_autodiff_for_a_cell_with_neither_kernel_nor_fused_ba
     import types
 
     from rnnjax import cells
-    from rnnjax.model import resolve_impl
+    from rnnjax.network.model import resolve_impl
 
     module = types.ModuleType("bare_cell")
     module.CELL = dc.replace(CELLS["gru"], name="bare", backward=None, native=None)
@@ -302,8 +304,8 @@ def test_without_the_extension_native_runs_the_fused_layer_and_says_so_once(tmp_
     src = _package_copy(tmp_path)
     script = textwrap.dedent("""
         import jax, jax.numpy as jnp, rnnjax
-        from rnnjax import native
-        from rnnjax.model import DeepRNN
+        from rnnjax.network.impls import native
+        from rnnjax.network.model import DeepRNN
         assert rnnjax.__file__.startswith(%r), rnnjax.__file__
         assert not native.available()
         spec = DeepRNN(11, 8, 2, "lstm", impl="native")
@@ -336,10 +338,10 @@ def test_without_the_extension_auto_runs_rnnjax_and_says_so_in_one_line(tmp_path
     src = _package_copy(tmp_path)
     script = textwrap.dedent("""
         import rnnjax
-        from rnnjax import native
+        from rnnjax.network.impls import native
         from rnnjax.config import default_config, smoke
-        from rnnjax.model import DeepRNN, Impl
-        from rnnjax.train import train_and_evaluate
+        from rnnjax.network.model import DeepRNN, Impl
+        from rnnjax.training.train import train_and_evaluate
         assert rnnjax.__file__.startswith(%r), rnnjax.__file__
         assert not native.available()
         assert DeepRNN(11, 8, 2, "lstm", impl="auto").impl is Impl.FUSED
@@ -399,8 +401,8 @@ def test_premise_benchmark_builds_and_runs():
 DATA_PARALLEL = textwrap.dedent("""
     import json
     import jax, jax.numpy as jnp, numpy as np
-    from rnnjax.model import DeepRNN, Placed, Placement
-    from rnnjax.parallel import DataParallel
+    from rnnjax.network.model import DeepRNN, Placed, Placement
+    from rnnjax.network.parallel import DataParallel
     out = {}
     for cell in ("lstm", "gru", "rnn"):
         spec = DeepRNN(28, 16, 2, cell, impl="native")
@@ -455,7 +457,10 @@ def test_the_isa_names_the_build_and_a_bad_choice_is_one_line():
     and the run's start block says so)."""
     host = {"AVX-512": "avx512", "AVX2": "avx2"}.get(native.cpu_isa(), "generic")
     assert native.isa() == ("avx2" if os.environ.get(native.ISA_ENV) == "avx2" else host)
-    script = "from rnnjax import native; print(native.isa(), native.available(), native.why_not())"
+    script = (
+        "from rnnjax.network.impls import native; "
+        "print(native.isa(), native.available(), native.why_not())"
+    )
     run = lambda isa: subprocess.run(  # noqa: E731
         [sys.executable, "-c", script],
         capture_output=True,
@@ -504,10 +509,10 @@ def test_the_avx2_build_passes_the_native_tests_on_an_avx512_host():
 
 @pytest.mark.parametrize("cell", KERNEL_CELLS)
 def test_the_trace_reads_the_kernels_saves(cell):
-    """Under native, rnnjax.trace (the validation pass's statistics, inspect) takes h, the gates and
-    the carry from the kernel's own forward (Cell.from_native): the same as the fused layer's within
-    float32 rounding, and its logits are apply's bit for bit."""
-    from rnnjax.trace import layer_stats, trace
+    """Under native, rnnjax.training.trace (the validation pass's statistics, inspect) takes h, the
+    gates and the carry from the kernel's own forward (Cell.from_native): the same as the fused
+    layer's within float32 rounding, and its logits are apply's bit for bit."""
+    from rnnjax.training.trace import layer_stats, trace
 
     spec = DeepRNN(28, 16, 2, cell, impl="native")
     ref = dataclasses.replace(spec, impl=Impl.FUSED)
@@ -557,8 +562,8 @@ def test_a_cut_off_extension_falls_back_in_one_line(tmp_path):
     (src / "rnnjax" / built.name).write_bytes(data[: len(data) // 3])
     script = textwrap.dedent("""
         import rnnjax
-        from rnnjax import native
-        from rnnjax.model import DeepRNN, Impl
+        from rnnjax.network.impls import native
+        from rnnjax.network.model import DeepRNN, Impl
         assert rnnjax.__file__.startswith(%r), rnnjax.__file__
         assert DeepRNN(11, 8, 2, "lstm", impl="auto").impl is Impl.FUSED
         print(native.available(), native.why_not())
@@ -578,7 +583,7 @@ def test_without_the_extension_an_explicit_native_run_says_so_at_its_start(tmp_p
     script = textwrap.dedent("""
         import rnnjax
         from rnnjax.config import default_config, smoke
-        from rnnjax.train import train_and_evaluate
+        from rnnjax.training.train import train_and_evaluate
         assert rnnjax.__file__.startswith(%r), rnnjax.__file__
         cfg = smoke(default_config())
         cfg.train.num_epochs, cfg.train.progress, cfg.model.impl = 1, True, "native"

@@ -10,9 +10,9 @@ import pytest
 from conftest import param_bytes, small_config
 
 from rnnjax.config import resolve
-from rnnjax.optim import make_optimizer
-from rnnjax.steps import TrainState, make_train_step, train_sums
-from rnnjax.train import build_model
+from rnnjax.training.optim import make_optimizer
+from rnnjax.training.steps import TrainState, make_train_step, train_sums
+from rnnjax.training.train import build_model
 
 
 def test_clipping_is_applied():
@@ -49,7 +49,7 @@ def test_clipping_is_applied():
 
 def _old_optimizer(tc, total_steps):
     """The optimizer as main 4059f9e built it (a closed list of sgd, adam, adamw)."""
-    from rnnjax.optim import make_schedule
+    from rnnjax.training.optim import make_schedule
 
     schedule = make_schedule(tc, total_steps)
     factory = {"sgd": optax.sgd, "adam": optax.adam, "adamw": optax.adamw}[tc.optimizer]
@@ -95,7 +95,7 @@ def test_sgd_adam_adamw_are_bitwise_what_they_were(name, schedule, wd):
 def test_any_optax_optimizer_trains_by_name(tmp_path):
     """``train.optimizer = 'lion'`` (never named in rnnjax) trains, with optimizer_kwargs and
     weight_decay passed on; its hyperparameters sit in the state (vectorized sweeps)."""
-    from rnnjax.train import train_and_evaluate
+    from rnnjax.training.train import train_and_evaluate
 
     cfg = small_config(
         1,
@@ -131,7 +131,7 @@ def test_every_optax_optimizer_takes_steps_or_is_refused_in_one_line(name):
     """Every function in optax's namespace that takes ``learning_rate``: two jitted updates of a
     small tree give finite parameters, or the config is refused in one line naming why."""
     from rnnjax.config import ConfigError
-    from rnnjax.optim import NEEDS_MORE
+    from rnnjax.training.optim import NEEDS_MORE
 
     fields = {"train.optimizer": name, "train.schedule": "warmup_cosine", "train.warmup_steps": 1}
     if name in NEEDS_MORE:
@@ -195,7 +195,7 @@ def test_every_optax_optimizer_takes_steps_or_is_refused_in_one_line(name):
 )
 def test_bad_optimizer_is_one_line_before_training(fields, message, tmp_path):
     from rnnjax.config import ConfigError
-    from rnnjax.train import train_and_evaluate
+    from rnnjax.training.train import train_and_evaluate
 
     with pytest.raises(ConfigError, match=message) as e:
         train_and_evaluate(small_config(1, **fields), tmp_path / "run")
@@ -206,7 +206,7 @@ def test_bad_optimizer_is_one_line_before_training(fields, message, tmp_path):
 def test_memory_estimate_sizes_the_real_optimizer_state():
     """capacity sizes optimizer state with jax.eval_shape of the real optimizer: adam keeps two
     moments per parameter, lion one, sgd none (no table of names)."""
-    from rnnjax.capacity import estimate_memory
+    from rnnjax.training.capacity import estimate_memory
 
     est = {
         name: estimate_memory(resolve(small_config(**{"train.optimizer": name})), 28)

@@ -16,7 +16,7 @@ from conftest import small_config
 
 import rnnjax
 from rnnjax.config import ConfigError
-from rnnjax.train import train_and_evaluate
+from rnnjax.training.train import train_and_evaluate
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -25,8 +25,8 @@ FOUR_DEVICES = textwrap.dedent("""
     import jax, numpy as np
     jax.config.update("jax_default_matmul_precision", "highest")
     from rnnjax.config import ConfigError, default_config, smoke
-    from rnnjax.parallel import DataParallel
-    from rnnjax.train import train_and_evaluate
+    from rnnjax.network.parallel import DataParallel
+    from rnnjax.training.train import train_and_evaluate
     out = {"devices": len(jax.devices())}
     for n in (1, 4):
         cfg = smoke(default_config()); cfg.train.progress = False; cfg.parallel.num_devices = n
@@ -164,7 +164,7 @@ def test_two_processes_under_jax_distributed_train_like_one(tmp_path):
 
 
 def test_cpu_device_count_for_one_device_per_core():
-    from rnnjax.parallel import cpu_device_count
+    from rnnjax.network.parallel import cpu_device_count
 
     assert cpu_device_count(1, 32) == 1 and cpu_device_count(3, 32) == 3
     assert cpu_device_count(0, 32, cores=2) == 2
@@ -175,7 +175,7 @@ def test_cpu_device_count_for_one_device_per_core():
 def test_set_cpu_devices_before_and_after_jax_starts():
     code = (
         "import jax\n"
-        "from rnnjax.parallel import set_cpu_devices\n"
+        "from rnnjax.network.parallel import set_cpu_devices\n"
         "from rnnjax.config import ConfigError\n"
         "assert set_cpu_devices(2, 32) == 2\n"
         "assert len(jax.devices()) == 2\n"

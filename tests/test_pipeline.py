@@ -1,6 +1,6 @@
-"""The layer pipeline over CPU devices (rnnjax/pipeline.py): its plan, exactness against the plain
-stack for every cell and depth (10 training steps on fake CPU devices), and the CLI run with
-checkpoints interchangeable with the plain stack."""
+"""The layer pipeline over CPU devices (rnnjax/network/impls/pipeline.py): its plan, exactness
+against the plain stack for every cell and depth (10 training steps on fake CPU devices), and the
+CLI run with checkpoints interchangeable with the plain stack."""
 
 import json
 import os
@@ -15,8 +15,8 @@ from conftest import small_config, tiered
 
 from rnnjax.cells import CELLS
 from rnnjax.config import ConfigError, resolve
-from rnnjax.parallel import pipeline_device_count
-from rnnjax.pipeline import plan
+from rnnjax.network.impls.pipeline import plan
+from rnnjax.network.parallel import pipeline_device_count
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -57,9 +57,9 @@ EXACT = textwrap.dedent("""
     jax.config.update("jax_default_matmul_precision", "highest")
     import jax.numpy as jnp, numpy as np, optax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    from rnnjax import pipeline
-    from rnnjax.model import DeepRNN, Placed, Placement
-    from rnnjax.steps import init_train_state, make_train_step, train_sums
+    from rnnjax.network.impls import pipeline
+    from rnnjax.network.model import DeepRNN, Placed, Placement
+    from rnnjax.training.steps import init_train_state, make_train_step, train_sums
 
     V, b, t = 11, 4, 12
     rng = np.random.default_rng(0)

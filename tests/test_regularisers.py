@@ -1,5 +1,5 @@
-"""AWD-LSTM's regularisers in the one stack loop (rnnjax/stack.py): model.weight_drop (DropConnect
-on W_h, one mask per minibatch, its gradients masked under the fused backward too) and
+"""AWD-LSTM's regularisers in the one stack loop (rnnjax/network/stack.py): model.weight_drop
+(DropConnect on W_h, one mask per minibatch, its gradients masked under the fused backward too) and
 model.locked_dropout (one mask per sequence); train.ar and train.tar; train.weight_average (EMA or
 Polyak weights in the train step, used for evaluation); their gradients, bitwise resume and
 refusals."""
@@ -20,12 +20,14 @@ import pytest
 from conftest import small_config, tiered
 
 import rnnjax
-from rnnjax import data, native, stack
 from rnnjax.config import ConfigError, resolve
-from rnnjax.metrics import add_sums
-from rnnjax.model import DeepRNN
-from rnnjax.steps import LOSS_TERMS, Outputs, cross_entropy
-from rnnjax.train import train_and_evaluate
+from rnnjax.dataset import data
+from rnnjax.network import stack
+from rnnjax.network.impls import native
+from rnnjax.network.model import DeepRNN
+from rnnjax.training.metrics import add_sums
+from rnnjax.training.steps import LOSS_TERMS, Outputs, cross_entropy
+from rnnjax.training.train import train_and_evaluate
 
 V, B, T = 11, 3, 7
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -119,7 +121,7 @@ def test_ar_and_tar_penalise_the_top_outputs_and_their_gradient_reaches_the_weig
     x, y = batch()
     import optax
 
-    from rnnjax.steps import init_train_state, make_train_step, train_sums
+    from rnnjax.training.steps import init_train_state, make_train_step, train_sums
 
     def one_step(impl, weights):
         model = DeepRNN(V, 8, 2, output_dropout=0.3, impl=impl)
@@ -145,7 +147,7 @@ def train_steps(impl, average, n=6):
     step, and the final state."""
     import optax
 
-    from rnnjax.steps import init_train_state, make_train_step, train_sums
+    from rnnjax.training.steps import init_train_state, make_train_step, train_sums
 
     model = DeepRNN(V, 8, 2, dropout=0.2, impl=impl)
     tx = optax.sgd(0.5)
@@ -168,7 +170,7 @@ def train_steps(impl, average, n=6):
 
 @pytest.mark.parametrize("impl", tiered(["rnnjax", "autodiff", "flax"], lambda i: i == "rnnjax"))
 def test_ema_and_polyak_weights_match_an_independent_numpy_average(impl):
-    from rnnjax.steps import NO_AVERAGE, Average
+    from rnnjax.training.steps import NO_AVERAGE, Average
 
     raw, _, plain = train_steps(impl, NO_AVERAGE)
     assert plain.average is None  # off: no extra state
@@ -193,8 +195,8 @@ def test_ema_and_polyak_weights_match_an_independent_numpy_average(impl):
 
 
 def test_evaluation_samples_and_load_use_the_averaged_weights(tmp_path):
-    from rnnjax.metrics import sums_perplexity
-    from rnnjax.steps import eval_sums
+    from rnnjax.training.metrics import sums_perplexity
+    from rnnjax.training.steps import eval_sums
 
     fields = {"data.num_test": 300, "checkpoint.max_to_keep": 1000}
     cfg = small_config(
@@ -258,7 +260,7 @@ def test_evaluation_samples_and_load_use_the_averaged_weights(tmp_path):
 
 
 def test_the_average_is_its_own_checkpoint_item_read_on_request(tmp_path):
-    from rnnjax.checkpoint import Checkpointer, CheckpointError
+    from rnnjax.rundir.checkpoint import Checkpointer, CheckpointError
 
     params = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(3, np.float32)}
     average = jax.tree_util.tree_map(lambda x: x / 2, params)
@@ -295,7 +297,7 @@ PIPED_AVERAGE = textwrap.dedent("""
     sys.path.insert(0, sys.argv[2])
     import conftest, jax, numpy as np
     from conftest import small_config, tiered
-    from rnnjax.train import train_and_evaluate
+    from rnnjax.training.train import train_and_evaluate
     cfg = small_config(1, **{"parallel.cpu_pipeline": True, "train.weight_average": "ema",
                              "train.weight_average_decay": 0.8})
     out = train_and_evaluate(cfg, sys.argv[1])
@@ -329,7 +331,7 @@ def test_weight_average_under_the_layer_pipeline_equals_the_plain_stack(tmp_path
 # by default: test_ema_and_polyak_weights_match_an_independent_numpy_average
 @pytest.mark.exhaustive
 def test_vectorized_trials_average_as_one_by_one(tmp_path):
-    from rnnjax.sweep import run_sweep
+    from rnnjax.sweeps.sweep import run_sweep
 
     grid = {"seed": [0, 1]}
     cfg = small_config(1, **{"train.weight_average": "polyak", "train.weight_average_start": 5})
@@ -351,7 +353,7 @@ def test_native_runs_the_regularisers_in_rnnjax_s_stack_as_rnnjax_does(cell):
     masked before the layer runs, and the top outputs AR/TAR read; one step agrees with rnnjax's."""
     import optax
 
-    from rnnjax.steps import init_train_state, make_train_step, train_sums
+    from rnnjax.training.steps import init_train_state, make_train_step, train_sums
 
     x, y = batch()
 
@@ -448,8 +450,8 @@ PIPED = textwrap.dedent("""
     jax.config.update("jax_num_cpu_devices", 2)
     jax.config.update("jax_default_matmul_precision", "highest")
     import jax.numpy as jnp, numpy as np
-    from rnnjax.model import DeepRNN, Placed, Placement
-    from rnnjax.steps import cross_entropy
+    from rnnjax.network.model import DeepRNN, Placed, Placement
+    from rnnjax.training.steps import cross_entropy
     rng = np.random.default_rng(0)
     x, y = (jnp.asarray(rng.integers(0, 11, (3, 12))) for _ in range(2))
     def run(m):
@@ -481,7 +483,7 @@ def test_every_loss_term_has_its_weight_field_and_each_weight_field_its_term():
     from rnnjax.config.train_fields import loss_terms
 
     assert loss_terms() == list(LOSS_TERMS) == ["ar", "tar"]
-    from rnnjax.steps import loss_weights
+    from rnnjax.training.steps import loss_weights
 
     tc = resolve(small_config(**{"train.tar": 0.5})).train
     assert loss_weights(tc) == {"tar": 0.5}
@@ -501,7 +503,7 @@ def test_each_loss_term_that_is_on_is_recorded_under_its_name(tmp_path):
 
 def test_a_metric_sees_the_top_layer_s_hidden_states(tmp_path, monkeypatch):
     """A training metric with hidden=True reads Step.hidden, the top layer's outputs [t, b, h]."""
-    from rnnjax.steps import TRAIN_METRICS, Metric
+    from rnnjax.training.steps import TRAIN_METRICS, Metric
 
     seen = []
 
@@ -536,7 +538,9 @@ def test_the_documented_regulariser_is_one_entry_and_one_field_and_trains(tmp_pa
     zloss_loss, and config.md's generator lists the field."""
     pkg = tmp_path / "src" / "rnnjax"
     shutil.copytree(ROOT / "rnnjax", pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    _with_documented_edit(pkg / "steps.py", "loss term", "LOSS_TERMS: dict[str,", after=True)
+    _with_documented_edit(
+        pkg / "training" / "steps.py", "loss term", "LOSS_TERMS: dict[str,", after=True
+    )
     _with_documented_edit(
         pkg / "config" / "train_fields.py", "loss term field", "_loss_terms_apply),", after=False
     )
@@ -556,7 +560,7 @@ def test_the_documented_regulariser_is_one_entry_and_one_field_and_trains(tmp_pa
     recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in recs] == [1, 2] and all(r["zloss_loss"] > 0 for r in recs)
     doc = subprocess.run(
-        [sys.executable, "-c", "from rnnjax import config_doc; print(config_doc.render())"],
+        [sys.executable, "-c", "from rnnjax.config import config_doc; print(config_doc.render())"],
         capture_output=True,
         text=True,
         env=env,

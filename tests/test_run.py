@@ -12,7 +12,7 @@ import pytest
 from conftest import param_bytes, run_notebook, snapshot
 
 import rnnjax
-from rnnjax.checkpoint import CheckpointError
+from rnnjax.rundir.checkpoint import CheckpointError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
@@ -84,12 +84,13 @@ def test_notebooks_without_a_run_say_how_to_make_one(tmp_path, name, variable, s
 
 
 def test_load_never_imports_the_trainer():
-    """rnnjax.load (rnnjax/run.py) builds the model from rnnjax.build: the training loop is not
-    imported."""
+    """rnnjax.load (rnnjax/use/run.py) builds the model from rnnjax.network.build: the training loop
+    is not imported."""
     code = (
-        "import sys, rnnjax.run; "
-        "print(sorted(m for m in sys.modules if m in ('rnnjax.train', 'rnnjax.loop', "
-        "'rnnjax.vectorize', 'rnnjax.sweep', 'rnnjax.preflight')))"
+        "import sys, rnnjax.use.run; "
+        "print(sorted(m for m in sys.modules if m in ('rnnjax.training.train', "
+        "'rnnjax.training.loop', 'rnnjax.training.vectorize', 'rnnjax.sweeps.sweep', "
+        "'rnnjax.rundir.preflight')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr[-2000:]
@@ -124,9 +125,9 @@ def test_the_inside_notebook_on_a_word_run_two_folders_of_one_name_and_an_empty_
     pytest.importorskip("nbformat")
     from conftest import copy_run, small_config
 
-    from rnnjax.data import load_corpus
-    from rnnjax.text import Tokens, detokenize
-    from rnnjax.train import train_and_evaluate
+    from rnnjax.dataset.data import load_corpus
+    from rnnjax.dataset.text import Tokens, detokenize
+    from rnnjax.training.train import train_and_evaluate
 
     words = tmp_path / "a" / "run"
     cfg = small_config(2, **{"data.tokenizer": "word", "data.max_tokens": 3000})

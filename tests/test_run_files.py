@@ -11,9 +11,9 @@ import pytest
 from conftest import copy_run, small_config
 
 import rnnjax
-from rnnjax.checkpoint import CheckpointError
-from rnnjax.train import train_and_evaluate
-from rnnjax.workdir import WorkdirError, append_metrics, write_atomic
+from rnnjax.rundir.checkpoint import CheckpointError
+from rnnjax.rundir.workdir import WorkdirError, append_metrics, write_atomic
+from rnnjax.training.train import train_and_evaluate
 
 # Every file train.py writes in a workdir besides checkpoints/ and the event files (their names
 # are new each time).

@@ -11,8 +11,8 @@ from conftest import param_bytes, small_config
 
 import rnnjax
 from rnnjax.config import resolve
-from rnnjax.steps import init_train_state, make_train_step, train_sums
-from rnnjax.train import train_and_evaluate
+from rnnjax.training.steps import init_train_state, make_train_step, train_sums
+from rnnjax.training.train import train_and_evaluate
 
 
 def test_nonfinite_step_is_skipped_and_run_aborts(tmp_path):
@@ -53,9 +53,9 @@ def test_validation_in_long_windows_equals_t_step_windows(impl):
     rounding of the sums."""
     import numpy as np
 
-    from rnnjax import data
-    from rnnjax.model import DeepRNN
-    from rnnjax.steps import cross_entropy, perplexity
+    from rnnjax.dataset import data
+    from rnnjax.network.model import DeepRNN
+    from rnnjax.training.steps import cross_entropy, perplexity
 
     model = DeepRNN(28, 16, 2, "lstm", impl=impl)
     params = model.init(jax.random.key(0))

@@ -14,7 +14,7 @@ from conftest import small_config
 
 import rnnjax
 from rnnjax.config import ConfigError
-from rnnjax.grid import (
+from rnnjax.sweeps.grid import (
     SweepError,
     apply_overrides,
     parse_shard,
@@ -22,8 +22,8 @@ from rnnjax.grid import (
     trial_name,
     trials,
 )
-from rnnjax.sweep import run_sweep
-from rnnjax.sweep_summary import summarize
+from rnnjax.sweeps.sweep import run_sweep
+from rnnjax.sweeps.sweep_summary import summarize
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -64,7 +64,7 @@ def test_trial_names_stay_unique_after_sanitising(tmp_path, monkeypatch):
     assert len(long) <= 210 and long != trial_name({"generate.prefixes": ["x" * 301]})
 
     # Both trials run, each with its own result.json: none overwrites the other.
-    from rnnjax.data import bundled_path
+    from rnnjax.dataset.data import bundled_path
 
     text = pathlib.Path(bundled_path()).read_text()[:30_000]
     (tmp_path / "a").mkdir()

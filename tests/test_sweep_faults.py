@@ -10,9 +10,9 @@ import pytest
 from conftest import small_config
 
 from rnnjax.config import ConfigError
-from rnnjax.grid import SweepError
-from rnnjax.sweep import SweepInterrupted, run_sweep
-from rnnjax.sweep_summary import summarize
+from rnnjax.sweeps.grid import SweepError
+from rnnjax.sweeps.sweep import SweepInterrupted, run_sweep
+from rnnjax.sweeps.sweep_summary import summarize
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "scripts" / "sweep.py")
@@ -73,7 +73,7 @@ def test_a_training_runs_workdir_is_refused_as_a_sweeps_and_left_alone(tmp_path,
     and the run's files are untouched."""
     from conftest import copy_run, snapshot
 
-    from rnnjax.workdir import WorkdirError
+    from rnnjax.rundir.workdir import WorkdirError
 
     run = copy_run(smoke_run[0], tmp_path / "run")
     before = snapshot(run)
@@ -203,7 +203,7 @@ def _statuses(root):
 def test_preempted_trial_stops_the_sweep_and_resumes(tmp_path, monkeypatch):
     import signal
 
-    from rnnjax.console import Preempted
+    from rnnjax.training.console import Preempted
 
     calls = []
 
@@ -216,7 +216,7 @@ def test_preempted_trial_stops_the_sweep_and_resumes(tmp_path, monkeypatch):
             )  # what train_and_evaluate raises after saving a checkpoint
         return _summary()
 
-    monkeypatch.setattr("rnnjax.sweep.train_and_evaluate", fake_train)
+    monkeypatch.setattr("rnnjax.sweeps.sweep.train_and_evaluate", fake_train)
     grid = {"model.cell": ["gru", "lstm", "rnn"]}
     handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     with pytest.raises(
@@ -255,7 +255,7 @@ def test_signal_taken_by_the_trainer_without_raising_still_stops_the_sweep(tmp_p
             signal.signal(signal.SIGTERM, old)
         return _summary()
 
-    monkeypatch.setattr("rnnjax.sweep.train_and_evaluate", fake_train)
+    monkeypatch.setattr("rnnjax.sweeps.sweep.train_and_evaluate", fake_train)
     with pytest.raises(
         SweepInterrupted, match="stopped by SIGTERM with 1 of 2 trials done; rerun"
     ) as info:
@@ -281,7 +281,7 @@ def test_signal_during_a_vectorized_group_stops_the_sweep(tmp_path, monkeypatch)
         time.sleep(30)
         finished.append(True)
 
-    monkeypatch.setattr("rnnjax.vectorize.train_vectorized", fake_vectorized)
+    monkeypatch.setattr("rnnjax.training.vectorize.train_vectorized", fake_vectorized)
     grid = {"model.cell": ["gru", "lstm"], "seed": [0, 1]}
     with pytest.raises(SweepInterrupted) as info:
         run_sweep(small_config(2, progress=True), grid, tmp_path, vectorize=True)
@@ -351,7 +351,7 @@ def test_sigterm_stops_the_cli_sweep_and_a_rerun_finishes_it(tmp_path):
 def test_a_trial_that_cannot_be_recorded_does_not_stop_the_sweep(tmp_path, monkeypatch, caplog):
     import errno
 
-    from rnnjax import sweep
+    from rnnjax.sweeps import sweep
 
     calls = []
 
@@ -367,7 +367,7 @@ def test_a_trial_that_cannot_be_recorded_does_not_stop_the_sweep(tmp_path, monke
             raise OSError(errno.EROFS, "Read-only file system")
         real_write(path, data)
 
-    monkeypatch.setattr("rnnjax.sweep.train_and_evaluate", fake_train)
+    monkeypatch.setattr("rnnjax.sweeps.sweep.train_and_evaluate", fake_train)
     monkeypatch.setattr(sweep, "write_atomic", read_only_gru)
     grid = {"model.cell": ["gru", "lstm", "rnn"]}
     run_sweep(small_config(2), grid, tmp_path)
@@ -380,7 +380,7 @@ def test_a_trial_that_cannot_be_recorded_does_not_stop_the_sweep(tmp_path, monke
 
 
 def test_a_trial_another_sweep_is_running_is_skipped_not_failed(tmp_path, monkeypatch):
-    from rnnjax.lock import WorkdirLock
+    from rnnjax.rundir.lock import WorkdirLock
 
     def fake_train(cfg, workdir, resume="auto"):
         workdir.mkdir(exist_ok=True)
@@ -389,7 +389,7 @@ def test_a_trial_another_sweep_is_running_is_skipped_not_failed(tmp_path, monkey
         lock.release()
         return _summary()
 
-    monkeypatch.setattr("rnnjax.sweep.train_and_evaluate", fake_train)
+    monkeypatch.setattr("rnnjax.sweeps.sweep.train_and_evaluate", fake_train)
     (tmp_path / "cell=lstm").mkdir(parents=True)
     other = WorkdirLock(tmp_path / "cell=lstm")  # a second sweep on the same folder runs it
     other.acquire()
@@ -412,7 +412,7 @@ def test_a_trial_done_on_a_rerun_leaves_no_stale_error_txt(tmp_path, monkeypatch
             raise RuntimeError("out of luck")
         return _summary()
 
-    monkeypatch.setattr("rnnjax.sweep.train_and_evaluate", fake_train)
+    monkeypatch.setattr("rnnjax.sweeps.sweep.train_and_evaluate", fake_train)
     run_sweep(small_config(2), {"seed": [0]}, tmp_path)
     assert "out of luck" in (tmp_path / "seed=0" / "error.txt").read_text()
     run_sweep(small_config(2), {"seed": [0]}, tmp_path)
@@ -433,8 +433,8 @@ def test_a_summary_that_cannot_be_written_is_one_line(tmp_path):
 def test_a_sweeps_folder_is_refused_as_a_training_runs(tmp_path):
     from test_sweep_summary import fake_trial
 
-    from rnnjax.train import train_and_evaluate
-    from rnnjax.workdir import WorkdirError
+    from rnnjax.rundir.workdir import WorkdirError
+    from rnnjax.training.train import train_and_evaluate
 
     fake_trial(tmp_path, {"seed": 0}, best=10.0)
     before = sorted(p.name for p in tmp_path.rglob("*"))
@@ -448,7 +448,7 @@ def test_a_nan_metric_is_null_in_result_json(tmp_path, monkeypatch):
         workdir.mkdir(exist_ok=True)
         return {**_summary(), "train_ppl": float("nan")}
 
-    monkeypatch.setattr("rnnjax.sweep.train_and_evaluate", fake_train)
+    monkeypatch.setattr("rnnjax.sweeps.sweep.train_and_evaluate", fake_train)
     run_sweep(small_config(2), {"seed": [0]}, tmp_path)
     text = (tmp_path / "seed=0" / "result.json").read_text()
     assert "NaN" not in text and json.loads(text)["train_ppl"] is None

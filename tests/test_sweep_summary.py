@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from rnnjax.grid import SweepError, trial_name
-from rnnjax.sweep_summary import aggregate_depth, plot_sweep, summarize
+from rnnjax.sweeps.grid import SweepError, trial_name
+from rnnjax.sweeps.sweep_summary import aggregate_depth, plot_sweep, summarize
 
 
 def fake_trial(root, overrides, best, status="done", cell="gru", num_layers=1, epochs=3):

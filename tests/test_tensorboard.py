@@ -15,8 +15,8 @@ import pytest
 from conftest import small_config, train_cli
 
 from rnnjax.config import ConfigError, resolve
-from rnnjax.train import train_and_evaluate
-from rnnjax.workdir import read_metrics
+from rnnjax.rundir.workdir import read_metrics
+from rnnjax.training.train import train_and_evaluate
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
@@ -123,7 +123,7 @@ def test_sigkill_then_resume_keeps_each_epoch_once(tmp_path):
 
 @pytest.mark.exhaustive  # by default: test_sweep.py::test_sweep_runs_records_failures_and_resumes
 def test_sweeps_write_one_tensorboard_run_per_trial(tmp_path):
-    from rnnjax.sweep import run_sweep
+    from rnnjax.sweeps.sweep import run_sweep
 
     run_sweep(small_config(2), {"seed": [0, 1]}, tmp_path / "vec", vectorize=True)
     run_sweep(small_config(2), {"model.cell": ["gru"]}, tmp_path / "one")
@@ -194,7 +194,7 @@ def test_a_metric_added_in_one_line_reaches_metrics_jsonl_tensorboard_and_checkp
     import optax
 
     import rnnjax
-    from rnnjax.steps import TRAIN_METRICS, Metric
+    from rnnjax.training.steps import TRAIN_METRICS, Metric
 
     monkeypatch.setitem(TRAIN_METRICS, "param_norm", Metric(lambda s: optax.tree.norm(s.params)))
     train_and_evaluate(small_config(2, **{"train.layer_stats": False}), tmp_path)
@@ -233,9 +233,9 @@ def test_an_eval_metric_added_in_one_line_reaches_every_record(tmp_path, monkeyp
     import jax.numpy as jnp
 
     import rnnjax
-    from rnnjax import data
-    from rnnjax.steps import EVAL_METRICS
-    from rnnjax.sweep_summary import summarize
+    from rnnjax.dataset import data
+    from rnnjax.sweeps.sweep_summary import summarize
+    from rnnjax.training.steps import EVAL_METRICS
 
     monkeypatch.setitem(EVAL_METRICS, "accuracy", lambda w: w.logits.argmax(-1) == w.targets)
     cfg = small_config(2, **{"train.layer_stats": False, "data.num_test": 200})
@@ -258,7 +258,7 @@ def test_an_eval_metric_added_in_one_line_reaches_every_record(tmp_path, monkeyp
     assert ev["best_val_accuracy"] == best["val_accuracy"] and 0 < ev["test_accuracy"] < 1
     assert ev["best_val_ppl"] == best["val_ppl"] and "test_ppl" in ev  # the others as before
     # The sweep's table takes both from the trial's result.json, with no list to extend.
-    from rnnjax.sweep import _row
+    from rnnjax.sweeps.sweep import _row
 
     summary = train_and_evaluate(cfg, tmp_path / "run")  # finished: only read back
     _row(tmp_path / "run", {"seed": cfg.seed}, resolve(cfg), summary, None)
@@ -273,7 +273,7 @@ def test_a_full_disk_stops_the_events_with_one_warning_and_no_traceback(tmp_path
     import errno
     import threading
 
-    from rnnjax.tensorboard_log import TensorBoardLog
+    from rnnjax.rundir.tensorboard_log import TensorBoardLog
 
     tb = TensorBoardLog(tmp_path, 1)
     recordio = tb.writer.file_writer.event_writer._ev_writer._py_recordio_writer
@@ -296,7 +296,7 @@ def test_a_full_disk_stops_the_events_with_one_warning_and_no_traceback(tmp_path
 
 
 def test_a_finished_run_whose_hparams_were_lost_gets_them_on_the_rerun(tmp_path, monkeypatch):
-    from rnnjax import tensorboard_log
+    from rnnjax.rundir import tensorboard_log
 
     with monkeypatch.context() as m:  # the end of the run met a full disk: no hparams written
         m.setattr(tensorboard_log.TensorBoardLog, "finish", lambda self, *a: None)

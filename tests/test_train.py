@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from conftest import small_config
 
-from rnnjax import data
 from rnnjax.config import resolve
-from rnnjax.train import train_and_evaluate
+from rnnjax.dataset import data
+from rnnjax.training.train import train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -90,7 +90,7 @@ def test_each_val_ppl_is_the_perplexity_of_that_epochs_params(tmp_path):
     """Records are the same whatever the checkpoint interval, and each epoch's val_ppl is the
     perplexity of that epoch's params (rnnjax.load of its checkpoint) on the validation tokens."""
     import rnnjax
-    from rnnjax.steps import perplexity
+    from rnnjax.training.steps import perplexity
 
     every = {
         1: train_and_evaluate(
@@ -128,7 +128,7 @@ def test_a_kill_around_the_first_record_resumes_with_every_record(
     """The first epoch's checkpoint is saved before its metrics.jsonl line: a run stopped just
     before or just after that line resumes (it is never left with records but no checkpoint, which a
     rerun would refuse), and ends with the records of an uninterrupted run."""
-    from rnnjax import workdir as rundir
+    from rnnjax.rundir import workdir as rundir
 
     ref = smoke_run[1]  # small_config(3) uninterrupted
     real = rundir.append_metrics
@@ -150,7 +150,7 @@ def test_a_kill_around_the_first_record_resumes_with_every_record(
 
 
 def test_a_loss_too_large_for_exp_has_perplexity_inf():
-    from rnnjax.metrics import epoch_record, perplexity_of, sums_perplexity
+    from rnnjax.training.metrics import epoch_record, perplexity_of, sums_perplexity
 
     assert perplexity_of(1e6) == float("inf") and perplexity_of(1.0) == pytest.approx(np.e)
     assert sums_perplexity({"nll": np.float32(1e9), "tokens": np.float32(10.0)}) == float("inf")
@@ -286,7 +286,7 @@ def test_without_the_progress_bar_the_start_block_s_notes_still_reach_stderr(
 ):
     """train.progress = False drops the bar and the start block, not what the block warns about:
     auto falling back to the pure-JAX layer, and the time budget, one line each on stderr."""
-    from rnnjax import native
+    from rnnjax.network.impls import native
 
     monkeypatch.setattr(native, "_EXT", None)
     monkeypatch.setattr(native, "WHY_NOT", "the native extension is not built here (test)")

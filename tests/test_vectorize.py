@@ -12,7 +12,7 @@ import time
 import pytest
 from conftest import param_bytes, small_config, train_cli
 
-from rnnjax.sweep import run_sweep
+from rnnjax.sweeps.sweep import run_sweep
 
 
 def test_vectorized_trials_equal_one_by_one(tmp_path):

@@ -2,12 +2,12 @@
 
 import numpy as np
 
-from rnnjax.vocab import UNK, Vocab
+from rnnjax.dataset.vocab import UNK, Vocab
 
 
 def test_vocab_min_freq_reserved_unknown_and_json_roundtrip():
     vocab = Vocab.build(list("aaabbc"), min_freq=2, reserved_tokens=["<pad>"])
     assert vocab.idx_to_token == ("<pad>", UNK, "a", "b")
     np.testing.assert_array_equal(vocab.encode("abcz"), [2, 3, vocab.unk, vocab.unk])
-    assert Vocab.from_json(vocab.to_json()) == vocab  # vocab.json: rnnjax.workdir.write_run
+    assert Vocab.from_json(vocab.to_json()) == vocab  # vocab.json: rnnjax.rundir.workdir.write_run
     assert vocab.decode([2, 3, 1]) == ["a", "b", UNK]

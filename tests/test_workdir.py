@@ -8,8 +8,8 @@ import sys
 import pytest
 from conftest import copy_run, small_config, snapshot, train_cli
 
-from rnnjax.checkpoint import CheckpointError
-from rnnjax.train import train_and_evaluate
+from rnnjax.rundir.checkpoint import CheckpointError
+from rnnjax.training.train import train_and_evaluate
 
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
 
@@ -77,7 +77,7 @@ def test_deleting_the_lock_file_does_not_let_a_second_trainer_in(tmp_path):
     import signal
     import time
 
-    from rnnjax.workdir import read_metrics
+    from rnnjax.rundir.workdir import read_metrics
 
     run = tmp_path / "run"
     first = subprocess.Popen(
@@ -121,7 +121,7 @@ def test_a_symlink_loop_is_one_line_for_text_workdir_and_load(tmp_path):
     import pathlib
 
     import rnnjax
-    from rnnjax.workdir import WorkdirError, resolve_path
+    from rnnjax.rundir.workdir import WorkdirError, resolve_path
 
     (tmp_path / "a").symlink_to(tmp_path / "b")
     (tmp_path / "b").symlink_to(tmp_path / "a")

@@ -1,4 +1,4 @@
-// The XLA FFI handlers of rnnjax's native recurrent layers (rnnjax/native.py registers them) and a
+// The XLA FFI handlers of rnnjax's native recurrent layers (rnnjax/network/impls/native.py registers them) and a
 // small CPython module, rnnjax._native_ext, that hands them to JAX as capsules.
 //
 // For each kernel K in {rnn, gru, lstm}, two custom-call targets:

@@ -1,4 +1,4 @@
-// Recurrent layers on CPU: the whole time loop of one layer in native code (rnnjax/native.py).
+// Recurrent layers on CPU: the whole time loop of one layer in native code (rnnjax/network/impls/native.py).
 //
 // Notation as in rnnjax: T time, B batch, H hidden, GH = G*H the fused gate axis (the cell's gate
 // order). Per layer: xw [T, B, GH] (x W_x + b_x, from XLA), w_h [H, GH], b_h [GH], the carry as

@@ -72,7 +72,7 @@ IMPL_NEEDS: dict[str, tuple[str, str]] = {
 def check_supported(impl: str, cell: str) -> None:
     """Refuse, in one line (:class:`rnnjax.errors.ConfigError`), a cell that ``model.impl`` cannot
     run. Imports the cell's file (and so JAX)."""
-    impl = str(impl)  # a name, or rnnjax.model.Impl
+    impl = str(impl)  # a name, or rnnjax.network.model.Impl
     if cell not in REGISTRY:
         raise ConfigError(
             f"config.model.cell = {cell!r} is not allowed: one of {', '.join(map(repr, REGISTRY))}"

@@ -125,14 +125,14 @@ class Cell:
       the fused implementation refuses the cell.
     * ``sequence(xw_tbg, carry) -> (h_tbh, carry)``: a whole-sequence (parallel) form, or None.
     * ``trace(xw, h_tbh, saved, carries, activation) -> (gates, retain, c)``: what
-      :mod:`rnnjax.inside` shows, from a layer's gate inputs xw (G x [t, b, h]), outputs, the
+      :mod:`rnnjax.use.inside` shows, from a layer's gate inputs xw (G x [t, b, h]), outputs, the
       forward's saves and carries over time (both None where ``sequence`` ran).
     * ``uses_activation``: reads phi_l (``model.activation``); ``retains``: has a retain (forget)
       coefficient; ``flax``, ``torch`` (the ``torch.nn`` module with this layout), ``cudnn``;
-      ``native``: the name of its kernel in the native extension (:mod:`rnnjax.native`), or None;
-      ``from_native(slabs, h_tbh) -> (saved, carries)``: the kernel's saves (its slabs, each
-      [t, b, h]) as ``trace`` reads them, so that the validation pass's statistics come from the
-      kernel's own forward.
+    ``native``: the name of its kernel in the native extension (:mod:`rnnjax.network.impls.native`),
+    or None; ``from_native(slabs, h_tbh) -> (saved, carries)``: the kernel's saves (its slabs, each
+    [t, b, h]) as ``trace`` reads them, so that the validation pass's statistics come from the
+    kernel's own forward.
     """
 
     name: str
@@ -161,8 +161,8 @@ class Cell:
 
     @property
     def fused(self) -> bool:
-        """Whether :mod:`rnnjax.fused` runs it: a backward step, or a whole-sequence form (read by
-        name through ``IMPL_NEEDS``)."""
+        """Whether :mod:`rnnjax.network.impls.fused` runs it: a backward step, or a whole-sequence
+        form (read by name through ``IMPL_NEEDS``)."""
         return self.backward is not None or self.sequence is not None
 
     def recur(

@@ -1,11 +1,11 @@
 """Configuration: every field declared once, the default ``ConfigDict`` and its frozen form.
 
-Each field is one :class:`~rnnjax.fields.Field` (default, one-line doc, rule), declared in its
-group's module (``data_fields``, ``model_fields``, ``train_fields``). From these lists come
-:func:`default_config` (the ``ConfigDict`` that ``configs/*.py`` start from), the frozen
-dataclasses (:class:`Config`, ``cfg.model.cell``), :func:`resolve`'s checks, :func:`allowed`, the
-command line's messages, what a resume may change and ``docs/config.md``
-(``python -m rnnjax.config_doc``). Nothing inside jitted code ever sees a ``ConfigDict``.
+Each field is one :class:`~rnnjax.config.fields.Field` (default, one-line doc, rule), declared in
+its group's module (``data_fields``, ``model_fields``, ``train_fields``). From these lists come
+:func:`default_config` (the ``ConfigDict`` that ``configs/*.py`` start from), the frozen dataclasses
+(:class:`Config`, ``cfg.model.cell``), :func:`resolve`'s checks, :func:`allowed`, the command line's
+messages, what a resume may change and ``docs/config.md`` (``python -m rnnjax.config.config_doc``).
+Nothing inside jitted code ever sees a ``ConfigDict``.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import ml_collections
 from ml_collections import config_dict
 
 from rnnjax.config import data_fields, model_fields, train_fields
+from rnnjax.config.fields import INT_LIMIT, Field, Rule, annotation, thaw
 from rnnjax.config.model_fields import IMPLS, SAME_PARAMS_IMPLS
 from rnnjax.errors import ConfigError
-from rnnjax.fields import INT_LIMIT, Field, Rule, annotation, thaw
 
 __all__ = [
     "Config",
@@ -237,7 +237,7 @@ def _validate(c: Config) -> None:
             name = item.name if item is SEED else f"{group}.{item.name}"
             shown, rule = item.show(value), item.rule_for(c)
             if type(value) is int and abs(value) >= INT_LIMIT and item is not SEED:
-                rule += " below 2**31"  # rnnjax.fields.is_int: JAX's int32 holds no more
+                rule += " below 2**31"  # rnnjax.config.fields.is_int: JAX's int32 holds no more
             raise ConfigError(f"config.{name} = {shown!r} is not allowed: {rule}")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rnnjax.fields import Field, Rule, at_least, fraction, is_int, one_of, strings
+from rnnjax.config.fields import Field, Rule, at_least, fraction, is_int, one_of, strings
 
 
 def _num_val_rule(c: Any) -> str:
@@ -59,7 +59,7 @@ def _fractions_leave_training(c: Any) -> str | None:
 # Each group: its one-line doc, then its fields and cross-field rules, checked in this order.
 GROUPS: dict[str, tuple[str, list[Field | Rule]]] = {
     "data": (
-        "The corpus, its splits and the minibatches (rnnjax/data.py).",
+        "The corpus, its splits and the minibatches (rnnjax/dataset/data.py).",
         [
             Field(
                 "paths",

@@ -6,20 +6,24 @@ import enum
 from typing import Any
 
 from rnnjax import cells
+from rnnjax.config.fields import Field, Rule, at_least, fraction, one_of
 from rnnjax.errors import ConfigError
-from rnnjax.fields import Field, Rule, at_least, fraction, one_of
 
 
 class Impl(str, enum.Enum):
     """How the stack is computed (``config.model.impl``); every one gives the same numbers. The one
-    list of the implementations' names (imports no JAX; :mod:`rnnjax.model` runs them)."""
+    list of the implementations' names (imports no JAX; :mod:`rnnjax.network.model` runs them)."""
 
     AUTO = "auto"  # NATIVE on a CPU where the kernels are built, else FUSED (resolve_impl)
-    FUSED = "rnnjax"  # rnnjax.fused.scan_layer per layer: hand-written backward (the reference)
+    # rnnjax.network.impls.fused.scan_layer per layer: hand-written backward (the reference)
+    FUSED = "rnnjax"
     AUTODIFF = "autodiff"  # jax.lax.scan over cells.*.recur, differentiated by JAX
-    FLAX = "flax"  # Flax's own cells under nn.RNN (rnnjax.flax_model): the reference
-    CUDNN = "cudnn"  # cuDNN's fused LSTM per layer (rnnjax.cudnn; LSTM on a CUDA GPU only)
-    NATIVE = "native"  # each layer's time loop in one native FFI call (rnnjax.native; CPU)
+    FLAX = "flax"  # Flax's own cells under nn.RNN (rnnjax.network.impls.flax_model): the reference
+    # cuDNN's fused LSTM per layer (rnnjax.network.impls.cudnn; LSTM on a CUDA GPU only)
+    CUDNN = "cudnn"
+    NATIVE = (
+        "native"  # each layer's time loop in one native FFI call (rnnjax.network.impls.native; CPU)
+    )
 
     def __str__(self) -> str:
         return self.value
@@ -27,9 +31,9 @@ class Impl(str, enum.Enum):
 
 IMPLS = tuple(i.value for i in Impl)
 # model.impl may change on resume among these (one params pytree, one optimizer state); "auto" is
-# one of them wherever it resolves (rnnjax.model.resolve_impl: native, rnnjax or autodiff).
+# one of them wherever it resolves (rnnjax.network.model.resolve_impl: native, rnnjax or autodiff).
 SAME_PARAMS_IMPLS = tuple(i.value for i in Impl if i is not Impl.FLAX)
-# The implementations that run rnnjax's own stack (rnnjax.model._apply): its dropout masks,
+# The implementations that run rnnjax's own stack (rnnjax.network.model._apply): its dropout masks,
 # DropConnect on W_h before each layer runs, and the top layer's outputs for the loss terms.
 OUR_STACK_IMPLS = tuple(i.value for i in (Impl.AUTO, Impl.FUSED, Impl.NATIVE, Impl.AUTODIFF))
 
@@ -96,17 +100,17 @@ def _regularisers_apply(c: Any) -> str | None:
 # Each group: its one-line doc, then its fields and cross-field rules, checked in this order.
 GROUPS: dict[str, tuple[str, list[Field | Rule]]] = {
     "model": (
-        "The network (rnnjax/model.py).",
+        "The network (rnnjax/network/model.py).",
         [
             Field(
                 "impl",
                 "auto",
                 "'auto' ('native' on a CPU where its kernels are built, for a cell with one and "
-                "a batch on one device; else 'rnnjax': rnnjax.model.resolve_impl), 'rnnjax' "
-                "(pure-function cells, hand-written backward), "
+                "a batch on one device; else 'rnnjax': rnnjax.network.model.resolve_impl), "
+                "'rnnjax' (pure-function cells, hand-written backward), "
                 "'autodiff' (the same cells, lax.scan differentiated by JAX), 'flax' (Flax's own "
                 "cells; the reference), 'cudnn' or 'native' (C++ recurrent loops through "
-                "jax.ffi, CPU; docs/performance.md): rnnjax.model.Impl; same numbers.",
+                "jax.ffi, CPU; docs/performance.md): rnnjax.network.model.Impl; same numbers.",
                 **one_of(*IMPLS),
                 resumable=lambda a, b: a in SAME_PARAMS_IMPLS and b in SAME_PARAMS_IMPLS,
             ),

@@ -6,8 +6,8 @@ import struct
 from collections.abc import Mapping
 from typing import Any
 
+from rnnjax.config.fields import Field, Rule, at_least, boolean, one_of, real, strings
 from rnnjax.config.model_fields import OUR_STACK_IMPLS, one_of_impls
-from rnnjax.fields import Field, Rule, at_least, boolean, one_of, real, strings
 
 # The time budget (train.max_minutes) is set once this many warm-up steps have run.
 MEASURED_STEPS = 20
@@ -42,8 +42,8 @@ def _kwargs_not_hyperparams(c: Any) -> str | None:
 
 
 def loss_terms() -> list[str]:
-    """The train fields that weigh a loss term (``loss_term=True``): rnnjax.steps.LOSS_TERMS's
-    names."""
+    """The train fields that weigh a loss term (``loss_term=True``):
+    rnnjax.training.steps.LOSS_TERMS's names."""
     return [f.name for f in GROUPS["train"][1] if isinstance(f, Field) and f.loss_term]
 
 
@@ -77,7 +77,7 @@ def _budget_measurable(c: Any) -> str | None:
 # Each group: its one-line doc, then its fields and cross-field rules, checked in this order.
 GROUPS: dict[str, tuple[str, list[Field | Rule]]] = {
     "train": (
-        "The optimizer and the training loop (rnnjax/optim.py, rnnjax/train.py).",
+        "The optimizer and the training loop (rnnjax/training/optim.py, rnnjax/training/train.py).",
         [
             Field(
                 "num_epochs", 500, "Passes over the training split.", **at_least(1), resumable=True
@@ -86,7 +86,8 @@ GROUPS: dict[str, tuple[str, list[Field | Rule]]] = {
                 "optimizer",
                 "sgd",
                 "Any optax optimizer by name: 'sgd', 'adam', 'adamw', 'lion', ... (a function in "
-                "optax that takes learning_rate; checked by rnnjax.optim before training).",
+                "optax that takes learning_rate; checked by rnnjax.training.optim before "
+                "training).",
                 "the name of an optax optimizer, e.g. 'sgd', 'adam', 'adamw' or 'lion'",
                 lambda v, c: isinstance(v, str) and v.isidentifier(),
             ),
@@ -244,7 +245,7 @@ GROUPS: dict[str, tuple[str, list[Field | Rule]]] = {
         ],
     ),
     "checkpoint": (
-        "Checkpoints in WORKDIR/checkpoints (rnnjax/checkpoint.py).",
+        "Checkpoints in WORKDIR/checkpoints (rnnjax/rundir/checkpoint.py).",
         [
             Field(
                 "every_epochs",
@@ -273,7 +274,7 @@ GROUPS: dict[str, tuple[str, list[Field | Rule]]] = {
         ],
     ),
     "parallel": (
-        "Devices (rnnjax/parallel.py, rnnjax/pipeline.py; BENCHMARKS.md).",
+        "Devices (rnnjax/network/parallel.py, rnnjax/network/impls/pipeline.py; BENCHMARKS.md).",
         [
             Field(
                 "num_devices",
@@ -330,7 +331,7 @@ GROUPS: dict[str, tuple[str, list[Field | Rule]]] = {
             Field(
                 "num_chars",
                 50,
-                "Tokens generated after each prefix (rnnjax.sampling's rule too).",
+                "Tokens generated after each prefix (rnnjax.network.sampling's rule too).",
                 **at_least(1),
                 resumable=True,
             ),
