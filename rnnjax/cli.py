@@ -22,7 +22,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from rnnjax.config import FIELDS, GROUPS, ConfigError, allowed
-from rnnjax.rundir.workdir import WorkdirError, resolve_path, shown
+from rnnjax.rundir.workdir import Key, WorkdirError, resolve_path, shown
 
 
 class _ListValueError(ValueError):
@@ -278,15 +278,15 @@ def end_block(summary: dict[str, Any]) -> str:
 
     lines = [
         f"train perplexity {ppl('train_ppl')}, validation perplexity {ppl('val_ppl')}, "
-        f"best {ppl('best_val_ppl')} at epoch {summary['best_epoch']}; "
-        f"{summary['wall_time']:.0f} s on {summary['num_devices']} device(s)",
+        f"best {ppl('best_val_ppl')} at epoch {summary[Key.BEST_EPOCH]}; "
+        f"{summary[Key.WALL_TIME]:.0f} s on {summary['num_devices']} device(s)",
     ]
     if summary.get("stopped_early_at"):
         lines.append(
             f"stopped early at epoch {summary['stopped_early_at']}: no new best validation "
-            f"perplexity for {summary['stopped_early_at'] - summary['best_epoch']} epochs"
+            f"perplexity for {summary['stopped_early_at'] - summary[Key.BEST_EPOCH]} epochs"
         )
-    if "test_ppl" in summary:
+    if Key.TEST_PPL in summary:
         by = summary.get("test_ppl_by_source") or {}
         lines.append(
             f"test perplexity {ppl('test_ppl')} with the best saved checkpoint (epoch "

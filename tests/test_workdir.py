@@ -2,6 +2,7 @@
 it (another architecture or optimizer is refused, naming the field)."""
 
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -159,3 +160,36 @@ def test_resume_restart_sets_aside_a_run_of_another_config(tmp_path):
     (kept,) = (tmp_path / "discarded").iterdir()
     assert '"hidden_size": 32' in (kept / "config.json").read_text()
     assert '"hidden_size": 16' in (tmp_path / "config.json").read_text()
+
+
+def test_every_record_key_is_written_once():
+    """The keys code reads from a run's records are the constants of ``workdir.Key``: no module of
+    rnnjax spells one as a literal where it indexes, looks up, builds or compares a record (the
+    checkpoint tree's own "step", rnnjax/training/layout.py, is another name)."""
+    import ast
+
+    from rnnjax.rundir.workdir import Key
+
+    keys = {v for k, v in vars(Key).items() if k.isupper()}
+    root = pathlib.Path(__file__).resolve().parents[1] / "rnnjax"
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and node.name == "Key":
+                continue
+            literals = []
+            if isinstance(node, ast.Subscript):
+                literals = [node.slice]
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                literals = node.args[:1] if node.func.attr in ("get", "pop", "setdefault") else []
+            elif isinstance(node, ast.Dict):
+                literals = [k for k in node.keys if k is not None]
+            elif isinstance(node, (ast.Tuple, ast.Compare)):
+                literals = node.elts if isinstance(node, ast.Tuple) else node.comparators
+            for lit in literals:
+                if isinstance(lit, ast.Constant) and lit.value in keys:
+                    where = f"{path.relative_to(root.parent)}:{lit.lineno}"
+                    if not (path.name == "layout.py" and lit.value == Key.STEP):
+                        found.append(f"{where} {lit.value!r}")
+    assert not found, "record keys spelled out instead of workdir.Key:\n" + "\n".join(found)

@@ -35,6 +35,7 @@ from rnnjax.rundir.integrity import (
     storage_damage,
     verify_checksums,
 )
+from rnnjax.rundir.workdir import Key
 
 LAYOUT = 3
 
@@ -72,7 +73,7 @@ class _BestByMeta:
             try:
                 val = json.loads(
                     (self.directory / str(step) / "meta" / "metadata").read_text()
-                ).get("val_ppl")
+                ).get(Key.VAL_PPL)
             except (OSError, ValueError, AttributeError):
                 val = None  # no meta (a mid-save or damaged step): not a best candidate
             self._val[step] = (
@@ -262,7 +263,7 @@ class Checkpointer:
                 record = self.read_meta(s).get("record")
             except Exception:  # noqa: BLE001 - damage: restore() finds and reports it
                 continue
-            if isinstance(record, dict) and isinstance(record.get("epoch"), int):
+            if isinstance(record, dict) and isinstance(record.get(Key.EPOCH), int):
                 out.append(record)
         return out
 
@@ -272,7 +273,7 @@ class Checkpointer:
         scored = []
         for s in self.steps():
             try:
-                val = self.read_meta(s).get("val_ppl")
+                val = self.read_meta(s).get(Key.VAL_PPL)
             except Exception:  # noqa: BLE001 - a damaged step is found (and reported) by restore()
                 continue
             if isinstance(val, (int, float)) and val == val:

@@ -7,6 +7,8 @@ import pathlib
 from collections.abc import Sequence
 from typing import Any
 
+from rnnjax.rundir.workdir import Key
+
 
 def plot_curves(
     records: Sequence[dict[str, Any]], path: str | os.PathLike, title: str = ""
@@ -21,9 +23,9 @@ def plot_curves(
 
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
-    epochs = [r["epoch"] for r in records]
+    epochs = [r[Key.EPOCH] for r in records]
     nan = float("nan")
-    for key, label in (("train_ppl", "train"), ("val_ppl", "validation")):
+    for key, label in ((Key.TRAIN_PPL, "train"), (Key.VAL_PPL, "validation")):
         ax.plot(epochs, [nan if r.get(key) is None else r[key] for r in records], label=label)
     ax.set(xlabel="epoch", ylabel="perplexity", yscale="log", title=title)
     ax.grid(True, which="both", alpha=0.3)

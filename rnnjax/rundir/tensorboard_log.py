@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from rnnjax.rundir.integrity import no_space
+from rnnjax.rundir.workdir import Key
 
 # tensorboardX's writer imports torch when it is installed (seconds of CPU in every training
 # process), only to accept torch tensors, which rnnjax never passes: import it with torch hidden.
@@ -29,24 +30,24 @@ finally:
         del sys.modules["torch"]
 
 HPARAMS_TAG = b"_hparams_/session_start_info"  # the tag of the hparams summary, as written
-PER_LAYER = ("h_rms", "gate_saturation", "forget_gate", "memory_length")
+PER_LAYER = (Key.H_RMS, Key.GATE_SATURATION, Key.FORGET_GATE, Key.MEMORY_LENGTH)
 # The record keys scalars() writes under tags of their own (or not at all: epoch, step, wall_time).
 _SHOWN_ABOVE = (
-    "epoch",
-    "step",
-    "wall_time",
-    "train_ppl",
-    "val_ppl",
-    "train_bpc",
-    "val_bpc",
+    Key.EPOCH,
+    Key.STEP,
+    Key.WALL_TIME,
+    Key.TRAIN_PPL,
+    Key.VAL_PPL,
+    Key.TRAIN_BPC,
+    Key.VAL_BPC,
     "val_ppl_by_source",
     "val_bpc_by_source",
-    "lr",
-    "tokens_per_sec",
-    "skipped_steps",
-    "grad_norm",
-    "grad_norm_layers",
-    "grad_norm_output",
+    Key.LR,
+    Key.TOKENS_PER_SEC,
+    Key.SKIPPED_STEPS,
+    Key.GRAD_NORM,
+    Key.GRAD_NORM_LAYERS,
+    Key.GRAD_NORM_OUTPUT,
 )
 
 
@@ -69,15 +70,15 @@ def scalars(record: dict[str, Any]) -> dict[str, float]:
         if isinstance(ppl, (int, float)) and ppl > 0:
             out |= {f"perplexity/val/{source}": ppl, f"bpc/val/{source}": math.log2(ppl)}
     out |= {
-        "lr": record.get("lr"),
-        "tokens_per_sec": record.get("tokens_per_sec"),
-        "skipped_steps": record.get("skipped_steps"),
-        "grad_norm/global": record.get("grad_norm"),
+        Key.LR: record.get(Key.LR),
+        Key.TOKENS_PER_SEC: record.get(Key.TOKENS_PER_SEC),
+        Key.SKIPPED_STEPS: record.get(Key.SKIPPED_STEPS),
+        "grad_norm/global": record.get(Key.GRAD_NORM),
     }
-    for l, g in enumerate(record.get("grad_norm_layers") or []):
+    for l, g in enumerate(record.get(Key.GRAD_NORM_LAYERS) or []):
         out[f"grad_norm/layer_{l + 1}"] = g
-    if "grad_norm_output" in record:
-        out["grad_norm/output"] = record["grad_norm_output"]
+    if Key.GRAD_NORM_OUTPUT in record:
+        out["grad_norm/output"] = record[Key.GRAD_NORM_OUTPUT]
     for key in PER_LAYER:
         for l, v in enumerate(record.get(key) or []):
             out[f"{key}/layer_{l + 1}"] = v
@@ -165,7 +166,7 @@ class TensorBoardLog:
         if self.stopped:
             return
         for tag, value in scalars(record).items():
-            self.writer.add_scalar(tag, value, record["epoch"])
+            self.writer.add_scalar(tag, value, record[Key.EPOCH])
         self.writer.flush()
 
     def samples(self, epoch: int, prefixes: list[str], samples: list[str]) -> None:
@@ -183,9 +184,9 @@ class TensorBoardLog:
         metrics."""
         if not records or self.stopped:
             return
-        epoch = records[-1]["epoch"]
+        epoch = records[-1][Key.EPOCH]
         metrics = {
-            "hparams/final_val_ppl": records[-1].get("val_ppl"),
+            "hparams/final_val_ppl": records[-1].get(Key.VAL_PPL),
             "hparams/best_val_ppl": best_val_ppl,
         }
         metrics = {

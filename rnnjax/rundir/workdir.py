@@ -263,13 +263,43 @@ def finite(record: dict[str, Any]) -> dict[str, Any]:
     return {k: _finite(v) for k, v in record.items()}
 
 
+class Key:
+    """The keys of a run's records that code reads by name, each written once: ``metrics.jsonl``'s
+    epoch records (:func:`rnnjax.training.metrics.epoch_record` writes them), the checkpoints' meta
+    and ``result.json``. A training metric's own entry is named by its registry entry
+    (:data:`rnnjax.training.steps.TRAIN_METRICS`); the evaluation passes write
+    ``<split>_<name>``."""
+
+    EPOCH = "epoch"
+    STEP = "step"
+    TRAIN_PPL = "train_ppl"
+    VAL_PPL = "val_ppl"
+    TEST_PPL = "test_ppl"
+    TRAIN_BPC = "train_bpc"
+    VAL_BPC = "val_bpc"
+    TEST_BPC = "test_bpc"
+    TOKENS_PER_SEC = "tokens_per_sec"
+    GRAD_NORM = "grad_norm"
+    GRAD_NORM_LAYERS = "grad_norm_layers"
+    GRAD_NORM_OUTPUT = "grad_norm_output"
+    LR = "lr"
+    SKIPPED_STEPS = "skipped_steps"
+    WALL_TIME = "wall_time"
+    H_RMS = "h_rms"
+    GATE_SATURATION = "gate_saturation"
+    FORGET_GATE = "forget_gate"
+    MEMORY_LENGTH = "memory_length"
+    IMPL = "impl"
+    BEST_EPOCH = "best_epoch"
+
+
 def encode_record(record: dict[str, Any]) -> str:
     """One JSON line; non-finite numbers become ``null``."""
     return json.dumps(finite(record), allow_nan=False) + "\n"
 
 
 # Record fields that hold a number (or null: not measured); the others are read as they are.
-_NUMBERS = ("step", "train_ppl", "val_ppl", "train_bpc", "val_bpc", "lr", "wall_time")
+_NUMBERS = (Key.STEP, Key.TRAIN_PPL, Key.VAL_PPL, Key.TRAIN_BPC, Key.VAL_BPC, Key.LR, Key.WALL_TIME)
 
 
 def _record_problem(record: Any, previous: int) -> str | None:
@@ -277,7 +307,7 @@ def _record_problem(record: Any, previous: int) -> str | None:
     ``epoch`` is a whole number after ``previous`` and whose :data:`_NUMBERS` are numbers."""
     if not isinstance(record, dict):
         return f"is a JSON {type(record).__name__}, not a record"
-    epoch = record.get("epoch")
+    epoch = record.get(Key.EPOCH)
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
         return f"has epoch {epoch!r}, not a whole number >= 1"
     if epoch <= previous:
@@ -322,7 +352,7 @@ def read_metrics(path: pathlib.Path) -> list[dict[str, Any]]:
                 break
             problem = "is not JSON"
         else:
-            problem = _record_problem(record, records[-1]["epoch"] if records else 0)
+            problem = _record_problem(record, records[-1][Key.EPOCH] if records else 0)
         if problem:
             raise WorkdirError(f"{path} line {i + 1} {problem}; fix or remove the wrong line")
         records.append(record)

@@ -34,6 +34,7 @@ from rnnjax.network.impls import cudnn
 from rnnjax.rundir import workdir as rundir
 from rnnjax.rundir.lock import WorkdirInUse
 from rnnjax.rundir.workdir import (
+    Key,
     WorkdirError,
     check_writable,
     finite,
@@ -270,21 +271,22 @@ def _row(
         best = best_record(summary["metrics"])
         row.update(
             num_params=summary["num_params"],
-            train_ppl=summary["train_ppl"],
+            train_ppl=summary[Key.TRAIN_PPL],
             best_val_ppl=summary["best_val_ppl"],
             best_val_bpc=bpc(summary["best_val_ppl"]) if cfg.data.tokenizer == "char" else None,
-            best_epoch=best["epoch"] if best else None,
-            test_ppl=summary.get("test_ppl"),
-            test_bpc=summary.get("test_bpc"),
-            impl=summary["metrics"][-1].get("impl"),
-            tokens_per_sec=statistics.median(r["tokens_per_sec"] for r in summary["metrics"]),
-            wall_time=summary["metrics"][-1]["wall_time"],
+            best_epoch=best[Key.EPOCH] if best else None,
+            test_ppl=summary.get(Key.TEST_PPL),
+            test_bpc=summary.get(Key.TEST_BPC),
+            impl=summary["metrics"][-1].get(Key.IMPL),
+            tokens_per_sec=statistics.median(r[Key.TOKENS_PER_SEC] for r in summary["metrics"]),
+            wall_time=summary["metrics"][-1][Key.WALL_TIME],
             status="done",
             error="",
             metrics={
                 k: v
                 for k, v in (best or {}).items()  # every metric of the best epoch, by name
-                if k not in ("epoch", "step", "wall_time") and isinstance(v, (int, float, list))
+                if k not in (Key.EPOCH, Key.STEP, Key.WALL_TIME)
+                and isinstance(v, (int, float, list))
             },
             test={  # every test metric of evaluation.json (the best saved checkpoint's)
                 k: v

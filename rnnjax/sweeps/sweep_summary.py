@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rnnjax.rundir import workdir as rundir
-from rnnjax.rundir.workdir import WorkdirError, read_metrics, resolve_path, write_atomic
+from rnnjax.rundir.workdir import Key, WorkdirError, read_metrics, resolve_path, write_atomic
 from rnnjax.sweeps.grid import SweepError
 
 COLUMNS = [
@@ -24,16 +24,16 @@ COLUMNS = [
     "cell",
     "num_layers",
     "hidden_size",
-    "impl",
+    Key.IMPL,
     "num_params",
-    "train_ppl",
+    Key.TRAIN_PPL,
     "best_val_ppl",
     "best_val_bpc",
-    "best_epoch",
-    "test_ppl",
-    "test_bpc",
-    "tokens_per_sec",
-    "wall_time",
+    Key.BEST_EPOCH,
+    Key.TEST_PPL,
+    Key.TEST_BPC,
+    Key.TOKENS_PER_SEC,
+    Key.WALL_TIME,
     "status",
     "error",
 ]
@@ -41,7 +41,7 @@ COLUMNS = [
 
 STATUSES = ("done", "failed", "interrupted")
 # The columns that hold numbers (or None: not measured): all but these.
-_TEXT = ("name", "cell", "impl", "status", "error")
+_TEXT = ("name", "cell", Key.IMPL, "status", "error")
 _NUMERIC = tuple(c for c in COLUMNS if c not in _TEXT)
 
 
@@ -291,10 +291,10 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], dirs: Sequence[pathlib.Path]):
             logging.warning("%s: its validation curve is left out of sweep.png", e)
             continue
         val = [
-            float("nan") if m["val_ppl"] is None else m["val_ppl"] for m in metrics
+            float("nan") if m[Key.VAL_PPL] is None else m[Key.VAL_PPL] for m in metrics
         ]  # null: not finite
         b.plot(
-            [m["epoch"] for m in metrics],
+            [m[Key.EPOCH] for m in metrics],
             val,
             color=color[r["cell"]],
             lw=1,

@@ -14,7 +14,7 @@ from rnnjax.config import DataConfig
 from rnnjax.network.model import DeepRNN, Params
 from rnnjax.network.parallel import DataParallel
 from rnnjax.rundir import workdir as rundir
-from rnnjax.rundir.workdir import finite, write_atomic
+from rnnjax.rundir.workdir import Key, finite, write_atomic
 from rnnjax.training.metrics import add_sums, best_record, bpc, by_source, eval_entries, eval_means
 from rnnjax.training.steps import EVAL_METRICS, eval_sums
 
@@ -51,10 +51,10 @@ def evaluation(
     evaluation metric follows: the best epoch's ``best_val_<name>`` and ``test_<name>``."""
     best = best_record(records)
     out: dict[str, Any] = {
-        "best_epoch": best["epoch"] if best else None,
+        Key.BEST_EPOCH: best[Key.EPOCH] if best else None,
         "best_saved_epoch": best_saved,
         "stopped_early_at": stopped,
-        "best_val_ppl": best["val_ppl"] if best else None,
+        "best_val_ppl": best[Key.VAL_PPL] if best else None,
     }
     if best and "val_ppl_by_source" in best:
         out["best_val_ppl_by_source"] = best["val_ppl_by_source"]
@@ -62,7 +62,7 @@ def evaluation(
     if test:
         test = dict(test)
         tests = eval_entries(test.pop("all"), "test") | by_source(test, "test")
-        out["test_ppl"] = tests.pop("test_ppl")
+        out[Key.TEST_PPL] = tests.pop(Key.TEST_PPL)
         if "test_ppl_by_source" in tests:
             out["test_ppl_by_source"] = tests.pop("test_ppl_by_source")
     if char_level:

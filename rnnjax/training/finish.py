@@ -14,6 +14,7 @@ from rnnjax.rundir import workdir as rundir
 from rnnjax.rundir.checkpoint import Checkpointer
 from rnnjax.rundir.plotting import plot_curves
 from rnnjax.rundir.tensorboard_log import TensorBoardLog
+from rnnjax.rundir.workdir import Key
 from rnnjax.training.evaluation import evaluation, part_metrics, write_evaluation
 from rnnjax.training.group import Group
 from rnnjax.training.metrics import best_record
@@ -54,7 +55,7 @@ def finish(
     summary."""
     c, one = group.cfgs[j], group.take(state, j)
     best_step = next(iter(ckpt.best_steps()), None)
-    best_saved = next((r["epoch"] for r in records if r["step"] == best_step), None)
+    best_saved = next((r[Key.EPOCH] for r in records if r[Key.STEP] == best_step), None)
     # with train.weight_average, the averaged params: those the records' validation used
     averaged = one.average is not None
     if best_step in (None, int(one.step)):
@@ -87,7 +88,7 @@ def finish(
         write_evaluation(workdir, out)
     best, last = best_record(records), records[-1] if records else {}
     if tb is not None:
-        tb.finish(c.to_dict(), records, best["val_ppl"] if best else math.nan)
+        tb.finish(c.to_dict(), records, best[Key.VAL_PPL] if best else math.nan)
     return out | {
         "params": one.params,
         # train.weight_average's averaged params (None: off), what was evaluated and sampled
@@ -95,14 +96,14 @@ def finish(
         "model": group.model,
         "vocab": group.corpus.vocab,
         "num_params": num_params(one.params),
-        "train_ppl": last.get("train_ppl", math.nan),
-        "val_ppl": last.get("val_ppl", math.nan),
-        "best_val_ppl": best["val_ppl"] if best else math.nan,
-        "best_epoch": best["epoch"] if best else None,
+        Key.TRAIN_PPL: last.get(Key.TRAIN_PPL, math.nan),
+        Key.VAL_PPL: last.get(Key.VAL_PPL, math.nan),
+        "best_val_ppl": best[Key.VAL_PPL] if best else math.nan,
+        Key.BEST_EPOCH: best[Key.EPOCH] if best else None,
         # what rnnjax.load(workdir) restores: checkpoints are every_epochs apart
         "best_saved_epoch": best_saved,
         "workdir": workdir,
-        "wall_time": wall_time,
+        Key.WALL_TIME: wall_time,
         "num_devices": group.dp.num_devices,
         "samples": texts,
         "metrics": records,

@@ -13,11 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnnjax.network.model import Carry, Params
+from rnnjax.rundir.workdir import Key
 from rnnjax.training.metrics import TrainSums
 from rnnjax.training.steps import TrainState
 
 Array = jax.Array
-ACC = ("loss", "grad_norm", "steps", "skipped")  # the order of layouts 1 and 2's ``acc`` array
+ACC = ("loss", Key.GRAD_NORM, "steps", "skipped")  # the order of layouts 1 and 2's ``acc`` array
 
 
 def checkpoint_items(
@@ -60,7 +61,7 @@ def from_checkpoint_items(
     else:
         sums = {name: item["acc"][..., i] for i, name in enumerate(ACC)}
         if "acc_layers" in item:
-            sums["grad_norm_layers"] = item["acc_layers"]
+            sums[Key.GRAD_NORM_LAYERS] = item["acc_layers"]
     return state, item["rng"], item["carry"], sums
 
 
@@ -93,9 +94,9 @@ def saved_meta(
     from rnnjax.rundir.workdir import finite
 
     return {
-        "epoch": epoch,
+        Key.EPOCH: epoch,
         "batch": batch,
-        "val_ppl": record["val_ppl"] if record else None,
+        Key.VAL_PPL: record[Key.VAL_PPL] if record else None,
         "record": finite(record) if record else None,
         "metrics": {n: list(jnp.shape(x)) for n, x in sums.items()},
         "budget": budget,

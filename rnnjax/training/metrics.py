@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rnnjax.rundir.workdir import Key
+
 Array = jax.Array
 
 
@@ -51,10 +53,10 @@ def to_host(sums: TrainSums) -> dict[str, np.ndarray]:
 # How a training metric's mean over the epoch's applied steps appears in the epoch record; any other
 # metric is recorded under its own name (a number, or a list for a vector).
 RECORD_FORMS: dict[str, Any] = {
-    "loss": lambda mean: {"train_ppl": perplexity_of(float(mean))},
-    "grad_norm_layers": lambda mean: {
-        "grad_norm_layers": [float(x) for x in mean[:-1]],
-        "grad_norm_output": float(mean[-1]),
+    "loss": lambda mean: {Key.TRAIN_PPL: perplexity_of(float(mean))},
+    Key.GRAD_NORM_LAYERS: lambda mean: {
+        Key.GRAD_NORM_LAYERS: [float(x) for x in mean[:-1]],
+        Key.GRAD_NORM_OUTPUT: float(mean[-1]),
     },
 }
 
@@ -76,7 +78,7 @@ def train_record(sums: dict[str, np.ndarray]) -> dict[str, Any]:
             if form
             else {name: float(mean) if mean.ndim == 0 else [float(x) for x in mean]}
         )
-    return out | {"skipped_steps": int(sums["skipped"])}
+    return out | {Key.SKIPPED_STEPS: int(sums["skipped"])}
 
 
 class LayerStats(NamedTuple):
@@ -102,10 +104,10 @@ class LayerStats(NamedTuple):
         (``has_forget``) the mean forget gate f and its memory length 1 / (1 - f) in steps."""
         h2, sat, gates, forget, n = (np.asarray(x, np.float64) for x in self)
         with np.errstate(divide="ignore", invalid="ignore"):
-            out = {"h_rms": np.sqrt(h2 / n), "gate_saturation": sat / gates}
+            out = {Key.H_RMS: np.sqrt(h2 / n), Key.GATE_SATURATION: sat / gates}
             if has_forget:
                 f = forget / n
-                out |= {"forget_gate": f, "memory_length": 1.0 / (1.0 - f)}
+                out |= {Key.FORGET_GATE: f, Key.MEMORY_LENGTH: 1.0 / (1.0 - f)}
         return {k: [float(x) for x in v] for k, v in out.items()}
 
 
@@ -201,20 +203,20 @@ def epoch_record(
     adds bits per character (``train_bpc``, ``val_bpc``).
     """
     metrics = train_record(train)
-    train_ppl = metrics.pop("train_ppl", math.nan)
+    train_ppl = metrics.pop(Key.TRAIN_PPL, math.nan)
     evals = eval_entries(val, "val")
-    val_ppl = evals.pop("val_ppl")
+    val_ppl = evals.pop(Key.VAL_PPL)
     record = {
-        "epoch": epoch,
-        "step": step,
-        "train_ppl": train_ppl,
-        "val_ppl": val_ppl,
-        **({"train_bpc": bpc(train_ppl), "val_bpc": bpc(val_ppl)} if char_level else {}),
-        "tokens_per_sec": tokens_per_sec,
-        "grad_norm": metrics.pop("grad_norm", math.nan),
-        "lr": lr,
-        "skipped_steps": metrics.pop("skipped_steps"),
-        "wall_time": wall_time,
+        Key.EPOCH: epoch,
+        Key.STEP: step,
+        Key.TRAIN_PPL: train_ppl,
+        Key.VAL_PPL: val_ppl,
+        **({Key.TRAIN_BPC: bpc(train_ppl), Key.VAL_BPC: bpc(val_ppl)} if char_level else {}),
+        Key.TOKENS_PER_SEC: tokens_per_sec,
+        Key.GRAD_NORM: metrics.pop(Key.GRAD_NORM, math.nan),
+        Key.LR: lr,
+        Key.SKIPPED_STEPS: metrics.pop(Key.SKIPPED_STEPS),
+        Key.WALL_TIME: wall_time,
     }
     sources = by_source(val_by_source or {}, "val")
     if sources:
@@ -229,6 +231,6 @@ def best_record(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     finite = [
         r
         for r in records
-        if isinstance(r.get("val_ppl"), (int, float)) and math.isfinite(r["val_ppl"])
+        if isinstance(r.get(Key.VAL_PPL), (int, float)) and math.isfinite(r[Key.VAL_PPL])
     ]
-    return min(finite, key=lambda r: r["val_ppl"]) if finite else None
+    return min(finite, key=lambda r: r[Key.VAL_PPL]) if finite else None

@@ -20,6 +20,7 @@ from rnnjax.network.impls import native
 from rnnjax.network.model import auto_fallback_note, num_params
 from rnnjax.rundir import workdir as rundir
 from rnnjax.rundir.preflight import set_aside_records
+from rnnjax.rundir.workdir import Key
 from rnnjax.training.budget import shown_epochs
 from rnnjax.training.console import start_block, todo_line
 from rnnjax.training.group import Group
@@ -51,31 +52,33 @@ def kept_records(
     ``discarded/<time>/metrics.jsonl`` and ``notes`` says so."""
     path = workdir / rundir.METRICS
     every = rundir.read_metrics(path)
-    records = [r for r in every if r["epoch"] < start_epoch]
-    have = {r["epoch"] for r in records}
+    records = [r for r in every if r[Key.EPOCH] < start_epoch]
+    have = {r[Key.EPOCH] for r in records}
     back = {
-        r["epoch"]: r for r in saved if r and r["epoch"] < start_epoch and r["epoch"] not in have
+        r[Key.EPOCH]: r
+        for r in saved
+        if r and r[Key.EPOCH] < start_epoch and r[Key.EPOCH] not in have
     }
     if back:
         logging.warning(
             "metrics.jsonl lacked epoch(s) %s: restored from the checkpoints",
             ", ".join(map(str, sorted(back))),
         )
-        records = sorted([*records, *back.values()], key=lambda r: r["epoch"])
-    lost = sorted(set(range(1, start_epoch)) - {r["epoch"] for r in records})
+        records = sorted([*records, *back.values()], key=lambda r: r[Key.EPOCH])
+    lost = sorted(set(range(1, start_epoch)) - {r[Key.EPOCH] for r in records})
     if lost:
         logging.warning(
             "metrics.jsonl has no record of epoch(s) %s and no kept checkpoint holds them: those "
             "records are lost (training resumes exactly; the curves and best epoch miss them)",
             _spans(lost),
         )
-    later = [r for r in every if r["epoch"] >= start_epoch]
+    later = [r for r in every if r[Key.EPOCH] >= start_epoch]
     if primary and later:
         dest = set_aside_records(workdir, later)
         epochs = (
-            f"{later[0]['epoch']}-{later[-1]['epoch']}"
+            f"{later[0][Key.EPOCH]}-{later[-1][Key.EPOCH]}"
             if len(later) > 1
-            else f"{later[0]['epoch']}"
+            else f"{later[0][Key.EPOCH]}"
         )
         notes.append(
             f"no checkpoint covers the record(s) of epoch {epochs}: set aside in "
@@ -121,14 +124,14 @@ def make_record(
         c.data.tokenizer == "char",
         by_source,
     )
-    return {**record, "impl": impl_ran(group)}  # what ran: a sweep compares tokens/s across it
+    return {**record, Key.IMPL: impl_ran(group)}  # what ran: a sweep compares tokens/s across it
 
 
 def commit(workdir: pathlib.Path, record: dict[str, Any], bar, primary: bool) -> None:
     """Append an epoch's record to metrics.jsonl (fsynced) and show it on the progress bar."""
     if primary:
         rundir.append_metrics(workdir / rundir.METRICS, record)
-    bar.set_postfix(train_ppl=f"{record['train_ppl']:.2f}", val_ppl=f"{record['val_ppl']:.2f}")
+    bar.set_postfix(train_ppl=f"{record[Key.TRAIN_PPL]:.2f}", val_ppl=f"{record[Key.VAL_PPL]:.2f}")
 
 
 def stopped_early(patience: int, records: Sequence[list[dict[str, Any]]]) -> int | None:
@@ -139,9 +142,9 @@ def stopped_early(patience: int, records: Sequence[list[dict[str, Any]]]) -> int
         return None
     for rs in records:
         best = best_record(rs)
-        if rs[-1]["epoch"] - (best["epoch"] if best else 0) < patience:
+        if rs[-1][Key.EPOCH] - (best[Key.EPOCH] if best else 0) < patience:
             return None
-    return records[0][-1]["epoch"]
+    return records[0][-1][Key.EPOCH]
 
 
 def abort_error(
@@ -184,7 +187,7 @@ def abort_error(
         )
     overflowed = [
         name
-        for name, key in (("training", "train_ppl"), ("validation", "val_ppl"))
+        for name, key in (("training", Key.TRAIN_PPL), ("validation", Key.VAL_PPL))
         if record[key] == math.inf
     ]
     if overflowed:

@@ -4,6 +4,7 @@ fresh state from each trial's seed."""
 from __future__ import annotations
 
 from rnnjax.rundir.checkpoint import Checkpointer
+from rnnjax.rundir.workdir import Key
 from rnnjax.training.group import Group
 from rnnjax.training.layout import fit_sums, from_checkpoint_items, target_items
 
@@ -63,7 +64,7 @@ def restore(group: Group, ckpts: list[Checkpointer]):
         rng_data,
         carry,
         metrics,
-        meta["epoch"] + 1,
+        meta[Key.EPOCH] + 1,
         meta["batch"],
         found[0][0],
         [f[3].get("record") for f in found],

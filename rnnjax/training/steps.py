@@ -20,6 +20,7 @@ from rnnjax.dataset import data
 from rnnjax.network import stack
 from rnnjax.network.model import Carry, DeepRNN, Impl, Params
 from rnnjax.network.parallel import DataParallel
+from rnnjax.rundir.workdir import Key
 from rnnjax.training.metrics import (
     EvalSums,
     LayerStats,
@@ -162,9 +163,9 @@ class Metric(NamedTuple):
 # Every training metric, by name, where it is computed: a new one is one entry here.
 TRAIN_METRICS: dict[str, Metric] = {
     "loss": Metric(lambda s: s.loss),
-    "grad_norm": Metric(lambda s: optax.tree.norm(s.grads)),  # pre-clip global norm
+    Key.GRAD_NORM: Metric(lambda s: optax.tree.norm(s.grads)),  # pre-clip global norm
     # pre-clip norm of each layer's gradient, then of the output layer's: [L + 1]
-    "grad_norm_layers": Metric(lambda s: layer_grad_norms(s.model, s.grads), layer_stats=True),
+    Key.GRAD_NORM_LAYERS: Metric(lambda s: layer_grad_norms(s.model, s.grads), layer_stats=True),
 }
 
 

@@ -28,7 +28,7 @@ from rnnjax.network.model import DeepRNN, Params
 from rnnjax.network.sampling import generate
 from rnnjax.rundir import workdir as rundir
 from rnnjax.rundir.checkpoint import Checkpointer, CheckpointError
-from rnnjax.rundir.workdir import read_config, read_metrics, read_vocab, resolve_path
+from rnnjax.rundir.workdir import Key, read_config, read_metrics, read_vocab, resolve_path
 from rnnjax.training.metrics import best_record, bpc
 from rnnjax.training.steps import perplexity
 
@@ -52,9 +52,9 @@ class Run:
     def __repr__(self) -> str:
         m = self.config.model
         best = best_record(self.metrics)
-        val = next((r.get("val_ppl") for r in self.metrics if r.get("step") == self.step), None)
+        val = next((r.get(Key.VAL_PPL) for r in self.metrics if r.get(Key.STEP) == self.step), None)
         at = f", val_ppl {val:.3f}" if isinstance(val, float) else ""
-        where = f", best val_ppl {best['val_ppl']:.3f} at epoch {best['epoch']}" if best else ""
+        where = f", best val_ppl {best[Key.VAL_PPL]:.3f} at epoch {best[Key.EPOCH]}" if best else ""
         at += ", averaged weights" if self.weights == "average" else ""
         return (
             f"Run({str(self.workdir)!r}, step {self.step}{at}: {m.num_layers}-layer {m.cell}, "
@@ -64,16 +64,18 @@ class Run:
     def describe_step(self) -> str:
         """Which checkpoint this is, in words: ``step 480 (epoch 20, val_ppl 6.78, the best of the
         run)``."""
-        rec = next((r for r in self.metrics if r.get("step") == self.step), None)
+        rec = next((r for r in self.metrics if r.get(Key.STEP) == self.step), None)
         best = best_record(self.metrics)
         text = f"step {self.step}"
         if rec is not None:
-            val = rec.get("val_ppl")  # null: not finite
-            text += f" (epoch {rec['epoch']}, val_ppl " + (
+            val = rec.get(Key.VAL_PPL)  # null: not finite
+            text += f" (epoch {rec[Key.EPOCH]}, val_ppl " + (
                 f"{val:.3f}" if val is not None else "null"
             )
             text += (
-                ", the best of the run)" if best is not None and best["step"] == self.step else ")"
+                ", the best of the run)"
+                if best is not None and best[Key.STEP] == self.step
+                else ")"
             )
         if self.config.train.weight_average:
             mode = self.config.train.weight_average
