@@ -45,7 +45,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
-    from rnnjax.cells import CELLS, Cell
+    from rnnjax.cells import CELLS
+    from rnnjax.cells.base import Cell
     from rnnjax.config import Config, ConfigError, default_config, resolve
     from rnnjax.dataset.data import Corpus, load_corpus
     from rnnjax.dataset.vocab import Vocab

@@ -7,14 +7,15 @@ cuDNN mappings. Every other module reads that definition; none branches on a cel
 Adding a cell is one new file that defines ``CELL = Cell(...)`` (``rnnjax/cells/<name>.py``, or a
 module of your own) and one line in :data:`REGISTRY` (docs/cells.md#adding-a-cell). This module
 imports no JAX: the names are known (for config validation) before JAX loads; ``CELLS[name]``
-imports the cell's file.
+imports the cell's file. The shared pieces (``Cell``, ``split_gates``, ...) are imported from
+:mod:`rnnjax.cells.base`.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rnnjax.errors import ConfigError
 
@@ -85,9 +86,3 @@ def check_supported(impl: str, cell: str) -> None:
 def names() -> tuple[str, ...]:
     """Every registered cell's name, in registry order (no JAX import)."""
     return tuple(REGISTRY)
-
-
-def __getattr__(name: str) -> Any:  # the shared pieces, from base.py, on first use
-    if name in ("ACTIVATIONS", "Cell", "LayerTrace", "project_input", "split_gates"):
-        return getattr(importlib.import_module("rnnjax.cells.base"), name)
-    raise AttributeError(f"module 'rnnjax.cells' has no attribute {name!r}")
