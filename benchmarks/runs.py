@@ -19,6 +19,7 @@ from harness import REPO_ROOT, config, median_ms, repo_path, torch
 from workload import E2E_RUN_NAMES, Settings, V
 
 from rnnjax.config import default_config, resolve
+from rnnjax.dataset import batches
 from rnnjax.dataset import data as rdata
 from rnnjax.network.build import build_model
 from rnnjax.network.impls import cudnn, native
@@ -26,17 +27,11 @@ from rnnjax.network.sampling import sample
 from rnnjax.rundir.checkpoint import Checkpointer
 from rnnjax.rundir.integrity import checksums
 from rnnjax.rundir.workdir import append_metrics
+from rnnjax.training.evaluation import eval_sums, make_eval_step, make_stats_eval_step
 from rnnjax.training.layout import checkpoint_items
 from rnnjax.training.metrics import epoch_record, sums_perplexity, to_host
 from rnnjax.training.optim import make_optimizer
-from rnnjax.training.steps import (
-    eval_sums,
-    init_train_state,
-    make_eval_step,
-    make_stats_eval_step,
-    make_train_step,
-    train_sums,
-)
+from rnnjax.training.steps import init_train_state, make_train_step, train_sums
 
 
 def generation(
@@ -98,11 +93,11 @@ def epoch(s: Settings) -> dict[str, float]:
     model = build_model(cfg, len(corpus.vocab))
     tx, _ = make_optimizer(cfg.train, 1000)
     dc = cfg.data
-    xs, ys = (jax.device_put(a) for a in rdata.epoch_batches(corpus.train, dc, cfg.seed, 1))
+    xs, ys = (jax.device_put(a) for a in batches.epoch_batches(corpus.train, dc, cfg.seed, 1))
     stats = cfg.train.layer_stats  # the default validation pass sums the layer statistics too
     step = make_train_step(model, tx, reset_carry=False)
     eval_step = make_stats_eval_step(model) if stats else make_eval_step(model)
-    key, n = jax.random.key(1), rdata.batches_per_epoch(dc, len(corpus.train))
+    key, n = jax.random.key(1), batches.batches_per_epoch(dc, len(corpus.train))
     box = {"state": init_train_state(model, tx, jax.random.key(0))}
 
     def steps() -> Any:

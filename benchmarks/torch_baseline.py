@@ -17,7 +17,7 @@ import time
 
 from rnnjax.cells import CELLS
 from rnnjax.config import default_config, resolve
-from rnnjax.dataset import data
+from rnnjax.dataset import batches, data
 from rnnjax.host import retain_freed_memory
 
 
@@ -97,7 +97,7 @@ def run(
 
     train_ppl = val_ppl = float("nan")
     for epoch in range(1, epochs + 1):
-        xs, ys = data.epoch_batches(corpus.train, dc, cfg.seed, epoch)
+        xs, ys = batches.epoch_batches(corpus.train, dc, cfg.seed, epoch)
         state, nll, n = None, 0.0, 0
         for x, y in zip(xs, ys):
             loss, state = train_step(
@@ -107,7 +107,7 @@ def run(
         train_ppl = math.exp(nll / n)
         with torch.no_grad():
             state, vnll, vn = None, 0.0, 0
-            for x, y in data.eval_windows(corpus.val, dc.batch_size, dc.num_steps):
+            for x, y in batches.eval_windows(corpus.val, dc.batch_size, dc.num_steps):
                 logits, state = forward(rnn, out, as_long(x), state)
                 nll_sum = torch.nn.functional.cross_entropy(
                     logits.reshape(-1, V), as_long(y).reshape(-1), reduction="sum"

@@ -55,7 +55,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from rnnjax.network.model import DeepRNN, Impl, Placed, Placement, num_params
     from rnnjax.network.sampling import generate
     from rnnjax.sweeps.sweep_summary import sweep_results
-    from rnnjax.training.steps import perplexity
+    from rnnjax.training.evaluation import perplexity
     from rnnjax.training.train import train_and_evaluate
     from rnnjax.use import interop
     from rnnjax.use.inside import Inside, Timescales, inspect, timescales

@@ -17,7 +17,7 @@ import rnnjax
 from rnnjax.config import ConfigError, default_config, resolve
 from rnnjax.dataset import data
 from rnnjax.dataset.vocab import Vocab
-from rnnjax.training.steps import perplexity
+from rnnjax.training.evaluation import perplexity
 
 BOOK = pathlib.Path(data.bundled_path()).read_text()
 ENV = dict(os.environ, JAX_PLATFORMS="cpu")

@@ -8,7 +8,7 @@ import pytest
 from conftest import with_fields
 
 from rnnjax.config import ConfigError, default_config, resolve
-from rnnjax.dataset import data
+from rnnjax.dataset import batches, data
 from rnnjax.dataset.vocab import UNK
 from rnnjax.training.train import train_and_evaluate
 
@@ -57,25 +57,25 @@ def test_a_byte_order_mark_is_not_a_token(tmp_path):
 def test_sequential_batches_continue_each_row_exactly():
     cfg = data_cfg(batch_size=4, num_steps=5)
     tokens = np.arange(300, dtype=np.int32)
-    xs, ys = data.epoch_batches(tokens, cfg, seed=0, epoch=1)
-    n = data.batches_per_epoch(cfg, len(tokens))
+    xs, ys = batches.epoch_batches(tokens, cfg, seed=0, epoch=1)
+    n = batches.batches_per_epoch(cfg, len(tokens))
     assert xs.shape == ys.shape == (n, 4, 5)
     np.testing.assert_array_equal(ys, xs + 1)  # targets are the next tokens
     for i in range(n - 1):  # row r of batch i+1 starts where row r of batch i ended
         np.testing.assert_array_equal(xs[i + 1, :, 0], xs[i, :, -1] + 1)
     # Offsets differ between epochs, shapes never do; the same (seed, epoch) repeats exactly.
-    offsets = {int(data.epoch_batches(tokens, cfg, 0, e)[0][0, 0, 0]) for e in range(1, 30)}
+    offsets = {int(batches.epoch_batches(tokens, cfg, 0, e)[0][0, 0, 0]) for e in range(1, 30)}
     assert len(offsets) > 1 and max(offsets) <= 5
     np.testing.assert_array_equal(
-        data.epoch_batches(tokens, cfg, 0, 7)[0], data.epoch_batches(tokens, cfg, 0, 7)[0]
+        batches.epoch_batches(tokens, cfg, 0, 7)[0], batches.epoch_batches(tokens, cfg, 0, 7)[0]
     )
 
 
 def test_random_batches_are_disjoint_subsequences():
     cfg = data_cfg(batch_size=4, num_steps=5, sampler="random")
     tokens = np.arange(300, dtype=np.int32)
-    xs, ys = data.epoch_batches(tokens, cfg, seed=0, epoch=1)
-    assert xs.shape == (data.batches_per_epoch(cfg, 300), 4, 5)
+    xs, ys = batches.epoch_batches(tokens, cfg, seed=0, epoch=1)
+    assert xs.shape == (batches.batches_per_epoch(cfg, 300), 4, 5)
     np.testing.assert_array_equal(ys, xs + 1)
     np.testing.assert_array_equal(np.diff(xs, axis=-1), 1)  # each row is contiguous
     starts = xs[:, :, 0].ravel()
@@ -87,13 +87,13 @@ def test_eval_windows_cover_the_stream_in_order():
     several (the last shorter), read in order."""
     for n, t, widths in [(101, 7, [25]), (4 * 5000 + 1, 7, [2048, 2048, 904])]:
         tokens = np.arange(n, dtype=np.int32)
-        windows = data.eval_windows(tokens, batch_size=4, num_steps=t)
+        windows = batches.eval_windows(tokens, batch_size=4, num_steps=t)
         xs = np.concatenate([x for x, _ in windows], axis=1)
         ys = np.concatenate([y for _, y in windows], axis=1)
         np.testing.assert_array_equal(xs.ravel(), np.arange(n - 1))
         np.testing.assert_array_equal(ys, xs + 1)
         assert [x.shape[1] for x, _ in windows] == widths
-    assert data.eval_steps(batch_size=4, num_steps=4096) == 4096  # never shorter than t
+    assert batches.eval_steps(batch_size=4, num_steps=4096) == 4096  # never shorter than t
 
 
 @pytest.mark.parametrize("tokenizer", ["char", "word"])

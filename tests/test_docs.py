@@ -180,3 +180,18 @@ def test_pip_installs_name_extras_that_exist():
     for c in commands():
         for spec in re.findall(r'pip install (?:-e )?"?\.\[([^\]]+)\]', c.text):
             assert set(spec.split(",")) <= extras, f"{c.page}: {c.text}"
+
+
+def test_the_reading_path_of_one_step_is_what_implementation_md_says():
+    """docs/implementation.md's "Reading one step": the files of its table exist, and their count
+    and total lines are the figures the page states (lines within 10%: the page is re-counted when
+    the path grows or shrinks by more)."""
+    import re
+
+    page = (ROOT / "docs" / "implementation.md").read_text()
+    section = page[page.index("**Reading one step**") : page.index("Each epoch: the sampler")]
+    stated = re.search(r"(\d+) files, ([\d,]+) lines", section)
+    files = sorted(set(re.findall(r"`(rnnjax/[\w/]+\.py)`", section.split("| file |")[1])))
+    lines = sum(len((ROOT / f).read_text().splitlines()) for f in files)
+    assert len(files) == int(stated.group(1)), files
+    assert abs(lines - int(stated.group(2).replace(",", ""))) <= 0.1 * lines, lines

@@ -14,7 +14,7 @@ from conftest import run_notebook, small_config
 
 import rnnjax
 from rnnjax.cells import CELLS
-from rnnjax.dataset import data
+from rnnjax.dataset import batches, data
 from rnnjax.network.model import DeepRNN
 from rnnjax.training.trace import layer_stats, trace
 from rnnjax.training.train import train_and_evaluate
@@ -84,7 +84,7 @@ def test_metrics_jsonl_layer_stats_equal_a_numpy_recomputation(raw_run):
     model, params = out["model"], out["params"]
     carry = model.initial_carry(cfg.data.batch_size)
     h2, sat, gates, forget, n = (np.zeros(2) for _ in range(5))
-    for x, _ in data.eval_windows(corpus.val, cfg.data.batch_size, cfg.data.num_steps):
+    for x, _ in batches.eval_windows(corpus.val, cfg.data.batch_size, cfg.data.num_steps):
         _, carry, traces = trace(model, params, jnp.asarray(x), carry)
         for l, t in enumerate(traces):
             h = np.asarray(t.h, np.float64)

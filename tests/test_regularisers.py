@@ -195,8 +195,8 @@ def test_ema_and_polyak_weights_match_an_independent_numpy_average(impl):
 
 
 def test_evaluation_samples_and_load_use_the_averaged_weights(tmp_path):
+    from rnnjax.training.evaluation import eval_sums
     from rnnjax.training.metrics import sums_perplexity
-    from rnnjax.training.steps import eval_sums
 
     fields = {"data.num_test": 300, "checkpoint.max_to_keep": 1000}
     cfg = small_config(

@@ -48,20 +48,21 @@ def test_nonfinite_step_is_skipped_and_run_aborts(tmp_path):
 
 @pytest.mark.parametrize("impl", ["rnnjax", "native"])
 def test_validation_in_long_windows_equals_t_step_windows(impl):
-    """The held-out pass reads windows of up to data.EVAL_WINDOW_TOKENS tokens (one call over a
+    """The held-out pass reads windows of up to batches.EVAL_WINDOW_TOKENS tokens (one call over a
     small split); the carry goes on, so the perplexity is that of t-step windows up to float32
     rounding of the sums."""
     import numpy as np
 
-    from rnnjax.dataset import data
+    from rnnjax.dataset import batches
     from rnnjax.network.model import DeepRNN
-    from rnnjax.training.steps import cross_entropy, perplexity
+    from rnnjax.training.evaluation import perplexity
+    from rnnjax.training.steps import cross_entropy
 
     model = DeepRNN(28, 16, 2, "lstm", impl=impl)
     params = model.init(jax.random.key(0))
     tokens = np.asarray(jax.random.randint(jax.random.key(1), (4 * 300 + 1,), 0, 28))
     b, t = 4, 7
-    assert len(data.eval_windows(tokens, b, t)) == 1  # 300 steps: one window
+    assert len(batches.eval_windows(tokens, b, t)) == 1  # 300 steps: one window
     row = (len(tokens) - 1) // b
     xs, ys = tokens[: b * row].reshape(b, row), tokens[1 : 1 + b * row].reshape(b, row)
     carry, nll = model.initial_carry(b), []

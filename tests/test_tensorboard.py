@@ -233,9 +233,9 @@ def test_an_eval_metric_added_in_one_line_reaches_every_record(tmp_path, monkeyp
     import jax.numpy as jnp
 
     import rnnjax
-    from rnnjax.dataset import data
+    from rnnjax.dataset import batches, data
     from rnnjax.sweeps.sweep_summary import summarize
-    from rnnjax.training.steps import EVAL_METRICS
+    from rnnjax.training.evaluation import EVAL_METRICS
 
     monkeypatch.setitem(EVAL_METRICS, "accuracy", lambda w: w.logits.argmax(-1) == w.targets)
     cfg = small_config(2, **{"train.layer_stats": False, "data.num_test": 200})
@@ -245,7 +245,7 @@ def test_an_eval_metric_added_in_one_line_reaches_every_record(tmp_path, monkeyp
     run = rnnjax.load(tmp_path / "run", step="latest")
     corpus = data.load_corpus(resolve(cfg).data)
     carry, right, n = run.model.initial_carry(cfg.data.batch_size), 0, 0
-    for x_bt, y_bt in data.eval_windows(corpus.val, cfg.data.batch_size, cfg.data.num_steps):
+    for x_bt, y_bt in batches.eval_windows(corpus.val, cfg.data.batch_size, cfg.data.num_steps):
         logits, carry = run.model.apply(run.params, jnp.asarray(x_bt, jnp.int32), carry)
         right, n = right + int((np.asarray(logits).argmax(-1) == y_bt).sum()), n + y_bt.size
     assert records[-1]["val_accuracy"] == pytest.approx(right / n, abs=1e-6)

@@ -12,7 +12,7 @@ import pytest
 from conftest import small_config
 
 from rnnjax.config import resolve
-from rnnjax.dataset import data
+from rnnjax.dataset import batches, data
 from rnnjax.training.train import train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,7 +53,7 @@ def test_run_writes_its_files(tmp_path, cell, sampler, dropout):
     assert [r["epoch"] for r in records] == [1, 2, 3]
     for key in ("step", "train_ppl", "val_ppl", "tokens_per_sec", "grad_norm", "lr"):
         assert all(np.isfinite(r[key]) for r in records)
-    assert records[-1]["step"] == 3 * data.batches_per_epoch(resolve(cfg).data, 2000)
+    assert records[-1]["step"] == 3 * batches.batches_per_epoch(resolve(cfg).data, 2000)
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     samples = (tmp_path / "samples.txt").read_text().splitlines()
     assert samples[0].startswith("time traveller") and len(samples[0]) == len("time traveller") + 20
@@ -90,7 +90,7 @@ def test_each_val_ppl_is_the_perplexity_of_that_epochs_params(tmp_path):
     """Records are the same whatever the checkpoint interval, and each epoch's val_ppl is the
     perplexity of that epoch's params (rnnjax.load of its checkpoint) on the validation tokens."""
     import rnnjax
-    from rnnjax.training.steps import perplexity
+    from rnnjax.training.evaluation import perplexity
 
     every = {
         1: train_and_evaluate(
@@ -112,7 +112,9 @@ def test_each_val_ppl_is_the_perplexity_of_that_epochs_params(tmp_path):
     cfg = resolve(small_config(6))
     val = data.load_corpus(cfg.data).val
     for epoch in (2, 5):
-        run = rnnjax.load(tmp_path / "every1", step=epoch * data.batches_per_epoch(cfg.data, 2000))
+        run = rnnjax.load(
+            tmp_path / "every1", step=epoch * batches.batches_per_epoch(cfg.data, 2000)
+        )
         ppl = perplexity(run.model, run.params, val, cfg.data.batch_size, cfg.data.num_steps)
         assert ppl == pytest.approx(every[4]["metrics"][epoch - 1]["val_ppl"], rel=1e-6)
 

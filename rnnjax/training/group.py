@@ -17,20 +17,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnnjax.config import Config
-from rnnjax.dataset import data
+from rnnjax.dataset import batches, data
 from rnnjax.network.build import build_model
 from rnnjax.network.parallel import DataParallel
 from rnnjax.training import budget
+from rnnjax.training.evaluation import EVAL_METRICS, eval_sums, make_eval_step, make_stats_eval_step
 from rnnjax.training.metrics import EvalSums, LayerStats, TrainSums, add_sums, eval_zeros
 from rnnjax.training.optim import make_optimizer
 from rnnjax.training.steps import (
-    EVAL_METRICS,
     Average,
-    eval_sums,
     init_train_state,
     loss_weights,
-    make_eval_step,
-    make_stats_eval_step,
     make_train_step,
     train_sums,
 )
@@ -47,7 +44,7 @@ class Group:
         self.cfgs, self.corpus, self.dp, self.vmapped = tuple(cfgs), corpus, dp, vmapped
         dc, tc = cfgs[0].data, cfgs[0].train
         self.model = build_model(cfgs[0], len(corpus.vocab))
-        self.n = data.batches_per_epoch(dc, len(corpus.train))
+        self.n = batches.batches_per_epoch(dc, len(corpus.train))
         self.set_total(budget.planned_steps(tc, self.n))
         self.plain_eval_step = make_eval_step(self.model)
         evaluate = make_stats_eval_step(self.model) if tc.layer_stats else self.plain_eval_step
@@ -122,7 +119,7 @@ class Group:
         """Each trial's minibatches of ``epoch`` (its own seed's order): [n, b, t], or [K, n, b,
         t]."""
         xs, ys = zip(
-            *(data.epoch_batches(self.corpus.train, c.data, c.seed, epoch) for c in self.cfgs)
+            *(batches.epoch_batches(self.corpus.train, c.data, c.seed, epoch) for c in self.cfgs)
         )
         if not self.vmapped:
             return self.dp.shard(xs[0], 1), self.dp.shard(ys[0], 1)
@@ -155,7 +152,7 @@ class Group:
                     LayerStats.zeros(num_layers=self.model.num_layers),
                 )
                 sums = self.stack([zeros if with_stats else zeros[:1]] * k)
-                for x_bt, y_bt in data.eval_windows(ids, dc.batch_size, dc.num_steps):
+                for x_bt, y_bt in batches.eval_windows(ids, dc.batch_size, dc.num_steps):
                     carry, *sums = self.eval_step(params, carry, *sums, x_bt, y_bt)
             parts.append(sums[0])
             if with_stats:

@@ -2,9 +2,10 @@
 built from those sums on the host (one builder for single runs and vectorized trials).
 
 A metric is one entry where it is computed (:data:`rnnjax.training.steps.TRAIN_METRICS`,
-:data:`rnnjax.training.steps.EVAL_METRICS`); its sums travel as a mapping name -> array, and the
-record, ``metrics.jsonl``, TensorBoard and the sweep's table take every name. :class:`LayerStats`
-are the per-layer sums of the validation pass (hidden-state RMS, gate saturation, forget gate).
+:data:`rnnjax.training.evaluation.EVAL_METRICS`); its sums travel as a mapping name -> array, and
+the record, ``metrics.jsonl``, TensorBoard and the sweep's table take every name.
+:class:`LayerStats` are the per-layer sums of the validation pass (hidden-state RMS, gate
+saturation, forget gate).
 """
 
 from __future__ import annotations
@@ -112,8 +113,9 @@ class LayerStats(NamedTuple):
 
 
 # The evaluation sums of a pass: a mapping name -> on-device sum over its tokens (float32; [k] when
-# vmapped), one entry per metric the evaluation step computes (rnnjax.training.steps.EVAL_METRICS),
-# and the token count "tokens". The record holds each metric's mean per token.
+# vmapped), one entry per metric the evaluation step computes
+# (rnnjax.training.evaluation.EVAL_METRICS), and the token count "tokens". The record holds each
+# metric's mean per token.
 EvalSums = dict[str, Array]
 
 

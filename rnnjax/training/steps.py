@@ -1,5 +1,6 @@
-"""The jitted pieces of training: the train state, one training step, one evaluation step, and
-perplexity over a token stream. Metrics are summed on the device (:mod:`rnnjax.training.metrics`).
+"""The jitted pieces of training: the train state, the loss and its terms, and one training step.
+Metrics are summed on the device (:mod:`rnnjax.training.metrics`); the evaluation step is in
+:mod:`rnnjax.training.evaluation`.
 
 Shape suffixes as in :mod:`rnnjax.network.model` (n = minibatches per epoch, b = batch, t = time, V
 = vocabulary).
@@ -16,22 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rnnjax.dataset import data
 from rnnjax.network import stack
 from rnnjax.network.model import Carry, DeepRNN, Impl, Params
-from rnnjax.network.parallel import DataParallel
 from rnnjax.rundir.workdir import Key
 from rnnjax.training.metrics import (
-    EvalSums,
-    LayerStats,
     TrainSums,
     add_step,
-    add_window,
-    eval_zeros,
-    sums_perplexity,
     train_zeros,
 )
-from rnnjax.training.trace import layer_stats, trace
 
 Array = jax.Array
 
@@ -280,109 +273,6 @@ def layer_grad_norms(model: DeepRNN, grads: Params) -> Array:
     else:
         groups = [*grads["layers"], {"w_out": grads["w_out"], "b_out": grads["b_out"]}]
     return jnp.stack([optax.tree.norm(g) for g in groups])
-
-
-class Window(NamedTuple):
-    """What one evaluation window's metrics are computed from."""
-
-    logits: Array  # [b, t, V]
-    targets: Array  # [b, t] int32
-    nll: Array  # [b, t]: next-token cross-entropy
-
-
-# Every evaluation metric, by name, where it is computed: its per-token values [b, t] (summed over
-# the pass on the device; the record holds the mean per token as val_<name>, and "nll" as val_ppl).
-# A new one is one entry here.
-EVAL_METRICS: dict[str, Callable[[Window], Array]] = {
-    "nll": lambda w: w.nll,
-}
-
-
-def eval_window(metrics: EvalSums, logits_btv: Array, y_bt: Array) -> EvalSums:
-    """``metrics`` plus one window's sum of every metric it holds (:data:`EVAL_METRICS`)."""
-    w = Window(logits_btv, y_bt, cross_entropy(logits_btv, y_bt))
-    return add_window(metrics, {n: EVAL_METRICS[n](w) for n in metrics if n != "tokens"})
-
-
-def make_eval_step(model: DeepRNN):
-    """Returns ``eval_step(params, carry, metrics, x_bt, y_bt) -> (carry, metrics)`` (sums of
-    :data:`EVAL_METRICS`, from :func:`eval_zeros`)."""
-
-    @jax.jit
-    def eval_step(params, carry, metrics, x_bt, y_bt):
-        x_bt, y_bt = x_bt.astype(jnp.int32), y_bt.astype(jnp.int32)
-        logits_btv, carry = model.apply(params, x_bt, carry)
-        return carry, eval_window(metrics, logits_btv, y_bt)
-
-    return eval_step
-
-
-def make_stats_eval_step(model: DeepRNN):
-    """Returns ``eval_step(params, carry, metrics, stats, x_bt, y_bt) -> (carry, metrics, stats)``:
-    as :func:`make_eval_step`, also summing each layer's :class:`LayerStats` on the device. The
-    logits come from :func:`rnnjax.training.trace.trace` (the same equations); under ``impl="flax"``
-    and ``"cudnn"`` from the implementation's own apply, the statistics from the trace (two forwards
-    there)."""
-
-    @jax.jit
-    def eval_step(params, carry, metrics, stats, x_bt, y_bt):
-        x_bt, y_bt = x_bt.astype(jnp.int32), y_bt.astype(jnp.int32)
-        logits_btv, new_carry, traces = trace(model, params, x_bt, carry)
-        if model.impl in (Impl.FLAX, Impl.CUDNN):  # the loss from the implementation itself
-            logits_btv, new_carry = model.apply(params, x_bt, carry)
-        return (
-            new_carry,
-            eval_window(metrics, logits_btv, y_bt),
-            stats + layer_stats(model, traces),
-        )
-
-    return eval_step
-
-
-def eval_sums(
-    model: DeepRNN,
-    params: Params,
-    tokens: np.ndarray,
-    batch_size: int,
-    num_steps: int,
-    eval_step=None,
-    dp: DataParallel | None = None,
-    with_stats: bool = False,
-) -> EvalSums | tuple[EvalSums, LayerStats]:
-    """Dispatch the evaluation of a token stream read as ``batch_size`` rows (the carry carried
-    over) and return the sums of every metric of :data:`EVAL_METRICS` on the device, not yet read:
-    the host goes on while they compute (JAX's asynchronous dispatch). ``with_stats``: also each
-    layer's :class:`LayerStats` sums (``eval_step`` then from :func:`make_stats_eval_step`). With
-    ``dp``, the rows are split over its devices."""
-    eval_step = eval_step or (make_stats_eval_step(model) if with_stats else make_eval_step(model))
-    carry: Carry = model.initial_carry(batch_size)
-    sums = (
-        (eval_zeros(EVAL_METRICS), LayerStats.zeros(num_layers=model.num_layers))
-        if with_stats
-        else (eval_zeros(EVAL_METRICS),)
-    )
-    if dp is not None:
-        carry = dp.shard_carry(carry)
-        sums = jax.tree_util.tree_map(lambda x: dp.replicate(np.asarray(x)), sums)
-    for x_bt, y_bt in data.eval_windows(tokens, batch_size, num_steps):
-        if dp is not None:
-            x_bt, y_bt = dp.shard(x_bt, 0), dp.shard(y_bt, 0)
-        carry, *sums = eval_step(params, carry, *sums, x_bt, y_bt)
-    return tuple(sums) if with_stats else sums[0]
-
-
-def perplexity(
-    model: DeepRNN,
-    params: Params,
-    tokens: np.ndarray,
-    batch_size: int,
-    num_steps: int,
-    eval_step=None,
-    dp: DataParallel | None = None,
-) -> float:
-    """exp(mean next-token cross-entropy) over a token stream read as ``batch_size`` rows, the carry
-    carried over. With ``dp``, the rows are split over its devices."""
-    return sums_perplexity(eval_sums(model, params, tokens, batch_size, num_steps, eval_step, dp))
 
 
 def nonfinite_part(

@@ -29,8 +29,8 @@ from rnnjax.network.sampling import generate
 from rnnjax.rundir import workdir as rundir
 from rnnjax.rundir.checkpoint import Checkpointer, CheckpointError
 from rnnjax.rundir.workdir import Key, read_config, read_metrics, read_vocab, resolve_path
+from rnnjax.training.evaluation import perplexity
 from rnnjax.training.metrics import best_record, bpc
-from rnnjax.training.steps import perplexity
 
 
 @dataclasses.dataclass
