@@ -124,5 +124,7 @@ def test_the_model_spec_holds_no_device_placement():
         "weight_drop",
         "impl",
     }
-    placed = Placed(DeepRNN(5, 4, 2, "gru"), Placement(pipeline_stages=2))
+    placed = Placed.of(DeepRNN(5, 4, 2, "gru"), Placement(pipeline_stages=2))
     assert placed.cell == "gru" and placed.num_layers == 2 and hash(placed) == hash(placed)
+    # a Placed is the spec by inheritance (editors follow it), not by forwarding attributes
+    assert placed.spec == DeepRNN(5, 4, 2, "gru") and "__getattr__" not in vars(Placed)

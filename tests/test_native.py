@@ -406,7 +406,7 @@ DATA_PARALLEL = textwrap.dedent("""
     out = {}
     for cell in ("lstm", "gru", "rnn"):
         spec = DeepRNN(28, 16, 2, cell, impl="native")
-        placed = Placed(spec, Placement(data_devices=2))
+        placed = Placed.of(spec, Placement(data_devices=2))
         params = spec.init(jax.random.key(0))
         tokens = jax.random.randint(jax.random.key(1), (8, 7), 0, 28)
         carry = jax.tree_util.tree_map(lambda x: x + 0.1, spec.initial_carry(8))

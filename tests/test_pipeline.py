@@ -81,7 +81,7 @@ EXACT = textwrap.dedent("""
     out = []
     for cell, L, D, dropout in json.loads(sys.argv[1]):
         m = DeepRNN(V, 8, L, cell, ("tanh",), dropout)
-        piped = Placed(m, Placement(pipeline_stages=D, pipeline_chunks=3))
+        piped = Placed.of(m, Placement(pipeline_stages=D, pipeline_chunks=3))
         (a, la), (p, lp) = train(m), train(piped)
         diff = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(a, p))
         out.append({"case": [cell, L, D, dropout], "stages": pipeline.stages_for(L, D),

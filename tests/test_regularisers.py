@@ -460,7 +460,8 @@ PIPED = textwrap.dedent("""
             return cross_entropy(logits, y).mean()
         return jax.value_and_grad(loss)(m.init(jax.random.key(0)))
     spec = DeepRNN(11, 8, 2, "lstm", weight_drop=0.5)
-    (a, ga), (b, gb) = run(spec), run(Placed(spec, Placement(pipeline_stages=2, pipeline_chunks=3)))
+    piped = Placed.of(spec, Placement(pipeline_stages=2, pipeline_chunks=3))
+    (a, ga), (b, gb) = run(spec), run(piped)
     diff = max(float(np.max(np.abs(u - v))) for u, v in zip(jax.tree_util.tree_leaves(ga),
                                                             jax.tree_util.tree_leaves(gb)))
     print("RESULT " + json.dumps([float(a), float(b), diff]))

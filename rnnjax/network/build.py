@@ -46,7 +46,7 @@ def build_model(cfg: Config, vocab_size: int) -> DeepRNN | Placed:
     return (
         spec
         if placement == Placement(pipeline_chunks=p.pipeline_chunks)
-        else Placed(spec, placement)
+        else Placed.of(spec, placement)
     )
 
 

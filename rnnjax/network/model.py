@@ -121,23 +121,23 @@ class Placement:
 
 
 @dataclasses.dataclass(frozen=True)
-class Placed:
-    """A :class:`DeepRNN` and its :class:`Placement`: what a training step applies. It reads like
-    the spec (``placed.cell``, ``placed.num_layers``, ...); ``apply`` runs it where placed."""
+class Placed(DeepRNN):
+    """A :class:`DeepRNN` and its :class:`Placement`: what a training step applies. It is the spec
+    (every field, ``init``, ``initial_carry``: ``placed.cell``, ``placed.num_layers``, ...) and
+    ``apply`` runs it where placed. Made with :meth:`of`."""
 
-    spec: DeepRNN
-    placement: Placement
+    placement: Placement = Placement()
 
-    def __getattr__(self, name: str) -> Any:
-        if name in ("spec", "placement"):  # not set yet (copy, unpickling)
-            raise AttributeError(name)
-        return getattr(self.spec, name)
+    @classmethod
+    def of(cls, spec: DeepRNN, placement: Placement) -> Placed:
+        """``spec`` placed as ``placement`` says."""
+        fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(DeepRNN)}
+        return cls(**fields, placement=placement)
 
-    def init(self, key: Array) -> Params:
-        return self.spec.init(key)
-
-    def initial_carry(self, batch_size: int) -> Carry:
-        return self.spec.initial_carry(batch_size)
+    @property
+    def spec(self) -> DeepRNN:
+        """The model alone, without its placement."""
+        return DeepRNN(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DeepRNN)})
 
     def apply(
         self,
@@ -149,7 +149,7 @@ class Placed:
         with_hidden: bool = False,
     ) -> tuple[Array, Carry]:
         more = {"with_hidden": True} if with_hidden else {}
-        return implementation(self.spec.impl).apply(
+        return implementation(self.impl).apply(
             self.spec, params, tokens, carry, dropout_key, self.placement, **more
         )
 
