@@ -42,7 +42,20 @@ def _needs_fraction(c: Any) -> str | None:
             "config.data.test_paths needs config.data.val_fraction > 0 (a split by fraction); "
             "e.g. --config.data.val_fraction=0.05"
         )
+    if dt.max_holdout:
+        return (
+            "config.data.max_holdout caps the parts a split by fraction holds out: set "
+            "config.data.val_fraction > 0 too (e.g. 0.05), or leave max_holdout at 0"
+        )
     return None
+
+
+def _max_holdout_rule(c: Any) -> str:
+    return f"0 (no cap) or an integer >= data.batch_size + 1 = {c.data.batch_size + 1}"
+
+
+def _max_holdout_ok(v: Any, c: Any) -> bool:
+    return is_int(v) and (v == 0 or v >= c.data.batch_size + 1)
 
 
 def _fractions_leave_training(c: Any) -> str | None:
@@ -146,6 +159,16 @@ GROUPS: dict[str, tuple[str, list[Field | Rule]]] = {
                 added=True,
             ),
             Field(
+                "max_holdout",
+                0,
+                "With val_fraction > 0: at most this many tokens in each held-out part (a "
+                "file's validation part and its test part; with holdout='end', the corpus's), "
+                "still at the far end; the text the cap frees trains. 0 = no cap.",
+                _max_holdout_rule,
+                _max_holdout_ok,
+                added=True,
+            ),
+            Field(
                 "test_paths",
                 [],
                 "Files held out whole as the test split, never trained on, each scored on its "
@@ -154,7 +177,7 @@ GROUPS: dict[str, tuple[str, list[Field | Rule]]] = {
                 lambda v, c: strings()["ok"](v, c) and all(v),
                 added=True,
             ),
-            Rule("test_paths and holdout split by fraction.", _needs_fraction),
+            Rule("test_paths, holdout and max_holdout split by fraction.", _needs_fraction),
             Rule("test_fraction needs val_fraction > 0.", _test_needs_val),
             Rule(
                 "val_fraction + test_fraction leave at least 10% of each file to train.",

@@ -130,6 +130,8 @@ def _load_by_fraction(cfg: DataConfig, vocab: Vocab | None) -> Corpus:
         del raw, text
         n = len(tokens)
         num_test, num_val = round(n * cfg.test_fraction), round(n * cfg.val_fraction)
+        if cfg.max_holdout:  # the far end's parts capped: the text they free trains
+            num_test, num_val = min(num_test, cfg.max_holdout), min(num_val, cfg.max_holdout)
         for split, count, field in (
             ("validation", num_val, "val_fraction"),
             ("test", num_test, "test_fraction"),
