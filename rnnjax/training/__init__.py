@@ -1,3 +1,3 @@
 """Training: the optimizer (optim), the train and evaluation steps and their metrics (steps,
-metrics, trace), the trials as one group (group), the epoch loop (loop) and what it records
+metrics, trace), the trials and the epoch loop over them (loop), what it records
 (records, finish, evaluation, layout, resume, budget), and the entry point (train)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import pathlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rnnjax.network.model import num_params
 from rnnjax.network.sampling import generate
@@ -16,9 +16,11 @@ from rnnjax.rundir.plotting import plot_curves
 from rnnjax.rundir.tensorboard_log import TensorBoardLog
 from rnnjax.rundir.workdir import Key
 from rnnjax.training.evaluation import evaluation, part_metrics, write_evaluation
-from rnnjax.training.group import Group
 from rnnjax.training.metrics import best_record
 from rnnjax.training.steps import evaluated
+
+if TYPE_CHECKING:  # the loop's Group, which imports this module
+    from rnnjax.training.loop import Group
 
 
 def samples(group: Group, params) -> list[str]:

@@ -9,7 +9,7 @@ import math
 import pathlib
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
@@ -23,9 +23,11 @@ from rnnjax.rundir.preflight import set_aside_records
 from rnnjax.rundir.workdir import Key
 from rnnjax.training.budget import shown_epochs
 from rnnjax.training.console import start_block, todo_line
-from rnnjax.training.group import Group
 from rnnjax.training.metrics import EvalSums, LayerStats, best_record, epoch_record, eval_means
 from rnnjax.training.steps import loss_weights, nonfinite_part
+
+if TYPE_CHECKING:  # the loop's Group, which imports this module
+    from rnnjax.training.loop import Group
 
 
 def _spans(epochs: list[int]) -> str:

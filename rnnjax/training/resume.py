@@ -3,10 +3,14 @@ fresh state from each trial's seed."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rnnjax.rundir.checkpoint import Checkpointer
 from rnnjax.rundir.workdir import Key
-from rnnjax.training.group import Group
 from rnnjax.training.layout import fit_sums, from_checkpoint_items, target_items
+
+if TYPE_CHECKING:  # the loop's Group, which imports this module
+    from rnnjax.training.loop import Group
 
 
 def restore(group: Group, ckpts: list[Checkpointer]):

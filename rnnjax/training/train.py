@@ -28,9 +28,8 @@ from rnnjax.rundir.preflight import claimed
 from rnnjax.rundir.workdir import RESUME_MODES
 from rnnjax.training.capacity import check_fits
 from rnnjax.training.console import Preempted, StopFlag
-from rnnjax.training.group import Group
 from rnnjax.training.layout import checkpoint_items, from_checkpoint_items
-from rnnjax.training.loop import train_group
+from rnnjax.training.loop import Group, train_group
 from rnnjax.training.optim import check_optimizer
 
 __all__ = [

@@ -25,8 +25,7 @@ from rnnjax.network.parallel import DataParallel
 from rnnjax.rundir import workdir as rundir
 from rnnjax.rundir.preflight import claimed
 from rnnjax.training.console import Preempted, StopFlag
-from rnnjax.training.group import Group
-from rnnjax.training.loop import train_group
+from rnnjax.training.loop import Group, train_group
 
 # Fields that may differ between the trials of one vectorized group (they live in the optimizer
 # state).
