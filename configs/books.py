@@ -1,7 +1,8 @@
 """Character models that generalise, on any text files, in a time budget: raw text (case and
 punctuation kept), the files concatenated and their far end held out (validation, then test: text
-that does not continue the training text), a 15-minute budget over which the learning rate warms up
-and then decays to 0, test perplexity and bits per character at the end.
+that does not continue the training text; 5% each, at most 20,000 characters each), a 15-minute
+budget over which the learning rate warms up and then decays to 0, test perplexity and bits per
+character at the end.
 
     python scripts/train.py --config=configs/books.py --config.data.paths=a.txt,b.txt
     python scripts/train.py --config=configs/books.py --config.train.max_minutes=5  # 5 minutes
@@ -29,6 +30,7 @@ def get_config(arg: str | None = None):
     c.data.val_fraction = 0.05
     c.data.test_fraction = 0.05
     c.data.holdout = "end"  # the far end of the concatenated files
+    c.data.max_holdout = 20_000  # each part at most 20,000 characters (docs/results.md)
     c.data.num_steps = 64
     c.data.batch_size = 16
     c.model.cell = "lstm"
@@ -69,7 +71,7 @@ def d2l_split(c):
     cosine over 300 epochs, early stopping (patience 30). Chosen by ``configs/sweep_books.py``."""
     c.data.preprocess = "d2l"
     c.data.val_fraction = c.data.test_fraction = 0.0
-    c.data.holdout = "file"
+    c.data.holdout, c.data.max_holdout = "file", 0
     c.data.max_tokens, c.data.num_val = 10_000, 5_000
     c.model.dropout = c.model.output_dropout = 0.5
     c.train.max_minutes = 0.0  # epochs, not a time budget
